@@ -1,0 +1,307 @@
+package caddyatlas
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// MaxPerPage is the largest page Atlas serves; a larger per_page is capped.
+const MaxPerPage = 50
+
+// maxAllPages bounds the pages fetched for one `all=1` request, so an
+// upstream that never says it is done cannot keep a request open forever.
+const maxAllPages = 100_000
+
+// serveExtracts proxies GET {extracts_path} to Atlas's extracts endpoint.
+func (h *Handler) serveExtracts(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return methodNotAllowed(w, http.MethodGet)
+	}
+	q, err := parseExtractsQuery(r.URL.RawQuery)
+	if err != nil {
+		return writeError(w, http.StatusBadRequest, err.Error())
+	}
+	if q.all {
+		return h.serveAllExtracts(w, r, q)
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), h.Timeout.Duration())
+	defer cancel()
+	resp, err := h.exchange(ctx, r, routeExtracts, h.extractsRequest(ctx, q))
+	if err != nil {
+		return h.writeExchangeError(ctx, w, r, err)
+	}
+	defer resp.Body.Close()
+	return h.relayResponse(w, resp)
+}
+
+// extractsQuery is the validated query of an extracts request.
+type extractsQuery struct {
+	batchID string
+	page    int // 0: not given
+	perPage int // 0: not given; else capped at MaxPerPage
+	all     bool
+}
+
+// parseExtractsQuery validates the client's query. Only batch_id, page,
+// per_page and all are read; anything else is ignored and never forwarded.
+func parseExtractsQuery(rawQuery string) (extractsQuery, error) {
+	var q extractsQuery
+	values, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return q, errors.New("the query string is malformed")
+	}
+	single := func(name string) (string, error) {
+		v := values[name]
+		if len(v) > 1 {
+			return "", fmt.Errorf("%s is given more than once", name)
+		}
+		if len(v) == 0 {
+			return "", nil
+		}
+		return strings.TrimSpace(v[0]), nil
+	}
+	if q.batchID, err = single("batch_id"); err != nil {
+		return q, err
+	}
+	if q.batchID == "" {
+		// Atlas's own message for the same mistake.
+		return q, errors.New("batch_id is required")
+	}
+	for _, p := range []struct {
+		name string
+		dst  *int
+	}{{"page", &q.page}, {"per_page", &q.perPage}} {
+		v, err := single(p.name)
+		if err != nil {
+			return q, err
+		}
+		if v == "" {
+			continue
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return q, fmt.Errorf("%s must be a positive integer", p.name)
+		}
+		*p.dst = n
+	}
+	q.perPage = min(q.perPage, MaxPerPage)
+
+	all, err := single("all")
+	if err != nil {
+		return q, err
+	}
+	switch strings.ToLower(all) {
+	case "", "0", "false":
+	case "1", "true":
+		q.all = true
+		if q.page != 0 {
+			return q, errors.New("page cannot be combined with all=1")
+		}
+	default:
+		return q, errors.New("all must be 1 or 0")
+	}
+	return q, nil
+}
+
+// extractsRequest builds the upstream request for one page.
+func (h *Handler) extractsRequest(ctx context.Context, q extractsQuery) *http.Request {
+	params := url.Values{"batch_id": {q.batchID}}
+	if q.page > 0 {
+		params.Set("page", strconv.Itoa(q.page))
+	}
+	if q.perPage > 0 {
+		params.Set("per_page", strconv.Itoa(q.perPage))
+	}
+	u := h.endpoint.JoinPath("/v1/docstream/extracts")
+	u.RawQuery = params.Encode()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	req.Header.Set("Accept", "application/json")
+	return req
+}
+
+// serveAllExtracts answers `all=1`: every document of the batch in one
+// page envelope, fetched from Atlas page by page. Only one page is held in
+// memory at a time. An error on the first page is answered like any other
+// extracts error; an error after the response has started aborts it, so a
+// client can never take a truncated batch for a complete one.
+func (h *Handler) serveAllExtracts(w http.ResponseWriter, r *http.Request, q extractsQuery) error {
+	q.perPage = MaxPerPage
+	var (
+		pageBuf bytes.Buffer
+		written int
+	)
+	for q.page = 1; q.page <= maxAllPages; q.page++ {
+		ctx, cancel := context.WithTimeout(r.Context(), h.Timeout.Duration())
+		resp, err := h.exchange(ctx, r, routeExtracts, h.extractsRequest(ctx, q))
+		if err != nil {
+			defer cancel()
+			if q.page == 1 {
+				return h.writeExchangeError(ctx, w, r, err)
+			}
+			h.abortStream(w, q, err)
+		}
+		if q.page == 1 && resp.StatusCode != http.StatusOK {
+			defer cancel()
+			defer resp.Body.Close()
+			return h.relayResponse(w, resp)
+		}
+		pageBuf.Reset()
+		if q.page == 1 {
+			pageBuf.WriteString(`{"data":[`)
+		}
+		info, err := copyPageDocuments(&pageBuf, resp, written > 0)
+		resp.Body.Close()
+		cancel()
+		if err != nil {
+			if q.page == 1 {
+				h.logger.Warn("atlas sent an unreadable extracts page",
+					zap.String("batch_id", q.batchID), zap.Error(err))
+				return writeError(w, http.StatusBadGateway, "atlas sent an unreadable extracts page")
+			}
+			h.abortStream(w, q, err)
+		}
+		if q.page == 1 {
+			hdr := w.Header()
+			hdr.Set("Content-Type", "application/json")
+			hdr.Set("Cache-Control", "no-store")
+			w.WriteHeader(http.StatusOK)
+		}
+		written += info.documents
+		if _, err := w.Write(pageBuf.Bytes()); err != nil {
+			// The client went away; there is no one left to answer.
+			return nil
+		}
+		_ = http.NewResponseController(w).Flush()
+		if !info.hasNext || info.documents == 0 || (info.totalPages > 0 && q.page >= info.totalPages) {
+			break
+		}
+	}
+	_, _ = fmt.Fprintf(w, `],"page":1,"per_page":%d,"total_pages":1,"total_items":%d,"has_next":false,"has_prev":false}`+"\n",
+		written, written)
+	return nil
+}
+
+// pageInfo is what the `all=1` loop needs to know of a page.
+type pageInfo struct {
+	documents  int
+	hasNext    bool
+	totalPages int
+}
+
+// copyPageDocuments streams the elements of a page's `data` array into
+// dst, each as Atlas sent it, comma-separated (with a leading comma when
+// more is true), and reads the pagination fields.
+func copyPageDocuments(dst *bytes.Buffer, resp *http.Response, more bool) (pageInfo, error) {
+	var info pageInfo
+	if resp.StatusCode != http.StatusOK {
+		return info, fmt.Errorf("atlas answered %d", resp.StatusCode)
+	}
+	dec := json.NewDecoder(resp.Body)
+	dec.UseNumber()
+	if err := expectDelim(dec, '{'); err != nil {
+		return info, err
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return info, err
+		}
+		key, _ := tok.(string)
+		switch key {
+		case "data":
+			if err := expectDelim(dec, '['); err != nil {
+				return info, fmt.Errorf("data: %w", err)
+			}
+			for dec.More() {
+				var doc json.RawMessage
+				if err := dec.Decode(&doc); err != nil {
+					return info, fmt.Errorf("data[%d]: %w", info.documents, err)
+				}
+				if more || info.documents > 0 {
+					dst.WriteByte(',')
+				}
+				dst.Write(doc)
+				info.documents++
+			}
+			if err := expectDelim(dec, ']'); err != nil {
+				return info, err
+			}
+		case "has_next":
+			if err := dec.Decode(&info.hasNext); err != nil {
+				return info, fmt.Errorf("has_next: %w", err)
+			}
+		case "total_pages":
+			if err := dec.Decode(&info.totalPages); err != nil {
+				return info, fmt.Errorf("total_pages: %w", err)
+			}
+		default:
+			var skip json.RawMessage
+			if err := dec.Decode(&skip); err != nil {
+				return info, fmt.Errorf("%s: %w", key, err)
+			}
+		}
+	}
+	return info, expectDelim(dec, '}')
+}
+
+// expectDelim reads the next token and checks it is the delimiter want.
+func expectDelim(dec *json.Decoder, want json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if d, ok := tok.(json.Delim); !ok || d != want {
+		return fmt.Errorf("expected %q, got %v", want, tok)
+	}
+	return nil
+}
+
+// abortStream ends an `all=1` response that has already started, the way
+// Caddy's reverse_proxy ends a response whose upstream failed mid-body:
+// http.ErrAbortHandler makes net/http cut the connection (or reset the
+// HTTP/2 stream) without a final chunk, so the client sees an incomplete
+// response rather than a short, well-formed one. net/http recovers it
+// quietly; it is not a crash.
+func (h *Handler) abortStream(w http.ResponseWriter, q extractsQuery, err error) {
+	h.logger.Warn("aborting an all=1 extracts response after a failed page",
+		zap.String("batch_id", q.batchID), zap.Int("page", q.page), zap.Error(err))
+	_ = http.NewResponseController(w).Flush()
+	panic(http.ErrAbortHandler)
+}
+
+// relayResponse streams Atlas's response to the client: status, the
+// headers that describe the body, and the body itself.
+func (h *Handler) relayResponse(w http.ResponseWriter, resp *http.Response) error {
+	hdr := w.Header()
+	for _, name := range relayedHeaders {
+		if v := resp.Header.Values(name); len(v) > 0 {
+			hdr[name] = v
+		}
+	}
+	hdr.Set("Cache-Control", "no-store")
+	w.WriteHeader(resp.StatusCode)
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		if c := h.logger.Check(zapcore.DebugLevel, "relaying atlas's response failed"); c != nil {
+			c.Write(zap.Error(err))
+		}
+		_ = http.NewResponseController(w).Flush()
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+// relayedHeaders are the response headers of Atlas's that reach the
+// client. Everything else (cookies, hop-by-hop headers) stays behind.
+var relayedHeaders = []string{"Content-Type", "Content-Length", "Retry-After", "X-Request-Id"}

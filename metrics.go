@@ -1,0 +1,134 @@
+package caddyatlas
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// outboundMetrics are the outbound API routes' collectors. They are
+// created once per process and registered in each config's registry.
+type outboundMetrics struct {
+	tokenFetches       *prometheus.CounterVec
+	tokenFetchDuration prometheus.Histogram
+	tokenAge           prometheus.Collector
+	replays            prometheus.Counter
+	upstreamRequests   *prometheus.CounterVec
+	upstreamDuration   *prometheus.HistogramVec
+}
+
+var (
+	outboundMetricsOnce sync.Once
+	outbound            *outboundMetrics
+
+	// liveTokenSources holds the token sources in use, for the token age
+	// gauge; keys are *sharedTokenSource.
+	liveTokenSources sync.Map
+)
+
+const metricsNamespace, metricsSubsystem = "caddy", "atlas"
+
+// provisionOutboundMetrics creates the collectors on first use and
+// registers them in registry, tolerating an earlier registration.
+func provisionOutboundMetrics(registry *prometheus.Registry) *outboundMetrics {
+	outboundMetricsOnce.Do(func() {
+		opts := func(name, help string) prometheus.Opts {
+			return prometheus.Opts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help}
+		}
+		outbound = &outboundMetrics{
+			tokenFetches: prometheus.NewCounterVec(prometheus.CounterOpts(opts(
+				"token_fetches_total", "Calls to Atlas's authtoken endpoint, by outcome (success, credentials_rejected, error).")),
+				[]string{"outcome"}),
+			tokenFetchDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+				Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+				Name: "token_fetch_duration_seconds", Help: "Duration of calls to Atlas's authtoken endpoint.",
+				Buckets: prometheus.DefBuckets,
+			}),
+			tokenAge: tokenAgeCollector{desc: prometheus.NewDesc(
+				prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "token_age_seconds"),
+				"Seconds since the token in use was fetched, by client_id.",
+				[]string{"client_id"}, nil)},
+			replays: prometheus.NewCounter(prometheus.CounterOpts(opts(
+				"token_replays_total", "Requests replayed once with a fresh token after Atlas answered 401."))),
+			upstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts(opts(
+				"upstream_requests_total", "Requests to Atlas by route (extracts, upload) and status class (2xx..5xx, error).")),
+				[]string{"route", "class"}),
+			upstreamDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+				Namespace: metricsNamespace, Subsystem: metricsSubsystem,
+				Name: "upstream_duration_seconds", Help: "Time to Atlas's response headers, by route.",
+				Buckets: prometheus.DefBuckets,
+			}, []string{"route"}),
+		}
+	})
+	for _, c := range []prometheus.Collector{
+		outbound.tokenFetches, outbound.tokenFetchDuration, outbound.tokenAge,
+		outbound.replays, outbound.upstreamRequests, outbound.upstreamDuration,
+	} {
+		registerCollector(registry, c)
+	}
+	return outbound
+}
+
+// registerCollector registers c, ignoring an earlier registration of the
+// same collector (several handlers and reloads share the collectors).
+func registerCollector(registry *prometheus.Registry, c prometheus.Collector) {
+	if registry == nil {
+		return
+	}
+	// An AlreadyRegisteredError is expected (reloads, several handlers).
+	// Any other error would be a mistake in the collectors' definitions,
+	// which are fixed at compile time; metrics never stop the server.
+	_ = registry.Register(c)
+}
+
+// observeUpstream records one upstream exchange of a route.
+func (m *outboundMetrics) observeUpstream(route string, status int, took time.Duration) {
+	m.upstreamRequests.WithLabelValues(route, statusClass(status)).Inc()
+	m.upstreamDuration.WithLabelValues(route).Observe(took.Seconds())
+}
+
+// statusClass names the class of an HTTP status, or "error" when there
+// was no response.
+func statusClass(status int) string {
+	switch {
+	case status >= 500 && status < 600:
+		return "5xx"
+	case status >= 400:
+		return "4xx"
+	case status >= 300:
+		return "3xx"
+	case status >= 200:
+		return "2xx"
+	case status >= 100:
+		return "1xx"
+	}
+	return "error"
+}
+
+// tokenAgeCollector reports the age of each live token source's token.
+type tokenAgeCollector struct {
+	desc *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (c tokenAgeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c tokenAgeCollector) Collect(ch chan<- prometheus.Metric) {
+	now := time.Now()
+	seen := make(map[string]bool)
+	liveTokenSources.Range(func(key, _ any) bool {
+		s := key.(*sharedTokenSource)
+		last := s.lastFetch.Load()
+		if last == 0 || seen[s.clientID] {
+			return true
+		}
+		seen[s.clientID] = true
+		age := now.Sub(time.Unix(0, last)).Seconds()
+		if m, err := prometheus.NewConstMetric(c.desc, prometheus.GaugeValue, age, s.clientID); err == nil {
+			ch <- m
+		}
+		return true
+	})
+}

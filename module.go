@@ -1,0 +1,356 @@
+// Package caddyatlas is a Caddy v2 plugin that puts the Atlas Docstream
+// document-extraction API behind Caddy: internal apps call Atlas through
+// Caddy without holding Atlas credentials (the outbound API routes), and
+// Atlas delivers extraction results through Caddy to the app, verified
+// (the callback route).
+package caddyatlas
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/atlasclient"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults of the outbound API routes.
+const (
+	DefaultExtractsPath   = "/atlas/extracts"
+	DefaultUploadPath     = "/atlas/multiupload"
+	DefaultTokenHeader    = "Token"
+	DefaultTimeout        = 30 * time.Second
+	DefaultMaxUploadBody = 1 << 20
+
+	// routeOff is the path value that disables a route.
+	routeOff = "off"
+)
+
+// Handler is the `atlas` HTTP handler. It serves up to four routes and
+// passes every other request to the next handler untouched:
+//
+//   - GET {extracts_path}: proxied to Atlas's GET /v1/docstream/extracts
+//     with the gateway's managed Atlas token injected. With `all=1`, every
+//     document of the batch is streamed in one response.
+//   - POST {upload_path}: proxied to Atlas's POST /v1/docstream/multiupload,
+//     validated and size-capped first.
+//   - POST {callback.auth_path}: Atlas's auth_url; issues Atlas a short-lived
+//     JWT for its callbacks.
+//   - POST {callback.path}: Atlas's callback_url; verifies the JWT and the
+//     payload, then hands the callback to the next handler.
+//
+// Secrets (client_secret, signing_key) should be given as `{env.NAME}` or
+// `{file.path}` placeholders; they are resolved when the config is
+// provisioned, so they never appear in the adapted JSON config.
+//
+// The callback route sets these placeholders for the rest of the route:
+//
+//	{http.atlas.callback.id}              the callback id, derived from the body
+//	{http.atlas.callback.subject}         the verified token's subject
+//	{http.atlas.callback.document_count}  the number of documents in the payload
+type Handler struct {
+	// The Atlas base URL, e.g. https://docstream.dev.kreditmind.com.
+	// Required when an outbound route is enabled.
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// The gateway's Atlas client id. Placeholders are resolved at
+	// provision time.
+	ClientID string `json:"client_id,omitempty"`
+
+	// The gateway's Atlas client secret. Use `{env.NAME}` or
+	// `{file.path}`; it is resolved at provision time.
+	ClientSecret string `json:"client_secret,omitempty"`
+
+	// The path of the extracts route. Default: /atlas/extracts; "off"
+	// disables the route.
+	ExtractsPath string `json:"extracts_path,omitempty"`
+
+	// The path of the upload route. Default: /atlas/multiupload; "off"
+	// disables the route.
+	UploadPath string `json:"upload_path,omitempty"`
+
+	// The request header that carries the Atlas token upstream.
+	// Default: Token.
+	TokenHeader string `json:"token_header,omitempty"`
+
+	// The time allowed for a whole upstream exchange (token, request and
+	// response body). With `all=1` it applies to each page. Default: 30s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// The largest upload request body accepted, in bytes. Default: 1 MiB.
+	MaxUploadBody int64 `json:"max_upload_body,omitempty"`
+
+	// The callback route, when Atlas delivers results to this server.
+	Callback *Callback `json:"callback,omitempty"`
+
+	// runtime state
+	endpoint     *url.URL
+	clientID     string
+	extractsPath string
+	uploadPath   string
+	poolKey      string
+	tokens       *sharedTokenSource
+	upstream     *http.Client
+	metrics      *outboundMetrics
+	logger       *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.atlas",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision resolves secrets, applies defaults and builds the upstream
+// client with its shared token source.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.TokenHeader == "" {
+		h.TokenHeader = DefaultTokenHeader
+	}
+	if h.Timeout == 0 {
+		h.Timeout = caddy.Duration(DefaultTimeout)
+	}
+	if h.MaxUploadBody == 0 {
+		h.MaxUploadBody = DefaultMaxUploadBody
+	}
+	h.extractsPath = routePath(h.ExtractsPath, DefaultExtractsPath)
+	h.uploadPath = routePath(h.UploadPath, DefaultUploadPath)
+
+	// The outbound routes exist when an endpoint is configured; a
+	// callback-only configuration leaves them out.
+	if h.Endpoint == "" && h.Callback != nil {
+		h.extractsPath, h.uploadPath = "", ""
+	}
+	if h.extractsPath != "" || h.uploadPath != "" {
+		if err := h.provisionOutbound(ctx); err != nil {
+			return err
+		}
+	}
+	if h.Callback != nil {
+		if err := h.Callback.provision(ctx, h.logger); err != nil {
+			return fmt.Errorf("callback: %w", err)
+		}
+	}
+	return nil
+}
+
+// provisionOutbound resolves the endpoint and credentials and takes the
+// token source from the pool shared across config reloads.
+func (h *Handler) provisionOutbound(ctx caddy.Context) error {
+	repl := caddy.NewReplacer()
+	endpoint := strings.TrimRight(repl.ReplaceKnown(h.Endpoint, ""), "/")
+	if endpoint == "" {
+		return errors.New("endpoint is required while an outbound route is enabled (set extracts_path and upload_path to off for a callback-only gateway)")
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("endpoint %q is not an absolute http(s) URL", endpoint)
+	}
+	h.endpoint = u
+
+	h.clientID = repl.ReplaceKnown(h.ClientID, "")
+	secret := repl.ReplaceKnown(h.ClientSecret, "")
+	switch {
+	case h.clientID == "" && secret == "":
+		return errors.New("client_id and client_secret are empty; give them as {env.NAME} or {file.path} placeholders")
+	case h.clientID == "":
+		return errors.New("client_id is empty")
+	case secret == "":
+		return fmt.Errorf("client_secret is empty (client_id %q); give it as an {env.NAME} or {file.path} placeholder", h.clientID)
+	}
+
+	h.metrics = provisionOutboundMetrics(ctx.GetMetricsRegistry())
+
+	// One token source per endpoint and credentials, shared by every
+	// handler and config that uses them, so a reload does not
+	// re-authenticate. The key holds a digest of the secret, never the
+	// secret itself.
+	digest := sha256.Sum256([]byte(secret))
+	h.poolKey = endpoint + "\x00" + h.clientID + "\x00" + hex.EncodeToString(digest[:])
+	val, _, err := tokenSources.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
+		return newSharedTokenSource(endpoint, h.clientID, secret, h.metrics)
+	})
+	if err != nil {
+		h.poolKey = ""
+		return err
+	}
+	h.tokens = val.(*sharedTokenSource)
+
+	base := &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   10 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		ForceAttemptHTTP2:   true,
+		MaxIdleConns:        256,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: 10 * time.Second,
+	}
+	h.upstream = &http.Client{
+		Transport: &atlasclient.Transport{
+			Source:   h.tokens.source,
+			Base:     base,
+			Header:   h.TokenHeader,
+			OnReplay: h.metrics.replays.Inc,
+		},
+		// Atlas's redirects are not followed: the token must not travel
+		// to wherever a redirect points.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return nil
+}
+
+// routePath returns the effective path of a route: the default when
+// unset, "" when the route is off.
+func routePath(configured, def string) string {
+	switch configured {
+	case "":
+		return def
+	case routeOff:
+		return ""
+	}
+	return configured
+}
+
+// Validate checks the configuration; it changes nothing.
+func (h *Handler) Validate() error {
+	for name, p := range map[string]string{"extracts_path": h.extractsPath, "upload_path": h.uploadPath} {
+		if p != "" && !strings.HasPrefix(p, "/") {
+			return fmt.Errorf("%s %q must start with /", name, p)
+		}
+	}
+	if h.extractsPath != "" && h.extractsPath == h.uploadPath {
+		return fmt.Errorf("extracts_path and upload_path are the same path %q", h.extractsPath)
+	}
+	if h.Timeout < 0 {
+		return errors.New("timeout must not be negative")
+	}
+	if h.MaxUploadBody < 0 {
+		return errors.New("max_upload_body must not be negative")
+	}
+	if h.TokenHeader != "" && !validHeaderName(h.TokenHeader) {
+		return fmt.Errorf("token_header %q is not a valid header name", h.TokenHeader)
+	}
+	if h.Callback != nil {
+		for _, p := range []string{h.extractsPath, h.uploadPath} {
+			if p != "" && (p == h.Callback.Path || p == h.Callback.AuthPath) {
+				return fmt.Errorf("path %q is used by both an outbound route and the callback route", p)
+			}
+		}
+		if err := h.Callback.validate(); err != nil {
+			return fmt.Errorf("callback: %w", err)
+		}
+	}
+	if h.extractsPath == "" && h.uploadPath == "" && h.Callback == nil {
+		return errors.New("every route is off: enable extracts_path, upload_path or a callback")
+	}
+	return nil
+}
+
+// validHeaderName reports whether s is a token as RFC 9110 defines header
+// names.
+func validHeaderName(s string) bool {
+	for _, c := range []byte(s) {
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// Cleanup releases the shared token source and the callback route's
+// resources. It is safe after a failed Provision.
+func (h *Handler) Cleanup() error {
+	var errs []error
+	if h.poolKey != "" {
+		if _, err := tokenSources.Delete(h.poolKey); err != nil {
+			errs = append(errs, err)
+		}
+		h.poolKey = ""
+	}
+	if h.upstream != nil {
+		h.upstream.CloseIdleConnections()
+	}
+	if h.Callback != nil {
+		if err := h.Callback.cleanup(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// tokenSources holds the token sources shared across config reloads,
+// keyed by endpoint, client id and a digest of the secret.
+var tokenSources = caddy.NewUsagePool()
+
+// sharedTokenSource is a token source held in the usage pool.
+type sharedTokenSource struct {
+	source   *atlasclient.TokenSource
+	clientID string
+	metrics  *outboundMetrics
+	// lastFetch is the Unix time in nanoseconds of the last successful
+	// authtoken call, for the token age metric.
+	lastFetch atomic.Int64
+}
+
+func newSharedTokenSource(endpoint, clientID, secret string, m *outboundMetrics) (*sharedTokenSource, error) {
+	s := &sharedTokenSource{clientID: clientID, metrics: m}
+	src, err := atlasclient.NewTokenSource(atlasclient.TokenOptions{
+		Endpoint:     endpoint,
+		ClientID:     clientID,
+		ClientSecret: secret,
+		Observer:     s,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.source = src
+	liveTokenSources.Store(s, struct{}{})
+	return s, nil
+}
+
+// TokenFetched records an authtoken call in the metrics.
+func (s *sharedTokenSource) TokenFetched(outcome string, took time.Duration) {
+	if outcome == "success" {
+		s.lastFetch.Store(time.Now().UnixNano())
+	}
+	s.metrics.tokenFetches.WithLabelValues(outcome).Inc()
+	s.metrics.tokenFetchDuration.Observe(took.Seconds())
+}
+
+// Destruct stops the token source when the last config using it is
+// unloaded.
+func (s *sharedTokenSource) Destruct() error {
+	s.source.Close()
+	liveTokenSources.Delete(s)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddy.Destructor            = (*sharedTokenSource)(nil)
+	_ atlasclient.TokenObserver   = (*sharedTokenSource)(nil)
+)

@@ -1,0 +1,132 @@
+package caddyatlas
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+)
+
+// serveUpload proxies POST {upload_path} to Atlas's multiupload endpoint.
+// The body is capped, validated and buffered, so that the transport can
+// replay it once on a 401; it is forwarded byte for byte.
+func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return methodNotAllowed(w, http.MethodPost)
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSONMediaType(ct) {
+		return writeError(w, http.StatusUnsupportedMediaType, "the body must be JSON (Content-Type: application/json)")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxUploadBody))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return writeError(w, http.StatusRequestEntityTooLarge,
+				fmt.Sprintf("the body is larger than %s", formatBytes(h.MaxUploadBody)))
+		}
+		if r.Context().Err() != nil {
+			return nil // the client went away
+		}
+		return writeError(w, http.StatusBadRequest, "the body could not be read")
+	}
+	if err := validateUpload(body); err != nil {
+		return writeError(w, http.StatusBadRequest, err.Error())
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), h.Timeout.Duration())
+	defer cancel()
+	u := h.endpoint.JoinPath("/v1/docstream/multiupload")
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	resp, err := h.exchange(ctx, r, routeUpload, req)
+	if err != nil {
+		return h.writeExchangeError(ctx, w, r, err)
+	}
+	defer resp.Body.Close()
+	return h.relayResponse(w, resp)
+}
+
+// isJSONMediaType reports whether a Content-Type names JSON.
+func isJSONMediaType(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return false
+	}
+	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
+}
+
+// uploadRequest is what the gateway checks of an upload body. Unknown keys
+// are allowed and forwarded untouched.
+type uploadRequest struct {
+	ProductType json.RawMessage   `json:"product_type"`
+	FileURLs    []json.RawMessage `json:"file_urls"`
+}
+
+// uploadFile is one entry of file_urls.
+type uploadFile struct {
+	FileURL    json.RawMessage `json:"file_url"`
+	DocumentID json.RawMessage `json:"document_id"`
+}
+
+// validateUpload checks that body is a JSON object with a non-empty
+// string product_type and a non-empty file_urls array whose entries each
+// have a non-empty file_url and document_id. The error names what is wrong.
+func validateUpload(body []byte) error {
+	if !json.Valid(body) {
+		return errors.New("the body is not valid JSON")
+	}
+	var req uploadRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) && typeErr.Field == "" {
+			return errors.New("the body must be a JSON object")
+		}
+		if errors.As(err, &typeErr) {
+			return fmt.Errorf("%s must be an array", typeErr.Field)
+		}
+		return errors.New("the body must be a JSON object")
+	}
+	if err := requireString("product_type", req.ProductType); err != nil {
+		return err
+	}
+	if len(req.FileURLs) == 0 {
+		return errors.New("file_urls is required and must be a non-empty array")
+	}
+	for i, raw := range req.FileURLs {
+		var f uploadFile
+		if err := json.Unmarshal(raw, &f); err != nil {
+			return fmt.Errorf("file_urls[%d] must be an object", i)
+		}
+		if err := requireString(fmt.Sprintf("file_urls[%d].file_url", i), f.FileURL); err != nil {
+			return err
+		}
+		if err := requireString(fmt.Sprintf("file_urls[%d].document_id", i), f.DocumentID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// requireString checks that raw is a non-blank JSON string.
+func requireString(name string, raw json.RawMessage) error {
+	if len(raw) == 0 || string(raw) == "null" {
+		return fmt.Errorf("%s is required", name)
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return fmt.Errorf("%s must be a string", name)
+	}
+	if strings.TrimSpace(s) == "" {
+		return fmt.Errorf("%s must not be empty", name)
+	}
+	return nil
+}
