@@ -1,0 +1,156 @@
+package atlastest
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// ControlPrefix is the path prefix of the unauthenticated control
+// endpoints. See the package documentation.
+const ControlPrefix = "/_sim/"
+
+// callbackRequest is the body of POST /_sim/callback.
+type callbackRequest struct {
+	AuthURL      string `json:"auth_url"`
+	CallbackURL  string `json:"callback_url"`
+	ClientID     string `json:"client_id"`
+	ClientSecret string `json:"client_secret"`
+	BatchID      string `json:"batch_id"`
+}
+
+// serveControl answers the /_sim/ control endpoints.
+func (s *Simulator) serveControl(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Path[len(ControlPrefix):]
+	method := http.MethodPost
+	if name == "counters" || name == "deliveries" {
+		method = http.MethodGet
+	}
+	switch name {
+	case "revoke", "fail", "delay", "counters", "reset", "token-lifetime", "callback", "deliveries":
+	default:
+		writeError(w, http.StatusNotFound, "unknown control endpoint")
+		return
+	}
+	if r.Method != method {
+		w.Header().Set("Allow", method)
+		writeError(w, http.StatusMethodNotAllowed, "method not allowed")
+		return
+	}
+
+	q := r.URL.Query()
+	switch name {
+	case "revoke":
+		s.RevokeAll()
+		writeOK(w)
+	case "reset":
+		s.Reset()
+		writeOK(w)
+	case "counters":
+		writeJSON(w, http.StatusOK, map[string]int{
+			EndpointAuthToken:   s.Calls(EndpointAuthToken),
+			EndpointMultiUpload: s.Calls(EndpointMultiUpload),
+			EndpointExtracts:    s.Calls(EndpointExtracts),
+		})
+	case "deliveries":
+		d := s.Deliveries()
+		if d == nil {
+			d = []Delivery{}
+		}
+		writeJSON(w, http.StatusOK, d)
+	case "token-lifetime":
+		secs, err := strconv.Atoi(q.Get("seconds"))
+		if err != nil || secs < 1 {
+			writeError(w, http.StatusBadRequest, "seconds must be a positive integer")
+			return
+		}
+		s.SetTokenLifetime(time.Duration(secs) * time.Second)
+		writeOK(w)
+	case "fail":
+		endpoint, n, ok := endpointAndCount(w, q.Get("endpoint"), q.Get("n"))
+		if !ok {
+			return
+		}
+		status, err := strconv.Atoi(q.Get("status"))
+		if err != nil || (status != 0 && (status < 200 || status > 599)) {
+			writeError(w, http.StatusBadRequest, "status must be 0 (connection reset) or an HTTP status in 200-599")
+			return
+		}
+		s.FailNext(endpoint, n, status)
+		writeOK(w)
+	case "delay":
+		endpoint, n, ok := endpointAndCount(w, q.Get("endpoint"), q.Get("n"))
+		if !ok {
+			return
+		}
+		ms, err := strconv.Atoi(q.Get("ms"))
+		if err != nil || ms < 0 {
+			writeError(w, http.StatusBadRequest, "ms must be a non-negative integer")
+			return
+		}
+		s.DelayNext(endpoint, n, time.Duration(ms)*time.Millisecond)
+		writeOK(w)
+	case "callback":
+		s.serveControlCallback(w, r)
+	}
+}
+
+// endpointAndCount parses the endpoint and n parameters of fail and delay,
+// answering 400 when they are bad.
+func endpointAndCount(w http.ResponseWriter, endpoint, count string) (string, int, bool) {
+	switch endpoint {
+	case "", EndpointAuthToken, EndpointMultiUpload, EndpointExtracts:
+	default:
+		writeError(w, http.StatusBadRequest, "endpoint must be authtoken, multiupload, extracts or empty")
+		return "", 0, false
+	}
+	n, err := strconv.Atoi(count)
+	if err != nil || n < 0 {
+		writeError(w, http.StatusBadRequest, "n must be a non-negative integer")
+		return "", 0, false
+	}
+	return endpoint, n, true
+}
+
+// serveControlCallback answers POST /_sim/callback.
+func (s *Simulator) serveControlCallback(w http.ResponseWriter, r *http.Request) {
+	var req callbackRequest
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, "request body too large")
+		return
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid JSON body")
+		return
+	}
+	if req.BatchID == "" || req.CallbackURL == "" {
+		writeError(w, http.StatusBadRequest, "batch_id and callback_url are required")
+		return
+	}
+	if _, ok := s.batch(req.BatchID); !ok {
+		writeError(w, http.StatusNotFound, "batch not found")
+		return
+	}
+	d, err := s.DeliverCallback(r.Context(), CallbackTarget{
+		AuthURL:      req.AuthURL,
+		CallbackURL:  req.CallbackURL,
+		ClientID:     req.ClientID,
+		ClientSecret: req.ClientSecret,
+	}, req.BatchID)
+	status := http.StatusOK
+	if err != nil {
+		status = http.StatusBadGateway
+		if errors.Is(err, ErrUnknownBatch) {
+			status = http.StatusNotFound
+		}
+	}
+	writeJSON(w, status, d)
+}
+
+func writeOK(w http.ResponseWriter) {
+	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}

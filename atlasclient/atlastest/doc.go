@@ -1,0 +1,87 @@
+// Package atlastest simulates the Atlas Docstream API for tests and demos.
+//
+// Atlas itself is unreachable from development machines, so every test of
+// the Atlas client and of the caddy-atlas plugin runs against this
+// simulator. It is an independent implementation of the documented
+// contract (docs.helloatlas.in): it shares no code with the client it
+// tests, and it imports nothing of Caddy. The Caddy module
+// github.com/caddy-atlas/caddy-atlas/simulator serves it from a Caddy
+// server for curl and the README demo.
+//
+// THE SIMULATOR IS FOR TESTS AND DEMOS ONLY. Its control endpoints under
+// /_sim/ are unauthenticated, let anyone revoke tokens or inject faults,
+// and make the server POST to any URL; never expose it to real traffic.
+//
+// # Atlas endpoints
+//
+// Paths are matched exactly.
+//
+//	POST /v1/docstream/authtoken    headers Client-Id, Client-Secret
+//	  200 {"access_token": "<HS256 JWT>", "expires_in": <seconds>}
+//	  400 {"error": "Missing Client-Id or Client-Secret"}
+//	  401 {"error_code": "401", "error_message": "Invalid client credentials"}
+//
+//	POST /v1/docstream/multiupload  header Token, JSON body
+//	  {"product_type": "LOAN_APP", "file_urls": [{"file_url": "...", "document_id": "..."}]}
+//	  201 [{"batch_id", "document_id", "file_uuid"}, ...]   (UploadResponseArray, default)
+//	  201 {"batch_id": "..."}                               (UploadResponseObject)
+//	  400 {"error": "..."} naming what is missing or malformed
+//	  401 {"error": "Invalid or expired token"}
+//	  413 body over 10 MiB; 415 Content-Type not application/json (both undocumented)
+//
+//	GET /v1/docstream/extracts?batch_id=&page=&per_page=   header Token
+//	  200 {"data": [{"document_id", "file_data"}], "page", "per_page",
+//	       "total_pages", "total_items", "has_next", "has_prev"}
+//	  400 {"error": "batch_id is required"}, or a bad page/per_page
+//	  401 {"error": "Invalid or expired token"}
+//	  404 {"error": "batch not found"}   (undocumented by Atlas)
+//
+// Unknown paths answer 404 and wrong methods 405, both with {"error": ...}.
+//
+// Behaviour the Atlas documentation leaves open, and what the simulator
+// does:
+//   - Every batch is fully processed the moment it is created; there is no
+//     "still processing" state.
+//   - page defaults to 1 and per_page to 50; per_page above 50 is capped at
+//     50 and the response reports the effective per_page; a page past the
+//     end has empty data and correct totals; total_pages is 0 for an
+//     empty batch.
+//   - Tokens are real HS256 JWTs (sub, iss, iat, exp, jti and a private
+//     "gen" revocation generation) signed with a random per-simulator key.
+//     exp has one-second resolution like any JWT, so a token may expire up
+//     to a second before iat+expires_in as measured with sub-second clocks.
+//     Only the Token header is read: Authorization: Bearer is not accepted.
+//   - Documents are extracted deterministically from their document id;
+//     see Classify for how the document type is chosen. An unclassifiable
+//     document has document_type "UNKNOWN" plus error_code and
+//     error_message.
+//   - document_type is a plain string (DocumentTypeString) or a
+//     {value, confidence_score} object (DocumentTypeObject).
+//   - At most 10000 batches are kept; the oldest are forgotten first.
+//
+// # Control endpoints
+//
+// Unauthenticated, JSON in and out, for scripts driving a simulator served
+// by Caddy:
+//
+//	POST /_sim/revoke                            RevokeAll
+//	POST /_sim/fail?endpoint=&n=&status=         FailNext (status 0 resets the connection)
+//	POST /_sim/delay?endpoint=&n=&ms=            DelayNext
+//	GET  /_sim/counters                          {"authtoken": n, "multiupload": n, "extracts": n}
+//	POST /_sim/reset                             Reset (counters, faults, delays, deliveries, token lifetime)
+//	POST /_sim/token-lifetime?seconds=           SetTokenLifetime
+//	POST /_sim/callback                          DeliverCallback; body
+//	     {"auth_url", "callback_url", "client_id", "client_secret", "batch_id"}
+//	     answers the Delivery: 200 if delivered, 502 if not
+//	GET  /_sim/deliveries                        Deliveries
+//
+// endpoint is one of authtoken, multiupload, extracts, or empty for any.
+//
+// # Callbacks
+//
+// DeliverCallback plays Atlas delivering results: it POSTs to the
+// customer's auth_url with Client-Id and Client-Secret headers, reads
+// access_token from the JSON answer, then POSTs the batch's extraction
+// payload (the shape of an extracts response holding every document on
+// page 1) to callback_url with the header Token: <access_token>.
+package atlastest

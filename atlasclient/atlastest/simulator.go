@@ -1,0 +1,505 @@
+package atlastest
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Endpoint names, as used by Calls, FailNext, DelayNext and LastHeaders.
+const (
+	EndpointAuthToken   = "authtoken"
+	EndpointMultiUpload = "multiupload"
+	EndpointExtracts    = "extracts"
+)
+
+// Upload response shapes (Options.UploadResponseShape).
+const (
+	// UploadResponseArray answers multiupload with
+	// [{"batch_id", "document_id", "file_uuid"}, ...]. The default.
+	UploadResponseArray = "array"
+	// UploadResponseObject answers multiupload with {"batch_id": "..."}.
+	UploadResponseObject = "object"
+)
+
+// Forms of file_data.document_type (Options.DocumentTypeForm).
+const (
+	// DocumentTypeString makes document_type a plain string. The default.
+	DocumentTypeString = "string"
+	// DocumentTypeObject makes document_type a {value, confidence_score}
+	// object like every other field.
+	DocumentTypeObject = "object"
+)
+
+// Defaults.
+const (
+	DefaultClientID      = "demo-client"
+	DefaultClientSecret  = "demo-secret"
+	DefaultTokenLifetime = time.Hour
+)
+
+// APIPrefix is the path prefix of the Atlas endpoints.
+const APIPrefix = "/v1/docstream/"
+
+const (
+	maxBatches    = 10000
+	maxDeliveries = 1000
+	maxUploadBody = 10 << 20
+)
+
+// Options configure a Simulator. The zero value is usable.
+type Options struct {
+	// ClientID and ClientSecret are the credentials authtoken accepts.
+	// When both are empty they default to DefaultClientID and
+	// DefaultClientSecret.
+	ClientID, ClientSecret string
+
+	// TokenLifetime is the lifetime of issued tokens, reported as
+	// expires_in in seconds. Default DefaultTokenLifetime.
+	TokenLifetime time.Duration
+
+	// Now is the clock used to issue and check tokens and to stamp batch
+	// ids. Default time.Now.
+	Now func() time.Time
+
+	// CallbackHTTPClient makes the requests of DeliverCallback. Default
+	// an http.Client with a 30s timeout.
+	CallbackHTTPClient *http.Client
+
+	// UploadResponseShape is UploadResponseArray (default) or
+	// UploadResponseObject. Other values mean the default.
+	UploadResponseShape string
+
+	// DocumentTypeForm is DocumentTypeString (default) or
+	// DocumentTypeObject. Other values mean the default.
+	DocumentTypeForm string
+}
+
+// Simulator is an http.Handler simulating the Atlas Docstream API. All its
+// methods are safe for concurrent use. See the package documentation.
+type Simulator struct {
+	clientID, clientSecret string
+	now                    func() time.Time
+	callbackClient         *http.Client
+	key                    []byte
+	defaultLifetime        time.Duration
+	done                   chan struct{}
+	closeOnce              sync.Once
+
+	mu          sync.Mutex
+	lifetime    time.Duration
+	uploadShape string
+	docTypeForm string
+	generation  int64
+	calls       map[string]int
+	lastHeaders map[string]http.Header
+	lastQueries map[string]url.Values
+	faults      map[string][]fault
+	delays      map[string][]delay
+	batches     map[string]*batch
+	batchOrder  []string
+	deliveries  []Delivery
+}
+
+type fault struct {
+	n      int
+	status int
+}
+
+type delay struct {
+	n int
+	d time.Duration
+}
+
+type batch struct {
+	id   string
+	docs []batchDoc
+}
+
+type batchDoc struct {
+	documentID, fileURL, fileUUID string
+}
+
+// New returns a simulator configured by opts.
+func New(opts Options) *Simulator {
+	s := &Simulator{
+		clientID:       opts.ClientID,
+		clientSecret:   opts.ClientSecret,
+		now:            opts.Now,
+		callbackClient: opts.CallbackHTTPClient,
+		key:            make([]byte, 32),
+		done:           make(chan struct{}),
+		calls:          map[string]int{},
+		lastHeaders:    map[string]http.Header{},
+		lastQueries:    map[string]url.Values{},
+		faults:         map[string][]fault{},
+		delays:         map[string][]delay{},
+		batches:        map[string]*batch{},
+	}
+	if s.clientID == "" && s.clientSecret == "" {
+		s.clientID, s.clientSecret = DefaultClientID, DefaultClientSecret
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.callbackClient == nil {
+		s.callbackClient = &http.Client{Timeout: 30 * time.Second}
+	}
+	s.defaultLifetime = opts.TokenLifetime
+	if s.defaultLifetime <= 0 {
+		s.defaultLifetime = DefaultTokenLifetime
+	}
+	s.lifetime = s.defaultLifetime
+	s.uploadShape = normalizeUploadShape(opts.UploadResponseShape)
+	s.docTypeForm = normalizeDocTypeForm(opts.DocumentTypeForm)
+	_, _ = rand.Read(s.key) // never fails since Go 1.24
+	return s
+}
+
+func normalizeUploadShape(shape string) string {
+	if shape == UploadResponseObject {
+		return shape
+	}
+	return UploadResponseArray
+}
+
+func normalizeDocTypeForm(form string) string {
+	if form == DocumentTypeObject {
+		return form
+	}
+	return DocumentTypeString
+}
+
+// endpointForPath maps a request path to an Atlas endpoint name.
+func endpointForPath(path string) (string, bool) {
+	name, ok := strings.CutPrefix(path, APIPrefix)
+	if !ok {
+		return "", false
+	}
+	switch name {
+	case EndpointAuthToken, EndpointMultiUpload, EndpointExtracts:
+		return name, true
+	}
+	return "", false
+}
+
+// ServeHTTP serves the Atlas endpoints and the /_sim/ control endpoints.
+func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, ControlPrefix) {
+		s.serveControl(w, r)
+		return
+	}
+	endpoint, ok := endpointForPath(r.URL.Path)
+	if !ok {
+		writeError(w, http.StatusNotFound, "not found")
+		return
+	}
+
+	d, f := s.begin(endpoint, r)
+	if d > 0 && !s.wait(w, r, d) {
+		return
+	}
+	if f != nil {
+		s.fail(w, endpoint, f.status)
+		return
+	}
+
+	method := http.MethodPost
+	if endpoint == EndpointExtracts {
+		method = http.MethodGet
+	}
+	if r.Method != method {
+		w.Header().Set("Allow", method)
+		writeError(w, http.StatusMethodNotAllowed, "method not allowed")
+		return
+	}
+
+	switch endpoint {
+	case EndpointAuthToken:
+		s.serveAuthToken(w, r)
+	case EndpointMultiUpload:
+		s.serveMultiUpload(w, r)
+	case EndpointExtracts:
+		s.serveExtracts(w, r)
+	}
+}
+
+// begin counts a call to endpoint, records its headers and takes the
+// pending delay and fault that apply to it, endpoint-specific ones first.
+func (s *Simulator) begin(endpoint string, r *http.Request) (time.Duration, *fault) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls[endpoint]++
+	s.lastHeaders[endpoint] = r.Header.Clone()
+	s.lastQueries[endpoint] = r.URL.Query()
+
+	var d time.Duration
+	for _, key := range []string{endpoint, ""} {
+		if q := s.delays[key]; len(q) > 0 {
+			d = q[0].d
+			if q[0].n--; q[0].n <= 0 {
+				s.delays[key] = q[1:]
+			}
+			break
+		}
+	}
+	for _, key := range []string{endpoint, ""} {
+		if q := s.faults[key]; len(q) > 0 {
+			f := q[0]
+			if q[0].n--; q[0].n <= 0 {
+				s.faults[key] = q[1:]
+			}
+			if f.status == statusPass {
+				return d, nil
+			}
+			return d, &f
+		}
+	}
+	return d, nil
+}
+
+// wait sleeps d, returning false if the request was cancelled (nothing is
+// written: the client is gone) or the simulator closed (503 is written).
+func (s *Simulator) wait(w http.ResponseWriter, r *http.Request, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		return false
+	case <-s.done:
+		writeError(w, http.StatusServiceUnavailable, "simulator shutting down")
+		return false
+	}
+}
+
+// fail answers an injected failure.
+func (s *Simulator) fail(w http.ResponseWriter, endpoint string, status int) {
+	switch {
+	case status == 0:
+		resetConnection(w)
+	case status == http.StatusUnauthorized && endpoint == EndpointAuthToken:
+		writeJSON(w, status, map[string]string{"error_code": "401", "error_message": "Invalid client credentials"})
+	case status == http.StatusUnauthorized:
+		writeError(w, status, msgInvalidToken)
+	default:
+		writeError(w, status, "simulated failure: "+http.StatusText(status))
+	}
+}
+
+// resetConnection closes the client connection without a response, with
+// an RST where the connection is TCP. Where the connection cannot be
+// hijacked (HTTP/2) it answers 503 instead.
+func resetConnection(w http.ResponseWriter) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusServiceUnavailable, "simulated connection reset (connection not hijackable)")
+		return
+	}
+	c := conn
+	for {
+		if l, ok := c.(interface{ SetLinger(int) error }); ok {
+			_ = l.SetLinger(0)
+			break
+		}
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = u.NetConn()
+	}
+	_ = conn.Close()
+}
+
+// normalizeStatus maps statuses net/http cannot write to 500.
+func normalizeStatus(status int) int {
+	if status == 0 || (status >= 200 && status <= 599) {
+		return status
+	}
+	return http.StatusInternalServerError
+}
+
+// SetTokenLifetime sets the lifetime of tokens issued from now on; d <= 0
+// restores the configured lifetime.
+func (s *Simulator) SetTokenLifetime(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d <= 0 {
+		d = s.defaultLifetime
+	}
+	s.lifetime = d
+}
+
+// SetUploadResponseShape switches the multiupload response shape
+// (UploadResponseArray or UploadResponseObject; anything else means the
+// array).
+func (s *Simulator) SetUploadResponseShape(shape string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.uploadShape = normalizeUploadShape(shape)
+}
+
+// SetDocumentTypeForm switches the form of file_data.document_type
+// (DocumentTypeString or DocumentTypeObject; anything else means the
+// string).
+func (s *Simulator) SetDocumentTypeForm(form string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.docTypeForm = normalizeDocTypeForm(form)
+}
+
+// RevokeAll invalidates every token issued so far: they answer 401
+// Invalid or expired token. Tokens issued afterwards are valid.
+func (s *Simulator) RevokeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.generation++
+}
+
+// FailAuth makes the next n authtoken calls answer status; status 0 resets
+// the connection. It is FailNext(EndpointAuthToken, n, status).
+func (s *Simulator) FailAuth(n int, status int) {
+	s.FailNext(EndpointAuthToken, n, status)
+}
+
+// FailNext makes the next n calls to endpoint (EndpointAuthToken,
+// EndpointMultiUpload, EndpointExtracts, or "" for any) answer status
+// instead of being served. status 0 resets the connection without a
+// response; a status net/http cannot write means 500. Bodies:
+// 401 on authtoken uses {"error_code": "401", "error_message": ...},
+// 401 elsewhere {"error": "Invalid or expired token"}, anything else
+// {"error": "simulated failure: <status text>"}.
+//
+// Successive calls queue up: FailNext("extracts", 1, 500) then
+// FailNext("extracts", 1, 503) fails the next call with 500 and the one
+// after with 503. A call is failed by its endpoint's queue first, then by
+// the "" queue. n <= 0 clears the queue of endpoint. Failed calls still
+// count in Calls.
+func (s *Simulator) FailNext(endpoint string, n int, status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n <= 0 {
+		delete(s.faults, endpoint)
+		return
+	}
+	s.faults[endpoint] = append(s.faults[endpoint], fault{n: n, status: normalizeStatus(status)})
+}
+
+// statusPass marks a queued fault entry that lets calls through unharmed;
+// FailAfter uses it to fail calls further down the line.
+const statusPass = -1
+
+// FailAfter lets the next skip calls to endpoint ("" for any) through,
+// then fails the n after them with status, as FailNext does. It joins the
+// same queue as FailNext.
+func (s *Simulator) FailAfter(endpoint string, skip, n int, status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if skip > 0 {
+		s.faults[endpoint] = append(s.faults[endpoint], fault{n: skip, status: statusPass})
+	}
+	if n > 0 {
+		s.faults[endpoint] = append(s.faults[endpoint], fault{n: n, status: normalizeStatus(status)})
+	}
+}
+
+// DelayNext makes the next n calls to endpoint ("" for any) wait d before
+// being answered (or failed, if a fault applies too). A request whose
+// context ends during the wait is abandoned without a response. Queues and
+// n <= 0 work as in FailNext.
+func (s *Simulator) DelayNext(endpoint string, n int, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n <= 0 || d <= 0 {
+		delete(s.delays, endpoint)
+		return
+	}
+	s.delays[endpoint] = append(s.delays[endpoint], delay{n: n, d: d})
+}
+
+// Calls returns how many requests reached endpoint since the last reset,
+// including failed, delayed and rejected ones. Calls("") is the total over
+// all three endpoints.
+func (s *Simulator) Calls(endpoint string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if endpoint == "" {
+		return s.calls[EndpointAuthToken] + s.calls[EndpointMultiUpload] + s.calls[EndpointExtracts]
+	}
+	return s.calls[endpoint]
+}
+
+// ResetCounters zeroes the call counters.
+func (s *Simulator) ResetCounters() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.calls)
+}
+
+// Reset zeroes the call counters and forgets recorded headers, pending
+// faults and delays and recorded deliveries, and restores the configured
+// token lifetime. Batches and tokens survive.
+func (s *Simulator) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.calls)
+	clear(s.lastHeaders)
+	clear(s.lastQueries)
+	clear(s.faults)
+	clear(s.delays)
+	s.deliveries = nil
+	s.lifetime = s.defaultLifetime
+}
+
+// LastHeaders returns a copy of the headers of the last request to
+// endpoint, or nil if there was none.
+func (s *Simulator) LastHeaders(endpoint string) http.Header {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastHeaders[endpoint].Clone()
+}
+
+// LastQuery returns a copy of the query of the last request to endpoint,
+// or nil if there was none.
+func (s *Simulator) LastQuery(endpoint string) url.Values {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.lastQueries[endpoint]
+	if q == nil {
+		return nil
+	}
+	out := make(url.Values, len(q))
+	for k, v := range q {
+		out[k] = append([]string(nil), v...)
+	}
+	return out
+}
+
+// close aborts pending delays (they answer 503).
+func (s *Simulator) close() {
+	s.closeOnce.Do(func() { close(s.done) })
+}
+
+// writeJSON writes v as a JSON response with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b = []byte(`{"error":"internal error"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// writeError writes {"error": msg} with status.
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}

@@ -1,0 +1,94 @@
+package simulator
+
+import (
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("atlas_simulator", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("atlas_simulator", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// parseCaddyfile sets up the handler from Caddyfile tokens.
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(Handler)
+	if err := handler.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return handler, nil
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	atlas_simulator {
+//	    client_id          <id>
+//	    client_secret      <secret>
+//	    token_lifetime     <duration>
+//	    upload_response    array|object
+//	    document_type_form string|object
+//	}
+//
+// The block is optional; without client_id and client_secret the
+// simulator accepts demo-client / demo-secret. Use {env.X} or
+// {file.path} for credentials you do not want in the adapted JSON.
+// FOR TESTS AND DEMOS ONLY: never serve it to real traffic.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		switch sub {
+		case "client_id", "client_secret", "token_lifetime", "upload_response", "document_type_form":
+		default:
+			return d.Errf("unrecognized subdirective %q", sub)
+		}
+		if seen[sub] {
+			return d.Errf("%s specified more than once", sub)
+		}
+		seen[sub] = true
+
+		var arg string
+		if !d.Args(&arg) {
+			return d.ArgErr()
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+
+		switch sub {
+		case "client_id":
+			h.ClientID = arg
+		case "client_secret":
+			h.ClientSecret = arg
+		case "token_lifetime":
+			dur, err := caddy.ParseDuration(arg)
+			if err != nil {
+				return d.Errf("parsing token_lifetime: %v", err)
+			}
+			if dur <= 0 {
+				return d.Errf("token_lifetime must be positive, got %s", arg)
+			}
+			h.TokenLifetime = caddy.Duration(dur)
+		case "upload_response":
+			if arg != atlastest.UploadResponseArray && arg != atlastest.UploadResponseObject {
+				return d.Errf("upload_response must be %q or %q, got %q", atlastest.UploadResponseArray, atlastest.UploadResponseObject, arg)
+			}
+			h.UploadResponse = arg
+		case "document_type_form":
+			if arg != atlastest.DocumentTypeString && arg != atlastest.DocumentTypeObject {
+				return d.Errf("document_type_form must be %q or %q, got %q", atlastest.DocumentTypeString, atlastest.DocumentTypeObject, arg)
+			}
+			h.DocumentTypeForm = arg
+		}
+	}
+	return nil
+}

@@ -1,0 +1,209 @@
+// Package simulator serves the Atlas Docstream simulator
+// (github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest) from Caddy,
+// as the http.handlers.atlas_simulator module and the atlas_simulator
+// Caddyfile directive.
+//
+// THIS MODULE IS FOR TESTS AND DEMOS ONLY. It fakes Atlas with demo
+// credentials, its /_sim/ control endpoints are unauthenticated and can
+// make the server POST to arbitrary URLs. Never deploy it in front of real
+// traffic.
+package simulator
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// simulators holds the running simulators, keyed by their resolved
+// configuration, so that a config reload that leaves a simulator's
+// configuration unchanged keeps its batches, tokens and knobs.
+var simulators = caddy.NewUsagePool()
+
+// Handler is an HTTP handler simulating the Atlas Docstream API: the
+// /v1/docstream/authtoken, /multiupload and /extracts endpoints, and the
+// unauthenticated /_sim/ control endpoints (see package atlastest). It is
+// a terminal handler: it answers every request itself and never calls the
+// next handler.
+//
+// Handlers with identical configuration share one simulator, which
+// survives config reloads as long as some handler uses it.
+//
+// FOR TESTS AND DEMOS ONLY: never deploy it in front of real traffic.
+type Handler struct {
+	// ClientID is the Client-Id the authtoken endpoint accepts. Accepts
+	// {env.*} and {file.*} placeholders. Defaults to "demo-client" when
+	// both client_id and client_secret are omitted.
+	ClientID string `json:"client_id,omitempty"`
+
+	// ClientSecret is the Client-Secret the authtoken endpoint accepts.
+	// Accepts {env.*} and {file.*} placeholders. Defaults to
+	// "demo-secret" when both client_id and client_secret are omitted.
+	ClientSecret string `json:"client_secret,omitempty"`
+
+	// TokenLifetime is the lifetime of issued tokens. Default 1h.
+	TokenLifetime caddy.Duration `json:"token_lifetime,omitempty"`
+
+	// UploadResponse is the shape of a multiupload response: "array"
+	// (default; [{"batch_id", "document_id", "file_uuid"}]) or "object"
+	// ({"batch_id"}). The Atlas documentation shows both.
+	UploadResponse string `json:"upload_response,omitempty"`
+
+	// DocumentTypeForm is the form of file_data.document_type: "string"
+	// (default) or "object" ({"value", "confidence_score"}). The Atlas
+	// documentation does not settle it.
+	DocumentTypeForm string `json:"document_type_form,omitempty"`
+
+	clientID     string
+	clientSecret string
+	key          poolKey
+	provisioned  bool
+	sim          *atlastest.Simulator
+	logger       *zap.Logger
+}
+
+// poolKey identifies a simulator configuration in the usage pool.
+type poolKey struct {
+	clientID, clientSecret string
+	tokenLifetime          time.Duration
+	uploadResponse         string
+	documentTypeForm       string
+}
+
+// poolEntry is a pooled simulator.
+type poolEntry struct {
+	sim *atlastest.Simulator
+}
+
+// Destruct implements caddy.Destructor. A simulator holds no resources
+// beyond memory.
+func (poolEntry) Destruct() error { return nil }
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.atlas_simulator",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision resolves placeholders, applies defaults and loads (or creates)
+// the shared simulator for this configuration.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+
+	repl := caddy.NewReplacer()
+	h.clientID = repl.ReplaceKnown(h.ClientID, "")
+	h.clientSecret = repl.ReplaceKnown(h.ClientSecret, "")
+	if h.ClientID == "" && h.ClientSecret == "" {
+		h.clientID, h.clientSecret = atlastest.DefaultClientID, atlastest.DefaultClientSecret
+	}
+	if err := h.check(); err != nil {
+		return err
+	}
+
+	lifetime := time.Duration(h.TokenLifetime)
+	if lifetime == 0 {
+		lifetime = atlastest.DefaultTokenLifetime
+	}
+	h.key = poolKey{
+		clientID:         h.clientID,
+		clientSecret:     h.clientSecret,
+		tokenLifetime:    lifetime,
+		uploadResponse:   orDefault(h.UploadResponse, atlastest.UploadResponseArray),
+		documentTypeForm: orDefault(h.DocumentTypeForm, atlastest.DocumentTypeString),
+	}
+	val, loaded, err := simulators.LoadOrNew(h.key, func() (caddy.Destructor, error) {
+		return poolEntry{sim: atlastest.New(atlastest.Options{
+			ClientID:            h.key.clientID,
+			ClientSecret:        h.key.clientSecret,
+			TokenLifetime:       h.key.tokenLifetime,
+			UploadResponseShape: h.key.uploadResponse,
+			DocumentTypeForm:    h.key.documentTypeForm,
+		})}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("loading simulator: %v", err)
+	}
+	h.provisioned = true
+	h.sim = val.(poolEntry).sim
+
+	h.logger.Warn("atlas_simulator is a fake Atlas API for tests and demos only; never deploy it in front of real traffic",
+		zap.Bool("reused", loaded),
+		zap.Duration("token_lifetime", lifetime),
+		zap.String("upload_response", h.key.uploadResponse),
+		zap.String("document_type_form", h.key.documentTypeForm),
+	)
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	return h.check()
+}
+
+// check reports what is wrong with the configuration. It never includes a
+// secret in its error.
+func (h *Handler) check() error {
+	if h.clientID == "" {
+		return errors.New("client_id is empty (after placeholder resolution)")
+	}
+	if h.clientSecret == "" {
+		return errors.New("client_secret is empty (after placeholder resolution)")
+	}
+	if h.TokenLifetime < 0 {
+		return fmt.Errorf("token_lifetime must not be negative, got %s", time.Duration(h.TokenLifetime))
+	}
+	switch h.UploadResponse {
+	case "", atlastest.UploadResponseArray, atlastest.UploadResponseObject:
+	default:
+		return fmt.Errorf("upload_response must be %q or %q, got %q", atlastest.UploadResponseArray, atlastest.UploadResponseObject, h.UploadResponse)
+	}
+	switch h.DocumentTypeForm {
+	case "", atlastest.DocumentTypeString, atlastest.DocumentTypeObject:
+	default:
+		return fmt.Errorf("document_type_form must be %q or %q, got %q", atlastest.DocumentTypeString, atlastest.DocumentTypeObject, h.DocumentTypeForm)
+	}
+	return nil
+}
+
+// Cleanup releases this handler's reference to the shared simulator. It
+// is safe after a failed Provision.
+func (h *Handler) Cleanup() error {
+	if !h.provisioned {
+		return nil
+	}
+	h.provisioned = false
+	h.sim = nil
+	_, err := simulators.Delete(h.key)
+	return err
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+)
+
+var _ caddy.Destructor = poolEntry{}
