@@ -1,7 +1,9 @@
 package caddyatlas
 
 import (
+	"bytes"
 	"encoding/json"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,12 +51,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "empty block", input: `atlas {
 			}`, want: Handler{}},
 		{name: "no block", input: `atlas`, want: Handler{}},
-		{name: "inline argument", input: `atlas https://x`, wantErr: "Wrong argument count"},
-		{name: "unknown subdirective", input: "atlas {\n endpoint https://x\n client_key abc\n}", wantErr: `Testfile:3 - Error during parsing: unrecognized subdirective "client_key"`},
-		{name: "repeated subdirective", input: "atlas {\n endpoint https://x\n endpoint https://y\n}", wantErr: `Testfile:3 - Error during parsing: subdirective "endpoint" given more than once`},
-		{name: "missing argument", input: "atlas {\n client_id\n}", wantErr: "Testfile:2 - Error during parsing: Wrong argument count"},
-		{name: "extra argument", input: "atlas {\n client_id a b\n}", wantErr: "Testfile:2 - Error during parsing: Wrong argument count"},
-		{name: "bad timeout", input: "atlas {\n timeout soon\n}", wantErr: `Testfile:2 - Error during parsing: bad timeout "soon"`},
+		{name: "inline argument", input: `atlas https://x`, wantErr: "wrong argument count or unexpected line ending after 'https://x', at Testfile:1"},
+		{name: "unknown subdirective", input: "atlas {\n endpoint https://x\n client_key abc\n}", wantErr: `unrecognized subdirective "client_key", at Testfile:3`},
+		{name: "repeated subdirective", input: "atlas {\n endpoint https://x\n endpoint https://y\n}", wantErr: `subdirective "endpoint" given more than once, at Testfile:3`},
+		{name: "missing argument", input: "atlas {\n client_id\n}", wantErr: "wrong argument count or unexpected line ending after 'client_id', at Testfile:2"},
+		{name: "extra argument", input: "atlas {\n client_id a b\n}", wantErr: "wrong argument count or unexpected line ending after 'b', at Testfile:2"},
+		{name: "bad timeout", input: "atlas {\n timeout soon\n}", wantErr: `bad timeout "soon": time: invalid duration "soon", at Testfile:2`},
 		{name: "zero timeout", input: "atlas {\n timeout 0s\n}", wantErr: "timeout must be positive"},
 		{name: "bad size", input: "atlas {\n max_upload_body lots\n}", wantErr: `bad max_upload_body "lots"`},
 		{name: "zero size", input: "atlas {\n max_upload_body 0\n}", wantErr: "max_upload_body must be between"},
@@ -79,6 +81,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 	}
 }
 
+var updateGolden = flag.Bool("update", false, "rewrite the expected JSON of testdata/adapt/*.caddyfiletest")
+
 // TestCaddyfileAdapt checks testdata/adapt/*.caddyfiletest: a Caddyfile,
 // a line of dashes, then the JSON it adapts to, or for a file whose name
 // starts with "error_", the adapt error it must fail with.
@@ -102,6 +106,20 @@ func TestCaddyfileAdapt(t *testing.T) {
 				_, err := adaptCaddyfile(input)
 				if err == nil || !strings.Contains(err.Error(), want) {
 					t.Fatalf("adapt error = %v, want it to contain %q", err, want)
+				}
+				return
+			}
+			if *updateGolden {
+				out, err := adaptCaddyfile(input)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var pretty bytes.Buffer
+				if err := json.Indent(&pretty, out, "", "\t"); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(f, []byte(input+"----------\n"+pretty.String()+"\n"), 0o644); err != nil {
+					t.Fatal(err)
 				}
 				return
 			}

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -36,7 +37,7 @@ func (h *Handler) serveExtracts(w http.ResponseWriter, r *http.Request) error {
 		return h.serveAllExtracts(w, r, q)
 	}
 
-	ctx, cancel := context.WithTimeout(r.Context(), h.Timeout.Duration())
+	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
 	defer cancel()
 	resp, err := h.exchange(ctx, r, routeExtracts, h.extractsRequest(ctx, q))
 	if err != nil {
@@ -143,7 +144,7 @@ func (h *Handler) serveAllExtracts(w http.ResponseWriter, r *http.Request, q ext
 		written int
 	)
 	for q.page = 1; q.page <= maxAllPages; q.page++ {
-		ctx, cancel := context.WithTimeout(r.Context(), h.Timeout.Duration())
+		ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
 		resp, err := h.exchange(ctx, r, routeExtracts, h.extractsRequest(ctx, q))
 		if err != nil {
 			defer cancel()

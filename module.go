@@ -30,10 +30,10 @@ func init() {
 
 // Defaults of the outbound API routes.
 const (
-	DefaultExtractsPath   = "/atlas/extracts"
-	DefaultUploadPath     = "/atlas/multiupload"
-	DefaultTokenHeader    = "Token"
-	DefaultTimeout        = 30 * time.Second
+	DefaultExtractsPath  = "/atlas/extracts"
+	DefaultUploadPath    = "/atlas/multiupload"
+	DefaultTokenHeader   = "Token"
+	DefaultTimeout       = 30 * time.Second
 	DefaultMaxUploadBody = 1 << 20
 
 	// routeOff is the path value that disables a route.

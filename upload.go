@@ -7,9 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // serveUpload proxies POST {upload_path} to Atlas's multiupload endpoint.
@@ -38,7 +38,7 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request) error {
 		return writeError(w, http.StatusBadRequest, err.Error())
 	}
 
-	ctx, cancel := context.WithTimeout(r.Context(), h.Timeout.Duration())
+	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
 	defer cancel()
 	u := h.endpoint.JoinPath("/v1/docstream/multiupload")
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(body))
@@ -53,15 +53,6 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer resp.Body.Close()
 	return h.relayResponse(w, resp)
-}
-
-// isJSONMediaType reports whether a Content-Type names JSON.
-func isJSONMediaType(contentType string) bool {
-	mt, _, err := mime.ParseMediaType(contentType)
-	if err != nil {
-		return false
-	}
-	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
 }
 
 // uploadRequest is what the gateway checks of an upload body. Unknown keys

@@ -69,9 +69,9 @@ func (h *Handler) writeExchangeError(ctx context.Context, w http.ResponseWriter,
 
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		if c := h.logger.Check(zapcore.WarnLevel, "atlas did not answer in time"); c != nil {
-			c.Write(zap.Duration("timeout", h.Timeout.Duration()), zap.Error(err))
+			c.Write(zap.Duration("timeout", time.Duration(h.Timeout)), zap.Error(err))
 		}
-		return writeError(w, http.StatusGatewayTimeout, fmt.Sprintf("atlas did not answer within %s", h.Timeout.Duration()))
+		return writeError(w, http.StatusGatewayTimeout, fmt.Sprintf("atlas did not answer within %s", time.Duration(h.Timeout)))
 
 	case errors.Is(err, atlasclient.ErrTokenUnavailable):
 		h.logger.Warn("no atlas token available",
