@@ -1,0 +1,538 @@
+package atlasclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Defaults of TokenOptions.
+const (
+	DefaultRefreshBefore = 0.25
+	DefaultMinBackoff    = time.Second
+	DefaultMaxBackoff    = time.Minute
+	DefaultHTTPTimeout   = 30 * time.Second
+)
+
+// fetchAttempts bounds the authtoken calls of one refresh.
+const fetchAttempts = 3
+
+// maxTokenBody bounds how much of an authtoken response is read.
+const maxTokenBody = 1 << 20
+
+// Outcomes reported to TokenObserver.TokenFetched.
+const (
+	OutcomeSuccess             = "success"
+	OutcomeCredentialsRejected = "credentials_rejected"
+	OutcomeError               = "error"
+)
+
+// TokenOptions configures a TokenSource.
+type TokenOptions struct {
+	// Endpoint is the Atlas base URL, such as
+	// https://docstream.dev.kreditmind.com. A trailing slash and a path
+	// prefix are tolerated; user info, a query or a fragment are not.
+	Endpoint string
+	// ClientID and ClientSecret are the credentials sent to authtoken.
+	ClientID     string
+	ClientSecret string
+	// HTTPClient makes the authtoken calls. Default: a client with a 30s
+	// timeout.
+	HTTPClient *http.Client
+	// RefreshBefore is the fraction of a token's lifetime that must remain
+	// when a background refresh starts, in (0, 1). Default 0.25: a 3600s
+	// token is refreshed after 45 minutes.
+	RefreshBefore float64
+	// MinBackoff and MaxBackoff bound the exponential backoff, with jitter,
+	// between failed authtoken calls and the cooldown after a failed
+	// refresh. Defaults 1s and 1m.
+	MinBackoff, MaxBackoff time.Duration
+	// Now is the clock that decides expiry, refresh and cooldown.
+	// Default time.Now.
+	Now func() time.Time
+	// Observer, if not nil, is told about every authtoken call.
+	Observer TokenObserver
+}
+
+// TokenObserver receives optional hooks, for metrics. Its methods may be
+// called concurrently.
+type TokenObserver interface {
+	// TokenFetched is called after each authtoken call with its outcome
+	// (OutcomeSuccess, OutcomeCredentialsRejected or OutcomeError) and
+	// how long it took.
+	TokenFetched(outcome string, took time.Duration)
+}
+
+// Token is an Atlas access token.
+type Token struct {
+	// Value is the token sent in the Token header.
+	Value string
+	// IssuedAt is when the token was requested, by the source's clock.
+	IssuedAt time.Time
+	// Expiry is when the token stops being usable, by the source's clock.
+	Expiry time.Time
+}
+
+// String describes t without revealing its value.
+func (t Token) String() string {
+	if t.Value == "" {
+		return "atlas token (none)"
+	}
+	return "atlas token (expires " + t.Expiry.Format(time.RFC3339) + ")"
+}
+
+// validAt reports whether t may be used at now.
+func (t Token) validAt(now time.Time) bool {
+	return t.Value != "" && now.Before(t.Expiry)
+}
+
+// TokenSource fetches Atlas access tokens, caches them, and refreshes them
+// in the background before they expire. At most one authtoken call is in
+// flight at any time, however many goroutines ask for a token. It is safe
+// for concurrent use.
+type TokenSource struct {
+	url           string
+	clientID      string
+	secret        string
+	hc            *http.Client
+	refreshBefore float64
+	minBackoff    time.Duration
+	maxBackoff    time.Duration
+	now           func() time.Time
+	observer      TokenObserver
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	tok       Token
+	inflight  *fetchCall // the refresh in progress, if any
+	lastErr   error      // of the last failed refresh, ready to return
+	coolUntil time.Time  // no refresh starts before then
+	failures  int        // consecutive failed refreshes
+	closed    bool
+}
+
+// fetchCall is one refresh, awaited by the callers that have no valid token.
+type fetchCall struct {
+	done chan struct{}
+	tok  Token
+	err  error
+}
+
+// NewTokenSource validates opts and returns a TokenSource. It starts
+// nothing: the first call to Token fetches the first token.
+func NewTokenSource(opts TokenOptions) (*TokenSource, error) {
+	base, err := parseEndpoint(opts.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	if opts.ClientID == "" {
+		return nil, errors.New("atlas: client id is empty")
+	}
+	if opts.ClientSecret == "" {
+		return nil, errors.New("atlas: client secret is empty")
+	}
+	s := &TokenSource{
+		url:           endpointURL(base, "/v1/docstream/authtoken", nil),
+		clientID:      opts.ClientID,
+		secret:        opts.ClientSecret,
+		hc:            opts.HTTPClient,
+		refreshBefore: opts.RefreshBefore,
+		minBackoff:    opts.MinBackoff,
+		maxBackoff:    opts.MaxBackoff,
+		now:           opts.Now,
+		observer:      opts.Observer,
+	}
+	if s.hc == nil {
+		s.hc = &http.Client{Timeout: DefaultHTTPTimeout}
+	}
+	if s.refreshBefore == 0 {
+		s.refreshBefore = DefaultRefreshBefore
+	}
+	if s.refreshBefore <= 0 || s.refreshBefore >= 1 {
+		return nil, fmt.Errorf("atlas: refresh before must be in (0, 1), got %v", s.refreshBefore)
+	}
+	if s.minBackoff <= 0 {
+		s.minBackoff = DefaultMinBackoff
+	}
+	if s.maxBackoff <= 0 {
+		s.maxBackoff = max(DefaultMaxBackoff, s.minBackoff)
+	}
+	if s.maxBackoff < s.minBackoff {
+		return nil, fmt.Errorf("atlas: max backoff %v is less than min backoff %v", s.maxBackoff, s.minBackoff)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// ClientID returns the client id the source authenticates as.
+func (s *TokenSource) ClientID() string {
+	return s.clientID
+}
+
+// Token returns a valid token. A cached token is returned at once; when it
+// has entered its refresh window, one background refresh is started. When
+// no valid token is cached, Token waits for the one refresh in flight (or
+// starts it), or until ctx ends. After a failed refresh, and until its
+// cooldown has passed, Token returns that failure at once instead of
+// calling authtoken again. Errors are a *CredentialsError when Atlas
+// rejected the credentials, ErrClosed after Close, ctx's error, or else
+// wrap ErrTokenUnavailable.
+func (s *TokenSource) Token(ctx context.Context) (Token, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return Token{}, ErrClosed
+	}
+	now := s.now()
+	if s.tok.validAt(now) {
+		tok := s.tok
+		if !now.Before(s.refreshAt()) && s.inflight == nil && !now.Before(s.coolUntil) {
+			s.startLocked()
+		}
+		s.mu.Unlock()
+		return tok, nil
+	}
+	c := s.inflight
+	if c == nil {
+		if s.lastErr != nil && now.Before(s.coolUntil) {
+			err := s.lastErr
+			s.mu.Unlock()
+			return Token{}, err
+		}
+		if err := ctx.Err(); err != nil {
+			s.mu.Unlock()
+			return Token{}, err
+		}
+		c = s.startLocked()
+	}
+	s.mu.Unlock()
+
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return Token{}, ctx.Err()
+	}
+	if c.err != nil {
+		return Token{}, c.err
+	}
+	if !c.tok.validAt(s.now()) {
+		return Token{}, fmt.Errorf("%w: the new token expired before it could be used", ErrTokenUnavailable)
+	}
+	return c.tok, nil
+}
+
+// Invalidate drops the cached token if its value is still value, so that
+// the next Token call fetches a new one. Use it when Atlas answered 401 to
+// that token.
+func (s *TokenSource) Invalidate(value string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if value != "" && s.tok.Value == value {
+		s.tok = Token{}
+	}
+}
+
+// Close cancels any refresh in flight and waits for it to end. Token
+// returns ErrClosed afterwards. Close is idempotent.
+func (s *TokenSource) Close() {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		s.tok = Token{}
+		s.cancel()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// refreshAt is when the cached token enters its refresh window.
+func (s *TokenSource) refreshAt() time.Time {
+	lifetime := s.tok.Expiry.Sub(s.tok.IssuedAt)
+	return s.tok.Expiry.Add(-time.Duration(float64(lifetime) * s.refreshBefore))
+}
+
+// startLocked starts a refresh. s.mu must be held, no refresh may be in
+// flight, and the source must not be closed.
+func (s *TokenSource) startLocked() *fetchCall {
+	c := &fetchCall{done: make(chan struct{})}
+	s.inflight = c
+	s.wg.Add(1)
+	go s.refresh(c)
+	return c
+}
+
+// refresh runs one refresh and publishes its result.
+func (s *TokenSource) refresh(c *fetchCall) {
+	defer s.wg.Done()
+	tok, retryAfter, err := s.fetchWithRetry()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inflight = nil
+	switch {
+	case s.closed:
+		tok, err = Token{}, ErrClosed
+	case err == nil:
+		s.tok = tok
+		s.failures = 0
+		s.lastErr = nil
+		s.coolUntil = time.Time{}
+	default:
+		s.failures++
+		cool := max(s.backoff(s.failures), min(retryAfter, s.maxBackoff))
+		s.coolUntil = s.now().Add(cool)
+		s.lastErr = err
+	}
+	c.tok, c.err = tok, err
+	close(c.done)
+}
+
+// fetchWithRetry calls authtoken up to fetchAttempts times, backing off
+// between transient failures. It returns the Retry-After of the last
+// failure, if any, and an error ready for Token to return.
+func (s *TokenSource) fetchWithRetry() (Token, time.Duration, error) {
+	for attempt := 1; ; attempt++ {
+		tok, err := s.fetch(s.ctx)
+		if err == nil {
+			return tok, 0, nil
+		}
+		var retryAfter time.Duration
+		var se *statusError
+		if errors.As(err, &se) {
+			retryAfter = se.retryAfter
+		}
+		var ce *CredentialsError
+		if errors.As(err, &ce) {
+			return Token{}, retryAfter, err
+		}
+		if s.ctx.Err() != nil {
+			return Token{}, 0, ErrClosed
+		}
+		if attempt >= fetchAttempts || !transient(err) {
+			return Token{}, retryAfter, fmt.Errorf("%w: %w", ErrTokenUnavailable, err)
+		}
+		t := time.NewTimer(max(s.backoff(attempt), min(retryAfter, s.maxBackoff)))
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			t.Stop()
+			return Token{}, 0, ErrClosed
+		}
+	}
+}
+
+// backoff returns the wait after the n-th consecutive failure (n >= 1):
+// MinBackoff doubled n-1 times, capped at MaxBackoff, with equal jitter.
+func (s *TokenSource) backoff(n int) time.Duration {
+	d := s.minBackoff
+	for i := 1; i < n && d < s.maxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, s.maxBackoff)
+	half := d / 2
+	return half + rand.N(d-half+1)
+}
+
+// fetch makes one authtoken call.
+func (s *TokenSource) fetch(ctx context.Context) (Token, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, http.NoBody)
+	if err != nil {
+		return Token{}, err
+	}
+	req.Header.Set("Client-Id", s.clientID)
+	req.Header.Set("Client-Secret", s.secret)
+	req.Header.Set("Accept", "application/json")
+
+	start := time.Now()
+	issued := s.now()
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		s.observe(OutcomeError, start)
+		return Token{}, err
+	}
+	defer resp.Body.Close()
+	body, readErr := io.ReadAll(io.LimitReader(resp.Body, maxTokenBody))
+
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		apiErr := ParseAPIError(resp.StatusCode, body)
+		apiErr.Message = s.redact(apiErr.Message)
+		apiErr.Code = s.redact(apiErr.Code)
+		if resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusUnauthorized {
+			s.observe(OutcomeCredentialsRejected, start)
+			return Token{}, &CredentialsError{ClientID: s.clientID, StatusCode: resp.StatusCode, Message: apiErr.Message}
+		}
+		s.observe(OutcomeError, start)
+		return Token{}, &statusError{api: apiErr, retryAfter: s.retryAfter(resp.Header.Get("Retry-After"))}
+	}
+	if readErr != nil {
+		s.observe(OutcomeError, start)
+		return Token{}, fmt.Errorf("reading authtoken response: %w", readErr)
+	}
+	tok, err := parseToken(body, issued)
+	if err != nil {
+		s.observe(OutcomeError, start)
+		return Token{}, err
+	}
+	s.observe(OutcomeSuccess, start)
+	return tok, nil
+}
+
+func (s *TokenSource) observe(outcome string, start time.Time) {
+	if s.observer != nil {
+		s.observer.TokenFetched(outcome, time.Since(start))
+	}
+}
+
+// redact removes the client secret from text that came from the server.
+func (s *TokenSource) redact(text string) string {
+	return strings.ReplaceAll(text, s.secret, "[redacted]")
+}
+
+// retryAfter parses a Retry-After header, in seconds or as an HTTP date.
+func (s *TokenSource) retryAfter(v string) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.Atoi(v); err == nil && secs > 0 {
+		return time.Duration(secs) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(s.now()), 0)
+	}
+	return 0
+}
+
+// parseToken reads an authtoken response body. The lifetime comes from
+// expires_in (seconds, a number or a numeric string) or, when that is
+// absent or zero, from the exp claim of the token read as an unverified JWT.
+func parseToken(body []byte, issued time.Time) (Token, error) {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return Token{}, errors.New("authtoken response body is empty")
+	}
+	var r struct {
+		AccessToken string          `json:"access_token"`
+		ExpiresIn   json.RawMessage `json:"expires_in"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return Token{}, errors.New("authtoken response is not the expected JSON object")
+	}
+	if r.AccessToken == "" {
+		return Token{}, errors.New("authtoken response has no access_token")
+	}
+	lifetime, err := parseExpiresIn(r.ExpiresIn)
+	if err != nil {
+		return Token{}, err
+	}
+	tok := Token{Value: r.AccessToken, IssuedAt: issued, Expiry: issued.Add(lifetime)}
+	if lifetime == 0 {
+		exp, ok := jwtExpiry(r.AccessToken)
+		if !ok {
+			return Token{}, errors.New("authtoken response has neither expires_in nor a JWT exp claim")
+		}
+		tok.Expiry = exp
+	}
+	if !tok.Expiry.After(issued) {
+		return Token{}, errors.New("authtoken returned a token that has already expired")
+	}
+	return tok, nil
+}
+
+// parseExpiresIn reads expires_in; absent, null and 0 all give 0.
+func parseExpiresIn(raw json.RawMessage) (time.Duration, error) {
+	v := strings.Trim(string(bytes.TrimSpace(raw)), `"`)
+	if v == "" || v == "null" {
+		return 0, nil
+	}
+	secs, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	if err != nil || secs < 0 || secs > 1e9 {
+		return 0, errors.New("authtoken response has an invalid expires_in")
+	}
+	return time.Duration(secs * float64(time.Second)), nil
+}
+
+// jwtExpiry reads the exp claim of value, without verifying anything.
+func jwtExpiry(value string) (time.Time, bool) {
+	claims := jwt.MapClaims{}
+	if _, _, err := jwt.NewParser().ParseUnverified(value, claims); err != nil {
+		return time.Time{}, false
+	}
+	exp, err := claims.GetExpirationTime()
+	if err != nil || exp == nil {
+		return time.Time{}, false
+	}
+	return exp.Time, true
+}
+
+// statusError is a non-2xx authtoken answer other than 400 and 401.
+type statusError struct {
+	api        *APIError
+	retryAfter time.Duration
+}
+
+func (e *statusError) Error() string {
+	return fmt.Sprintf("authtoken answered %d: %s", e.api.StatusCode, e.api.Message)
+}
+
+func (e *statusError) Unwrap() error { return e.api }
+
+// transient reports whether a failed authtoken call is worth retrying
+// within the same refresh.
+func transient(err error) bool {
+	var se *statusError
+	if errors.As(err, &se) {
+		code := se.api.StatusCode
+		return code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500
+	}
+	// Network errors and unusable bodies.
+	return true
+}
+
+// parseEndpoint validates an Atlas base URL.
+func parseEndpoint(endpoint string) (*url.URL, error) {
+	if endpoint == "" {
+		return nil, errors.New("atlas: endpoint is empty")
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("atlas: invalid endpoint: %w", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("atlas: endpoint %q must be an http or https URL", endpoint)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("atlas: endpoint %q has no host", endpoint)
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("atlas: endpoint %q must not have user info, a query or a fragment", u.Redacted())
+	}
+	return u, nil
+}
+
+// endpointURL joins base and path, which starts with a slash, and adds q.
+func endpointURL(base *url.URL, path string, q url.Values) string {
+	u := *base
+	u.Path = strings.TrimRight(u.Path, "/") + path
+	u.RawPath = ""
+	u.RawQuery = q.Encode()
+	return u.String()
+}
