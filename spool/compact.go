@@ -1,0 +1,334 @@
+package spool
+
+import (
+	"bufio"
+	"cmp"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+const (
+	// maintainInterval is how often the need for compaction is checked.
+	maintainInterval = time.Minute
+	// compactMinBytes is the least garbage worth a compaction (or an
+	// eighth of MaxDiskBytes if that is less).
+	compactMinBytes = 16 << 20
+)
+
+// maintain compacts the log when its garbage (bodies of delivered and
+// deleted callbacks, superseded state records, expired tombstones)
+// exceeds both the live data and compactMinBytes, or when the spool is
+// nearly full.
+func (s *FileSpool) maintain() {
+	defer s.bg.Done()
+	t := time.NewTicker(maintainInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		case <-s.maintc:
+		}
+		if !s.needsCompaction() {
+			continue
+		}
+		if err := s.compact(s.bgCtx); err != nil && s.bgCtx.Err() == nil {
+			s.config().logger.Warn("spool compaction failed", zap.Error(err))
+		}
+	}
+}
+
+func (s *FileSpool) needsCompaction() bool {
+	cfg := s.config()
+	st := s.Stats()
+	garbage := st.DiskBytes - st.LiveBytes
+	if garbage >= max(st.LiveBytes, min(compactMinBytes, cfg.maxDiskBytes/8)) {
+		return true
+	}
+	return st.DiskBytes >= cfg.maxDiskBytes/10*9 && garbage >= cfg.maxDiskBytes/10
+}
+
+// Compact rewrites the log without its garbage: bodies of delivered and
+// deleted callbacks, superseded state records, and delivered callbacks
+// past the retention window, which are forgotten (their ids are accepted
+// again). The spool compacts itself when needed; Compact forces it.
+// Appends and deliveries go on meanwhile.
+func (s *FileSpool) Compact(ctx context.Context) error {
+	s.mu.Lock()
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
+		return ErrClosed
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.bgCtx, cancel)()
+	return s.compact(ctx)
+}
+
+// snapItem is an entry's state when compaction started.
+type snapItem struct {
+	e           *entry
+	seq         uint64
+	state       State
+	received    time.Time
+	size        int64
+	attempts    int
+	lastErr     string
+	lastAttempt time.Time
+	next        time.Time
+	delivered   time.Time
+	seg         *segment
+	off, n      int64
+}
+
+// compact seals the segment being written, then replaces every sealed
+// segment by one holding the state of their entries: a base record, then
+// for each pending or dead callback its enqueue record (copied) and its
+// attempt and dead records, and for each delivered one within the
+// retention window a delivered record. State changes made while it runs
+// are in the newer segments, replayed after the compacted one; records
+// are absolute, so replaying them again is harmless.
+//
+// Crash safety: the new segment is written to a temporary file, fsynced,
+// renamed over the newest sealed segment, and the directory fsynced,
+// before the older segments are removed. Its base record tells Open to
+// remove any older segment that a crash left behind.
+func (s *FileSpool) compact(ctx context.Context) error {
+	s.compactMu.Lock()
+	defer s.compactMu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	cfg := s.config()
+	started := time.Now()
+
+	// Seal the current segment; the appends queued before the rotation
+	// landed in the sealed ones and must be in the index before the
+	// snapshot.
+	req := &writeReq{rotate: true, done: make(chan writeResult, 1)}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	commits := make([]*commit, 0, len(s.committing))
+	for _, c := range s.committing {
+		commits = append(commits, c)
+	}
+	err := s.send(ctx, req)
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	wr := <-req.done
+	if wr.err != nil {
+		return wr.err
+	}
+	cut := wr.seg.id
+	for _, c := range commits {
+		<-c.done
+	}
+
+	s.segMu.Lock()
+	var old []*segment
+	for id, seg := range s.segs {
+		if id < cut {
+			old = append(old, seg)
+		}
+	}
+	s.segMu.Unlock()
+	if len(old) == 0 {
+		return nil
+	}
+	slices.SortFunc(old, func(a, b *segment) int { return cmp.Compare(a.id, b.id) })
+	target := old[len(old)-1].id
+
+	// Snapshot the entries homed in the sealed segments.
+	now := cfg.now()
+	forgotten := 0
+	var items []snapItem
+	s.mu.Lock()
+	for _, e := range s.entries {
+		if e.seg.id >= cut {
+			continue
+		}
+		if expired(e, now, cfg.retention) {
+			s.remove(e)
+			forgotten++
+			continue
+		}
+		it := snapItem{
+			e: e, seq: e.seq, state: e.state, received: e.received, size: e.size, attempts: e.attempts,
+			lastErr: e.lastErr, lastAttempt: e.lastAttempt, next: e.next, delivered: e.delivered,
+		}
+		if e.state != StateDelivered && e.n > 0 {
+			it.seg, it.off, it.n = e.seg, e.off, e.n
+			s.acquire(e.seg)
+		}
+		items = append(items, it)
+	}
+	s.mu.Unlock()
+	defer func() {
+		for _, it := range items {
+			if it.seg != nil {
+				s.release(it.seg)
+			}
+		}
+	}()
+	slices.SortFunc(items, func(a, b snapItem) int { return cmp.Compare(a.seq, b.seq) })
+
+	final := filepath.Join(s.dir, segmentName(target))
+	tmp := final + tmpExt
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	renamed := false
+	defer func() {
+		if !renamed {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	const (
+		noBody   = -1
+		lostBody = -2
+	)
+	newOff := make([]int64, len(items))
+	if err := func() error {
+		bw := bufio.NewWriterSize(f, 1<<20)
+		var off int64
+		var buf []byte
+		put := func(b []byte) error {
+			_, err := bw.Write(b)
+			off += int64(len(b))
+			return err
+		}
+		if err := put(appendRecord(nil, &Record{Type: RecordBase, Segment: target})); err != nil {
+			return err
+		}
+		for i, it := range items {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if it.state == StateDelivered {
+				newOff[i] = noBody
+				buf = appendRecord(buf[:0], &Record{Type: RecordDelivered, ID: it.e.id, Time: it.delivered,
+					Received: it.received, Size: it.size, Attempts: it.attempts})
+				if err := put(buf); err != nil {
+					return err
+				}
+				continue
+			}
+			if it.seg == nil {
+				newOff[i] = lostBody
+				continue
+			}
+			if int64(cap(buf)) < it.n {
+				buf = make([]byte, it.n)
+			}
+			raw := buf[:it.n]
+			if _, err := it.seg.f.ReadAt(raw, it.off); err != nil {
+				return err
+			}
+			if r, _, err := DecodeRecord(raw); err != nil || r.Type != RecordEnqueue || r.ID != it.e.id {
+				cfg.logger.Error("spool compaction: callback record unreadable, dropped",
+					zap.String("callback_id", it.e.id), zap.String("segment", it.seg.path), zap.Error(err))
+				newOff[i] = lostBody
+				continue
+			}
+			newOff[i] = off
+			if err := put(raw); err != nil {
+				return err
+			}
+			buf = buf[:0]
+			if it.attempts > 0 || it.lastErr != "" {
+				buf = appendRecord(buf, &Record{Type: RecordAttempt, ID: it.e.id, Time: it.lastAttempt,
+					Attempts: it.attempts, Next: it.next, Err: it.lastErr})
+			}
+			if it.state == StateDead {
+				buf = appendRecord(buf, &Record{Type: RecordDead, ID: it.e.id, Time: it.lastAttempt})
+			}
+			if err := put(buf); err != nil {
+				return err
+			}
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		return f.Sync()
+	}(); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	renamed = true
+	// From here on the compacted segment is the log; a failure to sync
+	// the directory only risks the old state coming back after a crash.
+	if err := syncDir(s.dir); err != nil {
+		cfg.logger.Error("spool compaction: directory fsync failed", zap.Error(err))
+	}
+
+	seg := &segment{id: target, path: final, f: f}
+	seg.size.Store(fi.Size())
+	var oldBytes int64
+	lost := 0
+	s.mu.Lock()
+	for i, it := range items {
+		e := it.e
+		if e.removed {
+			continue
+		}
+		switch newOff[i] {
+		case noBody:
+			e.seg, e.off, e.n = seg, 0, 0
+		case lostBody:
+			s.remove(e)
+			lost++
+		default:
+			e.seg, e.off = seg, newOff[i]
+		}
+	}
+	s.segMu.Lock()
+	for _, o := range old {
+		delete(s.segs, o.id)
+		o.dropped = true
+		if o.refs == 0 {
+			o.f.Close()
+		}
+		oldBytes += o.size.Load()
+	}
+	s.segs[target] = seg
+	s.segMu.Unlock()
+	s.mu.Unlock()
+	s.diskBytes.Add(seg.size.Load() - oldBytes)
+
+	for _, o := range old[:len(old)-1] {
+		if err := os.Remove(o.path); err != nil {
+			cfg.logger.Warn("spool compaction: removing a superseded segment", zap.Error(err))
+		}
+	}
+	if err := syncDir(s.dir); err != nil {
+		cfg.logger.Warn("spool compaction: directory fsync failed", zap.Error(err))
+	}
+	cfg.logger.Info("spool compacted", zap.Int("segments", len(old)), zap.Int64("bytes_before", oldBytes),
+		zap.Int64("bytes_after", seg.size.Load()), zap.Int("forgotten", forgotten), zap.Int("lost", lost),
+		zap.Duration("took", time.Since(started)))
+	return nil
+}

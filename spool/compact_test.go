@@ -1,0 +1,253 @@
+package spool
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// TestCompaction: delivered bodies go at the next compaction, delivered
+// ids after the retention window; pending and dead callbacks survive with
+// their attempts, through a reopen.
+func TestCompaction(t *testing.T) {
+	dir := t.TempDir()
+	clock := newFakeClock()
+	const retention = time.Hour
+	// Even ids are delivered, odd ones rejected: 1 and 3 are dead after
+	// one attempt, the later odd ones pending for an hour after theirs.
+	rec := &recorder{fail: func(d Delivery) error {
+		var n int
+		for _, c := range d.ID[len("cb-"):] {
+			n = n*10 + int(c-'0')
+		}
+		if n%2 == 1 {
+			return errors.New("rejected")
+		}
+		return nil
+	}}
+	opts := Options{
+		Deliver: rec.Deliver, Now: clock.Now, Retention: retention, MaxAttempts: 1,
+		BackoffMin: time.Hour, BackoffMax: time.Hour,
+	}
+	s := open(t, dir, opts)
+	for i := range 4 {
+		mustAppend(t, s, testEntry(i, 16<<10))
+	}
+	waitFor(t, "dead letters", func() bool { return s.Stats().Dead == 2 })
+	opts.MaxAttempts = 5
+	if err := s.Reconfigure(opts); err != nil {
+		t.Fatal(err)
+	}
+	for i := 4; i < 20; i++ {
+		mustAppend(t, s, testEntry(i, 16<<10))
+	}
+	waitFor(t, "first attempts", func() bool {
+		st := s.Stats()
+		return st.Delivered == 10 && len(rec.deliveries()) == 20 && st.InFlight == 0
+	})
+
+	before := s.Stats()
+	if err := s.Compact(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mid := s.Stats()
+	if mid.DiskBytes >= before.DiskBytes*6/10 {
+		t.Errorf("compaction within retention: %d -> %d bytes, want the delivered bodies gone", before.DiskBytes, mid.DiskBytes)
+	}
+	if mid.Delivered != 10 || mid.Pending != 8 || mid.Dead != 2 {
+		t.Errorf("after compaction within retention: %+v", mid)
+	}
+	if res := mustAppend(t, s, testEntry(0, 16<<10)); !res.Duplicate {
+		t.Error("a delivered id within retention is not a duplicate after compaction")
+	}
+
+	clock.Advance(retention + time.Minute)
+	if err := s.Compact(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	after := s.Stats()
+	if after.Delivered != 0 || after.Pending != 8 || after.Dead != 2 {
+		t.Errorf("after retention: %+v", after)
+	}
+	if after.DiskBytes >= mid.DiskBytes {
+		t.Errorf("compaction after retention: %d -> %d bytes", mid.DiskBytes, after.DiskBytes)
+	}
+	if got := len(segmentFiles(t, dir)); got != 2 || after.Segments != 2 {
+		t.Errorf("%d segment files (%d in Stats), want the compacted one and the current one", got, after.Segments)
+	}
+	closeSpool(t, s)
+
+	s = open(t, dir, Options{Now: clock.Now, Retention: retention})
+	got := s.Stats()
+	if got.Pending != 8 || got.Dead != 2 || got.Delivered != 0 || got.SkippedRecords != 0 {
+		t.Errorf("after reopen: %+v", got)
+	}
+	for _, i := range []int{1, 3, 5, 19} {
+		in, _ := s.Get(testID(i))
+		e, err := s.Load(context.Background(), testID(i))
+		if err != nil || !bytes.Equal(e.Body, testEntry(i, 16<<10).Body) {
+			t.Errorf("Load(%s) after compaction and reopen: %v", testID(i), err)
+		}
+		wantState := StatePending
+		if i < 5 {
+			wantState = StateDead
+		}
+		if in.State != wantState || in.Attempts != 1 || in.LastError != "rejected" {
+			t.Errorf("%s after reopen: %+v", testID(i), in)
+		}
+	}
+	want := []string{testID(5), testID(7), testID(9), testID(11), testID(13), testID(15), testID(17), testID(19)}
+	if ids := infoIDs(s.List(StatePending, 0)); !cmp.Equal(ids, want) {
+		t.Errorf("pending after reopen: %v, want %v", ids, want)
+	}
+}
+
+// TestDedupeWindow: a duplicate within retention is acknowledged but not
+// delivered again; after retention and compaction it is a new callback.
+func TestDedupeWindow(t *testing.T) {
+	clock := newFakeClock()
+	rec := &recorder{}
+	s := open(t, t.TempDir(), Options{Deliver: rec.Deliver, Now: clock.Now, Retention: 24 * time.Hour})
+	mustAppend(t, s, testEntry(7, 100))
+	waitFor(t, "delivery", func() bool { return s.Stats().Delivered == 1 })
+
+	clock.Advance(23 * time.Hour)
+	if res := mustAppend(t, s, testEntry(7, 100)); !res.Duplicate {
+		t.Error("duplicate within retention accepted")
+	}
+	mustAppend(t, s, testEntry(8, 100))
+	waitFor(t, "delivery", func() bool { return s.Stats().Delivered == 2 })
+	if n := rec.count(testID(7)); n != 1 {
+		t.Errorf("duplicate delivered %d times", n)
+	}
+
+	clock.Advance(2 * time.Hour)
+	if err := s.Compact(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Get(testID(7)); ok {
+		t.Error("delivered callback remembered past retention")
+	}
+	if res := mustAppend(t, s, testEntry(7, 100)); res.Duplicate {
+		t.Error("callback refused after its retention window")
+	}
+	waitFor(t, "second delivery", func() bool { return rec.count(testID(7)) == 2 })
+}
+
+// TestCompactionCrashLeftovers: a crash after the compacted segment was
+// renamed into place but before the old segments were removed, and one
+// before the rename, both reopen to the right state.
+func TestCompactionCrashLeftovers(t *testing.T) {
+	dir := t.TempDir()
+	rec := &recorder{}
+	s := open(t, dir, Options{Deliver: rec.Deliver, SegmentSize: 32 << 10})
+	for i := range 10 {
+		mustAppend(t, s, testEntry(i, 8<<10))
+	}
+	waitFor(t, "deliveries", func() bool { return s.Stats().Delivered == 10 })
+	s.Reconfigure(Options{SegmentSize: 32 << 10}) // no more deliveries
+	for i := 10; i < 15; i++ {
+		mustAppend(t, s, testEntry(i, 8<<10))
+	}
+	closeSpool(t, s)
+	oldSegs := segmentFiles(t, dir)
+	if len(oldSegs) < 3 {
+		t.Fatalf("%d segments, want several", len(oldSegs))
+	}
+	saved := map[string][]byte{}
+	for _, p := range oldSegs {
+		saved[p], _ = os.ReadFile(p)
+	}
+
+	s = open(t, dir, Options{})
+	if err := s.Compact(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	closeSpool(t, s)
+
+	// Put back the segments that compaction removed, and a temporary file.
+	for p, b := range saved {
+		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+			os.WriteFile(p, b, 0o600)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, segmentName(99)+tmpExt), []byte("partial"), 0o600)
+
+	s = open(t, dir, Options{})
+	st := s.Stats()
+	if st.Pending != 5 || st.Delivered != 10 || st.SkippedRecords != 0 {
+		t.Errorf("after reopen with leftovers: %+v", st)
+	}
+	if got := len(segmentFiles(t, dir)); got != 2 {
+		t.Errorf("%d segments after reopen, want the leftovers removed", got)
+	}
+	if _, err := os.Stat(filepath.Join(dir, segmentName(99)+tmpExt)); !errors.Is(err, os.ErrNotExist) {
+		t.Error("temporary file not removed")
+	}
+}
+
+// TestCompactionConcurrent runs compactions while callbacks are appended
+// and delivered, then checks the log against the index after a reopen.
+func TestCompactionConcurrent(t *testing.T) {
+	dir := t.TempDir()
+	rec := &recorder{fail: func(d Delivery) error {
+		if d.ID[len(d.ID)-1]%3 == 0 {
+			return errors.New("no")
+		}
+		return nil
+	}}
+	s := open(t, dir, Options{Deliver: rec.Deliver, BackoffMin: time.Millisecond, BackoffMax: 5 * time.Millisecond,
+		MaxAttempts: 3, SegmentSize: 64 << 10})
+	ctx, cancel := context.WithCancel(context.Background())
+	compactor := make(chan struct{})
+	compactions := 0
+	go func() {
+		defer close(compactor)
+		for ctx.Err() == nil {
+			if err := s.Compact(ctx); err != nil && ctx.Err() == nil {
+				t.Error(err)
+			}
+			compactions++
+		}
+	}()
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 100 {
+				mustAppend(t, s, testEntry(w*1000+i, 1<<10))
+			}
+		}()
+	}
+	wg.Wait()
+	waitFor(t, "deliveries", func() bool { st := s.Stats(); return st.Pending == 0 && st.InFlight == 0 })
+	cancel()
+	<-compactor
+	t.Logf("%d compactions meanwhile", compactions)
+	want := s.List(AnyState, 0)
+	if len(want) != 400 {
+		t.Fatalf("%d callbacks, want 400", len(want))
+	}
+	closeSpool(t, s)
+
+	s = open(t, dir, Options{})
+	got := s.List(AnyState, 0)
+	if st := s.Stats(); st.SkippedRecords != 0 || st.Dead+st.Delivered != 400 {
+		t.Errorf("after reopen: %+v", st)
+	}
+	for i := range got {
+		got[i].InFlight, want[i].InFlight = false, false
+		// Replay keeps what the records say; times round to the nanosecond.
+		if got[i].ID != want[i].ID || got[i].State != want[i].State || got[i].Attempts != want[i].Attempts {
+			t.Errorf("callback %d: after reopen %+v, before %+v", i, got[i], want[i])
+		}
+	}
+}

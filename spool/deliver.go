@@ -1,0 +1,170 @@
+package spool
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// maxIdle bounds the dispatcher's sleep, so that a jump of the clock
+// delays nothing for long.
+const maxIdle = time.Second
+
+// dispatch starts deliveries: the oldest due callbacks first, up to the
+// configured concurrency. A callback waiting for its backoff is in the
+// wait heap, not the ready one, so it holds up nothing.
+func (s *FileSpool) dispatch() {
+	defer s.bg.Done()
+	timer := time.NewTimer(maxIdle)
+	defer timer.Stop()
+	for {
+		timer.Reset(s.dispatchDue())
+		select {
+		case <-s.stop:
+			return
+		case <-s.kickc:
+		case <-timer.C:
+		}
+	}
+}
+
+// dispatchDue starts the deliveries that are due and allowed, and
+// returns how long until the next one is due.
+func (s *FileSpool) dispatchDue() time.Duration {
+	cfg := s.config()
+	now := cfg.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for e := s.wait.peek(); e != nil && !e.next.After(now); e = s.wait.peek() {
+		heap.Pop(&s.wait)
+		heap.Push(&s.ready, e)
+	}
+	for cfg.deliver != nil && s.inflight < cfg.concurrency && s.ready.Len() > 0 {
+		e := heap.Pop(&s.ready).(*entry)
+		e.inflight = true
+		s.inflight++
+		s.acquire(e.seg)
+		s.deliveries.Add(1)
+		go s.deliver(e, cfg, e.seg, e.off, e.n, e.attempts+1)
+	}
+	wait := maxIdle
+	if e := s.wait.peek(); e != nil {
+		wait = min(wait, max(e.next.Sub(now), time.Millisecond))
+	}
+	return wait
+}
+
+// deliver makes one delivery attempt of e, whose record is at off in seg
+// (acquired by the caller).
+func (s *FileSpool) deliver(e *entry, cfg *config, seg *segment, off, n int64, attempt int) {
+	defer s.deliveries.Done()
+	start := time.Now()
+	rec, err := readEnqueue(seg, off, n, e.id)
+	s.release(seg)
+	outcome := OutcomeFailed
+	if err == nil {
+		ctx, cancel := context.WithTimeout(s.deliverCtx, cfg.deliveryTimeout)
+		err = safeDeliver(ctx, cfg.deliver, Delivery{
+			ID: rec.ID, Header: rec.Header, Body: rec.Body, Received: rec.Time, Attempt: attempt,
+		})
+		switch {
+		case err == nil:
+			outcome = OutcomeDelivered
+		case s.deliverCtx.Err() != nil:
+			outcome = OutcomeCanceled
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+			outcome = OutcomeTimeout
+			err = fmt.Errorf("timeout after %s: %w", cfg.deliveryTimeout, err)
+		}
+		cancel()
+	}
+	cfg.obs.DeliveryAttempt(outcome, time.Since(start))
+	s.finish(e, attempt, outcome, err)
+}
+
+// safeDeliver calls fn, turning a panic into an error: a faulty
+// DeliverFunc must not take the server down.
+func safeDeliver(ctx context.Context, fn DeliverFunc, d Delivery) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("deliver panicked: %v", r)
+		}
+	}()
+	return fn(ctx, d)
+}
+
+// finish records the outcome of an attempt: delivered, rescheduled with
+// backoff, dead, or (cancelled by Close) pending as before.
+func (s *FileSpool) finish(e *entry, attempt int, outcome Outcome, err error) {
+	cfg := s.config()
+	now := cfg.now()
+	var dead bool
+	s.mu.Lock()
+	e.inflight = false
+	s.inflight--
+	switch {
+	case e.removed:
+	case outcome == OutcomeCanceled:
+		s.schedule(e, now)
+	case outcome == OutcomeDelivered:
+		e.attempts++
+		e.state, e.delivered, e.lastAttempt = StateDelivered, now, now
+		s.logState(&Record{
+			Type: RecordDelivered, ID: e.id, Time: now, Received: e.received, Size: e.size, Attempts: e.attempts,
+		})
+	default:
+		e.attempts++
+		e.lastErr, e.lastAttempt = truncate(err.Error(), maxErrLen), now
+		rec := &Record{Type: RecordAttempt, ID: e.id, Time: now, Attempts: e.attempts, Err: e.lastErr}
+		if e.attempts >= cfg.maxAttempts {
+			dead = true
+			e.state = StateDead
+			s.logState(rec, &Record{Type: RecordDead, ID: e.id, Time: now})
+		} else {
+			e.next = now.Add(backoff(cfg.backoffMin, cfg.backoffMax, e.attempts))
+			rec.Next = e.next
+			s.logState(rec)
+			s.schedule(e, now)
+		}
+	}
+	next, attempts := e.next, e.attempts
+	s.mu.Unlock()
+	s.kick()
+
+	switch {
+	case dead:
+		cfg.obs.DeadLettered()
+		cfg.logger.Warn("callback dead-lettered: out of delivery attempts",
+			zap.String("callback_id", e.id), zap.Int("attempts", attempts), zap.Error(err))
+	case outcome == OutcomeFailed || outcome == OutcomeTimeout:
+		if ce := cfg.logger.Check(zapcore.DebugLevel, "callback delivery failed"); ce != nil {
+			ce.Write(zap.String("callback_id", e.id), zap.Int("attempt", attempt),
+				zap.Time("next_attempt", next), zap.Error(err))
+		}
+	case outcome == OutcomeDelivered:
+		if ce := cfg.logger.Check(zapcore.DebugLevel, "callback delivered"); ce != nil {
+			ce.Write(zap.String("callback_id", e.id), zap.Int("attempt", attempt))
+		}
+	}
+}
+
+// backoff is the delay after the given number of failed attempts: lo,
+// doubling per further failure, at most hi, less up to 20% of jitter so
+// that callbacks that failed together do not retry together.
+func backoff(lo, hi time.Duration, failures int) time.Duration {
+	d := lo
+	for i := 1; i < failures && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	if j := int64(d / 5); j > 0 {
+		d -= time.Duration(rand.Int64N(j + 1))
+	}
+	return d
+}

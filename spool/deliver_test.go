@@ -1,0 +1,318 @@
+package spool
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestDeliveryOrderOldestFirst(t *testing.T) {
+	rec := &recorder{}
+	s := open(t, t.TempDir(), Options{Concurrency: 1})
+	var want []string
+	for i := range 20 {
+		mustAppend(t, s, testEntry(i, 100))
+		want = append(want, testID(i))
+	}
+	// Delivery starts only now, with everything queued.
+	if err := s.Reconfigure(Options{Concurrency: 1, Deliver: rec.Deliver}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "deliveries", func() bool { return s.Stats().Delivered == 20 })
+	if got := rec.ids(); !cmp.Equal(got, want) {
+		t.Errorf("delivery order %v, want %v", got, want)
+	}
+	in, _ := s.Get(testID(0))
+	if in.State != StateDelivered || in.Attempts != 1 || in.Delivered.IsZero() {
+		t.Errorf("Get after delivery = %+v", in)
+	}
+}
+
+// TestNoHeadOfLineBlocking checks that a callback that keeps failing
+// does not hold up the ones behind it, even with one delivery at a time.
+func TestNoHeadOfLineBlocking(t *testing.T) {
+	rec := &recorder{fail: func(d Delivery) error {
+		if d.ID == testID(0) {
+			return errors.New("receiver rejects this one")
+		}
+		return nil
+	}}
+	s := open(t, t.TempDir(), Options{Concurrency: 1, BackoffMin: 50 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
+	for i := range 11 {
+		mustAppend(t, s, testEntry(i, 100))
+	}
+	if err := s.Reconfigure(Options{Concurrency: 1, Deliver: rec.Deliver, BackoffMin: time.Hour, BackoffMax: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the others", func() bool { return s.Stats().Delivered == 10 })
+	in, _ := s.Get(testID(0))
+	if in.State != StatePending || in.Attempts != 1 || !strings.Contains(in.LastError, "rejects") || in.NextAttempt.IsZero() {
+		t.Errorf("failing callback: %+v", in)
+	}
+}
+
+func TestBackoffAndDeadLetter(t *testing.T) {
+	var times []time.Time
+	rec := &recorder{}
+	rec.setFail(func(d Delivery) error {
+		times = append(times, time.Now()) // serialized: one callback
+		return errors.New("boom")
+	})
+	obs := &countingObserver{}
+	logger, logs := observedLogger()
+	const (
+		lo = 20 * time.Millisecond
+		hi = 80 * time.Millisecond
+	)
+	s := open(t, t.TempDir(), Options{
+		Deliver: rec.Deliver, BackoffMin: lo, BackoffMax: hi, MaxAttempts: 5, Observer: obs, Logger: logger,
+	})
+	mustAppend(t, s, testEntry(0, 100))
+	waitFor(t, "dead letter", func() bool { return s.Stats().Dead == 1 })
+
+	ds := rec.deliveries()
+	if len(ds) != 5 {
+		t.Fatalf("%d attempts, want 5", len(ds))
+	}
+	for i, d := range ds {
+		if d.Attempt != i+1 {
+			t.Errorf("attempt %d numbered %d", i+1, d.Attempt)
+		}
+	}
+	// Delays: 20, 40, 80, 80ms, each less up to 20% jitter.
+	for i, want := range []time.Duration{lo, 2 * lo, hi, hi} {
+		if got := times[i+1].Sub(times[i]); got < want*8/10 {
+			t.Errorf("delay before attempt %d = %v, want at least %v", i+2, got, want*8/10)
+		}
+	}
+	in, _ := s.Get(testID(0))
+	if in.State != StateDead || in.Attempts != 5 || in.LastError != "boom" {
+		t.Errorf("dead callback: %+v", in)
+	}
+	if obs.dead.Load() != 1 || obs.outcome(OutcomeFailed) != 5 {
+		t.Errorf("observer: %d dead, %d failed", obs.dead.Load(), obs.outcome(OutcomeFailed))
+	}
+	if logs.FilterMessageSnippet("dead-lettered").Len() != 1 {
+		t.Errorf("no dead-letter warning: %v", logs.All())
+	}
+
+	// Replay: back to pending with attempts reset, then delivered.
+	rec.setFail(nil)
+	if err := s.Retry(context.Background(), testID(0)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "delivery after retry", func() bool { return s.Stats().Delivered == 1 })
+	in, _ = s.Get(testID(0))
+	if in.Attempts != 1 {
+		t.Errorf("attempts after retry and delivery = %d, want 1", in.Attempts)
+	}
+	if ds := rec.deliveries(); ds[len(ds)-1].Attempt != 1 {
+		t.Errorf("first attempt after retry numbered %d", ds[len(ds)-1].Attempt)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	for _, c := range []struct {
+		failures int
+		want     time.Duration
+	}{{1, time.Second}, {2, 2 * time.Second}, {4, 8 * time.Second}, {10, 512 * time.Second}, {11, 10 * time.Minute}, {50, 10 * time.Minute}} {
+		for range 50 {
+			got := backoff(time.Second, 10*time.Minute, c.failures)
+			if got > c.want || got < c.want*8/10 {
+				t.Fatalf("backoff after %d failures = %v, want in [%v, %v]", c.failures, got, c.want*8/10, c.want)
+			}
+		}
+	}
+}
+
+// TestOperatorActions covers Retry, RetryAll, Delete and their errors,
+// and that they survive a restart.
+func TestOperatorActions(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	rec := &recorder{fail: func(Delivery) error { return errors.New("down") }}
+	s := open(t, dir, Options{Deliver: rec.Deliver, MaxAttempts: 1})
+	for i := range 4 {
+		mustAppend(t, s, testEntry(i, 100))
+	}
+	waitFor(t, "dead letters", func() bool { return s.Stats().Dead == 4 })
+	if got := infoIDs(s.List(StateDead, 0)); len(got) != 4 {
+		t.Fatalf("dead: %v", got)
+	}
+	if err := s.Delete(ctx, testID(3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, testID(3)); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second Delete = %v, want ErrNotFound", err)
+	}
+	if err := s.Retry(ctx, "unknown"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Retry(unknown) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.RetryAll(ctx, StateDelivered); err == nil {
+		t.Error("RetryAll(delivered) succeeded")
+	}
+	closeSpool(t, s)
+
+	rec.setFail(nil)
+	s = open(t, dir, Options{Deliver: rec.Deliver})
+	if st := s.Stats(); st.Dead != 3 || st.Pending != 0 {
+		t.Fatalf("after reopen: %+v", st)
+	}
+	n, err := s.RetryAll(ctx, StateDead)
+	if err != nil || n != 3 {
+		t.Fatalf("RetryAll = %d, %v", n, err)
+	}
+	waitFor(t, "deliveries", func() bool { return s.Stats().Delivered == 3 })
+	if err := s.Retry(ctx, testID(0)); !errors.Is(err, ErrDelivered) {
+		t.Errorf("Retry(delivered) = %v, want ErrDelivered", err)
+	}
+	if _, err := s.Load(ctx, testID(0)); !errors.Is(err, ErrDelivered) {
+		t.Errorf("Load(delivered) = %v, want ErrDelivered", err)
+	}
+	if err := s.Delete(ctx, testID(0)); err != nil {
+		t.Errorf("Delete(delivered) = %v", err)
+	}
+	closeSpool(t, s)
+
+	s = open(t, dir, Options{})
+	if got := infoIDs(s.List(StateDelivered, 0)); !cmp.Equal(got, []string{testID(1), testID(2)}) {
+		t.Errorf("delivered after reopen: %v", got)
+	}
+	if st := s.Stats(); st.Pending+st.Dead != 0 {
+		t.Errorf("after reopen: %+v", st)
+	}
+}
+
+// TestCloseDrains checks that Close waits for deliveries in progress up
+// to its context, then cancels them, and that they stay pending.
+func TestCloseDrains(t *testing.T) {
+	dir := t.TempDir()
+	started := make(chan struct{}, 1)
+	block := func(ctx context.Context, d Delivery) error {
+		started <- struct{}{}
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	obs := &countingObserver{}
+	s, err := Open(dir, Options{Deliver: block, Observer: obs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, s, testEntry(0, 100))
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := s.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Close = %v, want a deadline error", err)
+	}
+	if obs.outcome(OutcomeCanceled) != 1 {
+		t.Errorf("outcomes: canceled %d, timeout %d, failed %d", obs.outcome(OutcomeCanceled), obs.outcome(OutcomeTimeout), obs.outcome(OutcomeFailed))
+	}
+
+	// Not counted as an attempt; delivered after the restart.
+	rec := &recorder{}
+	s = open(t, dir, Options{Deliver: rec.Deliver})
+	waitFor(t, "redelivery", func() bool { return s.Stats().Delivered == 1 })
+	if ds := rec.deliveries(); ds[0].Attempt != 1 {
+		t.Errorf("attempt after restart = %d, want 1", ds[0].Attempt)
+	}
+
+	// A delivery that completes within the bound is recorded.
+	release := make(chan struct{})
+	slow := func(ctx context.Context, d Delivery) error {
+		started <- struct{}{}
+		<-release
+		return nil
+	}
+	dir2 := t.TempDir()
+	s2, err := Open(dir2, Options{Deliver: slow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, s2, testEntry(1, 100))
+	<-started
+	time.AfterFunc(20*time.Millisecond, func() { close(release) })
+	if err := s2.Close(context.Background()); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	s2 = open(t, dir2, Options{})
+	if st := s2.Stats(); st.Delivered != 1 {
+		t.Errorf("after a drained close: %+v", st)
+	}
+}
+
+// TestReconfigureNoGapNoDouble swaps the deliverer while deliveries run:
+// every callback is delivered exactly once, by one or the other.
+func TestReconfigureNoGapNoDouble(t *testing.T) {
+	var a, b atomic.Int64
+	counts := make(map[string]*atomic.Int64)
+	for i := range 200 {
+		counts[testID(i)] = new(atomic.Int64)
+	}
+	deliverer := func(n *atomic.Int64) DeliverFunc {
+		return func(ctx context.Context, d Delivery) error {
+			n.Add(1)
+			counts[d.ID].Add(1)
+			time.Sleep(time.Millisecond)
+			return nil
+		}
+	}
+	s := open(t, t.TempDir(), Options{Deliver: deliverer(&a)})
+	for i := range 200 {
+		mustAppend(t, s, testEntry(i, 100))
+		if i == 100 {
+			if err := s.Reconfigure(Options{Deliver: deliverer(&b), Concurrency: 8}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitFor(t, "deliveries", func() bool { return s.Stats().Delivered == 200 })
+	for id, n := range counts {
+		if n.Load() != 1 {
+			t.Errorf("%s delivered %d times", id, n.Load())
+		}
+	}
+	if a.Load() == 0 || b.Load() == 0 {
+		t.Errorf("deliveries: %d by the first deliverer, %d by the second", a.Load(), b.Load())
+	}
+}
+
+func TestDeliveryTimeoutAndPanic(t *testing.T) {
+	obs := &countingObserver{}
+	rec := &recorder{}
+	rec.setFail(func(d Delivery) error {
+		if d.ID == testID(1) {
+			panic("deliverer bug")
+		}
+		return nil
+	})
+	hang := func(ctx context.Context, d Delivery) error {
+		if d.ID == testID(0) {
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return rec.Deliver(ctx, d)
+	}
+	s := open(t, t.TempDir(), Options{Deliver: hang, DeliveryTimeout: 20 * time.Millisecond, BackoffMin: time.Hour, BackoffMax: time.Hour, Observer: obs})
+	mustAppend(t, s, testEntry(0, 100))
+	mustAppend(t, s, testEntry(1, 100))
+	waitFor(t, "two failed attempts", func() bool {
+		a, _ := s.Get(testID(0))
+		b, _ := s.Get(testID(1))
+		return a.Attempts == 1 && b.Attempts == 1
+	})
+	if a, _ := s.Get(testID(0)); !strings.Contains(a.LastError, "timeout") {
+		t.Errorf("timed out attempt: %+v", a)
+	}
+	if b, _ := s.Get(testID(1)); !strings.Contains(b.LastError, "panicked") {
+		t.Errorf("panicking attempt: %+v", b)
+	}
+	if obs.outcome(OutcomeTimeout) != 1 || obs.outcome(OutcomeFailed) != 1 {
+		t.Errorf("outcomes: canceled %d, timeout %d, failed %d", obs.outcome(OutcomeCanceled), obs.outcome(OutcomeTimeout), obs.outcome(OutcomeFailed))
+	}
+}

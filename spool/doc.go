@@ -1,0 +1,81 @@
+// Package spool makes Atlas callbacks durable: a callback is appended to
+// a log on disk and fsynced before it is acknowledged, then delivered,
+// at least once, until the receiver takes it. It knows nothing of Caddy.
+//
+// The route and the admin API depend on Store. FileSpool, from Open, is
+// the single-node backend; HTTPDeliverer is the usual Options.Deliver.
+//
+//	sp, err := spool.Open("/var/lib/caddy/atlas-spool", spool.Options{
+//		Deliver: (&spool.HTTPDeliverer{URL: "http://app:8080/atlas"}).Deliver,
+//		Logger:  logger,
+//	})
+//	...
+//	res, err := sp.Append(ctx, spool.Entry{ID: id, Header: h, Body: body})
+//	switch {
+//	case errors.Is(err, spool.ErrUnavailable): // 503 + Retry-After
+//	case err != nil: // 500
+//	default: // 202 {"status": "accepted", "callback_id": res.ID}
+//	}
+//
+// # Guarantees
+//
+// Append returns nil only once the callback's record is written and
+// fsynced (and, for a new segment file, the directory too), so a kill -9
+// at any moment loses no acknowledged callback. Concurrent appends share
+// one fsync: a single writer goroutine takes every request queued while
+// it was writing and syncs once for all of them (group commit). State
+// changes (attempts, deliveries) ride the same batches and are synced
+// with the next append or within a second; losing some in a crash only
+// means a redelivery, which at-least-once delivery allows (the receiver
+// deduplicates on X-Atlas-Callback-Id).
+//
+// A callback whose id is stored, pending or dead or delivered within
+// Options.Retention, is acknowledged again without being stored twice.
+//
+// Delivery takes the oldest due callback first, with up to
+// Options.Concurrency in parallel. A failed attempt is retried after an
+// exponential backoff with jitter, in a separate queue, so one failing
+// callback holds up no other; after Options.MaxAttempts it is dead until
+// retried or deleted.
+//
+// # On-disk format
+//
+// The directory holds a LOCK file (flock'ed while open) and log segments
+// named by a 16-hex-digit number, e.g. 0000000000000001.seg; the highest
+// is the one being appended to, and a new one starts when it reaches
+// Options.SegmentSize. A segment is a sequence of records:
+//
+//	offset size  field
+//	0      4     magic 00 53 50 01 ("\x00SP" and format version 1)
+//	4      4     CRC-32C (Castagnoli) of bytes 8 to the end, little-endian
+//	8      4     payload length n, little-endian (at most 1 GiB)
+//	12     1     record type
+//	13     n     payload
+//
+// Payload fields are unsigned varints (uvarint), signed varints for
+// times (Unix nanoseconds, 0 for none), and strings as a uvarint length
+// then the bytes:
+//
+//	1 enqueue    id, received, header count, (name, value)..., body (the rest)
+//	2 attempt    id, time, attempts, next attempt, last error
+//	3 delivered  id, time, received, body size, attempts
+//	4 dead       id, time
+//	5 retry      id, time (due again at this time, attempts reset)
+//	6 delete     id, time
+//	7 base       highest segment number superseded
+//
+// Every record states a value, never a change, so replaying one twice is
+// harmless. Open replays all segments in order into an index in memory;
+// bodies are read from disk when delivered. A record that does not verify
+// is skipped with a warning by scanning for the next valid one; invalid
+// bytes at the end of the last segment (a write torn by a crash) are
+// truncated. No body can forge a record: the magic starts with a NUL
+// byte, which JSON text and header values cannot contain.
+//
+// Compaction writes the state of the sealed segments (pending and dead
+// callbacks with their bodies, delivered ones within the retention
+// window as delivered records) to a temporary file behind a base record,
+// fsyncs it, renames it over the newest sealed segment, fsyncs the
+// directory, and removes the older segments. Open removes the segments
+// below a base record that a crash during compaction left behind.
+package spool

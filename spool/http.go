@@ -1,0 +1,91 @@
+package spool
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+)
+
+// Headers set by HTTPDeliverer.
+const (
+	// HeaderAttempt carries the attempt number, from 1.
+	HeaderAttempt = "X-Atlas-Attempt"
+	// HeaderCallbackID carries the callback id, the receiver's
+	// deduplication key; set from Delivery.ID if the stored headers lack
+	// it.
+	HeaderCallbackID = "X-Atlas-Callback-Id"
+)
+
+// hopHeaders are not forwarded from the stored headers: they describe a
+// connection, not the callback.
+var hopHeaders = []string{
+	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "Te", "Trailer",
+	"Transfer-Encoding", "Upgrade", "Content-Length", "Host",
+}
+
+// HTTPDeliverer delivers callbacks by POSTing them to URL: the body as
+// stored, the stored headers (hop-by-hop ones dropped), and
+// X-Atlas-Attempt. Content-Type defaults
+// to application/json. A 2xx answer means delivered; anything else,
+// redirects included (they are not followed), is a *StatusError.
+type HTTPDeliverer struct {
+	// URL is where callbacks are POSTed.
+	URL string
+	// Client sends the requests; nil means a zero http.Client. Its
+	// CheckRedirect is overridden. Bound each attempt with the context
+	// (Options.DeliveryTimeout), not Client.Timeout.
+	Client *http.Client
+}
+
+// StatusError is a delivery answered with a non-2xx status.
+type StatusError struct {
+	// Code is the HTTP status code of the answer.
+	Code int
+}
+
+// Error returns e.g. "receiver answered 503 Service Unavailable".
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("receiver answered %d %s", e.Code, http.StatusText(e.Code))
+}
+
+// Deliver implements DeliverFunc (use h.Deliver as Options.Deliver).
+func (h *HTTPDeliverer) Deliver(ctx context.Context, d Delivery) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.URL, bytes.NewReader(d.Body))
+	if err != nil {
+		return err
+	}
+	for k, vs := range d.Header {
+		req.Header[k] = slices.Clone(vs)
+	}
+	for _, k := range hopHeaders {
+		req.Header.Del(k)
+	}
+	if req.Header.Get("Content-Type") == "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if req.Header.Get(HeaderCallbackID) == "" {
+		req.Header.Set(HeaderCallbackID, d.ID)
+	}
+	req.Header.Set(HeaderAttempt, strconv.Itoa(d.Attempt))
+
+	var client http.Client
+	if h.Client != nil {
+		client = *h.Client
+	}
+	client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	// Drain a little so that the connection can be reused.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return &StatusError{Code: resp.StatusCode}
+	}
+	return nil
+}

@@ -1,0 +1,109 @@
+package spool
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+)
+
+func TestHTTPDeliverer(t *testing.T) {
+	var got *http.Request
+	var body []byte
+	status := http.StatusAccepted
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/redirect":
+			http.Redirect(w, r, "/hook", http.StatusTemporaryRedirect)
+			return
+		case "/slow":
+			io.ReadAll(r.Body) // then the server notices the client leave
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+			return
+		}
+		got = r
+		body, _ = io.ReadAll(r.Body)
+		w.WriteHeader(status)
+	}))
+	defer srv.Close()
+
+	h := &HTTPDeliverer{URL: srv.URL + "/hook", Client: srv.Client()}
+	d := Delivery{
+		ID:      "abc123",
+		Header:  http.Header{"X-Atlas-Subject": {"client-1"}, "X-Atlas-Attempt": {"99"}, "Connection": {"close, X-Secret"}},
+		Body:    []byte(`{"data":[]}`),
+		Attempt: 3,
+	}
+	if err := h.Deliver(context.Background(), d); err != nil {
+		t.Fatalf("Deliver: %v", err)
+	}
+	if got.Method != http.MethodPost || string(body) != `{"data":[]}` {
+		t.Errorf("request %s with body %q", got.Method, body)
+	}
+	for k, want := range map[string]string{
+		"X-Atlas-Attempt": "3", "X-Atlas-Callback-Id": "abc123", "X-Atlas-Subject": "client-1",
+		"Content-Type": "application/json",
+	} {
+		if v := got.Header.Values(k); len(v) != 1 || v[0] != want {
+			t.Errorf("header %s = %q, want %q", k, v, want)
+		}
+	}
+
+	if got.Header.Get("Connection") != "" || got.Close {
+		t.Errorf("stored Connection header forwarded: %q", got.Header.Get("Connection"))
+	}
+
+	status = http.StatusInternalServerError
+	var se *StatusError
+	if err := h.Deliver(context.Background(), d); !errors.As(err, &se) || se.Code != 500 {
+		t.Errorf("Deliver to a 500 = %v", err)
+	}
+
+	h.URL = srv.URL + "/redirect"
+	if err := h.Deliver(context.Background(), d); !errors.As(err, &se) || se.Code != http.StatusTemporaryRedirect {
+		t.Errorf("Deliver to a redirect = %v, want the 307 as an error", err)
+	}
+
+	h.URL = srv.URL + "/slow"
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := h.Deliver(ctx, d); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Deliver past the deadline = %v", err)
+	}
+}
+
+// TestSpoolOverHTTP wires a spool to a receiver that fails, then recovers.
+func TestSpoolOverHTTP(t *testing.T) {
+	ok := make(chan bool, 1)
+	ok <- false
+	received := make(chan string, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v := <-ok
+		ok <- true
+		if !v {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		received <- r.Header.Get("X-Atlas-Callback-Id") + " attempt " + r.Header.Get("X-Atlas-Attempt")
+	}))
+	defer srv.Close()
+	s := open(t, t.TempDir(), Options{
+		Deliver:    (&HTTPDeliverer{URL: srv.URL}).Deliver,
+		BackoffMin: time.Millisecond, BackoffMax: time.Millisecond,
+	})
+	mustAppend(t, s, testEntry(0, 100))
+	select {
+	case got := <-received:
+		if got != testID(0)+" attempt 2" {
+			t.Errorf("received %q", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery")
+	}
+}
