@@ -1,0 +1,115 @@
+package caddyatlas
+
+import (
+	"math"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/dustin/go-humanize"
+)
+
+// unmarshalCaddyfile sets up the callback route from the `callback`
+// subdirective of the atlas block; d is on the `callback` token. Syntax:
+//
+//	callback <path> {
+//		auth_path     <path>
+//		client_id     <id>
+//		client_secret <secret>
+//		signing_key   <hmac secret or PEM private key>
+//		issuer        <iss>
+//		audience      <aud>
+//		token_ttl     <duration>
+//		leeway        <duration>
+//		verify_key    <PEM public key>
+//		jwks_url      <url>
+//		max_body      <size>
+//	}
+//
+// Give the secrets as {env.NAME} or {file.path} placeholders: they are
+// resolved at provision time and stay out of the adapted JSON. Each
+// subdirective is allowed once, except verify_key, which repeats.
+func (c *Callback) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	c.Path = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if name != "verify_key" {
+			if seen[name] {
+				return d.Errf("%s specified more than once", name)
+			}
+			seen[name] = true
+		}
+
+		var str *string
+		switch name {
+		case "auth_path":
+			str = &c.AuthPath
+		case "client_id":
+			str = &c.ClientID
+		case "client_secret":
+			str = &c.ClientSecret
+		case "signing_key":
+			str = &c.SigningKey
+		case "issuer":
+			str = &c.Issuer
+		case "audience":
+			str = &c.Audience
+		case "jwks_url":
+			str = &c.JWKSURL
+		case "verify_key", "token_ttl", "leeway", "max_body":
+		default:
+			return d.Errf("unrecognized subdirective %q", name)
+		}
+
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		val := d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+
+		switch name {
+		case "verify_key":
+			c.VerifyKeys = append(c.VerifyKeys, val)
+		case "token_ttl", "leeway":
+			dur, err := caddy.ParseDuration(val)
+			if err != nil {
+				return d.Errf("%s: %v", name, err)
+			}
+			if name == "token_ttl" && dur <= 0 {
+				return d.Errf("token_ttl must be positive, got %s", val)
+			}
+			if name == "leeway" && dur <= 0 {
+				return d.Errf("leeway must be positive, got %s (0 selects the default, 60s)", val)
+			}
+			if name == "token_ttl" {
+				c.TokenTTL = caddy.Duration(dur)
+			} else {
+				c.Leeway = caddy.Duration(dur)
+			}
+		case "max_body":
+			size, err := humanize.ParseBytes(val)
+			if err != nil {
+				return d.Errf("max_body: invalid size %q (want e.g. 32MiB)", val)
+			}
+			if size == 0 || size > math.MaxInt64 {
+				return d.Errf("max_body must be between 1 byte and 8 EiB, got %s", val)
+			}
+			c.MaxBody = int64(size)
+		default:
+			if val == "" {
+				return d.Errf("%s must not be empty", name)
+			}
+			*str = val
+		}
+	}
+	return nil
+}

@@ -1,0 +1,182 @@
+package caddyatlas
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+func TestCallbackUnmarshalCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		input   string
+		want    Callback
+		wantErr string
+	}{
+		{
+			name:  "path only",
+			input: `callback /hooks/atlas`,
+			want:  Callback{Path: "/hooks/atlas"},
+		},
+		{
+			name: "every setting",
+			input: `callback /hooks/atlas {
+				auth_path     /hooks/atlas/login
+				client_id     {env.ATLAS_CALLBACK_CLIENT_ID}
+				client_secret {env.ATLAS_CALLBACK_CLIENT_SECRET}
+				signing_key   {file./etc/caddy/callback.pem}
+				issuer        my-gateway
+				audience      my-app
+				token_ttl     5m
+				leeway        10s
+				verify_key    {file./etc/caddy/idp1.pub.pem}
+				verify_key    {file./etc/caddy/idp2.pub.pem}
+				jwks_url      https://idp.example.com/.well-known/jwks.json
+				max_body      4MiB
+			}`,
+			want: Callback{
+				Path:         "/hooks/atlas",
+				AuthPath:     "/hooks/atlas/login",
+				ClientID:     "{env.ATLAS_CALLBACK_CLIENT_ID}",
+				ClientSecret: "{env.ATLAS_CALLBACK_CLIENT_SECRET}",
+				SigningKey:   "{file./etc/caddy/callback.pem}",
+				Issuer:       "my-gateway",
+				Audience:     "my-app",
+				TokenTTL:     caddy.Duration(5 * time.Minute),
+				Leeway:       caddy.Duration(10 * time.Second),
+				VerifyKeys:   []string{"{file./etc/caddy/idp1.pub.pem}", "{file./etc/caddy/idp2.pub.pem}"},
+				JWKSURL:      "https://idp.example.com/.well-known/jwks.json",
+				MaxBody:      4 << 20,
+			},
+		},
+		{
+			name:  "sizes and day durations",
+			input: "callback /cb {\n max_body 500KB\n token_ttl 1d\n}",
+			want:  Callback{Path: "/cb", MaxBody: 500000, TokenTTL: caddy.Duration(24 * time.Hour)},
+		},
+		{name: "no path", input: `callback`, wantErr: "wrong argument count"},
+		{name: "no path with block", input: "callback {\n client_id a\n}", wantErr: "wrong argument count"},
+		{name: "two paths", input: `callback /a /b`, wantErr: "wrong argument count"},
+		{name: "unknown subdirective", input: "callback /cb {\n client_key x\n}", wantErr: `unrecognized subdirective "client_key"`},
+		{name: "repeated", input: "callback /cb {\n client_id a\n client_id b\n}", wantErr: "client_id specified more than once"},
+		{name: "repeated duration", input: "callback /cb {\n leeway 1s\n leeway 2s\n}", wantErr: "leeway specified more than once"},
+		{name: "missing value", input: "callback /cb {\n client_secret\n}", wantErr: "wrong argument count"},
+		{name: "missing duration", input: "callback /cb {\n token_ttl\n}", wantErr: "wrong argument count"},
+		{name: "extra value", input: "callback /cb {\n issuer a b\n}", wantErr: "wrong argument count"},
+		{name: "extra verify_key value", input: "callback /cb {\n verify_key a b\n}", wantErr: "wrong argument count"},
+		{name: "empty value", input: "callback /cb {\n audience \"\"\n}", wantErr: "audience must not be empty"},
+		{name: "bad duration", input: "callback /cb {\n token_ttl soon\n}", wantErr: `token_ttl: time: invalid duration "soon"`},
+		{name: "zero ttl", input: "callback /cb {\n token_ttl 0s\n}", wantErr: "token_ttl must be positive, got 0s"},
+		{name: "negative leeway", input: "callback /cb {\n leeway -5s\n}", wantErr: "leeway must be positive, got -5s"},
+		{name: "zero leeway", input: "callback /cb {\n leeway 0\n}", wantErr: "leeway must be positive, got 0 (0 selects the default, 60s)"},
+		{name: "bad size", input: "callback /cb {\n max_body lots\n}", wantErr: `max_body: invalid size "lots" (want e.g. 32MiB)`},
+		{name: "zero size", input: "callback /cb {\n max_body 0\n}", wantErr: "max_body must be between 1 byte and 8 EiB, got 0"},
+		{name: "huge size", input: "callback /cb {\n max_body 16EiB\n}", wantErr: "max_body"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := caddyfile.NewTestDispenser(tc.input)
+			d.Next()
+			var got Callback
+			err := got.unmarshalCaddyfile(d)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got, cmpopts.IgnoreUnexported(Callback{}), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("config (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestCallbackUnmarshalCaddyfileNested checks that the parser leaves the
+// dispenser where the enclosing atlas block goes on.
+func TestCallbackUnmarshalCaddyfileNested(t *testing.T) {
+	d := caddyfile.NewTestDispenser(`atlas {
+		callback /hooks/atlas {
+			client_id a
+			verify_key k1
+		}
+		after one
+	}
+	next_directive`)
+	d.Next()
+	var c Callback
+	var rest []string
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if d.Val() == "callback" {
+			if err := c.unmarshalCaddyfile(d); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		rest = append(rest, d.Val())
+		for d.NextArg() {
+			rest = append(rest, d.Val())
+		}
+	}
+	if got := strings.Join(rest, " "); got != "after one" {
+		t.Errorf("the atlas block went on with %q", got)
+	}
+	if c.Path != "/hooks/atlas" || c.ClientID != "a" || len(c.VerifyKeys) != 1 {
+		t.Errorf("parsed %+v", c)
+	}
+	if !d.Next() || d.Val() != "next_directive" {
+		t.Errorf("the dispenser is not at the next directive: %q", d.Val())
+	}
+}
+
+// TestCallbackCaddyfileAdapt runs the golden files of
+// testdata/callback_adapt: a Caddyfile, a line of ten dashes, then the
+// expected JSON or the expected error.
+func TestCallbackCaddyfileAdapt(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "callback_adapt", "*.caddyfiletest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatal("no golden files in testdata/callback_adapt")
+	}
+	crlf := regexp.MustCompile(`\r?\n`)
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts := strings.SplitN(crlf.ReplaceAllString(string(data), "\n"), "----------", 2)
+			if len(parts) != 2 {
+				t.Fatal("no ---------- separator")
+			}
+			input, expected := strings.TrimSpace(parts[0])+"\n", strings.TrimSpace(parts[1])
+			if strings.HasPrefix(expected, "{") {
+				if !caddytest.CompareAdapt(t, file, input, "caddyfile", expected) {
+					t.Errorf("adapting %s did not give the expected JSON", file)
+				}
+				return
+			}
+			_, _, err = caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), nil)
+			if err == nil {
+				t.Fatalf("no error, want %q", expected)
+			}
+			if !strings.Contains(err.Error(), expected) {
+				t.Errorf("error\n  %v\nwant it to contain\n  %s", err, expected)
+			}
+		})
+	}
+}

@@ -1,0 +1,458 @@
+package caddyatlas
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+)
+
+// The callback end-to-end tests run a real Caddy (caddytest, admin on
+// localhost:2999, HTTP on localhost:9080, shared with the other e2e
+// tests: none may run in parallel) with a callback-only atlas handler in
+// front of an httptest app. The Atlas simulator plays Atlas.
+
+const (
+	cbE2EClientID     = "atlas-callback-e2e"
+	cbE2EClientSecret = "cb-secret-never-in-a-log-91c2"
+	cbE2ESigningKey   = "cb-e2e-hmac-signing-key-0123456789abcdef"
+	cbE2EAuthURL      = "http://localhost:9080/hooks/atlas/auth"
+	cbE2ECallbackURL  = "http://localhost:9080/hooks/atlas"
+	cbE2EMaxBody      = 64 << 10
+)
+
+// callbackE2EApp is the app behind the gateway: it records each request
+// that reaches it, with its body, and answers 202.
+type callbackE2EApp struct {
+	*httptest.Server
+	mu   sync.Mutex
+	reqs []callbackE2ERequest
+}
+
+type callbackE2ERequest struct {
+	header http.Header
+	body   []byte
+	query  string
+}
+
+func (a *callbackE2EApp) count() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.reqs)
+}
+
+func (a *callbackE2EApp) last() callbackE2ERequest {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.reqs[len(a.reqs)-1]
+}
+
+// callbackE2E is a running gateway.
+type callbackE2E struct {
+	tester *caddytest.Tester
+	app    *callbackE2EApp
+	rsa    string // PEM of the RSA verify key's public half
+}
+
+// startCallbackGateway loads a callback gateway: HMAC signing key from the
+// environment, an RSA verify key from a file, max_body 64 KiB, and a
+// header_up on the proxy that shows the placeholders to the app.
+func startCallbackGateway(t *testing.T) *callbackE2E {
+	t.Helper()
+	k := callbackTestKeys(t)
+	rsaPub := callbackPEMPublic(t, &k.rsa.PublicKey)
+	keyFile := filepath.Join(t.TempDir(), "idp.pub.pem")
+	if err := os.WriteFile(keyFile, []byte(rsaPub), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CB_E2E_CLIENT_ID", cbE2EClientID)
+	t.Setenv("CB_E2E_CLIENT_SECRET", cbE2EClientSecret)
+	t.Setenv("CB_E2E_SIGNING_KEY", cbE2ESigningKey)
+
+	app := new(callbackE2EApp)
+	app.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		app.mu.Lock()
+		app.reqs = append(app.reqs, callbackE2ERequest{header: r.Header.Clone(), body: body, query: r.URL.RawQuery})
+		app.mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = io.WriteString(w, `{"stored":true}`)
+	}))
+	t.Cleanup(app.Close)
+
+	tester := caddytest.NewTester(t)
+	tester.InitServer(fmt.Sprintf(`{
+	skip_install_trust
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+}
+http://localhost:9080 {
+	atlas {
+		callback /hooks/atlas {
+			client_id     {env.CB_E2E_CLIENT_ID}
+			client_secret {env.CB_E2E_CLIENT_SECRET}
+			signing_key   {env.CB_E2E_SIGNING_KEY}
+			verify_key    {file.%s}
+			max_body      64KiB
+		}
+	}
+	reverse_proxy %s {
+		header_up X-Callback-Placeholders "{http.atlas.callback.id}|{http.atlas.callback.subject}|{http.atlas.callback.document_count}"
+	}
+}
+`, keyFile, app.Listener.Addr()), "caddyfile")
+	return &callbackE2E{tester: tester, app: app, rsa: rsaPub}
+}
+
+// post sends a request through the gateway.
+func (g *callbackE2E) post(t *testing.T, url string, body []byte, headers ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := g.tester.Client.Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, b
+}
+
+// token obtains a token from the gateway's auth_path.
+func (g *callbackE2E) token(t *testing.T) string {
+	t.Helper()
+	resp, body := g.post(t, cbE2EAuthURL, nil, "Client-Id", cbE2EClientID, "Client-Secret", cbE2EClientSecret)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("auth: %d %s", resp.StatusCode, body)
+	}
+	var r callbackAuthResponse
+	if err := json.Unmarshal(body, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r.AccessToken
+}
+
+// wantCallbackError checks an error answer: status, JSON body with a
+// message starting with msg, and no secret.
+func wantCallbackError(t *testing.T, resp *http.Response, body []byte, status int, msg string) {
+	t.Helper()
+	if resp.StatusCode != status {
+		t.Fatalf("status %d, want %d: %s", resp.StatusCode, status, body)
+	}
+	var e errorBody
+	if err := json.Unmarshal(body, &e); err != nil {
+		t.Fatalf("body %q: %v", body, err)
+	}
+	if !strings.HasPrefix(e.Error, msg) {
+		t.Errorf("error %q, want it to start with %q", e.Error, msg)
+	}
+	for _, secret := range []string{cbE2EClientSecret, cbE2ESigningKey} {
+		if bytes.Contains(body, []byte(secret)) {
+			t.Errorf("the answer holds a secret: %s", body)
+		}
+	}
+}
+
+// TestCallbackE2EDelivery plays Atlas delivering a batch: auth at
+// auth_path, then the callback, which reaches the app byte-for-byte with
+// the managed headers; a redelivery has the same callback id.
+func TestCallbackE2EDelivery(t *testing.T) {
+	g := startCallbackGateway(t)
+	sim := atlastest.NewServer(t, atlastest.Options{})
+	ids := []string{"loan-1-aadhaar", "loan-1-pan", "loan-1-dl", "loan-1-passport", "loan-1-gst"}
+	batchID := sim.CreateBatch(ids...)
+	payload, err := sim.BatchPayload(batchID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := atlastest.CallbackTarget{AuthURL: cbE2EAuthURL, CallbackURL: cbE2ECallbackURL, ClientID: cbE2EClientID, ClientSecret: cbE2EClientSecret}
+
+	var firstID string
+	for i := range 2 {
+		d, err := sim.DeliverCallback(context.Background(), target, batchID)
+		if err != nil {
+			t.Fatalf("delivery %d: %v (%+v)", i, err, d)
+		}
+		// The app's status and body go back to Atlas.
+		if d.AuthStatus != http.StatusOK || d.CallbackStatus != http.StatusAccepted || string(d.Body) != `{"stored":true}` {
+			t.Fatalf("delivery %d: %+v", i, d)
+		}
+		got := g.app.last()
+		if !bytes.Equal(got.body, payload) {
+			t.Fatalf("the app got another body:\n%s\nwant\n%s", got.body, payload)
+		}
+		id := got.header.Get("X-Atlas-Callback-Id")
+		for k, want := range map[string]string{
+			"X-Atlas-Subject":         cbE2EClientID,
+			"X-Atlas-Document-Count":  strconv.Itoa(len(ids)),
+			"X-Atlas-Callback-Id":     callbackID(payload),
+			"X-Callback-Placeholders": id + "|" + cbE2EClientID + "|" + strconv.Itoa(len(ids)),
+			"Token":                   "",
+			"Authorization":           "",
+			"Content-Length":          strconv.Itoa(len(payload)),
+		} {
+			if v := got.header.Get(k); v != want {
+				t.Errorf("delivery %d: app header %s = %q, want %q", i, k, v, want)
+			}
+		}
+		if i == 0 {
+			firstID = id
+		} else if id != firstID {
+			t.Errorf("the redelivery has callback id %s, the first %s", id, firstID)
+		}
+	}
+	if g.app.count() != 2 {
+		t.Errorf("the app got %d requests", g.app.count())
+	}
+
+	// Without an auth step, the simulator sends no token: refused.
+	d, err := sim.DeliverCallback(context.Background(), atlastest.CallbackTarget{CallbackURL: cbE2ECallbackURL}, batchID)
+	if err == nil || d.CallbackStatus != http.StatusUnauthorized {
+		t.Errorf("delivery without a token: %v, %+v", err, d)
+	}
+	// With wrong credentials, auth fails and nothing is delivered.
+	bad := target
+	bad.ClientSecret = "wrong"
+	if d, err := sim.DeliverCallback(context.Background(), bad, batchID); err == nil || d.AuthStatus != http.StatusUnauthorized || d.CallbackStatus != 0 {
+		t.Errorf("delivery with a wrong secret: %v, %+v", err, d)
+	}
+	if g.app.count() != 2 {
+		t.Errorf("a refused delivery reached the app")
+	}
+
+	// The token also works as a Bearer credential, and client-supplied
+	// X-Atlas-* headers never reach the app.
+	resp, body := g.post(t, cbE2ECallbackURL+"?batch="+batchID, payload, "Content-Type", "application/json",
+		"Authorization", "Bearer "+g.token(t), "X-Atlas-Subject", "admin", "X-Atlas-Document-Count", "1000", "X-Atlas-Extra", "x")
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("bearer: %d %s", resp.StatusCode, body)
+	}
+	got := g.app.last()
+	if got.header.Get("X-Atlas-Subject") != cbE2EClientID || got.header.Get("X-Atlas-Document-Count") != "5" ||
+		got.header.Get("X-Atlas-Extra") != "" || got.header.Get("Authorization") != "" || got.query != "batch="+batchID {
+		t.Errorf("bearer: app headers %v, query %q", got.header, got.query)
+	}
+}
+
+// TestCallbackE2EAttacks sends the token attack list; each is answered
+// 401 and none reaches the app.
+func TestCallbackE2EAttacks(t *testing.T) {
+	g := startCallbackGateway(t)
+	payload := callbackSamplePayload(2)
+	now := time.Now()
+	key := []byte(cbE2ESigningKey)
+	claims := func(mut func(jwt.MapClaims)) jwt.MapClaims {
+		c := jwt.MapClaims{"iss": "caddy-atlas", "aud": "atlas-callback", "sub": cbE2EClientID,
+			"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(5 * time.Minute).Unix()}
+		if mut != nil {
+			mut(c)
+		}
+		return c
+	}
+	good := mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(nil))
+	none, err := jwt.NewWithClaims(jwt.SigningMethodNone, claims(nil)).SignedString(jwt.UnsafeAllowNoneSignatureType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := strings.Split(good, ".")
+	forged, _ := json.Marshal(claims(func(c jwt.MapClaims) { c["sub"] = "admin" }))
+	wrongSig := parts[0] + "." + callbackB64URL(forged) + "." + parts[2]
+
+	// Another caddy-atlas, same credentials and claims, its own key.
+	other := &Callback{ClientID: cbE2EClientID, ClientSecret: cbE2EClientSecret, SigningKey: "another-gateway-signing-key-0123456789abcdef"}
+	provisionTestCallback(t, other)
+	otherSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _ = other.serveAuth(w, r) }))
+	defer otherSrv.Close()
+	otherReq, _ := http.NewRequest(http.MethodPost, otherSrv.URL, nil)
+	otherReq.Header.Set("Client-Id", cbE2EClientID)
+	otherReq.Header.Set("Client-Secret", cbE2EClientSecret)
+	otherResp, err := http.DefaultClient.Do(otherReq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var otherTok callbackAuthResponse
+	_ = json.NewDecoder(otherResp.Body).Decode(&otherTok)
+	otherResp.Body.Close()
+
+	// A sanity check that the good token passes, so each refusal below is
+	// the attack's doing.
+	if resp, body := g.post(t, cbE2ECallbackURL, payload, "Content-Type", "application/json", "Token", good); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("the reference token is refused: %d %s", resp.StatusCode, body)
+	}
+	before := g.app.count()
+
+	for _, tc := range []struct {
+		name    string
+		url     string
+		headers []string
+	}{
+		{"no token", cbE2ECallbackURL, nil},
+		{"garbage", cbE2ECallbackURL, []string{"Token", "garbage"}},
+		{"alg none", cbE2ECallbackURL, []string{"Token", none}},
+		{"HS256 signed with the RSA public key", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, []byte(g.rsa), "", claims(nil))}},
+		{"HS256 with the RSA public key and its kid", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, []byte(g.rsa), callbackKID(t, g.rsa), claims(nil))}},
+		{"wrong signature", cbE2ECallbackURL, []string{"Token", wrongSig}},
+		{"RSA key not the configured one", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodRS256, weakRSAKey(t), "", claims(nil))}},
+		{"expired beyond leeway", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["exp"] = now.Add(-2 * time.Minute).Unix() }))}},
+		{"nbf in the future", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["nbf"] = now.Add(2 * time.Minute).Unix() }))}},
+		{"wrong iss", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["iss"] = "someone-else" }))}},
+		{"wrong aud", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["aud"] = "another-app" }))}},
+		{"missing exp", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { delete(c, "exp") }))}},
+		{"token in the query string only", cbE2ECallbackURL + "?token=" + good + "&access_token=" + good + "&Token=" + good, nil},
+		{"token in a cookie only", cbE2ECallbackURL, []string{"Cookie", "token=" + good + "; Token=" + good}},
+		{"token of another caddy-atlas", cbE2ECallbackURL, []string{"Token", otherTok.AccessToken}},
+		{"Basic credentials", cbE2ECallbackURL, []string{"Authorization", "Basic " + base64.StdEncoding.EncodeToString([]byte(cbE2EClientID+":"+cbE2EClientSecret))}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			headers := append([]string{"Content-Type", "application/json"}, tc.headers...)
+			resp, body := g.post(t, tc.url, payload, headers...)
+			wantCallbackError(t, resp, body, http.StatusUnauthorized, "invalid or expired token")
+			if got := resp.Header.Get("WWW-Authenticate"); got != `Bearer error="invalid_token"` {
+				t.Errorf("WWW-Authenticate %q", got)
+			}
+			if g.app.count() != before {
+				t.Fatal("the request reached the app")
+			}
+		})
+	}
+	if otherTok.AccessToken == "" {
+		t.Error("the other gateway issued no token")
+	}
+}
+
+// TestCallbackE2EPayloads sends the bad payload list with a good token;
+// each is refused and none reaches the app.
+func TestCallbackE2EPayloads(t *testing.T) {
+	g := startCallbackGateway(t)
+	tok := g.token(t)
+	huge := append([]byte(`{"data":[],"pad":"`), bytes.Repeat([]byte("x"), cbE2EMaxBody)...)
+	huge = append(huge, `"}`...)
+	valid := callbackSamplePayload(3)
+	for _, tc := range []struct {
+		name        string
+		contentType string
+		body        []byte
+		status      int
+		msg         string
+	}{
+		{"not JSON", "application/json", []byte("hello, not json"), 400, "body: invalid JSON at byte 1"},
+		{"truncated JSON", "application/json", valid[:len(valid)/2], 400, "data[1]"},
+		{"data not an array", "application/json", []byte(`{"data":{"document_id":"a"}}`), 400, "data: must be an array of documents, not an object"},
+		{"missing document_id", "application/json", []byte(`{"data":[{"document_id":"a","file_data":{}},{"file_data":{}}]}`), 400, "data[1].document_id: missing"},
+		{"score 1.7", "application/json", []byte(`{"data":[{"document_id":"a","file_data":{}},{"document_id":"b","file_data":{}},{"document_id":"c","file_data":{}},` +
+			`{"document_id":"d","file_data":{"pan_number":{"value":"ABCDE1234F","confidence_score":1.7}}}]}`), 400,
+			"data[3].file_data.pan_number.confidence_score: 1.7 is outside [0, 1]"},
+		{"score high", "application/json", []byte(`{"data":[{"document_id":"a","file_data":{"pan_number":{"value":"X","confidence_score":"high"}}}]}`), 400,
+			`data[0].file_data.pan_number.confidence_score: "high" is not a number`},
+		{"body over max_body", "application/json", huge, 413, "the callback body is larger than 65536 bytes"},
+		{"not a JSON content type", "text/plain", valid, 415, "the callback body must be JSON"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := g.post(t, cbE2ECallbackURL, tc.body, "Content-Type", tc.contentType, "Token", tok)
+			wantCallbackError(t, resp, body, tc.status, tc.msg)
+			if g.app.count() != 0 {
+				t.Fatal("the request reached the app")
+			}
+		})
+	}
+	// A chunked body over max_body is cut off too.
+	req, _ := http.NewRequest(http.MethodPost, cbE2ECallbackURL, io.MultiReader(bytes.NewReader(huge)))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Token", tok)
+	req.ContentLength = -1
+	resp, err := g.tester.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	wantCallbackError(t, resp, body, http.StatusRequestEntityTooLarge, "the callback body is larger")
+	if g.app.count() != 0 {
+		t.Fatal("the chunked request reached the app")
+	}
+}
+
+// TestCallbackE2EAuthEndpoint checks auth_path through Caddy: methods,
+// credential forms, refusals and throttling.
+func TestCallbackE2EAuthEndpoint(t *testing.T) {
+	g := startCallbackGateway(t)
+	resp, err := g.tester.Client.Get(cbE2EAuthURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "POST" {
+		t.Errorf("GET auth_path: %d, Allow %q", resp.StatusCode, resp.Header.Get("Allow"))
+	}
+
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(cbE2EClientID+":"+cbE2EClientSecret))
+	for name, args := range map[string][]string{
+		"basic": {"Authorization", basic},
+		"json":  {"Content-Type", "application/json"},
+		"form":  {"Content-Type", "application/x-www-form-urlencoded"},
+	} {
+		var body []byte
+		switch name {
+		case "json":
+			body, _ = json.Marshal(map[string]string{"client_id": cbE2EClientID, "client_secret": cbE2EClientSecret})
+		case "form":
+			body = []byte("client_id=" + cbE2EClientID + "&client_secret=" + cbE2EClientSecret)
+		}
+		resp, b := g.post(t, cbE2EAuthURL, body, args...)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Cache-Control") != "no-store" || !bytes.Contains(b, []byte(`"token_type":"Bearer","expires_in":900`)) {
+			t.Errorf("%s: %d %s", name, resp.StatusCode, b)
+		}
+	}
+
+	// Five refusals, then a sixth that starts the slow-down: even good
+	// credentials are answered 429 for a while.
+	for i := range 6 {
+		resp, body := g.post(t, cbE2EAuthURL, nil, "Client-Id", cbE2EClientID, "Client-Secret", fmt.Sprint("guess-", i))
+		wantCallbackError(t, resp, body, http.StatusUnauthorized, "invalid client credentials")
+	}
+	resp, body := g.post(t, cbE2EAuthURL, nil, "Client-Id", cbE2EClientID, "Client-Secret", cbE2EClientSecret)
+	wantCallbackError(t, resp, body, http.StatusTooManyRequests, "too many failed authentication attempts")
+	if resp.Header.Get("Retry-After") != "1" {
+		t.Errorf("Retry-After %q", resp.Header.Get("Retry-After"))
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if tok := g.token(t); tok == "" {
+		t.Error("no token after the delay")
+	}
+}
+
+// callbackKID returns the kid of a PEM public key.
+func callbackKID(t *testing.T, pemKey string) string {
+	t.Helper()
+	k, err := parseVerifyKey(pemKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.kid
+}

@@ -1,0 +1,269 @@
+package caddyatlas
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// testHMACSecret is the default signing key of the test callbacks.
+const testHMACSecret = "0123456789abcdef0123456789abcdef-test-hmac"
+
+// callbackKeySet holds the asymmetric keys of the tests.
+type callbackKeySet struct {
+	once sync.Once
+	ed   ed25519.PrivateKey
+	ec   *ecdsa.PrivateKey
+	ec2  *ecdsa.PrivateKey
+	rsa  *rsa.PrivateKey
+}
+
+var testKeys callbackKeySet
+
+// callbackTestKeys returns the test keys, generated once per test binary.
+func callbackTestKeys(t testing.TB) *callbackKeySet {
+	t.Helper()
+	testKeys.once.Do(func() {
+		var err error
+		if _, testKeys.ed, err = ed25519.GenerateKey(rand.Reader); err != nil {
+			panic(err)
+		}
+		if testKeys.ec, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+			panic(err)
+		}
+		if testKeys.ec2, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+			panic(err)
+		}
+		if testKeys.rsa, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+			panic(err)
+		}
+	})
+	return &testKeys
+}
+
+// callbackPEMPrivate encodes a private key as PKCS #8 PEM.
+func callbackPEMPrivate(t testing.TB, key any) string {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+}
+
+// callbackPEMPublic encodes a public key as PKIX PEM.
+func callbackPEMPublic(t testing.TB, pub any) string {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+}
+
+// provisionTestCallback fills the unset required settings of c with test
+// values, provisions and validates it, and returns the debug logs it
+// writes.
+func provisionTestCallback(t testing.TB, c *Callback) *observer.ObservedLogs {
+	t.Helper()
+	if c.Path == "" {
+		c.Path = "/hooks/atlas"
+	}
+	if c.ClientID == "" {
+		c.ClientID = "atlas-client"
+	}
+	if c.ClientSecret == "" {
+		c.ClientSecret = "atlas-client-secret"
+	}
+	if c.SigningKey == "" {
+		c.SigningKey = testHMACSecret
+	}
+	core, logs := observer.New(zapcore.DebugLevel)
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(func() {
+		_ = c.cleanup()
+		cancel()
+	})
+	if err := c.provision(ctx, zap.New(core)); err != nil {
+		t.Fatalf("provision: %v", err)
+	}
+	if err := c.validate(); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	return logs
+}
+
+// callbackClaims returns valid claims for c's tokens at now.
+func callbackClaims(c *Callback, now time.Time) jwt.MapClaims {
+	return jwt.MapClaims{
+		"iss": c.Issuer,
+		"aud": c.Audience,
+		"sub": "atlas-client",
+		"iat": now.Unix(),
+		"nbf": now.Unix(),
+		"exp": now.Add(5 * time.Minute).Unix(),
+		"jti": "test",
+	}
+}
+
+// mintTestToken signs claims with key; kid is set when not empty.
+func mintTestToken(t testing.TB, method jwt.SigningMethod, key any, kid string, claims jwt.MapClaims) string {
+	t.Helper()
+	tok := jwt.NewWithClaims(method, claims)
+	if kid != "" {
+		tok.Header["kid"] = kid
+	}
+	s, err := tok.SignedString(key)
+	if err != nil {
+		t.Fatalf("signing a %s test token: %v", method.Alg(), err)
+	}
+	return s
+}
+
+// callbackAuthToken obtains a token from c's auth route.
+func callbackAuthToken(t testing.TB, c *Callback) string {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodPost, c.AuthPath, nil)
+	req.Header.Set("Client-Id", "atlas-client")
+	req.Header.Set("Client-Secret", "atlas-client-secret")
+	rec := httptest.NewRecorder()
+	if err := c.serveAuth(rec, req); err != nil {
+		t.Fatalf("serveAuth: %v", err)
+	}
+	if rec.Code != http.StatusOK {
+		t.Fatalf("auth status %d: %s", rec.Code, rec.Body)
+	}
+	var resp callbackAuthResponse
+	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
+		t.Fatal(err)
+	}
+	return resp.AccessToken
+}
+
+// callbackApp is the next handler of the tests: it records what reaches
+// it and answers 202.
+type callbackApp struct {
+	calls  int
+	body   []byte
+	header http.Header
+	req    *http.Request
+}
+
+func (a *callbackApp) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
+	a.calls++
+	a.req = r
+	a.header = r.Header.Clone()
+	var err error
+	if a.body, err = io.ReadAll(r.Body); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+var _ caddyhttp.Handler = (*callbackApp)(nil)
+
+// callbackTestRequest builds a callback with a token in the Token header.
+func callbackTestRequest(path, token string, body []byte) *http.Request {
+	req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Token", token)
+	}
+	repl := caddy.NewReplacer()
+	ctx := context.WithValue(req.Context(), caddy.ReplacerCtxKey, repl)
+	return req.WithContext(ctx)
+}
+
+// serveTestCallback runs a callback through c and returns the response and the app.
+func serveTestCallback(t testing.TB, c *Callback, req *http.Request) (*httptest.ResponseRecorder, *callbackApp) {
+	t.Helper()
+	app := new(callbackApp)
+	rec := httptest.NewRecorder()
+	if err := c.serveCallback(rec, req, app); err != nil {
+		t.Fatalf("serveCallback returned an error: %v", err)
+	}
+	return rec, app
+}
+
+// callbackSamplePayload is a small valid extraction payload of n documents.
+func callbackSamplePayload(n int) []byte {
+	var b strings.Builder
+	b.WriteString(`{"data":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"document_id":"doc-%d","file_data":{"document_type":"PAN",`+
+			`"pan_number":{"value":"ABCDE1234F","confidence_score":0.98},`+
+			`"name_as_per_pan":{"value":"RAVI KUMAR","confidence_score":0.9},`+
+			`"dob":{"value":"01/02/1990","confidence_score":1}}}`, i)
+	}
+	b.WriteString(`],"page":1,"per_page":50,"total_pages":1,"total_items":`)
+	fmt.Fprintf(&b, "%d", n)
+	b.WriteString(`,"has_next":false,"has_prev":false}`)
+	return []byte(b.String())
+}
+
+var callbackWeakRSA struct {
+	once sync.Once
+	key  *rsa.PrivateKey
+}
+
+// weakRSAKey returns a 1024-bit RSA key, too weak for the route.
+func weakRSAKey(t testing.TB) *rsa.PrivateKey {
+	t.Helper()
+	callbackWeakRSA.once.Do(func() {
+		var err error
+		if callbackWeakRSA.key, err = rsa.GenerateKey(rand.Reader, 1024); err != nil {
+			panic(err)
+		}
+	})
+	return callbackWeakRSA.key
+}
+
+// callbackCounterValue returns the value of a counter.
+func callbackCounterValue(t testing.TB, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// callbackCountingReader counts the bytes read through it.
+type callbackCountingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *callbackCountingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}

@@ -1,0 +1,673 @@
+package caddyatlas
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// maxPayloadDepth is the deepest nesting of a callback payload, as in
+// encoding/json.
+const maxPayloadDepth = 10000
+
+// callbackPayloadError is a callback body that is not an Atlas extraction
+// payload. Its message names the first offending JSON path, e.g.
+// `data[3].file_data.pan_number.confidence_score: 1.7 is outside [0, 1]`,
+// or `body` for the body as a whole.
+type callbackPayloadError struct {
+	path string
+	msg  string
+}
+
+func (e *callbackPayloadError) Error() string {
+	return e.path + ": " + e.msg
+}
+
+// validateCallbackPayload checks, in one pass over body and without
+// building any tree of it, that body is valid UTF-8 and holds exactly one
+// JSON object (RFC 8259) whose `data` is an array of documents, each an
+// object with a non-empty string `document_id` and an object
+// `file_data`, and that every `confidence_score`, wherever it is, is a
+// number in [0, 1]. Other keys are allowed. A duplicate of a key it
+// checks (data, document_id, file_data, confidence_score) in one object
+// is refused, so that no JSON parser behind it can read another value
+// than the one checked; keys are compared after unescaping. It returns
+// the number of documents.
+func validateCallbackPayload(body []byte) (int, error) {
+	if !utf8.Valid(body) {
+		return 0, &callbackPayloadError{path: "body", msg: "not valid UTF-8"}
+	}
+	var path [16]payloadPathElem
+	s := payloadScanner{buf: body, path: path[:0]}
+	return s.payload()
+}
+
+// payloadScanner is a JSON scanner over a payload that keeps the path of
+// the current value for error messages.
+type payloadScanner struct {
+	buf   []byte
+	pos   int
+	depth int
+	path  []payloadPathElem
+}
+
+// payloadPathElem is a step of a JSON path: an object key, as written in the
+// body, or an array index.
+type payloadPathElem struct {
+	key     []byte
+	escaped bool
+	index   int // -1 for a key
+}
+
+// The keys the validator checks.
+const (
+	payloadKeyOther = iota
+	payloadKeyData
+	payloadKeyDocumentID
+	payloadKeyFileData
+	payloadKeyScore
+)
+
+// classifyPayloadKey returns which checked key, if any, a raw key is.
+func classifyPayloadKey(raw []byte, escaped bool) int {
+	if escaped {
+		return classifyPayloadKeyName(unescapePayloadKey(raw))
+	}
+	return classifyPayloadKeyName(string(raw))
+}
+
+// classifyPayloadKeyName returns which checked key, if any, k is.
+func classifyPayloadKeyName(k string) int {
+	switch k {
+	case "data":
+		return payloadKeyData
+	case "document_id":
+		return payloadKeyDocumentID
+	case "file_data":
+		return payloadKeyFileData
+	case "confidence_score":
+		return payloadKeyScore
+	}
+	return payloadKeyOther
+}
+
+// unescapePayloadKey decodes a key that holds escapes; the scanner has checked
+// its syntax.
+func unescapePayloadKey(raw []byte) string {
+	var s string
+	quoted := make([]byte, 0, len(raw)+2)
+	quoted = append(append(append(quoted, '"'), raw...), '"')
+	_ = json.Unmarshal(quoted, &s)
+	return s
+}
+
+func (s *payloadScanner) payload() (int, error) {
+	s.ws()
+	if s.pos == len(s.buf) {
+		return 0, &callbackPayloadError{path: "body", msg: "empty; expected a JSON object"}
+	}
+	if s.buf[s.pos] != '{' {
+		return 0, s.typeError("must be a JSON object, not %s")
+	}
+	if err := s.open(); err != nil {
+		return 0, err
+	}
+	docs, seen := 0, 0
+	for first := true; ; {
+		more, err := s.more(&first, '}')
+		if err != nil {
+			return 0, err
+		}
+		if !more {
+			break
+		}
+		key, err := s.key(&seen)
+		if err != nil {
+			return 0, err
+		}
+		if key == payloadKeyData {
+			docs, err = s.data()
+		} else {
+			err = s.value(key == payloadKeyScore)
+		}
+		if err != nil {
+			return 0, err
+		}
+		s.pop()
+	}
+	if seen&(1<<payloadKeyData) == 0 {
+		s.path = append(s.path, payloadPathElem{key: []byte("data"), index: -1})
+		return 0, s.errorf("missing; expected an array of documents")
+	}
+	s.ws()
+	if s.pos != len(s.buf) {
+		return 0, &callbackPayloadError{path: "body", msg: "unexpected data after the JSON object"}
+	}
+	return docs, nil
+}
+
+// data checks the data array and returns its length.
+func (s *payloadScanner) data() (int, error) {
+	s.ws()
+	if s.pos >= len(s.buf) {
+		return 0, s.truncated()
+	}
+	if s.buf[s.pos] != '[' {
+		return 0, s.typeError("must be an array of documents, not %s")
+	}
+	if err := s.open(); err != nil {
+		return 0, err
+	}
+	n := 0
+	for first := true; ; n++ {
+		more, err := s.more(&first, ']')
+		if err != nil {
+			return 0, err
+		}
+		if !more {
+			return n, nil
+		}
+		s.path = append(s.path, payloadPathElem{index: n})
+		if err := s.document(); err != nil {
+			return 0, err
+		}
+		s.pop()
+	}
+}
+
+// document checks one element of data.
+func (s *payloadScanner) document() error {
+	s.ws()
+	if s.pos >= len(s.buf) {
+		return s.truncated()
+	}
+	if s.buf[s.pos] != '{' {
+		return s.typeError("must be a document object, not %s")
+	}
+	if err := s.open(); err != nil {
+		return err
+	}
+	seen := 0
+	for first := true; ; {
+		more, err := s.more(&first, '}')
+		if err != nil {
+			return err
+		}
+		if !more {
+			break
+		}
+		key, err := s.key(&seen)
+		if err != nil {
+			return err
+		}
+		switch key {
+		case payloadKeyDocumentID:
+			s.ws()
+			if s.pos >= len(s.buf) {
+				return s.truncated()
+			}
+			if s.buf[s.pos] != '"' {
+				return s.typeError("must be a non-empty string, not %s")
+			}
+			raw, _, err := s.str()
+			if err != nil {
+				return err
+			}
+			if len(raw) == 0 {
+				return s.errorf("must be a non-empty string")
+			}
+		case payloadKeyFileData:
+			s.ws()
+			if s.pos >= len(s.buf) {
+				return s.truncated()
+			}
+			if s.buf[s.pos] != '{' {
+				return s.typeError("must be an object, not %s")
+			}
+			if err := s.value(false); err != nil {
+				return err
+			}
+		default:
+			if err := s.value(key == payloadKeyScore); err != nil {
+				return err
+			}
+		}
+		s.pop()
+	}
+	for _, k := range []struct {
+		bit  int
+		name string
+	}{{payloadKeyDocumentID, "document_id"}, {payloadKeyFileData, "file_data"}} {
+		if seen&(1<<k.bit) == 0 {
+			s.path = append(s.path, payloadPathElem{key: []byte(k.name), index: -1})
+			return s.errorf("missing")
+		}
+	}
+	return nil
+}
+
+// key reads an object member's key and colon, pushes the key on the
+// path, and returns which checked key it is; a checked key already in
+// seen is a duplicate.
+func (s *payloadScanner) key(seen *int) (int, error) {
+	if s.buf[s.pos] != '"' {
+		return 0, s.syntaxError("expected a string for an object key")
+	}
+	raw, escaped, err := s.str()
+	if err != nil {
+		return 0, err
+	}
+	s.path = append(s.path, payloadPathElem{key: raw, escaped: escaped, index: -1})
+	s.ws()
+	if s.pos >= len(s.buf) {
+		return 0, s.truncated()
+	}
+	if s.buf[s.pos] != ':' {
+		return 0, s.syntaxError("expected ':' after an object key")
+	}
+	s.pos++
+	k := classifyPayloadKey(raw, escaped)
+	if k != payloadKeyOther {
+		if *seen&(1<<k) != 0 {
+			return 0, s.errorf("duplicate key")
+		}
+		*seen |= 1 << k
+	}
+	return k, nil
+}
+
+// more is called before each member of an object or element of an array
+// (after its opening byte): it reports whether one follows, consuming
+// the comma before it or the closing byte.
+func (s *payloadScanner) more(first *bool, closing byte) (bool, error) {
+	s.ws()
+	if s.pos >= len(s.buf) {
+		return false, s.truncated()
+	}
+	c := s.buf[s.pos]
+	if c == closing {
+		s.pos++
+		s.depth--
+		return false, nil
+	}
+	if !*first {
+		if c != ',' {
+			return false, s.syntaxError(fmt.Sprintf("expected ',' or '%c'", closing))
+		}
+		s.pos++
+		s.ws()
+		if s.pos >= len(s.buf) {
+			return false, s.truncated()
+		}
+	}
+	*first = false
+	return true, nil
+}
+
+// open consumes the opening byte of an object or array.
+func (s *payloadScanner) open() error {
+	s.pos++
+	s.depth++
+	if s.depth > maxPayloadDepth {
+		return s.errorf("nested deeper than %d levels", maxPayloadDepth)
+	}
+	return nil
+}
+
+// value checks any value; score says it is a confidence_score.
+func (s *payloadScanner) value(score bool) error {
+	s.ws()
+	if s.pos >= len(s.buf) {
+		return s.truncated()
+	}
+	if score {
+		return s.score()
+	}
+	switch c := s.buf[s.pos]; c {
+	case '{':
+		if err := s.open(); err != nil {
+			return err
+		}
+		seen := 0
+		for first := true; ; {
+			more, err := s.more(&first, '}')
+			if err != nil || !more {
+				return err
+			}
+			key, err := s.key(&seen)
+			if err != nil {
+				return err
+			}
+			if err := s.value(key == payloadKeyScore); err != nil {
+				return err
+			}
+			s.pop()
+		}
+	case '[':
+		if err := s.open(); err != nil {
+			return err
+		}
+		for first, i := true, 0; ; i++ {
+			more, err := s.more(&first, ']')
+			if err != nil || !more {
+				return err
+			}
+			s.path = append(s.path, payloadPathElem{index: i})
+			if err := s.value(false); err != nil {
+				return err
+			}
+			s.pop()
+		}
+	case '"':
+		_, _, err := s.str()
+		return err
+	default:
+		_, err := s.scalar()
+		return err
+	}
+}
+
+// score checks a confidence_score value.
+func (s *payloadScanner) score() error {
+	c := s.buf[s.pos]
+	if c != '-' && (c < '0' || c > '9') {
+		return s.typeError("%s is not a number")
+	}
+	num, err := s.number()
+	if err != nil {
+		return err
+	}
+	if !scoreInRange(num) {
+		return s.errorf("%s is outside [0, 1]", num)
+	}
+	return nil
+}
+
+// scoreInRange reports whether a JSON number is in [0, 1]. The usual
+// forms (0.97, 1, 1.0, 0) are decided without parsing.
+func scoreInRange(num []byte) bool {
+	simple := true
+	for _, c := range num {
+		if c == '-' || c == 'e' || c == 'E' {
+			simple = false
+			break
+		}
+	}
+	if simple {
+		switch {
+		case num[0] == '0' && (len(num) == 1 || num[1] == '.'):
+			return true
+		case num[0] == '1' && (len(num) == 1 || num[1] == '.'):
+			for _, c := range num[min(2, len(num)):] {
+				if c != '0' {
+					return false
+				}
+			}
+			return true
+		}
+		return false
+	}
+	f, err := strconv.ParseFloat(string(num), 64)
+	return err == nil && f >= 0 && f <= 1
+}
+
+// scalar checks a number or a literal and returns its kind.
+func (s *payloadScanner) scalar() (string, error) {
+	c := s.buf[s.pos]
+	switch {
+	case c == '-' || (c >= '0' && c <= '9'):
+		_, err := s.number()
+		return "a number", err
+	case c == 't':
+		return "a boolean", s.literal("true")
+	case c == 'f':
+		return "a boolean", s.literal("false")
+	case c == 'n':
+		return "null", s.literal("null")
+	}
+	return "", s.syntaxError(fmt.Sprintf("invalid character %s looking for the beginning of a value", quotePayloadByte(c)))
+}
+
+func (s *payloadScanner) literal(lit string) error {
+	rest := s.buf[s.pos:]
+	if len(rest) < len(lit) {
+		if string(rest) == lit[:len(rest)] {
+			s.pos = len(s.buf)
+			return s.truncated()
+		}
+	} else if string(rest[:len(lit)]) == lit {
+		s.pos += len(lit)
+		return nil
+	}
+	for i := 0; i < len(lit) && i < len(rest); i++ {
+		if rest[i] != lit[i] {
+			s.pos += i
+			break
+		}
+	}
+	return s.syntaxError(fmt.Sprintf("invalid character %s in literal %s", quotePayloadByte(s.buf[s.pos]), lit))
+}
+
+// number reads a number (RFC 8259 §6) and returns its text.
+func (s *payloadScanner) number() ([]byte, error) {
+	b, start, i := s.buf, s.pos, s.pos
+	digits := func() bool {
+		j := i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		return i > j
+	}
+	fail := func(what string) ([]byte, error) {
+		s.pos = i
+		if i >= len(b) {
+			return nil, s.truncated()
+		}
+		return nil, s.syntaxError(fmt.Sprintf("invalid character %s %s", quotePayloadByte(b[i]), what))
+	}
+	if b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case !digits():
+		return fail("in numeric literal")
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if !digits() {
+			return fail("after decimal point in numeric literal")
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if !digits() {
+			return fail("in exponent of numeric literal")
+		}
+	}
+	s.pos = i
+	return b[start:i], nil
+}
+
+// str reads a string whose opening quote is at pos and returns its raw
+// content and whether it holds escapes.
+func (s *payloadScanner) str() ([]byte, bool, error) {
+	b := s.buf
+	start := s.pos + 1
+	escaped := false
+	for i := start; ; {
+		for i < len(b) && b[i] != '"' && b[i] != '\\' && b[i] >= 0x20 {
+			i++
+		}
+		if i >= len(b) {
+			s.pos = len(b)
+			return nil, false, s.truncated()
+		}
+		switch b[i] {
+		case '"':
+			s.pos = i + 1
+			return b[start:i], escaped, nil
+		case '\\':
+			escaped = true
+			i++
+			if i >= len(b) {
+				s.pos = i
+				return nil, false, s.truncated()
+			}
+			switch b[i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i++
+			case 'u':
+				i++
+				for n := 0; n < 4; n, i = n+1, i+1 {
+					if i >= len(b) {
+						s.pos = i
+						return nil, false, s.truncated()
+					}
+					if !isPayloadHex(b[i]) {
+						s.pos = i
+						return nil, false, s.syntaxError(fmt.Sprintf("invalid character %s in \\u hexadecimal character escape", quotePayloadByte(b[i])))
+					}
+				}
+			default:
+				s.pos = i
+				return nil, false, s.syntaxError(fmt.Sprintf("invalid character %s in string escape code", quotePayloadByte(b[i])))
+			}
+		default:
+			s.pos = i
+			return nil, false, s.syntaxError(fmt.Sprintf("invalid character %s in string literal", quotePayloadByte(b[i])))
+		}
+	}
+}
+
+func isPayloadHex(c byte) bool {
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+}
+
+// ws skips white space.
+func (s *payloadScanner) ws() {
+	for s.pos < len(s.buf) {
+		switch s.buf[s.pos] {
+		case ' ', '\t', '\n', '\r':
+			s.pos++
+		default:
+			return
+		}
+	}
+}
+
+func (s *payloadScanner) pop() { s.path = s.path[:len(s.path)-1] }
+
+// typeError reports the value at pos as of the wrong type, format taking
+// its description. A scalar is read first, so that a syntax error in it
+// is reported as such.
+func (s *payloadScanner) typeError(format string) error {
+	var what string
+	switch c := s.buf[s.pos]; c {
+	case '{':
+		what = "an object"
+	case '[':
+		what = "an array"
+	case '"':
+		raw, escaped, err := s.str()
+		if err != nil {
+			return err
+		}
+		what = "a string"
+		if strings.HasPrefix(format, "%s is not") {
+			v := string(raw)
+			if escaped {
+				v = unescapePayloadKey(raw)
+			}
+			what = strconv.Quote(truncateForLog(v, 40))
+		}
+	default:
+		start := s.pos
+		kind, err := s.scalar()
+		if err != nil {
+			return err
+		}
+		what = kind
+		if strings.HasPrefix(format, "%s is not") {
+			what = string(s.buf[start:s.pos])
+		}
+	}
+	return s.errorf(format, what)
+}
+
+func (s *payloadScanner) errorf(format string, args ...any) error {
+	return &callbackPayloadError{path: s.pathString(), msg: fmt.Sprintf(format, args...)}
+}
+
+func (s *payloadScanner) syntaxError(msg string) error {
+	return s.errorf("invalid JSON at byte %d: %s", s.pos+1, msg)
+}
+
+func (s *payloadScanner) truncated() error {
+	return s.errorf("truncated JSON: the body ends at byte %d", len(s.buf))
+}
+
+// pathString renders the current path, e.g. data[3].file_data["odd key"],
+// or "body" at the top.
+func (s *payloadScanner) pathString() string {
+	var b strings.Builder
+	for _, e := range s.path {
+		if e.index >= 0 {
+			b.WriteByte('[')
+			b.WriteString(strconv.Itoa(e.index))
+			b.WriteByte(']')
+			continue
+		}
+		k := string(e.key)
+		if e.escaped {
+			k = unescapePayloadKey(e.key)
+		}
+		if isPlainPayloadKey(k) {
+			if b.Len() > 0 {
+				b.WriteByte('.')
+			}
+			b.WriteString(k)
+			continue
+		}
+		b.WriteByte('[')
+		b.WriteString(strconv.Quote(k))
+		b.WriteByte(']')
+	}
+	if b.Len() == 0 {
+		return "body"
+	}
+	return b.String()
+}
+
+// isPlainPayloadKey reports whether a key can be written after a dot in a path.
+func isPlainPayloadKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i, c := range k {
+		switch {
+		case c == '_', c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z':
+		case c >= '0' && c <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// quotePayloadByte shows a byte of the body in an error message.
+func quotePayloadByte(c byte) string {
+	if c == '\'' {
+		return `'\''`
+	}
+	if c >= 0x20 && c < 0x7f {
+		return "'" + string(c) + "'"
+	}
+	return fmt.Sprintf("0x%02x", c)
+}
