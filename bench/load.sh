@@ -51,7 +51,7 @@ cat >"$work/Caddyfile" <<'CADDY'
 # (a) and (c): Caddy's own reverse_proxy
 :18082 {
 	reverse_proxy localhost:18081 {
-		header_up Token {env.BENCH_TOKEN}
+		header_up Token {$BENCH_TOKEN}
 	}
 }
 :18083 {
@@ -73,7 +73,8 @@ cat >"$work/Caddyfile" <<'CADDY'
 }
 CADDY
 
-# A token for the static header of (a), taken from the simulator.
+# A token for the static header of (a), taken from the simulator; {$BENCH_TOKEN}
+# is substituted when the reload adapts the Caddyfile.
 start_caddy() {
 	"$work/caddy" run --config "$work/Caddyfile" --adapter caddyfile >"$work/caddy.log" 2>&1 &
 	for _ in $(seq 100); do
