@@ -178,9 +178,9 @@ func (h *Handler) provisionOutbound(ctx caddy.Context) error {
 
 	h.metrics = provisionOutboundMetrics(ctx.GetMetricsRegistry())
 
-	// One token source per endpoint and credentials, shared by every
-	// handler and config that uses them, so a reload does not
-	// re-authenticate. The key holds a digest of the secret, never the
+	// One token source and connection pool per endpoint and credentials,
+	// shared by every handler and config that uses them, so a reload
+	// neither re-authenticates nor strands connections. The key holds a digest of the secret, never the
 	// secret itself.
 	digest := sha256.Sum256([]byte(secret))
 	h.poolKey = endpoint + "\x00" + h.clientID + "\x00" + hex.EncodeToString(digest[:])
@@ -193,22 +193,10 @@ func (h *Handler) provisionOutbound(ctx caddy.Context) error {
 	}
 	h.tokens = val.(*sharedTokenSource)
 
-	base := &http.Transport{
-		Proxy: http.ProxyFromEnvironment,
-		DialContext: (&net.Dialer{
-			Timeout:   10 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		ForceAttemptHTTP2:   true,
-		MaxIdleConns:        256,
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
-		TLSHandshakeTimeout: 10 * time.Second,
-	}
 	h.upstream = &http.Client{
 		Transport: &atlasclient.Transport{
 			Source:   h.tokens.source,
-			Base:     base,
+			Base:     h.tokens.transport,
 			Header:   h.TokenHeader,
 			OnReplay: h.metrics.replays.Inc,
 		},
@@ -287,9 +275,6 @@ func (h *Handler) Cleanup() error {
 		}
 		h.poolKey = ""
 	}
-	if h.upstream != nil {
-		h.upstream.CloseIdleConnections()
-	}
 	if h.Callback != nil {
 		if err := h.Callback.cleanup(); err != nil {
 			errs = append(errs, err)
@@ -302,22 +287,40 @@ func (h *Handler) Cleanup() error {
 // keyed by endpoint, client id and a digest of the secret.
 var tokenSources = caddy.NewUsagePool()
 
-// sharedTokenSource is a token source held in the usage pool.
+// sharedTokenSource is a token source held in the usage pool, with the
+// connection pool to Atlas that the handlers using it share.
 type sharedTokenSource struct {
-	source   *atlasclient.TokenSource
-	clientID string
-	metrics  *outboundMetrics
+	source    *atlasclient.TokenSource
+	transport *http.Transport
+	clientID  string
+	metrics   *outboundMetrics
 	// lastFetch is the Unix time in nanoseconds of the last successful
 	// authtoken call, for the token age metric.
 	lastFetch atomic.Int64
 }
 
 func newSharedTokenSource(endpoint, clientID, secret string, m *outboundMetrics) (*sharedTokenSource, error) {
-	s := &sharedTokenSource{clientID: clientID, metrics: m}
+	s := &sharedTokenSource{
+		clientID: clientID,
+		metrics:  m,
+		transport: &http.Transport{
+			Proxy: http.ProxyFromEnvironment,
+			DialContext: (&net.Dialer{
+				Timeout:   10 * time.Second,
+				KeepAlive: 30 * time.Second,
+			}).DialContext,
+			ForceAttemptHTTP2:   true,
+			MaxIdleConns:        256,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+			TLSHandshakeTimeout: 10 * time.Second,
+		},
+	}
 	src, err := atlasclient.NewTokenSource(atlasclient.TokenOptions{
 		Endpoint:     endpoint,
 		ClientID:     clientID,
 		ClientSecret: secret,
+		HTTPClient:   &http.Client{Transport: s.transport, Timeout: atlasclient.DefaultHTTPTimeout},
 		Observer:     s,
 	})
 	if err != nil {
@@ -337,10 +340,11 @@ func (s *sharedTokenSource) TokenFetched(outcome string, took time.Duration) {
 	s.metrics.tokenFetchDuration.Observe(took.Seconds())
 }
 
-// Destruct stops the token source when the last config using it is
-// unloaded.
+// Destruct stops the token source and closes the idle connections when
+// the last config using them is unloaded.
 func (s *sharedTokenSource) Destruct() error {
 	s.source.Close()
+	s.transport.CloseIdleConnections()
 	liveTokenSources.Delete(s)
 	return nil
 }

@@ -27,16 +27,14 @@ type Client struct {
 
 // NewClient returns a client for the Atlas base URL endpoint. httpClient
 // normally has a *Transport, which authenticates the requests; nil means
-// http.DefaultClient.
+// http.DefaultClient. Redirects are never followed: the token must not
+// travel to wherever a redirect points.
 func NewClient(endpoint string, httpClient *http.Client) (*Client, error) {
 	u, err := parseEndpoint(endpoint)
 	if err != nil {
 		return nil, err
 	}
-	if httpClient == nil {
-		httpClient = http.DefaultClient
-	}
-	return &Client{endpoint: u, hc: httpClient}, nil
+	return &Client{endpoint: u, hc: withoutRedirects(httpClient)}, nil
 }
 
 // Extracts fetches one page of the extraction results of a batch. A page
@@ -182,4 +180,17 @@ func (c *Client) do(req *http.Request) (*http.Response, error) {
 func closeResponse(resp *http.Response) {
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
 	resp.Body.Close()
+}
+
+// withoutRedirects returns a copy of hc (http.DefaultClient when nil) that
+// does not follow redirects: the token and the credentials must never
+// travel to wherever a redirect points, and a POST must not be resent.
+// A redirect comes back to the caller as the response it is.
+func withoutRedirects(hc *http.Client) *http.Client {
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	c := *hc
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &c
 }

@@ -49,7 +49,8 @@ type TokenOptions struct {
 	ClientID     string
 	ClientSecret string
 	// HTTPClient makes the authtoken calls. Default: a client with a 30s
-	// timeout.
+	// timeout. Redirects are never followed, whatever the client's
+	// CheckRedirect: the credentials must not travel elsewhere.
 	HTTPClient *http.Client
 	// RefreshBefore is the fraction of a token's lifetime that must remain
 	// when a background refresh starts, in (0, 1). Default 0.25: a 3600s
@@ -160,6 +161,7 @@ func NewTokenSource(opts TokenOptions) (*TokenSource, error) {
 	if s.hc == nil {
 		s.hc = &http.Client{Timeout: DefaultHTTPTimeout}
 	}
+	s.hc = withoutRedirects(s.hc)
 	if s.refreshBefore == 0 {
 		s.refreshBefore = DefaultRefreshBefore
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -264,4 +265,37 @@ func httpRequest(t *testing.T) *http.Request {
 		t.Fatal(err)
 	}
 	return req
+}
+
+// TestRedirectsAreNotFollowed: neither the credentials nor the token
+// travel to wherever Atlas's redirect points.
+func TestRedirectsAreNotFollowed(t *testing.T) {
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+	}))
+	defer other.Close()
+	redirecting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	defer redirecting.Close()
+
+	src, err := NewTokenSource(TokenOptions{Endpoint: redirecting.URL, ClientID: "id", ClientSecret: "secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if _, err := src.Token(context.Background()); err == nil {
+		t.Error("a redirect from authtoken gave a token")
+	}
+	c, err := NewClient(redirecting.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Extracts(context.Background(), "B", 0, 0); err == nil {
+		t.Error("a redirect from extracts gave a page")
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Errorf("%d requests followed the redirect", n)
+	}
 }
