@@ -1,0 +1,483 @@
+package caddyatlas
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+)
+
+// The fault suite drives a real Caddy (caddytest, in process) through
+// failing neighbours: Atlas's token endpoint down for longer than a token
+// lifetime, a revocation storm under load, resets and stalls, the app
+// failing during callbacks, and reloads under load. Each case asserts an
+// outcome.
+
+// faultConfig is a gateway with both outbound routes and a synchronous
+// callback route in front of endpoint and the app at appAddr.
+func faultConfig(endpoint, appAddr, extra string) string {
+	return faultConfigGrace(endpoint, appAddr, extra, "1ns")
+}
+
+// faultConfigGrace is faultConfig with a grace period for the old
+// servers of a reload.
+func faultConfigGrace(endpoint, appAddr, extra, grace string) string {
+	return fmt.Sprintf(`{
+	skip_install_trust
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period %s
+}
+http://localhost:9080 {
+	atlas {
+		endpoint      %s
+		client_id     {env.E2E_ATLAS_CLIENT_ID}
+		client_secret {env.E2E_ATLAS_CLIENT_SECRET}
+		%s
+		callback /hooks/atlas {
+			client_id     {env.CB_E2E_CLIENT_ID}
+			client_secret {env.CB_E2E_CLIENT_SECRET}
+			signing_key   {env.CB_E2E_SIGNING_KEY}
+		}
+	}
+	# No keep-alive to the app: reverse_proxy's idle connections outlive
+	# a reload by design (until they time out), which would hide any
+	# goroutine that the atlas handler leaked.
+	reverse_proxy %s {
+		transport http {
+			keepalive off
+		}
+	}
+}
+`, grace, endpoint, extra, appAddr)
+}
+
+// switchableApp is an app whose answer a test can change: a status, or a
+// delay before answering 200.
+type switchableApp struct {
+	*httptest.Server
+	status atomic.Int32
+	delay  atomic.Int64
+	hits   atomic.Int32
+}
+
+func newSwitchableApp(t *testing.T) *switchableApp {
+	t.Helper()
+	a := new(switchableApp)
+	a.status.Store(http.StatusOK)
+	a.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.hits.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+		if d := time.Duration(a.delay.Load()); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		w.WriteHeader(int(a.status.Load()))
+	}))
+	t.Cleanup(a.Close)
+	return a
+}
+
+func startFaultGateway(t *testing.T, endpoint, extra string) (*caddytest.Tester, *switchableApp) {
+	t.Helper()
+	t.Setenv("E2E_ATLAS_CLIENT_ID", e2eClientID)
+	t.Setenv("E2E_ATLAS_CLIENT_SECRET", e2eClientSecret)
+	t.Setenv("CB_E2E_CLIENT_ID", cbE2EClientID)
+	t.Setenv("CB_E2E_CLIENT_SECRET", cbE2EClientSecret)
+	t.Setenv("CB_E2E_SIGNING_KEY", cbE2ESigningKey)
+	app := newSwitchableApp(t)
+	tester := caddytest.NewTester(t)
+	tester.InitServer(faultConfig(endpoint, app.Listener.Addr().String(), extra), "caddyfile")
+	return tester, app
+}
+
+// TestFaultAuthtokenDownLongerThanTokenLifetime: the gateway serves while
+// its token is valid, answers 502 with a clear error once it has expired,
+// backs off rather than storming authtoken, and recovers by itself.
+func TestFaultAuthtokenDownLongerThanTokenLifetime(t *testing.T) {
+	sim := atlastest.NewServer(t, atlastest.Options{
+		ClientID: e2eClientID, ClientSecret: e2eClientSecret, TokenLifetime: 4 * time.Second,
+	})
+	batch := sim.CreateBatch("pan-1")
+	tester, _ := startFaultGateway(t, sim.URL, "")
+	url := "/atlas/extracts?batch_id=" + batch
+
+	if resp, body := get(t, tester, url); resp.StatusCode != 200 {
+		t.Fatalf("warm-up: %d %s", resp.StatusCode, body)
+	}
+	tokenAt := time.Now()
+	sim.FailAuth(1_000_000, http.StatusServiceUnavailable)
+	sim.ResetCounters()
+
+	// Hammer the gateway for longer than the token lifetime.
+	var ok, unavailable, other int
+	deadline := tokenAt.Add(7 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, body := get(t, tester, url)
+		switch {
+		case resp.StatusCode == 200:
+			ok++
+			if time.Since(tokenAt) > 4*time.Second+500*time.Millisecond {
+				t.Errorf("served with a token past its lifetime, %s after it was issued", time.Since(tokenAt))
+			}
+		case resp.StatusCode == http.StatusBadGateway && strings.Contains(string(body), "could not get an atlas token"):
+			unavailable++
+		default:
+			other++
+			t.Errorf("unexpected answer %d %s", resp.StatusCode, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if ok == 0 || unavailable == 0 {
+		t.Errorf("served %d then refused %d: want both while the token was valid, then after it expired", ok, unavailable)
+	}
+	// Backoff: a few authtoken calls over 7s, not one per request.
+	calls := sim.Calls("authtoken")
+	requests := ok + unavailable + other
+	t.Logf("authtoken down 7s: %d requests, %d served, %d answered 502, %d authtoken calls", requests, ok, unavailable, calls)
+	if calls == 0 || calls > 15 {
+		t.Errorf("authtoken calls = %d over %d requests, want a backed-off handful", calls, requests)
+	}
+
+	// Recovery by itself once authtoken recovers (after the cooldown).
+	sim.FailNext("authtoken", 0, 0)
+	recovered := false
+	for end := time.Now().Add(70 * time.Second); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+		if resp, _ := get(t, tester, url); resp.StatusCode == 200 {
+			recovered = true
+			break
+		}
+	}
+	if !recovered {
+		t.Fatal("the gateway did not recover after authtoken came back")
+	}
+}
+
+// TestFaultRevocationStorm: Atlas revokes every token every 300ms while
+// eight clients hammer the gateway; no request reaches a client as a 401.
+func TestFaultRevocationStorm(t *testing.T) {
+	sim := newSimulator(t)
+	batch := sim.CreateBatch(docIDs("aadhaar", 3)...)
+	tester, _ := startFaultGateway(t, sim.URL, "")
+	url := gatewayURL + "/atlas/extracts?batch_id=" + batch
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	go func() {
+		tick := time.NewTicker(300 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				sim.RevokeAll()
+			}
+		}
+	}()
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				resp, err := tester.Client.Get(url)
+				if err != nil {
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				mu.Lock()
+				statuses[resp.StatusCode]++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("revocation storm: statuses %v, %d authtoken calls", statuses, sim.Calls("authtoken"))
+	if statuses[http.StatusUnauthorized] != 0 {
+		t.Errorf("%d requests reached the client as 401", statuses[http.StatusUnauthorized])
+	}
+	total := 0
+	for _, n := range statuses {
+		total += n
+	}
+	if statuses[200] < total*9/10 {
+		t.Errorf("only %d of %d requests succeeded through the storm", statuses[200], total)
+	}
+}
+
+// TestFaultResetAndStall: a reset connection is a 502; an upstream that
+// stalls before its headers is a 504; one that stalls mid-body is cut off
+// at the timeout, so the client sees an incomplete response, not a hang.
+func TestFaultResetAndStall(t *testing.T) {
+	sim := newSimulator(t)
+	batch := sim.CreateBatch("passport-1")
+	tester, _ := startFaultGateway(t, sim.URL, "timeout 1s")
+	if resp, body := get(t, tester, "/atlas/extracts?batch_id="+batch); resp.StatusCode != 200 {
+		t.Fatalf("warm-up: %d %s", resp.StatusCode, body)
+	}
+	// A reset: Go's transport retries an idempotent GET once on a fresh
+	// connection when a pooled one is reset, so reset three in a row.
+	sim.FailNext("extracts", 3, 0)
+	resp, body := get(t, tester, "/atlas/extracts?batch_id="+batch)
+	wantError(t, resp, body, http.StatusBadGateway, "atlas is unreachable")
+	sim.FailNext("extracts", 0, 0)
+
+	// A reset upload is never resent: Atlas may have received it.
+	sim.ResetCounters()
+	sim.FailNext("multiupload", 1, 0)
+	req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/atlas/multiupload",
+		strings.NewReader(`{"product_type": "LOAN_APP", "file_urls": [{"file_url": "https://f/r", "document_id": "pan-r"}]}`))
+	req.Header.Set("Content-Type", "application/json")
+	resp, body = do(t, tester.Client, req)
+	wantError(t, resp, body, http.StatusBadGateway, "atlas is unreachable")
+	if n := sim.Calls("multiupload"); n != 1 {
+		t.Errorf("a reset upload was sent %d times, want once", n)
+	}
+
+	sim.DelayNext("extracts", 1, 5*time.Second)
+	resp, body = get(t, tester, "/atlas/extracts?batch_id="+batch)
+	wantError(t, resp, body, http.StatusGatewayTimeout, "did not answer within 1s")
+
+	// A stall mid-body needs an upstream that sends half a page.
+	release := make(chan struct{})
+	defer close(release)
+	stalling := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/docstream/authtoken" {
+			_, _ = io.WriteString(w, `{"access_token": "stall-token", "expires_in": 3600}`)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "100000")
+		_, _ = io.WriteString(w, `{"data": [{"document_id": "a", "file_data": {}}`)
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer stalling.Close()
+	tester, _ = startFaultGateway(t, stalling.URL, "timeout 1s")
+	start := time.Now()
+	r, err := tester.Client.Get(gatewayURL + "/atlas/extracts?batch_id=B")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, want the upstream's 200 before the stall", r.StatusCode)
+	}
+	_, err = io.ReadAll(r.Body)
+	r.Body.Close()
+	if err == nil {
+		t.Error("a body cut off mid-way read as complete")
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Errorf("the stalled response took %s to end, want about the 1s timeout", took)
+	}
+}
+
+// TestFaultAppFailingDuringCallbacks: with the synchronous callback route,
+// the app's answer is Atlas's answer, so Atlas knows to redeliver: a down
+// app is a 502, a failing app its 500, a slow app is waited for.
+func TestFaultAppFailingDuringCallbacks(t *testing.T) {
+	sim := newSimulator(t)
+	batch := sim.CreateBatch(docIDs("gst", 4)...)
+	_, app := startFaultGateway(t, sim.URL, "")
+	target := atlastest.CallbackTarget{
+		AuthURL: cbE2EAuthURL, CallbackURL: cbE2ECallbackURL,
+		ClientID: cbE2EClientID, ClientSecret: cbE2EClientSecret,
+	}
+	deliver := func() atlastest.Delivery {
+		t.Helper()
+		d, err := sim.DeliverCallback(context.Background(), target, batch)
+		if err != nil && d.CallbackStatus == 0 {
+			t.Fatalf("delivery: %v", err)
+		}
+		return d
+	}
+
+	if d := deliver(); d.CallbackStatus != http.StatusOK {
+		t.Fatalf("healthy app: callback status %d", d.CallbackStatus)
+	}
+	app.status.Store(http.StatusInternalServerError)
+	if d := deliver(); d.CallbackStatus != http.StatusInternalServerError {
+		t.Errorf("failing app: Atlas got %d, want the app's 500", d.CallbackStatus)
+	}
+	app.status.Store(http.StatusOK)
+	app.delay.Store(int64(500 * time.Millisecond))
+	if d := deliver(); d.CallbackStatus != http.StatusOK {
+		t.Errorf("slow app: Atlas got %d, want 200 once the app answered", d.CallbackStatus)
+	}
+	app.delay.Store(0)
+	hits := app.hits.Load()
+	app.Close() // the app is down
+	if d := deliver(); d.CallbackStatus != http.StatusBadGateway {
+		t.Errorf("app down: Atlas got %d, want 502", d.CallbackStatus)
+	}
+	if app.hits.Load() != hits {
+		t.Error("a closed app was reached")
+	}
+}
+
+// TestFaultReloadLoopUnderLoad reloads the config in a loop while clients
+// use both routes: no request fails, no callback is lost, and goroutines
+// do not pile up.
+func TestFaultReloadLoopUnderLoad(t *testing.T) {
+	// Atlas here opens a connection per callback: a POST racing the close
+	// of an idle keep-alive connection by a reload would fail on any
+	// server, and is not retried since a POST may have been received.
+	sim := atlastest.NewServer(t, atlastest.Options{
+		ClientID: e2eClientID, ClientSecret: e2eClientSecret,
+		CallbackHTTPClient: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second},
+	})
+	batch := sim.CreateBatch(docIDs("voter", 5)...)
+	tester, app := startFaultGateway(t, sim.URL, "")
+	reload := func(i int) {
+		tester.InitServer(faultConfigGrace(sim.URL, app.Listener.Addr().String(), fmt.Sprintf("timeout %ds", 10+i), "10s"), "caddyfile")
+	}
+	reload(0)
+	target := atlastest.CallbackTarget{
+		AuthURL: cbE2EAuthURL, CallbackURL: cbE2ECallbackURL,
+		ClientID: cbE2EClientID, ClientSecret: cbE2EClientSecret,
+	}
+	if resp, body := get(t, tester, "/atlas/extracts?batch_id="+batch); resp.StatusCode != 200 {
+		t.Fatalf("warm-up: %d %s", resp.StatusCode, body)
+	}
+	runtime.GC()
+	before := runtime.NumGoroutine()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var extractsOK, extractsFailed, callbacksOK, callbacksFailed, dropped atomic.Int32
+	var failures sync.Map
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				resp, err := tester.Client.Get(gatewayURL + "/atlas/extracts?batch_id=" + batch)
+				if err != nil {
+					extractsFailed.Add(1)
+					failures.Store(err.Error(), true)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					extractsOK.Add(1)
+				} else {
+					extractsFailed.Add(1)
+					failures.Store(fmt.Sprint("extracts status ", resp.StatusCode), true)
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			d, err := sim.DeliverCallback(context.Background(), target, batch)
+			switch {
+			case err == nil && d.CallbackStatus == http.StatusOK:
+				callbacksOK.Add(1)
+			case err != nil && d.CallbackStatus == 0 && isConnectionDrop(err):
+				// Caddy's listener handoff on Linux (SO_REUSEPORT): a
+				// connection still in the old socket's accept queue
+				// when it closes is reset. Atlas sees a transport
+				// error, not an answer, and nothing was taken.
+				dropped.Add(1)
+			default:
+				callbacksFailed.Add(1)
+				failures.Store(fmt.Sprint("callback ", d.AuthStatus, " ", d.CallbackStatus, " ", err), true)
+			}
+		}
+	})
+	const reloads = 8
+	for i := range reloads {
+		time.Sleep(150 * time.Millisecond)
+		reload(i + 1)
+	}
+	time.Sleep(150 * time.Millisecond)
+	cancel()
+	wg.Wait()
+
+	t.Logf("%d reloads: extracts %d ok / %d failed, callbacks %d ok / %d failed / %d connections dropped in the listener handoff, %d authtoken calls",
+		reloads, extractsOK.Load(), extractsFailed.Load(), callbacksOK.Load(), callbacksFailed.Load(), dropped.Load(), sim.Calls("authtoken"))
+	if d := dropped.Load(); d > (callbacksOK.Load()+d)/10 {
+		t.Errorf("%d of %d callback connections dropped", d, callbacksOK.Load()+d)
+	}
+	failures.Range(func(k, _ any) bool {
+		t.Errorf("failure under reload: %v", k)
+		return true
+	})
+	if extractsOK.Load() == 0 || callbacksOK.Load() == 0 {
+		t.Error("no traffic got through")
+	}
+	if int(app.hits.Load()) != int(callbacksOK.Load()) {
+		t.Errorf("the app got %d callbacks, Atlas was told %d were taken", app.hits.Load(), callbacksOK.Load())
+	}
+	if n := sim.Calls("authtoken"); n != 1 {
+		t.Errorf("authtoken calls = %d across reloads, want 1 (the token source is shared)", n)
+	}
+
+	// Goroutines settle back: allow for idle connections of the clients.
+	tester.Client.CloseIdleConnections()
+	var after int
+	for range 50 {
+		runtime.GC()
+		if after = runtime.NumGoroutine(); after <= before+10 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if after > before+10 {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		t.Errorf("goroutines grew from %d to %d across %d reloads:\n%s", before, after, reloads, goroutineSummary(buf))
+	}
+}
+
+// isConnectionDrop reports whether err is a connection reset or closed
+// before any answer.
+func isConnectionDrop(err error) bool {
+	msg := err.Error()
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+		strings.HasSuffix(msg, ": EOF") || strings.Contains(msg, "connection reset by peer")
+}
+
+// goroutineSummary counts goroutines by the first frame of their stacks
+// that is not in the runtime.
+func goroutineSummary(stacks []byte) string {
+	counts := map[string]int{}
+	for _, g := range strings.Split(string(stacks), "\n\n") {
+		lines := strings.Split(g, "\n")
+		frame := "?"
+		for _, l := range lines[1:] {
+			if !strings.HasPrefix(l, "\t") && !strings.HasPrefix(l, "runtime.") && !strings.HasPrefix(l, "internal/") &&
+				!strings.HasPrefix(l, "net.") && !strings.HasPrefix(l, "bufio.") && !strings.HasPrefix(l, "io.") {
+				frame = l
+				break
+			}
+		}
+		counts[frame]++
+	}
+	var b strings.Builder
+	for f, n := range counts {
+		fmt.Fprintf(&b, "%4d %s\n", n, f)
+	}
+	return b.String()
+}
