@@ -21,6 +21,8 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
 // Defaults of the callback route.
@@ -125,6 +127,51 @@ type Callback struct {
 	// answered 413. Default: 32 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
+	// The directory of a durable spool; setting it enables durable mode.
+	// A verified callback is then appended to the spool and fsynced
+	// before Atlas is answered 202 {"status": "accepted", "callback_id":
+	// "..."}, and delivered to DeliverTo, at least once, by a background
+	// worker; the next handler is not called. A callback whose id is
+	// already spooled or delivered within Retention is acknowledged
+	// without being stored or delivered again. If the spool cannot store
+	// a callback (disk full, read-only, MaxSpoolSize reached), Atlas is
+	// answered 503 with Retry-After. Routes and configs naming the same
+	// directory share one spool, and a config reload keeps it.
+	Spool string `json:"spool,omitempty"`
+
+	// Where the spooled callbacks are POSTed: an absolute http(s) URL.
+	// Required with Spool. Each delivery carries the body as received,
+	// its Content-Type, the X-Atlas-Subject, X-Atlas-Document-Count and
+	// X-Atlas-Callback-Id headers, and X-Atlas-Attempt (from 1). A 2xx
+	// answer marks the callback delivered; redirects are not followed.
+	DeliverTo string `json:"deliver_to,omitempty"`
+
+	// The number of failed delivery attempts after which a callback
+	// becomes a dead letter, kept until retried or deleted through the
+	// admin API. Default: 20.
+	MaxAttempts int `json:"max_attempts,omitempty"`
+
+	// The delay after the first failed attempt, doubled after each
+	// further one (less up to 20% of jitter). Default: 1s.
+	RetryBackoffMin caddy.Duration `json:"retry_backoff_min,omitempty"`
+
+	// The longest delay between attempts. Default: 10m.
+	RetryBackoffMax caddy.Duration `json:"retry_backoff_max,omitempty"`
+
+	// The time allowed for one delivery attempt. Default: 30s.
+	DeliveryTimeout caddy.Duration `json:"delivery_timeout,omitempty"`
+
+	// The number of deliveries in parallel. Default: 4.
+	Concurrency int `json:"concurrency,omitempty"`
+
+	// How long the id of a delivered callback is remembered to
+	// deduplicate. Default: 7 days.
+	Retention caddy.Duration `json:"retention,omitempty"`
+
+	// The largest size of the spool on disk, in bytes; beyond it new
+	// callbacks are answered 503. Default: 4 GiB.
+	MaxSpoolSize int64 `json:"max_spool_size,omitempty"`
+
 	// runtime state
 	clientID     string
 	idDigest     [sha256.Size]byte
@@ -140,6 +187,15 @@ type Callback struct {
 	logger       *zap.Logger
 	cancel       context.CancelFunc
 	now          func() time.Time
+
+	// durable mode
+	spoolDir  string
+	deliverTo string
+	durable   durableSettings
+	configKey any
+	spoolKey  string
+	shared    *sharedSpool
+	store     spool.Store
 }
 
 // provision resolves the secrets, applies the defaults, parses the keys,
@@ -229,7 +285,7 @@ func (c *Callback) provision(ctx caddy.Context, logger *zap.Logger) error {
 		c.jwks.now = c.now
 		c.jwks.start(fctx)
 	}
-	return nil
+	return c.provisionDurable(ctx)
 }
 
 // validate checks the provisioned configuration; it changes nothing.
@@ -265,21 +321,24 @@ func (c *Callback) validate() error {
 			return fmt.Errorf("%s: %w", k.origin, err)
 		}
 	}
-	return nil
+	return c.validateDurable()
 }
 
-// cleanup stops the JWKS fetcher. It is safe after a failed provision.
+// cleanup stops the JWKS fetcher and releases the spool. It is safe
+// after a failed provision.
 func (c *Callback) cleanup() error {
 	if c.cancel != nil {
 		c.cancel()
 		c.cancel = nil
 	}
-	return nil
+	return c.cleanupDurable()
 }
 
 // serveCallback serves the callback_url. The checks run in this order, so
 // that an unauthenticated caller never makes the server read a body:
 // method (405), token (401), content type (415), size (413), payload (400).
+// A callback that passes them goes to the next handler, or, in durable
+// mode, to the spool (see spoolCallback).
 func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if r.Method != http.MethodPost {
 		return methodNotAllowed(w, http.MethodPost)
@@ -358,6 +417,9 @@ func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next ca
 		repl.Set("http.atlas.callback.document_count", docs)
 	}
 
+	if c.store != nil {
+		return c.spoolCallback(w, r, id, claims.Subject, count, body)
+	}
 	c.metrics.callbacks.WithLabelValues(outcomeAccepted).Inc()
 	if ce := c.logger.Check(zapcore.DebugLevel, "callback accepted"); ce != nil {
 		ce.Write(zap.String("callback_id", id), zap.String("subject", claims.Subject),
@@ -422,4 +484,7 @@ const (
 	outcomeUnauthorized = "unauthorized"
 	outcomeInvalid      = "invalid"
 	outcomeTooLarge     = "too_large"
+	// Durable mode: outcomeAccepted once spooled, or one of these.
+	outcomeDuplicate   = "duplicate"
+	outcomeUnavailable = "unavailable"
 )

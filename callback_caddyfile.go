@@ -2,6 +2,8 @@ package caddyatlas
 
 import (
 	"math"
+	"strconv"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -23,11 +25,23 @@ import (
 //		verify_key    <PEM public key>
 //		jwks_url      <url>
 //		max_body      <size>
+//
+//		# durable mode
+//		spool            <directory>
+//		deliver_to       <url>
+//		max_attempts     <n>
+//		retry_backoff    <first delay> <maximum delay>
+//		delivery_timeout <duration>
+//		concurrency      <n>
+//		retention        <duration>
+//		max_spool_size   <size>
 //	}
 //
 // Give the secrets as {env.NAME} or {file.path} placeholders: they are
 // resolved at provision time and stay out of the adapted JSON. Each
 // subdirective is allowed once, except verify_key, which repeats.
+// `spool` enables durable mode and needs `deliver_to`; the other durable
+// settings have defaults (see Callback).
 func (c *Callback) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
 		return d.ArgErr()
@@ -47,6 +61,13 @@ func (c *Callback) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			seen[name] = true
 		}
 
+		if name == "retry_backoff" {
+			if err := c.unmarshalRetryBackoff(d); err != nil {
+				return err
+			}
+			continue
+		}
+
 		var str *string
 		switch name {
 		case "auth_path":
@@ -63,7 +84,12 @@ func (c *Callback) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			str = &c.Audience
 		case "jwks_url":
 			str = &c.JWKSURL
-		case "verify_key", "token_ttl", "leeway", "max_body":
+		case "spool":
+			str = &c.Spool
+		case "deliver_to":
+			str = &c.DeliverTo
+		case "verify_key", "token_ttl", "leeway", "max_body",
+			"max_attempts", "concurrency", "delivery_timeout", "retention", "max_spool_size":
 		default:
 			return d.Errf("unrecognized subdirective %q", name)
 		}
@@ -104,6 +130,38 @@ func (c *Callback) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_body must be between 1 byte and 8 EiB, got %s", val)
 			}
 			c.MaxBody = int64(size)
+		case "max_spool_size":
+			size, err := humanize.ParseBytes(val)
+			if err != nil {
+				return d.Errf("max_spool_size: invalid size %q (want e.g. 4GiB)", val)
+			}
+			if size == 0 || size > math.MaxInt64 {
+				return d.Errf("max_spool_size must be between 1 byte and 8 EiB, got %s", val)
+			}
+			c.MaxSpoolSize = int64(size)
+		case "max_attempts", "concurrency":
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 1 {
+				return d.Errf("%s must be a whole number of at least 1, got %s", name, val)
+			}
+			if name == "max_attempts" {
+				c.MaxAttempts = n
+			} else {
+				c.Concurrency = n
+			}
+		case "delivery_timeout", "retention":
+			dur, err := caddy.ParseDuration(val)
+			if err != nil {
+				return d.Errf("%s: %v", name, err)
+			}
+			if dur <= 0 {
+				return d.Errf("%s must be positive, got %s", name, val)
+			}
+			if name == "delivery_timeout" {
+				c.DeliveryTimeout = caddy.Duration(dur)
+			} else {
+				c.Retention = caddy.Duration(dur)
+			}
 		default:
 			if val == "" {
 				return d.Errf("%s must not be empty", name)
@@ -111,5 +169,30 @@ func (c *Callback) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			*str = val
 		}
 	}
+	return nil
+}
+
+// unmarshalRetryBackoff parses `retry_backoff <first delay> <maximum
+// delay>`; d is on the subdirective.
+func (c *Callback) unmarshalRetryBackoff(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) != 2 {
+		return d.ArgErr()
+	}
+	var durs [2]time.Duration
+	for i, a := range args {
+		dur, err := caddy.ParseDuration(a)
+		if err != nil {
+			return d.Errf("retry_backoff: %v", err)
+		}
+		if dur <= 0 {
+			return d.Errf("retry_backoff delays must be positive, got %s", a)
+		}
+		durs[i] = dur
+	}
+	if durs[0] > durs[1] {
+		return d.Errf("retry_backoff: the first delay %s exceeds the maximum %s", args[0], args[1])
+	}
+	c.RetryBackoffMin, c.RetryBackoffMax = caddy.Duration(durs[0]), caddy.Duration(durs[1])
 	return nil
 }

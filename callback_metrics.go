@@ -11,7 +11,8 @@ import (
 //
 //	caddy_atlas_callback_tokens_issued_total          tokens issued at auth_path
 //	caddy_atlas_callback_auth_failures_total{reason}  refused auth requests: invalid_credentials, throttled
-//	caddy_atlas_callbacks_total{outcome}              callbacks: accepted, unauthorized, invalid, too_large
+//	caddy_atlas_callbacks_total{outcome}              callbacks: accepted, unauthorized, invalid, too_large,
+//	                                                  and in durable mode duplicate, unavailable (answered 503)
 //	caddy_atlas_callback_payload_bytes                sizes of the authenticated callback bodies read
 //	caddy_atlas_callback_verify_seconds               time to verify a callback's token
 //	caddy_atlas_callback_jwks_fetches_total{result}   JWKS fetches: ok, error

@@ -372,6 +372,11 @@ func TestFaultReloadLoopUnderLoad(t *testing.T) {
 		wg.Go(func() {
 			for ctx.Err() == nil {
 				resp, err := tester.Client.Get(gatewayURL + "/atlas/extracts?batch_id=" + batch)
+				if err != nil && isConnectionDrop(err) {
+					// Dropped in the listener handoff, as below.
+					dropped.Add(1)
+					continue
+				}
 				if err != nil {
 					extractsFailed.Add(1)
 					failures.Store(err.Error(), true)
@@ -415,10 +420,10 @@ func TestFaultReloadLoopUnderLoad(t *testing.T) {
 	cancel()
 	wg.Wait()
 
-	t.Logf("%d reloads: extracts %d ok / %d failed, callbacks %d ok / %d failed / %d connections dropped in the listener handoff, %d authtoken calls",
+	t.Logf("%d reloads: extracts %d ok / %d failed, callbacks %d ok / %d failed, %d connections dropped in the listener handoff, %d authtoken calls",
 		reloads, extractsOK.Load(), extractsFailed.Load(), callbacksOK.Load(), callbacksFailed.Load(), dropped.Load(), sim.Calls("authtoken"))
-	if d := dropped.Load(); d > (callbacksOK.Load()+d)/10 {
-		t.Errorf("%d of %d callback connections dropped", d, callbacksOK.Load()+d)
+	if d, all := dropped.Load(), callbacksOK.Load()+extractsOK.Load()+dropped.Load(); d > all/20 {
+		t.Errorf("%d of %d connections dropped", d, all)
 	}
 	failures.Range(func(k, _ any) bool {
 		t.Errorf("failure under reload: %v", k)

@@ -1,0 +1,292 @@
+package caddyatlas
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-atlas/caddy-atlas/spool"
+)
+
+func init() {
+	caddy.RegisterModule(AdminAPI{})
+}
+
+// Bounds of the admin API's listings.
+const (
+	adminDefaultLimit = 100
+	adminMaxLimit     = 10000
+)
+
+// AdminAPI is the `admin.api.atlas` module: endpoints of Caddy's admin
+// API to see and act on the spooled callbacks of the callback routes in
+// durable mode. Caddy loads it with the admin endpoint; it needs no
+// config.
+//
+//	GET    /atlas/callbacks?state=pending|dead|delivered&limit=N
+//	       lists callbacks, oldest first (every state without state;
+//	       limit default 100, at most 10000), and each spool's counts
+//	GET    /atlas/callbacks/{id}[?body=1]
+//	       one callback; body=1 adds its body (pending or dead ones only)
+//	POST   /atlas/callbacks/{id}/retry
+//	       makes a pending or dead callback due now, attempts reset
+//	POST   /atlas/callbacks/retry?state=dead|pending
+//	       does that for every callback in the state
+//	DELETE /atlas/callbacks/{id}
+//	       forgets a callback, whatever its state
+//
+// Every item names its spool directory. With several spools open, the
+// listing and the bulk retry cover all of them unless `spool=<dir>` names
+// one; an action on an id finds the spool holding it, and needs
+// `spool=<dir>` only if several do. Bodies are never listed.
+type AdminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (AdminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.atlas",
+		New: func() caddy.Module { return new(AdminAPI) },
+	}
+}
+
+// Routes returns the admin routes of the module.
+func (a *AdminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{
+		{Pattern: "/atlas/callbacks", Handler: caddy.AdminHandlerFunc(a.serveList)},
+		{Pattern: "/atlas/callbacks/", Handler: caddy.AdminHandlerFunc(a.serveItem)},
+	}
+}
+
+// adminCallback is a callback as the admin API shows it.
+type adminCallback struct {
+	Spool string `json:"spool"`
+	spool.Info
+	// Body is the callback body, as JSON, with ?body=1.
+	Body json.RawMessage `json:"body,omitempty"`
+	// BodyBase64 is the body, base64-encoded, if it is not valid JSON.
+	BodyBase64 string `json:"body_base64,omitempty"`
+}
+
+// adminSpool is a spool's summary in a listing.
+type adminSpool struct {
+	Dir string `json:"dir"`
+	spool.Stats
+}
+
+// adminList is the answer to GET /atlas/callbacks.
+type adminList struct {
+	Spools    []adminSpool    `json:"spools"`
+	Callbacks []adminCallback `json:"callbacks"`
+	// Truncated is true if there are more callbacks than limit.
+	Truncated bool `json:"truncated,omitempty"`
+}
+
+// serveList serves /atlas/callbacks: GET lists.
+func (a *AdminAPI) serveList(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return adminMethodNotAllowed(w, http.MethodGet)
+	}
+	q := r.URL.Query()
+	state, err := spool.ParseState(q.Get("state"))
+	if err != nil {
+		return adminError(http.StatusBadRequest, errors.New("state must be pending, dead or delivered"))
+	}
+	limit := adminDefaultLimit
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > adminMaxLimit {
+			return adminError(http.StatusBadRequest, fmt.Errorf("limit must be a number from 1 to %d", adminMaxLimit))
+		}
+		limit = n
+	}
+	selected, err := selectSpools(q.Get("spool"))
+	if err != nil {
+		return err
+	}
+	out := adminList{Spools: []adminSpool{}, Callbacks: []adminCallback{}}
+	for _, s := range selected {
+		out.Spools = append(out.Spools, adminSpool{Dir: s.dir, Stats: s.store.Stats()})
+		// One more than the limit tells whether the listing is truncated.
+		for _, info := range s.store.List(state, limit+1) {
+			out.Callbacks = append(out.Callbacks, adminCallback{Spool: s.dir, Info: info})
+		}
+	}
+	slices.SortStableFunc(out.Callbacks, func(x, y adminCallback) int { return x.Received.Compare(y.Received) })
+	if len(out.Callbacks) > limit {
+		out.Callbacks, out.Truncated = out.Callbacks[:limit], true
+	}
+	return adminJSON(w, http.StatusOK, out)
+}
+
+// serveItem serves /atlas/callbacks/{id}, /atlas/callbacks/{id}/retry and
+// /atlas/callbacks/retry.
+func (a *AdminAPI) serveItem(w http.ResponseWriter, r *http.Request) error {
+	rest := strings.TrimPrefix(r.URL.Path, "/atlas/callbacks/")
+	q := r.URL.Query()
+	if rest == "retry" {
+		if r.Method != http.MethodPost {
+			return adminMethodNotAllowed(w, http.MethodPost)
+		}
+		return a.retryAll(w, r, q.Get("state"), q.Get("spool"))
+	}
+	id, action, _ := strings.Cut(rest, "/")
+	if id == "" || strings.Contains(action, "/") || (action != "" && action != "retry") {
+		return adminError(http.StatusNotFound, fmt.Errorf("no such endpoint: %s", r.URL.Path))
+	}
+	if action == "retry" {
+		if r.Method != http.MethodPost {
+			return adminMethodNotAllowed(w, http.MethodPost)
+		}
+		s, _, err := findCallback(id, q.Get("spool"))
+		if err != nil {
+			return err
+		}
+		if err := s.store.Retry(r.Context(), id); err != nil {
+			return storeError(id, err)
+		}
+		return adminJSON(w, http.StatusOK, map[string]int{"retried": 1})
+	}
+	switch r.Method {
+	case http.MethodGet:
+		s, info, err := findCallback(id, q.Get("spool"))
+		if err != nil {
+			return err
+		}
+		item := adminCallback{Spool: s.dir, Info: info}
+		if b := q.Get("body"); b == "1" || b == "true" {
+			e, err := s.store.Load(r.Context(), id)
+			if err != nil {
+				return storeError(id, err)
+			}
+			if json.Valid(e.Body) {
+				item.Body = e.Body
+			} else {
+				item.BodyBase64 = base64.StdEncoding.EncodeToString(e.Body)
+			}
+		}
+		return adminJSON(w, http.StatusOK, item)
+	case http.MethodDelete:
+		s, _, err := findCallback(id, q.Get("spool"))
+		if err != nil {
+			return err
+		}
+		if err := s.store.Delete(r.Context(), id); err != nil {
+			return storeError(id, err)
+		}
+		return adminJSON(w, http.StatusOK, map[string]int{"deleted": 1})
+	}
+	return adminMethodNotAllowed(w, "GET, DELETE")
+}
+
+// retryAll serves POST /atlas/callbacks/retry?state=dead|pending.
+func (a *AdminAPI) retryAll(w http.ResponseWriter, r *http.Request, stateName, dir string) error {
+	if stateName == "" {
+		stateName = "dead"
+	}
+	state, err := spool.ParseState(stateName)
+	if err != nil || (state != spool.StateDead && state != spool.StatePending) {
+		return adminError(http.StatusBadRequest, errors.New("state must be dead or pending"))
+	}
+	selected, err := selectSpools(dir)
+	if err != nil {
+		return err
+	}
+	var total int
+	for _, s := range selected {
+		n, err := s.store.RetryAll(r.Context(), state)
+		total += n
+		if err != nil {
+			return adminError(http.StatusInternalServerError, fmt.Errorf("retrying in spool %s after %d callbacks: %w", s.dir, total, err))
+		}
+	}
+	return adminJSON(w, http.StatusOK, map[string]int{"retried": total})
+}
+
+// selectSpools returns the open spool in dir, or every open spool when
+// dir is empty.
+func selectSpools(dir string) ([]*sharedSpool, error) {
+	all := liveSpools()
+	if dir == "" {
+		return all, nil
+	}
+	key, err := spoolKey(dir)
+	if err != nil {
+		key = dir
+	}
+	for _, s := range all {
+		if s.dir == key || s.dir == dir {
+			return []*sharedSpool{s}, nil
+		}
+	}
+	return nil, adminError(http.StatusNotFound, fmt.Errorf("no open spool in %s", dir))
+}
+
+// findCallback returns the spool holding the callback id and its state.
+func findCallback(id, dir string) (*sharedSpool, spool.Info, error) {
+	selected, err := selectSpools(dir)
+	if err != nil {
+		return nil, spool.Info{}, err
+	}
+	var found *sharedSpool
+	var info spool.Info
+	for _, s := range selected {
+		if i, ok := s.store.Get(id); ok {
+			if found != nil {
+				return nil, info, adminError(http.StatusConflict,
+					fmt.Errorf("callback %s is in several spools (%s, %s): name one with ?spool=", id, found.dir, s.dir))
+			}
+			found, info = s, i
+		}
+	}
+	if found == nil {
+		return nil, info, adminError(http.StatusNotFound, fmt.Errorf("no callback %s", id))
+	}
+	return found, info, nil
+}
+
+// storeError maps an error of the store to an admin API error.
+func storeError(id string, err error) error {
+	switch {
+	case errors.Is(err, spool.ErrNotFound):
+		return adminError(http.StatusNotFound, fmt.Errorf("no callback %s", id))
+	case errors.Is(err, spool.ErrDelivered):
+		return adminError(http.StatusConflict, fmt.Errorf("callback %s is already delivered; its body is not kept", id))
+	case errors.Is(err, spool.ErrClosed), errors.Is(err, spool.ErrUnavailable):
+		return adminError(http.StatusServiceUnavailable, err)
+	}
+	return adminError(http.StatusInternalServerError, err)
+}
+
+// adminError is an error answer of the admin API.
+func adminError(status int, err error) error {
+	return caddy.APIError{HTTPStatus: status, Err: err}
+}
+
+// adminMethodNotAllowed answers a method the endpoint does not serve.
+func adminMethodNotAllowed(w http.ResponseWriter, allow string) error {
+	w.Header().Set("Allow", allow)
+	return adminError(http.StatusMethodNotAllowed, fmt.Errorf("method not allowed; use %s", allow))
+}
+
+// adminJSON writes v as the JSON answer.
+func adminJSON(w http.ResponseWriter, status int, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return adminError(http.StatusInternalServerError, err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+	return nil
+}
+
+// Interface guards
+var _ caddy.AdminRouter = (*AdminAPI)(nil)

@@ -1,0 +1,440 @@
+package caddyatlas
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddy-atlas/caddy-atlas/spool"
+)
+
+// durableTestCallback provisions a callback route in durable mode,
+// spooling to a new directory and delivering to rc.
+func durableTestCallback(t *testing.T, rc *dedupReceiver, mut func(*Callback)) (*Callback, string) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "spool")
+	c := &Callback{
+		Spool:           dir,
+		DeliverTo:       rc.URL + "/hooks",
+		RetryBackoffMin: caddy.Duration(10 * time.Millisecond),
+		RetryBackoffMax: caddy.Duration(50 * time.Millisecond),
+		Concurrency:     1,
+	}
+	if mut != nil {
+		mut(c)
+	}
+	provisionTestCallback(t, c)
+	return c, dir
+}
+
+// decodeAck decodes a 202 answer of the durable route.
+func decodeAck(t *testing.T, rec *httptest.ResponseRecorder) spoolAck {
+	t.Helper()
+	if rec.Code != http.StatusAccepted {
+		t.Fatalf("status %d, want 202: %s", rec.Code, rec.Body)
+	}
+	var ack spoolAck
+	if err := json.Unmarshal(rec.Body.Bytes(), &ack); err != nil {
+		t.Fatalf("ack %q: %v", rec.Body, err)
+	}
+	return ack
+}
+
+// TestDurableSpoolsAcksAndDelivers checks the durable route: the callback
+// is acknowledged 202 once spooled, not handed to the next handler, and
+// delivered with its body and headers; a redelivery by Atlas is
+// acknowledged as a duplicate and not delivered again.
+func TestDurableSpoolsAcksAndDelivers(t *testing.T) {
+	rc := newDedupReceiver(t)
+	c, _ := durableTestCallback(t, rc, nil)
+	tok := callbackAuthToken(t, c)
+	body := callbackSamplePayload(3)
+	id := callbackID(body)
+
+	accepted := callbackCounterValue(t, c.metrics.callbacks.WithLabelValues(outcomeAccepted))
+	req := callbackTestRequest(c.Path, tok, body)
+	req.Header.Set("X-Atlas-Attempt", "99")
+	rec, app := serveTestCallback(t, c, req)
+	ack := decodeAck(t, rec)
+	if ack != (spoolAck{Status: "accepted", CallbackID: id}) {
+		t.Errorf("ack %+v", ack)
+	}
+	if !strings.Contains(rec.Body.String(), `{"status":"accepted","callback_id":"`+id+`"}`) {
+		t.Errorf("ack body %s", rec.Body)
+	}
+	if app.calls != 0 {
+		t.Error("durable mode called the next handler")
+	}
+	if got := callbackCounterValue(t, c.metrics.callbacks.WithLabelValues(outcomeAccepted)); got != accepted+1 {
+		t.Errorf("accepted counter %v, want %v", got, accepted+1)
+	}
+	repl := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if v, _ := repl.GetString("http.atlas.callback.id"); v != id {
+		t.Errorf("placeholder callback.id %q", v)
+	}
+
+	rc.waitDelivered(t, 1, 5*time.Second)
+	if !bytes.Equal(rc.bodies[id], body) {
+		t.Error("the receiver got another body")
+	}
+	h := rc.headers[id]
+	for k, want := range map[string]string{
+		"X-Atlas-Callback-Id":    id,
+		"X-Atlas-Subject":        "atlas-client",
+		"X-Atlas-Document-Count": "3",
+		"X-Atlas-Attempt":        "1",
+		"Content-Type":           "application/json",
+		"Token":                  "",
+		"Authorization":          "",
+	} {
+		if v := h.Get(k); v != want {
+			t.Errorf("delivered header %s = %q, want %q", k, v, want)
+		}
+	}
+
+	// Atlas delivers the same payload again, after and while delivered.
+	rec, app = serveTestCallback(t, c, callbackTestRequest(c.Path, tok, body))
+	if ack := decodeAck(t, rec); !ack.Duplicate || ack.CallbackID != id {
+		t.Errorf("redelivery ack %+v", ack)
+	}
+	if app.calls != 0 {
+		t.Error("durable mode called the next handler")
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := rc.takes(id); n != 1 || rc.requestCount() != 1 {
+		t.Errorf("delivered %d times in %d requests, want once", n, rc.requestCount())
+	}
+	if info, ok := c.store.Get(id); !ok || info.State != spool.StateDelivered || info.Attempts != 1 {
+		t.Errorf("state %+v", info)
+	}
+}
+
+// TestDurableRejectsBeforeSpooling checks that refused callbacks are not
+// spooled.
+func TestDurableRejectsBeforeSpooling(t *testing.T) {
+	rc := newDedupReceiver(t)
+	c, _ := durableTestCallback(t, rc, nil)
+	tok := callbackAuthToken(t, c)
+	for name, req := range map[string]*http.Request{
+		"no token":    callbackTestRequest(c.Path, "", callbackSamplePayload(1)),
+		"bad payload": callbackTestRequest(c.Path, tok, []byte(`{"data":{}}`)),
+	} {
+		rec, _ := serveTestCallback(t, c, req)
+		if rec.Code == http.StatusAccepted {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if st := c.store.Stats(); st.Pending+st.Delivered+st.Dead != 0 {
+		t.Errorf("refused callbacks were spooled: %+v", st)
+	}
+}
+
+// fakeStore is a spool.Store whose Append fails with err.
+type fakeStore struct {
+	spool.Store
+	err error
+}
+
+func (f fakeStore) Append(context.Context, spool.Entry) (spool.AppendResult, error) {
+	return spool.AppendResult{}, f.err
+}
+
+// TestDurableSpoolUnavailable checks that a callback the spool cannot
+// store is answered 503 with Retry-After, never 2xx, and logged at Error
+// without the token or the body; other errors are 500s.
+func TestDurableSpoolUnavailable(t *testing.T) {
+	rc := newDedupReceiver(t)
+	c, _ := durableTestCallback(t, rc, nil)
+	core, logs := observer.New(zapcore.ErrorLevel)
+	c.logger = zap.New(core)
+	tok := callbackAuthToken(t, c)
+	orig := c.store
+	defer func() { c.store = orig }()
+
+	for _, err := range []error{
+		fmt.Errorf("%w: write: %w", spool.ErrUnavailable, syscall.ENOSPC),
+		spool.ErrFull,
+		spool.ErrClosed,
+	} {
+		c.store = fakeStore{err: err}
+		body := callbackSamplePayload(2)
+		rec, app := serveTestCallback(t, c, callbackTestRequest(c.Path, tok, body))
+		if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") != "30" || app.calls != 0 {
+			t.Errorf("%v: %d Retry-After %q", err, rec.Code, rec.Header().Get("Retry-After"))
+		}
+		if !strings.Contains(rec.Body.String(), `"error":"the callback cannot be stored right now; retry later"`) {
+			t.Errorf("%v: body %s", err, rec.Body)
+		}
+	}
+	if logs.Len() != 3 {
+		t.Errorf("%d error logs, want 3", logs.Len())
+	}
+	for _, e := range logs.All() {
+		line := fmt.Sprint(e.Message, e.ContextMap())
+		if strings.Contains(line, tok) || strings.Contains(line, "document_id") {
+			t.Errorf("the log holds the token or the body: %s", line)
+		}
+	}
+
+	c.store = fakeStore{err: errors.New("disk on fire")}
+	rec := httptest.NewRecorder()
+	err := c.serveCallback(rec, callbackTestRequest(c.Path, tok, callbackSamplePayload(2)), new(callbackApp))
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) || he.StatusCode != http.StatusInternalServerError {
+		t.Errorf("another store error: %v", err)
+	}
+}
+
+// TestDurableSpoolFull checks the 503 with a real spool at its disk
+// bound.
+func TestDurableSpoolFull(t *testing.T) {
+	rc := newDedupReceiver(t)
+	c, _ := durableTestCallback(t, rc, func(c *Callback) { c.MaxSpoolSize = 1 })
+	rec, _ := serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), callbackSamplePayload(1)))
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
+		t.Errorf("a full spool answered %d: %s", rec.Code, rec.Body)
+	}
+}
+
+// TestDurableProvisionDefaults checks the defaults of durable mode and
+// that a route without spool stays synchronous.
+func TestDurableProvisionDefaults(t *testing.T) {
+	c := &Callback{Spool: filepath.Join(t.TempDir(), "s"), DeliverTo: "http://127.0.0.1:1/hooks"}
+	provisionTestCallback(t, c)
+	if c.MaxAttempts != 20 || time.Duration(c.RetryBackoffMin) != time.Second || time.Duration(c.RetryBackoffMax) != 10*time.Minute ||
+		time.Duration(c.DeliveryTimeout) != 30*time.Second || c.Concurrency != 4 || time.Duration(c.Retention) != 7*24*time.Hour ||
+		c.MaxSpoolSize != 4<<30 {
+		t.Errorf("defaults: %+v", c)
+	}
+	if c.store == nil {
+		t.Error("no spool")
+	}
+	if _, err := os.Stat(c.Spool); err != nil {
+		t.Errorf("spool directory: %v", err)
+	}
+
+	// A first delay above the default maximum raises the maximum.
+	c2 := &Callback{Spool: filepath.Join(t.TempDir(), "s"), DeliverTo: "http://127.0.0.1:1/hooks", RetryBackoffMin: caddy.Duration(time.Hour)}
+	provisionTestCallback(t, c2)
+	if time.Duration(c2.RetryBackoffMax) != time.Hour {
+		t.Errorf("retry_backoff_max %s", time.Duration(c2.RetryBackoffMax))
+	}
+
+	syncRoute := &Callback{}
+	provisionTestCallback(t, syncRoute)
+	if syncRoute.store != nil || syncRoute.spoolKey != "" {
+		t.Error("a route without spool has a spool")
+	}
+}
+
+// TestDurableConfigErrors checks the provision errors of durable mode.
+func TestDurableConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	const marker = "s3cr3t-marker"
+	for _, tc := range []struct {
+		name string
+		c    Callback
+		want string
+	}{
+		{"deliver_to without spool", Callback{DeliverTo: "http://app/hooks"}, "deliver_to needs spool"},
+		{"spool without deliver_to", Callback{Spool: dir}, "deliver_to is required with spool"},
+		{"unset spool placeholder", Callback{Spool: "{env.DURABLE_TEST_UNSET}", DeliverTo: "http://app/"}, "spool is empty"},
+		{"relative deliver_to", Callback{Spool: dir, DeliverTo: "/hooks"}, "deliver_to is not an absolute http(s) URL"},
+		{"ftp deliver_to", Callback{Spool: dir, DeliverTo: "ftp://" + marker + "@app/"}, "deliver_to is not an absolute http(s) URL"},
+		{"unset deliver_to placeholder", Callback{Spool: dir, DeliverTo: "{env.DURABLE_TEST_UNSET}"}, "deliver_to is not an absolute"},
+		{"negative max_attempts", Callback{Spool: dir, DeliverTo: "http://app/", MaxAttempts: -1}, "max_attempts must be at least 1"},
+		{"negative concurrency", Callback{Spool: dir, DeliverTo: "http://app/", Concurrency: -2}, "concurrency must be at least 1"},
+		{"min above max", Callback{Spool: dir, DeliverTo: "http://app/", RetryBackoffMin: caddy.Duration(time.Minute), RetryBackoffMax: caddy.Duration(time.Second)},
+			"retry_backoff: the first delay 1m0s exceeds the maximum 1s"},
+		{"negative backoff", Callback{Spool: dir, DeliverTo: "http://app/", RetryBackoffMin: -1}, "retry_backoff durations must be positive"},
+		{"negative timeout", Callback{Spool: dir, DeliverTo: "http://app/", DeliveryTimeout: -1}, "delivery_timeout must be positive"},
+		{"negative retention", Callback{Spool: dir, DeliverTo: "http://app/", Retention: -1}, "retention must be positive"},
+		{"negative size", Callback{Spool: dir, DeliverTo: "http://app/", MaxSpoolSize: -1}, "max_spool_size must be positive"},
+		{"huge max_body", Callback{Spool: dir, DeliverTo: "http://app/", MaxBody: 2 << 30}, "max_body must be at most"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.c
+			c.Path, c.ClientID, c.ClientSecret, c.SigningKey = "/hooks/atlas", "atlas-client", "secret", testHMACSecret
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			defer cancel()
+			err := c.provision(ctx, zap.NewNop())
+			if err == nil {
+				err = c.validate()
+			}
+			if cerr := c.cleanup(); cerr != nil {
+				t.Errorf("cleanup: %v", cerr)
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), marker) {
+				t.Errorf("the error echoes deliver_to's credentials: %v", err)
+			}
+		})
+	}
+	if len(liveSpools()) != 0 {
+		t.Errorf("failed provisions left %d spools open", len(liveSpools()))
+	}
+}
+
+// TestDurableSharedSpool checks the spool shared across configs: a
+// reload (a new config's route provisioned, then the old one cleaned up)
+// keeps the spool open and applies the new deliver_to; a failed reload
+// (the new route cleaned up first) goes back to the old one; two routes
+// of one config may not share a spool with different settings.
+func TestDurableSharedSpool(t *testing.T) {
+	a, b := newDedupReceiver(t), newDedupReceiver(t)
+	dir := filepath.Join(t.TempDir(), "spool")
+	newRoute := func(rc *dedupReceiver) (*Callback, caddy.Context, context.CancelFunc) {
+		c := &Callback{Path: "/hooks/atlas", ClientID: "atlas-client", ClientSecret: "atlas-client-secret", SigningKey: testHMACSecret,
+			Spool: dir, DeliverTo: rc.URL, RetryBackoffMin: caddy.Duration(10 * time.Millisecond), RetryBackoffMax: caddy.Duration(10 * time.Millisecond)}
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		if err := c.provision(ctx, zap.NewNop()); err != nil {
+			t.Fatal(err)
+		}
+		return c, ctx, cancel
+	}
+	send := func(c *Callback, n int) string {
+		body := callbackSamplePayload(n)
+		rec, _ := serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), body))
+		decodeAck(t, rec)
+		return callbackID(body)
+	}
+
+	old, _, cancelOld := newRoute(a)
+	defer cancelOld()
+	send(old, 1)
+	a.waitDelivered(t, 1, 5*time.Second)
+
+	// Reload: the new config's route shares the spool.
+	cur, curCtx, cancelCur := newRoute(b)
+	defer cancelCur()
+	if cur.store != old.store {
+		t.Fatal("the reload opened another spool")
+	}
+	// Another route of the same config, same spool, other deliver_to.
+	other := &Callback{Path: "/other", ClientID: "x", ClientSecret: "y", SigningKey: testHMACSecret, Spool: dir, DeliverTo: a.URL}
+	err := other.provision(curCtx, zap.NewNop())
+	_ = other.cleanup()
+	if err == nil || !strings.Contains(err.Error(), "also used by the callback route /hooks/atlas of this config with other delivery settings") {
+		t.Errorf("two settings for one spool in one config: %v", err)
+	}
+	if err := old.cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	id2 := send(cur, 2)
+	b.waitDelivered(t, 1, 5*time.Second)
+	if len(a.delivered()) != 1 || b.delivered()[0] != id2 {
+		t.Errorf("after the reload: a got %v, b got %v", a.delivered(), b.delivered())
+	}
+
+	// A failed reload: a third config's route is provisioned, then
+	// cleaned up; the running config's deliver_to applies again.
+	failed, _, cancelFailed := newRoute(a)
+	if err := failed.cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	cancelFailed()
+	send(cur, 3)
+	b.waitDelivered(t, 2, 5*time.Second)
+	if len(a.delivered()) != 1 {
+		t.Errorf("after a failed reload, a got %v", a.delivered())
+	}
+
+	// The last route closes the spool, and it can be opened again.
+	if err := cur.cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if len(liveSpools()) != 0 {
+		t.Error("the spool is still open")
+	}
+	again, _, cancelAgain := newRoute(b)
+	defer cancelAgain()
+	defer again.cleanup()
+	if st := again.store.Stats(); st.Delivered != 3 {
+		t.Errorf("reopened spool: %+v", st)
+	}
+}
+
+// TestDurableUnmarshalCaddyfile checks the parser of the durable-mode
+// subdirectives.
+func TestDurableUnmarshalCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		input   string
+		want    Callback
+		wantErr string
+	}{
+		{
+			name: "every setting",
+			input: `callback /hooks/atlas {
+				spool            /var/lib/caddy/atlas-spool
+				deliver_to       http://app:8080/hooks/atlas
+				max_attempts     20
+				retry_backoff    1s 10m
+				delivery_timeout 30s
+				concurrency      4
+				retention        7d
+				max_spool_size   2GiB
+			}`,
+			want: Callback{
+				Path: "/hooks/atlas", Spool: "/var/lib/caddy/atlas-spool", DeliverTo: "http://app:8080/hooks/atlas",
+				MaxAttempts: 20, RetryBackoffMin: caddy.Duration(time.Second), RetryBackoffMax: caddy.Duration(10 * time.Minute),
+				DeliveryTimeout: caddy.Duration(30 * time.Second), Concurrency: 4, Retention: caddy.Duration(7 * 24 * time.Hour),
+				MaxSpoolSize: 2 << 30,
+			},
+		},
+		{name: "backoff one value", input: "callback /cb {\n retry_backoff 1s\n}", wantErr: "wrong argument count"},
+		{name: "backoff three values", input: "callback /cb {\n retry_backoff 1s 2s 3s\n}", wantErr: "wrong argument count"},
+		{name: "backoff order", input: "callback /cb {\n retry_backoff 10m 1s\n}", wantErr: "retry_backoff: the first delay 10m exceeds the maximum 1s"},
+		{name: "backoff zero", input: "callback /cb {\n retry_backoff 0s 1s\n}", wantErr: "retry_backoff delays must be positive, got 0s"},
+		{name: "backoff bad", input: "callback /cb {\n retry_backoff soon 1s\n}", wantErr: `retry_backoff: time: invalid duration "soon"`},
+		{name: "backoff repeated", input: "callback /cb {\n retry_backoff 1s 2s\n retry_backoff 1s 2s\n}", wantErr: "retry_backoff specified more than once"},
+		{name: "zero attempts", input: "callback /cb {\n max_attempts 0\n}", wantErr: "max_attempts must be a whole number of at least 1, got 0"},
+		{name: "bad concurrency", input: "callback /cb {\n concurrency many\n}", wantErr: "concurrency must be a whole number of at least 1, got many"},
+		{name: "zero timeout", input: "callback /cb {\n delivery_timeout 0s\n}", wantErr: "delivery_timeout must be positive, got 0s"},
+		{name: "bad retention", input: "callback /cb {\n retention forever\n}", wantErr: `retention: time: invalid duration "forever"`},
+		{name: "bad spool size", input: "callback /cb {\n max_spool_size big\n}", wantErr: `max_spool_size: invalid size "big"`},
+		{name: "spool twice", input: "callback /cb {\n spool /a\n spool /b\n}", wantErr: "spool specified more than once"},
+		{name: "spool two dirs", input: "callback /cb {\n spool /a /b\n}", wantErr: "wrong argument count"},
+		{name: "deliver_to missing", input: "callback /cb {\n deliver_to\n}", wantErr: "wrong argument count"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := caddyfile.NewTestDispenser(tc.input)
+			d.Next()
+			var got Callback
+			err := got.unmarshalCaddyfile(d)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got, cmpopts.IgnoreUnexported(Callback{}), cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("config (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

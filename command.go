@@ -1,0 +1,200 @@
+package caddyatlas
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"text/tabwriter"
+	"time"
+
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "atlas",
+		Usage: "callbacks list|retry|purge [--address <interface>]",
+		Short: "Lists, retries and purges the spooled Atlas callbacks of a running Caddy",
+		Long: `
+Acts on the callbacks spooled by the atlas callback route in durable mode,
+through the admin API of a running Caddy (the admin.api.atlas module).
+
+  caddy atlas callbacks list  [--state pending|dead|delivered] [--limit N] [--json]
+  caddy atlas callbacks retry <id> | --state dead|pending
+  caddy atlas callbacks purge <id>
+
+The admin endpoint is --address, else the one of --config (with
+--adapter), else localhost:2019. With several spools, --spool <dir> selects
+one.
+`,
+		CobraFunc: func(cmd *cobra.Command) {
+			callbacks := &cobra.Command{
+				Use:   "callbacks",
+				Short: "Lists, retries and purges spooled callbacks",
+			}
+			pf := callbacks.PersistentFlags()
+			pf.StringP("address", "", "", "The address of the admin endpoint")
+			pf.StringP("config", "c", "", "Configuration file, to find the admin endpoint")
+			pf.StringP("adapter", "a", "", "Name of the config adapter of --config")
+			pf.StringP("spool", "", "", "The spool directory, if several are open")
+
+			list := &cobra.Command{
+				Use:   "list [--state pending|dead|delivered] [--limit N] [--json]",
+				Short: "Lists spooled callbacks, oldest first (no bodies)",
+				Args:  cobra.NoArgs,
+				RunE:  cmdAtlasList,
+			}
+			list.Flags().StringP("state", "s", "", "Only callbacks in this state: pending, dead or delivered")
+			list.Flags().IntP("limit", "n", 100, "At most this many callbacks")
+			list.Flags().BoolP("json", "", false, "Print the admin API's JSON answer")
+
+			retry := &cobra.Command{
+				Use:   "retry <id> | --state dead|pending",
+				Short: "Makes callbacks due now, their attempts reset",
+				Args:  cobra.MaximumNArgs(1),
+				RunE:  cmdAtlasRetry,
+			}
+			retry.Flags().StringP("state", "s", "", "Retry every callback in this state: dead or pending")
+
+			purge := &cobra.Command{
+				Use:   "purge <id>",
+				Short: "Deletes a spooled callback, whatever its state",
+				Args:  cobra.ExactArgs(1),
+				RunE:  cmdAtlasPurge,
+			}
+			callbacks.AddCommand(list, retry, purge)
+			cmd.AddCommand(callbacks)
+		},
+	})
+}
+
+// cmdAtlasList runs `caddy atlas callbacks list`.
+func cmdAtlasList(cmd *cobra.Command, _ []string) error {
+	fl := cmd.Flags()
+	state, _ := fl.GetString("state")
+	limit, _ := fl.GetInt("limit")
+	raw, _ := fl.GetBool("json")
+	q := url.Values{}
+	if state != "" {
+		q.Set("state", state)
+	}
+	q.Set("limit", fmt.Sprint(limit))
+	body, err := atlasAdminRequest(cmd, http.MethodGet, "/atlas/callbacks", q)
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	if raw {
+		_, err := out.Write(body)
+		return err
+	}
+	var l struct {
+		Spools []struct {
+			Dir       string `json:"dir"`
+			Pending   int    `json:"pending"`
+			Dead      int    `json:"dead"`
+			Delivered int    `json:"delivered"`
+		} `json:"spools"`
+		Callbacks []struct {
+			Spool     string    `json:"spool"`
+			ID        string    `json:"id"`
+			State     string    `json:"state"`
+			Size      int64     `json:"size"`
+			Attempts  int       `json:"attempts"`
+			LastError string    `json:"last_error"`
+			Received  time.Time `json:"received"`
+		} `json:"callbacks"`
+		Truncated bool `json:"truncated"`
+	}
+	if err := json.Unmarshal(body, &l); err != nil {
+		return fmt.Errorf("decoding the admin API's answer: %v", err)
+	}
+	for _, s := range l.Spools {
+		fmt.Fprintf(out, "spool %s: %d pending, %d dead, %d delivered\n", s.Dir, s.Pending, s.Dead, s.Delivered)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tSIZE\tATTEMPTS\tRECEIVED\tLAST ERROR")
+	for _, c := range l.Callbacks {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", c.ID, c.State, c.Size, c.Attempts,
+			c.Received.Format(time.RFC3339), c.LastError)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if l.Truncated {
+		fmt.Fprintf(out, "(more than %d; raise --limit)\n", limit)
+	}
+	return nil
+}
+
+// cmdAtlasRetry runs `caddy atlas callbacks retry`.
+func cmdAtlasRetry(cmd *cobra.Command, args []string) error {
+	state, _ := cmd.Flags().GetString("state")
+	var path string
+	q := url.Values{}
+	switch {
+	case len(args) == 1 && state == "":
+		path = "/atlas/callbacks/" + url.PathEscape(args[0]) + "/retry"
+	case len(args) == 0 && state != "":
+		path = "/atlas/callbacks/retry"
+		q.Set("state", state)
+	default:
+		return errors.New("give either a callback id or --state dead|pending")
+	}
+	body, err := atlasAdminRequest(cmd, http.MethodPost, path, q)
+	if err != nil {
+		return err
+	}
+	var res struct {
+		Retried int `json:"retried"`
+	}
+	_ = json.Unmarshal(body, &res)
+	fmt.Fprintf(cmd.OutOrStdout(), "%d callback(s) due for delivery now\n", res.Retried)
+	return nil
+}
+
+// cmdAtlasPurge runs `caddy atlas callbacks purge`.
+func cmdAtlasPurge(cmd *cobra.Command, args []string) error {
+	if _, err := atlasAdminRequest(cmd, http.MethodDelete, "/atlas/callbacks/"+url.PathEscape(args[0]), nil); err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "callback %s deleted\n", args[0])
+	return nil
+}
+
+// atlasAdminRequest sends a request to the atlas admin API and returns
+// the body of the answer; an answer of 400 or more is an error holding
+// the API's message.
+func atlasAdminRequest(cmd *cobra.Command, method, path string, q url.Values) ([]byte, error) {
+	fl := cmd.Flags()
+	address, _ := fl.GetString("address")
+	config, _ := fl.GetString("config")
+	adapter, _ := fl.GetString("adapter")
+	if dir, _ := fl.GetString("spool"); dir != "" {
+		if q == nil {
+			q = url.Values{}
+		}
+		q.Set("spool", dir)
+	}
+	addr, err := caddycmd.DetermineAdminAPIAddress(address, nil, config, adapter)
+	if err != nil {
+		return nil, fmt.Errorf("finding the admin endpoint: %v", err)
+	}
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	resp, err := caddycmd.AdminAPIRequest(addr, method, path, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, err
+	}
+	return body, nil
+}
