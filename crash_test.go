@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"go/build"
 	"net"
 	"net/http"
 	"os"
@@ -26,7 +27,7 @@ func buildCaddy(t *testing.T, ctx context.Context) string {
 	t.Helper()
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		gobin = filepath.Join(build.Default.GOROOT, "bin", "go")
 	}
 	bin := filepath.Join(t.TempDir(), "caddy")
 	cmd := exec.CommandContext(ctx, gobin, "build", "-o", bin, "./cmd/caddy")

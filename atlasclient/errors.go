@@ -2,6 +2,7 @@ package atlasclient
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -88,19 +89,11 @@ func ParseAPIError(status int, body []byte) *APIError {
 					}
 				}
 			}
-			if e.Message == "" {
-				e.Message = http.StatusText(status)
-			}
+			e.Message = cmp.Or(e.Message, http.StatusText(status), "status "+strconv.Itoa(status))
 			return e
 		}
 	}
-	e.Message = truncate(strings.TrimSpace(string(body)))
-	if e.Message == "" {
-		e.Message = http.StatusText(status)
-	}
-	if e.Message == "" {
-		e.Message = "status " + strconv.Itoa(status)
-	}
+	e.Message = cmp.Or(truncate(strings.TrimSpace(string(body))), http.StatusText(status), "status "+strconv.Itoa(status))
 	return e
 }
 
@@ -118,7 +111,7 @@ func firstText(m map[string]json.RawMessage, keys ...string) string {
 		}
 		var n json.Number
 		if json.Unmarshal(raw, &n) == nil && n != "" {
-			return n.String()
+			return truncate(n.String())
 		}
 	}
 	return ""

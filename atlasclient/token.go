@@ -466,7 +466,7 @@ func parseExpiresIn(raw json.RawMessage) (time.Duration, error) {
 		return 0, nil
 	}
 	secs, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-	if err != nil || secs < 0 || secs > 1e9 {
+	if err != nil || !(secs >= 0 && secs <= 1e9) { // NaN included
 		return 0, errors.New("authtoken response has an invalid expires_in")
 	}
 	return time.Duration(secs * float64(time.Second)), nil

@@ -70,6 +70,12 @@ func (s *Simulator) issueToken(subject string) (string, int64, error) {
 	if err != nil {
 		return "", 0, err
 	}
+	s.mu.Lock()
+	s.issued = append(s.issued, signed)
+	if len(s.issued) > maxIssued {
+		s.issued = s.issued[len(s.issued)-maxIssued:]
+	}
+	s.mu.Unlock()
 	return signed, int64(lifetime.Seconds()), nil
 }
 

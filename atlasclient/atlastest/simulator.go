@@ -49,6 +49,7 @@ const APIPrefix = "/v1/docstream/"
 const (
 	maxBatches    = 10000
 	maxDeliveries = 1000
+	maxIssued     = 1000
 	maxUploadBody = 10 << 20
 )
 
@@ -104,6 +105,7 @@ type Simulator struct {
 	batches     map[string]*batch
 	batchOrder  []string
 	deliveries  []Delivery
+	issued      []string
 }
 
 type fault struct {
@@ -456,6 +458,15 @@ func (s *Simulator) Reset() {
 	clear(s.delays)
 	s.deliveries = nil
 	s.lifetime = s.defaultLifetime
+}
+
+// IssuedTokens returns the access tokens issued so far, oldest first (the
+// last 1000), so that a test can look for them where they must not appear,
+// such as logs. Reset does not forget them.
+func (s *Simulator) IssuedTokens() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.issued...)
 }
 
 // LastHeaders returns a copy of the headers of the last request to
