@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -157,5 +158,76 @@ func TestSimulatorAuthFailures(t *testing.T) {
 	var ce *atlasclient.CredentialsError
 	if !errors.As(err, &ce) || ce.StatusCode != http.StatusUnauthorized || bytes.Contains([]byte(err.Error()), []byte(wrong)) {
 		t.Errorf("wrong secret: %v, want a *CredentialsError without the secret", err)
+	}
+}
+
+// simClock is a clock shared by the simulator and the token source.
+type simClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *simClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *simClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// TestSimulatorConcurrentCallersShareOneToken: 200 concurrent requests on
+// a cold cache cost one authtoken call, and 200 more in the refresh
+// window cost exactly one more, all served meanwhile.
+func TestSimulatorConcurrentCallersShareOneToken(t *testing.T) {
+	clock := &simClock{now: time.Now()}
+	srv := atlastest.NewServer(t, atlastest.Options{Now: clock.Now, TokenLifetime: time.Hour})
+	batch := srv.CreateBatch("pan-1", "aadhaar-2")
+	src, err := atlasclient.NewTokenSource(atlasclient.TokenOptions{
+		Endpoint: srv.URL, ClientID: atlastest.DefaultClientID, ClientSecret: atlastest.DefaultClientSecret,
+		Now: clock.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(src.Close)
+	c, err := atlasclient.NewClient(srv.URL, &http.Client{Transport: &atlasclient.Transport{Source: src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	burst := func() {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make(chan error, 200)
+		for range 200 {
+			wg.Go(func() {
+				if _, err := c.Extracts(context.Background(), batch, 1, 50); err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	}
+
+	burst()
+	if n := srv.Calls("authtoken"); n != 1 {
+		t.Fatalf("authtoken calls = %d for 200 cold callers, want 1", n)
+	}
+	clock.Advance(46 * time.Minute) // a quarter of the hour left: the refresh window
+	burst()
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.Calls("authtoken") < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	burst()
+	if n := srv.Calls("authtoken"); n != 2 {
+		t.Errorf("authtoken calls = %d after the refresh window, want 2", n)
 	}
 }
