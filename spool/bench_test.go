@@ -3,6 +3,9 @@ package spool
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -79,4 +82,67 @@ func BenchmarkFsyncSingleWriter(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "fsyncs/s")
+}
+
+// BenchmarkAppendDurableDelivering is BenchmarkAppendDurable in the
+// realistic case: the appended callbacks are delivered meanwhile, by
+// HTTPDeliverer, to a fast app (httptest), so that appends compete with
+// the delivery workers (body reads, state records, the index lock) as
+// they do in the callback route. Reports acknowledged appends per
+// second, appends per fsync, and deliveries per second.
+func BenchmarkAppendDurableDelivering(b *testing.B) {
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "ok")
+	}))
+	defer app.Close()
+	transport := &http.Transport{MaxIdleConnsPerHost: 64}
+	defer transport.CloseIdleConnections()
+	obs := &timingObserver{}
+	s, err := Open(benchDir(b), Options{
+		Observer:     obs,
+		MaxDiskBytes: 1 << 40,
+		Deliver:      (&HTTPDeliverer{URL: app.URL, Client: &http.Client{Transport: transport}}).Deliver,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	body := testEntry(0, 16<<10)
+	var n atomic.Int64
+	b.SetBytes(16 << 10)
+	b.SetParallelism(32) // 32 x GOMAXPROCS concurrent callbacks
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			e := body
+			e.ID = fmt.Sprintf("bench-%d", n.Add(1))
+			if _, err := s.Append(context.Background(), e); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "appends/s")
+	if f := obs.fsyncs.Load(); f > 0 {
+		b.ReportMetric(float64(obs.syncedAppend.Load())/float64(f), "appends/fsync")
+	}
+	b.ReportMetric(float64(obs.outcome(OutcomeDelivered))/elapsed.Seconds(), "deliveries/s")
+	if f := obs.fsyncs.Load() + obs.lazyFsyncs.Load(); f > 0 {
+		b.ReportMetric(float64(obs.fsyncNanos.Load())/float64(f)/1e6, "ms/fsync")
+	}
+}
+
+// timingObserver is a countingObserver that also adds up fsync times.
+type timingObserver struct {
+	countingObserver
+	fsyncNanos atomic.Int64
+}
+
+func (o *timingObserver) FsyncDone(d time.Duration, appends int) {
+	o.fsyncNanos.Add(int64(d))
+	o.countingObserver.FsyncDone(d, appends)
 }
