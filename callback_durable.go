@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -84,19 +83,8 @@ type sharedSpool struct {
 // openSharedSpool opens the spool in dir with c's settings.
 func openSharedSpool(dir string, c *Callback) (*sharedSpool, error) {
 	s := &sharedSpool{
-		dir: dir,
-		transport: &http.Transport{
-			Proxy: http.ProxyFromEnvironment,
-			DialContext: (&net.Dialer{
-				Timeout:   10 * time.Second,
-				KeepAlive: 30 * time.Second,
-			}).DialContext,
-			ForceAttemptHTTP2:   true,
-			MaxIdleConns:        256,
-			MaxIdleConnsPerHost: 64,
-			IdleConnTimeout:     90 * time.Second,
-			TLSHandshakeTimeout: 10 * time.Second,
-		},
+		dir:       dir,
+		transport: newOutboundTransport(),
 	}
 	st, err := spool.Open(dir, s.options(c))
 	if err != nil {

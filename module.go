@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -301,20 +300,9 @@ type sharedTokenSource struct {
 
 func newSharedTokenSource(endpoint, clientID, secret string, m *outboundMetrics) (*sharedTokenSource, error) {
 	s := &sharedTokenSource{
-		clientID: clientID,
-		metrics:  m,
-		transport: &http.Transport{
-			Proxy: http.ProxyFromEnvironment,
-			DialContext: (&net.Dialer{
-				Timeout:   10 * time.Second,
-				KeepAlive: 30 * time.Second,
-			}).DialContext,
-			ForceAttemptHTTP2:   true,
-			MaxIdleConns:        256,
-			MaxIdleConnsPerHost: 64,
-			IdleConnTimeout:     90 * time.Second,
-			TLSHandshakeTimeout: 10 * time.Second,
-		},
+		clientID:  clientID,
+		metrics:   m,
+		transport: newOutboundTransport(),
 	}
 	src, err := atlasclient.NewTokenSource(atlasclient.TokenOptions{
 		Endpoint:     endpoint,
