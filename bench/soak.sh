@@ -72,6 +72,11 @@ cat >"$work/Caddyfile" <<CADDY
 			spool         $work/spool
 			deliver_to    http://localhost:13090/hooks/durable
 			retry_backoff 100ms 2s
+			# Delivered ids are remembered for deduplication for
+			# `retention` (7d by default), about 270 bytes each: at a
+			# soak's hundreds of callbacks a second that is memory by
+			# design, so the soak keeps two minutes of them.
+			retention     2m
 		}
 	}
 }
@@ -209,13 +214,16 @@ curl -fs localhost:13081/_sim/counters
 echo
 echo "== spool"
 for state in pending dead; do
-	n="$(curl -fs "localhost:13019/atlas/callbacks?state=$state&limit=100000" | grep -o '"id":' | wc -l || true)"
+	n="$(curl -fs "localhost:13019/atlas/callbacks?state=$state&limit=10000" | grep -o '"id":' | wc -l || true)"
 	echo "$state: $n"
 done
 echo "== authtoken and delivery metrics"
 curl -fs localhost:13019/metrics | grep -E '^caddy_atlas_(token_fetches_total|token_replays_total|delivery_attempts_total|dead_letters_total|callbacks_total)' || true
 echo "== samples"
 cat "$work/samples"
+echo "== heap in use at the end (top 12)"
+curl -fs localhost:13019/debug/pprof/heap >"$work/heap.prof"
+go tool pprof -top -sample_index=inuse_space "$work/caddy" "$work/heap.prof" 2>/dev/null | sed -n '1,18p' || true
 if grep -qiE '"level":"(error|panic|fatal)"' "$work/caddy.log"; then
 	echo "== error log lines"
 	grep -iE '"level":"(error|panic|fatal)"' "$work/caddy.log" | head -20

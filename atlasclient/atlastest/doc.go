@@ -57,7 +57,7 @@
 //     error_message.
 //   - document_type is a plain string (DocumentTypeString) or a
 //     {value, confidence_score} object (DocumentTypeObject).
-//   - At most 10000 batches are kept; the oldest are forgotten first.
+//   - At most 10000 batches are kept; the least recently used are forgotten first.
 //
 // # Control endpoints
 //

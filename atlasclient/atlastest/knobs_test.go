@@ -298,3 +298,25 @@ func TestFailAfterAndLastQuery(t *testing.T) {
 		t.Errorf("LastQuery = %v", q)
 	}
 }
+
+// TestBatchesForgottenLeastRecentlyUsed: a batch still being read survives
+// any number of newer uploads.
+func TestBatchesForgottenLeastRecentlyUsed(t *testing.T) {
+	s := New(Options{})
+	kept := s.CreateBatch("pan-1")
+	first := s.CreateBatch("pan-2")
+	for i := range maxBatches {
+		if i%1000 == 0 {
+			if _, ok := s.batch(kept); !ok {
+				t.Fatalf("the batch in use was forgotten after %d uploads", i)
+			}
+		}
+		s.CreateBatch("doc")
+	}
+	if _, ok := s.batch(kept); !ok {
+		t.Error("the batch in use was forgotten")
+	}
+	if _, ok := s.batch(first); ok {
+		t.Error("the unused batch was kept past the limit")
+	}
+}

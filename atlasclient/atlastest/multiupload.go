@@ -104,8 +104,8 @@ func (s *Simulator) CreateBatch(documentIDs ...string) string {
 	return s.addBatch(files).id
 }
 
-// addBatch stores a new batch of files, forgetting the oldest batch when
-// there are too many.
+// addBatch stores a new batch of files, forgetting the least recently
+// used batch when there are too many.
 func (s *Simulator) addBatch(files []uploadFile) *batch {
 	docs := make([]batchDoc, len(files))
 	for i, f := range files {
@@ -123,18 +123,23 @@ func (s *Simulator) addBatch(files []uploadFile) *batch {
 		}
 	}
 	s.batches[b.id] = b
-	s.batchOrder = append(s.batchOrder, b.id)
-	if len(s.batchOrder) > maxBatches {
-		delete(s.batches, s.batchOrder[0])
-		s.batchOrder = s.batchOrder[1:]
+	b.use = s.batchOrder.PushBack(b.id)
+	if s.batchOrder.Len() > maxBatches {
+		oldest := s.batchOrder.Front()
+		delete(s.batches, oldest.Value.(string))
+		s.batchOrder.Remove(oldest)
 	}
 	return b
 }
 
+// batch looks a batch up and marks it used.
 func (s *Simulator) batch(id string) (*batch, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b, ok := s.batches[id]
+	if ok {
+		s.batchOrder.MoveToBack(b.use)
+	}
 	return b, ok
 }
 

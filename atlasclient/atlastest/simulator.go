@@ -1,6 +1,7 @@
 package atlastest
 
 import (
+	"container/list"
 	"crypto/rand"
 	"encoding/json"
 	"net"
@@ -103,7 +104,7 @@ type Simulator struct {
 	faults      map[string][]fault
 	delays      map[string][]delay
 	batches     map[string]*batch
-	batchOrder  []string
+	batchOrder  *list.List // of batch ids, least recently used first
 	deliveries  []Delivery
 	issued      []string
 }
@@ -121,6 +122,7 @@ type delay struct {
 type batch struct {
 	id   string
 	docs []batchDoc
+	use  *list.Element // in Simulator.batchOrder
 }
 
 type batchDoc struct {
@@ -142,6 +144,7 @@ func New(opts Options) *Simulator {
 		faults:         map[string][]fault{},
 		delays:         map[string][]delay{},
 		batches:        map[string]*batch{},
+		batchOrder:     list.New(),
 	}
 	if s.clientID == "" && s.clientSecret == "" {
 		s.clientID, s.clientSecret = DefaultClientID, DefaultClientSecret
