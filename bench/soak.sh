@@ -73,7 +73,7 @@ cat >"$work/Caddyfile" <<CADDY
 			deliver_to    http://localhost:13090/hooks/durable
 			retry_backoff 100ms 2s
 			# Delivered ids are remembered for deduplication for
-			# `retention` (7d by default), about 270 bytes each: at a
+			# the retention window (7d by default), about 270 bytes each: at a
 			# soak's hundreds of callbacks a second that is memory by
 			# design, so the soak keeps two minutes of them.
 			retention     2m
