@@ -28,10 +28,8 @@ work="$(mktemp -d)"
 spool_dir="$(mktemp -d "$spool_parent/durable-spool.XXXXXX")"
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$spool_dir"' EXIT
 
-if ! command -v wrk >/dev/null; then
-	echo "installing wrk" >&2
-	(apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
-fi
+. bench/lib.sh
+install_wrk
 go build -o "$work/caddy" ./cmd/caddy
 
 export ATLAS_CALLBACK_CLIENT_ID=bench-atlas ATLAS_CALLBACK_CLIENT_SECRET=bench-callback-secret
@@ -127,28 +125,9 @@ LUA
 lua 18183
 lua 18184
 
-# run NAME PORT: prints "rps p50_ms p99_ms", checking for errors.
+# run NAME PORT: the callback route on PORT, with that port's payloads.
 run() {
-	local out
-	out="$(wrk -t2 -c"$conns" -d"${duration}s" --latency -s "$work/post-$2.lua" "http://localhost:$2/hooks/atlas")"
-	echo "$out" >"$work/wrk-$1.txt"
-	if grep -q "Non-2xx" <<<"$out"; then
-		echo "$1: non-2xx responses:" >&2
-		echo "$out" >&2
-		exit 1
-	fi
-	local rps p50 p99
-	rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
-	p50="$(awk '$1 == "50%" {print $2}' <<<"$out")"
-	p99="$(awk '$1 == "99%" {print $2}' <<<"$out")"
-	echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
-}
-to_ms() {
-	awk -v v="$1" 'BEGIN {
-		if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 }
-		else if (v ~ /ms$/) { sub(/ms$/, "", v); print v + 0 }
-		else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 }
-		else print v }'
+	wrk_run "$1" "http://localhost:$2/hooks/atlas" -s "$work/post-$2.lua"
 }
 
 # The fsync rate of the spool's disk, one writer, 16 KiB per fsync.

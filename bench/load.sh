@@ -18,10 +18,8 @@ rounds="${ROUNDS:-2}"
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-if ! command -v wrk >/dev/null; then
-	echo "installing wrk" >&2
-	(apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
-fi
+. bench/lib.sh
+install_wrk
 go build -o "$work/caddy" ./cmd/caddy
 
 export ATLAS_CLIENT_ID=bench-client ATLAS_CLIENT_SECRET=bench-secret
@@ -116,31 +114,6 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Token"] = "$cbtoken"
 LUA
 
-# run NAME URL [wrk args...]: prints "rps p50_ms p99_ms", checking for errors.
-run() {
-	local name="$1" url="$2"
-	shift 2
-	local out
-	out="$(wrk -t2 -c"$conns" -d"${duration}s" --latency "$@" "$url")"
-	echo "$out" >"$work/wrk-$name.txt"
-	if grep -q "Non-2xx" <<<"$out"; then
-		echo "$name: non-2xx responses:" >&2
-		echo "$out" >&2
-		exit 1
-	fi
-	local rps p50 p99
-	rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
-	p50="$(awk '$1 == "50%" {print $2}' <<<"$out")"
-	p99="$(awk '$1 == "99%" {print $2}' <<<"$out")"
-	echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
-}
-to_ms() {
-	awk -v v="$1" 'BEGIN {
-		if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 }
-		else if (v ~ /ms$/) { sub(/ms$/, "", v); print v + 0 }
-		else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 }
-		else print v }'
-}
 
 echo "caddy-atlas load benchmark: ${duration}s per run, $conns connections, $rounds rounds, $(nproc) cores"
 echo "extracts: 50 documents per response; callback: $payload_size-byte payload"
@@ -148,10 +121,10 @@ declare -A sum_rps sum_p50 sum_p99
 for round in $(seq "$rounds"); do
 	for side in a b c d; do
 		case $side in
-		a) r=$(run a "http://localhost:18082/v1/docstream/extracts?batch_id=$batch&per_page=50") ;;
-		b) r=$(run b "http://localhost:18080/atlas/extracts?batch_id=$batch&per_page=50") ;;
-		c) r=$(run c "http://localhost:18083/hooks/atlas" -s "$work/post.lua") ;;
-		d) r=$(run d "http://localhost:18080/hooks/atlas" -s "$work/post.lua") ;;
+		a) r=$(wrk_run a "http://localhost:18082/v1/docstream/extracts?batch_id=$batch&per_page=50") ;;
+		b) r=$(wrk_run b "http://localhost:18080/atlas/extracts?batch_id=$batch&per_page=50") ;;
+		c) r=$(wrk_run c "http://localhost:18083/hooks/atlas" -s "$work/post.lua") ;;
+		d) r=$(wrk_run d "http://localhost:18080/hooks/atlas" -s "$work/post.lua") ;;
 		esac
 		read -r rps p50 p99 <<<"$r"
 		printf 'round %d %s: %10.0f req/s  p50 %7.2f ms  p99 %7.2f ms\n' "$round" "$side" "$rps" "$p50" "$p99"

@@ -17,10 +17,8 @@ conns="${2:-8}"
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
-if ! command -v wrk >/dev/null; then
-	echo "installing wrk" >&2
-	(apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
-fi
+. bench/lib.sh
+install_wrk
 go build -o "$work/caddy" ./cmd/caddy
 
 export ATLAS_CLIENT_ID=soak-client ATLAS_CLIENT_SECRET=soak-secret

@@ -1,0 +1,39 @@
+# Shared by the load scripts in bench/: source it, with $work (a scratch
+# directory), $duration (seconds per run) and $conns (connections) set.
+
+# install_wrk installs wrk from Debian's packages when it is missing.
+install_wrk() {
+	if ! command -v wrk >/dev/null; then
+		echo "installing wrk" >&2
+		(apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
+	fi
+}
+
+# wrk_run NAME URL [wrk args...]: runs wrk and prints "rps p50_ms p99_ms";
+# any non-2xx answer fails the benchmark.
+wrk_run() {
+	local name="$1" url="$2"
+	shift 2
+	local out
+	out="$(wrk -t2 -c"$conns" -d"${duration}s" --latency "$@" "$url")"
+	echo "$out" >"$work/wrk-$name.txt"
+	if grep -q "Non-2xx" <<<"$out"; then
+		echo "$name: non-2xx responses:" >&2
+		echo "$out" >&2
+		exit 1
+	fi
+	local rps p50 p99
+	rps="$(awk '/Requests\/sec/ {print $2}' <<<"$out")"
+	p50="$(awk '$1 == "50%" {print $2}' <<<"$out")"
+	p99="$(awk '$1 == "99%" {print $2}' <<<"$out")"
+	echo "$rps $(to_ms "$p50") $(to_ms "$p99")"
+}
+
+# to_ms converts a wrk latency (e.g. 850.12us, 3.20ms, 1.02s) to ms.
+to_ms() {
+	awk -v v="$1" 'BEGIN {
+		if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 }
+		else if (v ~ /ms$/) { sub(/ms$/, "", v); print v + 0 }
+		else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 }
+		else print v }'
+}
