@@ -17,12 +17,7 @@ import (
 )
 
 func TestCallbackUnmarshalCaddyfile(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		input   string
-		want    Callback
-		wantErr string
-	}{
+	runCallbackParserCases(t, []callbackParserCase{
 		{
 			name:  "path only",
 			input: `callback /hooks/atlas`,
@@ -82,7 +77,25 @@ func TestCallbackUnmarshalCaddyfile(t *testing.T) {
 		{name: "bad size", input: "callback /cb {\n max_body lots\n}", wantErr: `max_body: invalid size "lots" (want e.g. 32MiB)`},
 		{name: "zero size", input: "callback /cb {\n max_body 0\n}", wantErr: "max_body must be between 1 byte and 8 EiB, got 0"},
 		{name: "huge size", input: "callback /cb {\n max_body 16EiB\n}", wantErr: "max_body"},
-	} {
+	})
+}
+
+// TestCallbackUnmarshalCaddyfileNested checks that the parser leaves the
+// dispenser where the enclosing atlas block goes on.
+// callbackParserCase is a callback block and the config it parses to, or
+// the error it fails with.
+type callbackParserCase struct {
+	name    string
+	input   string
+	want    Callback
+	wantErr string
+}
+
+// runCallbackParserCases parses each case's block with the callback
+// parser and checks the config or the error.
+func runCallbackParserCases(t *testing.T, cases []callbackParserCase) {
+	t.Helper()
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			d := caddyfile.NewTestDispenser(tc.input)
 			d.Next()
@@ -104,8 +117,6 @@ func TestCallbackUnmarshalCaddyfile(t *testing.T) {
 	}
 }
 
-// TestCallbackUnmarshalCaddyfileNested checks that the parser leaves the
-// dispenser where the enclosing atlas block goes on.
 func TestCallbackUnmarshalCaddyfileNested(t *testing.T) {
 	d := caddyfile.NewTestDispenser(`atlas {
 		callback /hooks/atlas {

@@ -16,10 +16,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/google/go-cmp/cmp"
-	"github.com/google/go-cmp/cmp/cmpopts"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -378,12 +375,7 @@ func TestDurableSharedSpool(t *testing.T) {
 // TestDurableUnmarshalCaddyfile checks the parser of the durable-mode
 // subdirectives.
 func TestDurableUnmarshalCaddyfile(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		input   string
-		want    Callback
-		wantErr string
-	}{
+	runCallbackParserCases(t, []callbackParserCase{
 		{
 			name: "every setting",
 			input: `callback /hooks/atlas {
@@ -417,24 +409,5 @@ func TestDurableUnmarshalCaddyfile(t *testing.T) {
 		{name: "spool twice", input: "callback /cb {\n spool /a\n spool /b\n}", wantErr: "spool specified more than once"},
 		{name: "spool two dirs", input: "callback /cb {\n spool /a /b\n}", wantErr: "wrong argument count"},
 		{name: "deliver_to missing", input: "callback /cb {\n deliver_to\n}", wantErr: "wrong argument count"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			d := caddyfile.NewTestDispenser(tc.input)
-			d.Next()
-			var got Callback
-			err := got.unmarshalCaddyfile(d)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v, want %q", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(tc.want, got, cmpopts.IgnoreUnexported(Callback{}), cmpopts.EquateEmpty()); diff != "" {
-				t.Errorf("config (-want +got):\n%s", diff)
-			}
-		})
-	}
+	})
 }

@@ -37,24 +37,7 @@ func BenchmarkAppendDurable(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close(context.Background())
-	body := testEntry(0, 16<<10)
-	var n atomic.Int64
-	b.SetBytes(16 << 10)
-	b.SetParallelism(32) // 32 x GOMAXPROCS concurrent callbacks
-	b.ResetTimer()
-	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			e := body
-			e.ID = fmt.Sprintf("bench-%d", n.Add(1))
-			if _, err := s.Append(context.Background(), e); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	elapsed := time.Since(start)
-	b.StopTimer()
+	elapsed := appendParallel(b, s)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "appends/s")
 	if f := obs.fsyncs.Load(); f > 0 {
 		b.ReportMetric(float64(obs.syncedAppend.Load())/float64(f), "appends/fsync")
@@ -108,24 +91,7 @@ func BenchmarkAppendDurableDelivering(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close(context.Background())
-	body := testEntry(0, 16<<10)
-	var n atomic.Int64
-	b.SetBytes(16 << 10)
-	b.SetParallelism(32) // 32 x GOMAXPROCS concurrent callbacks
-	b.ResetTimer()
-	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			e := body
-			e.ID = fmt.Sprintf("bench-%d", n.Add(1))
-			if _, err := s.Append(context.Background(), e); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	elapsed := time.Since(start)
-	b.StopTimer()
+	elapsed := appendParallel(b, s)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "appends/s")
 	if f := obs.fsyncs.Load(); f > 0 {
 		b.ReportMetric(float64(obs.syncedAppend.Load())/float64(f), "appends/fsync")
@@ -145,4 +111,28 @@ type timingObserver struct {
 func (o *timingObserver) FsyncDone(d time.Duration, appends int) {
 	o.fsyncNanos.Add(int64(d))
 	o.countingObserver.FsyncDone(d, appends)
+}
+
+// appendParallel appends b.N distinct 16 KiB callbacks to s from 32 x
+// GOMAXPROCS goroutines and returns how long that took.
+func appendParallel(b *testing.B, s *FileSpool) time.Duration {
+	body := testEntry(0, 16<<10)
+	var n atomic.Int64
+	b.SetBytes(16 << 10)
+	b.SetParallelism(32)
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			e := body
+			e.ID = fmt.Sprintf("bench-%d", n.Add(1))
+			if _, err := s.Append(context.Background(), e); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	return elapsed
 }
