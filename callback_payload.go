@@ -1,8 +1,10 @@
 package caddyatlas
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"math/bits"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -53,12 +55,13 @@ type payloadScanner struct {
 	path  []payloadPathElem
 }
 
-// payloadPathElem is a step of a JSON path: an object key, as written in the
-// body, or an array index.
+// payloadPathElem is a step of a JSON path: an array index, or an object
+// key held as its place in the body, buf[start:end], as written there. It
+// holds no pointer, so that pushing one costs no more than a copy.
 type payloadPathElem struct {
-	key     []byte
-	escaped bool
-	index   int // -1 for a key
+	index      int // -1 for a key
+	start, end int
+	escaped    bool
 }
 
 // The keys the validator checks.
@@ -73,21 +76,22 @@ const (
 // classifyPayloadKey returns which checked key, if any, a raw key is.
 func classifyPayloadKey(raw []byte, escaped bool) int {
 	if escaped {
-		return classifyPayloadKeyName(unescapePayloadKey(raw))
+		return classifyPayloadKeyName([]byte(unescapePayloadKey(raw)))
 	}
-	return classifyPayloadKeyName(string(raw))
+	return classifyPayloadKeyName(raw)
 }
 
-// classifyPayloadKeyName returns which checked key, if any, k is.
-func classifyPayloadKeyName(k string) int {
-	switch k {
-	case "data":
+// classifyPayloadKeyName returns which checked key, if any, k is. The
+// comparisons convert nothing.
+func classifyPayloadKeyName(k []byte) int {
+	switch {
+	case string(k) == "data":
 		return payloadKeyData
-	case "document_id":
+	case string(k) == "document_id":
 		return payloadKeyDocumentID
-	case "file_data":
+	case string(k) == "file_data":
 		return payloadKeyFileData
-	case "confidence_score":
+	case string(k) == "confidence_score":
 		return payloadKeyScore
 	}
 	return payloadKeyOther
@@ -138,8 +142,7 @@ func (s *payloadScanner) payload() (int, error) {
 		s.pop()
 	}
 	if seen&(1<<payloadKeyData) == 0 {
-		s.path = append(s.path, payloadPathElem{key: []byte("data"), index: -1})
-		return 0, s.errorf("missing; expected an array of documents")
+		return 0, s.missing("data", "expected an array of documents")
 	}
 	s.ws()
 	if s.pos != len(s.buf) {
@@ -241,8 +244,7 @@ func (s *payloadScanner) document() error {
 		name string
 	}{{payloadKeyDocumentID, "document_id"}, {payloadKeyFileData, "file_data"}} {
 		if seen&(1<<k.bit) == 0 {
-			s.path = append(s.path, payloadPathElem{key: []byte(k.name), index: -1})
-			return s.errorf("missing")
+			return s.missing(k.name, "")
 		}
 	}
 	return nil
@@ -255,11 +257,12 @@ func (s *payloadScanner) key(seen *int) (int, error) {
 	if s.buf[s.pos] != '"' {
 		return 0, s.syntaxError("expected a string for an object key")
 	}
+	start := s.pos + 1
 	raw, escaped, err := s.str()
 	if err != nil {
 		return 0, err
 	}
-	s.path = append(s.path, payloadPathElem{key: raw, escaped: escaped, index: -1})
+	s.path = append(s.path, payloadPathElem{index: -1, start: start, end: start + len(raw), escaped: escaped})
 	s.ws()
 	if s.pos >= len(s.buf) {
 		return 0, s.truncated()
@@ -502,9 +505,7 @@ func (s *payloadScanner) str() ([]byte, bool, error) {
 	start := s.pos + 1
 	escaped := false
 	for i := start; ; {
-		for i < len(b) && b[i] != '"' && b[i] != '\\' && b[i] >= 0x20 {
-			i++
-		}
+		i = plainStringRun(b, i)
 		if i >= len(b) {
 			s.pos = len(b)
 			return nil, false, s.truncated()
@@ -546,12 +547,45 @@ func (s *payloadScanner) str() ([]byte, bool, error) {
 	}
 }
 
+// plainStringRun returns the index of the first byte of b at or after i
+// that ends a plain run of a JSON string, a quote, a backslash or a
+// control character (below 0x20), or len(b). It looks at eight bytes at a
+// time.
+func plainStringRun(b []byte, i int) int {
+	for ; i+8 <= len(b); i += 8 {
+		if m := stringSpecials(binary.LittleEndian.Uint64(b[i:])); m != 0 {
+			return i + bits.TrailingZeros64(m)/8
+		}
+	}
+	for i < len(b) && b[i] != '"' && b[i] != '\\' && b[i] >= 0x20 {
+		i++
+	}
+	return i
+}
+
+// stringSpecials returns, for eight bytes of a string loaded little-endian
+// into w, a mask whose lowest set bit is the high bit of the first quote,
+// backslash or control character among them, or 0 if there is none.
+// Bytes of UTF-8 sequences (0x80 and up) are plain. These are the tests
+// for a zero byte and for a byte below n from "Bit Twiddling Hacks": a
+// borrow can set bits above a byte that matches, never below, so the
+// lowest set bit is exact.
+func stringSpecials(w uint64) uint64 {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	q := w ^ (ones * '"')
+	bs := w ^ (ones * '\\')
+	return ((q-ones)&^q | (bs-ones)&^bs | (w-ones*0x20)&^w) & highs
+}
+
 func isPayloadHex(c byte) bool {
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
 }
 
 // ws skips white space.
 func (s *payloadScanner) ws() {
+	if s.pos < len(s.buf) && s.buf[s.pos] > ' ' {
+		return
+	}
 	for s.pos < len(s.buf) {
 		switch s.buf[s.pos] {
 		case ' ', '\t', '\n', '\r':
@@ -605,6 +639,18 @@ func (s *payloadScanner) errorf(format string, args ...any) error {
 	return &callbackPayloadError{path: s.pathString(), msg: fmt.Sprintf(format, args...)}
 }
 
+// missing reports a required key of the current object as missing.
+func (s *payloadScanner) missing(key, detail string) error {
+	msg := "missing"
+	if detail != "" {
+		msg += "; " + detail
+	}
+	var b strings.Builder
+	s.writePath(&b)
+	writePathKey(&b, key)
+	return &callbackPayloadError{path: b.String(), msg: msg}
+}
+
 func (s *payloadScanner) syntaxError(msg string) error {
 	return s.errorf("invalid JSON at byte %d: %s", s.pos+1, msg)
 }
@@ -617,6 +663,15 @@ func (s *payloadScanner) truncated() error {
 // or "body" at the top.
 func (s *payloadScanner) pathString() string {
 	var b strings.Builder
+	s.writePath(&b)
+	if b.Len() == 0 {
+		return "body"
+	}
+	return b.String()
+}
+
+// writePath writes the current path to b.
+func (s *payloadScanner) writePath(b *strings.Builder) {
 	for _, e := range s.path {
 		if e.index >= 0 {
 			b.WriteByte('[')
@@ -624,25 +679,27 @@ func (s *payloadScanner) pathString() string {
 			b.WriteByte(']')
 			continue
 		}
-		k := string(e.key)
+		raw := s.buf[e.start:e.end]
+		k := string(raw)
 		if e.escaped {
-			k = unescapePayloadKey(e.key)
+			k = unescapePayloadKey(raw)
 		}
-		if isPlainPayloadKey(k) {
-			if b.Len() > 0 {
-				b.WriteByte('.')
-			}
-			b.WriteString(k)
-			continue
+		writePathKey(b, k)
+	}
+}
+
+// writePathKey writes an object key as the next step of a path.
+func writePathKey(b *strings.Builder, k string) {
+	if isPlainPayloadKey(k) {
+		if b.Len() > 0 {
+			b.WriteByte('.')
 		}
-		b.WriteByte('[')
-		b.WriteString(strconv.Quote(k))
-		b.WriteByte(']')
+		b.WriteString(k)
+		return
 	}
-	if b.Len() == 0 {
-		return "body"
-	}
-	return b.String()
+	b.WriteByte('[')
+	b.WriteString(strconv.Quote(k))
+	b.WriteByte(']')
 }
 
 // isPlainPayloadKey reports whether a key can be written after a dot in a path.

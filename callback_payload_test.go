@@ -1,6 +1,7 @@
 package caddyatlas
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -178,10 +179,48 @@ func callbackPayloadSeeds() []string {
 		`{"data":[[]]}`, `{"data":[{"document_id":"a","file_data":{"a":[[[[{"confidence_score":[]}]]]]}}]}`,
 		strings.Repeat("[", 20), `{"a":` + strings.Repeat("[", 50) + strings.Repeat("]", 50) + `,"data":[]}`,
 		`{"data":[]}` + "\n", `{"data":[]}{}`, `{"data":[]} 1`, `null`, `true`, `1`, `"s"`, `[]`, ``, ` `,
+		// Strings longer than eight bytes, with escapes, control
+		// characters and multi-byte UTF-8 at several places.
+		`{"data":[{"document_id":"0123456789\"abcdefghij","file_data":{"name":"Ravi Kumar \u0053harma, Bengaluru"}}]}`,
+		"{\"data\":[{\"document_id\":\"0123456789abcdef\tx\",\"file_data\":{}}]}",
+		`{"data":[{"document_id":"ನಮಸ್ಕಾರ नमस्ते 0123456789","file_data":{"confidence_score_long_key_name":{"confidence_score":0.25}}}]}`,
+		`{"data":[{"document_id":"abcdefgh\\","file_data":{"abcdefghijklmnop\/q":"x"}}]}`,
 	}
 	for _, b := range [][]byte{callbackSamplePayload(2), callbackRealisticPayload(1 << 10)} {
 		s := string(b)
 		seeds = append(seeds, s, s[:len(s)/2], s[:len(s)-1], strings.Replace(s, "0.9", "1.9", 1))
 	}
 	return seeds
+}
+
+// TestPlainStringRun checks the eight-bytes-at-a-time scan against a byte
+// loop: every byte value at every position of runs of every length up to
+// 24, after plain bytes of each kind (ASCII, UTF-8 continuation bytes).
+func TestPlainStringRun(t *testing.T) {
+	naive := func(b []byte, i int) int {
+		for i < len(b) && b[i] != '"' && b[i] != '\\' && b[i] >= 0x20 {
+			i++
+		}
+		return i
+	}
+	for _, fill := range []byte{'a', ' ', '!', '~', 0x7f, 0x80, 0xa3, 0xff} {
+		for n := 0; n <= 24; n++ {
+			for pos := 0; pos < n; pos++ {
+				for c := range 256 {
+					b := bytes.Repeat([]byte{fill}, n)
+					b[pos] = byte(c)
+					for start := range min(n, 3) {
+						if got, want := plainStringRun(b, start), naive(b, start); got != want {
+							t.Fatalf("fill %#x, %d bytes, %#x at %d, from %d: %d, want %d", fill, n, c, pos, start, got, want)
+						}
+					}
+				}
+			}
+		}
+	}
+	// Two specials: the first is found, whatever follows it.
+	b := []byte("abc\x1f\"\\def")
+	if got := plainStringRun(b, 0); got != 3 {
+		t.Errorf("first of several specials at %d, want 3", got)
+	}
 }
