@@ -55,13 +55,25 @@ func callbackRequestToken(r *http.Request) (string, error) {
 	return tok, nil
 }
 
-// verifyRequest verifies the token of a callback and returns its claims.
-func (c *Callback) verifyRequest(r *http.Request) (*jwt.RegisteredClaims, error) {
+// verifyRequest verifies the token of a callback and returns its subject.
+// A token that verified within verifiedTokenTTL is taken from the cache.
+func (c *Callback) verifyRequest(r *http.Request) (string, error) {
 	raw, err := callbackRequestToken(r)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	return c.verifyToken(r.Context(), raw)
+	now := c.now()
+	if sub, ok := c.verified.get(raw, now); ok {
+		return sub, nil
+	}
+	claims, err := c.verifyToken(r.Context(), raw)
+	if err != nil {
+		return "", err
+	}
+	if claims.ExpiresAt != nil { // required by the parser; checked all the same
+		c.verified.put(raw, claims.Subject, now, claims.ExpiresAt.Add(time.Duration(c.Leeway)))
+	}
+	return claims.Subject, nil
 }
 
 // verifyToken verifies a token's signature with the configured keys and

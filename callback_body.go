@@ -1,0 +1,163 @@
+package caddyatlas
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+)
+
+// maxPooledCallbackBody is the largest buffer kept for reuse; a callback
+// body larger than this is read into a buffer of its own.
+const maxPooledCallbackBody = 256 << 10
+
+// callbackBodyPool holds buffers for callback bodies (*[]byte), so that a
+// steady stream of callbacks does not allocate, and make the garbage
+// collector sweep, a body-sized buffer for each.
+var callbackBodyPool = sync.Pool{
+	New: func() any {
+		b := make([]byte, 0, 32<<10)
+		return &b
+	},
+}
+
+// callbackBody is a callback's body, read whole into a pooled buffer, and
+// the readers over it that the next handler is given. The buffer goes back
+// to the pool only when the route is done with it and every reader has
+// been closed: net/http's transport may still be writing a request body
+// upstream after the handler that sent it has returned, and closes the
+// body when it is done. A reader never closed (a next handler that does
+// not read the body) keeps the buffer out of the pool, and the garbage
+// collector takes it as usual.
+type callbackBody struct {
+	buf []byte
+
+	mu     sync.Mutex
+	refs   int // the route's own, plus one per open reader
+	pooled *[]byte
+}
+
+// readCallbackBody reads all of r, at most limit bytes (sized by
+// contentLength when known), into a buffer from the pool. The caller owns
+// the returned body and must call release once done with it.
+func readCallbackBody(w http.ResponseWriter, r io.ReadCloser, contentLength, limit int64) (*callbackBody, error) {
+	size := int64(bytes.MinRead)
+	if contentLength > 0 {
+		size = contentLength + 1 // room to see EOF without growing
+	}
+	b := &callbackBody{refs: 1}
+	var buf []byte
+	if size <= maxPooledCallbackBody {
+		b.pooled = callbackBodyPool.Get().(*[]byte)
+		buf = (*b.pooled)[:0]
+	}
+	if int64(cap(buf)) < size {
+		buf = make([]byte, 0, size)
+	}
+	lr := http.MaxBytesReader(w, r, limit)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := lr.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			b.buf = buf
+			b.release()
+			return nil, err
+		}
+	}
+	b.buf = buf
+	return b, nil
+}
+
+// bytes returns the body; it is valid until release.
+func (b *callbackBody) bytes() []byte { return b.buf }
+
+// reader returns a new reader of the body, which holds the buffer until
+// it is closed. After release, it fails.
+func (b *callbackBody) reader() (io.ReadCloser, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.refs == 0 {
+		return nil, errCallbackBodyReleased
+	}
+	b.refs++
+	return &callbackBodyReader{body: b, r: bytes.NewReader(b.buf)}, nil
+}
+
+// detach keeps the buffer out of the pool for good, for a body handed to
+// something that keeps it (the spool).
+func (b *callbackBody) detach() {
+	b.mu.Lock()
+	b.pooled = nil
+	b.mu.Unlock()
+}
+
+// release drops one hold on the buffer; the last returns it to the pool.
+func (b *callbackBody) release() {
+	b.mu.Lock()
+	b.refs--
+	done := b.refs == 0
+	pooled := b.pooled
+	if done {
+		b.pooled = nil
+	}
+	b.mu.Unlock()
+	if !done || pooled == nil {
+		return
+	}
+	if cap(b.buf) <= maxPooledCallbackBody {
+		*pooled = b.buf[:0]
+	}
+	callbackBodyPool.Put(pooled)
+}
+
+// errCallbackBodyReleased is a reader asked of a body already released.
+var errCallbackBodyReleased = errors.New("the callback body has been released")
+
+// callbackBodyReader reads a callbackBody. Its methods may be called from
+// different goroutines (net/http may close a body while another goroutine
+// reads it); after Close, reads fail, so the buffer is never read once
+// back in the pool.
+type callbackBodyReader struct {
+	body   *callbackBody
+	mu     sync.Mutex
+	r      *bytes.Reader
+	closed bool
+}
+
+func (cr *callbackBodyReader) Read(p []byte) (int, error) {
+	cr.mu.Lock()
+	defer cr.mu.Unlock()
+	if cr.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	return cr.r.Read(p)
+}
+
+// WriteTo lets io.Copy write the body in one call, without a copy buffer.
+func (cr *callbackBodyReader) WriteTo(w io.Writer) (int64, error) {
+	cr.mu.Lock()
+	defer cr.mu.Unlock()
+	if cr.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	return cr.r.WriteTo(w)
+}
+
+func (cr *callbackBodyReader) Close() error {
+	cr.mu.Lock()
+	if cr.closed {
+		cr.mu.Unlock()
+		return nil
+	}
+	cr.closed = true
+	cr.mu.Unlock()
+	cr.body.release()
+	return nil
+}
