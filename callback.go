@@ -430,7 +430,6 @@ func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next ca
 	}
 
 	if c.store != nil {
-		cb.detach() // a Store may keep what it is given
 		return c.spoolCallback(w, r, id, subject, count, body)
 	}
 	c.metrics.callbacks.WithLabelValues(outcomeAccepted).Inc()

@@ -90,14 +90,6 @@ func (b *callbackBody) reader() (io.ReadCloser, error) {
 	return &callbackBodyReader{body: b, r: bytes.NewReader(b.buf)}, nil
 }
 
-// detach keeps the buffer out of the pool for good, for a body handed to
-// something that keeps it (the spool).
-func (b *callbackBody) detach() {
-	b.mu.Lock()
-	b.pooled = nil
-	b.mu.Unlock()
-}
-
 // release drops one hold on the buffer; the last returns it to the pool.
 func (b *callbackBody) release() {
 	b.mu.Lock()

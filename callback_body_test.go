@@ -73,20 +73,6 @@ func TestCallbackBodyHolds(t *testing.T) {
 	}
 }
 
-// TestCallbackBodyDetach checks that a detached body never goes back to the
-// pool.
-func TestCallbackBodyDetach(t *testing.T) {
-	b, err := readCallbackBody(httptest.NewRecorder(), io.NopCloser(strings.NewReader("x")), 1, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.detach()
-	b.release()
-	if b.pooled != nil || b.refs != 0 {
-		t.Fatalf("refs %d, held %v", b.refs, b.pooled != nil)
-	}
-}
-
 // TestCallbackBodyNotReusedWhileRead reads bodies from other goroutines,
 // as net/http's transport does, while the route releases them and new
 // bodies are read into pooled buffers: every reader must see its own body

@@ -20,7 +20,8 @@ type Store interface {
 	// stored; the caller acknowledges the callback only on a nil error.
 	// A callback whose id is already stored (pending, dead, or delivered
 	// within the retention window) is not stored again: Append returns
-	// Duplicate true and a nil error.
+	// Duplicate true and a nil error. Append keeps nothing of e once it
+	// returns: the caller may reuse e.Body's memory.
 	Append(ctx context.Context, e Entry) (AppendResult, error)
 
 	// Get returns the state of the callback with the given id.
