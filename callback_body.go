@@ -87,7 +87,9 @@ func (b *callbackBody) reader() (io.ReadCloser, error) {
 		return nil, errCallbackBodyReleased
 	}
 	b.refs++
-	return &callbackBodyReader{body: b, r: bytes.NewReader(b.buf)}, nil
+	cr := &callbackBodyReader{body: b}
+	cr.r.Reset(b.buf)
+	return cr, nil
 }
 
 // release drops one hold on the buffer; the last returns it to the pool.
@@ -119,7 +121,7 @@ var errCallbackBodyReleased = errors.New("the callback body has been released")
 type callbackBodyReader struct {
 	body   *callbackBody
 	mu     sync.Mutex
-	r      *bytes.Reader
+	r      bytes.Reader
 	closed bool
 }
 

@@ -114,6 +114,25 @@ func TestCallbackPayloadMatchesReference(t *testing.T) {
 	for _, body := range callbackPayloadSeeds() {
 		comparePayloadValidators(t, []byte(body))
 	}
+	// Around the depth limit, in a document and beside data: the fast
+	// path and value agree, and the limit holds (the reference, which
+	// counts levels otherwise, is not asked).
+	for _, n := range []int{maxPayloadDepth - 5, maxPayloadDepth - 4, maxPayloadDepth - 3} {
+		nest := strings.Repeat("[", n) + strings.Repeat("]", n)
+		for _, tc := range []struct {
+			body  string
+			depth int // of the deepest array
+		}{
+			{`{"data":[{"document_id":"a","file_data":{"x":` + nest + `}}]}`, 4 + n},
+			{`{"data":[],"x":` + nest + `}`, 1 + n},
+		} {
+			compareFastPath(t, []byte(tc.body))
+			_, err := validateCallbackPayload([]byte(tc.body))
+			if (err == nil) != (tc.depth <= maxPayloadDepth) {
+				t.Errorf("%d levels deep: %v", tc.depth, err)
+			}
+		}
+	}
 	deep := `{"a":` + strings.Repeat(`[{"confidence_score":0,"b":`, 4000) + "1" + strings.Repeat("}]", 4000) + `,"data":[]}`
 	comparePayloadValidators(t, []byte(deep))
 	comparePayloadValidators(t, []byte(strings.Replace(deep, "1}]", "2}]", 1)))
@@ -134,6 +153,7 @@ func FuzzCallbackPayload(f *testing.F) {
 // differently.
 func comparePayloadValidators(t *testing.T, body []byte) {
 	t.Helper()
+	compareFastPath(t, body)
 	n, err := validateCallbackPayload(body)
 	refN, refErr := refValidateCallbackPayload(body)
 	if (err == nil) != (refErr == nil) {
@@ -154,6 +174,22 @@ func comparePayloadValidators(t *testing.T, body []byte) {
 	}
 	if !syntax(err) && !syntax(refErr) && err.Error() != refErr.Error() {
 		t.Fatalf("body %q:\n  scanner:   %.300v\n  reference: %.300v", truncateForLog(string(body), 300), err, refErr)
+	}
+}
+
+// compareFastPath checks that skipPayloadValue and value give the same
+// verdict on body taken as one value, as a confidence_score or not, and
+// end at the same byte.
+func compareFastPath(t *testing.T, body []byte) {
+	t.Helper()
+	for _, score := range []bool{false, true} {
+		s := payloadScanner{buf: body}
+		slowErr := s.value(score)
+		end, ok := skipPayloadValue(body, 0, 0, score)
+		if ok != (slowErr == nil) || (ok && end != s.pos) {
+			t.Fatalf("body %q as a value (score %v): fast path %v ending at %d, value %v ending at %d",
+				truncateForLog(string(body), 300), score, ok, end, slowErr, s.pos)
+		}
 	}
 }
 
