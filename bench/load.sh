@@ -8,9 +8,12 @@
 # Prints requests/s and p50/p99 latency for each, and the ratios b/a, d/c.
 #
 # Usage: bench/load.sh [seconds per run, default 15] [connections, default 32]
-# SIDES="c d" runs only those sides (default: all four).
+# ROUNDS (default 2) sets the number of rounds; SIDES="c d" runs only those
+# sides (default: all four).
 # With PROFILE_DIR set, a CPU profile of Caddy during each run is saved there
 # as cpu-<round>-<side>.pprof (go tool pprof -top cpu-1-d.pprof).
+# Besides the ratio of the mean throughputs, prints each round's ratio and
+# their median, which one disturbed run moves less on a shared machine.
 # Installs wrk from Debian's packages when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,8 +103,9 @@ batch="$(curl -fs -X POST -H "Token: $BENCH_TOKEN" -H 'Content-Type: application
 	sed -E 's/.*"batch_id": *"([^"]+)".*/\1/')"
 
 # The callback payload: the simulator's extraction payload for a batch,
-# padded with documents to 16 KiB, and a token from the auth route.
-ids="$(for i in $(seq 0 29); do printf '{"file_url":"https://f.example.com/%d","document_id":"cb-%04d"},' "$i" "$i"; done)"
+# with enough documents (35) to make at least 16 KiB, and a token from the
+# auth route.
+ids="$(for i in $(seq 0 34); do printf '{"file_url":"https://f.example.com/%d","document_id":"cb-%04d"},' "$i" "$i"; done)"
 cbbatch="$(curl -fs -X POST -H "Token: $BENCH_TOKEN" -H 'Content-Type: application/json' \
 	-d "{\"product_type\":\"LOAN_APP\",\"file_urls\":[${ids%,}]}" localhost:18081/v1/docstream/multiupload |
 	sed -E 's/.*"batch_id": *"([^"]+)".*/\1/')"
@@ -109,6 +113,10 @@ curl -fs -H "Token: $BENCH_TOKEN" "localhost:18081/v1/docstream/extracts?batch_i
 cbtoken="$(curl -fs -X POST -H "Client-Id: $ATLAS_CALLBACK_CLIENT_ID" -H "Client-Secret: $ATLAS_CALLBACK_CLIENT_SECRET" \
 	localhost:18080/hooks/atlas/auth | sed -E 's/.*"access_token": *"([^"]+)".*/\1/')"
 payload_size=$(wc -c <"$work/payload.json")
+if [ "$payload_size" -lt 16384 ]; then
+	echo "the callback payload is $payload_size bytes, less than 16 KiB" >&2
+	exit 1
+fi
 cat >"$work/post.lua" <<LUA
 local f = io.open("$work/payload.json", "rb")
 wrk.method = "POST"
@@ -121,7 +129,10 @@ LUA
 
 echo "caddy-atlas load benchmark: ${duration}s per run, $conns connections, $rounds rounds, $(nproc) cores"
 echo "extracts: 50 documents per response; callback: $payload_size-byte payload"
-declare -A sum_rps sum_p50 sum_p99
+declare -A sum_rps sum_p50 sum_p99 round_rps round_ratios
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
+# median of the numbers given
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 for round in $(seq "$rounds"); do
 	for side in $sides; do
 		profiler=
@@ -140,12 +151,19 @@ for round in $(seq "$rounds"); do
 		read -r rps p50 p99 <<<"$r"
 		[ -z "$profiler" ] || wait "$profiler"
 		printf 'round %d %s: %10.0f req/s  p50 %7.2f ms  p99 %7.2f ms\n' "$round" "$side" "$rps" "$p50" "$p99"
+		round_rps[$side]=$rps
 		sum_rps[$side]=$(awk -v a="${sum_rps[$side]:-0}" -v b="$rps" 'BEGIN {print a + b}')
 		sum_p50[$side]=$(awk -v a="${sum_p50[$side]:-0}" -v b="$p50" 'BEGIN {print a + b}')
 		sum_p99[$side]=$(awk -v a="${sum_p99[$side]:-0}" -v b="$p99" 'BEGIN {print a + b}')
 	done
+	# Each round runs a side and its baseline back to back: their ratio
+	# is a paired measurement, which the machine's drift disturbs less.
+	for pair in b/a d/c; do
+		if [ -n "${round_rps[${pair%/*}]:-}" ] && [ -n "${round_rps[${pair#*/}]:-}" ]; then
+			round_ratios[$pair]+="$(ratio "${round_rps[${pair%/*}]}" "${round_rps[${pair#*/}]}") "
+		fi
+	done
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
 echo
 echo "means over $rounds rounds:"
 for side in $sides; do
@@ -156,7 +174,11 @@ for side in $sides; do
 done
 if [ -n "${sum_rps[a]:-}" ] && [ -n "${sum_rps[b]:-}" ]; then
 	echo "extracts b/a: throughput $(ratio "${sum_rps[b]}" "${sum_rps[a]}"), p99 $(ratio "${sum_p99[b]}" "${sum_p99[a]}") (target >= 0.95 and <= 1.10)"
+	# shellcheck disable=SC2086
+	echo "  per round: ${round_ratios[b/a]}(median $(median ${round_ratios[b/a]}))"
 fi
 if [ -n "${sum_rps[c]:-}" ] && [ -n "${sum_rps[d]:-}" ]; then
 	echo "callback d/c: throughput $(ratio "${sum_rps[d]}" "${sum_rps[c]}") (target >= 0.90)"
+	# shellcheck disable=SC2086
+	echo "  per round: ${round_ratios[d/c]}(median $(median ${round_ratios[d/c]}))"
 fi
