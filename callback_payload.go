@@ -27,8 +27,9 @@ func (e *callbackPayloadError) Error() string {
 	return e.path + ": " + e.msg
 }
 
-// validateCallbackPayload checks, in one pass over body and without
-// building any tree of it, that body is valid UTF-8 and holds exactly one
+// validateCallbackPayload checks, in one pass over body (a value found
+// wrong is read again, to name the error) and without building any tree
+// of it, that body is valid UTF-8 and holds exactly one
 // JSON object (RFC 8259) whose `data` is an array of documents, each an
 // object with a non-empty string `document_id` and an object
 // `file_data`, and that every `confidence_score`, wherever it is, is a
