@@ -407,12 +407,6 @@ func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next ca
 	hdr.Set(headerAtlasDocumentCount, count)
 	hdr.Set(headerAtlasCallbackID, id)
 
-	r.Body, _ = cb.reader() // cannot fail before cb.release
-	r.GetBody = cb.reader
-	r.ContentLength = int64(len(body))
-	r.TransferEncoding = nil
-	hdr.Set("Content-Length", strconv.Itoa(len(body)))
-
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok && repl != nil {
 		// A provider rather than three Sets: it costs one closure, not
 		// a map's growth, and only placeholders that are used are read.
@@ -432,6 +426,13 @@ func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next ca
 	if c.store != nil {
 		return c.spoolCallback(w, r, id, subject, count, body)
 	}
+
+	r.Body, _ = cb.reader() // cannot fail before cb.release
+	r.GetBody = cb.reader
+	r.ContentLength = int64(len(body))
+	r.TransferEncoding = nil
+	hdr.Set("Content-Length", strconv.Itoa(len(body)))
+
 	c.metrics.callbacks.WithLabelValues(outcomeAccepted).Inc()
 	if ce := c.logger.Check(zapcore.DebugLevel, "callback accepted"); ce != nil {
 		ce.Write(zap.String("callback_id", id), zap.String("subject", subject),

@@ -114,36 +114,64 @@ func (b *callbackBody) release() {
 // errCallbackBodyReleased is a reader asked of a body already released.
 var errCallbackBodyReleased = errors.New("the callback body has been released")
 
-// callbackBodyReader reads a callbackBody. Its methods may be called from
-// different goroutines (net/http may close a body while another goroutine
-// reads it); after Close, reads fail, so the buffer is never read once
-// back in the pool.
+// callbackBodyReader reads a callbackBody. net/http may close a request
+// body from one goroutine while another reads it; a Close during a read
+// (or a WriteTo, which may last as long as a slow upstream takes) only
+// marks the reader closed, and the read that is under way drops the hold
+// on the buffer when it ends, so the buffer is never read once back in the
+// pool. Reads after Close fail. As for any io.Reader, reads must not run
+// concurrently with each other.
 type callbackBodyReader struct {
-	body   *callbackBody
+	body *callbackBody
+	r    bytes.Reader
+
 	mu     sync.Mutex
-	r      bytes.Reader
+	busy   bool // a Read or WriteTo is under way
 	closed bool
 }
 
 func (cr *callbackBodyReader) Read(p []byte) (int, error) {
-	cr.mu.Lock()
-	defer cr.mu.Unlock()
-	if cr.closed {
+	if !cr.begin() {
 		return 0, http.ErrBodyReadAfterClose
 	}
+	defer cr.end()
 	return cr.r.Read(p)
 }
 
 // WriteTo lets io.Copy write the body in one call, without a copy buffer.
 func (cr *callbackBodyReader) WriteTo(w io.Writer) (int64, error) {
-	cr.mu.Lock()
-	defer cr.mu.Unlock()
-	if cr.closed {
+	if !cr.begin() {
 		return 0, http.ErrBodyReadAfterClose
 	}
+	defer cr.end()
 	return cr.r.WriteTo(w)
 }
 
+// begin marks a read under way; it reports false once the reader is closed.
+func (cr *callbackBodyReader) begin() bool {
+	cr.mu.Lock()
+	defer cr.mu.Unlock()
+	if cr.closed {
+		return false
+	}
+	cr.busy = true
+	return true
+}
+
+// end marks the read over, and drops the hold on the buffer if the reader
+// was closed meanwhile.
+func (cr *callbackBodyReader) end() {
+	cr.mu.Lock()
+	cr.busy = false
+	closed := cr.closed
+	cr.mu.Unlock()
+	if closed {
+		cr.body.release()
+	}
+}
+
+// Close marks the reader closed and drops its hold on the buffer, at once
+// or, during a read, when that read ends. It never waits.
 func (cr *callbackBodyReader) Close() error {
 	cr.mu.Lock()
 	if cr.closed {
@@ -151,7 +179,10 @@ func (cr *callbackBodyReader) Close() error {
 		return nil
 	}
 	cr.closed = true
+	busy := cr.busy
 	cr.mu.Unlock()
-	cr.body.release()
+	if !busy {
+		cr.body.release()
+	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestReadCallbackBody checks that bodies of every size around the pooled
@@ -70,6 +71,60 @@ func TestCallbackBodyHolds(t *testing.T) {
 	}
 	if _, err := b.reader(); err == nil {
 		t.Error("a reader of a released body")
+	}
+}
+
+// blockingWriter is an upstream that takes its first write only when
+// released.
+type blockingWriter struct {
+	started, release chan struct{}
+}
+
+func (w blockingWriter) Write(p []byte) (int, error) {
+	close(w.started)
+	<-w.release
+	return len(p), nil
+}
+
+// TestCallbackBodyCloseDuringWrite checks that a Close during a slow
+// WriteTo returns at once, and that the buffer stays held until the
+// write ends.
+func TestCallbackBodyCloseDuringWrite(t *testing.T) {
+	b, err := readCallbackBody(httptest.NewRecorder(), io.NopCloser(strings.NewReader(`{"data":[]}`)), 11, 1<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd, _ := b.reader()
+	w := blockingWriter{started: make(chan struct{}), release: make(chan struct{})}
+	wrote := make(chan error)
+	go func() {
+		_, err := rd.(io.WriterTo).WriteTo(w)
+		wrote <- err
+	}()
+	<-w.started
+	closed := make(chan struct{})
+	go func() {
+		_ = rd.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waited for the write")
+	}
+	b.release()
+	if b.pooled == nil {
+		t.Fatal("the buffer went back to the pool during a write")
+	}
+	close(w.release)
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	refs, held := b.refs, b.pooled != nil
+	b.mu.Unlock()
+	if refs != 0 || held {
+		t.Fatalf("after the write: refs %d, still held %v", refs, held)
 	}
 }
 
