@@ -410,6 +410,8 @@ func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next ca
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok && repl != nil {
 		// A provider rather than three Sets: it costs one closure, not
 		// a map's growth, and only placeholders that are used are read.
+		// Should the route run twice on one request (an error route),
+		// the first values stay; they are those of the same body.
 		repl.Map(func(key string) (any, bool) {
 			switch key {
 			case "http.atlas.callback.id":

@@ -75,11 +75,14 @@ func readCallbackBody(w http.ResponseWriter, r io.ReadCloser, contentLength, lim
 	return b, nil
 }
 
-// bytes returns the body; it is valid until release.
-func (b *callbackBody) bytes() []byte { return b.buf }
+// bytes returns the body; it is valid until release. Its capacity ends
+// with it, so that no append or reslice reaches the rest of the pooled
+// buffer, which holds bytes of earlier bodies.
+func (b *callbackBody) bytes() []byte { return b.buf[:len(b.buf):len(b.buf)] }
 
 // reader returns a new reader of the body, which holds the buffer until
-// it is closed. After release, it fails.
+// it is closed. Once the last hold is dropped (the route's release and
+// every reader closed), it fails.
 func (b *callbackBody) reader() (io.ReadCloser, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -95,6 +98,10 @@ func (b *callbackBody) reader() (io.ReadCloser, error) {
 // release drops one hold on the buffer; the last returns it to the pool.
 func (b *callbackBody) release() {
 	b.mu.Lock()
+	if b.refs == 0 { // one release too many: never pool a buffer twice
+		b.mu.Unlock()
+		return
+	}
 	b.refs--
 	done := b.refs == 0
 	pooled := b.pooled
@@ -119,14 +126,13 @@ var errCallbackBodyReleased = errors.New("the callback body has been released")
 // (or a WriteTo, which may last as long as a slow upstream takes) only
 // marks the reader closed, and the read that is under way drops the hold
 // on the buffer when it ends, so the buffer is never read once back in the
-// pool. Reads after Close fail. As for any io.Reader, reads must not run
-// concurrently with each other.
+// pool. Reads after Close fail.
 type callbackBodyReader struct {
 	body *callbackBody
 	r    bytes.Reader
 
 	mu     sync.Mutex
-	busy   bool // a Read or WriteTo is under way
+	busy   int // Reads and WriteTos under way
 	closed bool
 }
 
@@ -138,7 +144,9 @@ func (cr *callbackBodyReader) Read(p []byte) (int, error) {
 	return cr.r.Read(p)
 }
 
-// WriteTo lets io.Copy write the body in one call, without a copy buffer.
+// WriteTo lets io.Copy write the body in one call, without a copy buffer,
+// for a next handler that copies the body itself (Caddy's reverse_proxy
+// wraps the body, and net/http then reads it through a copy buffer).
 func (cr *callbackBodyReader) WriteTo(w io.Writer) (int64, error) {
 	if !cr.begin() {
 		return 0, http.ErrBodyReadAfterClose
@@ -154,18 +162,18 @@ func (cr *callbackBodyReader) begin() bool {
 	if cr.closed {
 		return false
 	}
-	cr.busy = true
+	cr.busy++
 	return true
 }
 
-// end marks the read over, and drops the hold on the buffer if the reader
-// was closed meanwhile.
+// end marks the read over, and, if the reader was closed meanwhile, the
+// last read to end drops the hold on the buffer.
 func (cr *callbackBodyReader) end() {
 	cr.mu.Lock()
-	cr.busy = false
-	closed := cr.closed
+	cr.busy--
+	last := cr.closed && cr.busy == 0
 	cr.mu.Unlock()
-	if closed {
+	if last {
 		cr.body.release()
 	}
 }
@@ -179,7 +187,7 @@ func (cr *callbackBodyReader) Close() error {
 		return nil
 	}
 	cr.closed = true
-	busy := cr.busy
+	busy := cr.busy > 0
 	cr.mu.Unlock()
 	if !busy {
 		cr.body.release()

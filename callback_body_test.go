@@ -72,6 +72,10 @@ func TestCallbackBodyHolds(t *testing.T) {
 	if _, err := b.reader(); err == nil {
 		t.Error("a reader of a released body")
 	}
+	b.release() // one too many: ignored
+	if b.refs != 0 {
+		t.Errorf("refs %d after an extra release", b.refs)
+	}
 }
 
 // blockingWriter is an upstream that takes its first write only when

@@ -27,7 +27,8 @@ const (
 // drops it, and a config reload, which provisions a new cache, at once.
 // Only tokens that verified are stored, so a caller without a valid token
 // cannot fill it; when it is full, expired entries are swept and, if none
-// were, an arbitrary entry is dropped.
+// were, the one that would expire first is dropped, so that a long-lived
+// token in steady use outlasts a burst of fresh ones.
 type verifiedTokenCache struct {
 	mu      sync.RWMutex
 	entries map[string]verifiedToken
@@ -74,10 +75,14 @@ func (tc *verifiedTokenCache) put(raw, subject string, now, expiry time.Time) {
 			}
 		}
 		if len(tc.entries) >= maxVerifiedTokens {
-			for k := range tc.entries {
-				delete(tc.entries, k)
-				break
+			var soonest string
+			var first time.Time
+			for k, e := range tc.entries {
+				if first.IsZero() || e.until.Before(first) {
+					soonest, first = k, e.until
+				}
 			}
+			delete(tc.entries, soonest)
 		}
 	}
 	// The token is usually a slice of a header value; a copy does not

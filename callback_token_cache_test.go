@@ -117,6 +117,19 @@ func TestVerifiedTokenCacheBound(t *testing.T) {
 	if _, ok := tc.get("token-0", later); ok {
 		t.Error("an expired token was returned")
 	}
+	// Full of tokens that all still hold: the one that would expire
+	// first goes, never the long-lived one in use.
+	tc = newVerifiedTokenCache()
+	tc.put("long-lived", "s", t0, t0.Add(time.Hour))
+	for i := range maxVerifiedTokens + 200 {
+		tc.put(fmt.Sprintf("short-%d", i), "s", t0, t0.Add(30*time.Second+time.Duration(i)*time.Millisecond))
+	}
+	if _, ok := tc.get("long-lived", t0.Add(time.Second)); !ok {
+		t.Error("the long-lived token was dropped before shorter ones")
+	}
+	if _, ok := tc.get("short-0", t0.Add(time.Second)); ok {
+		t.Error("the token expiring first was kept")
+	}
 	// A token already expired is not stored.
 	tc.put("stale", "s", later, later.Add(-time.Second))
 	if _, ok := tc.get("stale", later.Add(-2*time.Second)); ok {
