@@ -17,15 +17,24 @@ func callbackTokenRequest(tok string) *http.Request {
 	return r
 }
 
+// cachedTokenFixture returns a provisioned route whose clock stands at t0
+// (see setTestNow), and a token of its own valid from t0 for 5 minutes.
+func cachedTokenFixture(t *testing.T) (c *Callback, tok string, t0 time.Time) {
+	c = &Callback{}
+	provisionTestCallback(t, c)
+	t0 = time.Now().Truncate(time.Second)
+	setTestNow(c, t0)
+	tok = mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), c.signer.kid, callbackClaims(c, t0))
+	return c, tok, t0
+}
+
+// setTestNow sets the route's clock.
+func setTestNow(c *Callback, now time.Time) { c.now = func() time.Time { return now } }
+
 // TestVerifiedTokenCacheExpiry checks that a cached token is refused once
 // it has expired beyond the leeway, as an uncached one would be.
 func TestVerifiedTokenCacheExpiry(t *testing.T) {
-	c := &Callback{}
-	provisionTestCallback(t, c)
-	t0 := time.Now().Truncate(time.Second)
-	now := t0
-	c.now = func() time.Time { return now }
-	tok := mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), c.signer.kid, callbackClaims(c, t0))
+	c, tok, t0 := cachedTokenFixture(t)
 
 	for _, step := range []struct {
 		at     time.Duration
@@ -38,7 +47,7 @@ func TestVerifiedTokenCacheExpiry(t *testing.T) {
 		{6*time.Minute - time.Second, true, 1},
 		{6*time.Minute + time.Second, false, 1},
 	} {
-		now = t0.Add(step.at)
+		setTestNow(c, t0.Add(step.at))
 		sub, err := c.verifyRequest(callbackTokenRequest(tok))
 		if (err == nil) != step.ok || (step.ok && sub != "atlas-client") {
 			t.Errorf("at +%v: subject %q, error %v; want accepted=%v", step.at, sub, err, step.ok)
@@ -53,22 +62,17 @@ func TestVerifiedTokenCacheExpiry(t *testing.T) {
 // for verifiedTokenTTL, and checked again after: with its key gone, it is
 // accepted from the cache, then refused.
 func TestVerifiedTokenCacheTTL(t *testing.T) {
-	c := &Callback{}
-	provisionTestCallback(t, c)
-	t0 := time.Now().Truncate(time.Second)
-	now := t0
-	c.now = func() time.Time { return now }
-	tok := mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), c.signer.kid, callbackClaims(c, t0))
+	c, tok, t0 := cachedTokenFixture(t)
 	if _, err := c.verifyRequest(callbackTokenRequest(tok)); err != nil {
 		t.Fatalf("first verification: %v", err)
 	}
 
 	c.verifyKeys = nil // as if the key had been dropped from a JWKS
-	now = t0.Add(verifiedTokenTTL - time.Second)
+	setTestNow(c, t0.Add(verifiedTokenTTL-time.Second))
 	if _, err := c.verifyRequest(callbackTokenRequest(tok)); err != nil {
 		t.Errorf("within the TTL, the cached token was refused: %v", err)
 	}
-	now = t0.Add(verifiedTokenTTL)
+	setTestNow(c, t0.Add(verifiedTokenTTL))
 	if _, err := c.verifyRequest(callbackTokenRequest(tok)); err == nil {
 		t.Error("after the TTL, a token whose key is gone was accepted")
 	}
