@@ -29,8 +29,8 @@ func (e *callbackPayloadError) Error() string {
 
 // validateCallbackPayload checks, in one pass over body (a value found
 // wrong is read again, to name the error) and without building any tree
-// of it, that body is valid UTF-8 and holds exactly one
-// JSON object (RFC 8259) whose `data` is an array of documents, each an
+// of it, that body is valid UTF-8 and holds exactly one JSON object (RFC
+// 8259) whose `data` is an array of documents, each an
 // object with a non-empty string `document_id` and an object
 // `file_data`, and that every `confidence_score`, wherever it is, is a
 // number in [0, 1]. Other keys are allowed. A duplicate of a key it
@@ -336,8 +336,9 @@ func (s *payloadScanner) skip(score bool) error {
 // nested depth deep (score says it is a confidence_score), if it passes
 // value's checks; ok is false at the first thing it does not accept, and
 // its end is then meaningless. It is value without the path, the error
-// messages and the pointer to the scanner, which makes it about twice as
-// fast; the fuzz test holds the two to the same verdicts.
+// messages and the pointer to the scanner, which takes a quarter off the
+// scan of a typical payload; the fuzz test holds the two to the same
+// verdicts, and value, which skip falls back to, stays the authority.
 func skipPayloadValue(b []byte, i, depth int, score bool) (end int, ok bool) {
 	i = skipPayloadSpace(b, i)
 	if i >= len(b) {
