@@ -38,7 +38,9 @@ const (
 )
 
 // callbackE2EApp is the app behind the gateway: it records each request
-// that reaches it, with its body, and answers 202.
+// that reaches it, with its body, and answers 202; a request with an
+// X-Test-Answer-Early header is answered 202 at once, its body unread and
+// unrecorded.
 type callbackE2EApp struct {
 	*httptest.Server
 	mu   sync.Mutex
@@ -87,6 +89,10 @@ func startCallbackGateway(t *testing.T) *callbackE2E {
 
 	app := new(callbackE2EApp)
 	app.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Test-Answer-Early") != "" {
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
 		body, _ := io.ReadAll(r.Body)
 		app.mu.Lock()
 		app.reqs = append(app.reqs, callbackE2ERequest{header: r.Header.Clone(), body: body, query: r.URL.RawQuery})
@@ -257,6 +263,73 @@ func TestCallbackE2EDelivery(t *testing.T) {
 	if got.header.Get("X-Atlas-Subject") != cbE2EClientID || got.header.Get("X-Atlas-Document-Count") != "5" ||
 		got.header.Get("X-Atlas-Extra") != "" || got.header.Get("Authorization") != "" || got.query != "batch="+batchID {
 		t.Errorf("bearer: app headers %v, query %q", got.header, got.query)
+	}
+}
+
+// TestCallbackE2EConcurrentBodies sends distinct payloads of nearly
+// max_body from many clients at once through the route's pooled buffers:
+// every body the app reads must be the one sent as its callback id, whole
+// (with -race, a buffer reused too early is also a reported race). Half
+// go to an app that answers without reading, whose bodies the proxy's
+// transport releases rather than reads. On loopback the transport has
+// always finished writing before the route returns; a buffer still being
+// written when the route releases it is TestCallbackBodyCloseDuringWrite's
+// and TestCallbackBodyNotReusedWhileRead's case.
+func TestCallbackE2EConcurrentBodies(t *testing.T) {
+	g := startCallbackGateway(t)
+	tok := g.token(t)
+	base := string(callbackRealisticPayload(60 << 10))
+	const clients, each = 8, 40
+	sent := make(map[string][]byte) // callback id -> body
+	bodies := make([][][]byte, clients)
+	for c := range clients {
+		for i := range each {
+			b := []byte(strings.Replace(base, "loan-app-000000-pan", fmt.Sprintf("client-%02d-req-%03d-pan", c, i), 1))
+			bodies[c] = append(bodies[c], b)
+			sent[callbackID(b)] = b
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, clients*each)
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i, b := range bodies[c] {
+				req, _ := http.NewRequest(http.MethodPost, cbE2ECallbackURL, bytes.NewReader(b))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Token", tok)
+				if i%2 == 0 {
+					req.Header.Set("X-Test-Answer-Early", "1")
+				}
+				resp, err := g.tester.Client.Do(req)
+				if err != nil {
+					errs <- err
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != http.StatusAccepted {
+					errs <- fmt.Errorf("client %d request %d: status %d", c, i, resp.StatusCode)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	g.app.mu.Lock()
+	defer g.app.mu.Unlock()
+	if len(g.app.reqs) != clients*each/2 {
+		t.Errorf("the app read %d bodies, want %d", len(g.app.reqs), clients*each/2)
+	}
+	for _, r := range g.app.reqs {
+		id := r.header.Get("X-Atlas-Callback-Id")
+		if want, ok := sent[id]; !ok || !bytes.Equal(r.body, want) {
+			t.Fatalf("the app read a body of %d bytes that is not the one sent as %s", len(r.body), id)
+		}
 	}
 }
 
