@@ -86,3 +86,26 @@ func BenchmarkCallbackValidate(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkCallbackPayloadParts splits payload-only above into its two
+// parts: the scan that validates the payload, and the callback id (the
+// SHA-256 of the body).
+func BenchmarkCallbackPayloadParts(b *testing.B) {
+	payload := callbackRealisticPayload(16 << 10)
+	b.Run("scan", func(b *testing.B) {
+		b.SetBytes(int64(len(payload)))
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := validateCallbackPayload(payload); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("id", func(b *testing.B) {
+		b.SetBytes(int64(len(payload)))
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = callbackID(payload)
+		}
+	})
+}
