@@ -128,17 +128,7 @@ func TestTornWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	logger, logs := observedLogger()
-	s = open(t, dir, Options{Logger: logger})
-	if got := infoIDs(s.List(AnyState, 0)); !cmp.Equal(got, []string{testID(0), testID(1)}) {
-		t.Errorf("after torn write: %v", got)
-	}
-	if st := s.Stats(); st.SkippedRecords != 1 {
-		t.Errorf("SkippedRecords = %d, want 1", st.SkippedRecords)
-	}
-	if logs.FilterMessageSnippet("torn record").Len() != 1 {
-		t.Errorf("no warning about the torn record: %v", logs.All())
-	}
+	s = reopenDamaged(t, dir, []string{testID(0), testID(1)}, "torn record")
 	if fi, _ := os.Stat(seg); fi.Size() != offs[2] {
 		t.Errorf("segment is %d bytes, want it truncated to %d", fi.Size(), offs[2])
 	}
@@ -149,6 +139,25 @@ func TestTornWrite(t *testing.T) {
 	if st := s.Stats(); st.Pending != 3 || st.SkippedRecords != 0 {
 		t.Errorf("after append and reopen: %+v", st)
 	}
+}
+
+// reopenDamaged opens the spool in dir after damage to one record, and
+// checks that exactly that record was skipped, with one warning holding
+// warning, and that the callbacks left are want.
+func reopenDamaged(t *testing.T, dir string, want []string, warning string) *FileSpool {
+	t.Helper()
+	logger, logs := observedLogger()
+	s := open(t, dir, Options{Logger: logger})
+	if got := infoIDs(s.List(AnyState, 0)); !cmp.Equal(got, want) {
+		t.Errorf("after the damage: %v, want %v", got, want)
+	}
+	if st := s.Stats(); st.SkippedRecords != 1 {
+		t.Errorf("SkippedRecords = %d, want 1", st.SkippedRecords)
+	}
+	if logs.FilterMessageSnippet(warning).Len() != 1 {
+		t.Errorf("no warning %q: %v", warning, logs.All())
+	}
+	return s
 }
 
 func TestZeroFilledTail(t *testing.T) {
@@ -183,17 +192,7 @@ func TestChecksumMismatch(t *testing.T) {
 	b[offs[1]+headerSize+1000] ^= 0x20 // a flipped bit in the middle record's body
 	os.WriteFile(seg, b, 0o600)
 
-	logger, logs := observedLogger()
-	s = open(t, dir, Options{Logger: logger})
-	if got := infoIDs(s.List(AnyState, 0)); !cmp.Equal(got, []string{testID(0), testID(2)}) {
-		t.Errorf("after checksum mismatch: %v", got)
-	}
-	if st := s.Stats(); st.SkippedRecords != 1 {
-		t.Errorf("SkippedRecords = %d, want 1", st.SkippedRecords)
-	}
-	if logs.FilterMessageSnippet("corrupt record skipped").Len() != 1 {
-		t.Errorf("no warning about the corrupt record: %v", logs.All())
-	}
+	s = reopenDamaged(t, dir, []string{testID(0), testID(2)}, "corrupt record skipped")
 	// The damaged bytes stay (they are not at the tail); appends follow.
 	if fi, _ := os.Stat(seg); fi.Size() != int64(len(b)) {
 		t.Errorf("segment size changed to %d", fi.Size())
