@@ -192,7 +192,7 @@ func TestChecksumMismatch(t *testing.T) {
 	b[offs[1]+headerSize+1000] ^= 0x20 // a flipped bit in the middle record's body
 	os.WriteFile(seg, b, 0o600)
 
-	s = reopenDamaged(t, dir, []string{testID(0), testID(2)}, "corrupt record skipped")
+	reopenDamaged(t, dir, []string{testID(0), testID(2)}, "corrupt record skipped")
 	// The damaged bytes stay (they are not at the tail); appends follow.
 	if fi, _ := os.Stat(seg); fi.Size() != int64(len(b)) {
 		t.Errorf("segment size changed to %d", fi.Size())
