@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
@@ -72,6 +73,16 @@ type Options struct {
 	// Beyond it, the state records deduplicate. Default: 2m.
 	DuplicateWindow time.Duration
 
+	// Keyring, if set, seals each callback's headers and body before
+	// they are published (AES-256-GCM, the callback id bound as
+	// additional data), so that whoever reads the streams (a NATS
+	// operator, a disk) cannot read payloads or move one to another id.
+	// Messages sealed under a key the keyring lacks cannot be delivered
+	// (each attempt fails, naming the key id); plaintext messages, from
+	// before a keyring was set, are still delivered. It may change with
+	// Reconfigure (a new sealing key first, the old ones after it).
+	Keyring *seal.Keyring
+
 	// Delivery, as for spool.Options: Deliver (nil: store, deliver
 	// nothing until Reconfigure sets one), Retention (how long delivered
 	// ids are remembered, default 7 days), MaxAttempts, BackoffMin and
@@ -100,6 +111,7 @@ type config struct {
 	ackWait         time.Duration
 	publishTimeout  time.Duration
 	dupWindow       time.Duration
+	keyring         *seal.Keyring
 	deliver         spool.DeliverFunc
 	retention       time.Duration
 	maxAttempts     int
@@ -130,6 +142,7 @@ func resolve(o Options) (*config, error) {
 		ackWait:         orDefault(o.AckWait, DefaultAckWait),
 		publishTimeout:  orDefault(o.PublishTimeout, DefaultPublishTimeout),
 		dupWindow:       orDefault(o.DuplicateWindow, DefaultDuplicateWindow),
+		keyring:         o.Keyring,
 		deliver:         o.Deliver,
 		retention:       orDefault(o.Retention, spool.DefaultRetention),
 		maxAttempts:     orDefault(o.MaxAttempts, spool.DefaultMaxAttempts),

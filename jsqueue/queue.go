@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -247,11 +248,20 @@ func (q *Queue) kick() {
 	}
 }
 
+// errNoAnswer is the cause of an operation's own timeout: NATS did not
+// answer in time.
+var errNoAnswer = errors.New("no answer from NATS in time")
+
+// withTimeout bounds an operation on NATS, with errNoAnswer as the cause.
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(ctx, d, errNoAnswer)
+}
+
 // unavailable wraps a NATS error as spool.ErrUnavailable, except the
-// caller's own cancellation.
+// caller's own cancellation or deadline, returned as it is.
 func unavailable(ctx context.Context, what string, err error) error {
-	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-		return err
+	if ctx.Err() != nil && !errors.Is(context.Cause(ctx), errNoAnswer) {
+		return ctx.Err()
 	}
 	return fmt.Errorf("%w: %s: %w", spool.ErrUnavailable, what, err)
 }
@@ -339,7 +349,7 @@ func (q *Queue) Append(ctx context.Context, e spool.Entry) (spool.AppendResult, 
 	if n, max := envelopeSize(e.Header, e.Body)+512, q.nc.MaxPayload(); max > 0 && int64(n) > max {
 		return res, fmt.Errorf("%w: body of %d bytes is too large for the NATS servers' max_payload of %d", spool.ErrInvalid, len(e.Body), max)
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.publishTimeout)
+	ctx, cancel := withTimeout(ctx, cfg.publishTimeout)
 	defer cancel()
 
 	rec, err := q.state(ctx, e.ID)
@@ -378,7 +388,12 @@ func (q *Queue) newMsg(subject, id string, received time.Time, h map[string][]st
 	m.Header.Set(hdrID, id)
 	m.Header.Set(hdrReceived, strconv.FormatInt(received.UnixNano(), 10))
 	m.Header.Set(hdrSize, strconv.Itoa(len(body)))
-	m.Data = appendEnvelope(make([]byte, 0, envelopeSize(h, body)), h, body)
+	env := appendEnvelope(make([]byte, 0, envelopeSize(h, body)+seal.Overhead), h, body)
+	if kr := q.config().keyring; kr != nil {
+		m.Header.Set(hdrSealed, "1")
+		env = kr.Seal(env[:0], env, []byte(id))
+	}
+	m.Data = env
 	return m
 }
 
@@ -390,7 +405,7 @@ func (q *Queue) isClosing() bool {
 
 // opCtx bounds an operation of an interface method without a context.
 func (q *Queue) opCtx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), q.config().publishTimeout)
+	return withTimeout(context.Background(), q.config().publishTimeout)
 }
 
 // lookup returns the Info of id and, for a pending one, its message.
@@ -439,7 +454,7 @@ func (q *Queue) Load(ctx context.Context, id string) (spool.Entry, error) {
 	if q.isClosing() {
 		return spool.Entry{}, spool.ErrClosed
 	}
-	ctx, cancel := context.WithTimeout(ctx, q.config().publishTimeout)
+	ctx, cancel := withTimeout(ctx, q.config().publishTimeout)
 	defer cancel()
 	in, m, err := q.lookup(ctx, id)
 	if err != nil {
@@ -464,6 +479,12 @@ func (q *Queue) Load(ctx context.Context, id string) (spool.Entry, error) {
 // entry decodes a work or dead-letter message.
 func (q *Queue) entry(h nats.Header, data []byte) (spool.Entry, error) {
 	id, received, _ := msgInfo(h)
+	if h.Get(hdrSealed) != "" {
+		var err error
+		if data, err = q.config().keyring.Open(nil, data, []byte(id)); err != nil {
+			return spool.Entry{}, fmt.Errorf("callback %s: %w", id, err)
+		}
+	}
 	hdr, body, err := decodeEnvelope(data)
 	if err != nil {
 		return spool.Entry{}, fmt.Errorf("callback %s: %w", id, err)
@@ -641,7 +662,7 @@ func (q *Queue) Retry(ctx context.Context, id string) error {
 	if q.isClosing() {
 		return spool.ErrClosed
 	}
-	ctx, cancel := context.WithTimeout(ctx, q.config().publishTimeout)
+	ctx, cancel := withTimeout(ctx, q.config().publishTimeout)
 	defer cancel()
 	in, m, err := q.lookup(ctx, id)
 	if err != nil {
@@ -703,7 +724,7 @@ func (q *Queue) RetryAll(ctx context.Context, state spool.State) (int, error) {
 	if q.isClosing() {
 		return 0, spool.ErrClosed
 	}
-	lctx, cancel := context.WithTimeout(ctx, 4*q.config().publishTimeout)
+	lctx, cancel := withTimeout(ctx, 4*q.config().publishTimeout)
 	ins, err := q.list(lctx, state)
 	cancel()
 	if err != nil {
@@ -730,7 +751,7 @@ func (q *Queue) Delete(ctx context.Context, id string) error {
 		return spool.ErrClosed
 	}
 	cfg := q.config()
-	ctx, cancel := context.WithTimeout(ctx, cfg.publishTimeout)
+	ctx, cancel := withTimeout(ctx, cfg.publishTimeout)
 	defer cancel()
 	rec, err := q.state(ctx, id)
 	if err != nil {
@@ -884,10 +905,12 @@ func (q *Queue) kill() {
 	q.closing = true
 	q.mu.Unlock()
 	q.nc.Close()
+	close(q.stop)
 	q.fetchCancel()
 	q.deliverCancel()
 	q.fetcher.Wait()
 	q.deliveries.Wait()
+	close(q.closed)
 }
 
 // copyMsg makes a message on subject with the callback of m: its data
