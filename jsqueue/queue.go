@@ -30,6 +30,8 @@ type Queue struct {
 	dead jetstream.Stream
 	st   jetstream.Stream
 	cons jetstream.Consumer
+	// delivered counts the delivered records (see setup).
+	delivered jetstream.Consumer
 
 	workSubj, deadSubj, stateSubj string
 
@@ -183,6 +185,20 @@ func (q *Queue) setup(ctx context.Context, cfg *config) error {
 		return fmt.Errorf("%w: delivery consumer on %s: %w", spool.ErrUnavailable, cfg.stream, err)
 	}
 	q.cons = cons
+	// A consumer that is never pulled from: its pending count is the
+	// number of delivered records, kept by the servers as records come
+	// and expire.
+	q.delivered, err = q.st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       "count-delivered",
+		Description:   "caddy-atlas: counts delivered callbacks within the retention window; never pulled",
+		FilterSubject: q.stateSubj + kindDelivered + ".*",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckNonePolicy,
+		MemoryStorage: true,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: counting consumer on %s_STATE: %w", spool.ErrUnavailable, cfg.stream, err)
+	}
 	return nil
 }
 
@@ -825,25 +841,10 @@ func (q *Queue) Stats() spool.Stats {
 		}
 	}
 	st.LiveBytes = st.DiskBytes
-	if n, err := q.count(ctx, q.st, q.stateSubj+kindDelivered+".*"); err == nil {
-		st.Delivered = n
+	if ci, err := q.delivered.Info(ctx); err == nil {
+		st.Delivered = int(ci.NumPending)
 	}
 	return st
-}
-
-// count returns the number of messages of s matching filter, as the
-// pending count of an ephemeral consumer.
-func (q *Queue) count(ctx context.Context, s jetstream.Stream, filter string) (int, error) {
-	c, err := s.CreateConsumer(ctx, jetstream.ConsumerConfig{
-		FilterSubject: filter, AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 10 * time.Second,
-		MemoryStorage: true, Replicas: 1,
-	})
-	if err != nil {
-		return 0, err
-	}
-	n := int(c.CachedInfo().NumPending)
-	_ = s.DeleteConsumer(ctx, c.CachedInfo().Name)
-	return n, nil
 }
 
 // Close implements spool.Store. It stops fetching, waits for the

@@ -293,3 +293,58 @@ func TestTakeover(t *testing.T) {
 		}
 	}
 }
+
+// TestCostPerCallback measures the stream bytes a callback costs while
+// pending and, after its delivery, for the retention window (the figures
+// in the package documentation), and checks them against bounds.
+func TestCostPerCallback(t *testing.T) {
+	n := startNATS(t)
+	stream := newStreamName()
+	o := testOptions([]string{n.url()}, stream, 1, spool.Options{})
+	q := openQueue(t, o)
+	const count, size = 200, 16 << 10
+	for i := range count {
+		spooltest.MustAppend(t, q, spooltest.Entry(i, size))
+	}
+	js := rawJS(t, n.url())
+	bytesOf := func(name string) int64 {
+		s, err := js.Stream(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return int64(s.CachedInfo().State.Bytes)
+	}
+	pending := bytesOf(stream)/count - size
+	rec := &spooltest.Recorder{}
+	o.Deliver = rec.Deliver
+	if err := q.Reconfigure(o); err != nil {
+		t.Fatal(err)
+	}
+	spooltest.WaitFor(t, "deliveries", func() bool { return q.Stats().Delivered == count })
+	delivered := bytesOf(stream+"_STATE") / count
+	t.Logf("per callback: %d bytes beyond the body while pending (headers of %d bytes included), %d bytes once delivered",
+		pending, len(appendEnvelope(nil, spooltest.Entry(0, 0).Header, nil)), delivered)
+	if pending > 512 || delivered > 512 {
+		t.Errorf("per callback: %d bytes pending overhead, %d delivered; want at most 512 each", pending, delivered)
+	}
+	if w := bytesOf(stream); w != 0 {
+		t.Errorf("work stream holds %d bytes after delivery", w)
+	}
+
+	// Dead ones: the letter and the dead record.
+	stateBefore := bytesOf(stream + "_STATE")
+	rec.SetFail(func(spool.Delivery) error { return errors.New("receiver answered 503 Service Unavailable") })
+	o.MaxAttempts = 1
+	if err := q.Reconfigure(o); err != nil {
+		t.Fatal(err)
+	}
+	for i := count; i < 2*count; i++ {
+		spooltest.MustAppend(t, q, spooltest.Entry(i, size))
+	}
+	spooltest.WaitFor(t, "dead letters", func() bool { return q.Stats().Dead == count })
+	dead := (bytesOf(stream+"_DEAD")+bytesOf(stream+"_STATE")-stateBefore)/count - size
+	t.Logf("per dead callback: %d bytes beyond the body", dead)
+	if dead > 1024 {
+		t.Errorf("per dead callback: %d bytes beyond the body; want at most 1024", dead)
+	}
+}
