@@ -11,6 +11,8 @@ import (
 	"slices"
 	"time"
 	"unicode/utf8"
+
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // RecordType identifies the kind of a log record.
@@ -68,7 +70,7 @@ const (
 	// maxPayload is the largest payload a record may declare.
 	maxPayload = 1 << 30
 	// maxIDLen is the longest callback id.
-	maxIDLen = 128
+	maxIDLen = queue.MaxIDLen
 	// maxErrLen is the longest last-error text kept per callback.
 	maxErrLen = 512
 )
