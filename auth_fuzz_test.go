@@ -14,6 +14,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 )
 
 // The callback route's inputs are attacker-controlled: anyone can reach
@@ -161,7 +163,7 @@ func FuzzCallbackToken(f *testing.F) {
 	}
 	f.Add("x", "Basic eDp5", uint8(3))
 
-	payload := callbackSamplePayload(1)
+	payload := payloadtest.Sample(1)
 	f.Fuzz(func(t *testing.T, token, authorization string, flags uint8) {
 		req := httptest.NewRequest(http.MethodPost, c.Path, bytes.NewReader(payload))
 		req.Header.Set("Content-Type", "application/json")

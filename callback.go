@@ -21,6 +21,8 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-atlas/caddy-atlas/spool"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/payload"
 )
 
 // Defaults of the callback route.
@@ -381,7 +383,7 @@ func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next ca
 	body := cb.bytes()
 	c.metrics.payloadBytes.Observe(float64(len(body)))
 
-	docs, err := validateCallbackPayload(body)
+	docs, err := payload.Validate(body)
 	if err != nil {
 		c.metrics.callbacks.WithLabelValues(outcomeInvalid).Inc()
 		if ce := c.logger.Check(zapcore.DebugLevel, "callback rejected: payload"); ce != nil {

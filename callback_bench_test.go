@@ -2,40 +2,12 @@ package caddyatlas
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"testing"
-)
 
-// callbackRealisticPayload returns an extraction payload of at least size
-// bytes, in Atlas's shape: PAN and Aadhaar documents with scored fields,
-// a formatted address and a redact URL, plus the pagination fields.
-func callbackRealisticPayload(size int) []byte {
-	var b strings.Builder
-	b.WriteString(`{"data":[`)
-	for i := 0; b.Len() < size-120; i++ {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		if i%2 == 0 {
-			fmt.Fprintf(&b, `{"document_id":"loan-app-%06d-pan","file_data":{"document_type":"PAN",`+
-				`"name_as_per_pan":{"value":"RAVI KUMAR SHARMA","confidence_score":0.97},`+
-				`"father_name":{"value":"MOHAN LAL SHARMA","confidence_score":0.93},`+
-				`"dob":{"value":"14/08/1987","confidence_score":0.99},`+
-				`"pan_number":{"value":"ABCPS%04dK","confidence_score":0.98},`+
-				`"document_quality_flag":{"value":"original","confidence_score":0.88}}}`, i, i%10000)
-			continue
-		}
-		fmt.Fprintf(&b, `{"document_id":"loan-app-%06d-aadhaar","file_data":{"document_type":{"value":"AADHAAR","confidence_score":0.99},`+
-			`"name":{"value":"Ravi Kumar Sharma","confidence_score":0.96},`+
-			`"address":{"value":"S/O Mohan Lal Sharma, 12 MG Road, Indiranagar, Bengaluru, Karnataka 560038","confidence_score":0.91},`+
-			`"formatted_address":{"state":"Karnataka","postcode":"560038","address_line_1":"12 MG Road","address_line_2":"Indiranagar","city":"Bengaluru"},`+
-			`"aadhaar_number":{"value":"XXXX XXXX %04d","confidence_score":0.97,"redact_url":"https://files.example.com/redacted/%06d.jpg?sig=abcdef0123456789"},`+
-			`"date_of_birth":{"value":"14/08/1987","confidence_score":0.95}}}`, i, i%10000, i)
-	}
-	b.WriteString(`],"page":1,"per_page":50,"total_pages":1,"total_items":50,"has_next":false,"has_prev":false}`)
-	return []byte(b.String())
-}
+	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/payload"
+)
 
 // BenchmarkCallbackValidate measures what the callback route adds to a
 // request: verifying the token (one sub-benchmark per algorithm, each
@@ -44,9 +16,9 @@ func callbackRealisticPayload(size int) []byte {
 // id. MB/s is payload bytes.
 func BenchmarkCallbackValidate(b *testing.B) {
 	k := callbackTestKeys(b)
-	payload := callbackRealisticPayload(16 << 10)
-	if n, err := validateCallbackPayload(payload); err != nil || n == 0 {
-		b.Fatalf("the benchmark payload is invalid: %d, %v", n, err)
+	body := payloadtest.Realistic(16 << 10)
+	if n, err := payload.Validate(body); err != nil || n == 0 {
+		b.Fatalf("the benchmark body is invalid: %d, %v", n, err)
 	}
 	for _, tc := range []struct {
 		name, key string
@@ -64,7 +36,7 @@ func BenchmarkCallbackValidate(b *testing.B) {
 			tok := callbackAuthToken(b, c)
 			ctx := context.Background()
 			req := callbackTokenRequest(tok)
-			b.SetBytes(int64(len(payload)))
+			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			b.ResetTimer()
 			for b.Loop() {
@@ -78,34 +50,34 @@ func BenchmarkCallbackValidate(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				if _, err := validateCallbackPayload(payload); err != nil {
+				if _, err := payload.Validate(body); err != nil {
 					b.Fatal(err)
 				}
-				_ = callbackID(payload)
+				_ = callbackID(body)
 			}
 		})
 	}
 }
 
-// BenchmarkCallbackPayloadParts splits payload-only above into its two
-// parts: the scan that validates the payload, and the callback id (the
+// BenchmarkCallbackPayloadParts splits body-only above into its two
+// parts: the scan that validates the body, and the callback id (the
 // SHA-256 of the body).
 func BenchmarkCallbackPayloadParts(b *testing.B) {
-	payload := callbackRealisticPayload(16 << 10)
+	body := payloadtest.Realistic(16 << 10)
 	b.Run("scan", func(b *testing.B) {
-		b.SetBytes(int64(len(payload)))
+		b.SetBytes(int64(len(body)))
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := validateCallbackPayload(payload); err != nil {
+			if _, err := payload.Validate(body); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
 	b.Run("id", func(b *testing.B) {
-		b.SetBytes(int64(len(payload)))
+		b.SetBytes(int64(len(body)))
 		b.ReportAllocs()
 		for b.Loop() {
-			_ = callbackID(payload)
+			_ = callbackID(body)
 		}
 	})
 }

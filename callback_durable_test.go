@@ -22,6 +22,8 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-atlas/caddy-atlas/spool"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 )
 
 // durableTestCallback provisions a callback route in durable mode,
@@ -64,7 +66,7 @@ func TestDurableSpoolsAcksAndDelivers(t *testing.T) {
 	rc := newDedupReceiver(t)
 	c, _ := durableTestCallback(t, rc, nil)
 	tok := callbackAuthToken(t, c)
-	body := callbackSamplePayload(3)
+	body := payloadtest.Sample(3)
 	id := callbackID(body)
 
 	accepted := callbackCounterValue(t, c.metrics.callbacks.WithLabelValues(outcomeAccepted))
@@ -132,7 +134,7 @@ func TestDurableRejectsBeforeSpooling(t *testing.T) {
 	c, _ := durableTestCallback(t, rc, nil)
 	tok := callbackAuthToken(t, c)
 	for name, req := range map[string]*http.Request{
-		"no token":    callbackTestRequest(c.Path, "", callbackSamplePayload(1)),
+		"no token":    callbackTestRequest(c.Path, "", payloadtest.Sample(1)),
 		"bad payload": callbackTestRequest(c.Path, tok, []byte(`{"data":{}}`)),
 	} {
 		rec, _ := serveTestCallback(t, c, req)
@@ -173,7 +175,7 @@ func TestDurableSpoolUnavailable(t *testing.T) {
 		spool.ErrClosed,
 	} {
 		c.store = fakeStore{err: err}
-		body := callbackSamplePayload(2)
+		body := payloadtest.Sample(2)
 		rec, app := serveTestCallback(t, c, callbackTestRequest(c.Path, tok, body))
 		if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") != "30" || app.calls != 0 {
 			t.Errorf("%v: %d Retry-After %q", err, rec.Code, rec.Header().Get("Retry-After"))
@@ -194,7 +196,7 @@ func TestDurableSpoolUnavailable(t *testing.T) {
 
 	c.store = fakeStore{err: errors.New("disk on fire")}
 	rec := httptest.NewRecorder()
-	err := c.serveCallback(rec, callbackTestRequest(c.Path, tok, callbackSamplePayload(2)), new(callbackApp))
+	err := c.serveCallback(rec, callbackTestRequest(c.Path, tok, payloadtest.Sample(2)), new(callbackApp))
 	var he caddyhttp.HandlerError
 	if !errors.As(err, &he) || he.StatusCode != http.StatusInternalServerError {
 		t.Errorf("another store error: %v", err)
@@ -206,7 +208,7 @@ func TestDurableSpoolUnavailable(t *testing.T) {
 func TestDurableSpoolFull(t *testing.T) {
 	rc := newDedupReceiver(t)
 	c, _ := durableTestCallback(t, rc, func(c *Callback) { c.MaxSpoolSize = 1 })
-	rec, _ := serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), callbackSamplePayload(1)))
+	rec, _ := serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), payloadtest.Sample(1)))
 	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
 		t.Errorf("a full spool answered %d: %s", rec.Code, rec.Body)
 	}
@@ -311,7 +313,7 @@ func TestDurableSharedSpool(t *testing.T) {
 		return c, ctx, cancel
 	}
 	send := func(c *Callback, n int) string {
-		body := callbackSamplePayload(n)
+		body := payloadtest.Sample(n)
 		rec, _ := serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), body))
 		decodeAck(t, rec)
 		return callbackID(body)

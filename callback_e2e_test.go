@@ -21,6 +21,8 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 )
 
 // The callback end-to-end tests run a real Caddy (caddytest, admin on
@@ -278,7 +280,7 @@ func TestCallbackE2EDelivery(t *testing.T) {
 func TestCallbackE2EConcurrentBodies(t *testing.T) {
 	g := startCallbackGateway(t)
 	tok := g.token(t)
-	base := string(callbackRealisticPayload(60 << 10))
+	base := string(payloadtest.Realistic(60 << 10))
 	const clients, each = 8, 40
 	sent := make(map[string][]byte) // callback id -> body
 	bodies := make([][][]byte, clients)
@@ -337,7 +339,7 @@ func TestCallbackE2EConcurrentBodies(t *testing.T) {
 // 401 and none reaches the app.
 func TestCallbackE2EAttacks(t *testing.T) {
 	g := startCallbackGateway(t)
-	payload := callbackSamplePayload(2)
+	payload := payloadtest.Sample(2)
 	now := time.Now()
 	key := []byte(cbE2ESigningKey)
 	claims := func(mut func(jwt.MapClaims)) jwt.MapClaims {
@@ -426,7 +428,7 @@ func TestCallbackE2EPayloads(t *testing.T) {
 	tok := g.token(t)
 	huge := append([]byte(`{"data":[],"pad":"`), bytes.Repeat([]byte("x"), cbE2EMaxBody)...)
 	huge = append(huge, `"}`...)
-	valid := callbackSamplePayload(3)
+	valid := payloadtest.Sample(3)
 	for _, tc := range []struct {
 		name        string
 		contentType string

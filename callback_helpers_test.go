@@ -11,11 +11,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -208,25 +206,6 @@ func serveTestCallback(t testing.TB, c *Callback, req *http.Request) (*httptest.
 		t.Fatalf("serveCallback returned an error: %v", err)
 	}
 	return rec, app
-}
-
-// callbackSamplePayload is a small valid extraction payload of n documents.
-func callbackSamplePayload(n int) []byte {
-	var b strings.Builder
-	b.WriteString(`{"data":[`)
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, `{"document_id":"doc-%d","file_data":{"document_type":"PAN",`+
-			`"pan_number":{"value":"ABCDE1234F","confidence_score":0.98},`+
-			`"name_as_per_pan":{"value":"RAVI KUMAR","confidence_score":0.9},`+
-			`"dob":{"value":"01/02/1990","confidence_score":1}}}`, i)
-	}
-	b.WriteString(`],"page":1,"per_page":50,"total_pages":1,"total_items":`)
-	fmt.Fprintf(&b, "%d", n)
-	b.WriteString(`,"has_next":false,"has_prev":false}`)
-	return []byte(b.String())
 }
 
 var callbackWeakRSA struct {

@@ -17,6 +17,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 )
 
 // TestCallbackHandOff checks what reaches the app for a good callback:
@@ -90,7 +92,7 @@ func TestCallbackHandOff(t *testing.T) {
 
 // TestCallbackID checks that the id is stable per body and 32 hex digits.
 func TestCallbackID(t *testing.T) {
-	a, b := callbackSamplePayload(2), callbackSamplePayload(3)
+	a, b := payloadtest.Sample(2), payloadtest.Sample(3)
 	if callbackID(a) != callbackID(append([]byte(nil), a...)) {
 		t.Error("the id of the same body differs")
 	}
@@ -117,7 +119,7 @@ func TestCallbackRejections(t *testing.T) {
 	}())
 	big := append([]byte(`{"data":[],"pad":"`), bytes.Repeat([]byte("x"), 2000)...)
 	big = append(big, `"}`...)
-	valid := callbackSamplePayload(1)
+	valid := payloadtest.Sample(1)
 
 	for _, tc := range []struct {
 		name        string

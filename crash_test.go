@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 )
 
 // The crash test runs the real Caddy binary (cmd/caddy) in a process of
@@ -182,7 +184,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 	for range workers {
 		wg.Go(func() {
 			for i := range jobs {
-				body := bytes.Replace(callbackSamplePayload(2), []byte(`"doc-`), []byte(fmt.Sprintf(`"crash-%03d-`, i)), -1)
+				body := bytes.Replace(payloadtest.Sample(2), []byte(`"doc-`), []byte(fmt.Sprintf(`"crash-%03d-`, i)), -1)
 				req, _ := http.NewRequest(http.MethodPost, base+"/hooks/atlas", bytes.NewReader(body))
 				req.Header.Set("Content-Type", "application/json")
 				req.Header.Set("Token", tok)

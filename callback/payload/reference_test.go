@@ -1,4 +1,4 @@
-package caddyatlas
+package payload
 
 // This is the reference validator the fuzz test compares the route's
 // scanner with: the same rules, written on encoding/json's Decoder.Token.
@@ -24,7 +24,7 @@ import (
 // returns the number of documents.
 func refValidateCallbackPayload(body []byte) (int, error) {
 	if !utf8.Valid(body) {
-		return 0, &callbackPayloadError{path: "body", msg: "not valid UTF-8"}
+		return 0, &Error{path: "body", msg: "not valid UTF-8"}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
@@ -79,7 +79,7 @@ func (v *refPayloadValidator) errorf(format string, args ...any) error {
 	if p == "" {
 		p = "body"
 	}
-	return &callbackPayloadError{path: p, msg: fmt.Sprintf(format, args...)}
+	return &Error{path: p, msg: fmt.Sprintf(format, args...)}
 }
 
 // token returns the next token, turning decoder errors into payload
@@ -95,7 +95,7 @@ func (v *refPayloadValidator) token() (json.Token, error) {
 func (v *refPayloadValidator) payload() (int, error) {
 	tok, err := v.dec.Token()
 	if errors.Is(err, io.EOF) {
-		return 0, &callbackPayloadError{path: "body", msg: "empty; expected a JSON object"}
+		return 0, &Error{path: "body", msg: "empty; expected a JSON object"}
 	}
 	if err != nil {
 		return 0, v.wrapErr(err)
@@ -132,7 +132,7 @@ func (v *refPayloadValidator) payload() (int, error) {
 		return 0, v.errorf("missing; expected an array of documents")
 	}
 	if _, err := v.dec.Token(); !errors.Is(err, io.EOF) {
-		return 0, &callbackPayloadError{path: "body", msg: "unexpected data after the JSON object"}
+		return 0, &Error{path: "body", msg: "unexpected data after the JSON object"}
 	}
 	return docs, nil
 }
@@ -356,7 +356,7 @@ func refDescribeToken(tok json.Token) string {
 func refDescribeValue(tok json.Token) string {
 	switch t := tok.(type) {
 	case string:
-		return strconv.Quote(truncateForLog(t, 40))
+		return strconv.Quote(truncate(t, 40))
 	case bool:
 		return strconv.FormatBool(t)
 	case nil:

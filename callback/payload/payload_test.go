@@ -1,4 +1,4 @@
-package caddyatlas
+package payload
 
 import (
 	"bytes"
@@ -6,6 +6,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 )
 
 func TestCallbackPayloadValid(t *testing.T) {
@@ -15,7 +17,7 @@ func TestCallbackPayloadValid(t *testing.T) {
 		docs int
 	}{
 		{"empty data", `{"data":[]}`, 0},
-		{"sample", string(callbackSamplePayload(3)), 3},
+		{"sample", string(payloadtest.Sample(3)), 3},
 		{"extra keys", `{"batch_id":"BATCH-1","data":[{"document_id":"a","file_data":{},"error_code":"UNRECOGNISED"}],"has_next":true}`, 1},
 		{"document_type object", `{"data":[{"document_id":"a","file_data":{"document_type":{"value":"PAN","confidence_score":0.5}}}]}`, 1},
 		{"nested scores", `{"data":[{"document_id":"a","file_data":{"formatted_address":{"state":{"value":"KA","confidence_score":0},"city":[{"confidence_score":1e-1}]}}}]}`, 1},
@@ -25,7 +27,7 @@ func TestCallbackPayloadValid(t *testing.T) {
 		{"odd keys", `{"data":[{"document_id":"a","file_data":{"a b":{"confidence_score":0.2},"":null}}]}`, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			n, err := validateCallbackPayload([]byte(tc.body))
+			n, err := Validate([]byte(tc.body))
 			if err != nil {
 				t.Fatalf("rejected: %v", err)
 			}
@@ -76,11 +78,11 @@ func TestCallbackPayloadInvalid(t *testing.T) {
 		{"invalid UTF-8", "{\"data\":[{\"document_id\":\"\xff\",\"file_data\":{}}]}", `body: not valid UTF-8`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := validateCallbackPayload([]byte(tc.body))
+			_, err := Validate([]byte(tc.body))
 			if err == nil {
 				t.Fatal("accepted")
 			}
-			var pe *callbackPayloadError
+			var pe *Error
 			if !errors.As(err, &pe) {
 				t.Fatalf("error %T %v is not a payload error", err, err)
 			}
@@ -96,12 +98,12 @@ func TestCallbackPayloadInvalid(t *testing.T) {
 func TestCallbackPayloadNoTree(t *testing.T) {
 	allocs := func(body []byte) float64 {
 		return testing.AllocsPerRun(20, func() {
-			if _, err := validateCallbackPayload(body); err != nil {
+			if _, err := Validate(body); err != nil {
 				t.Fatal(err)
 			}
 		})
 	}
-	small, large := allocs(callbackRealisticPayload(1<<10)), allocs(callbackRealisticPayload(256<<10))
+	small, large := allocs(payloadtest.Realistic(1<<10)), allocs(payloadtest.Realistic(256<<10))
 	if large > small || large > 4 {
 		t.Errorf("%v allocations for 1 KiB, %v for 256 KiB", small, large)
 	}
@@ -127,7 +129,7 @@ func TestCallbackPayloadMatchesReference(t *testing.T) {
 			{`{"data":[],"x":` + nest + `}`, 1 + n},
 		} {
 			compareFastPath(t, []byte(tc.body))
-			_, err := validateCallbackPayload([]byte(tc.body))
+			_, err := Validate([]byte(tc.body))
 			if (err == nil) != (tc.depth <= maxPayloadDepth) {
 				t.Errorf("%d levels deep: %v", tc.depth, err)
 			}
@@ -154,17 +156,17 @@ func FuzzCallbackPayload(f *testing.F) {
 func comparePayloadValidators(t *testing.T, body []byte) {
 	t.Helper()
 	compareFastPath(t, body)
-	n, err := validateCallbackPayload(body)
+	n, err := Validate(body)
 	refN, refErr := refValidateCallbackPayload(body)
 	if (err == nil) != (refErr == nil) {
-		t.Fatalf("body %q:\n  scanner:   %d, %.300v\n  reference: %d, %.300v", truncateForLog(string(body), 300), n, err, refN, refErr)
+		t.Fatalf("body %q:\n  scanner:   %d, %.300v\n  reference: %d, %.300v", truncate(string(body), 300), n, err, refN, refErr)
 	}
 	if err == nil {
 		if n != refN {
-			t.Fatalf("body %q: %d documents, reference %d", truncateForLog(string(body), 300), n, refN)
+			t.Fatalf("body %q: %d documents, reference %d", truncate(string(body), 300), n, refN)
 		}
 		if !json.Valid(body) {
-			t.Fatalf("body %q accepted but not valid JSON", truncateForLog(string(body), 300))
+			t.Fatalf("body %q accepted but not valid JSON", truncate(string(body), 300))
 		}
 		return
 	}
@@ -173,7 +175,7 @@ func comparePayloadValidators(t *testing.T, body []byte) {
 		return strings.Contains(m, "invalid JSON") || strings.Contains(m, "truncated JSON") || strings.Contains(m, "unexpected data after")
 	}
 	if !syntax(err) && !syntax(refErr) && err.Error() != refErr.Error() {
-		t.Fatalf("body %q:\n  scanner:   %.300v\n  reference: %.300v", truncateForLog(string(body), 300), err, refErr)
+		t.Fatalf("body %q:\n  scanner:   %.300v\n  reference: %.300v", truncate(string(body), 300), err, refErr)
 	}
 }
 
@@ -188,7 +190,7 @@ func compareFastPath(t *testing.T, body []byte) {
 		end, ok := skipPayloadValue(body, 0, 0, score)
 		if ok != (slowErr == nil) || (ok && end != s.pos) {
 			t.Fatalf("body %q as a value (score %v): fast path %v ending at %d, value %v ending at %d",
-				truncateForLog(string(body), 300), score, ok, end, slowErr, s.pos)
+				truncate(string(body), 300), score, ok, end, slowErr, s.pos)
 		}
 	}
 }
@@ -222,7 +224,7 @@ func callbackPayloadSeeds() []string {
 		`{"data":[{"document_id":"ನಮಸ್ಕಾರ नमस्ते 0123456789","file_data":{"confidence_score_long_key_name":{"confidence_score":0.25}}}]}`,
 		`{"data":[{"document_id":"abcdefgh\\","file_data":{"abcdefghijklmnop\/q":"x"}}]}`,
 	}
-	for _, b := range [][]byte{callbackSamplePayload(2), callbackRealisticPayload(1 << 10)} {
+	for _, b := range [][]byte{payloadtest.Sample(2), payloadtest.Realistic(1 << 10)} {
 		s := string(b)
 		seeds = append(seeds, s, s[:len(s)/2], s[:len(s)-1], strings.Replace(s, "0.9", "1.9", 1))
 	}

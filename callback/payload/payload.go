@@ -1,4 +1,7 @@
-package caddyatlas
+// Package payload checks that a callback body is an Atlas extraction
+// payload, in one pass and without building a tree of it. It knows
+// nothing of Caddy or HTTP.
+package payload
 
 import (
 	"encoding/binary"
@@ -14,33 +17,32 @@ import (
 // encoding/json.
 const maxPayloadDepth = 10000
 
-// callbackPayloadError is a callback body that is not an Atlas extraction
-// payload. Its message names the first offending JSON path, e.g.
+// Error is a callback body that is not an Atlas extraction payload. Its
+// message names the first offending JSON path, e.g.
 // `data[3].file_data.pan_number.confidence_score: 1.7 is outside [0, 1]`,
 // or `body` for the body as a whole.
-type callbackPayloadError struct {
+type Error struct {
 	path string
 	msg  string
 }
 
-func (e *callbackPayloadError) Error() string {
+func (e *Error) Error() string {
 	return e.path + ": " + e.msg
 }
 
-// validateCallbackPayload checks, in one pass over body (a value found
-// wrong is read again, to name the error) and without building any tree
-// of it, that body is valid UTF-8 and holds exactly one JSON object (RFC
-// 8259) whose `data` is an array of documents, each an
-// object with a non-empty string `document_id` and an object
+// Validate checks, in one pass over body (a value found wrong is read
+// again, to name the error) and without building any tree of it, that
+// body is valid UTF-8 and holds exactly one JSON object (RFC 8259) whose
+// `data` is an array of documents, each an object with a non-empty string `document_id` and an object
 // `file_data`, and that every `confidence_score`, wherever it is, is a
 // number in [0, 1]. Other keys are allowed. A duplicate of a key it
 // checks (data, document_id, file_data, confidence_score) in one object
 // is refused, so that no JSON parser behind it can read another value
 // than the one checked; keys are compared after unescaping. It returns
 // the number of documents.
-func validateCallbackPayload(body []byte) (int, error) {
+func Validate(body []byte) (int, error) {
 	if !utf8.Valid(body) {
-		return 0, &callbackPayloadError{path: "body", msg: "not valid UTF-8"}
+		return 0, &Error{path: "body", msg: "not valid UTF-8"}
 	}
 	var path [16]payloadPathElem
 	s := payloadScanner{buf: body, path: path[:0]}
@@ -111,7 +113,7 @@ func unescapePayloadKey(raw []byte) string {
 func (s *payloadScanner) payload() (int, error) {
 	s.ws()
 	if s.pos == len(s.buf) {
-		return 0, &callbackPayloadError{path: "body", msg: "empty; expected a JSON object"}
+		return 0, &Error{path: "body", msg: "empty; expected a JSON object"}
 	}
 	if s.buf[s.pos] != '{' {
 		return 0, s.typeError("must be a JSON object, not %s")
@@ -147,7 +149,7 @@ func (s *payloadScanner) payload() (int, error) {
 	}
 	s.ws()
 	if s.pos != len(s.buf) {
-		return 0, &callbackPayloadError{path: "body", msg: "unexpected data after the JSON object"}
+		return 0, &Error{path: "body", msg: "unexpected data after the JSON object"}
 	}
 	return docs, nil
 }
@@ -763,7 +765,7 @@ func (s *payloadScanner) typeError(format string) error {
 			if escaped {
 				v = unescapePayloadKey(raw)
 			}
-			what = strconv.Quote(truncateForLog(v, 40))
+			what = strconv.Quote(truncate(v, 40))
 		}
 	default:
 		start := s.pos
@@ -780,7 +782,7 @@ func (s *payloadScanner) typeError(format string) error {
 }
 
 func (s *payloadScanner) errorf(format string, args ...any) error {
-	return &callbackPayloadError{path: s.pathString(), msg: fmt.Sprintf(format, args...)}
+	return &Error{path: s.pathString(), msg: fmt.Sprintf(format, args...)}
 }
 
 // missing reports a required key of the current object as missing.
@@ -792,7 +794,7 @@ func (s *payloadScanner) missing(key, detail string) error {
 	var b strings.Builder
 	s.writePath(&b)
 	writePathKey(&b, key)
-	return &callbackPayloadError{path: b.String(), msg: msg}
+	return &Error{path: b.String(), msg: msg}
 }
 
 func (s *payloadScanner) syntaxError(msg string) error {
@@ -871,4 +873,12 @@ func quotePayloadByte(c byte) string {
 		return "'" + string(c) + "'"
 	}
 	return fmt.Sprintf("0x%02x", c)
+}
+
+// truncate shortens an untrusted string for an error message.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
