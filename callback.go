@@ -22,6 +22,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/spool"
 
+	"github.com/caddy-atlas/caddy-atlas/callback/body"
 	"github.com/caddy-atlas/caddy-atlas/callback/payload"
 )
 
@@ -379,8 +380,8 @@ func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next ca
 		}
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading the callback body: %w", err))
 	}
-	defer cb.release()
-	body := cb.bytes()
+	defer cb.Release()
+	body := cb.Bytes()
 	c.metrics.payloadBytes.Observe(float64(len(body)))
 
 	docs, err := payload.Validate(body)
@@ -431,8 +432,8 @@ func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next ca
 		return c.spoolCallback(w, r, id, subject, count, body)
 	}
 
-	r.Body, _ = cb.reader() // cannot fail before cb.release
-	r.GetBody = cb.reader
+	r.Body, _ = cb.Reader() // cannot fail before cb.Release
+	r.GetBody = cb.Reader
 	r.ContentLength = int64(len(body))
 	r.TransferEncoding = nil
 	hdr.Set("Content-Length", strconv.Itoa(len(body)))
@@ -446,11 +447,11 @@ func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next ca
 }
 
 // readBody reads the whole body, at most MaxBody bytes, into one buffer.
-func (c *Callback) readBody(w http.ResponseWriter, r *http.Request) (*callbackBody, error) {
+func (c *Callback) readBody(w http.ResponseWriter, r *http.Request) (*body.Buffer, error) {
 	if r.ContentLength > c.MaxBody {
 		return nil, &http.MaxBytesError{Limit: c.MaxBody}
 	}
-	return readCallbackBody(w, r.Body, r.ContentLength, c.MaxBody)
+	return body.Read(w, r.Body, r.ContentLength, c.MaxBody)
 }
 
 // callbackID is the id of a callback: the first 32 hex digits (128 bits)

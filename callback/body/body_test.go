@@ -1,4 +1,4 @@
-package caddyatlas
+package body
 
 import (
 	"bytes"
@@ -16,22 +16,22 @@ import (
 // buffer's come back whole, with and without a Content-Length, and that
 // the limit holds.
 func TestReadCallbackBody(t *testing.T) {
-	for _, n := range []int{0, 1, 511, 512, 32<<10 - 1, 32 << 10, 32<<10 + 1, maxPooledCallbackBody, maxPooledCallbackBody + 1, 1 << 20} {
+	for _, n := range []int{0, 1, 511, 512, 32<<10 - 1, 32 << 10, 32<<10 + 1, MaxPooled, MaxPooled + 1, 1 << 20} {
 		want := bytes.Repeat([]byte("0123456789abcdef"), n/16+1)[:n]
 		for _, cl := range []int64{int64(n), -1} {
 			w := httptest.NewRecorder()
-			b, err := readCallbackBody(w, io.NopCloser(bytes.NewReader(want)), cl, 1<<20)
+			b, err := Read(w, io.NopCloser(bytes.NewReader(want)), cl, 1<<20)
 			if err != nil {
 				t.Fatalf("%d bytes, Content-Length %d: %v", n, cl, err)
 			}
-			if !bytes.Equal(b.bytes(), want) {
-				t.Errorf("%d bytes, Content-Length %d: read %d bytes, not the body", n, cl, len(b.bytes()))
+			if !bytes.Equal(b.Bytes(), want) {
+				t.Errorf("%d bytes, Content-Length %d: read %d bytes, not the body", n, cl, len(b.Bytes()))
 			}
-			b.release()
+			b.Release()
 		}
 	}
 	w := httptest.NewRecorder()
-	_, err := readCallbackBody(w, io.NopCloser(strings.NewReader(strings.Repeat("x", 101))), -1, 100)
+	_, err := Read(w, io.NopCloser(strings.NewReader(strings.Repeat("x", 101))), -1, 100)
 	if !errors.As(err, new(*http.MaxBytesError)) {
 		t.Errorf("101 bytes with a limit of 100: %v, want a MaxBytesError", err)
 	}
@@ -40,13 +40,13 @@ func TestReadCallbackBody(t *testing.T) {
 // TestCallbackBodyHolds checks when the buffer may go back to the pool:
 // only once the route has released it and every reader is closed.
 func TestCallbackBodyHolds(t *testing.T) {
-	b, err := readCallbackBody(httptest.NewRecorder(), io.NopCloser(strings.NewReader(`{"data":[]}`)), 11, 1<<10)
+	b, err := Read(httptest.NewRecorder(), io.NopCloser(strings.NewReader(`{"data":[]}`)), 11, 1<<10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r1, _ := b.reader()
-	r2, _ := b.reader() // as GetBody would
-	b.release()
+	r1, _ := b.Reader()
+	r2, _ := b.Reader() // as GetBody would
+	b.Release()
 	if b.pooled == nil {
 		t.Fatal("the buffer went back to the pool while two readers were open")
 	}
@@ -69,10 +69,10 @@ func TestCallbackBodyHolds(t *testing.T) {
 	if _, err := r2.(io.WriterTo).WriteTo(io.Discard); !errors.Is(err, http.ErrBodyReadAfterClose) {
 		t.Errorf("WriteTo after Close: %v", err)
 	}
-	if _, err := b.reader(); err == nil {
+	if _, err := b.Reader(); err == nil {
 		t.Error("a reader of a released body")
 	}
-	b.release() // one too many: ignored
+	b.Release() // one too many: ignored
 	if b.refs != 0 {
 		t.Errorf("refs %d after an extra release", b.refs)
 	}
@@ -94,11 +94,11 @@ func (w blockingWriter) Write(p []byte) (int, error) {
 // WriteTo returns at once, and that the buffer stays held until the
 // write ends.
 func TestCallbackBodyCloseDuringWrite(t *testing.T) {
-	b, err := readCallbackBody(httptest.NewRecorder(), io.NopCloser(strings.NewReader(`{"data":[]}`)), 11, 1<<10)
+	b, err := Read(httptest.NewRecorder(), io.NopCloser(strings.NewReader(`{"data":[]}`)), 11, 1<<10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rd, _ := b.reader()
+	rd, _ := b.Reader()
 	w := blockingWriter{started: make(chan struct{}), release: make(chan struct{})}
 	wrote := make(chan error)
 	go func() {
@@ -116,7 +116,7 @@ func TestCallbackBodyCloseDuringWrite(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close waited for the write")
 	}
-	b.release()
+	b.Release()
 	if b.pooled == nil {
 		t.Fatal("the buffer went back to the pool during a write")
 	}
@@ -143,11 +143,11 @@ func TestCallbackBodyNotReusedWhileRead(t *testing.T) {
 	errs := make(chan error, 2*rounds)
 	for i := range rounds {
 		want := bytes.Repeat([]byte{byte('a' + i%26)}, 40<<10)
-		b, err := readCallbackBody(httptest.NewRecorder(), io.NopCloser(bytes.NewReader(want)), int64(len(want)), 1<<20)
+		b, err := Read(httptest.NewRecorder(), io.NopCloser(bytes.NewReader(want)), int64(len(want)), 1<<20)
 		if err != nil {
 			t.Fatal(err)
 		}
-		rd, _ := b.reader()
+		rd, _ := b.Reader()
 		wg.Add(3)
 		var read bytes.Buffer
 		done := make(chan struct{})
@@ -170,7 +170,7 @@ func TestCallbackBodyNotReusedWhileRead(t *testing.T) {
 				_ = rd.Close()
 			}
 		}()
-		b.release() // the route returns at once
+		b.Release() // the route returns at once
 		go func() {
 			defer wg.Done()
 			<-done

@@ -1,4 +1,6 @@
-package caddyatlas
+// Package body reads callback bodies into pooled buffers that go back to
+// the pool only once every reader handed out over them has been closed.
+package body
 
 import (
 	"bytes"
@@ -8,21 +10,21 @@ import (
 	"sync"
 )
 
-// maxPooledCallbackBody is the largest buffer kept for reuse; a callback
+// MaxPooled is the largest buffer kept for reuse; a callback
 // body larger than this is read into a buffer of its own.
-const maxPooledCallbackBody = 256 << 10
+const MaxPooled = 256 << 10
 
-// callbackBodyPool holds buffers for callback bodies (*[]byte), so that a
+// pool holds buffers for callback bodies (*[]byte), so that a
 // steady stream of callbacks does not allocate, and make the garbage
 // collector sweep, a body-sized buffer for each.
-var callbackBodyPool = sync.Pool{
+var pool = sync.Pool{
 	New: func() any {
 		b := make([]byte, 0, 32<<10)
 		return &b
 	},
 }
 
-// callbackBody is a callback's body, read whole into a pooled buffer, and
+// Buffer is a callback's body, read whole into a pooled buffer, and
 // the readers over it that the next handler is given. The buffer goes back
 // to the pool only when the route is done with it and every reader has
 // been closed: net/http's transport may still be writing a request body
@@ -30,7 +32,7 @@ var callbackBodyPool = sync.Pool{
 // body when it is done. A reader never closed (a next handler that does
 // not read the body) keeps the buffer out of the pool, and the garbage
 // collector takes it as usual.
-type callbackBody struct {
+type Buffer struct {
 	buf []byte
 
 	mu     sync.Mutex
@@ -38,18 +40,18 @@ type callbackBody struct {
 	pooled *[]byte
 }
 
-// readCallbackBody reads all of r, at most limit bytes (sized by
+// Read reads all of r, at most limit bytes (sized by
 // contentLength when known), into a buffer from the pool. The caller owns
-// the returned body and must call release once done with it.
-func readCallbackBody(w http.ResponseWriter, r io.ReadCloser, contentLength, limit int64) (*callbackBody, error) {
+// the returned body and must call Release once done with it.
+func Read(w http.ResponseWriter, r io.ReadCloser, contentLength, limit int64) (*Buffer, error) {
 	size := int64(bytes.MinRead)
 	if contentLength > 0 {
 		size = contentLength + 1 // room to see EOF without growing
 	}
-	b := &callbackBody{refs: 1}
+	b := &Buffer{refs: 1}
 	var buf []byte
-	if size <= maxPooledCallbackBody {
-		b.pooled = callbackBodyPool.Get().(*[]byte)
+	if size <= MaxPooled {
+		b.pooled = pool.Get().(*[]byte)
 		buf = (*b.pooled)[:0]
 	}
 	if int64(cap(buf)) < size {
@@ -67,7 +69,7 @@ func readCallbackBody(w http.ResponseWriter, r io.ReadCloser, contentLength, lim
 		}
 		if err != nil {
 			b.buf = buf
-			b.release()
+			b.Release()
 			return nil, err
 		}
 	}
@@ -75,28 +77,28 @@ func readCallbackBody(w http.ResponseWriter, r io.ReadCloser, contentLength, lim
 	return b, nil
 }
 
-// bytes returns the body; it is valid until release. Its capacity ends
+// Bytes returns the body; it is valid until Release. Its capacity ends
 // with it, so that no append or reslice reaches the rest of the pooled
 // buffer, which holds bytes of earlier bodies.
-func (b *callbackBody) bytes() []byte { return b.buf[:len(b.buf):len(b.buf)] }
+func (b *Buffer) Bytes() []byte { return b.buf[:len(b.buf):len(b.buf)] }
 
-// reader returns a new reader of the body, which holds the buffer until
-// it is closed. Once the last hold is dropped (the route's release and
+// Reader returns a new reader of the body, which holds the buffer until
+// it is closed. Once the last hold is dropped (the route's Release and
 // every reader closed), it fails.
-func (b *callbackBody) reader() (io.ReadCloser, error) {
+func (b *Buffer) Reader() (io.ReadCloser, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.refs == 0 {
-		return nil, errCallbackBodyReleased
+		return nil, ErrReleased
 	}
 	b.refs++
-	cr := &callbackBodyReader{body: b}
+	cr := &reader{body: b}
 	cr.r.Reset(b.buf)
 	return cr, nil
 }
 
-// release drops one hold on the buffer; the last returns it to the pool.
-func (b *callbackBody) release() {
+// Release drops one hold on the buffer; the last returns it to the pool.
+func (b *Buffer) Release() {
 	b.mu.Lock()
 	if b.refs == 0 { // one release too many: never pool a buffer twice
 		b.mu.Unlock()
@@ -112,23 +114,23 @@ func (b *callbackBody) release() {
 	if !done || pooled == nil {
 		return
 	}
-	if cap(b.buf) <= maxPooledCallbackBody {
+	if cap(b.buf) <= MaxPooled {
 		*pooled = b.buf[:0]
 	}
-	callbackBodyPool.Put(pooled)
+	pool.Put(pooled)
 }
 
-// errCallbackBodyReleased is a reader asked of a body already released.
-var errCallbackBodyReleased = errors.New("the callback body has been released")
+// ErrReleased is a reader asked of a body already released.
+var ErrReleased = errors.New("the callback body has been released")
 
-// callbackBodyReader reads a callbackBody. net/http may close a request
+// reader reads a Buffer. net/http may close a request
 // body from one goroutine while another reads it; a Close during a read
 // (or a WriteTo, which may last as long as a slow upstream takes) only
 // marks the reader closed, and the read that is under way drops the hold
 // on the buffer when it ends, so the buffer is never read once back in the
 // pool. Reads after Close fail.
-type callbackBodyReader struct {
-	body *callbackBody
+type reader struct {
+	body *Buffer
 	r    bytes.Reader
 
 	mu     sync.Mutex
@@ -136,7 +138,7 @@ type callbackBodyReader struct {
 	closed bool
 }
 
-func (cr *callbackBodyReader) Read(p []byte) (int, error) {
+func (cr *reader) Read(p []byte) (int, error) {
 	if !cr.begin() {
 		return 0, http.ErrBodyReadAfterClose
 	}
@@ -147,7 +149,7 @@ func (cr *callbackBodyReader) Read(p []byte) (int, error) {
 // WriteTo lets io.Copy write the body in one call, without a copy buffer,
 // for a next handler that copies the body itself (Caddy's reverse_proxy
 // wraps the body, and net/http then reads it through a copy buffer).
-func (cr *callbackBodyReader) WriteTo(w io.Writer) (int64, error) {
+func (cr *reader) WriteTo(w io.Writer) (int64, error) {
 	if !cr.begin() {
 		return 0, http.ErrBodyReadAfterClose
 	}
@@ -156,7 +158,7 @@ func (cr *callbackBodyReader) WriteTo(w io.Writer) (int64, error) {
 }
 
 // begin marks a read under way; it reports false once the reader is closed.
-func (cr *callbackBodyReader) begin() bool {
+func (cr *reader) begin() bool {
 	cr.mu.Lock()
 	defer cr.mu.Unlock()
 	if cr.closed {
@@ -168,19 +170,19 @@ func (cr *callbackBodyReader) begin() bool {
 
 // end marks the read over, and, if the reader was closed meanwhile, the
 // last read to end drops the hold on the buffer.
-func (cr *callbackBodyReader) end() {
+func (cr *reader) end() {
 	cr.mu.Lock()
 	cr.busy--
 	last := cr.closed && cr.busy == 0
 	cr.mu.Unlock()
 	if last {
-		cr.body.release()
+		cr.body.Release()
 	}
 }
 
 // Close marks the reader closed and drops its hold on the buffer, at once
 // or, during a read, when that read ends. It never waits.
-func (cr *callbackBodyReader) Close() error {
+func (cr *reader) Close() error {
 	cr.mu.Lock()
 	if cr.closed {
 		cr.mu.Unlock()
@@ -190,7 +192,7 @@ func (cr *callbackBodyReader) Close() error {
 	busy := cr.busy > 0
 	cr.mu.Unlock()
 	if !busy {
-		cr.body.release()
+		cr.body.Release()
 	}
 	return nil
 }
