@@ -16,6 +16,10 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/token"
 )
 
 // The callback route's inputs are attacker-controlled: anyone can reach
@@ -121,8 +125,8 @@ func FuzzCallbackCredentials(f *testing.F) {
 // token (the seeds are forged, expired or mis-claimed), so every callback
 // must be refused with 401 without reaching the app.
 func FuzzCallbackToken(f *testing.F) {
-	k := callbackTestKeys(f)
-	c := &Callback{VerifyKeys: []string{callbackPEMPublic(f, k.ed.Public())}}
+	k := tokentest.Keys(f)
+	c := &Callback{VerifyKeys: []string{tokentest.PEMPublic(f, k.Ed.Public())}}
 	provisionTestCallback(f, c)
 
 	now := time.Now()
@@ -134,7 +138,7 @@ func FuzzCallbackToken(f *testing.F) {
 		return cl
 	}
 	hs := jwt.SigningMethodHS256
-	forged := mintTestToken(f, hs, []byte("not-the-signing-key-0123456789abcdef"), c.signer.kid, claims(nil))
+	forged := mintTestToken(f, hs, []byte("not-the-signing-key-0123456789abcdef"), c.signer.KID(), claims(nil))
 	seeds := []string{
 		"", " ", "Bearer", "a.b.c", "..", "e30.e30.", "eyJhbGciOiJub25lIn0.e30.",
 		forged,
@@ -142,19 +146,19 @@ func FuzzCallbackToken(f *testing.F) {
 		strings.ToUpper(forged),
 		mintTestToken(f, hs, []byte("not-the-signing-key-0123456789abcdef"), "", claims(nil)),
 		mintTestToken(f, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, "", claims(nil)),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.kid, claims(func(m jwt.MapClaims) { m["exp"] = now.Add(-time.Hour).Unix() })),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.kid, claims(func(m jwt.MapClaims) { m["aud"] = "other" })),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.kid, claims(func(m jwt.MapClaims) { m["iss"] = "other" })),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.kid, claims(func(m jwt.MapClaims) { delete(m, "sub") })),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.kid, claims(func(m jwt.MapClaims) { m["sub"] = "a\nb" })),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.kid, claims(func(m jwt.MapClaims) { delete(m, "exp") })),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.kid, claims(func(m jwt.MapClaims) { m["nbf"] = now.Add(time.Hour).Unix() })),
+		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["exp"] = now.Add(-time.Hour).Unix() })),
+		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["aud"] = "other" })),
+		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["iss"] = "other" })),
+		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { delete(m, "sub") })),
+		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["sub"] = "a\nb" })),
+		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { delete(m, "exp") })),
+		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["nbf"] = now.Add(time.Hour).Unix() })),
 		mintTestToken(f, hs, []byte(testHMACSecret), "unknown-kid", claims(nil)),
-		mintTestToken(f, jwt.SigningMethodEdDSA, k.ed, "", claims(func(m jwt.MapClaims) { m["exp"] = now.Add(-time.Hour).Unix() })),
-		mintTestToken(f, jwt.SigningMethodEdDSA, k.ed, c.signer.kid, claims(nil)),
-		mintTestToken(f, jwt.SigningMethodES256, k.ec, "", claims(nil)),
-		mintTestToken(f, jwt.SigningMethodRS256, k.rsa, "", claims(nil)),
-		strings.Repeat("A", maxCallbackTokenBytes+1),
+		mintTestToken(f, jwt.SigningMethodEdDSA, k.Ed, "", claims(func(m jwt.MapClaims) { m["exp"] = now.Add(-time.Hour).Unix() })),
+		mintTestToken(f, jwt.SigningMethodEdDSA, k.Ed, c.signer.KID(), claims(nil)),
+		mintTestToken(f, jwt.SigningMethodES256, k.EC, "", claims(nil)),
+		mintTestToken(f, jwt.SigningMethodRS256, k.RSA, "", claims(nil)),
+		strings.Repeat("A", token.MaxBytes+1),
 	}
 	for i, tok := range seeds {
 		f.Add(tok, "", uint8(1))
@@ -164,13 +168,13 @@ func FuzzCallbackToken(f *testing.F) {
 	f.Add("x", "Basic eDp5", uint8(3))
 
 	payload := payloadtest.Sample(1)
-	f.Fuzz(func(t *testing.T, token, authorization string, flags uint8) {
+	f.Fuzz(func(t *testing.T, tok, authorization string, flags uint8) {
 		req := httptest.NewRequest(http.MethodPost, c.Path, bytes.NewReader(payload))
 		req.Header.Set("Content-Type", "application/json")
 		if flags&1 != 0 {
-			req.Header["Token"] = []string{token}
+			req.Header["Token"] = []string{tok}
 			if flags&4 != 0 {
-				req.Header["Token"] = append(req.Header["Token"], token)
+				req.Header["Token"] = append(req.Header["Token"], tok)
 			}
 		}
 		if flags&2 != 0 {
@@ -178,11 +182,11 @@ func FuzzCallbackToken(f *testing.F) {
 		}
 		req = req.WithContext(context.WithValue(req.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
 
-		if raw, err := callbackRequestToken(req); err == nil && (raw == "" || len(raw) > maxCallbackTokenBytes) {
+		if raw, err := token.FromRequest(req); err == nil && (raw == "" || len(raw) > token.MaxBytes) {
 			t.Fatalf("extracted a token of %d bytes", len(raw))
 		}
 		if sub, err := c.verifyRequest(req); err == nil {
-			t.Fatalf("accepted Token %q Authorization %q: subject %q", token, authorization, sub)
+			t.Fatalf("accepted Token %q Authorization %q: subject %q", tok, authorization, sub)
 		}
 		app := new(callbackApp)
 		rec := httptest.NewRecorder()
@@ -190,7 +194,7 @@ func FuzzCallbackToken(f *testing.F) {
 			t.Fatalf("serveCallback returned %v", err)
 		}
 		if rec.Code != http.StatusUnauthorized || app.calls != 0 {
-			t.Fatalf("Token %q Authorization %q: %d, %d calls to the app", token, authorization, rec.Code, app.calls)
+			t.Fatalf("Token %q Authorization %q: %d, %d calls to the app", tok, authorization, rec.Code, app.calls)
 		}
 		if body := rec.Body.String(); body != `{"error":"invalid or expired token"}`+"\n" {
 			t.Fatalf("401 body %q", body)

@@ -16,7 +16,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -24,6 +23,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/callback/body"
 	"github.com/caddy-atlas/caddy-atlas/callback/payload"
+	"github.com/caddy-atlas/caddy-atlas/callback/token"
 )
 
 // Defaults of the callback route.
@@ -33,12 +33,6 @@ const (
 	DefaultCallbackTokenTTL = 15 * time.Minute
 	DefaultCallbackLeeway   = 60 * time.Second
 	DefaultCallbackMaxBody  = 32 << 20
-
-	// minHMACKeyBytes is the shortest HMAC signing secret accepted
-	// (RFC 7518 §3.2: at least the hash output size).
-	minHMACKeyBytes = 32
-	// minRSABits is the smallest RSA modulus accepted.
-	minRSABits = 2048
 )
 
 // Headers the callback route sets for the next handler. Any client-supplied
@@ -178,12 +172,10 @@ type Callback struct {
 	idDigest     [sha256.Size]byte
 	secretDigest [sha256.Size]byte
 	hasSecret    bool
-	signer       *jwtKey
-	verifyKeys   []*jwtKey
-	validMethods []string
-	parser       *jwt.Parser
-	verified     *verifiedTokenCache
-	jwks         *jwksFetcher
+	signer       *token.Key
+	verifyKeys   []*token.Key
+	verifier     *token.Verifier
+	jwks         *token.JWKS
 	limiter      *failureLimiter
 	metrics      *callbackMetrics
 	logger       *zap.Logger
@@ -237,7 +229,7 @@ func (c *Callback) provision(ctx caddy.Context, logger *zap.Logger) error {
 	c.hasSecret = secret != ""
 
 	if raw := repl.ReplaceKnown(c.SigningKey, ""); raw != "" {
-		k, err := parseSigningKey(raw)
+		k, err := token.ParseSigningKey(raw)
 		if err != nil {
 			return fmt.Errorf("signing_key: %w", err)
 		}
@@ -252,19 +244,15 @@ func (c *Callback) provision(ctx caddy.Context, logger *zap.Logger) error {
 		if raw == "" {
 			return fmt.Errorf("verify_keys[%d] is empty (an unset {env.*} or unreadable {file.*} placeholder?)", i)
 		}
-		k, err := parseVerifyKey(raw)
+		k, err := token.ParseVerifyKey(raw)
 		if err != nil {
 			return fmt.Errorf("verify_keys[%d]: %w", i, err)
 		}
-		k.origin = fmt.Sprintf("verify_keys[%d]", i)
-		if !containsJWTKey(c.verifyKeys, k) {
+		k.SetOrigin(fmt.Sprintf("verify_keys[%d]", i))
+		if !token.ContainsKey(c.verifyKeys, k) {
 			c.verifyKeys = append(c.verifyKeys, k)
 		}
 	}
-	c.validMethods = callbackMethodsOf(c.verifyKeys, c.JWKSURL != "")
-	c.parser = c.newParser()
-	c.verified = newVerifiedTokenCache()
-
 	c.limiter = newFailureLimiter()
 
 	m, err := registerCallbackMetrics(ctx.GetMetricsRegistry())
@@ -284,10 +272,21 @@ func (c *Callback) provision(ctx caddy.Context, logger *zap.Logger) error {
 		}
 		fctx, cancel := context.WithCancel(ctx)
 		c.cancel = cancel
-		c.jwks = newJWKSFetcher(u.String(), c.logger, m)
-		c.jwks.now = c.now
-		c.jwks.start(fctx)
+		c.jwks = token.NewJWKS(u.String(), c.logger, func(result string) {
+			m.jwksFetches.WithLabelValues(result).Inc()
+		})
+		c.jwks.SetClock(func() time.Time { return c.now() })
+		c.jwks.Start(fctx)
 	}
+	c.verifier = &token.Verifier{
+		Issuer:   c.Issuer,
+		Audience: c.Audience,
+		Leeway:   time.Duration(c.Leeway),
+		Keys:     c.verifyKeys,
+		JWKS:     c.jwks,
+		Now:      func() time.Time { return c.now() },
+	}
+	c.verifier.Init()
 	return c.provisionDurable(ctx)
 }
 
@@ -320,8 +319,8 @@ func (c *Callback) validate() error {
 		return errors.New("max_body must not be negative")
 	}
 	for _, k := range c.verifyKeys {
-		if err := k.checkStrength(); err != nil {
-			return fmt.Errorf("%s: %w", k.origin, err)
+		if err := k.CheckStrength(); err != nil {
+			return fmt.Errorf("%s: %w", k.Origin(), err)
 		}
 	}
 	return c.validateDurable()
@@ -353,7 +352,7 @@ func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next ca
 	if err != nil {
 		c.metrics.callbacks.WithLabelValues(outcomeUnauthorized).Inc()
 		if ce := c.logger.Check(zapcore.DebugLevel, "callback rejected: token"); ce != nil {
-			ce.Write(zap.String("reason", tokenFailureReason(err)), zap.Error(err),
+			ce.Write(zap.String("reason", token.FailureReason(err)), zap.Error(err),
 				zap.String("remote_ip", callbackClientIP(r)))
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)

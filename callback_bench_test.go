@@ -7,6 +7,8 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/payload"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
 )
 
 // BenchmarkCallbackValidate measures what the callback route adds to a
@@ -15,7 +17,7 @@ import (
 // verified within the minute) and validating a 16 KiB payload, with its
 // id. MB/s is payload bytes.
 func BenchmarkCallbackValidate(b *testing.B) {
-	k := callbackTestKeys(b)
+	k := tokentest.Keys(b)
 	body := payloadtest.Realistic(16 << 10)
 	if n, err := payload.Validate(body); err != nil || n == 0 {
 		b.Fatalf("the benchmark body is invalid: %d, %v", n, err)
@@ -25,9 +27,9 @@ func BenchmarkCallbackValidate(b *testing.B) {
 	}{
 		{"payload-only", ""},
 		{"HS256", testHMACSecret},
-		{"EdDSA", callbackPEMPrivate(b, k.ed)},
-		{"ES256", callbackPEMPrivate(b, k.ec)},
-		{"RS256", callbackPEMPrivate(b, k.rsa)},
+		{"EdDSA", tokentest.PEMPrivate(b, k.Ed)},
+		{"ES256", tokentest.PEMPrivate(b, k.EC)},
+		{"RS256", tokentest.PEMPrivate(b, k.RSA)},
 		{"HS256-cached", testHMACSecret},
 	} {
 		b.Run(tc.name, func(b *testing.B) {

@@ -23,6 +23,10 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/token"
 )
 
 // The callback end-to-end tests run a real Caddy (caddytest, admin on
@@ -79,8 +83,8 @@ type callbackE2E struct {
 // header_up on the proxy that shows the placeholders to the app.
 func startCallbackGateway(t *testing.T) *callbackE2E {
 	t.Helper()
-	k := callbackTestKeys(t)
-	rsaPub := callbackPEMPublic(t, &k.rsa.PublicKey)
+	k := tokentest.Keys(t)
+	rsaPub := tokentest.PEMPublic(t, &k.RSA.PublicKey)
 	keyFile := filepath.Join(t.TempDir(), "idp.pub.pem")
 	if err := os.WriteFile(keyFile, []byte(rsaPub), 0o600); err != nil {
 		t.Fatal(err)
@@ -357,7 +361,7 @@ func TestCallbackE2EAttacks(t *testing.T) {
 	}
 	parts := strings.Split(good, ".")
 	forged, _ := json.Marshal(claims(func(c jwt.MapClaims) { c["sub"] = "admin" }))
-	wrongSig := parts[0] + "." + callbackB64URL(forged) + "." + parts[2]
+	wrongSig := parts[0] + "." + base64.RawURLEncoding.EncodeToString(forged) + "." + parts[2]
 
 	// Another caddy-atlas, same credentials and claims, its own key.
 	other := &Callback{ClientID: cbE2EClientID, ClientSecret: cbE2EClientSecret, SigningKey: "another-gateway-signing-key-0123456789abcdef"}
@@ -393,7 +397,7 @@ func TestCallbackE2EAttacks(t *testing.T) {
 		{"HS256 signed with the RSA public key", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, []byte(g.rsa), "", claims(nil))}},
 		{"HS256 with the RSA public key and its kid", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, []byte(g.rsa), callbackKID(t, g.rsa), claims(nil))}},
 		{"wrong signature", cbE2ECallbackURL, []string{"Token", wrongSig}},
-		{"RSA key not the configured one", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodRS256, weakRSAKey(t), "", claims(nil))}},
+		{"RSA key not the configured one", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodRS256, tokentest.WeakRSA(t), "", claims(nil))}},
 		{"expired beyond leeway", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["exp"] = now.Add(-2 * time.Minute).Unix() }))}},
 		{"nbf in the future", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["nbf"] = now.Add(2 * time.Minute).Unix() }))}},
 		{"wrong iss", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["iss"] = "someone-else" }))}},
@@ -525,9 +529,9 @@ func TestCallbackE2EAuthEndpoint(t *testing.T) {
 // callbackKID returns the kid of a PEM public key.
 func callbackKID(t *testing.T, pemKey string) string {
 	t.Helper()
-	k, err := parseVerifyKey(pemKey)
+	k, err := token.ParseVerifyKey(pemKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return k.kid
+	return k.KID()
 }

@@ -3,18 +3,10 @@ package caddyatlas
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,58 +22,6 @@ import (
 
 // testHMACSecret is the default signing key of the test callbacks.
 const testHMACSecret = "0123456789abcdef0123456789abcdef-test-hmac"
-
-// callbackKeySet holds the asymmetric keys of the tests.
-type callbackKeySet struct {
-	once sync.Once
-	ed   ed25519.PrivateKey
-	ec   *ecdsa.PrivateKey
-	ec2  *ecdsa.PrivateKey
-	rsa  *rsa.PrivateKey
-}
-
-var testKeys callbackKeySet
-
-// callbackTestKeys returns the test keys, generated once per test binary.
-func callbackTestKeys(t testing.TB) *callbackKeySet {
-	t.Helper()
-	testKeys.once.Do(func() {
-		var err error
-		if _, testKeys.ed, err = ed25519.GenerateKey(rand.Reader); err != nil {
-			panic(err)
-		}
-		if testKeys.ec, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
-			panic(err)
-		}
-		if testKeys.ec2, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
-			panic(err)
-		}
-		if testKeys.rsa, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-			panic(err)
-		}
-	})
-	return &testKeys
-}
-
-// callbackPEMPrivate encodes a private key as PKCS #8 PEM.
-func callbackPEMPrivate(t testing.TB, key any) string {
-	t.Helper()
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
-}
-
-// callbackPEMPublic encodes a public key as PKIX PEM.
-func callbackPEMPublic(t testing.TB, pub any) string {
-	t.Helper()
-	der, err := x509.MarshalPKIXPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-}
 
 // provisionTestCallback fills the unset required settings of c with test
 // values, provisions and validates it, and returns the debug logs it
@@ -208,23 +148,6 @@ func serveTestCallback(t testing.TB, c *Callback, req *http.Request) (*httptest.
 	return rec, app
 }
 
-var callbackWeakRSA struct {
-	once sync.Once
-	key  *rsa.PrivateKey
-}
-
-// weakRSAKey returns a 1024-bit RSA key, too weak for the route.
-func weakRSAKey(t testing.TB) *rsa.PrivateKey {
-	t.Helper()
-	callbackWeakRSA.once.Do(func() {
-		var err error
-		if callbackWeakRSA.key, err = rsa.GenerateKey(rand.Reader, 1024); err != nil {
-			panic(err)
-		}
-	})
-	return callbackWeakRSA.key
-}
-
 // callbackCounterValue returns the value of a counter.
 func callbackCounterValue(t testing.TB, c prometheus.Counter) float64 {
 	t.Helper()
@@ -245,4 +168,11 @@ func (c *callbackCountingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += n
 	return n, err
+}
+
+// callbackTokenRequest returns a callback request carrying tok.
+func callbackTokenRequest(tok string) *http.Request {
+	r := httptest.NewRequest(http.MethodPost, "/hooks/atlas", nil)
+	r.Header.Set("Token", tok)
+	return r
 }

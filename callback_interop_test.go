@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
 )
 
 // joseRequest and joseAnswer are the protocol of scripts/interop/mint.mjs.
@@ -95,16 +97,16 @@ func runCallbackJose(t *testing.T, req joseRequest) joseAnswer {
 // server, verifies jose's tokens, and a rotated key is picked up on an
 // unknown kid.
 func TestCallbackInteropJose(t *testing.T) {
-	k := callbackTestKeys(t)
+	k := tokentest.Keys(t)
 	type algCase struct {
 		alg, private, public string
 		c                    *Callback
 	}
 	cases := []*algCase{
 		{alg: "HS256", private: testHMACSecret, public: testHMACSecret},
-		{alg: "EdDSA", private: callbackPEMPrivate(t, k.ed), public: callbackPEMPublic(t, k.ed.Public())},
-		{alg: "ES256", private: callbackPEMPrivate(t, k.ec), public: callbackPEMPublic(t, &k.ec.PublicKey)},
-		{alg: "RS256", private: callbackPEMPrivate(t, k.rsa), public: callbackPEMPublic(t, &k.rsa.PublicKey)},
+		{alg: "EdDSA", private: tokentest.PEMPrivate(t, k.Ed), public: tokentest.PEMPublic(t, k.Ed.Public())},
+		{alg: "ES256", private: tokentest.PEMPrivate(t, k.EC), public: tokentest.PEMPublic(t, &k.EC.PublicKey)},
+		{alg: "RS256", private: tokentest.PEMPrivate(t, k.RSA), public: tokentest.PEMPublic(t, &k.RSA.PublicKey)},
 	}
 	now := time.Now()
 	claims := map[string]any{
@@ -116,7 +118,7 @@ func TestCallbackInteropJose(t *testing.T) {
 		tc.c = &Callback{SigningKey: tc.private}
 		provisionTestCallback(t, tc.c)
 		req.Mint = append(req.Mint,
-			joseMint{Alg: tc.alg, Key: tc.private, Kid: tc.c.signer.kid, Claims: claims},
+			joseMint{Alg: tc.alg, Key: tc.private, Kid: tc.c.signer.KID(), Claims: claims},
 			joseMint{Alg: tc.alg, Key: tc.private, Claims: claims})
 		req.Verify = append(req.Verify, joseVerify{Alg: tc.alg, Key: tc.public, Token: callbackAuthToken(t, tc.c), Iss: "caddy-atlas", Aud: "atlas-callback"})
 		if tc.alg == "HS256" {
@@ -139,7 +141,7 @@ func TestCallbackInteropJose(t *testing.T) {
 				t.Errorf("%s token %d from jose: sub %q", tc.alg, j, got.Subject)
 			}
 		}
-		if v := ans.Verified[i]; v.Error != "" || v.Sub != "atlas-client" || v.Kid != tc.c.signer.kid {
+		if v := ans.Verified[i]; v.Error != "" || v.Sub != "atlas-client" || v.Kid != tc.c.signer.KID() {
 			t.Errorf("jose on the %s token the route issued: %+v", tc.alg, v)
 		}
 		want := ""
@@ -149,8 +151,8 @@ func TestCallbackInteropJose(t *testing.T) {
 			want = ans.Thumbprints[pub]
 			pub++
 		}
-		if tc.c.signer.kid != want {
-			t.Errorf("%s kid %s, jose's RFC 7638 thumbprint %s", tc.alg, tc.c.signer.kid, want)
+		if tc.c.signer.KID() != want {
+			t.Errorf("%s kid %s, jose's RFC 7638 thumbprint %s", tc.alg, tc.c.signer.KID(), want)
 		}
 	}
 

@@ -19,6 +19,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
+	"github.com/caddy-atlas/caddy-atlas/callback/token"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
 )
 
 // TestCallbackHandOff checks what reaches the app for a good callback:
@@ -240,7 +243,7 @@ func TestCallbackProvisionDefaults(t *testing.T) {
 	if c.clientID != "id-from-env" || !c.checkCredentials("id-from-env", "secret-from-env") {
 		t.Error("credentials from the environment not resolved")
 	}
-	if string(c.signer.private.([]byte)) != testHMACSecret {
+	if want, err := token.ParseSigningKey(testHMACSecret); err != nil || c.signer.KID() != want.KID() {
 		t.Error("signing key from the file not resolved (or its newline kept)")
 	}
 	// The exported config still holds the placeholders, not the secrets.
@@ -252,9 +255,9 @@ func TestCallbackProvisionDefaults(t *testing.T) {
 // TestCallbackConfigErrors checks the provision and validate errors, and
 // that none echoes a secret.
 func TestCallbackConfigErrors(t *testing.T) {
-	k := callbackTestKeys(t)
+	k := tokentest.Keys(t)
 	const marker = "SECRET-MARKER-0123456789abcdef0123456789"
-	weakRSA := weakRSAKey(t)
+	weakRSA := tokentest.WeakRSA(t)
 	for _, tc := range []struct {
 		name string
 		c    Callback
@@ -269,9 +272,9 @@ func TestCallbackConfigErrors(t *testing.T) {
 		{"empty signing key", Callback{SigningKey: "{env.CALLBACK_TEST_UNSET}"}, "signing_key is empty"},
 		{"unreadable signing key file", Callback{SigningKey: "{file./nonexistent/callback.key}"}, "signing_key is empty"},
 		{"short HMAC", Callback{SigningKey: marker[:31]}, "signing_key: an HMAC secret must be at least 32 bytes, this one has 31"},
-		{"weak RSA", Callback{SigningKey: callbackPEMPrivate(t, weakRSA)}, "signing_key: an RSA key must have at least 2048 bits, this one has 1024"},
-		{"weak RSA verify key", Callback{VerifyKeys: []string{callbackPEMPublic(t, &weakRSA.PublicKey)}}, "verify_keys[0]: an RSA key must have at least 2048 bits"},
-		{"public signing key", Callback{SigningKey: callbackPEMPublic(t, k.ed.Public())}, `signing_key: PEM block "PUBLIC KEY" holds no private key`},
+		{"weak RSA", Callback{SigningKey: tokentest.PEMPrivate(t, weakRSA)}, "signing_key: an RSA key must have at least 2048 bits, this one has 1024"},
+		{"weak RSA verify key", Callback{VerifyKeys: []string{tokentest.PEMPublic(t, &weakRSA.PublicKey)}}, "verify_keys[0]: an RSA key must have at least 2048 bits"},
+		{"public signing key", Callback{SigningKey: tokentest.PEMPublic(t, k.Ed.Public())}, `signing_key: PEM block "PUBLIC KEY" holds no private key`},
 		{"bad PEM", Callback{SigningKey: "-----BEGIN PRIVATE KEY-----\n" + marker + "\n-----END PRIVATE KEY-----\n"}, "signing_key: no PEM block found"},
 		{"broken key", Callback{SigningKey: "-----BEGIN PRIVATE KEY-----\nU0VDUkVULU1BUktFUg==\n-----END PRIVATE KEY-----\n"}, "signing_key: parsing the PRIVATE KEY PEM block"},
 		{"HMAC verify key", Callback{VerifyKeys: []string{marker}}, "verify_keys[0]: not a PEM public key (HMAC secrets are not accepted as verify keys)"},

@@ -13,20 +13,24 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/token"
 )
 
 // TestCallbackTokenIssuedPerKeyType checks the tokens auth_path issues
 // for each kind of signing key: algorithm, kid, claims, and that the
 // route verifies them.
 func TestCallbackTokenIssuedPerKeyType(t *testing.T) {
-	k := callbackTestKeys(t)
+	k := tokentest.Keys(t)
 	for _, tc := range []struct {
 		name, key, alg string
 	}{
 		{"hmac", testHMACSecret, "HS256"},
-		{"ed25519", callbackPEMPrivate(t, k.ed), "EdDSA"},
-		{"ecdsa", callbackPEMPrivate(t, k.ec), "ES256"},
-		{"rsa", callbackPEMPrivate(t, k.rsa), "RS256"},
+		{"ed25519", tokentest.PEMPrivate(t, k.Ed), "EdDSA"},
+		{"ecdsa", tokentest.PEMPrivate(t, k.EC), "ES256"},
+		{"rsa", tokentest.PEMPrivate(t, k.RSA), "RS256"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := &Callback{SigningKey: tc.key, TokenTTL: caddy.Duration(10 * time.Minute)}
@@ -40,8 +44,8 @@ func TestCallbackTokenIssuedPerKeyType(t *testing.T) {
 			}
 			var hdr map[string]any
 			callbackDecodeSegment(t, parts[0], &hdr)
-			if hdr["alg"] != tc.alg || hdr["kid"] != c.signer.kid || hdr["typ"] != "JWT" {
-				t.Errorf("header = %v, want alg %s and kid %s", hdr, tc.alg, c.signer.kid)
+			if hdr["alg"] != tc.alg || hdr["kid"] != c.signer.KID() || hdr["typ"] != "JWT" {
+				t.Errorf("header = %v, want alg %s and kid %s", hdr, tc.alg, c.signer.KID())
 			}
 			var claims map[string]any
 			callbackDecodeSegment(t, parts[1], &claims)
@@ -78,14 +82,14 @@ func TestCallbackTokenIssuedPerKeyType(t *testing.T) {
 // TestCallbackTokenAttacks is the token attack list: each must fail
 // verification.
 func TestCallbackTokenAttacks(t *testing.T) {
-	k := callbackTestKeys(t)
-	rsaPubPEM := callbackPEMPublic(t, &k.rsa.PublicKey)
-	c := &Callback{VerifyKeys: []string{rsaPubPEM, callbackPEMPublic(t, k.ed.Public())}}
+	k := tokentest.Keys(t)
+	rsaPubPEM := tokentest.PEMPublic(t, &k.RSA.PublicKey)
+	c := &Callback{VerifyKeys: []string{rsaPubPEM, tokentest.PEMPublic(t, k.Ed.Public())}}
 	provisionTestCallback(t, c)
-	rsaKey, _ := parseVerifyKey(rsaPubPEM)
+	rsaKey, _ := token.ParseVerifyKey(rsaPubPEM)
 	now := time.Now()
 	hmacKey := []byte(testHMACSecret)
-	rsaDER, _ := x509.MarshalPKIXPublicKey(&k.rsa.PublicKey)
+	rsaDER, _ := x509.MarshalPKIXPublicKey(&k.RSA.PublicKey)
 
 	with := func(mut func(jwt.MapClaims)) jwt.MapClaims {
 		cl := callbackClaims(c, now)
@@ -120,14 +124,14 @@ func TestCallbackTokenAttacks(t *testing.T) {
 		{"garbage", "garbage", "malformed"},
 		{"three garbage segments", "abc.def.ghi", "malformed"},
 		{"alg none", noneToken(""), "bad signature or algorithm"},
-		{"alg none with our kid", noneToken(c.signer.kid), "bad signature or algorithm"},
+		{"alg none with our kid", noneToken(c.signer.KID()), "bad signature or algorithm"},
 		{"HS256 signed with the RSA public key PEM", mintTestToken(t, jwt.SigningMethodHS256, []byte(rsaPubPEM), "", valid), "bad signature or algorithm"},
-		{"HS256 with the RSA public key PEM and its kid", mintTestToken(t, jwt.SigningMethodHS256, []byte(rsaPubPEM), rsaKey.kid, valid), "no usable key"},
-		{"HS256 with the RSA public key DER and its kid", mintTestToken(t, jwt.SigningMethodHS256, rsaDER, rsaKey.kid, valid), "no usable key"},
-		{"RS256 token naming the HMAC kid", mintTestToken(t, jwt.SigningMethodRS256, k.rsa, c.signer.kid, valid), "no usable key"},
-		{"ES256 not configured", mintTestToken(t, jwt.SigningMethodES256, k.ec, "", valid), "bad signature or algorithm"},
+		{"HS256 with the RSA public key PEM and its kid", mintTestToken(t, jwt.SigningMethodHS256, []byte(rsaPubPEM), rsaKey.KID(), valid), "no usable key"},
+		{"HS256 with the RSA public key DER and its kid", mintTestToken(t, jwt.SigningMethodHS256, rsaDER, rsaKey.KID(), valid), "no usable key"},
+		{"RS256 token naming the HMAC kid", mintTestToken(t, jwt.SigningMethodRS256, k.RSA, c.signer.KID(), valid), "no usable key"},
+		{"ES256 not configured", mintTestToken(t, jwt.SigningMethodES256, k.EC, "", valid), "bad signature or algorithm"},
 		{"HS512 not configured", mintTestToken(t, jwt.SigningMethodHS512, hmacKey, "", valid), "bad signature or algorithm"},
-		{"PS256 with the RSA key", mintTestToken(t, jwt.SigningMethodPS256, k.rsa, "", valid), "bad signature or algorithm"},
+		{"PS256 with the RSA key", mintTestToken(t, jwt.SigningMethodPS256, k.RSA, "", valid), "bad signature or algorithm"},
 		{"wrong signature", tampered(), "bad signature or algorithm"},
 		{"wrong HMAC secret", mintTestToken(t, jwt.SigningMethodHS256, []byte("a-different-secret-that-is-32-bytes-long"), "", valid), "bad signature or algorithm"},
 		{"token of another caddy-atlas", callbackAuthToken(t, other), "no usable key"},
@@ -168,7 +172,7 @@ func TestCallbackTokenAttacks(t *testing.T) {
 			if err == nil {
 				t.Fatal("the token verified")
 			}
-			if got := tokenFailureReason(err); got != tc.reason {
+			if got := token.FailureReason(err); got != tc.reason {
 				t.Errorf("reason %q (%v), want %q", got, err, tc.reason)
 			}
 		})
@@ -178,8 +182,8 @@ func TestCallbackTokenAttacks(t *testing.T) {
 // TestCallbackTokenAccepted checks the tokens that must verify: each
 // configured key, with or without kid, and the leeway.
 func TestCallbackTokenAccepted(t *testing.T) {
-	k := callbackTestKeys(t)
-	c := &Callback{VerifyKeys: []string{callbackPEMPublic(t, &k.rsa.PublicKey), callbackPEMPublic(t, k.ed.Public()), callbackPEMPublic(t, &k.ec.PublicKey)}}
+	k := tokentest.Keys(t)
+	c := &Callback{VerifyKeys: []string{tokentest.PEMPublic(t, &k.RSA.PublicKey), tokentest.PEMPublic(t, k.Ed.Public()), tokentest.PEMPublic(t, &k.EC.PublicKey)}}
 	provisionTestCallback(t, c)
 	now := time.Now()
 	valid := callbackClaims(c, now)
@@ -188,24 +192,24 @@ func TestCallbackTokenAccepted(t *testing.T) {
 	withinLeeway["nbf"] = now.Add(50 * time.Second).Unix()
 	withinLeeway["iat"] = now.Add(50 * time.Second).Unix()
 	kidOf := func(pub any) string {
-		key, err := newPublicJWTKey(pub)
+		key, err := token.ParseVerifyKey(tokentest.PEMPublic(t, pub))
 		if err != nil {
 			t.Fatal(err)
 		}
-		return key.kid
+		return key.KID()
 	}
 	for _, tc := range []struct {
 		name  string
 		token string
 	}{
 		{"HS256 without kid", mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), "", valid)},
-		{"HS256 with kid", mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), c.signer.kid, valid)},
-		{"RS256 without kid", mintTestToken(t, jwt.SigningMethodRS256, k.rsa, "", valid)},
-		{"RS256 with kid", mintTestToken(t, jwt.SigningMethodRS256, k.rsa, kidOf(&k.rsa.PublicKey), valid)},
-		{"EdDSA without kid", mintTestToken(t, jwt.SigningMethodEdDSA, k.ed, "", valid)},
-		{"EdDSA with kid", mintTestToken(t, jwt.SigningMethodEdDSA, k.ed, kidOf(k.ed.Public()), valid)},
-		{"ES256 without kid", mintTestToken(t, jwt.SigningMethodES256, k.ec, "", valid)},
-		{"ES256 with kid", mintTestToken(t, jwt.SigningMethodES256, k.ec, kidOf(&k.ec.PublicKey), valid)},
+		{"HS256 with kid", mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), c.signer.KID(), valid)},
+		{"RS256 without kid", mintTestToken(t, jwt.SigningMethodRS256, k.RSA, "", valid)},
+		{"RS256 with kid", mintTestToken(t, jwt.SigningMethodRS256, k.RSA, kidOf(&k.RSA.PublicKey), valid)},
+		{"EdDSA without kid", mintTestToken(t, jwt.SigningMethodEdDSA, k.Ed, "", valid)},
+		{"EdDSA with kid", mintTestToken(t, jwt.SigningMethodEdDSA, k.Ed, kidOf(k.Ed.Public()), valid)},
+		{"ES256 without kid", mintTestToken(t, jwt.SigningMethodES256, k.EC, "", valid)},
+		{"ES256 with kid", mintTestToken(t, jwt.SigningMethodES256, k.EC, kidOf(&k.EC.PublicKey), valid)},
 		{"within leeway", mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), "", withinLeeway)},
 		{"aud as an array", mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), "", func() jwt.MapClaims {
 			cl := callbackClaims(c, now)
@@ -224,16 +228,16 @@ func TestCallbackTokenAccepted(t *testing.T) {
 // TestCallbackTokenAsymmetricOnly checks that without an HMAC key no
 // HS256 token verifies, whatever key it was made with.
 func TestCallbackTokenAsymmetricOnly(t *testing.T) {
-	k := callbackTestKeys(t)
-	c := &Callback{SigningKey: callbackPEMPrivate(t, k.rsa)}
+	k := tokentest.Keys(t)
+	c := &Callback{SigningKey: tokentest.PEMPrivate(t, k.RSA)}
 	provisionTestCallback(t, c)
-	if got := c.validMethods; len(got) != 1 || got[0] != "RS256" {
+	if got := c.verifier.Methods(); len(got) != 1 || got[0] != "RS256" {
 		t.Fatalf("valid methods %v, want [RS256]", got)
 	}
 	valid := callbackClaims(c, time.Now())
-	pubPEM := callbackPEMPublic(t, &k.rsa.PublicKey)
+	pubPEM := tokentest.PEMPublic(t, &k.RSA.PublicKey)
 	for _, key := range [][]byte{[]byte(pubPEM), []byte(strings.TrimSpace(pubPEM))} {
-		for _, kid := range []string{"", c.signer.kid} {
+		for _, kid := range []string{"", c.signer.KID()} {
 			raw := mintTestToken(t, jwt.SigningMethodHS256, key, kid, valid)
 			if _, err := c.verifyToken(context.Background(), raw); err == nil {
 				t.Errorf("HS256 token made with the public key (kid %q) verified", kid)
@@ -264,7 +268,7 @@ func TestCallbackTokenFromRequest(t *testing.T) {
 		{name: "query string only", target: "/hooks/atlas?token=abc&access_token=abc&Token=abc", wantErr: true},
 		{name: "cookie only", header: http.Header{"Cookie": {"token=abc; Token=abc; access_token=abc"}}, wantErr: true},
 		{name: "none", wantErr: true},
-		{name: "too long", header: http.Header{"Token": {strings.Repeat("a", maxCallbackTokenBytes+1)}}, wantErr: true},
+		{name: "too long", header: http.Header{"Token": {strings.Repeat("a", token.MaxBytes+1)}}, wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			target := tc.target
@@ -275,7 +279,7 @@ func TestCallbackTokenFromRequest(t *testing.T) {
 			for k, v := range tc.header {
 				req.Header[k] = v
 			}
-			got, err := callbackRequestToken(req)
+			got, err := token.FromRequest(req)
 			if (err != nil) != tc.wantErr || got != tc.want {
 				t.Errorf("callbackRequestToken = %q, %v; want %q, error %v", got, err, tc.want, tc.wantErr)
 			}

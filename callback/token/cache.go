@@ -1,4 +1,4 @@
-package caddyatlas
+package token
 
 import (
 	"strings"
@@ -8,28 +8,28 @@ import (
 
 // Bounds of the verified-token cache.
 const (
-	// verifiedTokenTTL is the longest a verified token is taken on trust
+	// CacheTTL is the longest a verified token is taken on trust
 	// before its signature and claims are checked again.
-	verifiedTokenTTL = time.Minute
-	// maxVerifiedTokens is the most tokens remembered at once.
-	maxVerifiedTokens = 1024
+	CacheTTL = time.Minute
+	// MaxCached is the most tokens remembered at once.
+	MaxCached = 1024
 )
 
-// verifiedTokenCache remembers the subjects of tokens that verified, keyed
+// Cache remembers the subjects of tokens that verified, keyed
 // by the exact token, so that a sender that reuses its token for many
 // callbacks (Atlas keeps one for its lifetime) costs one signature check
-// and claims parse per verifiedTokenTTL instead of one per callback.
+// and claims parse per CacheTTL instead of one per callback.
 //
 // An entry is used until the earlier of the token's expiry (exp plus the
-// leeway, as the parser would allow) and verifiedTokenTTL after the check;
+// leeway, as the parser would allow) and CacheTTL after the check;
 // nbf and iat, once passed, stay passed. A key dropped from the JWKS
-// therefore stops being honoured within verifiedTokenTTL of the fetch that
+// therefore stops being honoured within CacheTTL of the fetch that
 // drops it, and a config reload, which provisions a new cache, at once.
 // Only tokens that verified are stored, so a caller without a valid token
 // cannot fill it; when it is full, expired entries are swept and, if none
 // were, the one that would expire first is dropped, so that a long-lived
 // token in steady use outlasts a burst of fresh ones.
-type verifiedTokenCache struct {
+type Cache struct {
 	mu      sync.RWMutex
 	entries map[string]verifiedToken
 }
@@ -40,13 +40,13 @@ type verifiedToken struct {
 	until   time.Time
 }
 
-func newVerifiedTokenCache() *verifiedTokenCache {
-	return &verifiedTokenCache{entries: make(map[string]verifiedToken)}
+func NewCache() *Cache {
+	return &Cache{entries: make(map[string]verifiedToken)}
 }
 
-// get returns the subject of a token that verified and may still be
+// Get returns the subject of a token that verified and may still be
 // trusted at now.
-func (tc *verifiedTokenCache) get(raw string, now time.Time) (string, bool) {
+func (tc *Cache) Get(raw string, now time.Time) (string, bool) {
 	tc.mu.RLock()
 	e, ok := tc.entries[raw]
 	tc.mu.RUnlock()
@@ -56,10 +56,10 @@ func (tc *verifiedTokenCache) get(raw string, now time.Time) (string, bool) {
 	return e.subject, true
 }
 
-// put remembers a token that verified at now, until the earlier of expiry
-// and now+verifiedTokenTTL.
-func (tc *verifiedTokenCache) put(raw, subject string, now, expiry time.Time) {
-	until := now.Add(verifiedTokenTTL)
+// Put remembers a token that verified at now, until the earlier of expiry
+// and now+CacheTTL.
+func (tc *Cache) Put(raw, subject string, now, expiry time.Time) {
+	until := now.Add(CacheTTL)
 	if expiry.Before(until) {
 		until = expiry
 	}
@@ -68,13 +68,13 @@ func (tc *verifiedTokenCache) put(raw, subject string, now, expiry time.Time) {
 	}
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
-	if _, ok := tc.entries[raw]; !ok && len(tc.entries) >= maxVerifiedTokens {
+	if _, ok := tc.entries[raw]; !ok && len(tc.entries) >= MaxCached {
 		for k, e := range tc.entries {
 			if !now.Before(e.until) {
 				delete(tc.entries, k)
 			}
 		}
-		if len(tc.entries) >= maxVerifiedTokens {
+		if len(tc.entries) >= MaxCached {
 			var soonest string
 			var first time.Time
 			for k, e := range tc.entries {
@@ -90,8 +90,8 @@ func (tc *verifiedTokenCache) put(raw, subject string, now, expiry time.Time) {
 	tc.entries[strings.Clone(raw)] = verifiedToken{subject: subject, until: until}
 }
 
-// len returns the number of tokens remembered.
-func (tc *verifiedTokenCache) len() int {
+// Len returns the number of tokens remembered.
+func (tc *Cache) Len() int {
 	tc.mu.RLock()
 	defer tc.mu.RUnlock()
 	return len(tc.entries)

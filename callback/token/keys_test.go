@@ -1,4 +1,4 @@
-package caddyatlas
+package token
 
 import (
 	"crypto/ecdsa"
@@ -7,12 +7,12 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
 )
 
 // TestCallbackKeysThumbprintRFC7638 checks the kid against the example
@@ -37,23 +37,23 @@ func TestCallbackKeysThumbprintRFC7638(t *testing.T) {
 // TestCallbackKeysPEMForms checks the PEM encodings accepted for the
 // signing key and the verify keys.
 func TestCallbackKeysPEMForms(t *testing.T) {
-	k := callbackTestKeys(t)
-	ecDER, _ := x509.MarshalECPrivateKey(k.ec)
+	k := tokentest.Keys(t)
+	ecDER, _ := x509.MarshalECPrivateKey(k.EC)
 	sec1 := "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n" +
 		string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: ecDER}))
-	pkcs1 := string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k.rsa)}))
-	pkcs1Pub := string(pem.EncodeToMemory(&pem.Block{Type: "RSA PUBLIC KEY", Bytes: x509.MarshalPKCS1PublicKey(&k.rsa.PublicKey)}))
+	pkcs1 := string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k.RSA)}))
+	pkcs1Pub := string(pem.EncodeToMemory(&pem.Block{Type: "RSA PUBLIC KEY", Bytes: x509.MarshalPKCS1PublicKey(&k.RSA.PublicKey)}))
 
 	for _, tc := range []struct {
 		name, pem, alg string
 	}{
-		{"PKCS8 Ed25519", callbackPEMPrivate(t, k.ed), algEdDSA},
-		{"PKCS8 ECDSA", callbackPEMPrivate(t, k.ec), algES256},
-		{"SEC1 ECDSA after EC PARAMETERS", sec1, algES256},
-		{"PKCS8 RSA", callbackPEMPrivate(t, k.rsa), algRS256},
-		{"PKCS1 RSA", pkcs1, algRS256},
+		{"PKCS8 Ed25519", tokentest.PEMPrivate(t, k.Ed), EdDSA},
+		{"PKCS8 ECDSA", tokentest.PEMPrivate(t, k.EC), ES256},
+		{"SEC1 ECDSA after EC PARAMETERS", sec1, ES256},
+		{"PKCS8 RSA", tokentest.PEMPrivate(t, k.RSA), RS256},
+		{"PKCS1 RSA", pkcs1, RS256},
 	} {
-		key, err := parseSigningKey(tc.pem)
+		key, err := ParseSigningKey(tc.pem)
 		if err != nil {
 			t.Errorf("%s: %v", tc.name, err)
 			continue
@@ -62,34 +62,34 @@ func TestCallbackKeysPEMForms(t *testing.T) {
 			t.Errorf("%s: alg %s", tc.name, key.alg)
 		}
 		// The same key as a verify key has the same kid.
-		pub, err := parseVerifyKey(tc.pem)
+		pub, err := ParseVerifyKey(tc.pem)
 		if err != nil || pub.kid != key.kid || pub.private != nil {
 			t.Errorf("%s as a verify key: %v", tc.name, err)
 		}
 	}
 
-	cert := callbackSelfSigned(t, k.ec)
+	cert := tokentest.SelfSigned(t, k.EC)
 	for _, tc := range []struct{ name, pem, alg string }{
-		{"PKIX Ed25519", callbackPEMPublic(t, k.ed.Public()), algEdDSA},
-		{"PKIX ECDSA", callbackPEMPublic(t, &k.ec.PublicKey), algES256},
-		{"PKIX RSA", callbackPEMPublic(t, &k.rsa.PublicKey), algRS256},
-		{"PKCS1 RSA public", pkcs1Pub, algRS256},
-		{"certificate", cert, algES256},
+		{"PKIX Ed25519", tokentest.PEMPublic(t, k.Ed.Public()), EdDSA},
+		{"PKIX ECDSA", tokentest.PEMPublic(t, &k.EC.PublicKey), ES256},
+		{"PKIX RSA", tokentest.PEMPublic(t, &k.RSA.PublicKey), RS256},
+		{"PKCS1 RSA public", pkcs1Pub, RS256},
+		{"certificate", cert, ES256},
 	} {
-		key, err := parseVerifyKey(tc.pem)
+		key, err := ParseVerifyKey(tc.pem)
 		if err != nil || key.alg != tc.alg {
 			t.Errorf("%s: %v", tc.name, err)
 		}
 	}
-	ecKey, _ := parseVerifyKey(callbackPEMPublic(t, &k.ec.PublicKey))
-	certKey, _ := parseVerifyKey(cert)
+	ecKey, _ := ParseVerifyKey(tokentest.PEMPublic(t, &k.EC.PublicKey))
+	certKey, _ := ParseVerifyKey(cert)
 	if ecKey.kid != certKey.kid {
 		t.Error("a certificate's key has another kid than the key itself")
 	}
 }
 
 func TestCallbackKeysRefused(t *testing.T) {
-	k := callbackTestKeys(t)
+	k := tokentest.Keys(t)
 	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -98,18 +98,18 @@ func TestCallbackKeysRefused(t *testing.T) {
 		name, pem, want string
 		verify          bool
 	}{
-		{"P-384 signing key", callbackPEMPrivate(t, p384), "ECDSA curve P-384 is not supported; use P-256", false},
-		{"P-384 verify key", callbackPEMPublic(t, &p384.PublicKey), "ECDSA curve P-384 is not supported", true},
+		{"P-384 signing key", tokentest.PEMPrivate(t, p384), "ECDSA curve P-384 is not supported; use P-256", false},
+		{"P-384 verify key", tokentest.PEMPublic(t, &p384.PublicKey), "ECDSA curve P-384 is not supported", true},
 		{"encrypted", "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n", "encrypted PEM private keys are not supported", false},
 		{"unknown block", "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n", `unsupported PEM block "OPENSSH PRIVATE KEY"`, false},
-		{"certificate as signing key", callbackSelfSigned(t, k.ec), "holds no private key", false},
+		{"certificate as signing key", tokentest.SelfSigned(t, k.EC), "holds no private key", false},
 		{"not PEM", "-----BEGIN nothing", "no PEM block found", true},
 	} {
 		var err error
 		if tc.verify {
-			_, err = parseVerifyKey(tc.pem)
+			_, err = ParseVerifyKey(tc.pem)
 		} else {
-			_, err = parseSigningKey(tc.pem)
+			_, err = ParseSigningKey(tc.pem)
 		}
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want %q", tc.name, err, tc.want)
@@ -119,11 +119,11 @@ func TestCallbackKeysRefused(t *testing.T) {
 
 // TestCallbackKeysJWK checks the JWKS entries accepted and refused.
 func TestCallbackKeysJWK(t *testing.T) {
-	k := callbackTestKeys(t)
+	k := tokentest.Keys(t)
 	good := map[string]jwk{
-		"RSA": callbackJWKOf(t, &k.rsa.PublicKey, "r1"),
-		"EC":  callbackJWKOf(t, &k.ec.PublicKey, "e1"),
-		"OKP": callbackJWKOf(t, k.ed.Public(), "o1"),
+		"RSA": callbackJWKOf(t, &k.RSA.PublicKey, "r1"),
+		"EC":  callbackJWKOf(t, &k.EC.PublicKey, "e1"),
+		"OKP": callbackJWKOf(t, k.Ed.Public(), "o1"),
 	}
 	for name, j := range good {
 		key, err := parseJWK(j)
@@ -135,12 +135,12 @@ func TestCallbackKeysJWK(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if fromPEM, _ := newPublicJWTKey(key.public); key.kid != fromPEM.kid {
+		if fromPEM, _ := newPublicKey(key.public); key.kid != fromPEM.kid {
 			t.Errorf("%s without kid: kid %s, want the thumbprint %s", name, key.kid, fromPEM.kid)
 		}
 	}
 
-	weak := callbackJWKOf(t, &weakRSAKey(t).PublicKey, "weak")
+	weak := callbackJWKOf(t, &tokentest.WeakRSA(t).PublicKey, "weak")
 	mod := func(j jwk, f func(*jwk)) jwk { f(&j); return j }
 	for _, tc := range []struct {
 		name string
@@ -169,34 +169,19 @@ func TestCallbackKeysJWK(t *testing.T) {
 // callbackJWKOf returns the JWK of a public key.
 func callbackJWKOf(t testing.TB, pub any, kid string) jwk {
 	t.Helper()
-	key, err := newPublicJWTKey(pub)
+	key, err := newPublicKey(pub)
 	if err != nil {
 		t.Fatal(err)
 	}
 	j := jwk{Kid: kid, Use: "sig", Alg: key.alg}
 	switch p := pub.(type) {
 	case ed25519.PublicKey:
-		j.Kty, j.Crv, j.X = "OKP", "Ed25519", callbackB64URL(p)
+		j.Kty, j.Crv, j.X = "OKP", "Ed25519", b64URL(p)
 	case *ecdsa.PublicKey:
 		raw, _ := p.Bytes()
-		j.Kty, j.Crv, j.X, j.Y = "EC", "P-256", callbackB64URL(raw[1:33]), callbackB64URL(raw[33:])
+		j.Kty, j.Crv, j.X, j.Y = "EC", "P-256", b64URL(raw[1:33]), b64URL(raw[33:])
 	case *rsa.PublicKey:
-		j.Kty, j.N, j.E = "RSA", callbackB64URL(p.N.Bytes()), callbackB64URL(big.NewInt(int64(p.E)).Bytes())
+		j.Kty, j.N, j.E = "RSA", b64URL(p.N.Bytes()), b64URL(big.NewInt(int64(p.E)).Bytes())
 	}
 	return j
-}
-
-func callbackSelfSigned(t testing.TB, key *ecdsa.PrivateKey) string {
-	t.Helper()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "idp.test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }

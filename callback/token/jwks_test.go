@@ -1,4 +1,4 @@
-package caddyatlas
+package token
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
 )
 
 // jwksTestServer serves a JWKS the test can rotate, and counts fetches.
@@ -68,32 +70,42 @@ func callbackWaitFor(t *testing.T, what string, cond func() bool) {
 // TestCallbackJWKSRotation checks that the route fetches a JWKS, picks up
 // a rotated key on an unknown kid, and rate-limits refetches.
 func TestCallbackJWKSRotation(t *testing.T) {
-	k := callbackTestKeys(t)
-	srv := newJWKSTestServer(t, callbackJWKOf(t, &k.ec.PublicKey, "key-1"), jwk{Kty: "oct", Kid: "ignored"})
-	clock := new(callbackTestClock)
-	c := &Callback{JWKSURL: srv.URL + "/.well-known/jwks.json", now: clock.now}
-	provisionTestCallback(t, c)
-	callbackWaitFor(t, "the initial fetch", func() bool { return len(c.jwks.snapshot()) == 1 })
+	k := tokentest.Keys(t)
+	srv := newJWKSTestServer(t, callbackJWKOf(t, &k.EC.PublicKey, "key-1"), jwk{Kty: "oct", Kid: "ignored"})
+	clock := new(offsetClock)
+	hmac, err := ParseSigningKey(testHMACSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := NewJWKS(srv.URL+"/.well-known/jwks.json", zap.NewNop(), nil)
+	f.now = clock.now
+	v := &Verifier{Issuer: "caddy-atlas", Audience: "atlas-callback", Leeway: time.Minute,
+		Keys: []*Key{hmac}, JWKS: f, Now: clock.now}
+	v.Init()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	f.Start(ctx)
+	callbackWaitFor(t, "the initial fetch", func() bool { return len(f.Snapshot()) == 1 })
 	if got := srv.hits.Load(); got != 1 {
 		t.Fatalf("%d fetches at start", got)
 	}
 
-	claims := func() jwt.MapClaims { return callbackClaims(c, clock.now()) }
+	claims := func() jwt.MapClaims { return testMapClaims(clock.now()) }
 	verify := func(tok string) error {
-		_, err := c.verifyToken(context.Background(), tok)
+		_, err := v.Verify(context.Background(), tok)
 		return err
 	}
-	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.ec, "key-1", claims())); err != nil {
+	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.EC, "key-1", claims())); err != nil {
 		t.Fatalf("token of the JWKS key: %v", err)
 	}
-	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.ec, "", claims())); err != nil {
+	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.EC, "", claims())); err != nil {
 		t.Fatalf("token of the JWKS key without kid: %v", err)
 	}
 
 	// Rotation: key-2 replaces key-1. Within 30s of the last fetch, an
 	// unknown kid does not refetch.
-	srv.set(http.StatusOK, callbackJWKOf(t, &k.ec2.PublicKey, "key-2"), callbackJWKOf(t, k.ed.Public(), "key-3"))
-	rotated := mintTestToken(t, jwt.SigningMethodES256, k.ec2, "key-2", claims())
+	srv.set(http.StatusOK, callbackJWKOf(t, &k.EC2.PublicKey, "key-2"), callbackJWKOf(t, k.Ed.Public(), "key-3"))
+	rotated := mintTestToken(t, jwt.SigningMethodES256, k.EC2, "key-2", claims())
 	if err := verify(rotated); err == nil {
 		t.Fatal("a refetch was not rate-limited")
 	}
@@ -101,21 +113,21 @@ func TestCallbackJWKSRotation(t *testing.T) {
 		t.Fatalf("%d fetches, want 1 (rate limit)", got)
 	}
 	clock.advance(31 * time.Second)
-	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.ec2, "key-2", claims())); err != nil {
+	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.EC2, "key-2", claims())); err != nil {
 		t.Fatalf("rotated key not picked up: %v", err)
 	}
 	if got := srv.hits.Load(); got != 2 {
 		t.Fatalf("%d fetches, want 2", got)
 	}
 	// The new set serves EdDSA too; key-1 is gone.
-	if err := verify(mintTestToken(t, jwt.SigningMethodEdDSA, k.ed, "key-3", claims())); err != nil {
+	if err := verify(mintTestToken(t, jwt.SigningMethodEdDSA, k.Ed, "key-3", claims())); err != nil {
 		t.Errorf("EdDSA key of the set: %v", err)
 	}
-	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.ec, "key-1", claims())); err == nil {
+	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.EC, "key-1", claims())); err == nil {
 		t.Error("a key removed from the set still verifies")
 	}
 	// A kid naming a key of another type fails without a fetch.
-	if err := verify(mintTestToken(t, jwt.SigningMethodEdDSA, k.ed, "key-2", claims())); err == nil {
+	if err := verify(mintTestToken(t, jwt.SigningMethodEdDSA, k.Ed, "key-2", claims())); err == nil {
 		t.Error("an EdDSA token verified against an ES256 key")
 	}
 	// The HMAC secret is still there, and HS256 cannot use JWKS keys.
@@ -126,10 +138,10 @@ func TestCallbackJWKSRotation(t *testing.T) {
 	// A failing JWKS keeps the last good keys.
 	srv.set(http.StatusInternalServerError)
 	clock.advance(31 * time.Second)
-	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.ec, "unknown", claims())); err == nil {
+	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.EC, "unknown", claims())); err == nil {
 		t.Error("unknown kid verified")
 	}
-	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.ec2, "key-2", claims())); err != nil {
+	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.EC2, "key-2", claims())); err != nil {
 		t.Errorf("the keys were dropped after a failed fetch: %v", err)
 	}
 }
@@ -137,17 +149,17 @@ func TestCallbackJWKSRotation(t *testing.T) {
 // TestCallbackJWKSSingleFlight checks that concurrent lookups of an
 // unknown kid make one fetch.
 func TestCallbackJWKSSingleFlight(t *testing.T) {
-	k := callbackTestKeys(t)
-	srv := newJWKSTestServer(t, callbackJWKOf(t, &k.ec.PublicKey, "key-1"))
+	k := tokentest.Keys(t)
+	srv := newJWKSTestServer(t, callbackJWKOf(t, &k.EC.PublicKey, "key-1"))
 	srv.delay = 100 * time.Millisecond
-	f := newJWKSFetcher(srv.URL, zap.NewNop(), nil)
+	f := NewJWKS(srv.URL, zap.NewNop(), nil)
 	var wg sync.WaitGroup
 	var found atomic.Int64
 	for range 20 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if f.lookup(context.Background(), "key-1") != nil {
+			if f.Lookup(context.Background(), "key-1") != nil {
 				found.Add(1)
 			}
 		}()
@@ -164,12 +176,12 @@ func TestCallbackJWKSSingleFlight(t *testing.T) {
 // TestCallbackJWKSRefreshStops checks the periodic refresh and that it
 // ends with its context.
 func TestCallbackJWKSRefreshStops(t *testing.T) {
-	k := callbackTestKeys(t)
-	srv := newJWKSTestServer(t, callbackJWKOf(t, &k.ec.PublicKey, "key-1"))
-	f := newJWKSFetcher(srv.URL, zap.NewNop(), nil)
+	k := tokentest.Keys(t)
+	srv := newJWKSTestServer(t, callbackJWKOf(t, &k.EC.PublicKey, "key-1"))
+	f := NewJWKS(srv.URL, zap.NewNop(), nil)
 	f.refreshEvery, f.retryEvery = 10*time.Millisecond, 10*time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
-	f.start(ctx)
+	f.Start(ctx)
 	callbackWaitFor(t, "three fetches", func() bool { return srv.hits.Load() >= 3 })
 	cancel()
 	time.Sleep(30 * time.Millisecond)
@@ -190,10 +202,39 @@ func TestCallbackJWKSBadSets(t *testing.T) {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			_, _ = w.Write([]byte(body))
 		}))
-		f := newJWKSFetcher(srv.URL, zap.NewNop(), nil)
+		f := NewJWKS(srv.URL, zap.NewNop(), nil)
 		if _, err := f.fetch(context.Background()); err == nil {
 			t.Errorf("%s: no error", name)
 		}
 		srv.Close()
 	}
+}
+
+// offsetClock is a clock the tests move forward.
+type offsetClock struct{ offset atomic.Int64 }
+
+func (c *offsetClock) now() time.Time { return time.Now().Add(time.Duration(c.offset.Load())) }
+
+func (c *offsetClock) advance(d time.Duration) { c.offset.Add(int64(d)) }
+
+// testMapClaims are the claims of a valid token at now.
+func testMapClaims(now time.Time) jwt.MapClaims {
+	return jwt.MapClaims{
+		"iss": "caddy-atlas", "aud": "atlas-callback", "sub": "atlas-client",
+		"exp": now.Add(5 * time.Minute).Unix(), "iat": now.Unix(), "nbf": now.Unix(),
+	}
+}
+
+// mintTestToken signs claims with key, naming kid if not empty.
+func mintTestToken(t testing.TB, method jwt.SigningMethod, key any, kid string, claims jwt.MapClaims) string {
+	t.Helper()
+	tok := jwt.NewWithClaims(method, claims)
+	if kid != "" {
+		tok.Header["kid"] = kid
+	}
+	s, err := tok.SignedString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -1,4 +1,4 @@
-package caddyatlas
+package token
 
 import (
 	"crypto"
@@ -22,15 +22,24 @@ import (
 
 // JWS algorithms of the supported key types.
 const (
-	algHS256 = "HS256"
-	algEdDSA = "EdDSA"
-	algES256 = "ES256"
-	algRS256 = "RS256"
+	HS256 = "HS256"
+	EdDSA = "EdDSA"
+	ES256 = "ES256"
+	RS256 = "RS256"
 )
 
-// jwtKey is a key the callback route signs or verifies tokens with. Each
+// Bounds of key strength.
+const (
+	// MinHMACKeyBytes is the shortest HMAC signing secret accepted
+	// (RFC 7518 §3.2: at least the hash output size).
+	MinHMACKeyBytes = 32
+	// MinRSABits is the smallest RSA modulus accepted.
+	MinRSABits = 2048
+)
+
+// Key is a key the callback route signs or verifies tokens with. Each
 // key serves exactly one algorithm, fixed by its type.
-type jwtKey struct {
+type Key struct {
 	kid     string // RFC 7638 thumbprint, or the kid of a JWKS entry
 	alg     string // HS256, EdDSA, ES256 or RS256
 	public  any    // []byte, ed25519.PublicKey, *ecdsa.PublicKey or *rsa.PublicKey
@@ -39,34 +48,34 @@ type jwtKey struct {
 	origin  string // where the key came from, for errors and logs
 }
 
-// method returns the golang-jwt signing method of the key's algorithm.
-func (k *jwtKey) method() jwt.SigningMethod {
+// Method returns the golang-jwt signing method of the key's algorithm.
+func (k *Key) Method() jwt.SigningMethod {
 	return jwt.GetSigningMethod(k.alg)
 }
 
-// checkStrength reports a key too weak to be used.
-func (k *jwtKey) checkStrength() error {
+// CheckStrength reports a key too weak to be used.
+func (k *Key) CheckStrength() error {
 	switch k.alg {
-	case algHS256:
-		if k.bits < minHMACKeyBytes*8 {
-			return fmt.Errorf("an HMAC secret must be at least %d bytes, this one has %d", minHMACKeyBytes, k.bits/8)
+	case HS256:
+		if k.bits < MinHMACKeyBytes*8 {
+			return fmt.Errorf("an HMAC secret must be at least %d bytes, this one has %d", MinHMACKeyBytes, k.bits/8)
 		}
-	case algRS256:
-		if k.bits < minRSABits {
-			return fmt.Errorf("an RSA key must have at least %d bits, this one has %d", minRSABits, k.bits)
+	case RS256:
+		if k.bits < MinRSABits {
+			return fmt.Errorf("an RSA key must have at least %d bits, this one has %d", MinRSABits, k.bits)
 		}
 	}
 	return nil
 }
 
-// parseSigningKey parses the signing_key setting: a PEM private key
+// ParseSigningKey parses the signing_key setting: a PEM private key
 // (PKCS #8, PKCS #1 or SEC 1), or else the bytes of an HMAC secret.
-func parseSigningKey(s string) (*jwtKey, error) {
+func ParseSigningKey(s string) (*Key, error) {
 	if !strings.Contains(s, "-----BEGIN") {
 		secret := []byte(s)
-		return &jwtKey{
-			kid:     jwkThumbprint(map[string]string{"kty": "oct", "k": callbackB64URL(secret)}),
-			alg:     algHS256,
+		return &Key{
+			kid:     jwkThumbprint(map[string]string{"kty": "oct", "k": b64URL(secret)}),
+			alg:     HS256,
 			public:  secret,
 			private: secret,
 			bits:    len(secret) * 8,
@@ -99,7 +108,7 @@ func parseSigningKey(s string) (*jwtKey, error) {
 	if !ok {
 		return nil, fmt.Errorf("unsupported private key type %T", priv)
 	}
-	k, err := newPublicJWTKey(signer.Public())
+	k, err := newPublicKey(signer.Public())
 	if err != nil {
 		return nil, err
 	}
@@ -108,10 +117,10 @@ func parseSigningKey(s string) (*jwtKey, error) {
 	return k, nil
 }
 
-// parseVerifyKey parses a verify_keys entry: a PEM public key (PKIX or
+// ParseVerifyKey parses a verify_keys entry: a PEM public key (PKIX or
 // PKCS #1), a certificate, or a private key whose public half is used.
 // HMAC secrets are refused, so a public key can never be taken for one.
-func parseVerifyKey(s string) (*jwtKey, error) {
+func ParseVerifyKey(s string) (*Key, error) {
 	if !strings.Contains(s, "-----BEGIN") {
 		return nil, errors.New("not a PEM public key (HMAC secrets are not accepted as verify keys)")
 	}
@@ -131,7 +140,7 @@ func parseVerifyKey(s string) (*jwtKey, error) {
 			pub = cert.PublicKey
 		}
 	case "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY":
-		k, err := parseSigningKey(s)
+		k, err := ParseSigningKey(s)
 		if err != nil {
 			return nil, err
 		}
@@ -143,7 +152,7 @@ func parseVerifyKey(s string) (*jwtKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing the %s PEM block: %w", block.Type, err)
 	}
-	return newPublicJWTKey(pub)
+	return newPublicKey(pub)
 }
 
 // firstPEMBlock returns the first PEM block of s that is not EC
@@ -162,17 +171,17 @@ func firstPEMBlock(s string) (*pem.Block, error) {
 	}
 }
 
-// newPublicJWTKey returns the verification key of a public key, with its
+// newPublicKey returns the verification key of a public key, with its
 // RFC 7638 thumbprint as kid.
-func newPublicJWTKey(pub any) (*jwtKey, error) {
+func newPublicKey(pub any) (*Key, error) {
 	switch pub := pub.(type) {
 	case ed25519.PublicKey:
 		if len(pub) != ed25519.PublicKeySize {
 			return nil, errors.New("invalid Ed25519 public key")
 		}
-		return &jwtKey{
-			kid:    jwkThumbprint(map[string]string{"kty": "OKP", "crv": "Ed25519", "x": callbackB64URL(pub)}),
-			alg:    algEdDSA,
+		return &Key{
+			kid:    jwkThumbprint(map[string]string{"kty": "OKP", "crv": "Ed25519", "x": b64URL(pub)}),
+			alg:    EdDSA,
 			public: pub,
 			bits:   256,
 		}, nil
@@ -184,16 +193,16 @@ func newPublicJWTKey(pub any) (*jwtKey, error) {
 		if err != nil {
 			return nil, fmt.Errorf("invalid ECDSA public key: %w", err)
 		}
-		return &jwtKey{
-			kid:    jwkThumbprint(map[string]string{"kty": "EC", "crv": "P-256", "x": callbackB64URL(raw[1:33]), "y": callbackB64URL(raw[33:])}),
-			alg:    algES256,
+		return &Key{
+			kid:    jwkThumbprint(map[string]string{"kty": "EC", "crv": "P-256", "x": b64URL(raw[1:33]), "y": b64URL(raw[33:])}),
+			alg:    ES256,
 			public: pub,
 			bits:   256,
 		}, nil
 	case *rsa.PublicKey:
-		return &jwtKey{
-			kid:    jwkThumbprint(map[string]string{"kty": "RSA", "n": callbackB64URL(pub.N.Bytes()), "e": callbackB64URL(big.NewInt(int64(pub.E)).Bytes())}),
-			alg:    algRS256,
+		return &Key{
+			kid:    jwkThumbprint(map[string]string{"kty": "RSA", "n": b64URL(pub.N.Bytes()), "e": b64URL(big.NewInt(int64(pub.E)).Bytes())}),
+			alg:    RS256,
 			public: pub,
 			bits:   pub.N.BitLen(),
 		}, nil
@@ -207,10 +216,10 @@ func newPublicJWTKey(pub any) (*jwtKey, error) {
 func jwkThumbprint(members map[string]string) string {
 	j, _ := json.Marshal(members)
 	sum := sha256.Sum256(j)
-	return callbackB64URL(sum[:])
+	return b64URL(sum[:])
 }
 
-func callbackB64URL(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+func b64URL(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
 // jwk is the subset of an RFC 7517 JSON Web Key used for verification.
 type jwk struct {
@@ -228,7 +237,7 @@ type jwk struct {
 
 // parseJWK returns the verification key of a JWKS entry. Symmetric keys,
 // keys for encryption, other curves and weak RSA keys are refused.
-func parseJWK(j jwk) (*jwtKey, error) {
+func parseJWK(j jwk) (*Key, error) {
 	if j.Use != "" && j.Use != "sig" {
 		return nil, fmt.Errorf("use %q is not sig", j.Use)
 	}
@@ -261,14 +270,14 @@ func parseJWK(j jwk) (*jwtKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, err := newPublicJWTKey(pub)
+	k, err := newPublicKey(pub)
 	if err != nil {
 		return nil, err
 	}
 	if j.Alg != "" && j.Alg != k.alg {
 		return nil, fmt.Errorf("alg %q is not supported for a %s key (only %s)", j.Alg, j.Kty, k.alg)
 	}
-	if err := k.checkStrength(); err != nil {
+	if err := k.CheckStrength(); err != nil {
 		return nil, err
 	}
 	if j.Kid != "" {
@@ -309,9 +318,9 @@ func jwkEC(j jwk) (*ecdsa.PublicKey, error) {
 	return pub, nil
 }
 
-// callbackMethodsOf returns the algorithms that keys verify; with a JWKS, every
+// MethodsOf returns the algorithms that keys verify; with a JWKS, every
 // asymmetric algorithm, since its keys may change.
-func callbackMethodsOf(keys []*jwtKey, withJWKS bool) []string {
+func MethodsOf(keys []*Key, withJWKS bool) []string {
 	var algs []string
 	add := func(alg string) {
 		if !slices.Contains(algs, alg) {
@@ -322,15 +331,15 @@ func callbackMethodsOf(keys []*jwtKey, withJWKS bool) []string {
 		add(k.alg)
 	}
 	if withJWKS {
-		add(algEdDSA)
-		add(algES256)
-		add(algRS256)
+		add(EdDSA)
+		add(ES256)
+		add(RS256)
 	}
 	return algs
 }
 
-// findJWTKey returns the key of keys with that kid, or nil.
-func findJWTKey(keys []*jwtKey, kid string) *jwtKey {
+// FindKey returns the key of keys with that kid, or nil.
+func FindKey(keys []*Key, kid string) *Key {
 	for _, k := range keys {
 		if k.kid == kid {
 			return k
@@ -339,9 +348,9 @@ func findJWTKey(keys []*jwtKey, kid string) *jwtKey {
 	return nil
 }
 
-// containsJWTKey reports whether keys already hold a key with k's kid and
+// ContainsKey reports whether keys already hold a key with k's kid and
 // algorithm.
-func containsJWTKey(keys []*jwtKey, k *jwtKey) bool {
+func ContainsKey(keys []*Key, k *Key) bool {
 	for _, o := range keys {
 		if o.alg == k.alg && o.kid == k.kid {
 			return true
@@ -349,3 +358,16 @@ func containsJWTKey(keys []*jwtKey, k *jwtKey) bool {
 	}
 	return false
 }
+
+// KID returns the key id: the RFC 7638 thumbprint, or the kid of a JWKS
+// entry.
+func (k *Key) KID() string { return k.kid }
+
+// Alg returns the one algorithm the key serves.
+func (k *Key) Alg() string { return k.alg }
+
+// Origin names where the key came from, for errors and logs.
+func (k *Key) Origin() string { return k.origin }
+
+// SetOrigin sets where the key came from, e.g. "verify_keys[0]".
+func (k *Key) SetOrigin(origin string) { k.origin = origin }

@@ -1,4 +1,4 @@
-package caddyatlas
+package token
 
 import (
 	"context"
@@ -27,16 +27,16 @@ const (
 // fetch was too recent.
 var errJWKSRateLimited = errors.New("JWKS refetch rate-limited")
 
-// jwksFetcher keeps the verification keys of a JWKS. It fetches the set
+// JWKS keeps the verification keys of a JWKS. It fetches the set
 // in the background at start and every hour (every minute after a
 // failure), and again when a token names a kid it does not know, at most
 // once per 30 seconds. Concurrent fetches are collapsed into one. A failed
 // fetch keeps the keys of the last good one.
-type jwksFetcher struct {
+type JWKS struct {
 	url     string
 	client  *http.Client
 	logger  *zap.Logger
-	metrics *callbackMetrics
+	onFetch func(result string)
 
 	now          func() time.Time
 	minRefetch   time.Duration
@@ -44,20 +44,22 @@ type jwksFetcher struct {
 	retryEvery   time.Duration
 
 	mu          sync.Mutex
-	keys        []*jwtKey // replaced whole, never modified
+	keys        []*Key // replaced whole, never modified
 	lastAttempt time.Time
 	lastErr     error
 	inflight    chan struct{}
 	baseCtx     context.Context
 }
 
-func newJWKSFetcher(url string, logger *zap.Logger, m *callbackMetrics) *jwksFetcher {
+// NewJWKS returns a fetcher of the JWKS at url. onFetch, if not nil, is
+// called after each fetch with its result, "ok" or "error".
+func NewJWKS(url string, logger *zap.Logger, onFetch func(result string)) *JWKS {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	return &jwksFetcher{
+	return &JWKS{
 		url:          url,
 		client:       &http.Client{Transport: tr, Timeout: jwksTimeout},
 		logger:       logger,
-		metrics:      m,
+		onFetch:      onFetch,
 		now:          time.Now,
 		minRefetch:   jwksMinRefetch,
 		refreshEvery: jwksRefreshEvery,
@@ -66,16 +68,24 @@ func newJWKSFetcher(url string, logger *zap.Logger, m *callbackMetrics) *jwksFet
 	}
 }
 
-// start fetches the set in the background and keeps it fresh until ctx
+// SetClock sets the clock the rate limit of refetches reads; call it
+// before Start.
+func (f *JWKS) SetClock(now func() time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.now = now
+}
+
+// Start fetches the set in the background and keeps it fresh until ctx
 // is done. Fetches started on demand also end with ctx.
-func (f *jwksFetcher) start(ctx context.Context) {
+func (f *JWKS) Start(ctx context.Context) {
 	f.mu.Lock()
 	f.baseCtx = ctx
 	f.mu.Unlock()
 	go f.run(ctx)
 }
 
-func (f *jwksFetcher) run(ctx context.Context) {
+func (f *JWKS) run(ctx context.Context) {
 	for {
 		wait := f.refreshEvery
 		if err := f.refresh(ctx, false); err != nil {
@@ -95,40 +105,40 @@ func (f *jwksFetcher) run(ctx context.Context) {
 	}
 }
 
-// snapshot returns the current keys.
-func (f *jwksFetcher) snapshot() []*jwtKey {
+// Snapshot returns the current keys.
+func (f *JWKS) Snapshot() []*Key {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.keys
 }
 
-// lookup returns the key with that kid, refetching the set (subject to
+// Lookup returns the key with that kid, refetching the set (subject to
 // the rate limit) when it is unknown; nil if there is none.
-func (f *jwksFetcher) lookup(ctx context.Context, kid string) *jwtKey {
-	if k := findJWTKey(f.snapshot(), kid); k != nil {
+func (f *JWKS) Lookup(ctx context.Context, kid string) *Key {
+	if k := FindKey(f.Snapshot(), kid); k != nil {
 		return k
 	}
 	if err := f.refresh(ctx, true); err != nil {
 		if ce := f.logger.Check(zapcore.DebugLevel, "JWKS refetch for an unknown kid"); ce != nil {
-			ce.Write(zap.String("kid", truncateForLog(kid, 64)), zap.Error(err))
+			ce.Write(zap.String("kid", truncate(kid, 64)), zap.Error(err))
 		}
 	}
-	return findJWTKey(f.snapshot(), kid)
+	return FindKey(f.Snapshot(), kid)
 }
 
-// all returns every key of the set, fetching it (subject to the rate
+// All returns every key of the set, fetching it (subject to the rate
 // limit) if no fetch has succeeded yet.
-func (f *jwksFetcher) all(ctx context.Context) []*jwtKey {
-	if keys := f.snapshot(); len(keys) > 0 {
+func (f *JWKS) All(ctx context.Context) []*Key {
+	if keys := f.Snapshot(); len(keys) > 0 {
 		return keys
 	}
 	_ = f.refresh(ctx, true)
-	return f.snapshot()
+	return f.Snapshot()
 }
 
 // refresh fetches the set, or waits for the fetch in flight. onDemand
 // fetches are refused within minRefetch of the previous attempt.
-func (f *jwksFetcher) refresh(ctx context.Context, onDemand bool) error {
+func (f *JWKS) refresh(ctx context.Context, onDemand bool) error {
 	f.mu.Lock()
 	if ch := f.inflight; ch != nil {
 		f.mu.Unlock()
@@ -158,8 +168,8 @@ func (f *jwksFetcher) refresh(ctx context.Context, onDemand bool) error {
 	if err != nil {
 		result = "error"
 	}
-	if f.metrics != nil {
-		f.metrics.jwksFetches.WithLabelValues(result).Inc()
+	if f.onFetch != nil {
+		f.onFetch(result)
 	}
 
 	f.mu.Lock()
@@ -176,7 +186,7 @@ func (f *jwksFetcher) refresh(ctx context.Context, onDemand bool) error {
 // fetch downloads and parses the set. Entries that cannot serve (other
 // key types, encryption keys, weak keys) are skipped; a set without a
 // usable key is an error.
-func (f *jwksFetcher) fetch(ctx context.Context) ([]*jwtKey, error) {
+func (f *JWKS) fetch(ctx context.Context) ([]*Key, error) {
 	ctx, cancel := context.WithTimeout(ctx, jwksTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.url, nil)
@@ -206,17 +216,17 @@ func (f *jwksFetcher) fetch(ctx context.Context) ([]*jwtKey, error) {
 	if err := json.Unmarshal(body, &set); err != nil {
 		return nil, fmt.Errorf("JWKS is not a JSON key set: %w", err)
 	}
-	var keys []*jwtKey
+	var keys []*Key
 	for i, raw := range set.Keys {
 		var j jwk
 		err := json.Unmarshal(raw, &j)
-		var k *jwtKey
+		var k *Key
 		if err == nil {
 			k, err = parseJWK(j)
 		}
 		if err != nil {
 			if ce := f.logger.Check(zapcore.DebugLevel, "skipping a JWKS key"); ce != nil {
-				ce.Write(zap.Int("index", i), zap.String("kid", truncateForLog(j.Kid, 64)), zap.Error(err))
+				ce.Write(zap.Int("index", i), zap.String("kid", truncate(j.Kid, 64)), zap.Error(err))
 			}
 			continue
 		}
