@@ -8,6 +8,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
 func init() {
@@ -54,8 +56,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		seen[sub] = true
 
 		if sub == "callback" {
-			h.Callback = new(Callback)
-			if err := h.Callback.unmarshalCaddyfile(d); err != nil {
+			h.Callback = new(callback.Callback)
+			if err := unmarshalCallback(d, h.Callback); err != nil {
 				return err
 			}
 			continue

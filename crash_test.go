@@ -19,6 +19,10 @@ import (
 	"time"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
 // The crash test runs the real Caddy binary (cmd/caddy) in a process of
@@ -113,7 +117,7 @@ func crashToken(authURL string) (string, error) {
 		return "", err
 	}
 	defer resp.Body.Close()
-	var r callbackAuthResponse
+	var r authAnswer
 	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
 		return "", err
 	}
@@ -136,7 +140,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 	defer cancel()
 	bin := buildCaddy(t, ctx)
 
-	rc := newDedupReceiver(t)
+	rc := callbacktest.NewReceiver(t)
 	work := t.TempDir()
 	httpPort := freePort(t)
 	config := filepath.Join(work, "Caddyfile")
@@ -197,7 +201,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 					continue
 				}
 				mu.Lock()
-				acked[callbackID(body)] = true
+				acked[callback.ID(body)] = true
 				if len(acked) >= n/4 {
 					once.Do(func() {
 						p.kill()
@@ -221,7 +225,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 	mu.Lock()
 	want := len(acked)
 	mu.Unlock()
-	before := len(rc.delivered())
+	before := len(rc.Delivered())
 	t.Logf("%d of %d callbacks acknowledged before and while Caddy was killed; %d delivered before the kill", want, n, before)
 
 	// Restart on the same spool: every acknowledged callback is delivered.
@@ -230,7 +234,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 	for {
 		var lost []string
 		for id := range acked {
-			if rc.takes(id) == 0 {
+			if rc.Takes(id) == 0 {
 				lost = append(lost, id)
 			}
 		}
@@ -243,7 +247,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	dups := rc.requestCount() - len(rc.delivered())
+	dups := rc.RequestCount() - len(rc.Delivered())
 	t.Logf("%d of %d acknowledged callbacks delivered, 0 lost; %d redeliveries (at-least-once)", want, want, dups)
 
 	// A graceful stop drains and exits.

@@ -21,6 +21,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient"
+	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
+
+	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
 func init() {
@@ -94,7 +97,7 @@ type Handler struct {
 	MaxUploadBody int64 `json:"max_upload_body,omitempty"`
 
 	// The callback route, when Atlas delivers results to this server.
-	Callback *Callback `json:"callback,omitempty"`
+	Callback *callback.Callback `json:"callback,omitempty"`
 
 	// runtime state
 	endpoint     *url.URL
@@ -143,7 +146,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	if h.Callback != nil {
-		if err := h.Callback.provision(ctx, h.logger); err != nil {
+		if err := h.Callback.Provision(ctx, h.logger); err != nil {
 			return fmt.Errorf("callback: %w", err)
 		}
 	}
@@ -243,7 +246,7 @@ func (h *Handler) Validate() error {
 				return fmt.Errorf("path %q is used by both an outbound route and the callback route", p)
 			}
 		}
-		if err := h.Callback.validate(); err != nil {
+		if err := h.Callback.Validate(); err != nil {
 			return fmt.Errorf("callback: %w", err)
 		}
 	}
@@ -275,7 +278,7 @@ func (h *Handler) Cleanup() error {
 		h.poolKey = ""
 	}
 	if h.Callback != nil {
-		if err := h.Callback.cleanup(); err != nil {
+		if err := h.Callback.Cleanup(); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -302,7 +305,7 @@ func newSharedTokenSource(endpoint, clientID, secret string, m *outboundMetrics)
 	s := &sharedTokenSource{
 		clientID:  clientID,
 		metrics:   m,
-		transport: newOutboundTransport(),
+		transport: outbound.NewTransport(),
 	}
 	src, err := atlasclient.NewTokenSource(atlasclient.TokenOptions{
 		Endpoint:     endpoint,

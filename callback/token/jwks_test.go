@@ -95,17 +95,17 @@ func TestCallbackJWKSRotation(t *testing.T) {
 		_, err := v.Verify(context.Background(), tok)
 		return err
 	}
-	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.EC, "key-1", claims())); err != nil {
+	if err := verify(tokentest.Mint(t, jwt.SigningMethodES256, k.EC, "key-1", claims())); err != nil {
 		t.Fatalf("token of the JWKS key: %v", err)
 	}
-	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.EC, "", claims())); err != nil {
+	if err := verify(tokentest.Mint(t, jwt.SigningMethodES256, k.EC, "", claims())); err != nil {
 		t.Fatalf("token of the JWKS key without kid: %v", err)
 	}
 
 	// Rotation: key-2 replaces key-1. Within 30s of the last fetch, an
 	// unknown kid does not refetch.
 	srv.set(http.StatusOK, callbackJWKOf(t, &k.EC2.PublicKey, "key-2"), callbackJWKOf(t, k.Ed.Public(), "key-3"))
-	rotated := mintTestToken(t, jwt.SigningMethodES256, k.EC2, "key-2", claims())
+	rotated := tokentest.Mint(t, jwt.SigningMethodES256, k.EC2, "key-2", claims())
 	if err := verify(rotated); err == nil {
 		t.Fatal("a refetch was not rate-limited")
 	}
@@ -113,35 +113,35 @@ func TestCallbackJWKSRotation(t *testing.T) {
 		t.Fatalf("%d fetches, want 1 (rate limit)", got)
 	}
 	clock.advance(31 * time.Second)
-	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.EC2, "key-2", claims())); err != nil {
+	if err := verify(tokentest.Mint(t, jwt.SigningMethodES256, k.EC2, "key-2", claims())); err != nil {
 		t.Fatalf("rotated key not picked up: %v", err)
 	}
 	if got := srv.hits.Load(); got != 2 {
 		t.Fatalf("%d fetches, want 2", got)
 	}
 	// The new set serves EdDSA too; key-1 is gone.
-	if err := verify(mintTestToken(t, jwt.SigningMethodEdDSA, k.Ed, "key-3", claims())); err != nil {
+	if err := verify(tokentest.Mint(t, jwt.SigningMethodEdDSA, k.Ed, "key-3", claims())); err != nil {
 		t.Errorf("EdDSA key of the set: %v", err)
 	}
-	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.EC, "key-1", claims())); err == nil {
+	if err := verify(tokentest.Mint(t, jwt.SigningMethodES256, k.EC, "key-1", claims())); err == nil {
 		t.Error("a key removed from the set still verifies")
 	}
 	// A kid naming a key of another type fails without a fetch.
-	if err := verify(mintTestToken(t, jwt.SigningMethodEdDSA, k.Ed, "key-2", claims())); err == nil {
+	if err := verify(tokentest.Mint(t, jwt.SigningMethodEdDSA, k.Ed, "key-2", claims())); err == nil {
 		t.Error("an EdDSA token verified against an ES256 key")
 	}
 	// The HMAC secret is still there, and HS256 cannot use JWKS keys.
-	if err := verify(mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), "", claims())); err != nil {
+	if err := verify(tokentest.Mint(t, jwt.SigningMethodHS256, []byte(testHMACSecret), "", claims())); err != nil {
 		t.Errorf("own HMAC token: %v", err)
 	}
 
 	// A failing JWKS keeps the last good keys.
 	srv.set(http.StatusInternalServerError)
 	clock.advance(31 * time.Second)
-	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.EC, "unknown", claims())); err == nil {
+	if err := verify(tokentest.Mint(t, jwt.SigningMethodES256, k.EC, "unknown", claims())); err == nil {
 		t.Error("unknown kid verified")
 	}
-	if err := verify(mintTestToken(t, jwt.SigningMethodES256, k.EC2, "key-2", claims())); err != nil {
+	if err := verify(tokentest.Mint(t, jwt.SigningMethodES256, k.EC2, "key-2", claims())); err != nil {
 		t.Errorf("the keys were dropped after a failed fetch: %v", err)
 	}
 }
@@ -223,18 +223,4 @@ func testMapClaims(now time.Time) jwt.MapClaims {
 		"iss": "caddy-atlas", "aud": "atlas-callback", "sub": "atlas-client",
 		"exp": now.Add(5 * time.Minute).Unix(), "iat": now.Unix(), "nbf": now.Unix(),
 	}
-}
-
-// mintTestToken signs claims with key, naming kid if not empty.
-func mintTestToken(t testing.TB, method jwt.SigningMethod, key any, kid string, claims jwt.MapClaims) string {
-	t.Helper()
-	tok := jwt.NewWithClaims(method, claims)
-	if kid != "" {
-		tok.Header["kid"] = kid
-	}
-	s, err := tok.SignedString(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }

@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"context"
@@ -109,7 +109,7 @@ func TestCallbackTokenAttacks(t *testing.T) {
 		return s
 	}
 	tampered := func() string {
-		good := mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "", valid)
+		good := tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "", valid)
 		parts := strings.Split(good, ".")
 		forged := with(func(cl jwt.MapClaims) { cl["sub"] = "intruder" })
 		payload, _ := json.Marshal(forged)
@@ -125,35 +125,35 @@ func TestCallbackTokenAttacks(t *testing.T) {
 		{"three garbage segments", "abc.def.ghi", "malformed"},
 		{"alg none", noneToken(""), "bad signature or algorithm"},
 		{"alg none with our kid", noneToken(c.signer.KID()), "bad signature or algorithm"},
-		{"HS256 signed with the RSA public key PEM", mintTestToken(t, jwt.SigningMethodHS256, []byte(rsaPubPEM), "", valid), "bad signature or algorithm"},
-		{"HS256 with the RSA public key PEM and its kid", mintTestToken(t, jwt.SigningMethodHS256, []byte(rsaPubPEM), rsaKey.KID(), valid), "no usable key"},
-		{"HS256 with the RSA public key DER and its kid", mintTestToken(t, jwt.SigningMethodHS256, rsaDER, rsaKey.KID(), valid), "no usable key"},
-		{"RS256 token naming the HMAC kid", mintTestToken(t, jwt.SigningMethodRS256, k.RSA, c.signer.KID(), valid), "no usable key"},
-		{"ES256 not configured", mintTestToken(t, jwt.SigningMethodES256, k.EC, "", valid), "bad signature or algorithm"},
-		{"HS512 not configured", mintTestToken(t, jwt.SigningMethodHS512, hmacKey, "", valid), "bad signature or algorithm"},
-		{"PS256 with the RSA key", mintTestToken(t, jwt.SigningMethodPS256, k.RSA, "", valid), "bad signature or algorithm"},
+		{"HS256 signed with the RSA public key PEM", tokentest.Mint(t, jwt.SigningMethodHS256, []byte(rsaPubPEM), "", valid), "bad signature or algorithm"},
+		{"HS256 with the RSA public key PEM and its kid", tokentest.Mint(t, jwt.SigningMethodHS256, []byte(rsaPubPEM), rsaKey.KID(), valid), "no usable key"},
+		{"HS256 with the RSA public key DER and its kid", tokentest.Mint(t, jwt.SigningMethodHS256, rsaDER, rsaKey.KID(), valid), "no usable key"},
+		{"RS256 token naming the HMAC kid", tokentest.Mint(t, jwt.SigningMethodRS256, k.RSA, c.signer.KID(), valid), "no usable key"},
+		{"ES256 not configured", tokentest.Mint(t, jwt.SigningMethodES256, k.EC, "", valid), "bad signature or algorithm"},
+		{"HS512 not configured", tokentest.Mint(t, jwt.SigningMethodHS512, hmacKey, "", valid), "bad signature or algorithm"},
+		{"PS256 with the RSA key", tokentest.Mint(t, jwt.SigningMethodPS256, k.RSA, "", valid), "bad signature or algorithm"},
 		{"wrong signature", tampered(), "bad signature or algorithm"},
-		{"wrong HMAC secret", mintTestToken(t, jwt.SigningMethodHS256, []byte("a-different-secret-that-is-32-bytes-long"), "", valid), "bad signature or algorithm"},
+		{"wrong HMAC secret", tokentest.Mint(t, jwt.SigningMethodHS256, []byte("a-different-secret-that-is-32-bytes-long"), "", valid), "bad signature or algorithm"},
 		{"token of another caddy-atlas", callbackAuthToken(t, other), "no usable key"},
-		{"unknown kid", mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "no-such-kid", valid), "no usable key"},
-		{"expired beyond leeway", mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) {
+		{"unknown kid", tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "no-such-kid", valid), "no usable key"},
+		{"expired beyond leeway", tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) {
 			cl["exp"] = now.Add(-61 * time.Second).Unix()
 		})), "expired"},
-		{"nbf in the future", mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) {
+		{"nbf in the future", tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) {
 			cl["nbf"] = now.Add(2 * time.Minute).Unix()
 		})), "not valid yet"},
-		{"iat in the future", mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) {
+		{"iat in the future", tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) {
 			cl["iat"] = now.Add(2 * time.Minute).Unix()
 		})), "issued in the future"},
-		{"wrong iss", mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { cl["iss"] = "evil" })), "wrong issuer"},
-		{"missing iss", mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { delete(cl, "iss") })), "missing claim"},
-		{"wrong aud", mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { cl["aud"] = "someone-else" })), "wrong audience"},
-		{"missing aud", mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { delete(cl, "aud") })), "missing claim"},
-		{"missing exp", mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { delete(cl, "exp") })), "missing claim"},
-		{"exp not a number", mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { cl["exp"] = "tomorrow" })), "malformed"},
-		{"missing sub", mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { delete(cl, "sub") })), "invalid"},
-		{"sub with a newline", mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { cl["sub"] = "a\r\nX-Atlas-Subject: admin" })), "invalid"},
-		{"kid not a string", mintTestToken(t, jwt.SigningMethodHS256, hmacKey, "", valid) /* replaced below */, "no usable key"},
+		{"wrong iss", tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { cl["iss"] = "evil" })), "wrong issuer"},
+		{"missing iss", tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { delete(cl, "iss") })), "missing claim"},
+		{"wrong aud", tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { cl["aud"] = "someone-else" })), "wrong audience"},
+		{"missing aud", tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { delete(cl, "aud") })), "missing claim"},
+		{"missing exp", tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { delete(cl, "exp") })), "missing claim"},
+		{"exp not a number", tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { cl["exp"] = "tomorrow" })), "malformed"},
+		{"missing sub", tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { delete(cl, "sub") })), "invalid"},
+		{"sub with a newline", tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "", with(func(cl jwt.MapClaims) { cl["sub"] = "a\r\nX-Atlas-Subject: admin" })), "invalid"},
+		{"kid not a string", tokentest.Mint(t, jwt.SigningMethodHS256, hmacKey, "", valid) /* replaced below */, "no usable key"},
 		{"crit header", "", "no usable key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -202,16 +202,16 @@ func TestCallbackTokenAccepted(t *testing.T) {
 		name  string
 		token string
 	}{
-		{"HS256 without kid", mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), "", valid)},
-		{"HS256 with kid", mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), c.signer.KID(), valid)},
-		{"RS256 without kid", mintTestToken(t, jwt.SigningMethodRS256, k.RSA, "", valid)},
-		{"RS256 with kid", mintTestToken(t, jwt.SigningMethodRS256, k.RSA, kidOf(&k.RSA.PublicKey), valid)},
-		{"EdDSA without kid", mintTestToken(t, jwt.SigningMethodEdDSA, k.Ed, "", valid)},
-		{"EdDSA with kid", mintTestToken(t, jwt.SigningMethodEdDSA, k.Ed, kidOf(k.Ed.Public()), valid)},
-		{"ES256 without kid", mintTestToken(t, jwt.SigningMethodES256, k.EC, "", valid)},
-		{"ES256 with kid", mintTestToken(t, jwt.SigningMethodES256, k.EC, kidOf(&k.EC.PublicKey), valid)},
-		{"within leeway", mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), "", withinLeeway)},
-		{"aud as an array", mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), "", func() jwt.MapClaims {
+		{"HS256 without kid", tokentest.Mint(t, jwt.SigningMethodHS256, []byte(testHMACSecret), "", valid)},
+		{"HS256 with kid", tokentest.Mint(t, jwt.SigningMethodHS256, []byte(testHMACSecret), c.signer.KID(), valid)},
+		{"RS256 without kid", tokentest.Mint(t, jwt.SigningMethodRS256, k.RSA, "", valid)},
+		{"RS256 with kid", tokentest.Mint(t, jwt.SigningMethodRS256, k.RSA, kidOf(&k.RSA.PublicKey), valid)},
+		{"EdDSA without kid", tokentest.Mint(t, jwt.SigningMethodEdDSA, k.Ed, "", valid)},
+		{"EdDSA with kid", tokentest.Mint(t, jwt.SigningMethodEdDSA, k.Ed, kidOf(k.Ed.Public()), valid)},
+		{"ES256 without kid", tokentest.Mint(t, jwt.SigningMethodES256, k.EC, "", valid)},
+		{"ES256 with kid", tokentest.Mint(t, jwt.SigningMethodES256, k.EC, kidOf(&k.EC.PublicKey), valid)},
+		{"within leeway", tokentest.Mint(t, jwt.SigningMethodHS256, []byte(testHMACSecret), "", withinLeeway)},
+		{"aud as an array", tokentest.Mint(t, jwt.SigningMethodHS256, []byte(testHMACSecret), "", func() jwt.MapClaims {
 			cl := callbackClaims(c, now)
 			cl["aud"] = []string{"other", "atlas-callback"}
 			return cl
@@ -238,7 +238,7 @@ func TestCallbackTokenAsymmetricOnly(t *testing.T) {
 	pubPEM := tokentest.PEMPublic(t, &k.RSA.PublicKey)
 	for _, key := range [][]byte{[]byte(pubPEM), []byte(strings.TrimSpace(pubPEM))} {
 		for _, kid := range []string{"", c.signer.KID()} {
-			raw := mintTestToken(t, jwt.SigningMethodHS256, key, kid, valid)
+			raw := tokentest.Mint(t, jwt.SigningMethodHS256, key, kid, valid)
 			if _, err := c.verifyToken(context.Background(), raw); err == nil {
 				t.Errorf("HS256 token made with the public key (kid %q) verified", kid)
 			}

@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"container/list"
@@ -19,6 +19,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 )
 
 // maxCallbackAuthBody bounds the body of an auth request.
@@ -31,11 +33,11 @@ type callbackAuthResponse struct {
 	ExpiresIn   int64  `json:"expires_in"`
 }
 
-// serveAuth serves the auth_url: it checks the client credentials Atlas
+// ServeAuth serves the auth_url: it checks the client credentials Atlas
 // presents and answers a token for the callback route.
-func (c *Callback) serveAuth(w http.ResponseWriter, r *http.Request) error {
+func (c *Callback) ServeAuth(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodPost {
-		return methodNotAllowed(w, http.MethodPost)
+		return httpjson.MethodNotAllowed(w, http.MethodPost)
 	}
 	addr := callbackClientKey(r)
 	now := c.now()
@@ -43,7 +45,7 @@ func (c *Callback) serveAuth(w http.ResponseWriter, r *http.Request) error {
 		c.metrics.authFailures.WithLabelValues("throttled").Inc()
 		secs := int64(math.Ceil(wait.Seconds()))
 		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-		return writeError(w, http.StatusTooManyRequests,
+		return httpjson.WriteError(w, http.StatusTooManyRequests,
 			"too many failed authentication attempts; retry in "+strconv.FormatInt(secs, 10)+"s")
 	}
 
@@ -55,7 +57,7 @@ func (c *Callback) serveAuth(w http.ResponseWriter, r *http.Request) error {
 			ce.Write(zap.String("via", via), zap.Bool("credentials_presented", id != "" || secret != ""),
 				zap.String("remote_ip", callbackClientIP(r)))
 		}
-		return writeError(w, http.StatusUnauthorized, "invalid client credentials")
+		return httpjson.WriteError(w, http.StatusUnauthorized, "invalid client credentials")
 	}
 	c.limiter.reset(addr)
 

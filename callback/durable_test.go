@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"bytes"
@@ -24,11 +24,13 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/spool"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
 )
 
 // durableTestCallback provisions a callback route in durable mode,
 // spooling to a new directory and delivering to rc.
-func durableTestCallback(t *testing.T, rc *dedupReceiver, mut func(*Callback)) (*Callback, string) {
+func durableTestCallback(t *testing.T, rc *callbacktest.Receiver, mut func(*Callback)) (*Callback, string) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "spool")
 	c := &Callback{
@@ -63,11 +65,11 @@ func decodeAck(t *testing.T, rec *httptest.ResponseRecorder) spoolAck {
 // delivered with its body and headers; a redelivery by Atlas is
 // acknowledged as a duplicate and not delivered again.
 func TestDurableSpoolsAcksAndDelivers(t *testing.T) {
-	rc := newDedupReceiver(t)
+	rc := callbacktest.NewReceiver(t)
 	c, _ := durableTestCallback(t, rc, nil)
 	tok := callbackAuthToken(t, c)
 	body := payloadtest.Sample(3)
-	id := callbackID(body)
+	id := ID(body)
 
 	accepted := callbackCounterValue(t, c.metrics.callbacks.WithLabelValues(outcomeAccepted))
 	req := callbackTestRequest(c.Path, tok, body)
@@ -91,11 +93,11 @@ func TestDurableSpoolsAcksAndDelivers(t *testing.T) {
 		t.Errorf("placeholder callback.id %q", v)
 	}
 
-	rc.waitDelivered(t, 1, 5*time.Second)
-	if !bytes.Equal(rc.bodies[id], body) {
+	rc.WaitDelivered(t, 1, 5*time.Second)
+	if !bytes.Equal(rc.Body(id), body) {
 		t.Error("the receiver got another body")
 	}
-	h := rc.headers[id]
+	h := rc.Header(id)
 	for k, want := range map[string]string{
 		"X-Atlas-Callback-Id":    id,
 		"X-Atlas-Subject":        "atlas-client",
@@ -119,8 +121,8 @@ func TestDurableSpoolsAcksAndDelivers(t *testing.T) {
 		t.Error("durable mode called the next handler")
 	}
 	time.Sleep(50 * time.Millisecond)
-	if n := rc.takes(id); n != 1 || rc.requestCount() != 1 {
-		t.Errorf("delivered %d times in %d requests, want once", n, rc.requestCount())
+	if n := rc.Takes(id); n != 1 || rc.RequestCount() != 1 {
+		t.Errorf("delivered %d times in %d requests, want once", n, rc.RequestCount())
 	}
 	if info, ok := c.store.Get(id); !ok || info.State != spool.StateDelivered || info.Attempts != 1 {
 		t.Errorf("state %+v", info)
@@ -130,7 +132,7 @@ func TestDurableSpoolsAcksAndDelivers(t *testing.T) {
 // TestDurableRejectsBeforeSpooling checks that refused callbacks are not
 // spooled.
 func TestDurableRejectsBeforeSpooling(t *testing.T) {
-	rc := newDedupReceiver(t)
+	rc := callbacktest.NewReceiver(t)
 	c, _ := durableTestCallback(t, rc, nil)
 	tok := callbackAuthToken(t, c)
 	for name, req := range map[string]*http.Request{
@@ -161,7 +163,7 @@ func (f fakeStore) Append(context.Context, spool.Entry) (spool.AppendResult, err
 // store is answered 503 with Retry-After, never 2xx, and logged at Error
 // without the token or the body; other errors are 500s.
 func TestDurableSpoolUnavailable(t *testing.T) {
-	rc := newDedupReceiver(t)
+	rc := callbacktest.NewReceiver(t)
 	c, _ := durableTestCallback(t, rc, nil)
 	core, logs := observer.New(zapcore.ErrorLevel)
 	c.logger = zap.New(core)
@@ -196,7 +198,7 @@ func TestDurableSpoolUnavailable(t *testing.T) {
 
 	c.store = fakeStore{err: errors.New("disk on fire")}
 	rec := httptest.NewRecorder()
-	err := c.serveCallback(rec, callbackTestRequest(c.Path, tok, payloadtest.Sample(2)), new(callbackApp))
+	err := c.ServeCallback(rec, callbackTestRequest(c.Path, tok, payloadtest.Sample(2)), new(callbackApp))
 	var he caddyhttp.HandlerError
 	if !errors.As(err, &he) || he.StatusCode != http.StatusInternalServerError {
 		t.Errorf("another store error: %v", err)
@@ -206,7 +208,7 @@ func TestDurableSpoolUnavailable(t *testing.T) {
 // TestDurableSpoolFull checks the 503 with a real spool at its disk
 // bound.
 func TestDurableSpoolFull(t *testing.T) {
-	rc := newDedupReceiver(t)
+	rc := callbacktest.NewReceiver(t)
 	c, _ := durableTestCallback(t, rc, func(c *Callback) { c.MaxSpoolSize = 1 })
 	rec, _ := serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), payloadtest.Sample(1)))
 	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" {
@@ -275,11 +277,11 @@ func TestDurableConfigErrors(t *testing.T) {
 			c.Path, c.ClientID, c.ClientSecret, c.SigningKey = "/hooks/atlas", "atlas-client", "secret", testHMACSecret
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 			defer cancel()
-			err := c.provision(ctx, zap.NewNop())
+			err := c.Provision(ctx, zap.NewNop())
 			if err == nil {
-				err = c.validate()
+				err = c.Validate()
 			}
-			if cerr := c.cleanup(); cerr != nil {
+			if cerr := c.Cleanup(); cerr != nil {
 				t.Errorf("cleanup: %v", cerr)
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -301,13 +303,13 @@ func TestDurableConfigErrors(t *testing.T) {
 // (the new route cleaned up first) goes back to the old one; two routes
 // of one config may not share a spool with different settings.
 func TestDurableSharedSpool(t *testing.T) {
-	a, b := newDedupReceiver(t), newDedupReceiver(t)
+	a, b := callbacktest.NewReceiver(t), callbacktest.NewReceiver(t)
 	dir := filepath.Join(t.TempDir(), "spool")
-	newRoute := func(rc *dedupReceiver) (*Callback, caddy.Context, context.CancelFunc) {
+	newRoute := func(rc *callbacktest.Receiver) (*Callback, caddy.Context, context.CancelFunc) {
 		c := &Callback{Path: "/hooks/atlas", ClientID: "atlas-client", ClientSecret: "atlas-client-secret", SigningKey: testHMACSecret,
 			Spool: dir, DeliverTo: rc.URL, RetryBackoffMin: caddy.Duration(10 * time.Millisecond), RetryBackoffMax: caddy.Duration(10 * time.Millisecond)}
 		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-		if err := c.provision(ctx, zap.NewNop()); err != nil {
+		if err := c.Provision(ctx, zap.NewNop()); err != nil {
 			t.Fatal(err)
 		}
 		return c, ctx, cancel
@@ -316,13 +318,13 @@ func TestDurableSharedSpool(t *testing.T) {
 		body := payloadtest.Sample(n)
 		rec, _ := serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), body))
 		decodeAck(t, rec)
-		return callbackID(body)
+		return ID(body)
 	}
 
 	old, _, cancelOld := newRoute(a)
 	defer cancelOld()
 	send(old, 1)
-	a.waitDelivered(t, 1, 5*time.Second)
+	a.WaitDelivered(t, 1, 5*time.Second)
 
 	// Reload: the new config's route shares the spool.
 	cur, curCtx, cancelCur := newRoute(b)
@@ -332,35 +334,35 @@ func TestDurableSharedSpool(t *testing.T) {
 	}
 	// Another route of the same config, same spool, other deliver_to.
 	other := &Callback{Path: "/other", ClientID: "x", ClientSecret: "y", SigningKey: testHMACSecret, Spool: dir, DeliverTo: a.URL}
-	err := other.provision(curCtx, zap.NewNop())
-	_ = other.cleanup()
+	err := other.Provision(curCtx, zap.NewNop())
+	_ = other.Cleanup()
 	if err == nil || !strings.Contains(err.Error(), "also used by the callback route /hooks/atlas of this config with other delivery settings") {
 		t.Errorf("two settings for one spool in one config: %v", err)
 	}
-	if err := old.cleanup(); err != nil {
+	if err := old.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
 	id2 := send(cur, 2)
-	b.waitDelivered(t, 1, 5*time.Second)
-	if len(a.delivered()) != 1 || b.delivered()[0] != id2 {
-		t.Errorf("after the reload: a got %v, b got %v", a.delivered(), b.delivered())
+	b.WaitDelivered(t, 1, 5*time.Second)
+	if len(a.Delivered()) != 1 || b.Delivered()[0] != id2 {
+		t.Errorf("after the reload: a got %v, b got %v", a.Delivered(), b.Delivered())
 	}
 
 	// A failed reload: a third config's route is provisioned, then
 	// cleaned up; the running config's deliver_to applies again.
 	failed, _, cancelFailed := newRoute(a)
-	if err := failed.cleanup(); err != nil {
+	if err := failed.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
 	cancelFailed()
 	send(cur, 3)
-	b.waitDelivered(t, 2, 5*time.Second)
-	if len(a.delivered()) != 1 {
-		t.Errorf("after a failed reload, a got %v", a.delivered())
+	b.WaitDelivered(t, 2, 5*time.Second)
+	if len(a.Delivered()) != 1 {
+		t.Errorf("after a failed reload, a got %v", a.Delivered())
 	}
 
 	// The last route closes the spool, and it can be opened again.
-	if err := cur.cleanup(); err != nil {
+	if err := cur.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
 	if len(liveSpools()) != 0 {
@@ -368,48 +370,8 @@ func TestDurableSharedSpool(t *testing.T) {
 	}
 	again, _, cancelAgain := newRoute(b)
 	defer cancelAgain()
-	defer again.cleanup()
+	defer again.Cleanup()
 	if st := again.store.Stats(); st.Delivered != 3 {
 		t.Errorf("reopened spool: %+v", st)
 	}
-}
-
-// TestDurableUnmarshalCaddyfile checks the parser of the durable-mode
-// subdirectives.
-func TestDurableUnmarshalCaddyfile(t *testing.T) {
-	runCallbackParserCases(t, []callbackParserCase{
-		{
-			name: "every setting",
-			input: `callback /hooks/atlas {
-				spool            /var/lib/caddy/atlas-spool
-				deliver_to       http://app:8080/hooks/atlas
-				max_attempts     20
-				retry_backoff    1s 10m
-				delivery_timeout 30s
-				concurrency      4
-				retention        7d
-				max_spool_size   2GiB
-			}`,
-			want: Callback{
-				Path: "/hooks/atlas", Spool: "/var/lib/caddy/atlas-spool", DeliverTo: "http://app:8080/hooks/atlas",
-				MaxAttempts: 20, RetryBackoffMin: caddy.Duration(time.Second), RetryBackoffMax: caddy.Duration(10 * time.Minute),
-				DeliveryTimeout: caddy.Duration(30 * time.Second), Concurrency: 4, Retention: caddy.Duration(7 * 24 * time.Hour),
-				MaxSpoolSize: 2 << 30,
-			},
-		},
-		{name: "backoff one value", input: "callback /cb {\n retry_backoff 1s\n}", wantErr: "wrong argument count"},
-		{name: "backoff three values", input: "callback /cb {\n retry_backoff 1s 2s 3s\n}", wantErr: "wrong argument count"},
-		{name: "backoff order", input: "callback /cb {\n retry_backoff 10m 1s\n}", wantErr: "retry_backoff: the first delay 10m exceeds the maximum 1s"},
-		{name: "backoff zero", input: "callback /cb {\n retry_backoff 0s 1s\n}", wantErr: "retry_backoff delays must be positive, got 0s"},
-		{name: "backoff bad", input: "callback /cb {\n retry_backoff soon 1s\n}", wantErr: `retry_backoff: time: invalid duration "soon"`},
-		{name: "backoff repeated", input: "callback /cb {\n retry_backoff 1s 2s\n retry_backoff 1s 2s\n}", wantErr: "retry_backoff specified more than once"},
-		{name: "zero attempts", input: "callback /cb {\n max_attempts 0\n}", wantErr: "max_attempts must be a whole number of at least 1, got 0"},
-		{name: "bad concurrency", input: "callback /cb {\n concurrency many\n}", wantErr: "concurrency must be a whole number of at least 1, got many"},
-		{name: "zero timeout", input: "callback /cb {\n delivery_timeout 0s\n}", wantErr: "delivery_timeout must be positive, got 0s"},
-		{name: "bad retention", input: "callback /cb {\n retention forever\n}", wantErr: `retention: time: invalid duration "forever"`},
-		{name: "bad spool size", input: "callback /cb {\n max_spool_size big\n}", wantErr: `max_spool_size: invalid size "big"`},
-		{name: "spool twice", input: "callback /cb {\n spool /a\n spool /b\n}", wantErr: "spool specified more than once"},
-		{name: "spool two dirs", input: "callback /cb {\n spool /a /b\n}", wantErr: "wrong argument count"},
-		{name: "deliver_to missing", input: "callback /cb {\n deliver_to\n}", wantErr: "wrong argument count"},
-	})
 }

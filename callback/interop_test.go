@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"bytes"
@@ -66,7 +66,7 @@ func runCallbackJose(t *testing.T, req joseRequest) joseAnswer {
 	if err != nil {
 		t.Skip("node is not installed; the jose interop test needs it")
 	}
-	if _, err := os.Stat(filepath.Join("scripts", "interop", "node_modules", "jose")); err != nil {
+	if _, err := os.Stat(filepath.Join("..", "scripts", "interop", "node_modules", "jose")); err != nil {
 		t.Skip("scripts/interop/node_modules/jose is missing; run `npm ci --prefix scripts/interop` first")
 	}
 	in, err := json.Marshal(req)
@@ -75,7 +75,7 @@ func runCallbackJose(t *testing.T, req joseRequest) joseAnswer {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, filepath.Join("scripts", "interop", "mint.mjs"))
+	cmd := exec.CommandContext(ctx, node, filepath.Join("..", "scripts", "interop", "mint.mjs"))
 	cmd.Stdin = bytes.NewReader(in)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"context"
@@ -19,6 +19,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
+	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
@@ -84,7 +87,7 @@ type sharedSpool struct {
 func openSharedSpool(dir string, c *Callback) (*sharedSpool, error) {
 	s := &sharedSpool{
 		dir:       dir,
-		transport: newOutboundTransport(),
+		transport: outbound.NewTransport(),
 	}
 	st, err := spool.Open(dir, s.options(c))
 	if err != nil {
@@ -159,6 +162,25 @@ func (s *sharedSpool) Destruct() error {
 	return err
 }
 
+// OpenQueue is a durable queue in use by callback routes, as the admin
+// API sees it.
+type OpenQueue struct {
+	// Name names the queue: a spool's directory.
+	Name string
+	// Store is the queue.
+	Store queue.Store
+}
+
+// OpenQueues returns the durable queues in use, sorted by name.
+func OpenQueues() []OpenQueue {
+	spools := liveSpools()
+	out := make([]OpenQueue, len(spools))
+	for i, s := range spools {
+		out[i] = OpenQueue{Name: s.dir, Store: s.store}
+	}
+	return out
+}
+
 // liveSpools returns the open spools, sorted by directory.
 func liveSpools() []*sharedSpool {
 	var out []*sharedSpool
@@ -172,9 +194,9 @@ func liveSpools() []*sharedSpool {
 	return out
 }
 
-// spoolKey returns the key of a spool directory in the pool: absolute,
-// clean, and with symlinks resolved when the directory exists.
-func spoolKey(dir string) (string, error) {
+// SpoolKey returns the name of a spool directory among the open queues:
+// absolute, clean, and with symlinks resolved when the directory exists.
+func SpoolKey(dir string) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return "", err
@@ -238,7 +260,7 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	}
 	registerSpoolMetrics(ctx.GetMetricsRegistry())
 
-	key, err := spoolKey(c.spoolDir)
+	key, err := SpoolKey(c.spoolDir)
 	if err != nil {
 		return fmt.Errorf("spool %q: %w", c.spoolDir, err)
 	}
@@ -337,15 +359,15 @@ func (c *Callback) spoolCallback(w http.ResponseWriter, r *http.Request, id, sub
 	hdr.Set(headerAtlasDocumentCount, count)
 	hdr.Set(headerAtlasCallbackID, id)
 
-	res, err := c.store.Append(r.Context(), spool.Entry{ID: id, Header: hdr, Body: body})
+	res, err := c.store.Append(r.Context(), queue.Entry{ID: id, Header: hdr, Body: body})
 	if err != nil {
 		switch {
-		case errors.Is(err, spool.ErrUnavailable), errors.Is(err, spool.ErrClosed):
+		case errors.Is(err, queue.ErrUnavailable), errors.Is(err, queue.ErrClosed):
 			c.metrics.callbacks.WithLabelValues(outcomeUnavailable).Inc()
 			c.logger.Error("callback refused: the spool cannot store it", zap.String("callback_id", id),
 				zap.String("spool", c.spoolDir), zap.Int("bytes", len(body)), zap.Error(err))
 			w.Header().Set("Retry-After", spoolRetryAfter)
-			return writeError(w, http.StatusServiceUnavailable, "the callback cannot be stored right now; retry later")
+			return httpjson.WriteError(w, http.StatusServiceUnavailable, "the callback cannot be stored right now; retry later")
 		case r.Context().Err() != nil:
 			return caddyhttp.Error(statusClientClosedRequest, fmt.Errorf("spooling callback %s: %w", id, err))
 		}

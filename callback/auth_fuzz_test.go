@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"bytes"
@@ -100,7 +100,7 @@ func FuzzCallbackCredentials(f *testing.F) {
 		}
 
 		rec := httptest.NewRecorder()
-		if err := c.serveAuth(rec, newRequest(hid, hsecret, auth, ct, body)); err != nil {
+		if err := c.ServeAuth(rec, newRequest(hid, hsecret, auth, ct, body)); err != nil {
 			t.Fatalf("serveAuth returned %v", err)
 		}
 		resp := rec.Body.String()
@@ -138,26 +138,26 @@ func FuzzCallbackToken(f *testing.F) {
 		return cl
 	}
 	hs := jwt.SigningMethodHS256
-	forged := mintTestToken(f, hs, []byte("not-the-signing-key-0123456789abcdef"), c.signer.KID(), claims(nil))
+	forged := tokentest.Mint(f, hs, []byte("not-the-signing-key-0123456789abcdef"), c.signer.KID(), claims(nil))
 	seeds := []string{
 		"", " ", "Bearer", "a.b.c", "..", "e30.e30.", "eyJhbGciOiJub25lIn0.e30.",
 		forged,
 		forged + "A",
 		strings.ToUpper(forged),
-		mintTestToken(f, hs, []byte("not-the-signing-key-0123456789abcdef"), "", claims(nil)),
-		mintTestToken(f, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, "", claims(nil)),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["exp"] = now.Add(-time.Hour).Unix() })),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["aud"] = "other" })),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["iss"] = "other" })),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { delete(m, "sub") })),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["sub"] = "a\nb" })),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { delete(m, "exp") })),
-		mintTestToken(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["nbf"] = now.Add(time.Hour).Unix() })),
-		mintTestToken(f, hs, []byte(testHMACSecret), "unknown-kid", claims(nil)),
-		mintTestToken(f, jwt.SigningMethodEdDSA, k.Ed, "", claims(func(m jwt.MapClaims) { m["exp"] = now.Add(-time.Hour).Unix() })),
-		mintTestToken(f, jwt.SigningMethodEdDSA, k.Ed, c.signer.KID(), claims(nil)),
-		mintTestToken(f, jwt.SigningMethodES256, k.EC, "", claims(nil)),
-		mintTestToken(f, jwt.SigningMethodRS256, k.RSA, "", claims(nil)),
+		tokentest.Mint(f, hs, []byte("not-the-signing-key-0123456789abcdef"), "", claims(nil)),
+		tokentest.Mint(f, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, "", claims(nil)),
+		tokentest.Mint(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["exp"] = now.Add(-time.Hour).Unix() })),
+		tokentest.Mint(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["aud"] = "other" })),
+		tokentest.Mint(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["iss"] = "other" })),
+		tokentest.Mint(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { delete(m, "sub") })),
+		tokentest.Mint(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["sub"] = "a\nb" })),
+		tokentest.Mint(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { delete(m, "exp") })),
+		tokentest.Mint(f, hs, []byte(testHMACSecret), c.signer.KID(), claims(func(m jwt.MapClaims) { m["nbf"] = now.Add(time.Hour).Unix() })),
+		tokentest.Mint(f, hs, []byte(testHMACSecret), "unknown-kid", claims(nil)),
+		tokentest.Mint(f, jwt.SigningMethodEdDSA, k.Ed, "", claims(func(m jwt.MapClaims) { m["exp"] = now.Add(-time.Hour).Unix() })),
+		tokentest.Mint(f, jwt.SigningMethodEdDSA, k.Ed, c.signer.KID(), claims(nil)),
+		tokentest.Mint(f, jwt.SigningMethodES256, k.EC, "", claims(nil)),
+		tokentest.Mint(f, jwt.SigningMethodRS256, k.RSA, "", claims(nil)),
 		strings.Repeat("A", token.MaxBytes+1),
 	}
 	for i, tok := range seeds {
@@ -190,7 +190,7 @@ func FuzzCallbackToken(f *testing.F) {
 		}
 		app := new(callbackApp)
 		rec := httptest.NewRecorder()
-		if err := c.serveCallback(rec, req, app); err != nil {
+		if err := c.ServeCallback(rec, req, app); err != nil {
 			t.Fatalf("serveCallback returned %v", err)
 		}
 		if rec.Code != http.StatusUnauthorized || app.calls != 0 {

@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"context"
@@ -55,7 +55,7 @@ func BenchmarkCallbackValidate(b *testing.B) {
 				if _, err := payload.Validate(body); err != nil {
 					b.Fatal(err)
 				}
-				_ = callbackID(body)
+				_ = ID(body)
 			}
 		})
 	}
@@ -79,7 +79,7 @@ func BenchmarkCallbackPayloadParts(b *testing.B) {
 		b.SetBytes(int64(len(body)))
 		b.ReportAllocs()
 		for b.Loop() {
-			_ = callbackID(body)
+			_ = ID(body)
 		}
 	})
 }

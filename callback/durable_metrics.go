@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"sync"
@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/caddy-atlas/caddy-atlas/internal/metricsreg"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
@@ -40,7 +41,7 @@ var (
 // them in registry (when not nil), tolerating an earlier registration.
 func registerSpoolMetrics(registry *prometheus.Registry) *spoolMetrics {
 	spoolMetricsOnce.Do(func() {
-		name := func(n string) string { return prometheus.BuildFQName(metricsNamespace, metricsSubsystem, n) }
+		name := func(n string) string { return prometheus.BuildFQName(metricsreg.Namespace, metricsreg.Subsystem, n) }
 		spoolCollectors = &spoolMetrics{
 			gauges: spoolGaugeCollector{
 				callbacks: prometheus.NewDesc(name("spool_callbacks"),
@@ -53,25 +54,25 @@ func registerSpoolMetrics(registry *prometheus.Registry) *spoolMetrics {
 					"Size of the spool's log on disk.", []string{"spool"}, nil),
 			},
 			deliveryAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
-				Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "delivery_attempts_total",
+				Namespace: metricsreg.Namespace, Subsystem: metricsreg.Subsystem, Name: "delivery_attempts_total",
 				Help: "Delivery attempts of spooled callbacks, by outcome (delivered, failed, timeout, canceled).",
 			}, []string{"outcome"}),
 			deliveryDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-				Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "delivery_duration_seconds",
+				Namespace: metricsreg.Namespace, Subsystem: metricsreg.Subsystem, Name: "delivery_duration_seconds",
 				Help:    "Duration of the delivery attempts of spooled callbacks.",
 				Buckets: prometheus.DefBuckets,
 			}),
 			deadLetters: prometheus.NewCounter(prometheus.CounterOpts{
-				Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "dead_letters_total",
+				Namespace: metricsreg.Namespace, Subsystem: metricsreg.Subsystem, Name: "dead_letters_total",
 				Help: "Spooled callbacks that ran out of delivery attempts.",
 			}),
 			fsyncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-				Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "spool_fsync_seconds",
+				Namespace: metricsreg.Namespace, Subsystem: metricsreg.Subsystem, Name: "spool_fsync_seconds",
 				Help:    "Latency of the spool's fsyncs.",
 				Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 			}),
 			commitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
-				Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "spool_commit_batch_size",
+				Namespace: metricsreg.Namespace, Subsystem: metricsreg.Subsystem, Name: "spool_commit_batch_size",
 				Help:    "Callbacks made durable by one fsync of the spool (group commit).",
 				Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512},
 			}),
@@ -79,7 +80,7 @@ func registerSpoolMetrics(registry *prometheus.Registry) *spoolMetrics {
 	})
 	m := spoolCollectors
 	for _, c := range []prometheus.Collector{m.gauges, m.deliveryAttempts, m.deliveryDuration, m.deadLetters, m.fsyncSeconds, m.commitBatch} {
-		registerCollector(registry, c)
+		metricsreg.Register(registry, c)
 	}
 	return m
 }

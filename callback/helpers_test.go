@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"bytes"
@@ -43,13 +43,13 @@ func provisionTestCallback(t testing.TB, c *Callback) *observer.ObservedLogs {
 	core, logs := observer.New(zapcore.DebugLevel)
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(func() {
-		_ = c.cleanup()
+		_ = c.Cleanup()
 		cancel()
 	})
-	if err := c.provision(ctx, zap.New(core)); err != nil {
+	if err := c.Provision(ctx, zap.New(core)); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
-	if err := c.validate(); err != nil {
+	if err := c.Validate(); err != nil {
 		t.Fatalf("validate: %v", err)
 	}
 	return logs
@@ -68,20 +68,6 @@ func callbackClaims(c *Callback, now time.Time) jwt.MapClaims {
 	}
 }
 
-// mintTestToken signs claims with key; kid is set when not empty.
-func mintTestToken(t testing.TB, method jwt.SigningMethod, key any, kid string, claims jwt.MapClaims) string {
-	t.Helper()
-	tok := jwt.NewWithClaims(method, claims)
-	if kid != "" {
-		tok.Header["kid"] = kid
-	}
-	s, err := tok.SignedString(key)
-	if err != nil {
-		t.Fatalf("signing a %s test token: %v", method.Alg(), err)
-	}
-	return s
-}
-
 // callbackAuthToken obtains a token from c's auth route.
 func callbackAuthToken(t testing.TB, c *Callback) string {
 	t.Helper()
@@ -89,7 +75,7 @@ func callbackAuthToken(t testing.TB, c *Callback) string {
 	req.Header.Set("Client-Id", "atlas-client")
 	req.Header.Set("Client-Secret", "atlas-client-secret")
 	rec := httptest.NewRecorder()
-	if err := c.serveAuth(rec, req); err != nil {
+	if err := c.ServeAuth(rec, req); err != nil {
 		t.Fatalf("serveAuth: %v", err)
 	}
 	if rec.Code != http.StatusOK {
@@ -142,7 +128,7 @@ func serveTestCallback(t testing.TB, c *Callback, req *http.Request) (*httptest.
 	t.Helper()
 	app := new(callbackApp)
 	rec := httptest.NewRecorder()
-	if err := c.serveCallback(rec, req, app); err != nil {
+	if err := c.ServeCallback(rec, req, app); err != nil {
 		t.Fatalf("serveCallback returned an error: %v", err)
 	}
 	return rec, app

@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"bytes"
@@ -20,6 +20,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 	"github.com/caddy-atlas/caddy-atlas/callback/token"
+	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
 )
@@ -67,7 +68,7 @@ func TestCallbackHandOff(t *testing.T) {
 		want := map[string][]string{
 			"X-Atlas-Subject":        {"atlas-client"},
 			"X-Atlas-Document-Count": {"2"},
-			"X-Atlas-Callback-Id":    {callbackID(body)},
+			"X-Atlas-Callback-Id":    {ID(body)},
 			"X-Other":                {"kept"},
 		}
 		for k, v := range want {
@@ -84,7 +85,7 @@ func TestCallbackHandOff(t *testing.T) {
 			t.Error("the token reached the app")
 		}
 		repl := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-		if got := repl.ReplaceAll("{http.atlas.callback.id} {http.atlas.callback.subject} {http.atlas.callback.document_count}", ""); got != callbackID(body)+" atlas-client 2" {
+		if got := repl.ReplaceAll("{http.atlas.callback.id} {http.atlas.callback.subject} {http.atlas.callback.document_count}", ""); got != ID(body)+" atlas-client 2" {
 			t.Errorf("placeholders = %q", got)
 		}
 	}
@@ -96,13 +97,13 @@ func TestCallbackHandOff(t *testing.T) {
 // TestCallbackID checks that the id is stable per body and 32 hex digits.
 func TestCallbackID(t *testing.T) {
 	a, b := payloadtest.Sample(2), payloadtest.Sample(3)
-	if callbackID(a) != callbackID(append([]byte(nil), a...)) {
+	if ID(a) != ID(append([]byte(nil), a...)) {
 		t.Error("the id of the same body differs")
 	}
-	if callbackID(a) == callbackID(b) {
+	if ID(a) == ID(b) {
 		t.Error("two bodies have the same id")
 	}
-	if id := callbackID(a); len(id) != 32 || strings.Trim(id, "0123456789abcdef") != "" {
+	if id := ID(a); len(id) != 32 || strings.Trim(id, "0123456789abcdef") != "" {
 		t.Errorf("id %q is not 32 hex digits", id)
 	}
 }
@@ -115,7 +116,7 @@ func TestCallbackRejections(t *testing.T) {
 	c := &Callback{MaxBody: 1024}
 	logs := provisionTestCallback(t, c)
 	good := callbackAuthToken(t, c)
-	expired := mintTestToken(t, jwt.SigningMethodHS256, []byte(testHMACSecret), "", func() jwt.MapClaims {
+	expired := tokentest.Mint(t, jwt.SigningMethodHS256, []byte(testHMACSecret), "", func() jwt.MapClaims {
 		cl := callbackClaims(c, time.Now())
 		cl["exp"] = time.Now().Add(-time.Hour).Unix()
 		return cl
@@ -177,7 +178,7 @@ func TestCallbackRejections(t *testing.T) {
 			if tc.status != 202 && app.calls != 0 {
 				t.Fatal("the request reached the app")
 			}
-			var resp errorBody
+			var resp httpjson.ErrorBody
 			if tc.status != 202 {
 				if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
 					t.Fatalf("error body %q: %v", rec.Body, err)
@@ -302,11 +303,11 @@ func TestCallbackConfigErrors(t *testing.T) {
 			}
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 			defer cancel()
-			err := c.provision(ctx, zap.NewNop())
+			err := c.Provision(ctx, zap.NewNop())
 			if err == nil {
-				err = c.validate()
+				err = c.Validate()
 			}
-			if cerr := c.cleanup(); cerr != nil {
+			if cerr := c.Cleanup(); cerr != nil {
 				t.Errorf("cleanup: %v", cerr)
 			}
 			if err == nil {
@@ -325,29 +326,8 @@ func TestCallbackConfigErrors(t *testing.T) {
 // TestCallbackCleanupWithoutProvision checks that cleanup is safe on an
 // unprovisioned route.
 func TestCallbackCleanupWithoutProvision(t *testing.T) {
-	if err := new(Callback).cleanup(); err != nil {
+	if err := new(Callback).Cleanup(); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestCallbackJSONMediaType(t *testing.T) {
-	for v, want := range map[string]bool{
-		"application/json":                     true,
-		"Application/JSON; charset=UTF-8":      true,
-		"application/problem+json":             true,
-		"application/vnd.atlas.v1+json; x=y":   true,
-		"text/json":                            false,
-		"text/plain":                           false,
-		"application/x-www-form-urlencoded":    false,
-		"application/+json":                    false,
-		"application/jsonx":                    false,
-		"":                                     false,
-		"application/json; charset=\"unclosed": false,
-		"multipart/form-data; boundary=x":      false,
-	} {
-		if got := isJSONMediaType(v); got != want {
-			t.Errorf("isJSONMediaType(%q) = %v", v, got)
-		}
 	}
 }
 

@@ -1,4 +1,7 @@
-package caddyatlas
+// Package callbacktest holds what the tests of the callback route share:
+// an app that receives callbacks the way a receiver must under
+// at-least-once delivery, and polling helpers.
+package callbacktest
 
 import (
 	"io"
@@ -10,11 +13,11 @@ import (
 	"time"
 )
 
-// dedupReceiver is the app behind a durable callback route: it answers
+// Receiver is the app behind a durable callback route: it answers
 // with the status it is set to, and processes each X-Atlas-Callback-Id
 // once, as a receiver must under at-least-once delivery. While gated, it
 // holds every request until ungated.
-type dedupReceiver struct {
+type Receiver struct {
 	*httptest.Server
 
 	mu       sync.Mutex
@@ -28,9 +31,11 @@ type dedupReceiver struct {
 	attempts []string               // X-Atlas-Attempt of every request
 }
 
-func newDedupReceiver(t testing.TB) *dedupReceiver {
+// NewReceiver starts a receiver answering 200, closed at the end of the
+// test.
+func NewReceiver(t testing.TB) *Receiver {
 	t.Helper()
-	rc := &dedupReceiver{
+	rc := &Receiver{
 		status:  http.StatusOK,
 		taken:   make(map[string]int),
 		bodies:  make(map[string][]byte),
@@ -38,13 +43,13 @@ func newDedupReceiver(t testing.TB) *dedupReceiver {
 	}
 	rc.Server = httptest.NewServer(http.HandlerFunc(rc.serve))
 	t.Cleanup(func() {
-		rc.setGate(false)
+		rc.SetGate(false)
 		rc.Close()
 	})
 	return rc
 }
 
-func (rc *dedupReceiver) serve(w http.ResponseWriter, r *http.Request) {
+func (rc *Receiver) serve(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		return
@@ -76,15 +81,15 @@ func (rc *dedupReceiver) serve(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(status)
 }
 
-// setStatus sets the status of the next answers.
-func (rc *dedupReceiver) setStatus(code int) {
+// SetStatus sets the status of the next answers.
+func (rc *Receiver) SetStatus(code int) {
 	rc.mu.Lock()
 	rc.status = code
 	rc.mu.Unlock()
 }
 
-// setGate holds (true) or releases (false) the requests.
-func (rc *dedupReceiver) setGate(hold bool) {
+// SetGate holds (true) or releases (false) the requests.
+func (rc *Receiver) SetGate(hold bool) {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	switch {
@@ -96,33 +101,33 @@ func (rc *dedupReceiver) setGate(hold bool) {
 	}
 }
 
-// delivered returns the ids taken, in the order they were first taken.
-func (rc *dedupReceiver) delivered() []string {
+// Delivered returns the ids taken, in the order they were first taken.
+func (rc *Receiver) Delivered() []string {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	return slices.Clone(rc.order)
 }
 
-// takes returns how many times id was answered 2xx.
-func (rc *dedupReceiver) takes(id string) int {
+// Takes returns how many times id was answered 2xx.
+func (rc *Receiver) Takes(id string) int {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	return rc.taken[id]
 }
 
-// requestCount returns the number of requests answered.
-func (rc *dedupReceiver) requestCount() int {
+// RequestCount returns the number of requests answered.
+func (rc *Receiver) RequestCount() int {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	return rc.requests
 }
 
-// waitDelivered waits until n distinct ids are taken.
-func (rc *dedupReceiver) waitDelivered(t testing.TB, n int, timeout time.Duration) []string {
+// WaitDelivered waits until n distinct ids are taken.
+func (rc *Receiver) WaitDelivered(t testing.TB, n int, timeout time.Duration) []string {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		got := rc.delivered()
+		got := rc.Delivered()
 		if len(got) >= n {
 			return got
 		}
@@ -133,8 +138,8 @@ func (rc *dedupReceiver) waitDelivered(t testing.TB, n int, timeout time.Duratio
 	}
 }
 
-// eventually polls cond every 10ms until it holds or timeout passes.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+// Eventually polls cond every 10ms until it holds or timeout passes.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -143,4 +148,18 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Body returns the first body taken for id, nil if none was.
+func (rc *Receiver) Body(id string) []byte {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.bodies[id]
+}
+
+// Header returns the headers of the first take of id, nil if none was.
+func (rc *Receiver) Header(id string) http.Header {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.headers[id]
 }

@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"context"
@@ -58,7 +58,7 @@ func callbackAuthTestRequest(via, id, secret, addr string) *http.Request {
 func serveTestAuth(t *testing.T, c *Callback, req *http.Request) *httptest.ResponseRecorder {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	if err := c.serveAuth(rec, req); err != nil {
+	if err := c.ServeAuth(rec, req); err != nil {
 		t.Fatalf("serveAuth returned an error: %v", err)
 	}
 	return rec

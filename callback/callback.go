@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"mime"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -19,7 +18,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/caddy-atlas/caddy-atlas/spool"
+	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/body"
 	"github.com/caddy-atlas/caddy-atlas/callback/payload"
@@ -189,12 +189,12 @@ type Callback struct {
 	configKey any
 	spoolKey  string
 	shared    *sharedSpool
-	store     spool.Store
+	store     queue.Store
 }
 
-// provision resolves the secrets, applies the defaults, parses the keys,
+// Provision resolves the secrets, applies the defaults, parses the keys,
 // starts the JWKS fetcher and registers the metrics.
-func (c *Callback) provision(ctx caddy.Context, logger *zap.Logger) error {
+func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
@@ -290,8 +290,8 @@ func (c *Callback) provision(ctx caddy.Context, logger *zap.Logger) error {
 	return c.provisionDurable(ctx)
 }
 
-// validate checks the provisioned configuration; it changes nothing.
-func (c *Callback) validate() error {
+// Validate checks the provisioned configuration; it changes nothing.
+func (c *Callback) Validate() error {
 	switch {
 	case c.Path == "":
 		return errors.New("path is required")
@@ -326,9 +326,9 @@ func (c *Callback) validate() error {
 	return c.validateDurable()
 }
 
-// cleanup stops the JWKS fetcher and releases the spool. It is safe
+// Cleanup stops the JWKS fetcher and releases the spool. It is safe
 // after a failed provision.
-func (c *Callback) cleanup() error {
+func (c *Callback) Cleanup() error {
 	if c.cancel != nil {
 		c.cancel()
 		c.cancel = nil
@@ -336,14 +336,14 @@ func (c *Callback) cleanup() error {
 	return c.cleanupDurable()
 }
 
-// serveCallback serves the callback_url. The checks run in this order, so
+// ServeCallback serves the callback_url. The checks run in this order, so
 // that an unauthenticated caller never makes the server read a body:
 // method (405), token (401), content type (415), size (413), payload (400).
 // A callback that passes them goes to the next handler, or, in durable
 // mode, to the spool (see spoolCallback).
-func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if r.Method != http.MethodPost {
-		return methodNotAllowed(w, http.MethodPost)
+		return httpjson.MethodNotAllowed(w, http.MethodPost)
 	}
 
 	start := time.Now()
@@ -356,15 +356,15 @@ func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next ca
 				zap.String("remote_ip", callbackClientIP(r)))
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
-		return writeError(w, http.StatusUnauthorized, "invalid or expired token")
+		return httpjson.WriteError(w, http.StatusUnauthorized, "invalid or expired token")
 	}
 
-	if ct := r.Header.Get("Content-Type"); !isJSONMediaType(ct) {
+	if ct := r.Header.Get("Content-Type"); !httpjson.IsJSONMediaType(ct) {
 		c.metrics.callbacks.WithLabelValues(outcomeInvalid).Inc()
 		if ce := c.logger.Check(zapcore.DebugLevel, "callback rejected: content type"); ce != nil {
 			ce.Write(zap.String("content_type", truncateForLog(ct, 100)), zap.String("subject", subject))
 		}
-		return writeError(w, http.StatusUnsupportedMediaType, "the callback body must be JSON (Content-Type: application/json)")
+		return httpjson.WriteError(w, http.StatusUnsupportedMediaType, "the callback body must be JSON (Content-Type: application/json)")
 	}
 
 	cb, err := c.readBody(w, r)
@@ -374,7 +374,7 @@ func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next ca
 			if ce := c.logger.Check(zapcore.DebugLevel, "callback rejected: body too large"); ce != nil {
 				ce.Write(zap.Int64("max_body", c.MaxBody), zap.Int64("content_length", r.ContentLength))
 			}
-			return writeError(w, http.StatusRequestEntityTooLarge,
+			return httpjson.WriteError(w, http.StatusRequestEntityTooLarge,
 				"the callback body is larger than "+strconv.FormatInt(c.MaxBody, 10)+" bytes")
 		}
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading the callback body: %w", err))
@@ -389,10 +389,10 @@ func (c *Callback) serveCallback(w http.ResponseWriter, r *http.Request, next ca
 		if ce := c.logger.Check(zapcore.DebugLevel, "callback rejected: payload"); ce != nil {
 			ce.Write(zap.Error(err), zap.String("subject", subject), zap.Int("bytes", len(body)))
 		}
-		return writeError(w, http.StatusBadRequest, err.Error())
+		return httpjson.WriteError(w, http.StatusBadRequest, err.Error())
 	}
 
-	id := callbackID(body)
+	id := ID(body)
 	count := strconv.Itoa(docs)
 
 	// The app sees the body as Atlas sent it, without the token, and only
@@ -453,10 +453,10 @@ func (c *Callback) readBody(w http.ResponseWriter, r *http.Request) (*body.Buffe
 	return body.Read(w, r.Body, r.ContentLength, c.MaxBody)
 }
 
-// callbackID is the id of a callback: the first 32 hex digits (128 bits)
+// ID is the id of a callback: the first 32 hex digits (128 bits)
 // of the SHA-256 of its body, so a redelivery of the same payload has the
 // same id.
-func callbackID(body []byte) string {
+func ID(body []byte) string {
 	sum := sha256.Sum256(body)
 	return hex.EncodeToString(sum[:16])
 }
@@ -468,26 +468,6 @@ func isLoopbackHost(host string) bool {
 	}
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.IsLoopback()
-}
-
-// isJSONMediaType reports whether a Content-Type value is
-// application/json or a */*+json type, parameters allowed.
-func isJSONMediaType(v string) bool {
-	switch v {
-	case "":
-		return false
-	case "application/json": // the usual, without parsing
-		return true
-	}
-	mt, _, err := mime.ParseMediaType(v)
-	if err != nil {
-		return false
-	}
-	if mt == "application/json" {
-		return true
-	}
-	slash := strings.IndexByte(mt, '/')
-	return slash > 0 && strings.HasSuffix(mt[slash+1:], "+json") && len(mt[slash+1:]) > len("+json")
 }
 
 // Outcomes of a callback, the label of the callbacks counter.
