@@ -7,7 +7,13 @@
 #     (formatted) and `caddy validate` (adapts and provisions), with
 #     stand-in values for the environment and credential files they read;
 #   - every YAML file, and the JSON files under deploy/, parse
-#     (scripts/configcheck).
+#     (scripts/configcheck); the Kubernetes ConfigMap holds deploy/Caddyfile
+#     as it is;
+#   - deploy/systemd/*.service pass `systemd-analyze verify` without a
+#     warning (systemd is installed from Debian's packages if missing);
+#   - deploy/docker/build.sh, the Dockerfile's build step, builds Caddy
+#     with xcaddy and the Dockerfile runs that script (SKIP_DOCKER_BUILD=1
+#     skips the build).
 #
 # Run by .ci/run. Exits non-zero at the end if any check failed.
 set -euo pipefail
@@ -76,5 +82,44 @@ for f in "${caddyfiles[@]}" "${embedded[@]}"; do
 		fail "$name does not validate"
 	fi
 done
+
+# The ConfigMap carries deploy/Caddyfile itself, not a copy that drifts.
+for f in "${embedded[@]}"; do
+	case $f in
+	*deploy_kubernetes_*) cmp -s "$f" deploy/Caddyfile || fail "the Caddyfile in ${f#"$work/embedded/"} differs from deploy/Caddyfile" ;;
+	esac
+done
+
+# systemd units, with ExecStart= pointing at the built binary.
+if ! command -v systemd-analyze >/dev/null; then
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+mkdir -p "$work/units"
+for unit in deploy/systemd/*.service; do
+	sed "s#/usr/local/bin/caddy#$caddy#g" "$unit" >"$work/units/${unit##*/}"
+	if out=$(systemd-analyze verify "$work/units/${unit##*/}" 2>&1) && [ -z "$out" ]; then
+		echo "ok    $unit: systemd-analyze verify"
+	else
+		echo "$out" >&2
+		fail "$unit: systemd-analyze verify"
+	fi
+done
+
+# The Dockerfile's build step, run here as the builder stage runs it.
+if ! grep -q '^RUN .*deploy/docker/build.sh' deploy/docker/Dockerfile; then
+	fail "deploy/docker/Dockerfile does not build with deploy/docker/build.sh"
+fi
+if [ "${SKIP_DOCKER_BUILD:-}" != 1 ]; then
+	if deploy/docker/build.sh "$work/caddy-docker" >"$work/build.out" 2>&1; then
+		echo "ok    deploy/docker/build.sh: $(tail -n 1 "$work/build.out")"
+		for f in deploy/Caddyfile; do
+			"$work/caddy-docker" validate --config "$f" --adapter caddyfile >"$work/validate.out" 2>&1 ||
+				fail "$f does not validate with the binary of deploy/docker/build.sh: $(tail -n 3 "$work/validate.out")"
+		done
+	else
+		tail -n 20 "$work/build.out" >&2
+		fail "deploy/docker/build.sh"
+	fi
+fi
 
 exit $failed
