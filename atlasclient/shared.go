@@ -71,7 +71,7 @@ func (s *TokenSource) obtain() (Token, time.Duration, error) {
 	if s.shared == nil {
 		return s.fetchWithRetry()
 	}
-	if tok, ok := s.loadShared(); ok {
+	if tok, ok := s.loadShared(true); ok {
 		return tok, 0, nil
 	}
 	tok, unlock, err := s.lockShared()
@@ -80,7 +80,7 @@ func (s *TokenSource) obtain() (Token, time.Duration, error) {
 		return tok, 0, nil
 	case err == nil:
 		defer s.unlockShared(unlock)
-		if tok, ok := s.loadShared(); ok {
+		if tok, ok := s.loadShared(false); ok {
 			return tok, 0, nil
 		}
 	case s.ctx.Err() != nil:
@@ -126,7 +126,7 @@ func (s *TokenSource) lockShared() (Token, func(context.Context) error, error) {
 			}
 			return Token{}, r.unlock, r.err
 		case <-tick.C:
-			tok, ok := s.loadShared()
+			tok, ok := s.loadShared(false)
 			if !ok {
 				continue
 			}
@@ -153,13 +153,14 @@ func (s *TokenSource) unlockShared(unlock func(context.Context) error) {
 }
 
 // loadShared reads the store and reports whether its token is usable: valid,
-// not yet in its refresh window, and not the value last rejected.
-func (s *TokenSource) loadShared() (Token, bool) {
+// not yet in its refresh window, and not the value last rejected. A failure
+// is reported when report is set: once per refresh, not at every poll.
+func (s *TokenSource) loadShared(report bool) (Token, bool) {
 	ctx, cancel := context.WithTimeout(s.ctx, sharedOpTimeout)
 	tok, err := s.shared.Load(ctx)
 	cancel()
 	if err != nil {
-		if s.ctx.Err() == nil {
+		if report && s.ctx.Err() == nil {
 			s.sharedFailed("load", err)
 		}
 		return Token{}, false

@@ -413,3 +413,29 @@ func TestSharedFleetWithOneLiveTokenNeverFails(t *testing.T) {
 	}
 	t.Logf("replays after a 401: %d", replays.Load())
 }
+
+func TestSharedUnreadableStoreReportedOncePerRefresh(t *testing.T) {
+	fa := newFakeAtlas(t, nil, nil)
+	store := newMemStore()
+	store.failLoad = errors.New("sealed with another secret")
+	unlock, _ := store.Lock(context.Background()) // another instance fetching
+	obs := &sharedObserver{}
+	s := newSource(t, fa, nil, func(o *TokenOptions) { o.Shared = store; o.Observer = obs })
+	got := make(chan string, 1)
+	go func() { got <- getTokens(t, s, 1)[0] }()
+	time.Sleep(10 * sharedPoll) // the waiter polls the store meanwhile
+	_ = unlock(context.Background())
+	if v := <-got; v != "tok-1" {
+		t.Fatalf("got %q, want its own tok-1", v)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if len(obs.failures) != 1 || !strings.HasPrefix(obs.failures[0], "load: ") {
+		t.Errorf("failures = %q, want the one load failure, not one per poll", obs.failures)
+	}
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if store.loads < 5 {
+		t.Errorf("the store was read %d times while waiting, want it polled", store.loads)
+	}
+}
