@@ -3,11 +3,13 @@ package bench
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -141,6 +143,22 @@ func (w *discardWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 func (w *discardWriter) Flush() {}
+
+// copyBufs are ReadFrom's buffers, pooled as net/http's response pools
+// them.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// ReadFrom implements io.ReaderFrom with a pooled buffer, as net/http's
+// response does, so that a handler's io.Copy costs what it costs in a
+// server.
+func (w *discardWriter) ReadFrom(r io.Reader) (int64, error) {
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
+	return io.CopyBuffer(writerOnly{w}, r, *buf)
+}
+
+// writerOnly hides ReadFrom from io.CopyBuffer.
+type writerOnly struct{ io.Writer }
 
 // serve runs one request through the server's handler chain.
 func (c *benchCaddy) serve(tb testing.TB, srv string, method, target string, hdr http.Header, body []byte, keep bool) *discardWriter {
