@@ -117,20 +117,48 @@ func parseExtractsQuery(rawQuery string) (extractsQuery, error) {
 	return q, nil
 }
 
-// extractsRequest builds the upstream request for one page.
+// extractsRequest builds the upstream request for one page. The URL is
+// built as a struct, not a string to parse again; its query is what
+// url.Values.Encode would give (keys sorted, values escaped).
 func (h *Handler) extractsRequest(ctx context.Context, q extractsQuery) *http.Request {
-	params := url.Values{"batch_id": {q.batchID}}
+	u := h.apiURL("/v1/docstream/extracts")
+	var b strings.Builder
+	b.Grow(len("batch_id=&page=&per_page=") + len(q.batchID) + 8)
+	b.WriteString("batch_id=")
+	b.WriteString(url.QueryEscape(q.batchID))
 	if q.page > 0 {
-		params.Set("page", strconv.Itoa(q.page))
+		b.WriteString("&page=")
+		b.WriteString(strconv.Itoa(q.page))
 	}
 	if q.perPage > 0 {
-		params.Set("per_page", strconv.Itoa(q.perPage))
+		b.WriteString("&per_page=")
+		b.WriteString(strconv.Itoa(q.perPage))
 	}
-	u := h.endpoint.JoinPath("/v1/docstream/extracts")
-	u.RawQuery = params.Encode()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	req.Header.Set("Accept", "application/json")
+	u.RawQuery = b.String()
+	req := (&http.Request{
+		Method:     http.MethodGet,
+		URL:        u,
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     make(http.Header, 4),
+		Host:       u.Host,
+	}).WithContext(ctx)
+	req.Header["Accept"] = []string{"application/json"}
 	return req
+}
+
+// apiURL returns the URL of an Atlas endpoint: path (absolute, clean)
+// under the configured endpoint.
+func (h *Handler) apiURL(path string) *url.URL {
+	if h.endpoint.RawPath != "" {
+		// An escaped path prefix: let net/url join and escape it.
+		u, _ := url.Parse(h.endpoint.JoinPath(path).String())
+		return u
+	}
+	u := *h.endpoint
+	u.Path = strings.TrimRight(u.Path, "/") + path
+	return &u
 }
 
 // serveAllExtracts answers `all=1`: every document of the batch in one
