@@ -52,14 +52,21 @@ func (s *FileSpool) needsCompaction() bool {
 	if garbage >= max(st.LiveBytes, min(compactMinBytes, cfg.maxDiskBytes/8)) {
 		return true
 	}
-	return st.DiskBytes >= cfg.maxDiskBytes/10*9 && garbage >= cfg.maxDiskBytes/10
+	if st.DiskBytes >= cfg.maxDiskBytes/10*9 && garbage >= cfg.maxDiskBytes/10 {
+		return true
+	}
+	return s.needsMigration(cfg)
 }
 
 // Compact rewrites the log without its garbage: bodies of delivered and
 // deleted callbacks, superseded state records, and delivered callbacks
 // past the retention window, which are forgotten (their ids are accepted
-// again). The spool compacts itself when needed; Compact forces it.
-// Appends and deliveries go on meanwhile.
+// again). With Options.Keyring, what it keeps is rewritten under the
+// first key: plaintext records and records under another key of the
+// keyring; records it cannot open are kept as they are. The spool
+// compacts itself when needed (and when a record is to be rewritten under
+// the first key); Compact forces it. Appends and deliveries go on
+// meanwhile.
 func (s *FileSpool) Compact(ctx context.Context) error {
 	s.mu.Lock()
 	closing := s.closing
@@ -87,6 +94,9 @@ type snapItem struct {
 	delivered   time.Time
 	seg         *segment
 	off, n      int64
+	// unsealable: an earlier compaction could not open the record with
+	// this keyring; it is copied as it is.
+	unsealable bool
 }
 
 // compact seals the segment being written, then replaces every sealed
@@ -168,6 +178,7 @@ func (s *FileSpool) compact(ctx context.Context) error {
 		it := snapItem{
 			e: e, seq: e.seq, state: e.state, received: e.received, size: e.size, attempts: e.attempts,
 			lastErr: e.lastErr, lastAttempt: e.lastAttempt, next: e.next, delivered: e.delivered,
+			unsealable: e.unsealable,
 		}
 		if e.state != StateDelivered && e.n > 0 {
 			it.seg, it.off, it.n = e.seg, e.off, e.n
@@ -203,10 +214,15 @@ func (s *FileSpool) compact(ctx context.Context) error {
 		lostBody = -2
 	)
 	newOff := make([]int64, len(items))
+	newN := make([]int64, len(items))
+	newKey := make([]string, len(items))
+	unsealable := make([]bool, len(items))
+	resealed, kept := 0, 0
+	var keptErr error
 	if err := func() error {
 		bw := bufio.NewWriterSize(f, 1<<20)
 		var off int64
-		var buf []byte
+		var buf, sealBuf []byte
 		put := func(b []byte) error {
 			_, err := bw.Write(b)
 			off += int64(len(b))
@@ -239,14 +255,30 @@ func (s *FileSpool) compact(ctx context.Context) error {
 			if _, err := it.seg.f.ReadAt(raw, it.off); err != nil {
 				return err
 			}
-			if r, _, err := DecodeRecord(raw); err != nil || r.Type != RecordEnqueue || r.ID != it.e.id {
+			r, _, err := DecodeRecord(raw)
+			if err != nil || !isEnqueue(r.Type) || r.ID != it.e.id {
 				cfg.logger.Error("spool compaction: callback record unreadable, dropped",
 					zap.String("callback_id", it.e.id), zap.String("segment", it.seg.path), zap.Error(err))
 				newOff[i] = lostBody
 				continue
 			}
-			newOff[i] = off
-			if err := put(raw); err != nil {
+			was := keyOf(&r)
+			out, key, err := raw, was, error(nil)
+			if !it.unsealable {
+				out, key, err = rewrite(sealBuf[:0], raw, &r, cfg.keyring)
+			}
+			switch {
+			case err != nil:
+				// Kept as it is: a missing key may come back.
+				unsealable[i] = true
+				kept++
+				keptErr = err
+			case key != was:
+				sealBuf = out
+				resealed++
+			}
+			newOff[i], newN[i], newKey[i] = off, int64(len(out)), key
+			if err := put(out); err != nil {
 				return err
 			}
 			buf = buf[:0]
@@ -302,7 +334,8 @@ func (s *FileSpool) compact(ctx context.Context) error {
 			s.remove(e)
 			lost++
 		default:
-			e.seg, e.off = seg, newOff[i]
+			e.seg, e.off, e.n, e.key = seg, newOff[i], newN[i], s.internKey(newKey[i])
+			e.unsealable = e.unsealable || unsealable[i]
 		}
 	}
 	s.segMu.Lock()
@@ -327,8 +360,12 @@ func (s *FileSpool) compact(ctx context.Context) error {
 	if err := syncDir(s.dir); err != nil {
 		cfg.logger.Warn("spool compaction: directory fsync failed", zap.Error(err))
 	}
+	if kept > 0 {
+		cfg.logger.Warn("spool compaction: callbacks kept as they are, the keyring cannot open them",
+			zap.Int("callbacks", kept), zap.NamedError("last_error", keptErr))
+	}
 	cfg.logger.Info("spool compacted", zap.Int("segments", len(old)), zap.Int64("bytes_before", oldBytes),
 		zap.Int64("bytes_after", seg.size.Load()), zap.Int("forgotten", forgotten), zap.Int("lost", lost),
-		zap.Duration("took", time.Since(started)))
+		zap.Int("reencrypted", resealed), zap.Duration("took", time.Since(started)))
 	return nil
 }

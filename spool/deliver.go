@@ -65,7 +65,7 @@ func (s *FileSpool) dispatchDue() time.Duration {
 func (s *FileSpool) deliver(e *entry, cfg *config, seg *segment, off, n int64, attempt int) {
 	defer s.deliveries.Done()
 	start := time.Now()
-	rec, err := readEnqueue(seg, off, n, e.id)
+	rec, err := readEnqueue(seg, off, n, e.id, cfg.keyring)
 	s.release(seg)
 	outcome := OutcomeFailed
 	if err == nil {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/seal"
 )
 
 // Defaults of Options.
@@ -63,6 +65,16 @@ type Options struct {
 
 	// Observer receives metrics events. Default: none.
 	Observer Observer
+
+	// Keyring, if set, encrypts callbacks at rest: Append seals each
+	// callback's headers and body under its first key (AES-256-GCM, see
+	// package seal); any of its keys opens them. Compaction rewrites what
+	// it keeps under the first key, so plaintext spools and records under
+	// an older key are migrated; KeyStats shows what each key still
+	// protects. Default: none, callbacks are stored in the clear (records
+	// sealed earlier then fail to deliver until a keyring with their key
+	// is configured again).
+	Keyring *seal.Keyring
 
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
@@ -144,6 +156,7 @@ type config struct {
 	logger          *zap.Logger
 	obs             Observer
 	now             func() time.Time
+	keyring         *seal.Keyring
 }
 
 // resolve checks opts and applies the defaults.
@@ -167,6 +180,7 @@ func resolve(opts Options) (*config, error) {
 		logger:          opts.Logger,
 		obs:             opts.Observer,
 		now:             opts.Now,
+		keyring:         opts.Keyring,
 	}
 	if c.backoffMin > c.backoffMax {
 		return nil, errors.New("spool: backoff min exceeds backoff max")
