@@ -21,30 +21,9 @@ const (
 	compactMinBytes = 16 << 20
 )
 
-// maintain compacts the log when its garbage (bodies of delivered and
-// deleted callbacks, superseded state records, expired tombstones)
-// exceeds both the live data and compactMinBytes, or when the spool is
-// nearly full.
-func (s *FileSpool) maintain() {
-	defer s.bg.Done()
-	t := time.NewTicker(maintainInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		case <-s.maintc:
-		}
-		if !s.needsCompaction() {
-			continue
-		}
-		if err := s.compact(s.bgCtx); err != nil && s.bgCtx.Err() == nil {
-			s.config().logger.Warn("spool compaction failed", zap.Error(err))
-		}
-	}
-}
-
+// needsCompaction reports whether the log's garbage exceeds both the
+// live data and compactMinBytes, the spool is nearly full, or records
+// are to be rewritten under the keyring's first key.
 func (s *FileSpool) needsCompaction() bool {
 	cfg := s.config()
 	st := s.Stats()
@@ -111,7 +90,7 @@ type snapItem struct {
 // renamed over the newest sealed segment, and the directory fsynced,
 // before the older segments are removed. Its base record tells Open to
 // remove any older segment that a crash left behind.
-func (s *FileSpool) compact(ctx context.Context) error {
+func (s *FileSpool) compact(ctx context.Context) (err error) {
 	s.compactMu.Lock()
 	defer s.compactMu.Unlock()
 	if err := ctx.Err(); err != nil {
@@ -133,7 +112,15 @@ func (s *FileSpool) compact(ctx context.Context) error {
 	for _, c := range s.committing {
 		commits = append(commits, c)
 	}
-	err := s.send(ctx, req)
+	// Every body let go so far is in a segment sealed now.
+	purgeDue := s.purgeDue
+	s.purgeDue = time.Time{}
+	defer func() {
+		if err != nil {
+			s.purgeFailed(purgeDue, cfg)
+		}
+	}()
+	err = s.send(ctx, req)
 	s.mu.Unlock()
 	if err != nil {
 		return err

@@ -92,6 +92,19 @@
 // holding sealed records needs this version of the package: older ones
 // ignore the records of type 8.
 //
+// # Retention
+//
+// A dead callback is kept, body included, for
+// Options.DeadLetterRetention (30 days) after its last attempt, then
+// purged: a delete record, a warning naming it, and
+// RetentionObserver.DeadLetterExpired. A body no longer needed
+// (delivered, deleted, purged) leaves the disk at the next compaction,
+// which starts at the latest Options.PurgeDelay (10 minutes) after it
+// was let go: so such a body is in no spool file after PurgeDelay plus
+// the time of one compaction, unless compactions fail (then they are
+// retried every minute). Compaction removes the files; it does not
+// overwrite the freed blocks, which is what encryption at rest is for.
+//
 // Compaction writes the state of the sealed segments (pending and dead
 // callbacks with their bodies, delivered ones within the retention
 // window as delivered records) to a temporary file behind a base record,

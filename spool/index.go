@@ -170,6 +170,7 @@ func (s *FileSpool) apply(r *Record, seg *segment, off, n int64) {
 	case RecordEnqueue, RecordSealedEnqueue:
 		if e != nil {
 			s.remove(e)
+			s.letGoAtOpen = s.letGoAtOpen || e.n > 0
 		}
 		s.seq++
 		s.entries[r.ID] = &entry{
@@ -186,6 +187,7 @@ func (s *FileSpool) apply(r *Record, seg *segment, off, n int64) {
 			e = &entry{id: r.ID, seq: s.seq, received: r.Received, size: r.Size, seg: seg, hidx: -1}
 			s.entries[r.ID] = e
 		}
+		s.letGoAtOpen = s.letGoAtOpen || e.n > 0
 		e.state, e.delivered, e.attempts = StateDelivered, r.Time, r.Attempts
 	case RecordDead:
 		if e != nil && e.state == StatePending {
@@ -198,6 +200,7 @@ func (s *FileSpool) apply(r *Record, seg *segment, off, n int64) {
 	case RecordDelete:
 		if e != nil {
 			s.remove(e)
+			s.letGoAtOpen = s.letGoAtOpen || e.n > 0
 		}
 	}
 }

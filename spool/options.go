@@ -21,6 +21,9 @@ const (
 	DefaultConcurrency     = 4
 	DefaultMaxDiskBytes    = 4 << 30
 	DefaultSegmentSize     = 64 << 20
+
+	DefaultDeadLetterRetention = 30 * 24 * time.Hour
+	DefaultPurgeDelay          = 10 * time.Minute
 )
 
 // Options configure a FileSpool. The zero value of a field selects its
@@ -37,6 +40,19 @@ type Options struct {
 	// MaxAttempts is the number of failed attempts after which a callback
 	// becomes dead. Default: 20.
 	MaxAttempts int
+
+	// DeadLetterRetention is how long a dead callback is kept, body
+	// included, after its last attempt: then it is purged (forgotten,
+	// its body gone from disk within PurgeDelay) and reported to a
+	// RetentionObserver. A retry starts the count again. Default: 30
+	// days.
+	DeadLetterRetention time.Duration
+
+	// PurgeDelay bounds how long the body of a callback stays on disk
+	// once it is no longer needed (delivered, deleted, or a purged dead
+	// letter): a compaction starts at the latest PurgeDelay later, and
+	// removes the segment files that held it. Default: 10 minutes.
+	PurgeDelay time.Duration
 
 	// BackoffMin and BackoffMax bound the delay after a failed attempt:
 	// BackoffMin after the first failure, doubling after each further one
@@ -130,6 +146,14 @@ type Observer interface {
 	DeadLettered()
 }
 
+// RetentionObserver is an Observer that is also told of the dead letters
+// purged at the end of Options.DeadLetterRetention. The spool checks
+// whether its Observer implements it.
+type RetentionObserver interface {
+	// DeadLetterExpired reports that a dead callback was purged.
+	DeadLetterExpired()
+}
+
 // NopObserver is an Observer that does nothing.
 type NopObserver struct{}
 
@@ -142,10 +166,15 @@ func (NopObserver) DeliveryAttempt(Outcome, time.Duration) {}
 // DeadLettered does nothing.
 func (NopObserver) DeadLettered() {}
 
+// DeadLetterExpired does nothing.
+func (NopObserver) DeadLetterExpired() {}
+
 // config is a resolved Options; a FileSpool swaps it atomically.
 type config struct {
 	deliver         DeliverFunc
 	retention       time.Duration
+	deadRetention   time.Duration
+	purgeDelay      time.Duration
 	maxAttempts     int
 	backoffMin      time.Duration
 	backoffMax      time.Duration
@@ -161,7 +190,8 @@ type config struct {
 
 // resolve checks opts and applies the defaults.
 func resolve(opts Options) (*config, error) {
-	if opts.Retention < 0 || opts.BackoffMin < 0 || opts.BackoffMax < 0 || opts.DeliveryTimeout < 0 {
+	if opts.Retention < 0 || opts.BackoffMin < 0 || opts.BackoffMax < 0 || opts.DeliveryTimeout < 0 ||
+		opts.DeadLetterRetention < 0 || opts.PurgeDelay < 0 {
 		return nil, errors.New("spool: negative duration in options")
 	}
 	if opts.MaxAttempts < 0 || opts.Concurrency < 0 || opts.MaxDiskBytes < 0 || opts.SegmentSize < 0 {
@@ -170,6 +200,8 @@ func resolve(opts Options) (*config, error) {
 	c := &config{
 		deliver:         opts.Deliver,
 		retention:       orDefault(opts.Retention, DefaultRetention),
+		deadRetention:   orDefault(opts.DeadLetterRetention, DefaultDeadLetterRetention),
+		purgeDelay:      orDefault(opts.PurgeDelay, DefaultPurgeDelay),
 		maxAttempts:     orDefault(opts.MaxAttempts, DefaultMaxAttempts),
 		backoffMin:      orDefault(opts.BackoffMin, DefaultBackoffMin),
 		backoffMax:      orDefault(opts.BackoffMax, DefaultBackoffMax),

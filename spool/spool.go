@@ -50,6 +50,11 @@ type FileSpool struct {
 	skipped      int
 	// keyNames interns the entries' key ids.
 	keyNames map[string]string
+	// purgeDue is when a compaction must start to take bodies let go
+	// off the disk (retention.go); zero if none is waiting. letGoAtOpen
+	// is set by a replay that finds such bodies.
+	purgeDue    time.Time
+	letGoAtOpen bool
 
 	// segMu guards segs and the segments' reader counts. It may be taken
 	// while holding mu, never the other way round.
@@ -248,6 +253,9 @@ func (s *FileSpool) load(cfg *config) error {
 	now := cfg.now()
 	for _, e := range s.entries {
 		s.schedule(e, now)
+	}
+	if s.letGoAtOpen {
+		s.purgeDue = now.Add(cfg.purgeDelay)
 	}
 	return nil
 }
@@ -613,6 +621,9 @@ func (s *FileSpool) Delete(ctx context.Context, id string) error {
 		return err
 	}
 	s.remove(e)
+	if e.n > 0 {
+		s.letGo(cfg.now(), cfg)
+	}
 	s.mu.Unlock()
 	return s.awaitDurable(done, "delete", 1)
 }
