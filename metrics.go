@@ -75,13 +75,13 @@ func provisionOutboundMetrics(registry *prometheus.Registry) *outboundMetrics {
 				Buckets: prometheus.DefBuckets,
 			}, []string{"route"}),
 		}
-		outbound.routes = map[string]*routeMetrics{}
+		outboundCollectors.routes = map[string]*routeMetrics{}
 		for _, route := range []string{routeExtracts, routeUpload} {
-			rm := &routeMetrics{duration: outbound.upstreamDuration.WithLabelValues(route)}
+			rm := &routeMetrics{duration: outboundCollectors.upstreamDuration.WithLabelValues(route)}
 			for i, class := range statusClasses {
-				rm.requests[i] = outbound.upstreamRequests.WithLabelValues(route, class)
+				rm.requests[i] = outboundCollectors.upstreamRequests.WithLabelValues(route, class)
 			}
-			outbound.routes[route] = rm
+			outboundCollectors.routes[route] = rm
 		}
 	})
 	for _, c := range []prometheus.Collector{
