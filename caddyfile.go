@@ -35,6 +35,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		token_header     <name>
 //		timeout          <duration>
 //		max_upload_body  <size>
+//		mask             <field> [last4|redact]   # repeatable
 //		callback <path> {
 //			...
 //		}
@@ -50,6 +51,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
+		if sub == "mask" {
+			var err error
+			if h.Mask, err = unmarshalMaskRule(d, h.Mask); err != nil {
+				return err
+			}
+			continue
+		}
 		if seen[sub] {
 			return d.Errf("subdirective %q given more than once", sub)
 		}

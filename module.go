@@ -22,6 +22,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient"
 	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
+	"github.com/caddy-atlas/caddy-atlas/mask"
 
 	"github.com/caddy-atlas/caddy-atlas/callback"
 )
@@ -96,6 +97,11 @@ type Handler struct {
 	// The largest upload request body accepted, in bytes. Default: 1 MiB.
 	MaxUploadBody int64 `json:"max_upload_body,omitempty"`
 
+	// Fields the apps see masked, in both directions: extracts pages
+	// (and all=1), callback hand-offs (synchronous and durable) and the
+	// admin API's ?body=1. Without it, payloads pass unchanged.
+	Mask []MaskRule `json:"mask,omitempty"`
+
 	// The callback route, when Atlas delivers results to this server.
 	Callback *callback.Callback `json:"callback,omitempty"`
 
@@ -108,6 +114,7 @@ type Handler struct {
 	tokens       *sharedTokenSource
 	upstream     *http.Client
 	metrics      *outboundMetrics
+	masker       *mask.Masker
 	logger       *zap.Logger
 }
 
@@ -131,6 +138,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxUploadBody == 0 {
 		h.MaxUploadBody = DefaultMaxUploadBody
+	}
+	var err error
+	if h.masker, err = provisionMask(h.Mask); err != nil {
+		return err
 	}
 	h.extractsPath = routePath(h.ExtractsPath, DefaultExtractsPath)
 	h.uploadPath = routePath(h.UploadPath, DefaultUploadPath)
