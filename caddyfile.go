@@ -36,6 +36,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		timeout          <duration>
 //		max_upload_body  <size>
 //		token_storage    off
+//		mask             <field> [last4|redact]   # repeatable
 //		callback <path> {
 //			...
 //		}
@@ -53,6 +54,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
+		if sub == "mask" {
+			var err error
+			if h.Mask, err = unmarshalMaskRule(d, h.Mask); err != nil {
+				return err
+			}
+			continue
+		}
 		if seen[sub] {
 			return d.Errf("subdirective %q given more than once", sub)
 		}

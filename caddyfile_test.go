@@ -48,6 +48,19 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				MaxUploadBody: 4 << 20,
 			},
 		},
+		{
+			name: "mask, repeatable",
+			input: `atlas {
+				mask aadhaar_number
+				mask pan_number last4
+				mask name redact
+			}`,
+			want: Handler{Mask: []MaskRule{{Field: "aadhaar_number"}, {Field: "pan_number", Style: "last4"}, {Field: "name", Style: "redact"}}},
+		},
+		{name: "mask without a field", input: "atlas {\n mask\n}", wantErr: "wrong argument count or unexpected line ending after 'mask', at Testfile:2"},
+		{name: "mask with two styles", input: "atlas {\n mask name redact last4\n}", wantErr: "wrong argument count"},
+		{name: "mask with an unknown style", input: "atlas {\n mask name half\n}", wantErr: `mask name: unknown style "half" (want last4 or redact), at Testfile:2`},
+		{name: "mask of a field twice", input: "atlas {\n mask name\n mask name redact\n}", wantErr: `mask: field "name" is given more than once, at Testfile:3`},
 		{name: "empty block", input: `atlas {
 			}`, want: Handler{}},
 		{name: "no block", input: `atlas`, want: Handler{}},

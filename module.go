@@ -23,6 +23,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient"
 	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
+	"github.com/caddy-atlas/caddy-atlas/mask"
 
 	"github.com/caddy-atlas/caddy-atlas/callback"
 )
@@ -104,6 +105,11 @@ type Handler struct {
 	// the storage's lock. "off": in memory only, one token per instance.
 	TokenStorage string `json:"token_storage,omitempty"`
 
+	// Fields the apps see masked, in both directions: extracts pages
+	// (and all=1), callback hand-offs (synchronous and durable) and the
+	// admin API's ?body=1. Without it, payloads pass unchanged.
+	Mask []MaskRule `json:"mask,omitempty"`
+
 	// The callback route, when Atlas delivers results to this server.
 	Callback *callback.Callback `json:"callback,omitempty"`
 
@@ -117,6 +123,7 @@ type Handler struct {
 	tokenStore   *storageTokenStore // attached to tokens.stores
 	upstream     *http.Client
 	metrics      *outboundMetrics
+	masker       *mask.Masker
 	logger       *zap.Logger
 }
 
@@ -140,6 +147,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxUploadBody == 0 {
 		h.MaxUploadBody = DefaultMaxUploadBody
+	}
+	var err error
+	if h.masker, err = provisionMask(h.Mask); err != nil {
+		return err
 	}
 	h.extractsPath = routePath(h.ExtractsPath, DefaultExtractsPath)
 	h.uploadPath = routePath(h.UploadPath, DefaultUploadPath)
