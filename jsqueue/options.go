@@ -11,6 +11,7 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	"go.uber.org/zap"
 )
 
@@ -42,12 +43,14 @@ type Options struct {
 	Replicas int
 
 	// Credentials: at most one of CredentialsFile (a NATS .creds file:
-	// user JWT and nkey seed), NKeySeedFile (an nkey seed), or User and
-	// Password.
+	// user JWT and nkey seed) or Credentials (its content), NKeySeedFile
+	// (an nkey seed), or User and Password.
 	CredentialsFile string
-	NKeySeedFile    string
-	User            string
-	Password        string
+	// Credentials is the content of a .creds file, instead of its path.
+	Credentials  string
+	NKeySeedFile string
+	User         string
+	Password     string
 
 	// TLS, if set, is the client TLS configuration (CA, client
 	// certificate).
@@ -173,6 +176,9 @@ func resolve(o Options) (*config, error) {
 	if o.CredentialsFile != "" {
 		n++
 	}
+	if o.Credentials != "" {
+		n++
+	}
 	if o.NKeySeedFile != "" {
 		n++
 	}
@@ -201,7 +207,7 @@ func sameConnection(a, b *config) error {
 		return errors.New("jsqueue: the stream of an open queue cannot change; open a new one")
 	case a.replicas != b.replicas:
 		return errors.New("jsqueue: the replicas of an open queue cannot change; open a new one")
-	case a.opts.CredentialsFile != b.opts.CredentialsFile || a.opts.NKeySeedFile != b.opts.NKeySeedFile ||
+	case a.opts.CredentialsFile != b.opts.CredentialsFile || a.opts.Credentials != b.opts.Credentials || a.opts.NKeySeedFile != b.opts.NKeySeedFile ||
 		a.opts.User != b.opts.User || a.opts.Password != b.opts.Password || a.opts.TLS != b.opts.TLS:
 		return errors.New("jsqueue: the credentials of an open queue cannot change; open a new one")
 	}
@@ -230,6 +236,20 @@ func (c *config) natsOptions() ([]nats.Option, error) {
 	switch {
 	case o.CredentialsFile != "":
 		opts = append(opts, nats.UserCredentials(o.CredentialsFile))
+	case o.Credentials != "":
+		jwt, err := nkeys.ParseDecoratedJWT([]byte(o.Credentials))
+		if err != nil {
+			return nil, errors.New("jsqueue: credentials: no user JWT in them")
+		}
+		kp, err := nkeys.ParseDecoratedNKey([]byte(o.Credentials))
+		if err != nil {
+			return nil, errors.New("jsqueue: credentials: no nkey seed in them")
+		}
+		seed, err := kp.Seed()
+		if err != nil {
+			return nil, errors.New("jsqueue: credentials: the nkey is not a seed")
+		}
+		opts = append(opts, nats.UserJWTAndSeed(jwt, string(seed)))
 	case o.NKeySeedFile != "":
 		opt, err := nats.NkeyOptionFromSeed(o.NKeySeedFile)
 		if err != nil {
