@@ -42,6 +42,7 @@ import (
 //			url         <nats://host:port>...
 //			stream      <name>
 //			replicas    <n>
+//			ack_wait    <duration>
 //			credentials <creds file or its content>
 //			credentials {
 //				creds    <creds file or its content>
@@ -264,6 +265,16 @@ func unmarshalQueue(d *caddyfile.Dispenser, c *callback.Callback) error {
 				return d.Errf("queue jetstream: replicas must be 1 to 5, got %s", val)
 			}
 			js.Replicas = n
+		case "ack_wait":
+			var val string
+			if !d.AllArgs(&val) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(val)
+			if err != nil || dur < 100*time.Millisecond {
+				return d.Errf("queue jetstream: ack_wait must be a duration of at least 100ms, got %s", val)
+			}
+			js.AckWait = caddy.Duration(dur)
 		case "credentials":
 			cr := &callback.JetStreamCredentials{}
 			if args := d.RemainingArgs(); len(args) == 1 {

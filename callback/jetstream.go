@@ -51,6 +51,11 @@ type JetStream struct {
 	Credentials *JetStreamCredentials `json:"credentials,omitempty"`
 	// Client TLS; optional.
 	TLS *JetStreamTLS `json:"tls,omitempty"`
+	// How long a delivery may go without a sign of life before the
+	// servers hand it to another instance: the takeover delay after an
+	// instance dies. Live deliveries send a heartbeat every third of it.
+	// Default: 10s.
+	AckWait caddy.Duration `json:"ack_wait,omitempty"`
 }
 
 // JetStreamCredentials are the NATS credentials: one of Creds, NKey, or
@@ -99,9 +104,7 @@ func (j *JetStream) options() (jsqueue.Options, error) {
 	repl := caddy.NewReplacer()
 	var o jsqueue.Options
 	for _, u := range j.URLs {
-		for _, f := range strings.Fields(repl.ReplaceKnown(u, "")) {
-			o.URLs = append(o.URLs, f)
-		}
+		o.URLs = append(o.URLs, strings.Fields(repl.ReplaceKnown(u, ""))...)
 	}
 	if len(o.URLs) == 0 {
 		return o, errors.New("queue jetstream: url is required (an unset {env.*} placeholder?)")
@@ -117,6 +120,7 @@ func (j *JetStream) options() (jsqueue.Options, error) {
 	}
 	o.Stream = repl.ReplaceKnown(j.Stream, "")
 	o.Replicas = j.Replicas
+	o.AckWait = time.Duration(j.AckWait)
 	if j.Replicas < 0 || j.Replicas > 5 {
 		return o, fmt.Errorf("queue jetstream: replicas must be 1 to 5, got %d", j.Replicas)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,8 +20,8 @@ import (
 // (at least once, with its id), none lost. Appends refused during the
 // leader election are retried, as Atlas retries a 503.
 func TestClusterLeaderLoss(t *testing.T) {
-	nodes := startCluster(t)
-	u := urls(nodes)
+	nodes := natstest.StartCluster(t, 3)
+	u := natstest.URLs(nodes)
 
 	// An existing stream with other replicas is reported, not changed.
 	js := rawJS(t, u[0])
@@ -47,13 +48,10 @@ func TestClusterLeaderLoss(t *testing.T) {
 	killed := make(chan string, 1)
 	var once sync.Once
 	kill := func() {
-		for _, nd := range nodes {
-			if nd.srv != nil && nd.srv.JetStreamIsStreamLeader("$G", stream) {
-				name := nd.opts.ServerName
-				nd.stop()
-				killed <- name
-				return
-			}
+		if nd := natstest.StreamLeader(nodes, stream); nd != nil {
+			nd.Stop()
+			killed <- nd.Name()
+			return
 		}
 		killed <- ""
 	}

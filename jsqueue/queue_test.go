@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
@@ -50,11 +51,11 @@ func rawJS(t testing.TB, url string) jetstream.JetStream {
 // or body is readable in the streams, that it is delivered and loaded
 // whole, and that a sealed message moved to another id does not open.
 func TestSealed(t *testing.T) {
-	n := startNATS(t)
+	n := natstest.Start(t)
 	stream := newStreamName()
 	rec := &spooltest.Recorder{}
 	rec.SetFail(func(d spool.Delivery) error { return errors.New("app down") })
-	o := testOptions([]string{n.url()}, stream, 1, spool.Options{Deliver: rec.Deliver, MaxAttempts: 1})
+	o := testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: rec.Deliver, MaxAttempts: 1})
 	o.Keyring = testKeyring(t, 1)
 	q := openQueue(t, o)
 	e := spooltest.Entry(0, 2000)
@@ -62,7 +63,7 @@ func TestSealed(t *testing.T) {
 	spooltest.MustAppend(t, q, e)
 	spooltest.WaitFor(t, "dead letter", func() bool { return q.Stats().Dead == 1 })
 
-	js := rawJS(t, n.url())
+	js := rawJS(t, n.URL())
 	ctx := context.Background()
 	s, err := js.Stream(ctx, stream+"_DEAD")
 	if err != nil {
@@ -127,8 +128,8 @@ func TestSealed(t *testing.T) {
 // differ from the configuration is reported, naming the setting, and
 // left as it is.
 func TestStreamMismatch(t *testing.T) {
-	n := startNATS(t)
-	js := rawJS(t, n.url())
+	n := natstest.Start(t)
+	js := rawJS(t, n.URL())
 	ctx := context.Background()
 	stream := newStreamName()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
@@ -136,7 +137,7 @@ func TestStreamMismatch(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Open(testOptions([]string{n.url()}, stream, 1, spool.Options{}))
+	_, err := Open(testOptions([]string{n.URL()}, stream, 1, spool.Options{}))
 	if err == nil || !strings.Contains(err.Error(), "retention") || !strings.Contains(err.Error(), "WorkQueue") ||
 		!strings.Contains(err.Error(), "Limits") {
 		t.Errorf("Open over a limits stream = %v, want an error naming retention, WorkQueue and Limits", err)
@@ -153,10 +154,10 @@ func TestStreamMismatch(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err = Open(testOptions([]string{n.url()}, stream, 1, spool.Options{})); err == nil || !strings.Contains(err.Error(), "allow_msg_ttl") {
+	if _, err = Open(testOptions([]string{n.URL()}, stream, 1, spool.Options{})); err == nil || !strings.Contains(err.Error(), "allow_msg_ttl") {
 		t.Errorf("Open over a state stream without TTLs = %v", err)
 	}
-	if _, err := Open(Options{URLs: []string{n.url()}, Stream: "bad.name"}); err == nil {
+	if _, err := Open(Options{URLs: []string{n.URL()}, Stream: "bad.name"}); err == nil {
 		t.Error("Open with a stream name holding a dot succeeded")
 	}
 }
@@ -165,9 +166,9 @@ func TestStreamMismatch(t *testing.T) {
 // works again once the server is back, without reopening the queue;
 // everything acknowledged is delivered.
 func TestNATSDown(t *testing.T) {
-	n := startNATS(t)
+	n := natstest.Start(t)
 	rec := &spooltest.Recorder{}
-	o := testOptions([]string{n.url()}, newStreamName(), 1, spool.Options{Deliver: rec.Deliver})
+	o := testOptions([]string{n.URL()}, newStreamName(), 1, spool.Options{Deliver: rec.Deliver})
 	o.PublishTimeout = time.Second
 	q := openQueue(t, o)
 	for i := range 5 {
@@ -175,7 +176,7 @@ func TestNATSDown(t *testing.T) {
 	}
 	spooltest.WaitFor(t, "deliveries", func() bool { return q.Stats().Delivered == 5 })
 
-	n.stop()
+	n.Stop()
 	start := time.Now()
 	_, err := q.Append(context.Background(), spooltest.Entry(5, 100))
 	if !errors.Is(err, spool.ErrUnavailable) {
@@ -189,7 +190,7 @@ func TestNATSDown(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond)
 
-	n.start()
+	n.Start()
 	acked := []int{}
 	spooltest.WaitFor(t, "appends to work again", func() bool {
 		_, err := q.Append(context.Background(), spooltest.Entry(5, 100))
@@ -215,12 +216,12 @@ func TestNATSDown(t *testing.T) {
 // on two connections, concurrently and again later: it is stored and
 // delivered once.
 func TestSameCallbackTwoInstances(t *testing.T) {
-	n := startNATS(t)
+	n := natstest.Start(t)
 	stream := newStreamName()
 	var deliveries atomic.Int64
 	deliver := func(context.Context, spool.Delivery) error { deliveries.Add(1); return nil }
-	a := openQueue(t, testOptions([]string{n.url()}, stream, 1, spool.Options{Deliver: deliver}))
-	b := openQueue(t, testOptions([]string{n.url()}, stream, 1, spool.Options{Deliver: deliver}))
+	a := openQueue(t, testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: deliver}))
+	b := openQueue(t, testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: deliver}))
 	const callbacks = 20
 	var stored atomic.Int64
 	var wg sync.WaitGroup
@@ -256,7 +257,7 @@ func TestSameCallbackTwoInstances(t *testing.T) {
 // TestTakeover kills an instance in the middle of deliveries: the other
 // one delivers them after the ack wait, with the same ids.
 func TestTakeover(t *testing.T) {
-	n := startNATS(t)
+	n := natstest.Start(t)
 	stream := newStreamName()
 	started := make(chan string, 16)
 	hang := func(ctx context.Context, d spool.Delivery) error {
@@ -264,7 +265,7 @@ func TestTakeover(t *testing.T) {
 		<-ctx.Done()
 		return ctx.Err()
 	}
-	a := openQueue(t, testOptions([]string{n.url()}, stream, 1, spool.Options{Deliver: hang, Concurrency: 4}))
+	a := openQueue(t, testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: hang, Concurrency: 4}))
 	for i := range 4 {
 		spooltest.MustAppend(t, a, spooltest.Entry(i, 100))
 	}
@@ -273,7 +274,7 @@ func TestTakeover(t *testing.T) {
 	}
 	// Heartbeats keep the deliveries with a past the ack wait.
 	rec := &spooltest.Recorder{}
-	b := openQueue(t, testOptions([]string{n.url()}, stream, 1, spool.Options{Deliver: rec.Deliver}))
+	b := openQueue(t, testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: rec.Deliver}))
 	time.Sleep(2 * testAckWait)
 	if got := len(rec.Deliveries()); got != 0 {
 		t.Fatalf("%d deliveries taken from a live instance", got)
@@ -298,15 +299,15 @@ func TestTakeover(t *testing.T) {
 // pending and, after its delivery, for the retention window (the figures
 // in the package documentation), and checks them against bounds.
 func TestCostPerCallback(t *testing.T) {
-	n := startNATS(t)
+	n := natstest.Start(t)
 	stream := newStreamName()
-	o := testOptions([]string{n.url()}, stream, 1, spool.Options{})
+	o := testOptions([]string{n.URL()}, stream, 1, spool.Options{})
 	q := openQueue(t, o)
 	const count, size = 200, 16 << 10
 	for i := range count {
 		spooltest.MustAppend(t, q, spooltest.Entry(i, size))
 	}
-	js := rawJS(t, n.url())
+	js := rawJS(t, n.URL())
 	bytesOf := func(name string) int64 {
 		s, err := js.Stream(context.Background(), name)
 		if err != nil {
