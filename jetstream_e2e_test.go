@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -309,5 +310,13 @@ func TestJetStreamFleet(t *testing.T) {
 		len(list.Callbacks) < want {
 		t.Errorf("admin listing of caddy 1: spools %+v, %d callbacks; want jetstream:%s with at least %d delivered",
 			list.Spools, len(list.Callbacks), jsFleetStream, want)
+	}
+
+	// So does the CLI, pointed at another instance.
+	cli := exec.CommandContext(ctx, bin, "atlas", "callbacks", "list", "--state", "pending",
+		"--address", strings.TrimPrefix(insts[0].admin, "http://"), "--spool", "jetstream:"+jsFleetStream)
+	out, err := cli.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "spool jetstream:"+jsFleetStream+": 0 pending, 0 dead") {
+		t.Errorf("caddy atlas callbacks list: %v\n%s", err, out)
 	}
 }
