@@ -84,6 +84,10 @@ type JetStreamTLS struct {
 	ServerName string `json:"server_name,omitempty"`
 }
 
+// payloadMargin is what a callback's message adds to its body: the
+// envelope with the callback's headers, the NATS headers, a seal.
+const payloadMargin = 4 << 10
+
 // jetStreams holds the open JetStream queues, shared like the spools:
 // keyed by "jetstream:" + stream + servers; values are *sharedJetStream.
 var jetStreams = caddy.NewUsagePool()
@@ -265,6 +269,10 @@ func (c *Callback) provisionJetStream() error {
 	c.sharedJS = shared
 	c.store = shared.store
 	c.queueName = shared.name
+	if mp := shared.store.MaxPayload(); c.MaxBody+payloadMargin > mp {
+		c.logger.Warn("the NATS servers' max_payload is below max_body: larger callbacks will be refused; raise max_payload (up to 64MB) or lower max_body",
+			zap.Int64("max_payload", mp), zap.Int64("max_body", c.MaxBody))
+	}
 	u, _ := url.Parse(c.durable.deliverTo)
 	c.logger.Info("callback route in durable mode", zap.String("queue", shared.name),
 		zap.Strings("nats", base.URLs), zap.String("deliver_to", u.Redacted()),

@@ -230,6 +230,11 @@ func checkStream(want, got jetstream.StreamConfig) error {
 
 func (q *Queue) config() *config { return q.cfg.Load() }
 
+// MaxPayload returns the largest message the connected server takes
+// (its max_payload): an entry whose body and headers come near it is
+// refused by Append with spool.ErrInvalid.
+func (q *Queue) MaxPayload() int64 { return q.nc.MaxPayload() }
+
 // Reconfigure applies new delivery options (Deliver, Retention,
 // MaxAttempts, backoff, DeliveryTimeout, Concurrency, Logger, Observer,
 // AckWait for the next deliveries) to an open queue. The connection
