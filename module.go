@@ -229,7 +229,7 @@ func (h *Handler) provisionOutbound(ctx caddy.Context) error {
 	h.upstream = &http.Client{
 		Transport: &atlasclient.Transport{
 			Source:   h.tokens.source,
-			Base:     h.tokens.transport,
+			Base:     outbound.Traced(h.tokens.transport),
 			Header:   h.TokenHeader,
 			OnReplay: h.metrics.replays.Inc,
 		},
@@ -353,7 +353,7 @@ func newSharedTokenSource(endpoint, clientID, secret string, shared bool, m *out
 		Endpoint:     endpoint,
 		ClientID:     clientID,
 		ClientSecret: secret,
-		HTTPClient:   &http.Client{Transport: s.transport, Timeout: atlasclient.DefaultHTTPTimeout},
+		HTTPClient:   &http.Client{Transport: outbound.Traced(s.transport), Timeout: atlasclient.DefaultHTTPTimeout},
 		Observer:     s,
 	}
 	if shared {

@@ -67,9 +67,9 @@ const (
 // holder before it may have stored a token), and only then calls
 // authtoken and stores the result. When the store fails, the source
 // fetches its own token.
-func (s *TokenSource) obtain() (Token, time.Duration, error) {
+func (s *TokenSource) obtain(ctx context.Context) (Token, time.Duration, error) {
 	if s.shared == nil {
-		return s.fetchWithRetry()
+		return s.fetchWithRetry(ctx)
 	}
 	if tok, ok := s.loadShared(true); ok {
 		return tok, 0, nil
@@ -88,10 +88,10 @@ func (s *TokenSource) obtain() (Token, time.Duration, error) {
 	default:
 		s.sharedFailed("lock", err)
 	}
-	tok, retryAfter, err := s.fetchWithRetry()
+	tok, retryAfter, err := s.fetchWithRetry(ctx)
 	if err == nil {
-		ctx, cancel := context.WithTimeout(s.ctx, sharedOpTimeout)
-		if err := s.shared.Store(ctx, tok); err != nil {
+		sctx, cancel := context.WithTimeout(s.ctx, sharedOpTimeout)
+		if err := s.shared.Store(sctx, tok); err != nil {
 			s.sharedFailed("store", err)
 		}
 		cancel()

@@ -149,6 +149,9 @@ type fetchCall struct {
 	done chan struct{}
 	tok  Token
 	err  error
+	// ctx is the context of the authtoken calls: see fetchContext.
+	ctx     context.Context
+	release context.CancelFunc
 }
 
 // NewTokenSource validates opts and returns a TokenSource. It starts
@@ -226,7 +229,7 @@ func (s *TokenSource) Token(ctx context.Context) (Token, error) {
 	if s.tok.validAt(now) {
 		tok := s.tok
 		if !now.Before(s.refreshAt()) && s.inflight == nil && !now.Before(s.coolUntil) {
-			s.startLocked()
+			s.startLocked(ctx)
 		}
 		s.mu.Unlock()
 		return tok, nil
@@ -242,7 +245,7 @@ func (s *TokenSource) Token(ctx context.Context) (Token, error) {
 			s.mu.Unlock()
 			return Token{}, err
 		}
-		c = s.startLocked()
+		c = s.startLocked(ctx)
 	}
 	s.mu.Unlock()
 
@@ -296,10 +299,25 @@ func (s *TokenSource) refreshAt() time.Time {
 	return s.tok.refreshAt(s.refreshBefore)
 }
 
+// fetchContext returns the context of a refresh that a call with trigger
+// starts: it carries trigger's values (a trace span, say, so that the
+// authtoken call is traced within the request that caused it) but not its
+// deadline or cancellation, since the refresh serves every caller; it is
+// cancelled when the source is closed, or by the returned function.
+func (s *TokenSource) fetchContext(trigger context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(trigger))
+	stop := context.AfterFunc(s.ctx, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
+}
+
 // startLocked starts a refresh. s.mu must be held, no refresh may be in
 // flight, and the source must not be closed.
-func (s *TokenSource) startLocked() *fetchCall {
+func (s *TokenSource) startLocked(trigger context.Context) *fetchCall {
 	c := &fetchCall{done: make(chan struct{})}
+	c.ctx, c.release = s.fetchContext(trigger)
 	s.inflight = c
 	s.wg.Add(1)
 	go s.refresh(c)
@@ -309,13 +327,14 @@ func (s *TokenSource) startLocked() *fetchCall {
 // refresh runs one refresh and publishes its result.
 func (s *TokenSource) refresh(c *fetchCall) {
 	defer s.wg.Done()
+	defer c.release()
 	var (
 		tok        Token
 		retryAfter time.Duration
 		err        error
 	)
 	for range sharedAttempts {
-		tok, retryAfter, err = s.obtain()
+		tok, retryAfter, err = s.obtain(c.ctx)
 		// A token taken from the shared store may have been rejected
 		// (Invalidate) while it was being read: take another.
 		if err != nil || tok.Value != s.rejectedValue() {
@@ -348,9 +367,9 @@ func (s *TokenSource) refresh(c *fetchCall) {
 // fetchWithRetry calls authtoken up to fetchAttempts times, backing off
 // between transient failures. It returns the Retry-After of the last
 // failure, if any, and an error ready for Token to return.
-func (s *TokenSource) fetchWithRetry() (Token, time.Duration, error) {
+func (s *TokenSource) fetchWithRetry(ctx context.Context) (Token, time.Duration, error) {
 	for attempt := 1; ; attempt++ {
-		tok, err := s.fetch(s.ctx)
+		tok, err := s.fetch(ctx)
 		if err == nil {
 			return tok, 0, nil
 		}
@@ -372,7 +391,7 @@ func (s *TokenSource) fetchWithRetry() (Token, time.Duration, error) {
 		t := time.NewTimer(max(s.backoff(attempt), min(retryAfter, s.maxBackoff)))
 		select {
 		case <-t.C:
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 			t.Stop()
 			return Token{}, 0, ErrClosed
 		}
