@@ -439,3 +439,32 @@ func TestSharedUnreadableStoreReportedOncePerRefresh(t *testing.T) {
 		t.Errorf("the store was read %d times while waiting, want it polled", store.loads)
 	}
 }
+
+type refusalObserver struct {
+	recordingObserver
+	mu      sync.Mutex
+	refused [][2]time.Duration
+}
+
+func (o *refusalObserver) TokenRefused(age, remaining time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.refused = append(o.refused, [2]time.Duration{age, remaining})
+}
+
+func TestRefusalObserver(t *testing.T) {
+	fa := newFakeAtlas(t, okToken(100), nil)
+	clock := newClock()
+	obs := &refusalObserver{}
+	s := newSource(t, fa, clock, func(o *TokenOptions) { o.Observer = obs })
+	getTokens(t, s, 1)
+	clock.Advance(10 * time.Second)
+	s.Invalidate("tok-0") // not the cached token: nothing dropped
+	s.Invalidate("tok-1")
+	s.Invalidate("tok-1") // already dropped
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if want := [][2]time.Duration{{10 * time.Second, 90 * time.Second}}; fmt.Sprint(obs.refused) != fmt.Sprint(want) {
+		t.Errorf("refusals %v, want %v", obs.refused, want)
+	}
+}
