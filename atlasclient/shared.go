@@ -42,13 +42,14 @@ type SharedTokenObserver interface {
 	SharedStoreFailed(op string, err error)
 }
 
+// sharedLockWait bounds the wait for the store's lock. It is longer than
+// the time after which a lock left by a crashed holder goes stale in
+// certmagic's file storage (10s); past it, the source fetches without the
+// lock. A variable for tests.
+var sharedLockWait = 15 * time.Second
+
 // Timing of the shared store.
 const (
-	// sharedLockWait bounds the wait for the store's lock. It is longer
-	// than the time after which a lock left by a crashed holder goes stale
-	// in certmagic's file storage (10s); past it, the source fetches
-	// without the lock.
-	sharedLockWait = 15 * time.Second
 	// sharedPoll is how often the store is read while waiting for its
 	// lock, so that a token stored by the holder is taken at once rather
 	// than when the lock is free (a file storage polls its lock once a

@@ -83,6 +83,17 @@ type TokenObserver interface {
 	TokenFetched(outcome string, took time.Duration)
 }
 
+// RefusalObserver is implemented by a TokenObserver that also wants to
+// hear when a cached token is invalidated (Atlas answered 401 to it).
+type RefusalObserver interface {
+	// TokenRefused is called by Invalidate, outside the source's lock,
+	// with how long ago the dropped token was issued and how long it
+	// still had to live. A token refused early in its life was revoked:
+	// by an operator, or, when Atlas keeps one live token per client, by
+	// a token issued to another instance.
+	TokenRefused(age, remaining time.Duration)
+}
+
 // Token is an Atlas access token.
 type Token struct {
 	// Value is the token sent in the Token header.
@@ -270,14 +281,21 @@ func (s *TokenSource) Token(ctx context.Context) (Token, error) {
 // unless another source has already replaced value there, and stores the
 // new token in its place, so that the rejection holds for the fleet.
 func (s *TokenSource) Invalidate(value string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if value == "" {
 		return
 	}
+	s.mu.Lock()
 	s.rejected = value
-	if s.tok.Value == value {
-		s.tok = Token{}
+	dropped := s.tok
+	if dropped.Value != value {
+		s.mu.Unlock()
+		return
+	}
+	s.tok = Token{}
+	now := s.now()
+	s.mu.Unlock()
+	if o, ok := s.observer.(RefusalObserver); ok {
+		o.TokenRefused(now.Sub(dropped.IssuedAt), dropped.Expiry.Sub(now))
 	}
 }
 
