@@ -185,20 +185,29 @@ func (q *Queue) setup(ctx context.Context, cfg *config) error {
 		return fmt.Errorf("%w: delivery consumer on %s: %w", spool.ErrUnavailable, cfg.stream, err)
 	}
 	q.cons = cons
-	// A consumer that is never pulled from: its pending count is the
-	// number of delivered records, kept by the servers as records come
-	// and expire.
-	q.delivered, err = q.st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	if err := q.countingConsumer(ctx); err != nil {
+		return fmt.Errorf("%w: counting consumer on %s_STATE: %w", spool.ErrUnavailable, cfg.stream, err)
+	}
+	return nil
+}
+
+// countingConsumer creates (or finds) a consumer that is never pulled
+// from: its pending count is the number of delivered records, kept by
+// the servers as records come and expire.
+func (q *Queue) countingConsumer(ctx context.Context) error {
+	c, err := q.st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       "count-delivered",
 		Description:   "caddy-atlas: counts delivered callbacks within the retention window; never pulled",
 		FilterSubject: q.stateSubj + kindDelivered + ".*",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckNonePolicy,
-		MemoryStorage: true,
 	})
 	if err != nil {
-		return fmt.Errorf("%w: counting consumer on %s_STATE: %w", spool.ErrUnavailable, cfg.stream, err)
+		return err
 	}
+	q.mu.Lock()
+	q.delivered = c
+	q.mu.Unlock()
 	return nil
 }
 
@@ -846,7 +855,20 @@ func (q *Queue) Stats() spool.Stats {
 		}
 	}
 	st.LiveBytes = st.DiskBytes
-	if ci, err := q.delivered.Info(ctx); err == nil {
+	q.mu.Lock()
+	counter := q.delivered
+	q.mu.Unlock()
+	ci, err := counter.Info(ctx)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		// Deleted by an operator, or lost with a server's state.
+		if err = q.countingConsumer(ctx); err == nil {
+			q.mu.Lock()
+			counter = q.delivered
+			q.mu.Unlock()
+			ci, err = counter.Info(ctx)
+		}
+	}
+	if err == nil {
 		st.Delivered = int(ci.NumPending)
 	}
 	return st

@@ -209,7 +209,15 @@ func TestNATSDown(t *testing.T) {
 		}
 		return true
 	})
-	spooltest.WaitFor(t, "the outcomes recorded", func() bool { st := q.Stats(); return st.Delivered == 10 && st.Pending == 0 })
+	var st spool.Stats
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if st = q.Stats(); st.Delivered == 10 && st.Pending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("outcomes not recorded: %+v", st)
+		}
+	}
 }
 
 // TestSameCallbackTwoInstances posts one callback through two Queues,
