@@ -11,6 +11,9 @@
 #     as it is;
 #   - deploy/systemd/*.service pass `systemd-analyze verify` without a
 #     warning (systemd is installed from Debian's packages if missing);
+#   - the Prometheus alerting rules pass `promtool check rules` and their
+#     unit tests `promtool test rules` (promtool comes with Debian's
+#     prometheus package, installed if missing);
 #   - deploy/docker/build.sh, the Dockerfile's build step, builds Caddy
 #     with xcaddy and the Dockerfile runs that script (SKIP_DOCKER_BUILD=1
 #     skips the build).
@@ -102,6 +105,27 @@ for unit in deploy/systemd/*.service; do
 	else
 		echo "$out" >&2
 		fail "$unit: systemd-analyze verify"
+	fi
+done
+
+# Alerting rules and their unit tests.
+if ! command -v promtool >/dev/null; then
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+for rules in deploy/prometheus/*.rules.yml; do
+	if promtool check rules "$rules" >"$work/promtool.out" 2>&1; then
+		echo "ok    $rules: promtool check rules ($(grep -o '[0-9]* rules found' "$work/promtool.out"))"
+	else
+		cat "$work/promtool.out" >&2
+		fail "$rules: promtool check rules"
+	fi
+done
+for tests in deploy/prometheus/*.rules.test.yml; do
+	if promtool test rules "$tests" >"$work/promtool.out" 2>&1; then
+		echo "ok    $tests: promtool test rules"
+	else
+		cat "$work/promtool.out" >&2
+		fail "$tests: promtool test rules"
 	fi
 done
 
