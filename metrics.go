@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/metricsreg"
 )
 
 // outboundMetrics are the outbound API routes' collectors. They are
@@ -16,18 +18,31 @@ type outboundMetrics struct {
 	replays            prometheus.Counter
 	upstreamRequests   *prometheus.CounterVec
 	upstreamDuration   *prometheus.HistogramVec
+	// routes holds each route's children of the two vectors, looked up
+	// once: WithLabelValues hashes its labels on every call. Read-only
+	// once built.
+	routes map[string]*routeMetrics
 }
+
+// routeMetrics are one route's upstream collectors.
+type routeMetrics struct {
+	duration prometheus.Observer
+	requests [len(statusClasses)]prometheus.Counter // by statusClassIndex
+}
+
+// statusClasses are the values of the class label.
+var statusClasses = [...]string{"error", "1xx", "2xx", "3xx", "4xx", "5xx"}
 
 var (
 	outboundMetricsOnce sync.Once
-	outbound            *outboundMetrics
+	outboundCollectors  *outboundMetrics
 
 	// liveTokenSources holds the token sources in use, for the token age
 	// gauge; keys are *sharedTokenSource.
 	liveTokenSources sync.Map
 )
 
-const metricsNamespace, metricsSubsystem = "caddy", "atlas"
+const metricsNamespace, metricsSubsystem = metricsreg.Namespace, metricsreg.Subsystem
 
 // provisionOutboundMetrics creates the collectors on first use and
 // registers them in registry, tolerating an earlier registration.
@@ -36,7 +51,7 @@ func provisionOutboundMetrics(registry *prometheus.Registry) *outboundMetrics {
 		opts := func(name, help string) prometheus.Opts {
 			return prometheus.Opts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help}
 		}
-		outbound = &outboundMetrics{
+		outboundCollectors = &outboundMetrics{
 			tokenFetches: prometheus.NewCounterVec(prometheus.CounterOpts(opts(
 				"token_fetches_total", "Calls to Atlas's authtoken endpoint, by outcome (success, credentials_rejected, error).")),
 				[]string{"outcome"}),
@@ -60,30 +75,31 @@ func provisionOutboundMetrics(registry *prometheus.Registry) *outboundMetrics {
 				Buckets: prometheus.DefBuckets,
 			}, []string{"route"}),
 		}
+		outboundCollectors.routes = map[string]*routeMetrics{}
+		for _, route := range []string{routeExtracts, routeUpload} {
+			rm := &routeMetrics{duration: outboundCollectors.upstreamDuration.WithLabelValues(route)}
+			for i, class := range statusClasses {
+				rm.requests[i] = outboundCollectors.upstreamRequests.WithLabelValues(route, class)
+			}
+			outboundCollectors.routes[route] = rm
+		}
 	})
 	for _, c := range []prometheus.Collector{
-		outbound.tokenFetches, outbound.tokenFetchDuration, outbound.tokenAge,
-		outbound.replays, outbound.upstreamRequests, outbound.upstreamDuration,
+		outboundCollectors.tokenFetches, outboundCollectors.tokenFetchDuration, outboundCollectors.tokenAge,
+		outboundCollectors.replays, outboundCollectors.upstreamRequests, outboundCollectors.upstreamDuration,
 	} {
-		registerCollector(registry, c)
+		metricsreg.Register(registry, c)
 	}
-	return outbound
-}
-
-// registerCollector registers c, ignoring an earlier registration of the
-// same collector (several handlers and reloads share the collectors).
-func registerCollector(registry *prometheus.Registry, c prometheus.Collector) {
-	if registry == nil {
-		return
-	}
-	// An AlreadyRegisteredError is expected (reloads, several handlers).
-	// Any other error would be a mistake in the collectors' definitions,
-	// which are fixed at compile time; metrics never stop the server.
-	_ = registry.Register(c)
+	return outboundCollectors
 }
 
 // observeUpstream records one upstream exchange of a route.
 func (m *outboundMetrics) observeUpstream(route string, status int, took time.Duration) {
+	if rm := m.routes[route]; rm != nil {
+		rm.requests[statusClassIndex(status)].Inc()
+		rm.duration.Observe(took.Seconds())
+		return
+	}
 	m.upstreamRequests.WithLabelValues(route, statusClass(status)).Inc()
 	m.upstreamDuration.WithLabelValues(route).Observe(took.Seconds())
 }
@@ -91,19 +107,24 @@ func (m *outboundMetrics) observeUpstream(route string, status int, took time.Du
 // statusClass names the class of an HTTP status, or "error" when there
 // was no response.
 func statusClass(status int) string {
+	return statusClasses[statusClassIndex(status)]
+}
+
+// statusClassIndex is the index in statusClasses of status's class.
+func statusClassIndex(status int) int {
 	switch {
 	case status >= 500 && status < 600:
-		return "5xx"
+		return 5
 	case status >= 400:
-		return "4xx"
+		return 4
 	case status >= 300:
-		return "3xx"
+		return 3
 	case status >= 200:
-		return "2xx"
+		return 2
 	case status >= 100:
-		return "1xx"
+		return 1
 	}
-	return "error"
+	return 0
 }
 
 // tokenAgeCollector reports the age of each live token source's token.
