@@ -139,7 +139,6 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // client with its shared token source.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	registerCollector(ctx.GetMetricsRegistry(), spoolLimit)
 	if h.TokenHeader == "" {
 		h.TokenHeader = DefaultTokenHeader
 	}

@@ -15,6 +15,7 @@ import (
 //	caddy_atlas_spool_callbacks{spool,state}            callbacks in each spool: pending, dead, delivered (within retention)
 //	caddy_atlas_spool_oldest_pending_age_seconds{spool} age of the oldest pending callback (0 if none): the delivery lag
 //	caddy_atlas_spool_disk_bytes{spool}                 size of the spool's log on disk
+//	caddy_atlas_spool_max_bytes{spool}                  the spool's max_spool_size: beyond it, Atlas gets 503
 //	caddy_atlas_delivery_attempts_total{outcome}        delivery attempts: delivered, failed, timeout, canceled
 //	caddy_atlas_delivery_duration_seconds               duration of delivery attempts
 //	caddy_atlas_dead_letters_total                      callbacks that ran out of attempts
@@ -52,6 +53,8 @@ func registerSpoolMetrics(registry *prometheus.Registry) *spoolMetrics {
 					[]string{"spool"}, nil),
 				diskBytes: prometheus.NewDesc(name("spool_disk_bytes"),
 					"Size of the spool's log on disk.", []string{"spool"}, nil),
+				maxBytes: prometheus.NewDesc(name("spool_max_bytes"),
+					"The spool's max_spool_size: beyond it callbacks are refused with 503.", []string{"spool"}, nil),
 			},
 			deliveryAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Namespace: metricsreg.Namespace, Subsystem: metricsreg.Subsystem, Name: "delivery_attempts_total",
@@ -113,6 +116,7 @@ type spoolGaugeCollector struct {
 	callbacks *prometheus.Desc
 	oldestAge *prometheus.Desc
 	diskBytes *prometheus.Desc
+	maxBytes  *prometheus.Desc
 }
 
 // Describe implements prometheus.Collector.
@@ -120,6 +124,7 @@ func (c spoolGaugeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.callbacks
 	ch <- c.oldestAge
 	ch <- c.diskBytes
+	ch <- c.maxBytes
 }
 
 // Collect implements prometheus.Collector.
@@ -136,7 +141,21 @@ func (c spoolGaugeCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(ch, c.oldestAge, age, s.dir)
 		gauge(ch, c.diskBytes, float64(st.DiskBytes), s.dir)
+		if limit := s.maxBytes(); limit > 0 {
+			gauge(ch, c.maxBytes, float64(limit), s.dir)
+		}
 	}
+}
+
+// maxBytes returns the max_spool_size in effect: that of the route
+// provisioned last, 0 if no route uses the spool.
+func (s *sharedSpool) maxBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(s.owners); n > 0 {
+		return s.owners[n-1].durable.maxSpoolSize
+	}
+	return 0
 }
 
 // gauge sends one gauge value.
