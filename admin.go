@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/caddy-atlas/caddy-atlas/callback"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
@@ -112,10 +113,10 @@ func (a *AdminAPI) serveList(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := adminList{Spools: []adminSpool{}, Callbacks: []adminCallback{}}
 	for _, s := range selected {
-		out.Spools = append(out.Spools, adminSpool{Dir: s.dir, Stats: s.store.Stats()})
+		out.Spools = append(out.Spools, adminSpool{Dir: s.Name, Stats: s.Store.Stats()})
 		// One more than the limit tells whether the listing is truncated.
-		for _, info := range s.store.List(state, limit+1) {
-			out.Callbacks = append(out.Callbacks, adminCallback{Spool: s.dir, Info: info})
+		for _, info := range s.Store.List(state, limit+1) {
+			out.Callbacks = append(out.Callbacks, adminCallback{Spool: s.Name, Info: info})
 		}
 	}
 	slices.SortStableFunc(out.Callbacks, func(x, y adminCallback) int { return x.Received.Compare(y.Received) })
@@ -148,7 +149,7 @@ func (a *AdminAPI) serveItem(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		if err := s.store.Retry(r.Context(), id); err != nil {
+		if err := s.Store.Retry(r.Context(), id); err != nil {
 			return storeError(id, err)
 		}
 		return adminJSON(w, http.StatusOK, map[string]int{"retried": 1})
@@ -159,9 +160,9 @@ func (a *AdminAPI) serveItem(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		item := adminCallback{Spool: s.dir, Info: info}
+		item := adminCallback{Spool: s.Name, Info: info}
 		if b := q.Get("body"); b == "1" || b == "true" {
-			e, err := s.store.Load(r.Context(), id)
+			e, err := s.Store.Load(r.Context(), id)
 			if err != nil {
 				return storeError(id, err)
 			}
@@ -177,7 +178,7 @@ func (a *AdminAPI) serveItem(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		if err := s.store.Delete(r.Context(), id); err != nil {
+		if err := s.Store.Delete(r.Context(), id); err != nil {
 			return storeError(id, err)
 		}
 		return adminJSON(w, http.StatusOK, map[string]int{"deleted": 1})
@@ -200,10 +201,10 @@ func (a *AdminAPI) retryAll(w http.ResponseWriter, r *http.Request, stateName, d
 	}
 	var total int
 	for _, s := range selected {
-		n, err := s.store.RetryAll(r.Context(), state)
+		n, err := s.Store.RetryAll(r.Context(), state)
 		total += n
 		if err != nil {
-			return adminError(http.StatusInternalServerError, fmt.Errorf("retrying in spool %s after %d callbacks: %w", s.dir, total, err))
+			return adminError(http.StatusInternalServerError, fmt.Errorf("retrying in spool %s after %d callbacks: %w", s.Name, total, err))
 		}
 	}
 	return adminJSON(w, http.StatusOK, map[string]int{"retried": total})
@@ -211,38 +212,38 @@ func (a *AdminAPI) retryAll(w http.ResponseWriter, r *http.Request, stateName, d
 
 // selectSpools returns the open spool in dir, or every open spool when
 // dir is empty.
-func selectSpools(dir string) ([]*sharedSpool, error) {
-	all := liveSpools()
+func selectSpools(dir string) ([]callback.OpenQueue, error) {
+	all := callback.OpenQueues()
 	if dir == "" {
 		return all, nil
 	}
-	key, err := spoolKey(dir)
+	key, err := callback.SpoolKey(dir)
 	if err != nil {
 		key = dir
 	}
 	for _, s := range all {
-		if s.dir == key || s.dir == dir {
-			return []*sharedSpool{s}, nil
+		if s.Name == key || s.Name == dir {
+			return []callback.OpenQueue{s}, nil
 		}
 	}
 	return nil, adminError(http.StatusNotFound, fmt.Errorf("no open spool in %s", dir))
 }
 
 // findCallback returns the spool holding the callback id and its state.
-func findCallback(id, dir string) (*sharedSpool, spool.Info, error) {
+func findCallback(id, dir string) (*callback.OpenQueue, spool.Info, error) {
 	selected, err := selectSpools(dir)
 	if err != nil {
 		return nil, spool.Info{}, err
 	}
-	var found *sharedSpool
+	var found *callback.OpenQueue
 	var info spool.Info
 	for _, s := range selected {
-		if i, ok := s.store.Get(id); ok {
+		if i, ok := s.Store.Get(id); ok {
 			if found != nil {
 				return nil, info, adminError(http.StatusConflict,
-					fmt.Errorf("callback %s is in several spools (%s, %s): name one with ?spool=", id, found.dir, s.dir))
+					fmt.Errorf("callback %s is in several spools (%s, %s): name one with ?spool=", id, found.Name, s.Name))
 			}
-			found, info = s, i
+			found, info = &s, i
 		}
 	}
 	if found == nil {

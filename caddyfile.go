@@ -8,6 +8,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
 func init() {
@@ -33,6 +35,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		token_header     <name>
 //		timeout          <duration>
 //		max_upload_body  <size>
+//		token_storage    off
+//		mask             <field> [last4|redact]   # repeatable
 //		callback <path> {
 //			...
 //		}
@@ -40,6 +44,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 // Give secrets as {env.NAME} or {file.path} placeholders: they are
 // resolved when the config is loaded, so they stay out of the JSON config.
+// The Atlas token is kept, sealed, in Caddy's storage so that instances
+// sharing a storage share one token; token_storage off keeps it in memory.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume the directive name
 	if d.NextArg() {
@@ -48,14 +54,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
+		if sub == "mask" {
+			var err error
+			if h.Mask, err = unmarshalMaskRule(d, h.Mask); err != nil {
+				return err
+			}
+			continue
+		}
 		if seen[sub] {
 			return d.Errf("subdirective %q given more than once", sub)
 		}
 		seen[sub] = true
 
 		if sub == "callback" {
-			h.Callback = new(Callback)
-			if err := h.Callback.unmarshalCaddyfile(d); err != nil {
+			h.Callback = new(callback.Callback)
+			if err := unmarshalCallback(d, h.Callback); err != nil {
 				return err
 			}
 			continue
@@ -75,6 +88,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			target = &h.UploadPath
 		case "token_header":
 			target = &h.TokenHeader
+		case "token_storage":
+			target = &h.TokenStorage
 		case "timeout", "max_upload_body":
 		default:
 			return d.Errf("unrecognized subdirective %q", sub)
@@ -105,6 +120,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_upload_body must be between 1B and 1TiB, got %q", val)
 			}
 			h.MaxUploadBody = int64(size)
+		case "token_storage":
+			if val != tokenStorageOff {
+				return d.Errf("token_storage must be %q (the default shares the token through Caddy's storage), got %q", tokenStorageOff, val)
+			}
+			*target = val
 		default:
 			if val == "" {
 				return d.Errf("%s must not be empty", sub)

@@ -48,6 +48,19 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				MaxUploadBody: 4 << 20,
 			},
 		},
+		{
+			name: "mask, repeatable",
+			input: `atlas {
+				mask aadhaar_number
+				mask pan_number last4
+				mask name redact
+			}`,
+			want: Handler{Mask: []MaskRule{{Field: "aadhaar_number"}, {Field: "pan_number", Style: "last4"}, {Field: "name", Style: "redact"}}},
+		},
+		{name: "mask without a field", input: "atlas {\n mask\n}", wantErr: "wrong argument count or unexpected line ending after 'mask', at Testfile:2"},
+		{name: "mask with two styles", input: "atlas {\n mask name redact last4\n}", wantErr: "wrong argument count"},
+		{name: "mask with an unknown style", input: "atlas {\n mask name half\n}", wantErr: `mask name: unknown style "half" (want last4 or redact), at Testfile:2`},
+		{name: "mask of a field twice", input: "atlas {\n mask name\n mask name redact\n}", wantErr: `mask: field "name" is given more than once, at Testfile:3`},
 		{name: "empty block", input: `atlas {
 			}`, want: Handler{}},
 		{name: "no block", input: `atlas`, want: Handler{}},
@@ -61,6 +74,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "bad size", input: "atlas {\n max_upload_body lots\n}", wantErr: `bad max_upload_body "lots"`},
 		{name: "zero size", input: "atlas {\n max_upload_body 0\n}", wantErr: "max_upload_body must be between"},
 		{name: "empty value", input: "atlas {\n endpoint \"\"\n}", wantErr: "endpoint must not be empty"},
+		{name: "token_storage off", input: "atlas {\n token_storage off\n}", want: Handler{TokenStorage: "off"}},
+		{name: "token_storage other", input: "atlas {\n token_storage redis\n}", wantErr: `token_storage must be "off"`},
+		{name: "token_storage bare", input: "atlas {\n token_storage\n}", wantErr: "wrong argument count"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h Handler

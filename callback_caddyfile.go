@@ -8,9 +8,11 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
+
+	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
-// unmarshalCaddyfile sets up the callback route from the `callback`
+// unmarshalCallback sets up the callback route from the `callback`
 // subdirective of the atlas block; d is on the `callback` token. Syntax:
 //
 //	callback <path> {
@@ -42,7 +44,7 @@ import (
 // subdirective is allowed once, except verify_key, which repeats.
 // `spool` enables durable mode and needs `deliver_to`; the other durable
 // settings have defaults (see Callback).
-func (c *Callback) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 	if !d.NextArg() {
 		return d.ArgErr()
 	}
@@ -62,7 +64,7 @@ func (c *Callback) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 
 		if name == "retry_backoff" {
-			if err := c.unmarshalRetryBackoff(d); err != nil {
+			if err := unmarshalRetryBackoff(d, c); err != nil {
 				return err
 			}
 			continue
@@ -174,7 +176,7 @@ func (c *Callback) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // unmarshalRetryBackoff parses `retry_backoff <first delay> <maximum
 // delay>`; d is on the subdirective.
-func (c *Callback) unmarshalRetryBackoff(d *caddyfile.Dispenser) error {
+func unmarshalRetryBackoff(d *caddyfile.Dispenser, c *callback.Callback) error {
 	args := d.RemainingArgs()
 	if len(args) != 2 {
 		return d.ArgErr()

@@ -14,6 +14,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
 func TestCallbackUnmarshalCaddyfile(t *testing.T) {
@@ -21,7 +23,7 @@ func TestCallbackUnmarshalCaddyfile(t *testing.T) {
 		{
 			name:  "path only",
 			input: `callback /hooks/atlas`,
-			want:  Callback{Path: "/hooks/atlas"},
+			want:  callback.Callback{Path: "/hooks/atlas"},
 		},
 		{
 			name: "every setting",
@@ -39,7 +41,7 @@ func TestCallbackUnmarshalCaddyfile(t *testing.T) {
 				jwks_url      https://idp.example.com/.well-known/jwks.json
 				max_body      4MiB
 			}`,
-			want: Callback{
+			want: callback.Callback{
 				Path:         "/hooks/atlas",
 				AuthPath:     "/hooks/atlas/login",
 				ClientID:     "{env.ATLAS_CALLBACK_CLIENT_ID}",
@@ -57,7 +59,7 @@ func TestCallbackUnmarshalCaddyfile(t *testing.T) {
 		{
 			name:  "sizes and day durations",
 			input: "callback /cb {\n max_body 500KB\n token_ttl 1d\n}",
-			want:  Callback{Path: "/cb", MaxBody: 500000, TokenTTL: caddy.Duration(24 * time.Hour)},
+			want:  callback.Callback{Path: "/cb", MaxBody: 500000, TokenTTL: caddy.Duration(24 * time.Hour)},
 		},
 		{name: "no path", input: `callback`, wantErr: "wrong argument count"},
 		{name: "no path with block", input: "callback {\n client_id a\n}", wantErr: "wrong argument count"},
@@ -87,7 +89,7 @@ func TestCallbackUnmarshalCaddyfile(t *testing.T) {
 type callbackParserCase struct {
 	name    string
 	input   string
-	want    Callback
+	want    callback.Callback
 	wantErr string
 }
 
@@ -99,8 +101,8 @@ func runCallbackParserCases(t *testing.T, cases []callbackParserCase) {
 		t.Run(tc.name, func(t *testing.T) {
 			d := caddyfile.NewTestDispenser(tc.input)
 			d.Next()
-			var got Callback
-			err := got.unmarshalCaddyfile(d)
+			var got callback.Callback
+			err := unmarshalCallback(d, &got)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v, want %q", err, tc.wantErr)
@@ -110,7 +112,7 @@ func runCallbackParserCases(t *testing.T, cases []callbackParserCase) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tc.want, got, cmpopts.IgnoreUnexported(Callback{}), cmpopts.EquateEmpty()); diff != "" {
+			if diff := cmp.Diff(tc.want, got, cmpopts.IgnoreUnexported(callback.Callback{}), cmpopts.EquateEmpty()); diff != "" {
 				t.Errorf("config (-want +got):\n%s", diff)
 			}
 		})
@@ -127,11 +129,11 @@ func TestCallbackUnmarshalCaddyfileNested(t *testing.T) {
 	}
 	next_directive`)
 	d.Next()
-	var c Callback
+	var c callback.Callback
 	var rest []string
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		if d.Val() == "callback" {
-			if err := c.unmarshalCaddyfile(d); err != nil {
+			if err := unmarshalCallback(d, &c); err != nil {
 				t.Fatal(err)
 			}
 			continue
@@ -190,4 +192,44 @@ func TestCallbackCaddyfileAdapt(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDurableUnmarshalCaddyfile checks the parser of the durable-mode
+// subdirectives.
+func TestDurableUnmarshalCaddyfile(t *testing.T) {
+	runCallbackParserCases(t, []callbackParserCase{
+		{
+			name: "every setting",
+			input: `callback /hooks/atlas {
+				spool            /var/lib/caddy/atlas-spool
+				deliver_to       http://app:8080/hooks/atlas
+				max_attempts     20
+				retry_backoff    1s 10m
+				delivery_timeout 30s
+				concurrency      4
+				retention        7d
+				max_spool_size   2GiB
+			}`,
+			want: callback.Callback{
+				Path: "/hooks/atlas", Spool: "/var/lib/caddy/atlas-spool", DeliverTo: "http://app:8080/hooks/atlas",
+				MaxAttempts: 20, RetryBackoffMin: caddy.Duration(time.Second), RetryBackoffMax: caddy.Duration(10 * time.Minute),
+				DeliveryTimeout: caddy.Duration(30 * time.Second), Concurrency: 4, Retention: caddy.Duration(7 * 24 * time.Hour),
+				MaxSpoolSize: 2 << 30,
+			},
+		},
+		{name: "backoff one value", input: "callback /cb {\n retry_backoff 1s\n}", wantErr: "wrong argument count"},
+		{name: "backoff three values", input: "callback /cb {\n retry_backoff 1s 2s 3s\n}", wantErr: "wrong argument count"},
+		{name: "backoff order", input: "callback /cb {\n retry_backoff 10m 1s\n}", wantErr: "retry_backoff: the first delay 10m exceeds the maximum 1s"},
+		{name: "backoff zero", input: "callback /cb {\n retry_backoff 0s 1s\n}", wantErr: "retry_backoff delays must be positive, got 0s"},
+		{name: "backoff bad", input: "callback /cb {\n retry_backoff soon 1s\n}", wantErr: `retry_backoff: time: invalid duration "soon"`},
+		{name: "backoff repeated", input: "callback /cb {\n retry_backoff 1s 2s\n retry_backoff 1s 2s\n}", wantErr: "retry_backoff specified more than once"},
+		{name: "zero attempts", input: "callback /cb {\n max_attempts 0\n}", wantErr: "max_attempts must be a whole number of at least 1, got 0"},
+		{name: "bad concurrency", input: "callback /cb {\n concurrency many\n}", wantErr: "concurrency must be a whole number of at least 1, got many"},
+		{name: "zero timeout", input: "callback /cb {\n delivery_timeout 0s\n}", wantErr: "delivery_timeout must be positive, got 0s"},
+		{name: "bad retention", input: "callback /cb {\n retention forever\n}", wantErr: `retention: time: invalid duration "forever"`},
+		{name: "bad spool size", input: "callback /cb {\n max_spool_size big\n}", wantErr: `max_spool_size: invalid size "big"`},
+		{name: "spool twice", input: "callback /cb {\n spool /a\n spool /b\n}", wantErr: "spool specified more than once"},
+		{name: "spool two dirs", input: "callback /cb {\n spool /a /b\n}", wantErr: "wrong argument count"},
+		{name: "deliver_to missing", input: "callback /cb {\n deliver_to\n}", wantErr: "wrong argument count"},
+	})
 }

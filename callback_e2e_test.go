@@ -21,6 +21,15 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/token"
+
+	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
 // The callback end-to-end tests run a real Caddy (caddytest, admin on
@@ -77,8 +86,8 @@ type callbackE2E struct {
 // header_up on the proxy that shows the placeholders to the app.
 func startCallbackGateway(t *testing.T) *callbackE2E {
 	t.Helper()
-	k := callbackTestKeys(t)
-	rsaPub := callbackPEMPublic(t, &k.rsa.PublicKey)
+	k := tokentest.Keys(t)
+	rsaPub := tokentest.PEMPublic(t, &k.RSA.PublicKey)
 	keyFile := filepath.Join(t.TempDir(), "idp.pub.pem")
 	if err := os.WriteFile(keyFile, []byte(rsaPub), 0o600); err != nil {
 		t.Fatal(err)
@@ -157,7 +166,7 @@ func (g *callbackE2E) token(t *testing.T) string {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("auth: %d %s", resp.StatusCode, body)
 	}
-	var r callbackAuthResponse
+	var r authAnswer
 	if err := json.Unmarshal(body, &r); err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +180,7 @@ func wantCallbackError(t *testing.T, resp *http.Response, body []byte, status in
 	if resp.StatusCode != status {
 		t.Fatalf("status %d, want %d: %s", resp.StatusCode, status, body)
 	}
-	var e errorBody
+	var e httpjson.ErrorBody
 	if err := json.Unmarshal(body, &e); err != nil {
 		t.Fatalf("body %q: %v", body, err)
 	}
@@ -217,7 +226,7 @@ func TestCallbackE2EDelivery(t *testing.T) {
 		for k, want := range map[string]string{
 			"X-Atlas-Subject":         cbE2EClientID,
 			"X-Atlas-Document-Count":  strconv.Itoa(len(ids)),
-			"X-Atlas-Callback-Id":     callbackID(payload),
+			"X-Atlas-Callback-Id":     callback.ID(payload),
 			"X-Callback-Placeholders": id + "|" + cbE2EClientID + "|" + strconv.Itoa(len(ids)),
 			"Token":                   "",
 			"Authorization":           "",
@@ -278,7 +287,7 @@ func TestCallbackE2EDelivery(t *testing.T) {
 func TestCallbackE2EConcurrentBodies(t *testing.T) {
 	g := startCallbackGateway(t)
 	tok := g.token(t)
-	base := string(callbackRealisticPayload(60 << 10))
+	base := string(payloadtest.Realistic(60 << 10))
 	const clients, each = 8, 40
 	sent := make(map[string][]byte) // callback id -> body
 	bodies := make([][][]byte, clients)
@@ -286,7 +295,7 @@ func TestCallbackE2EConcurrentBodies(t *testing.T) {
 		for i := range each {
 			b := []byte(strings.Replace(base, "loan-app-000000-pan", fmt.Sprintf("client-%02d-req-%03d-pan", c, i), 1))
 			bodies[c] = append(bodies[c], b)
-			sent[callbackID(b)] = b
+			sent[callback.ID(b)] = b
 		}
 	}
 	var wg sync.WaitGroup
@@ -337,7 +346,7 @@ func TestCallbackE2EConcurrentBodies(t *testing.T) {
 // 401 and none reaches the app.
 func TestCallbackE2EAttacks(t *testing.T) {
 	g := startCallbackGateway(t)
-	payload := callbackSamplePayload(2)
+	payload := payloadtest.Sample(2)
 	now := time.Now()
 	key := []byte(cbE2ESigningKey)
 	claims := func(mut func(jwt.MapClaims)) jwt.MapClaims {
@@ -348,30 +357,26 @@ func TestCallbackE2EAttacks(t *testing.T) {
 		}
 		return c
 	}
-	good := mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(nil))
+	good := tokentest.Mint(t, jwt.SigningMethodHS256, key, "", claims(nil))
 	none, err := jwt.NewWithClaims(jwt.SigningMethodNone, claims(nil)).SignedString(jwt.UnsafeAllowNoneSignatureType)
 	if err != nil {
 		t.Fatal(err)
 	}
 	parts := strings.Split(good, ".")
 	forged, _ := json.Marshal(claims(func(c jwt.MapClaims) { c["sub"] = "admin" }))
-	wrongSig := parts[0] + "." + callbackB64URL(forged) + "." + parts[2]
+	wrongSig := parts[0] + "." + base64.RawURLEncoding.EncodeToString(forged) + "." + parts[2]
 
 	// Another caddy-atlas, same credentials and claims, its own key.
-	other := &Callback{ClientID: cbE2EClientID, ClientSecret: cbE2EClientSecret, SigningKey: "another-gateway-signing-key-0123456789abcdef"}
-	provisionTestCallback(t, other)
-	otherSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _ = other.serveAuth(w, r) }))
-	defer otherSrv.Close()
-	otherReq, _ := http.NewRequest(http.MethodPost, otherSrv.URL, nil)
-	otherReq.Header.Set("Client-Id", cbE2EClientID)
-	otherReq.Header.Set("Client-Secret", cbE2EClientSecret)
-	otherResp, err := http.DefaultClient.Do(otherReq)
+	otherKey, err := token.ParseSigningKey("another-gateway-signing-key-0123456789abcdef")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var otherTok callbackAuthResponse
-	_ = json.NewDecoder(otherResp.Body).Decode(&otherTok)
-	otherResp.Body.Close()
+	otherToken, err := token.Issue(otherKey, token.Claims{Issuer: "caddy-atlas", Subject: cbE2EClientID,
+		Audience: "atlas-callback", TTL: 15 * time.Minute}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherTok := authAnswer{AccessToken: otherToken}
 
 	// A sanity check that the good token passes, so each refusal below is
 	// the attack's doing.
@@ -388,15 +393,15 @@ func TestCallbackE2EAttacks(t *testing.T) {
 		{"no token", cbE2ECallbackURL, nil},
 		{"garbage", cbE2ECallbackURL, []string{"Token", "garbage"}},
 		{"alg none", cbE2ECallbackURL, []string{"Token", none}},
-		{"HS256 signed with the RSA public key", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, []byte(g.rsa), "", claims(nil))}},
-		{"HS256 with the RSA public key and its kid", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, []byte(g.rsa), callbackKID(t, g.rsa), claims(nil))}},
+		{"HS256 signed with the RSA public key", cbE2ECallbackURL, []string{"Token", tokentest.Mint(t, jwt.SigningMethodHS256, []byte(g.rsa), "", claims(nil))}},
+		{"HS256 with the RSA public key and its kid", cbE2ECallbackURL, []string{"Token", tokentest.Mint(t, jwt.SigningMethodHS256, []byte(g.rsa), callbackKID(t, g.rsa), claims(nil))}},
 		{"wrong signature", cbE2ECallbackURL, []string{"Token", wrongSig}},
-		{"RSA key not the configured one", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodRS256, weakRSAKey(t), "", claims(nil))}},
-		{"expired beyond leeway", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["exp"] = now.Add(-2 * time.Minute).Unix() }))}},
-		{"nbf in the future", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["nbf"] = now.Add(2 * time.Minute).Unix() }))}},
-		{"wrong iss", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["iss"] = "someone-else" }))}},
-		{"wrong aud", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["aud"] = "another-app" }))}},
-		{"missing exp", cbE2ECallbackURL, []string{"Token", mintTestToken(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { delete(c, "exp") }))}},
+		{"RSA key not the configured one", cbE2ECallbackURL, []string{"Token", tokentest.Mint(t, jwt.SigningMethodRS256, tokentest.WeakRSA(t), "", claims(nil))}},
+		{"expired beyond leeway", cbE2ECallbackURL, []string{"Token", tokentest.Mint(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["exp"] = now.Add(-2 * time.Minute).Unix() }))}},
+		{"nbf in the future", cbE2ECallbackURL, []string{"Token", tokentest.Mint(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["nbf"] = now.Add(2 * time.Minute).Unix() }))}},
+		{"wrong iss", cbE2ECallbackURL, []string{"Token", tokentest.Mint(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["iss"] = "someone-else" }))}},
+		{"wrong aud", cbE2ECallbackURL, []string{"Token", tokentest.Mint(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { c["aud"] = "another-app" }))}},
+		{"missing exp", cbE2ECallbackURL, []string{"Token", tokentest.Mint(t, jwt.SigningMethodHS256, key, "", claims(func(c jwt.MapClaims) { delete(c, "exp") }))}},
 		{"token in the query string only", cbE2ECallbackURL + "?token=" + good + "&access_token=" + good + "&Token=" + good, nil},
 		{"token in a cookie only", cbE2ECallbackURL, []string{"Cookie", "token=" + good + "; Token=" + good}},
 		{"token of another caddy-atlas", cbE2ECallbackURL, []string{"Token", otherTok.AccessToken}},
@@ -426,7 +431,7 @@ func TestCallbackE2EPayloads(t *testing.T) {
 	tok := g.token(t)
 	huge := append([]byte(`{"data":[],"pad":"`), bytes.Repeat([]byte("x"), cbE2EMaxBody)...)
 	huge = append(huge, `"}`...)
-	valid := callbackSamplePayload(3)
+	valid := payloadtest.Sample(3)
 	for _, tc := range []struct {
 		name        string
 		contentType string
@@ -523,9 +528,16 @@ func TestCallbackE2EAuthEndpoint(t *testing.T) {
 // callbackKID returns the kid of a PEM public key.
 func callbackKID(t *testing.T, pemKey string) string {
 	t.Helper()
-	k, err := parseVerifyKey(pemKey)
+	k, err := token.ParseVerifyKey(pemKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return k.kid
+	return k.KID()
+}
+
+// authAnswer is the auth_url's answer.
+type authAnswer struct {
+	AccessToken string `json:"access_token"`
+	TokenType   string `json:"token_type"`
+	ExpiresIn   int64  `json:"expires_in"`
 }

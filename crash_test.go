@@ -17,6 +17,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
 // The crash test runs the real Caddy binary (cmd/caddy) in a process of
@@ -111,7 +117,7 @@ func crashToken(authURL string) (string, error) {
 		return "", err
 	}
 	defer resp.Body.Close()
-	var r callbackAuthResponse
+	var r authAnswer
 	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
 		return "", err
 	}
@@ -134,7 +140,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 	defer cancel()
 	bin := buildCaddy(t, ctx)
 
-	rc := newDedupReceiver(t)
+	rc := callbacktest.NewReceiver(t)
 	work := t.TempDir()
 	httpPort := freePort(t)
 	config := filepath.Join(work, "Caddyfile")
@@ -182,7 +188,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 	for range workers {
 		wg.Go(func() {
 			for i := range jobs {
-				body := bytes.Replace(callbackSamplePayload(2), []byte(`"doc-`), []byte(fmt.Sprintf(`"crash-%03d-`, i)), -1)
+				body := bytes.Replace(payloadtest.Sample(2), []byte(`"doc-`), []byte(fmt.Sprintf(`"crash-%03d-`, i)), -1)
 				req, _ := http.NewRequest(http.MethodPost, base+"/hooks/atlas", bytes.NewReader(body))
 				req.Header.Set("Content-Type", "application/json")
 				req.Header.Set("Token", tok)
@@ -195,7 +201,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 					continue
 				}
 				mu.Lock()
-				acked[callbackID(body)] = true
+				acked[callback.ID(body)] = true
 				if len(acked) >= n/4 {
 					once.Do(func() {
 						p.kill()
@@ -219,7 +225,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 	mu.Lock()
 	want := len(acked)
 	mu.Unlock()
-	before := len(rc.delivered())
+	before := len(rc.Delivered())
 	t.Logf("%d of %d callbacks acknowledged before and while Caddy was killed; %d delivered before the kill", want, n, before)
 
 	// Restart on the same spool: every acknowledged callback is delivered.
@@ -228,7 +234,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 	for {
 		var lost []string
 		for id := range acked {
-			if rc.takes(id) == 0 {
+			if rc.Takes(id) == 0 {
 				lost = append(lost, id)
 			}
 		}
@@ -241,7 +247,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	dups := rc.requestCount() - len(rc.delivered())
+	dups := rc.RequestCount() - len(rc.Delivered())
 	t.Logf("%d of %d acknowledged callbacks delivered, 0 lost; %d redeliveries (at-least-once)", want, want, dups)
 
 	// A graceful stop drains and exits.

@@ -19,6 +19,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
+
+	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
 // The durable-mode end-to-end tests run a real Caddy (caddytest, admin on
@@ -67,7 +71,7 @@ http://localhost:9080 {
 }
 
 // startDurableGateway loads a durable gateway delivering to rc.
-func startDurableGateway(t *testing.T, rc *dedupReceiver, extra string) *durableE2E {
+func startDurableGateway(t *testing.T, rc *callbacktest.Receiver, extra string) *durableE2E {
 	t.Helper()
 	t.Setenv("CB_E2E_CLIENT_ID", cbE2EClientID)
 	t.Setenv("CB_E2E_CLIENT_SECRET", cbE2EClientSecret)
@@ -92,7 +96,7 @@ func (g *durableE2E) deliver(t *testing.T, name string) (string, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := callbackID(payload)
+	id := callback.ID(payload)
 	g.ack(t, batch, id, false)
 	return id, payload
 }
@@ -104,11 +108,11 @@ func (g *durableE2E) ack(t *testing.T, batch, id string, duplicate bool) {
 	if err != nil || d.CallbackStatus != http.StatusAccepted {
 		t.Fatalf("delivery of %s: %v %+v", batch, err, d)
 	}
-	var ack spoolAck
+	var ack ackAnswer
 	if err := json.Unmarshal(d.Body, &ack); err != nil {
 		t.Fatalf("ack %q: %v", d.Body, err)
 	}
-	if ack != (spoolAck{Status: "accepted", CallbackID: id, Duplicate: duplicate}) {
+	if ack != (ackAnswer{Status: "accepted", CallbackID: id, Duplicate: duplicate}) {
 		t.Fatalf("ack %+v, want callback id %s, duplicate %v", ack, id, duplicate)
 	}
 }
@@ -164,8 +168,8 @@ func listCallbacks(t *testing.T, state string) adminListing {
 // exactly once, byte for byte with the X-Atlas-* headers. A redelivery by
 // Atlas is acknowledged as a duplicate and not delivered again.
 func TestDurableE2EAppDown(t *testing.T) {
-	rc := newDedupReceiver(t)
-	rc.setStatus(http.StatusServiceUnavailable)
+	rc := callbacktest.NewReceiver(t)
+	rc.SetStatus(http.StatusServiceUnavailable)
 	g := startDurableGateway(t, rc, "max_attempts 1000")
 
 	var ids []string
@@ -176,7 +180,7 @@ func TestDurableE2EAppDown(t *testing.T) {
 		payloads[id] = payload
 	}
 	// Every callback is tried and fails while the app is down.
-	eventually(t, 5*time.Second, "a failed attempt of each callback", func() bool {
+	callbacktest.Eventually(t, 5*time.Second, "a failed attempt of each callback", func() bool {
 		l := listCallbacks(t, "pending")
 		n := 0
 		for _, c := range l.Callbacks {
@@ -190,17 +194,17 @@ func TestDurableE2EAppDown(t *testing.T) {
 	batches := g.sim.Deliveries()
 	g.ack(t, batches[0].BatchID, ids[0], true)
 
-	rc.setStatus(http.StatusOK)
-	rc.waitDelivered(t, len(ids), 5*time.Second)
+	rc.SetStatus(http.StatusOK)
+	rc.WaitDelivered(t, len(ids), 5*time.Second)
 	time.Sleep(150 * time.Millisecond) // room for an unwanted redelivery
 	for _, id := range ids {
-		if n := rc.takes(id); n != 1 {
+		if n := rc.Takes(id); n != 1 {
 			t.Errorf("callback %s delivered %d times", id, n)
 		}
-		if !bytes.Equal(rc.bodies[id], payloads[id]) {
+		if !bytes.Equal(rc.Body(id), payloads[id]) {
 			t.Errorf("callback %s: another body was delivered", id)
 		}
-		h := rc.headers[id]
+		h := rc.Header(id)
 		if h.Get("X-Atlas-Subject") != cbE2EClientID || h.Get("X-Atlas-Document-Count") != "2" || h.Get("X-Atlas-Callback-Id") != id ||
 			h.Get("Token") != "" || h.Get("Content-Type") != "application/json" {
 			t.Errorf("callback %s: delivered headers %v", id, h)
@@ -218,21 +222,21 @@ func TestDurableE2EAppDown(t *testing.T) {
 // request (down but accepting connections), later callbacks queue up;
 // when it answers again they are delivered oldest first, once each.
 func TestDurableE2EAppHungDeliversInOrder(t *testing.T) {
-	rc := newDedupReceiver(t)
-	rc.setGate(true)
+	rc := callbacktest.NewReceiver(t)
+	rc.SetGate(true)
 	g := startDurableGateway(t, rc, "delivery_timeout 20s")
 	var ids []string
 	for i := range 8 {
 		id, _ := g.deliver(t, fmt.Sprint("hung-", i))
 		ids = append(ids, id)
 	}
-	rc.setGate(false)
-	got := rc.waitDelivered(t, len(ids), 5*time.Second)
+	rc.SetGate(false)
+	got := rc.WaitDelivered(t, len(ids), 5*time.Second)
 	if !slices.Equal(got, ids) {
 		t.Errorf("delivery order\n%v\nwant\n%v", got, ids)
 	}
 	time.Sleep(100 * time.Millisecond)
-	if n := rc.requestCount(); n != len(ids) {
+	if n := rc.RequestCount(); n != len(ids) {
 		t.Errorf("%d requests for %d callbacks", n, len(ids))
 	}
 }
@@ -241,20 +245,20 @@ func TestDurableE2EAppHungDeliversInOrder(t *testing.T) {
 // then 200; each callback is delivered once, and the metrics tell the
 // story.
 func TestDurableE2EAppFailsThenRecovers(t *testing.T) {
-	rc := newDedupReceiver(t)
-	rc.setStatus(http.StatusInternalServerError)
+	rc := callbacktest.NewReceiver(t)
+	rc.SetStatus(http.StatusInternalServerError)
 	g := startDurableGateway(t, rc, "")
 	var ids []string
 	for i := range 3 {
 		id, _ := g.deliver(t, fmt.Sprint("flaky-", i))
 		ids = append(ids, id)
 	}
-	eventually(t, 5*time.Second, "a few failed attempts", func() bool { return rc.requestCount() >= 6 })
-	rc.setStatus(http.StatusOK)
-	rc.waitDelivered(t, len(ids), 5*time.Second)
+	callbacktest.Eventually(t, 5*time.Second, "a few failed attempts", func() bool { return rc.RequestCount() >= 6 })
+	rc.SetStatus(http.StatusOK)
+	rc.WaitDelivered(t, len(ids), 5*time.Second)
 	time.Sleep(150 * time.Millisecond)
 	for _, id := range ids {
-		if n := rc.takes(id); n != 1 {
+		if n := rc.Takes(id); n != 1 {
 			t.Errorf("callback %s delivered %d times", id, n)
 		}
 	}
@@ -286,8 +290,8 @@ func TestDurableE2EAppFailsThenRecovers(t *testing.T) {
 // dead letters, listed by the admin API without their bodies; once the
 // app is back, they are replayed one by id and the rest in bulk.
 func TestDurableE2EDeadLettersReplayed(t *testing.T) {
-	rc := newDedupReceiver(t)
-	rc.setStatus(http.StatusInternalServerError)
+	rc := callbacktest.NewReceiver(t)
+	rc.SetStatus(http.StatusInternalServerError)
 	g := startDurableGateway(t, rc, "max_attempts 3")
 	var ids []string
 	for i := range 3 {
@@ -295,7 +299,7 @@ func TestDurableE2EDeadLettersReplayed(t *testing.T) {
 		ids = append(ids, id)
 	}
 	var dead adminListing
-	eventually(t, 5*time.Second, "3 dead letters", func() bool {
+	callbacktest.Eventually(t, 5*time.Second, "3 dead letters", func() bool {
 		dead = listCallbacks(t, "dead")
 		return len(dead.Callbacks) == 3
 	})
@@ -305,7 +309,7 @@ func TestDurableE2EDeadLettersReplayed(t *testing.T) {
 			t.Errorf("dead letter %d: %+v", i, c)
 		}
 	}
-	if n := rc.requestCount(); n != 9 {
+	if n := rc.RequestCount(); n != 9 {
 		t.Errorf("%d attempts, want 3 per callback", n)
 	}
 
@@ -318,16 +322,16 @@ func TestDurableE2EDeadLettersReplayed(t *testing.T) {
 		t.Errorf("GET with body: %d %s", code, one.Callbacks[0].Body)
 	}
 
-	rc.setStatus(http.StatusOK)
+	rc.SetStatus(http.StatusOK)
 	var res map[string]int
 	if code := adminDo(t, http.MethodPost, durableAdminURL+"/"+ids[0]+"/retry", &res); code != 200 || res["retried"] != 1 {
 		t.Fatalf("retry by id: %d %v", code, res)
 	}
-	rc.waitDelivered(t, 1, 5*time.Second)
+	rc.WaitDelivered(t, 1, 5*time.Second)
 	if code := adminDo(t, http.MethodPost, durableAdminURL+"/retry?state=dead", &res); code != 200 || res["retried"] != 2 {
 		t.Fatalf("retry dead: %d %v", code, res)
 	}
-	got := rc.waitDelivered(t, 3, 5*time.Second)
+	got := rc.WaitDelivered(t, 3, 5*time.Second)
 	if got[0] != ids[0] {
 		t.Errorf("delivery order %v", got)
 	}
@@ -377,27 +381,27 @@ func TestDurableE2EDeadLettersReplayed(t *testing.T) {
 // the spool and its pending callbacks, which go to the new receiver,
 // once each.
 func TestDurableE2EReloadKeepsSpool(t *testing.T) {
-	oldApp, newApp := newDedupReceiver(t), newDedupReceiver(t)
-	oldApp.setStatus(http.StatusServiceUnavailable)
+	oldApp, newApp := callbacktest.NewReceiver(t), callbacktest.NewReceiver(t)
+	oldApp.SetStatus(http.StatusServiceUnavailable)
 	g := startDurableGateway(t, oldApp, "max_attempts 1000")
 	var ids []string
 	for i := range 3 {
 		id, _ := g.deliver(t, fmt.Sprint("reload-", i))
 		ids = append(ids, id)
 	}
-	eventually(t, 5*time.Second, "attempts at the old app", func() bool { return oldApp.requestCount() >= 3 })
+	callbacktest.Eventually(t, 5*time.Second, "attempts at the old app", func() bool { return oldApp.RequestCount() >= 3 })
 
 	g.tester.InitServer(durableE2EConfig(g.dir, newApp.URL+"/hooks/atlas", "max_attempts 1000"), "caddyfile")
 	id, _ := g.deliver(t, "reload-after")
 	ids = append(ids, id)
-	newApp.waitDelivered(t, len(ids), 5*time.Second)
+	newApp.WaitDelivered(t, len(ids), 5*time.Second)
 	time.Sleep(150 * time.Millisecond)
 	for _, id := range ids {
-		if n := newApp.takes(id); n != 1 {
+		if n := newApp.Takes(id); n != 1 {
 			t.Errorf("callback %s delivered %d times", id, n)
 		}
 	}
-	if n := len(oldApp.delivered()); n != 0 {
+	if n := len(oldApp.Delivered()); n != 0 {
 		t.Errorf("the old app took %d", n)
 	}
 	if l := listCallbacks(t, ""); len(l.Spools) != 1 || len(l.Callbacks) != len(ids) {
@@ -424,12 +428,12 @@ func runAtlasCLI(t *testing.T, args ...string) (string, error) {
 
 // TestDurableE2ECLI drives the spool through `caddy atlas callbacks`.
 func TestDurableE2ECLI(t *testing.T) {
-	rc := newDedupReceiver(t)
-	rc.setStatus(http.StatusBadGateway)
+	rc := callbacktest.NewReceiver(t)
+	rc.SetStatus(http.StatusBadGateway)
 	g := startDurableGateway(t, rc, "max_attempts 1")
 	a, _ := g.deliver(t, "cli-a")
 	b, _ := g.deliver(t, "cli-b")
-	eventually(t, 5*time.Second, "2 dead letters", func() bool { return len(listCallbacks(t, "dead").Callbacks) == 2 })
+	callbacktest.Eventually(t, 5*time.Second, "2 dead letters", func() bool { return len(listCallbacks(t, "dead").Callbacks) == 2 })
 
 	out, err := runAtlasCLI(t, "callbacks", "list", "--state", "dead", "--address", "localhost:2999")
 	if err != nil || !strings.Contains(out, a+"  dead") || !strings.Contains(out, b) ||
@@ -442,12 +446,12 @@ func TestDurableE2ECLI(t *testing.T) {
 	if out, err := runAtlasCLI(t, "callbacks", "purge", b, "--address", "localhost:2999"); err != nil || out != "callback "+b+" deleted\n" {
 		t.Errorf("purge: %v %q", err, out)
 	}
-	rc.setStatus(http.StatusOK)
+	rc.SetStatus(http.StatusOK)
 	if out, err := runAtlasCLI(t, "callbacks", "retry", "--state", "dead", "--address", "localhost:2999"); err != nil || out != "1 callback(s) due for delivery now\n" {
 		t.Errorf("retry: %v %q", err, out)
 	}
-	rc.waitDelivered(t, 1, 5*time.Second)
-	if got := rc.delivered(); len(got) != 1 || got[0] != a {
+	rc.WaitDelivered(t, 1, 5*time.Second)
+	if got := rc.Delivered(); len(got) != 1 || got[0] != a {
 		t.Errorf("delivered %v", got)
 	}
 	if _, err := runAtlasCLI(t, "callbacks", "retry", "--address", "localhost:2999"); err == nil {
@@ -456,4 +460,11 @@ func TestDurableE2ECLI(t *testing.T) {
 	if _, err := runAtlasCLI(t, "callbacks", "retry", a, "--address", "localhost:2999"); err == nil || !strings.Contains(err.Error(), "HTTP 409") {
 		t.Errorf("retry of a delivered callback: %v", err)
 	}
+}
+
+// ackAnswer is the answer to a callback in durable mode.
+type ackAnswer struct {
+	Status     string `json:"status"`
+	CallbackID string `json:"callback_id"`
+	Duplicate  bool   `json:"duplicate,omitempty"`
 }

@@ -16,6 +16,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/caddy-atlas/caddy-atlas/mask"
 )
 
 // MaxPerPage is the largest page Atlas serves; a larger per_page is capped.
@@ -45,7 +47,47 @@ func (h *Handler) serveExtracts(w http.ResponseWriter, r *http.Request) error {
 		return h.writeExchangeError(ctx, w, r, err)
 	}
 	defer resp.Body.Close()
+	if h.masker != nil && resp.StatusCode >= 200 && resp.StatusCode <= 299 {
+		return h.relayMaskedPage(ctx, w, r, resp, q)
+	}
 	return h.relayResponse(w, resp)
+}
+
+// maxMaskedPage bounds the extracts page read into memory to be masked.
+// A page holds at most MaxPerPage documents, a few KiB each.
+const maxMaskedPage = 16 << 20
+
+// relayMaskedPage answers an extracts page with its `mask` fields masked.
+// The page is read whole (at most maxMaskedPage), masked, then written;
+// a page that is not JSON, or too large, is a 502 and nothing of it is
+// passed on.
+func (h *Handler) relayMaskedPage(ctx context.Context, w http.ResponseWriter, r *http.Request, resp *http.Response, q extractsQuery) error {
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxMaskedPage+1))
+	if err != nil {
+		return h.writeExchangeError(ctx, w, r, err)
+	}
+	if len(body) > maxMaskedPage {
+		h.logger.Warn("atlas sent an extracts page too large to mask",
+			zap.String("batch_id", q.batchID), zap.Int("limit_bytes", maxMaskedPage))
+		return writeError(w, http.StatusBadGateway, "atlas sent an extracts page too large to mask")
+	}
+	masked, _, err := h.masker.Payload(make([]byte, 0, len(body)+64), body)
+	if err != nil {
+		h.logger.Warn("atlas sent an unreadable extracts page",
+			zap.String("batch_id", q.batchID), zap.Error(err))
+		return writeError(w, http.StatusBadGateway, "atlas sent an unreadable extracts page")
+	}
+	hdr := w.Header()
+	for _, name := range relayedHeaders {
+		if v := resp.Header.Values(name); len(v) > 0 && name != "Content-Length" {
+			hdr[name] = v
+		}
+	}
+	hdr.Set("Content-Length", strconv.Itoa(len(masked)))
+	hdr.Set("Cache-Control", "no-store")
+	w.WriteHeader(resp.StatusCode)
+	_, _ = w.Write(masked)
+	return nil
 }
 
 // extractsQuery is the validated query of an extracts request.
@@ -191,7 +233,7 @@ func (h *Handler) serveAllExtracts(w http.ResponseWriter, r *http.Request, q ext
 		if q.page == 1 {
 			pageBuf.WriteString(`{"data":[`)
 		}
-		info, err := copyPageDocuments(&pageBuf, resp, written > 0)
+		info, err := copyPageDocuments(&pageBuf, resp, written > 0, h.masker)
 		resp.Body.Close()
 		cancel()
 		if err != nil {
@@ -231,9 +273,10 @@ type pageInfo struct {
 }
 
 // copyPageDocuments streams the elements of a page's `data` array into
-// dst, each as Atlas sent it, comma-separated (with a leading comma when
-// more is true), and reads the pagination fields.
-func copyPageDocuments(dst *bytes.Buffer, resp *http.Response, more bool) (pageInfo, error) {
+// dst, each as Atlas sent it (masked by m, if not nil), comma-separated
+// (with a leading comma when more is true), and reads the pagination
+// fields.
+func copyPageDocuments(dst *bytes.Buffer, resp *http.Response, more bool, m *mask.Masker) (pageInfo, error) {
 	var info pageInfo
 	if resp.StatusCode != http.StatusOK {
 		return info, fmt.Errorf("atlas answered %d", resp.StatusCode)
@@ -262,7 +305,15 @@ func copyPageDocuments(dst *bytes.Buffer, resp *http.Response, more bool) (pageI
 				if more || info.documents > 0 {
 					dst.WriteByte(',')
 				}
-				dst.Write(doc)
+				if m != nil {
+					masked, _, err := m.Document(dst.AvailableBuffer(), doc)
+					if err != nil {
+						return info, fmt.Errorf("data[%d]: %w", info.documents, err)
+					}
+					dst.Write(masked)
+				} else {
+					dst.Write(doc)
+				}
 				info.documents++
 			}
 			if err := expectDelim(dec, ']'); err != nil {

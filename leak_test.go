@@ -226,7 +226,7 @@ func TestLeakAudit(t *testing.T) {
 		if status != http.StatusOK {
 			return
 		}
-		var r callbackAuthResponse
+		var r authAnswer
 		if err := json.Unmarshal(out, &r); err != nil || r.AccessToken == "" {
 			t.Fatalf("%s: no token in %s", label, out)
 		}
@@ -393,4 +393,12 @@ func leakKeys(line, needle string) string {
 	walk("", v)
 	sort.Strings(paths)
 	return fmt.Sprintf("logger %q, msg %q, at %s", v["logger"], v["msg"], strings.Join(paths, ", "))
+}
+
+// truncateForLog shortens a text for a test failure message.
+func truncateForLog(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }

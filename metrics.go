@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/metricsreg"
 )
 
 // outboundMetrics are the outbound API routes' collectors. They are
@@ -33,14 +35,14 @@ var statusClasses = [...]string{"error", "1xx", "2xx", "3xx", "4xx", "5xx"}
 
 var (
 	outboundMetricsOnce sync.Once
-	outbound            *outboundMetrics
+	outboundCollectors  *outboundMetrics
 
 	// liveTokenSources holds the token sources in use, for the token age
 	// gauge; keys are *sharedTokenSource.
 	liveTokenSources sync.Map
 )
 
-const metricsNamespace, metricsSubsystem = "caddy", "atlas"
+const metricsNamespace, metricsSubsystem = metricsreg.Namespace, metricsreg.Subsystem
 
 // provisionOutboundMetrics creates the collectors on first use and
 // registers them in registry, tolerating an earlier registration.
@@ -49,7 +51,7 @@ func provisionOutboundMetrics(registry *prometheus.Registry) *outboundMetrics {
 		opts := func(name, help string) prometheus.Opts {
 			return prometheus.Opts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help}
 		}
-		outbound = &outboundMetrics{
+		outboundCollectors = &outboundMetrics{
 			tokenFetches: prometheus.NewCounterVec(prometheus.CounterOpts(opts(
 				"token_fetches_total", "Calls to Atlas's authtoken endpoint, by outcome (success, credentials_rejected, error).")),
 				[]string{"outcome"}),
@@ -73,34 +75,22 @@ func provisionOutboundMetrics(registry *prometheus.Registry) *outboundMetrics {
 				Buckets: prometheus.DefBuckets,
 			}, []string{"route"}),
 		}
-		outbound.routes = map[string]*routeMetrics{}
+		outboundCollectors.routes = map[string]*routeMetrics{}
 		for _, route := range []string{routeExtracts, routeUpload} {
-			rm := &routeMetrics{duration: outbound.upstreamDuration.WithLabelValues(route)}
+			rm := &routeMetrics{duration: outboundCollectors.upstreamDuration.WithLabelValues(route)}
 			for i, class := range statusClasses {
-				rm.requests[i] = outbound.upstreamRequests.WithLabelValues(route, class)
+				rm.requests[i] = outboundCollectors.upstreamRequests.WithLabelValues(route, class)
 			}
-			outbound.routes[route] = rm
+			outboundCollectors.routes[route] = rm
 		}
 	})
 	for _, c := range []prometheus.Collector{
-		outbound.tokenFetches, outbound.tokenFetchDuration, outbound.tokenAge,
-		outbound.replays, outbound.upstreamRequests, outbound.upstreamDuration,
+		outboundCollectors.tokenFetches, outboundCollectors.tokenFetchDuration, outboundCollectors.tokenAge,
+		outboundCollectors.replays, outboundCollectors.upstreamRequests, outboundCollectors.upstreamDuration,
 	} {
-		registerCollector(registry, c)
+		metricsreg.Register(registry, c)
 	}
-	return outbound
-}
-
-// registerCollector registers c, ignoring an earlier registration of the
-// same collector (several handlers and reloads share the collectors).
-func registerCollector(registry *prometheus.Registry, c prometheus.Collector) {
-	if registry == nil {
-		return
-	}
-	// An AlreadyRegisteredError is expected (reloads, several handlers).
-	// Any other error would be a mistake in the collectors' definitions,
-	// which are fixed at compile time; metrics never stop the server.
-	_ = registry.Register(c)
+	return outboundCollectors
 }
 
 // observeUpstream records one upstream exchange of a route.

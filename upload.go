@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 )
 
 // serveUpload proxies POST {upload_path} to Atlas's multiupload endpoint.
@@ -19,7 +21,7 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodPost {
 		return methodNotAllowed(w, http.MethodPost)
 	}
-	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSONMediaType(ct) {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !httpjson.IsJSONMediaType(ct) {
 		return writeError(w, http.StatusUnsupportedMediaType, "the body must be JSON (Content-Type: application/json)")
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxUploadBody))

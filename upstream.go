@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"time"
 
@@ -83,22 +82,4 @@ func (h *Handler) writeExchangeError(ctx context.Context, w http.ResponseWriter,
 		c.Write(zap.String("endpoint", h.endpoint.Redacted()), zap.Error(err))
 	}
 	return writeError(w, http.StatusBadGateway, "atlas is unreachable")
-}
-
-// newOutboundTransport returns the transport of the plugin's own outbound
-// connections (to Atlas, and from the spool to the app): pooled
-// keep-alive connections with bounded dial and TLS handshake times.
-func newOutboundTransport() *http.Transport {
-	return &http.Transport{
-		Proxy: http.ProxyFromEnvironment,
-		DialContext: (&net.Dialer{
-			Timeout:   10 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		ForceAttemptHTTP2:   true,
-		MaxIdleConns:        256,
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
-		TLSHandshakeTimeout: 10 * time.Second,
-	}
 }

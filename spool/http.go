@@ -39,6 +39,12 @@ type HTTPDeliverer struct {
 	// CheckRedirect is overridden. Bound each attempt with the context
 	// (Options.DeliveryTimeout), not Client.Timeout.
 	Client *http.Client
+	// Header, if set, is called for each attempt, after the request's
+	// headers are set and before it is sent, to add or replace headers
+	// that belong to the attempt rather than to the stored callback: a
+	// signature over the body with the attempt's timestamp (Standard
+	// Webhooks' webhook-timestamp must be fresh on every retry).
+	Header func(h http.Header, d Delivery)
 }
 
 // StatusError is a delivery answered with a non-2xx status.
@@ -71,6 +77,9 @@ func (h *HTTPDeliverer) Deliver(ctx context.Context, d Delivery) error {
 		req.Header.Set(HeaderCallbackID, d.ID)
 	}
 	req.Header.Set(HeaderAttempt, strconv.Itoa(d.Attempt))
+	if h.Header != nil {
+		h.Header(req.Header, d)
+	}
 
 	var client http.Client
 	if h.Client != nil {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -105,5 +106,36 @@ func TestSpoolOverHTTP(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no delivery")
+	}
+}
+
+// TestHTTPDelivererHeaderHook checks that the Header hook runs for every
+// attempt, sees the attempt, and its headers win over the stored ones.
+func TestHTTPDelivererHeaderHook(t *testing.T) {
+	var seen []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen = append(seen, r.Header.Get("X-Signed-At")+"/"+r.Header.Get("X-Attempt-Seen"))
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	calls := 0
+	h := &HTTPDeliverer{URL: srv.URL, Client: srv.Client(), Header: func(hd http.Header, d Delivery) {
+		calls++
+		hd.Set("X-Signed-At", strconv.Itoa(calls))
+		hd.Set("X-Attempt-Seen", hd.Get(HeaderAttempt))
+	}}
+	stored := http.Header{"X-Signed-At": {"stale"}}
+	for attempt := 1; attempt <= 2; attempt++ {
+		err := h.Deliver(context.Background(), Delivery{ID: "x", Header: stored, Body: []byte(`{}`), Attempt: attempt})
+		var se *StatusError
+		if !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable {
+			t.Fatalf("attempt %d: %v", attempt, err)
+		}
+	}
+	if len(seen) != 2 || seen[0] != "1/1" || seen[1] != "2/2" {
+		t.Errorf("the receiver saw %q, want [1/1 2/2]", seen)
+	}
+	if stored.Get("X-Signed-At") != "stale" {
+		t.Error("the hook changed the stored headers")
 	}
 }

@@ -1,0 +1,397 @@
+package callback
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
+	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
+	"github.com/caddy-atlas/caddy-atlas/queue"
+	"github.com/caddy-atlas/caddy-atlas/spool"
+)
+
+// Defaults of the callback route's durable mode (see Callback.Spool).
+const (
+	DefaultMaxAttempts     = spool.DefaultMaxAttempts
+	DefaultRetryBackoffMin = spool.DefaultBackoffMin
+	DefaultRetryBackoffMax = spool.DefaultBackoffMax
+	DefaultDeliveryTimeout = spool.DefaultDeliveryTimeout
+	DefaultConcurrency     = spool.DefaultConcurrency
+	DefaultRetention       = spool.DefaultRetention
+	DefaultMaxSpoolSize    = spool.DefaultMaxDiskBytes
+
+	// spoolRetryAfter is the Retry-After, in seconds, of a callback
+	// refused because the spool cannot store it.
+	spoolRetryAfter = "30"
+	// spoolDrainTimeout bounds how long the last config using a spool
+	// waits for its deliveries in progress when it is unloaded (caddy
+	// stop); cancelled deliveries stay pending and are redelivered at the
+	// next start.
+	spoolDrainTimeout = 10 * time.Second
+	// maxSpooledBody is the largest max_body allowed in durable mode,
+	// below the spool's record bound of 1 GiB.
+	maxSpooledBody = 1<<30 - 1<<20
+	// statusClientClosedRequest is logged when the client went away
+	// before its callback was stored.
+	statusClientClosedRequest = 499
+)
+
+// spools holds the open spools, shared by every config and callback route
+// that names the same directory, so that a config reload keeps the spool
+// and its delivery workers. Keys are spool directories (absolute, clean,
+// symlinks resolved); values are *sharedSpool.
+var spools = caddy.NewUsagePool()
+
+// durableSettings are a callback route's resolved delivery settings.
+type durableSettings struct {
+	deliverTo       string
+	maxAttempts     int
+	backoffMin      time.Duration
+	backoffMax      time.Duration
+	deliveryTimeout time.Duration
+	concurrency     int
+	retention       time.Duration
+	maxSpoolSize    int64
+}
+
+// sharedSpool is an open spool in the usage pool, with the HTTP transport
+// its deliveries use and the callback routes that use it. The delivery
+// settings in effect are those of the route provisioned last, so that a
+// reload applies the new config's settings at once and a failed reload
+// goes back to the running config's.
+type sharedSpool struct {
+	dir       string
+	store     *spool.FileSpool
+	transport *http.Transport
+
+	mu     sync.Mutex
+	owners []*Callback
+}
+
+// openSharedSpool opens the spool in dir with c's settings.
+func openSharedSpool(dir string, c *Callback) (*sharedSpool, error) {
+	s := &sharedSpool{
+		dir:       dir,
+		transport: outbound.NewTransport(),
+	}
+	st, err := spool.Open(dir, s.options(c))
+	if err != nil {
+		return nil, err
+	}
+	s.store = st
+	return s, nil
+}
+
+// options are the spool options of c's settings.
+func (s *sharedSpool) options(c *Callback) spool.Options {
+	d := &spool.HTTPDeliverer{URL: c.durable.deliverTo, Client: &http.Client{Transport: s.transport}}
+	return spool.Options{
+		Deliver:         d.Deliver,
+		Retention:       c.durable.retention,
+		MaxAttempts:     c.durable.maxAttempts,
+		BackoffMin:      c.durable.backoffMin,
+		BackoffMax:      c.durable.backoffMax,
+		DeliveryTimeout: c.durable.deliveryTimeout,
+		Concurrency:     c.durable.concurrency,
+		MaxDiskBytes:    c.durable.maxSpoolSize,
+		Logger:          c.logger.Named("spool").With(zap.String("spool", s.dir)),
+		Observer:        spoolObserver{registerSpoolMetrics(nil)},
+	}
+}
+
+// attach adds c to the routes using the spool and applies its settings.
+// Two routes of one config may share a spool only with the same delivery
+// settings: which would win is otherwise undefined.
+func (s *sharedSpool) attach(c *Callback) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, o := range s.owners {
+		if c.configKey != nil && o.configKey == c.configKey && o.durable != c.durable {
+			return fmt.Errorf("spool %s is also used by the callback route %s of this config with other delivery settings; give each route its own spool directory, or the same settings", s.dir, o.Path)
+		}
+	}
+	if err := s.store.Reconfigure(s.options(c)); err != nil {
+		return err
+	}
+	s.owners = append(s.owners, c)
+	return nil
+}
+
+// detach removes c from the routes using the spool; if its settings were
+// in effect, those of the last remaining route apply again.
+func (s *sharedSpool) detach(c *Callback) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := slices.Index(s.owners, c)
+	if i < 0 {
+		return
+	}
+	wasCurrent := i == len(s.owners)-1
+	s.owners = slices.Delete(s.owners, i, i+1)
+	if wasCurrent && len(s.owners) > 0 {
+		last := s.owners[len(s.owners)-1]
+		if err := s.store.Reconfigure(s.options(last)); err != nil {
+			last.logger.Error("restoring the spool settings", zap.String("spool", s.dir), zap.Error(err))
+		}
+	}
+}
+
+// Destruct closes the spool when the last config using it is unloaded:
+// it waits up to spoolDrainTimeout for the deliveries in progress; those
+// it cancels stay pending and are delivered after the next start.
+func (s *sharedSpool) Destruct() error {
+	ctx, cancel := context.WithTimeout(context.Background(), spoolDrainTimeout)
+	defer cancel()
+	err := s.store.Close(ctx)
+	s.transport.CloseIdleConnections()
+	return err
+}
+
+// OpenQueue is a durable queue in use by callback routes, as the admin
+// API sees it.
+type OpenQueue struct {
+	// Name names the queue: a spool's directory.
+	Name string
+	// Store is the queue.
+	Store queue.Store
+}
+
+// OpenQueues returns the durable queues in use, sorted by name.
+func OpenQueues() []OpenQueue {
+	spools := liveSpools()
+	out := make([]OpenQueue, len(spools))
+	for i, s := range spools {
+		out[i] = OpenQueue{Name: s.dir, Store: s.store}
+	}
+	return out
+}
+
+// liveSpools returns the open spools, sorted by directory.
+func liveSpools() []*sharedSpool {
+	var out []*sharedSpool
+	spools.Range(func(_, v any) bool {
+		if s, ok := v.(*sharedSpool); ok && s != nil {
+			out = append(out, s)
+		}
+		return true
+	})
+	slices.SortFunc(out, func(a, b *sharedSpool) int { return strings.Compare(a.dir, b.dir) })
+	return out
+}
+
+// SpoolKey returns the name of a spool directory among the open queues:
+// absolute, clean, and with symlinks resolved when the directory exists.
+func SpoolKey(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		return real, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	return filepath.Clean(abs), nil
+}
+
+// provisionDurable resolves and checks the durable-mode settings and, if
+// a spool is configured, takes it from the pool (opening it on first
+// use) and applies the route's delivery settings.
+func (c *Callback) provisionDurable(ctx caddy.Context) error {
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.RetryBackoffMin == 0 {
+		c.RetryBackoffMin = caddy.Duration(DefaultRetryBackoffMin)
+	}
+	if c.RetryBackoffMax == 0 {
+		c.RetryBackoffMax = caddy.Duration(max(DefaultRetryBackoffMax, time.Duration(c.RetryBackoffMin)))
+	}
+	if c.DeliveryTimeout == 0 {
+		c.DeliveryTimeout = caddy.Duration(DefaultDeliveryTimeout)
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.Retention == 0 {
+		c.Retention = caddy.Duration(DefaultRetention)
+	}
+	if c.MaxSpoolSize == 0 {
+		c.MaxSpoolSize = DefaultMaxSpoolSize
+	}
+	repl := caddy.NewReplacer()
+	c.spoolDir = repl.ReplaceKnown(c.Spool, "")
+	c.deliverTo = repl.ReplaceKnown(c.DeliverTo, "")
+	deliverTo := c.deliverTo
+	if err := c.validateDurable(); err != nil {
+		return err
+	}
+	if c.spoolDir == "" {
+		return nil
+	}
+
+	c.durable = durableSettings{
+		deliverTo:       deliverTo,
+		maxAttempts:     c.MaxAttempts,
+		backoffMin:      time.Duration(c.RetryBackoffMin),
+		backoffMax:      time.Duration(c.RetryBackoffMax),
+		deliveryTimeout: time.Duration(c.DeliveryTimeout),
+		concurrency:     c.Concurrency,
+		retention:       time.Duration(c.Retention),
+		maxSpoolSize:    c.MaxSpoolSize,
+	}
+	if r := ctx.GetMetricsRegistry(); r != nil {
+		c.configKey = r // one registry per loaded config
+	}
+	registerSpoolMetrics(ctx.GetMetricsRegistry())
+
+	key, err := SpoolKey(c.spoolDir)
+	if err != nil {
+		return fmt.Errorf("spool %q: %w", c.spoolDir, err)
+	}
+	val, _, err := spools.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return openSharedSpool(key, c)
+	})
+	if err != nil {
+		return fmt.Errorf("opening spool %s: %w", key, err)
+	}
+	c.spoolKey = key
+	shared := val.(*sharedSpool)
+	if err := shared.attach(c); err != nil {
+		return err
+	}
+	c.shared = shared
+	c.store = shared.store
+	u, _ := url.Parse(deliverTo)
+	c.logger.Info("callback route in durable mode", zap.String("spool", shared.dir),
+		zap.String("deliver_to", u.Redacted()), zap.Int("concurrency", c.Concurrency),
+		zap.Int("max_attempts", c.MaxAttempts))
+	return nil
+}
+
+// validateDurable checks the provisioned durable-mode settings; it
+// changes nothing.
+func (c *Callback) validateDurable() error {
+	switch {
+	case c.Spool == "" && c.DeliverTo != "":
+		return errors.New("deliver_to needs spool: durable mode delivers from a spool directory")
+	case c.Spool == "":
+		return nil
+	case c.spoolDir == "":
+		return errors.New("spool is empty (an unset {env.*} placeholder?)")
+	case c.DeliverTo == "":
+		return errors.New("deliver_to is required with spool: where the spooled callbacks are delivered")
+	case c.MaxAttempts < 1:
+		return fmt.Errorf("max_attempts must be at least 1, got %d", c.MaxAttempts)
+	case c.RetryBackoffMin <= 0 || c.RetryBackoffMax <= 0:
+		return errors.New("retry_backoff durations must be positive")
+	case c.RetryBackoffMin > c.RetryBackoffMax:
+		return fmt.Errorf("retry_backoff: the first delay %s exceeds the maximum %s",
+			time.Duration(c.RetryBackoffMin), time.Duration(c.RetryBackoffMax))
+	case c.DeliveryTimeout <= 0:
+		return errors.New("delivery_timeout must be positive")
+	case c.Concurrency < 1:
+		return fmt.Errorf("concurrency must be at least 1, got %d", c.Concurrency)
+	case c.Retention <= 0:
+		return errors.New("retention must be positive")
+	case c.MaxSpoolSize <= 0:
+		return errors.New("max_spool_size must be positive")
+	case c.MaxBody > maxSpooledBody:
+		return fmt.Errorf("max_body must be at most %d bytes in durable mode", maxSpooledBody)
+	}
+	u, err := url.Parse(c.deliverTo)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return errors.New("deliver_to is not an absolute http(s) URL")
+	}
+	return nil
+}
+
+// cleanupDurable releases the route's spool; the last route using it
+// closes it. It leaves c.store alone: requests of the old config may
+// still be served while it is cleaned up, and a closed spool answers them
+// ErrClosed (503).
+func (c *Callback) cleanupDurable() error {
+	if c.shared != nil {
+		c.shared.detach(c)
+		c.shared = nil
+	}
+	if c.spoolKey == "" {
+		return nil
+	}
+	key := c.spoolKey
+	c.spoolKey = ""
+	_, err := spools.Delete(key)
+	return err
+}
+
+// spoolAck is the answer to a spooled callback.
+type spoolAck struct {
+	Status     string `json:"status"`
+	CallbackID string `json:"callback_id"`
+	Duplicate  bool   `json:"duplicate,omitempty"`
+}
+
+// spoolCallback stores a verified callback in the spool and acknowledges
+// it once it is on stable storage: 202 {"status": "accepted",
+// "callback_id": id}, with "duplicate": true for an id already stored. A
+// spool that cannot store it is answered 503 with Retry-After, never 2xx.
+func (c *Callback) spoolCallback(w http.ResponseWriter, r *http.Request, id, subject, count string, body []byte) error {
+	hdr := make(http.Header, 4)
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		hdr.Set("Content-Type", ct)
+	}
+	hdr.Set(headerAtlasSubject, subject)
+	hdr.Set(headerAtlasDocumentCount, count)
+	hdr.Set(headerAtlasCallbackID, id)
+
+	res, err := c.store.Append(r.Context(), queue.Entry{ID: id, Header: hdr, Body: body})
+	if err != nil {
+		switch {
+		case errors.Is(err, queue.ErrUnavailable), errors.Is(err, queue.ErrClosed):
+			c.metrics.callbacks.WithLabelValues(outcomeUnavailable).Inc()
+			c.logger.Error("callback refused: the spool cannot store it", zap.String("callback_id", id),
+				zap.String("spool", c.spoolDir), zap.Int("bytes", len(body)), zap.Error(err))
+			w.Header().Set("Retry-After", spoolRetryAfter)
+			return httpjson.WriteError(w, http.StatusServiceUnavailable, "the callback cannot be stored right now; retry later")
+		case r.Context().Err() != nil:
+			return caddyhttp.Error(statusClientClosedRequest, fmt.Errorf("spooling callback %s: %w", id, err))
+		}
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("spooling callback %s: %w", id, err))
+	}
+
+	outcome := outcomeAccepted
+	if res.Duplicate {
+		outcome = outcomeDuplicate
+	}
+	c.metrics.callbacks.WithLabelValues(outcome).Inc()
+	if ce := c.logger.Check(zapcore.DebugLevel, "callback spooled"); ce != nil {
+		ce.Write(zap.String("callback_id", id), zap.String("subject", subject),
+			zap.Bool("duplicate", res.Duplicate), zap.Int("bytes", len(body)))
+	}
+	ack, _ := json.Marshal(spoolAck{Status: "accepted", CallbackID: id, Duplicate: res.Duplicate})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusAccepted)
+	_, _ = w.Write(append(ack, '\n'))
+	return nil
+}
+
+// Interface guards
+var _ caddy.Destructor = (*sharedSpool)(nil)
