@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 )
 
@@ -27,9 +28,9 @@ import (
 // kept as it is, and its delivery attempts and loads fail with an error
 // saying so.
 
-// KeyPlaintext is the key id that KeyStats gives to the callbacks stored
-// without encryption.
-const KeyPlaintext = "plaintext"
+// KeyPlaintext is the key id that Stats.Keys gives to the callbacks
+// stored without encryption.
+const KeyPlaintext = queue.KeyPlaintext
 
 // keyInvalid is the key id of a sealed record whose blob names none.
 const keyInvalid = "invalid"
@@ -136,25 +137,31 @@ func isEnqueue(t RecordType) bool {
 	return t == RecordEnqueue || t == RecordSealedEnqueue
 }
 
-// KeyStats counts the callbacks whose bodies are on disk (pending and
-// dead ones) by the id of the key that seals them, KeyPlaintext for those
-// stored in the clear. A key may be retired once no callback counts
-// under it; one that counts under an id the keyring lacks cannot be
-// delivered until that key is configured again.
+// KeyStats is Stats().Keys, never nil: the callbacks whose bodies are on
+// disk (pending and dead ones) by the id of the key that seals them,
+// KeyPlaintext for those stored in the clear. A key may be retired once
+// no callback counts under it; one that counts under an id the keyring
+// lacks cannot be delivered until that key is configured again.
 func (s *FileSpool) KeyStats() map[string]int {
-	m := make(map[string]int)
-	s.mu.Lock()
-	for _, e := range s.entries {
-		if e.state == StateDelivered || e.n == 0 {
-			continue
-		}
-		k := e.key
-		if k == "" {
-			k = KeyPlaintext
-		}
-		m[k]++
+	if m := s.Stats().Keys; m != nil {
+		return m
 	}
-	s.mu.Unlock()
+	return map[string]int{}
+}
+
+// countKey adds e to the counts by key of Stats.
+func countKey(m map[string]int, e *entry) map[string]int {
+	if e.state == StateDelivered || e.n == 0 {
+		return m
+	}
+	k := e.key
+	if k == "" {
+		k = KeyPlaintext
+	}
+	if m == nil {
+		m = make(map[string]int, 2)
+	}
+	m[k]++
 	return m
 }
 

@@ -650,6 +650,7 @@ func (s *FileSpool) Stats() Stats {
 			st.Delivered++
 		}
 		st.LiveBytes += e.liveBytes()
+		st.Keys = countKey(st.Keys, e)
 	}
 	st.InFlight = s.inflight
 	st.SkippedRecords = s.skipped
