@@ -37,11 +37,14 @@ import (
 //		concurrency      <n>
 //		retention        <duration>
 //		max_spool_size   <size>
+//		encryption_key   <key>
+//		dead_letter_retention <duration>
 //	}
 //
 // Give the secrets as {env.NAME} or {file.path} placeholders: they are
 // resolved at provision time and stay out of the adapted JSON. Each
-// subdirective is allowed once, except verify_key, which repeats.
+// subdirective is allowed once, except verify_key and encryption_key,
+// which repeat (the first encryption_key encrypts, all decrypt).
 // `spool` enables durable mode and needs `deliver_to`; the other durable
 // settings have defaults (see Callback).
 func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
@@ -56,7 +59,7 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
-		if name != "verify_key" {
+		if name != "verify_key" && name != "encryption_key" {
 			if seen[name] {
 				return d.Errf("%s specified more than once", name)
 			}
@@ -91,7 +94,8 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 		case "deliver_to":
 			str = &c.DeliverTo
 		case "verify_key", "token_ttl", "leeway", "max_body",
-			"max_attempts", "concurrency", "delivery_timeout", "retention", "max_spool_size":
+			"max_attempts", "concurrency", "delivery_timeout", "retention", "max_spool_size",
+			"encryption_key", "dead_letter_retention":
 		default:
 			return d.Errf("unrecognized subdirective %q", name)
 		}
@@ -107,6 +111,11 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 		switch name {
 		case "verify_key":
 			c.VerifyKeys = append(c.VerifyKeys, val)
+		case "encryption_key":
+			if val == "" {
+				return d.Errf("encryption_key must not be empty")
+			}
+			c.EncryptionKeys = append(c.EncryptionKeys, val)
 		case "token_ttl", "leeway":
 			dur, err := caddy.ParseDuration(val)
 			if err != nil {
@@ -151,7 +160,7 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 			} else {
 				c.Concurrency = n
 			}
-		case "delivery_timeout", "retention":
+		case "delivery_timeout", "retention", "dead_letter_retention":
 			dur, err := caddy.ParseDuration(val)
 			if err != nil {
 				return d.Errf("%s: %v", name, err)
@@ -159,10 +168,13 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 			if dur <= 0 {
 				return d.Errf("%s must be positive, got %s", name, val)
 			}
-			if name == "delivery_timeout" {
+			switch name {
+			case "delivery_timeout":
 				c.DeliveryTimeout = caddy.Duration(dur)
-			} else {
+			case "retention":
 				c.Retention = caddy.Duration(dur)
+			default:
+				c.DeadLetterRetention = caddy.Duration(dur)
 			}
 		default:
 			if val == "" {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 	"github.com/caddy-atlas/caddy-atlas/queue"
+	"github.com/caddy-atlas/caddy-atlas/seal"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/body"
 	"github.com/caddy-atlas/caddy-atlas/callback/payload"
@@ -167,6 +168,20 @@ type Callback struct {
 	// callbacks are answered 503. Default: 4 GiB.
 	MaxSpoolSize int64 `json:"max_spool_size,omitempty"`
 
+	// Keys that encrypt the spooled callbacks at rest (AES-256-GCM):
+	// each 32 random bytes in base64 or hex, given as {file.path} or
+	// {env.NAME} placeholders, resolved at provision time. The first
+	// encrypts, all decrypt: to rotate, put a new key first and keep the
+	// old one until the admin API shows no callback under its key id.
+	// Without a key, durable mode stores the payloads unencrypted, and
+	// says so in a warning at provision time.
+	EncryptionKeys []string `json:"encryption_keys,omitempty"`
+
+	// How long a dead letter is kept, body included, after its last
+	// attempt; then it is purged and counted in
+	// caddy_atlas_dead_letters_expired_total. Default: 30 days.
+	DeadLetterRetention caddy.Duration `json:"dead_letter_retention,omitempty"`
+
 	// runtime state
 	clientID     string
 	idDigest     [sha256.Size]byte
@@ -190,6 +205,7 @@ type Callback struct {
 	spoolKey  string
 	shared    *sharedSpool
 	store     queue.Store
+	keyring   *seal.Keyring
 }
 
 // Provision resolves the secrets, applies the defaults, parses the keys,

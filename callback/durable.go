@@ -22,6 +22,7 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
 	"github.com/caddy-atlas/caddy-atlas/queue"
+	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
@@ -34,6 +35,8 @@ const (
 	DefaultConcurrency     = spool.DefaultConcurrency
 	DefaultRetention       = spool.DefaultRetention
 	DefaultMaxSpoolSize    = spool.DefaultMaxDiskBytes
+
+	DefaultDeadLetterRetention = spool.DefaultDeadLetterRetention
 
 	// spoolRetryAfter is the Retry-After, in seconds, of a callback
 	// refused because the spool cannot store it.
@@ -67,6 +70,10 @@ type durableSettings struct {
 	concurrency     int
 	retention       time.Duration
 	maxSpoolSize    int64
+	deadRetention   time.Duration
+	// keyIDs are the ids of the encryption keys, comma-separated, first
+	// the one that encrypts; "" for none.
+	keyIDs string
 }
 
 // sharedSpool is an open spool in the usage pool, with the HTTP transport
@@ -111,6 +118,9 @@ func (s *sharedSpool) options(c *Callback) spool.Options {
 		MaxDiskBytes:    c.durable.maxSpoolSize,
 		Logger:          c.logger.Named("spool").With(zap.String("spool", s.dir)),
 		Observer:        spoolObserver{registerSpoolMetrics(nil)},
+		Keyring:         c.keyring,
+
+		DeadLetterRetention: c.durable.deadRetention,
 	}
 }
 
@@ -234,7 +244,13 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	if c.MaxSpoolSize == 0 {
 		c.MaxSpoolSize = DefaultMaxSpoolSize
 	}
+	if c.DeadLetterRetention == 0 {
+		c.DeadLetterRetention = caddy.Duration(DefaultDeadLetterRetention)
+	}
 	repl := caddy.NewReplacer()
+	if err := c.provisionKeyring(repl); err != nil {
+		return err
+	}
 	c.spoolDir = repl.ReplaceKnown(c.Spool, "")
 	c.deliverTo = repl.ReplaceKnown(c.DeliverTo, "")
 	deliverTo := c.deliverTo
@@ -254,6 +270,8 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 		concurrency:     c.Concurrency,
 		retention:       time.Duration(c.Retention),
 		maxSpoolSize:    c.MaxSpoolSize,
+		deadRetention:   time.Duration(c.DeadLetterRetention),
+		keyIDs:          strings.Join(c.keyring.KeyIDs(), ","),
 	}
 	if r := ctx.GetMetricsRegistry(); r != nil {
 		c.configKey = r // one registry per loaded config
@@ -280,7 +298,41 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	u, _ := url.Parse(deliverTo)
 	c.logger.Info("callback route in durable mode", zap.String("spool", shared.dir),
 		zap.String("deliver_to", u.Redacted()), zap.Int("concurrency", c.Concurrency),
-		zap.Int("max_attempts", c.MaxAttempts))
+		zap.Int("max_attempts", c.MaxAttempts), zap.Strings("encryption_key_ids", c.keyring.KeyIDs()))
+	if c.keyring == nil {
+		c.logger.Warn("durable mode without encryption_key: payloads are stored unencrypted",
+			zap.String("spool", shared.dir))
+	}
+	return nil
+}
+
+// provisionKeyring resolves and parses the encryption keys. Errors name
+// a key by its position, never by its value.
+func (c *Callback) provisionKeyring(repl *caddy.Replacer) error {
+	c.keyring = nil
+	if len(c.EncryptionKeys) == 0 {
+		return nil
+	}
+	keys := make([][]byte, len(c.EncryptionKeys))
+	for i, v := range c.EncryptionKeys {
+		raw := repl.ReplaceKnown(v, "")
+		if strings.TrimSpace(raw) == "" {
+			return fmt.Errorf("encryption_key %d is empty (an unset {env.*} or unreadable {file.*} placeholder?)", i+1)
+		}
+		k, err := seal.ParseKey(raw)
+		if err != nil {
+			return fmt.Errorf("encryption_key %d: %w", i+1, err)
+		}
+		keys[i] = k
+	}
+	kr, err := seal.NewKeyring(keys...)
+	for _, k := range keys {
+		clear(k)
+	}
+	if err != nil {
+		return fmt.Errorf("encryption_key: %w", err)
+	}
+	c.keyring = kr
 	return nil
 }
 
@@ -290,6 +342,8 @@ func (c *Callback) validateDurable() error {
 	switch {
 	case c.Spool == "" && c.DeliverTo != "":
 		return errors.New("deliver_to needs spool: durable mode delivers from a spool directory")
+	case c.Spool == "" && len(c.EncryptionKeys) > 0:
+		return errors.New("encryption_key needs spool: it encrypts the spooled callbacks")
 	case c.Spool == "":
 		return nil
 	case c.spoolDir == "":
@@ -311,6 +365,10 @@ func (c *Callback) validateDurable() error {
 		return errors.New("retention must be positive")
 	case c.MaxSpoolSize <= 0:
 		return errors.New("max_spool_size must be positive")
+	case c.DeadLetterRetention <= 0:
+		return errors.New("dead_letter_retention must be positive")
+	case len(c.EncryptionKeys) > 0 && c.keyring == nil:
+		return errors.New("encryption_key is not provisioned")
 	case c.MaxBody > maxSpooledBody:
 		return fmt.Errorf("max_body must be at most %d bytes in durable mode", maxSpooledBody)
 	}
