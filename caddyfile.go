@@ -35,6 +35,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		token_header     <name>
 //		timeout          <duration>
 //		max_upload_body  <size>
+//		token_storage    off
 //		mask             <field> [last4|redact]   # repeatable
 //		callback <path> {
 //			...
@@ -43,6 +44,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 // Give secrets as {env.NAME} or {file.path} placeholders: they are
 // resolved when the config is loaded, so they stay out of the JSON config.
+// The Atlas token is kept, sealed, in Caddy's storage so that instances
+// sharing a storage share one token; token_storage off keeps it in memory.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume the directive name
 	if d.NextArg() {
@@ -85,6 +88,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			target = &h.UploadPath
 		case "token_header":
 			target = &h.TokenHeader
+		case "token_storage":
+			target = &h.TokenStorage
 		case "timeout", "max_upload_body":
 		default:
 			return d.Errf("unrecognized subdirective %q", sub)
@@ -115,6 +120,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_upload_body must be between 1B and 1TiB, got %q", val)
 			}
 			h.MaxUploadBody = int64(size)
+		case "token_storage":
+			if val != tokenStorageOff {
+				return d.Errf("token_storage must be %q (the default shares the token through Caddy's storage), got %q", tokenStorageOff, val)
+			}
+			*target = val
 		default:
 			if val == "" {
 				return d.Errf("%s must not be empty", sub)

@@ -74,6 +74,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "bad size", input: "atlas {\n max_upload_body lots\n}", wantErr: `bad max_upload_body "lots"`},
 		{name: "zero size", input: "atlas {\n max_upload_body 0\n}", wantErr: "max_upload_body must be between"},
 		{name: "empty value", input: "atlas {\n endpoint \"\"\n}", wantErr: "endpoint must not be empty"},
+		{name: "token_storage off", input: "atlas {\n token_storage off\n}", want: Handler{TokenStorage: "off"}},
+		{name: "token_storage other", input: "atlas {\n token_storage redis\n}", wantErr: `token_storage must be "off"`},
+		{name: "token_storage bare", input: "atlas {\n token_storage\n}", wantErr: "wrong argument count"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h Handler

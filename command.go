@@ -113,6 +113,11 @@ func cmdAtlasList(cmd *cobra.Command, _ []string) error {
 	if err := json.Unmarshal(body, &l); err != nil {
 		return fmt.Errorf("decoding the admin API's answer: %v", err)
 	}
+	if len(l.Spools) == 0 {
+		// Spools are opened by callback routes in durable mode only.
+		fmt.Fprintln(out, "no durable callback route is configured: this Caddy has no open spool (add spool and deliver_to to a callback block)")
+		return nil
+	}
 	for _, s := range l.Spools {
 		fmt.Fprintf(out, "spool %s: %d pending, %d dead, %d delivered\n", s.Dir, s.Pending, s.Dead, s.Delivered)
 	}

@@ -18,7 +18,20 @@ type outboundMetrics struct {
 	replays            prometheus.Counter
 	upstreamRequests   *prometheus.CounterVec
 	upstreamDuration   *prometheus.HistogramVec
+	// routes holds each route's children of the two vectors, looked up
+	// once: WithLabelValues hashes its labels on every call. Read-only
+	// once built.
+	routes map[string]*routeMetrics
 }
+
+// routeMetrics are one route's upstream collectors.
+type routeMetrics struct {
+	duration prometheus.Observer
+	requests [len(statusClasses)]prometheus.Counter // by statusClassIndex
+}
+
+// statusClasses are the values of the class label.
+var statusClasses = [...]string{"error", "1xx", "2xx", "3xx", "4xx", "5xx"}
 
 var (
 	outboundMetricsOnce sync.Once
@@ -62,6 +75,14 @@ func provisionOutboundMetrics(registry *prometheus.Registry) *outboundMetrics {
 				Buckets: prometheus.DefBuckets,
 			}, []string{"route"}),
 		}
+		outboundCollectors.routes = map[string]*routeMetrics{}
+		for _, route := range []string{routeExtracts, routeUpload} {
+			rm := &routeMetrics{duration: outboundCollectors.upstreamDuration.WithLabelValues(route)}
+			for i, class := range statusClasses {
+				rm.requests[i] = outboundCollectors.upstreamRequests.WithLabelValues(route, class)
+			}
+			outboundCollectors.routes[route] = rm
+		}
 	})
 	for _, c := range []prometheus.Collector{
 		outboundCollectors.tokenFetches, outboundCollectors.tokenFetchDuration, outboundCollectors.tokenAge,
@@ -74,6 +95,11 @@ func provisionOutboundMetrics(registry *prometheus.Registry) *outboundMetrics {
 
 // observeUpstream records one upstream exchange of a route.
 func (m *outboundMetrics) observeUpstream(route string, status int, took time.Duration) {
+	if rm := m.routes[route]; rm != nil {
+		rm.requests[statusClassIndex(status)].Inc()
+		rm.duration.Observe(took.Seconds())
+		return
+	}
 	m.upstreamRequests.WithLabelValues(route, statusClass(status)).Inc()
 	m.upstreamDuration.WithLabelValues(route).Observe(took.Seconds())
 }
@@ -81,19 +107,24 @@ func (m *outboundMetrics) observeUpstream(route string, status int, took time.Du
 // statusClass names the class of an HTTP status, or "error" when there
 // was no response.
 func statusClass(status int) string {
+	return statusClasses[statusClassIndex(status)]
+}
+
+// statusClassIndex is the index in statusClasses of status's class.
+func statusClassIndex(status int) int {
 	switch {
 	case status >= 500 && status < 600:
-		return "5xx"
+		return 5
 	case status >= 400:
-		return "4xx"
+		return 4
 	case status >= 300:
-		return "3xx"
+		return 3
 	case status >= 200:
-		return "2xx"
+		return 2
 	case status >= 100:
-		return "1xx"
+		return 1
 	}
-	return "error"
+	return 0
 }
 
 // tokenAgeCollector reports the age of each live token source's token.

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -97,6 +98,13 @@ type Handler struct {
 	// The largest upload request body accepted, in bytes. Default: 1 MiB.
 	MaxUploadBody int64 `json:"max_upload_body,omitempty"`
 
+	// Where the Atlas token is kept besides memory. Default (empty): in
+	// Caddy's configured storage (the `storage` global option), sealed
+	// with a key derived from the client secret, so that every instance
+	// sharing that storage shares one token, fetched by one of them under
+	// the storage's lock. "off": in memory only, one token per instance.
+	TokenStorage string `json:"token_storage,omitempty"`
+
 	// Fields the apps see masked, in both directions: extracts pages
 	// (and all=1), callback hand-offs (synchronous and durable) and the
 	// admin API's ?body=1. Without it, payloads pass unchanged.
@@ -112,6 +120,7 @@ type Handler struct {
 	uploadPath   string
 	poolKey      string
 	tokens       *sharedTokenSource
+	tokenStore   *storageTokenStore // attached to tokens.stores
 	upstream     *http.Client
 	metrics      *outboundMetrics
 	masker       *mask.Masker
@@ -197,15 +206,26 @@ func (h *Handler) provisionOutbound(ctx caddy.Context) error {
 	// neither re-authenticates nor strands connections. The key holds a digest of the secret, never the
 	// secret itself.
 	digest := sha256.Sum256([]byte(secret))
-	h.poolKey = endpoint + "\x00" + h.clientID + "\x00" + hex.EncodeToString(digest[:])
+	storage := contextStorage(ctx)
+	shared := h.TokenStorage != tokenStorageOff && storage != nil
+	h.poolKey = endpoint + "\x00" + h.clientID + "\x00" + hex.EncodeToString(digest[:]) + "\x00" + strconv.FormatBool(shared)
 	val, _, err := tokenSources.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-		return newSharedTokenSource(endpoint, h.clientID, secret, h.metrics)
+		return newSharedTokenSource(endpoint, h.clientID, secret, shared, h.metrics, h.logger)
 	})
 	if err != nil {
 		h.poolKey = ""
 		return err
 	}
 	h.tokens = val.(*sharedTokenSource)
+	if shared {
+		// The token is shared through this config's storage.
+		st, err := newStorageTokenStore(storage, endpoint, h.clientID, secret)
+		if err != nil {
+			return err
+		}
+		h.tokenStore = st
+		h.tokens.stores.attach(st)
+	}
 
 	h.upstream = &http.Client{
 		Transport: &atlasclient.Transport{
@@ -249,6 +269,9 @@ func (h *Handler) Validate() error {
 	if h.MaxUploadBody < 0 {
 		return errors.New("max_upload_body must not be negative")
 	}
+	if h.TokenStorage != "" && h.TokenStorage != tokenStorageOff {
+		return fmt.Errorf("token_storage must be empty (Caddy's storage) or %q, got %q", tokenStorageOff, h.TokenStorage)
+	}
 	if h.TokenHeader != "" && !validHeaderName(h.TokenHeader) {
 		return fmt.Errorf("token_header %q is not a valid header name", h.TokenHeader)
 	}
@@ -283,6 +306,10 @@ func validHeaderName(s string) bool {
 // resources. It is safe after a failed Provision.
 func (h *Handler) Cleanup() error {
 	var errs []error
+	if h.tokenStore != nil {
+		h.tokens.stores.detach(h.tokenStore)
+		h.tokenStore = nil
+	}
 	if h.poolKey != "" {
 		if _, err := tokenSources.Delete(h.poolKey); err != nil {
 			errs = append(errs, err)
@@ -308,24 +335,33 @@ type sharedTokenSource struct {
 	transport *http.Transport
 	clientID  string
 	metrics   *outboundMetrics
+	logger    *zap.Logger
+	// stores is where the token is shared, when it is (nil otherwise).
+	stores *tokenStores
 	// lastFetch is the Unix time in nanoseconds of the last successful
 	// authtoken call, for the token age metric.
 	lastFetch atomic.Int64
 }
 
-func newSharedTokenSource(endpoint, clientID, secret string, m *outboundMetrics) (*sharedTokenSource, error) {
+func newSharedTokenSource(endpoint, clientID, secret string, shared bool, m *outboundMetrics, logger *zap.Logger) (*sharedTokenSource, error) {
 	s := &sharedTokenSource{
 		clientID:  clientID,
 		metrics:   m,
+		logger:    logger,
 		transport: outbound.NewTransport(),
 	}
-	src, err := atlasclient.NewTokenSource(atlasclient.TokenOptions{
+	opts := atlasclient.TokenOptions{
 		Endpoint:     endpoint,
 		ClientID:     clientID,
 		ClientSecret: secret,
 		HTTPClient:   &http.Client{Transport: s.transport, Timeout: atlasclient.DefaultHTTPTimeout},
 		Observer:     s,
-	})
+	}
+	if shared {
+		s.stores = new(tokenStores)
+		opts.Shared = s.stores
+	}
+	src, err := atlasclient.NewTokenSource(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -343,6 +379,19 @@ func (s *sharedTokenSource) TokenFetched(outcome string, took time.Duration) {
 	s.metrics.tokenFetchDuration.Observe(took.Seconds())
 }
 
+// TokenLoaded records that the token in use was fetched by another
+// instance (or an earlier run), for the token age metric.
+func (s *sharedTokenSource) TokenLoaded(issuedAt time.Time) {
+	s.lastFetch.Store(issuedAt.UnixNano())
+}
+
+// SharedStoreFailed logs a failure of the token storage; the source then
+// fetches a token of its own, as without shared storage.
+func (s *sharedTokenSource) SharedStoreFailed(op string, err error) {
+	s.logger.Warn("atlas token storage failed; this instance uses a token of its own",
+		zap.String("client_id", s.clientID), zap.String("operation", op), zap.Error(err))
+}
+
 // Destruct stops the token source and closes the idle connections when
 // the last config using them is unloaded.
 func (s *sharedTokenSource) Destruct() error {
@@ -354,10 +403,11 @@ func (s *sharedTokenSource) Destruct() error {
 
 // Interface guards
 var (
-	_ caddy.Provisioner           = (*Handler)(nil)
-	_ caddy.Validator             = (*Handler)(nil)
-	_ caddy.CleanerUpper          = (*Handler)(nil)
-	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
-	_ caddy.Destructor            = (*sharedTokenSource)(nil)
-	_ atlasclient.TokenObserver   = (*sharedTokenSource)(nil)
+	_ caddy.Provisioner               = (*Handler)(nil)
+	_ caddy.Validator                 = (*Handler)(nil)
+	_ caddy.CleanerUpper              = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler     = (*Handler)(nil)
+	_ caddy.Destructor                = (*sharedTokenSource)(nil)
+	_ atlasclient.TokenObserver       = (*sharedTokenSource)(nil)
+	_ atlasclient.SharedTokenObserver = (*sharedTokenSource)(nil)
 )

@@ -59,6 +59,7 @@ func TestValidate(t *testing.T) {
 		{"same paths", Handler{extractsPath: "/a", uploadPath: "/a"}, "are the same path"},
 		{"bad token header", Handler{extractsPath: "/a", TokenHeader: "To ken"}, "not a valid header name"},
 		{"every route off", Handler{}, "every route is off"},
+		{"bad token storage", Handler{extractsPath: "/a", TokenStorage: "local"}, `token_storage must be empty (Caddy's storage) or "off"`},
 		{"clash with callback", Handler{extractsPath: "/hooks", Callback: &callback.Callback{Path: "/hooks", AuthPath: "/hooks/auth"}}, "used by both"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -63,8 +63,15 @@ type TokenOptions struct {
 	// Now is the clock that decides expiry, refresh and cooldown.
 	// Default time.Now.
 	Now func() time.Time
-	// Observer, if not nil, is told about every authtoken call.
+	// Observer, if not nil, is told about every authtoken call. If it
+	// also implements SharedTokenObserver, it is told about Shared too.
 	Observer TokenObserver
+	// Shared, if not nil, is a token store shared with other sources,
+	// typically the other instances of a fleet: a refresh takes the
+	// shared token when it is usable, and calls authtoken only under the
+	// store's lock, storing the new token for the others. See
+	// SharedTokenStore.
+	Shared SharedTokenStore
 }
 
 // TokenObserver receives optional hooks, for metrics. Its methods may be
@@ -99,6 +106,13 @@ func (t Token) validAt(now time.Time) bool {
 	return t.Value != "" && now.Before(t.Expiry)
 }
 
+// refreshAt is when t enters its refresh window, the last fraction
+// before of its lifetime.
+func (t Token) refreshAt(before float64) time.Time {
+	lifetime := t.Expiry.Sub(t.IssuedAt)
+	return t.Expiry.Add(-time.Duration(float64(lifetime) * before))
+}
+
 // TokenSource fetches Atlas access tokens, caches them, and refreshes them
 // in the background before they expire. At most one authtoken call is in
 // flight at any time, however many goroutines ask for a token. It is safe
@@ -113,6 +127,8 @@ type TokenSource struct {
 	maxBackoff    time.Duration
 	now           func() time.Time
 	observer      TokenObserver
+	shared        SharedTokenStore
+	sharedObs     SharedTokenObserver // nil unless observer implements it
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -124,6 +140,7 @@ type TokenSource struct {
 	lastErr   error      // of the last failed refresh, ready to return
 	coolUntil time.Time  // no refresh starts before then
 	failures  int        // consecutive failed refreshes
+	rejected  string     // the last value passed to Invalidate
 	closed    bool
 }
 
@@ -157,7 +174,9 @@ func NewTokenSource(opts TokenOptions) (*TokenSource, error) {
 		maxBackoff:    opts.MaxBackoff,
 		now:           opts.Now,
 		observer:      opts.Observer,
+		shared:        opts.Shared,
 	}
+	s.sharedObs, _ = opts.Observer.(SharedTokenObserver)
 	if s.hc == nil {
 		s.hc = &http.Client{Timeout: DefaultHTTPTimeout}
 	}
@@ -243,11 +262,18 @@ func (s *TokenSource) Token(ctx context.Context) (Token, error) {
 
 // Invalidate drops the cached token if its value is still value, so that
 // the next Token call fetches a new one. Use it when Atlas answered 401 to
-// that token.
+// that token. With a Shared store, the next refresh does not take value
+// from the store either: it calls authtoken, under the store's lock,
+// unless another source has already replaced value there, and stores the
+// new token in its place, so that the rejection holds for the fleet.
 func (s *TokenSource) Invalidate(value string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if value != "" && s.tok.Value == value {
+	if value == "" {
+		return
+	}
+	s.rejected = value
+	if s.tok.Value == value {
 		s.tok = Token{}
 	}
 }
@@ -267,8 +293,7 @@ func (s *TokenSource) Close() {
 
 // refreshAt is when the cached token enters its refresh window.
 func (s *TokenSource) refreshAt() time.Time {
-	lifetime := s.tok.Expiry.Sub(s.tok.IssuedAt)
-	return s.tok.Expiry.Add(-time.Duration(float64(lifetime) * s.refreshBefore))
+	return s.tok.refreshAt(s.refreshBefore)
 }
 
 // startLocked starts a refresh. s.mu must be held, no refresh may be in
@@ -284,7 +309,20 @@ func (s *TokenSource) startLocked() *fetchCall {
 // refresh runs one refresh and publishes its result.
 func (s *TokenSource) refresh(c *fetchCall) {
 	defer s.wg.Done()
-	tok, retryAfter, err := s.fetchWithRetry()
+	var (
+		tok        Token
+		retryAfter time.Duration
+		err        error
+	)
+	for range sharedAttempts {
+		tok, retryAfter, err = s.obtain()
+		// A token taken from the shared store may have been rejected
+		// (Invalidate) while it was being read: take another.
+		if err != nil || tok.Value != s.rejectedValue() {
+			break
+		}
+		tok, err = Token{}, fmt.Errorf("%w: the shared token was rejected", ErrTokenUnavailable)
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()

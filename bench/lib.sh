@@ -37,3 +37,35 @@ to_ms() {
 		else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 }
 		else print v }'
 }
+
+# ratio A B prints A / B.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
+
+# median of the numbers given.
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
+# start_upstream PORT: builds bench/upstream (the fast stand-in for Atlas
+# and for the app) and runs it on localhost:PORT, in its own process, with
+# the credentials in $ATLAS_CLIENT_ID and $ATLAS_CLIENT_SECRET.
+start_upstream() {
+	go build -o "$work/upstream" ./bench/upstream
+	"$work/upstream" -listen "127.0.0.1:$1" -client-id "$ATLAS_CLIENT_ID" -client-secret "$ATLAS_CLIENT_SECRET" \
+		>"$work/upstream.log" 2>&1 &
+	for _ in $(seq 100); do
+		curl -fs -o /dev/null "localhost:$1/_counts" && return 0
+		sleep 0.1
+	done
+	cat "$work/upstream.log" >&2
+	exit 1
+}
+
+# upstream_token PORT prints a token from the upstream's authtoken.
+upstream_token() {
+	curl -fs -X POST -H "Client-Id: $ATLAS_CLIENT_ID" -H "Client-Secret: $ATLAS_CLIENT_SECRET" \
+		"localhost:$1/v1/docstream/authtoken" | sed -E 's/.*"access_token": *"([^"]+)".*/\1/'
+}
+
+# sink_counts PORT prints the callback sink's counts as "requests distinct_ids".
+sink_counts() {
+	curl -fs "localhost:$1/_counts" | sed -E 's/.*"distinct_ids":([0-9]+).*"requests":([0-9]+).*/\2 \1/'
+}

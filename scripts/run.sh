@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
-# Runs Caddy with caddy-atlas and example.Caddyfile. The bundled Atlas
-# simulator (port 8081) stands in for Atlas unless ATLAS_ENDPOINT names
-# another one. Demo credentials are filled in for whatever is unset.
+# Runs the caddy-atlas demo: Caddy with the plugin and example.Caddyfile,
+# the bundled Atlas simulator (port 8081) standing in for Atlas unless
+# ATLAS_ENDPOINT names another one, durable callbacks spooled under
+# .caddy-atlas-demo/spool, and a stand-in app (port 9000) that shows what
+# it received. Demo credentials are filled in for whatever is unset.
+#
+# The binary is built into .caddy-atlas-demo/bin/caddy, then exec'd: the
+# script's PID is Caddy's, so `kill <pid>` or Ctrl-C stops Caddy and
+# frees every port.
+#
+# Environment: ATLAS_ENDPOINT, ATLAS_CLIENT_ID, ATLAS_CLIENT_SECRET,
+# ATLAS_CALLBACK_CLIENT_ID, ATLAS_CALLBACK_CLIENT_SECRET,
+# ATLAS_CALLBACK_SIGNING_KEY, ATLAS_SPOOL_DIR (default
+# .caddy-atlas-demo/spool).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+demo=$PWD/.caddy-atlas-demo
+mkdir -p "$demo/bin"
+go build -o "$demo/bin/caddy" ./cmd/caddy
 
 export ATLAS_ENDPOINT="${ATLAS_ENDPOINT:-http://localhost:8081}"
 export ATLAS_CLIENT_ID="${ATLAS_CLIENT_ID:-demo-client}"
@@ -12,5 +27,33 @@ export ATLAS_CALLBACK_CLIENT_ID="${ATLAS_CALLBACK_CLIENT_ID:-atlas}"
 export ATLAS_CALLBACK_CLIENT_SECRET="${ATLAS_CALLBACK_CLIENT_SECRET:-atlas-callback-secret}"
 # A fresh random HMAC key per run unless one is given.
 export ATLAS_CALLBACK_SIGNING_KEY="${ATLAS_CALLBACK_SIGNING_KEY:-$(head -c 48 /dev/urandom | base64 | tr -d '\n')}"
+export ATLAS_SPOOL_DIR="${ATLAS_SPOOL_DIR:-$demo/spool}"
 
-exec go run ./cmd/caddy run --config example.Caddyfile --adapter caddyfile
+# The banner shows the callback credentials only if they are the demo's.
+shown_secret='<your ATLAS_CALLBACK_CLIENT_SECRET>'
+if [ "$ATLAS_CALLBACK_CLIENT_SECRET" = atlas-callback-secret ]; then
+	shown_secret=$ATLAS_CALLBACK_CLIENT_SECRET
+fi
+
+cat >&2 <<BANNER
+
+caddy-atlas demo (PID $$; stop it with Ctrl-C or kill $$)
+  gateway    http://localhost:8080   /atlas/extracts, /atlas/multiupload; Atlas's callback_url
+                                     /hooks/atlas and auth_url /hooks/atlas/auth
+  Atlas      $ATLAS_ENDPOINT   (the simulator listens on http://localhost:8081)
+  app        http://localhost:9000   a stand-in; what it received: http://localhost:9000/callbacks
+  admin      http://localhost:2019   Caddy's admin API, /metrics, /atlas/callbacks
+  spool      $ATLAS_SPOOL_DIR
+
+Try, in another shell:
+  # 1. upload two documents through the gateway (the app holds no Atlas credentials)
+  n=\$RANDOM; batch=\$(curl -s localhost:8080/atlas/multiupload -H 'Content-Type: application/json' -d '{"product_type": "LOAN_APP", "file_urls": [{"file_url": "https://files.example.com/pan.pdf", "document_id": "pan-'\$n'"}, {"file_url": "https://files.example.com/aadhaar.pdf", "document_id": "aadhaar-'\$n'"}]}' | grep -o 'BATCH-[^"]*' | head -n 1); echo \$batch
+  # 2. let the simulator play Atlas: it authenticates at the auth_url and POSTs the batch's results to the
+  #    callback_url; the spool answers 202, then delivers to the app (run it again: "duplicate": true, not delivered twice)
+  curl -s localhost:8081/_sim/callback -d '{"auth_url": "http://localhost:8080/hooks/atlas/auth", "callback_url": "http://localhost:8080/hooks/atlas", "client_id": "$ATLAS_CALLBACK_CLIENT_ID", "client_secret": "$shown_secret", "batch_id": "'\$batch'"}'
+  # 3. what the app received, and what the spool holds
+  curl -s localhost:9000/callbacks; $demo/bin/caddy atlas callbacks list --state delivered
+
+BANNER
+
+exec "$demo/bin/caddy" run --config example.Caddyfile --adapter caddyfile

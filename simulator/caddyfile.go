@@ -31,10 +31,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    token_lifetime     <duration>
 //	    upload_response    array|object
 //	    document_type_form string|object
+//	    one_live_token
 //	}
 //
 // The block is optional; without client_id and client_secret the
-// simulator accepts demo-client / demo-secret. Use {env.X} or
+// simulator accepts demo-client / demo-secret. one_live_token makes each
+// issued token revoke the client's previous ones. Use {env.X} or
 // {file.path} for credentials you do not want in the adapted JSON.
 // FOR TESTS AND DEMOS ONLY: never serve it to real traffic.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -47,7 +49,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
 		switch sub {
-		case "client_id", "client_secret", "token_lifetime", "upload_response", "document_type_form":
+		case "client_id", "client_secret", "token_lifetime", "upload_response", "document_type_form", "one_live_token":
 		default:
 			return d.Errf("unrecognized subdirective %q", sub)
 		}
@@ -56,6 +58,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		seen[sub] = true
 
+		if sub == "one_live_token" {
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.OneLiveToken = true
+			continue
+		}
 		var arg string
 		if !d.Args(&arg) {
 			return d.ArgErr()

@@ -32,6 +32,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				token_lifetime 1h
 				upload_response object
 				document_type_form object
+				one_live_token
 			}`,
 			want: Handler{
 				ClientID:         "demo-client",
@@ -39,6 +40,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				TokenLifetime:    caddy.Duration(time.Hour),
 				UploadResponse:   "object",
 				DocumentTypeForm: "object",
+				OneLiveToken:     true,
 			},
 		},
 		{
@@ -71,6 +73,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "token_lifetime negative", input: "atlas_simulator {\ntoken_lifetime -5m\n}", wantErr: "token_lifetime must be positive"},
 		{name: "upload_response bad", input: "atlas_simulator {\nupload_response list\n}", wantErr: `upload_response must be "array" or "object"`},
 		{name: "document_type_form bad", input: "atlas_simulator {\ndocument_type_form map\n}", wantErr: `document_type_form must be "string" or "object"`},
+		{name: "one_live_token with a value", input: "atlas_simulator {\none_live_token yes\n}", wantErr: "wrong argument count"},
+		{name: "one_live_token repeated", input: "atlas_simulator {\none_live_token\none_live_token\n}", wantErr: "one_live_token specified more than once"},
 		{name: "upload_response missing value", input: "atlas_simulator {\nupload_response\n}", wantErr: "wrong argument count"},
 	}
 	for _, tt := range tests {
@@ -111,6 +115,7 @@ func TestAdapt(t *testing.T) {
 		"\t\tclient_secret {env.ATLAS_SIM_SECRET}\n" +
 		"\t\ttoken_lifetime 1h\n" +
 		"\t\tupload_response object\n" +
+		"\t\tone_live_token\n" +
 		"\t}\n" +
 		"}\n"
 	adapter := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}
@@ -135,6 +140,7 @@ func TestAdapt(t *testing.T) {
 		"client_secret":   "{env.ATLAS_SIM_SECRET}",
 		"token_lifetime":  float64(time.Hour),
 		"upload_response": "object",
+		"one_live_token":  true,
 	}
 	if diff := cmp.Diff(want, handlers[0]); diff != "" {
 		t.Errorf("first handler (-want +got):\n%s\nconfig: %s", diff, out)

@@ -65,6 +65,11 @@ type Handler struct {
 	// documentation does not settle it.
 	DocumentTypeForm string `json:"document_type_form,omitempty"`
 
+	// OneLiveToken keeps one live token per client: issuing a token
+	// revokes the client's previous ones, which then answer 401. Default
+	// off (every unexpired token is live).
+	OneLiveToken bool `json:"one_live_token,omitempty"`
+
 	clientID     string
 	clientSecret string
 	key          poolKey
@@ -79,6 +84,7 @@ type poolKey struct {
 	tokenLifetime          time.Duration
 	uploadResponse         string
 	documentTypeForm       string
+	oneLiveToken           bool
 }
 
 // poolEntry is a pooled simulator.
@@ -123,6 +129,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		tokenLifetime:    lifetime,
 		uploadResponse:   orDefault(h.UploadResponse, atlastest.UploadResponseArray),
 		documentTypeForm: orDefault(h.DocumentTypeForm, atlastest.DocumentTypeString),
+		oneLiveToken:     h.OneLiveToken,
 	}
 	val, loaded, err := simulators.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		return poolEntry{sim: atlastest.New(atlastest.Options{
@@ -131,6 +138,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			TokenLifetime:       h.key.tokenLifetime,
 			UploadResponseShape: h.key.uploadResponse,
 			DocumentTypeForm:    h.key.documentTypeForm,
+			OneLiveToken:        h.key.oneLiveToken,
 		})}, nil
 	})
 	if err != nil {
@@ -144,6 +152,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		zap.Duration("token_lifetime", lifetime),
 		zap.String("upload_response", h.key.uploadResponse),
 		zap.String("document_type_form", h.key.documentTypeForm),
+		zap.Bool("one_live_token", h.key.oneLiveToken),
 	)
 	return nil
 }

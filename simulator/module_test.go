@@ -46,12 +46,13 @@ func TestJSONRoundTrip(t *testing.T) {
 		TokenLifetime:    caddy.Duration(45 * time.Minute),
 		UploadResponse:   "object",
 		DocumentTypeForm: "object",
+		OneLiveToken:     true,
 	}
 	b, err := json.Marshal(in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"client_id":"id","client_secret":"{env.SECRET}","token_lifetime":2700000000000,"upload_response":"object","document_type_form":"object"}`
+	want := `{"client_id":"id","client_secret":"{env.SECRET}","token_lifetime":2700000000000,"upload_response":"object","document_type_form":"object","one_live_token":true}`
 	if string(b) != want {
 		t.Errorf("marshal:\n got %s\nwant %s", b, want)
 	}
@@ -190,6 +191,14 @@ func TestSharedAcrossReloads(t *testing.T) {
 	if changed.sim == newH.sim {
 		t.Fatal("changed config shares the simulator")
 	}
+	oneLive := cfg
+	oneLive.OneLiveToken = true
+	if err := provision(t, &oneLive); err != nil {
+		t.Fatal(err)
+	}
+	if oneLive.sim == newH.sim {
+		t.Fatal("a config with one_live_token shares the simulator of one without")
+	}
 
 	// Once every user is gone, the next provision starts afresh.
 	if err := newH.Cleanup(); err != nil {
@@ -273,5 +282,36 @@ func mustJSON(t *testing.T, req *http.Request, status int, v any) {
 	}
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestOneLiveTokenThroughHandler(t *testing.T) {
+	h := Handler{OneLiveToken: true}
+	if err := provision(t, &h); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h.ServeHTTP(w, r, nil); err != nil {
+			t.Errorf("ServeHTTP: %v", err)
+		}
+	}))
+	defer srv.Close()
+	tokens := make([]string, 2)
+	for i := range tokens {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/docstream/authtoken", nil)
+		req.Header.Set("Client-Id", "demo-client")
+		req.Header.Set("Client-Secret", "demo-secret")
+		var tok struct {
+			AccessToken string `json:"access_token"`
+		}
+		mustJSON(t, req, 200, &tok)
+		tokens[i] = tok.AccessToken
+	}
+	batch := h.sim.CreateBatch("pan-1")
+	for i, want := range []int{http.StatusUnauthorized, http.StatusOK} {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v1/docstream/extracts?batch_id="+batch, nil)
+		req.Header.Set("Token", tokens[i])
+		var body map[string]any
+		mustJSON(t, req, want, &body)
 	}
 }

@@ -21,30 +21,9 @@ const (
 	compactMinBytes = 16 << 20
 )
 
-// maintain compacts the log when its garbage (bodies of delivered and
-// deleted callbacks, superseded state records, expired tombstones)
-// exceeds both the live data and compactMinBytes, or when the spool is
-// nearly full.
-func (s *FileSpool) maintain() {
-	defer s.bg.Done()
-	t := time.NewTicker(maintainInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-		case <-s.maintc:
-		}
-		if !s.needsCompaction() {
-			continue
-		}
-		if err := s.compact(s.bgCtx); err != nil && s.bgCtx.Err() == nil {
-			s.config().logger.Warn("spool compaction failed", zap.Error(err))
-		}
-	}
-}
-
+// needsCompaction reports whether the log's garbage exceeds both the
+// live data and compactMinBytes, the spool is nearly full, or records
+// are to be rewritten under the keyring's first key.
 func (s *FileSpool) needsCompaction() bool {
 	cfg := s.config()
 	st := s.Stats()
@@ -52,14 +31,21 @@ func (s *FileSpool) needsCompaction() bool {
 	if garbage >= max(st.LiveBytes, min(compactMinBytes, cfg.maxDiskBytes/8)) {
 		return true
 	}
-	return st.DiskBytes >= cfg.maxDiskBytes/10*9 && garbage >= cfg.maxDiskBytes/10
+	if st.DiskBytes >= cfg.maxDiskBytes/10*9 && garbage >= cfg.maxDiskBytes/10 {
+		return true
+	}
+	return s.needsMigration(cfg)
 }
 
 // Compact rewrites the log without its garbage: bodies of delivered and
 // deleted callbacks, superseded state records, and delivered callbacks
 // past the retention window, which are forgotten (their ids are accepted
-// again). The spool compacts itself when needed; Compact forces it.
-// Appends and deliveries go on meanwhile.
+// again). With Options.Keyring, what it keeps is rewritten under the
+// first key: plaintext records and records under another key of the
+// keyring; records it cannot open are kept as they are. The spool
+// compacts itself when needed (and when a record is to be rewritten under
+// the first key); Compact forces it. Appends and deliveries go on
+// meanwhile.
 func (s *FileSpool) Compact(ctx context.Context) error {
 	s.mu.Lock()
 	closing := s.closing
@@ -87,6 +73,9 @@ type snapItem struct {
 	delivered   time.Time
 	seg         *segment
 	off, n      int64
+	// unsealable: an earlier compaction could not open the record with
+	// this keyring; it is copied as it is.
+	unsealable bool
 }
 
 // compact seals the segment being written, then replaces every sealed
@@ -101,7 +90,7 @@ type snapItem struct {
 // renamed over the newest sealed segment, and the directory fsynced,
 // before the older segments are removed. Its base record tells Open to
 // remove any older segment that a crash left behind.
-func (s *FileSpool) compact(ctx context.Context) error {
+func (s *FileSpool) compact(ctx context.Context) (err error) {
 	s.compactMu.Lock()
 	defer s.compactMu.Unlock()
 	if err := ctx.Err(); err != nil {
@@ -123,7 +112,15 @@ func (s *FileSpool) compact(ctx context.Context) error {
 	for _, c := range s.committing {
 		commits = append(commits, c)
 	}
-	err := s.send(ctx, req)
+	// Every body let go so far is in a segment sealed now.
+	purgeDue := s.purgeDue
+	s.purgeDue = time.Time{}
+	defer func() {
+		if err != nil {
+			s.purgeFailed(purgeDue, cfg)
+		}
+	}()
+	err = s.send(ctx, req)
 	s.mu.Unlock()
 	if err != nil {
 		return err
@@ -168,6 +165,7 @@ func (s *FileSpool) compact(ctx context.Context) error {
 		it := snapItem{
 			e: e, seq: e.seq, state: e.state, received: e.received, size: e.size, attempts: e.attempts,
 			lastErr: e.lastErr, lastAttempt: e.lastAttempt, next: e.next, delivered: e.delivered,
+			unsealable: e.unsealable,
 		}
 		if e.state != StateDelivered && e.n > 0 {
 			it.seg, it.off, it.n = e.seg, e.off, e.n
@@ -203,10 +201,15 @@ func (s *FileSpool) compact(ctx context.Context) error {
 		lostBody = -2
 	)
 	newOff := make([]int64, len(items))
+	newN := make([]int64, len(items))
+	newKey := make([]string, len(items))
+	unsealable := make([]bool, len(items))
+	resealed, kept := 0, 0
+	var keptErr error
 	if err := func() error {
 		bw := bufio.NewWriterSize(f, 1<<20)
 		var off int64
-		var buf []byte
+		var buf, sealBuf []byte
 		put := func(b []byte) error {
 			_, err := bw.Write(b)
 			off += int64(len(b))
@@ -239,14 +242,30 @@ func (s *FileSpool) compact(ctx context.Context) error {
 			if _, err := it.seg.f.ReadAt(raw, it.off); err != nil {
 				return err
 			}
-			if r, _, err := DecodeRecord(raw); err != nil || r.Type != RecordEnqueue || r.ID != it.e.id {
+			r, _, err := DecodeRecord(raw)
+			if err != nil || !isEnqueue(r.Type) || r.ID != it.e.id {
 				cfg.logger.Error("spool compaction: callback record unreadable, dropped",
 					zap.String("callback_id", it.e.id), zap.String("segment", it.seg.path), zap.Error(err))
 				newOff[i] = lostBody
 				continue
 			}
-			newOff[i] = off
-			if err := put(raw); err != nil {
+			was := keyOf(&r)
+			out, key, err := raw, was, error(nil)
+			if !it.unsealable {
+				out, key, err = rewrite(sealBuf[:0], raw, &r, cfg.keyring)
+			}
+			switch {
+			case err != nil:
+				// Kept as it is: a missing key may come back.
+				unsealable[i] = true
+				kept++
+				keptErr = err
+			case key != was:
+				sealBuf = out
+				resealed++
+			}
+			newOff[i], newN[i], newKey[i] = off, int64(len(out)), key
+			if err := put(out); err != nil {
 				return err
 			}
 			buf = buf[:0]
@@ -302,7 +321,8 @@ func (s *FileSpool) compact(ctx context.Context) error {
 			s.remove(e)
 			lost++
 		default:
-			e.seg, e.off = seg, newOff[i]
+			e.seg, e.off, e.n, e.key = seg, newOff[i], newN[i], s.internKey(newKey[i])
+			e.unsealable = e.unsealable || unsealable[i]
 		}
 	}
 	s.segMu.Lock()
@@ -327,8 +347,12 @@ func (s *FileSpool) compact(ctx context.Context) error {
 	if err := syncDir(s.dir); err != nil {
 		cfg.logger.Warn("spool compaction: directory fsync failed", zap.Error(err))
 	}
+	if kept > 0 {
+		cfg.logger.Warn("spool compaction: callbacks kept as they are, the keyring cannot open them",
+			zap.Int("callbacks", kept), zap.NamedError("last_error", keptErr))
+	}
 	cfg.logger.Info("spool compacted", zap.Int("segments", len(old)), zap.Int64("bytes_before", oldBytes),
 		zap.Int64("bytes_after", seg.size.Load()), zap.Int("forgotten", forgotten), zap.Int("lost", lost),
-		zap.Duration("took", time.Since(started)))
+		zap.Int("reencrypted", resealed), zap.Duration("took", time.Since(started)))
 	return nil
 }

@@ -65,7 +65,7 @@ func (s *FileSpool) dispatchDue() time.Duration {
 func (s *FileSpool) deliver(e *entry, cfg *config, seg *segment, off, n int64, attempt int) {
 	defer s.deliveries.Done()
 	start := time.Now()
-	rec, err := readEnqueue(seg, off, n, e.id)
+	rec, err := readEnqueue(seg, off, n, e.id, cfg.keyring)
 	s.release(seg)
 	outcome := OutcomeFailed
 	if err == nil {
@@ -118,6 +118,7 @@ func (s *FileSpool) finish(e *entry, attempt int, outcome Outcome, err error) {
 		s.logState(&Record{
 			Type: RecordDelivered, ID: e.id, Time: now, Received: e.received, Size: e.size, Attempts: e.attempts,
 		})
+		s.letGo(now, cfg)
 	default:
 		e.attempts++
 		e.lastErr, e.lastAttempt = truncate(err.Error(), maxErrLen), now
@@ -140,6 +141,7 @@ func (s *FileSpool) finish(e *entry, attempt int, outcome Outcome, err error) {
 	switch {
 	case dead:
 		cfg.obs.DeadLettered()
+		s.kickMaintenance() // to time its expiry
 		cfg.logger.Warn("callback dead-lettered: out of delivery attempts",
 			zap.String("callback_id", e.id), zap.Int("attempts", attempts), zap.Error(err))
 	case outcome == OutcomeFailed || outcome == OutcomeTimeout:

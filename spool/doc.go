@@ -63,6 +63,10 @@
 //	5 retry      id, time (due again at this time, attempts reset)
 //	6 delete     id, time
 //	7 base       highest segment number superseded
+//	8 sealed     id, received, body size, sealed blob (the rest): the
+//	             header count, pairs and body of an enqueue record,
+//	             sealed by package seal (version, key id, nonce,
+//	             AES-256-GCM ciphertext and tag)
 //
 // Every record states a value, never a change, so replaying one twice is
 // harmless. Open replays all segments in order into an index in memory;
@@ -71,6 +75,35 @@
 // bytes at the end of the last segment (a write torn by a crash) are
 // truncated. No body can forge a record: the magic starts with a NUL
 // byte, which JSON text and header values cannot contain.
+//
+// # Encryption at rest
+//
+// With Options.Keyring, callbacks are written as sealed records: their
+// headers and bodies are encrypted under the keyring's first key, with a
+// fresh nonce, the record's id, received time and body size bound as
+// additional data, the key id in the blob. Any key of the keyring opens
+// them, on delivery and Load. Compaction rewrites what it keeps under
+// the first key, so that a key can be rotated (a new first key, the old
+// one second until KeyStats shows nothing under it) and a plaintext
+// spool is migrated once a key is configured; the spool compacts itself
+// for that. A record whose key is missing, or that fails authentication,
+// stays: Load and each delivery attempt fail with an error naming the
+// callback (and the key id), and compaction copies it as it is. A spool
+// holding sealed records needs this version of the package: older ones
+// ignore the records of type 8.
+//
+// # Retention
+//
+// A dead callback is kept, body included, for
+// Options.DeadLetterRetention (30 days) after its last attempt, then
+// purged: a delete record, a warning naming it, and
+// RetentionObserver.DeadLetterExpired. A body no longer needed
+// (delivered, deleted, purged) leaves the disk at the next compaction,
+// which starts at the latest Options.PurgeDelay (10 minutes) after it
+// was let go: so such a body is in no spool file after PurgeDelay plus
+// the time of one compaction, unless compactions fail (then they are
+// retried every minute). Compaction removes the files; it does not
+// overwrite the freed blocks, which is what encryption at rest is for.
 //
 // Compaction writes the state of the sealed segments (pending and dead
 // callbacks with their bodies, delivered ones within the retention

@@ -21,6 +21,11 @@ type entry struct {
 	seg *segment
 	off int64
 	n   int64
+	// key is the id of the key sealing the enqueue record, "" if it is
+	// plaintext. unsealable is set when compaction could not open it
+	// to rewrite it under the first key.
+	key        string
+	unsealable bool
 
 	attempts    int
 	lastErr     string
@@ -162,14 +167,15 @@ func expired(e *entry, now time.Time, retention time.Duration) bool {
 func (s *FileSpool) apply(r *Record, seg *segment, off, n int64) {
 	e := s.entries[r.ID]
 	switch r.Type {
-	case RecordEnqueue:
+	case RecordEnqueue, RecordSealedEnqueue:
 		if e != nil {
 			s.remove(e)
+			s.letGoAtOpen = s.letGoAtOpen || e.n > 0
 		}
 		s.seq++
 		s.entries[r.ID] = &entry{
 			id: r.ID, seq: s.seq, state: StatePending, received: r.Time,
-			size: int64(len(r.Body)), seg: seg, off: off, n: n, hidx: -1,
+			size: r.bodySize(), seg: seg, off: off, n: n, key: s.internKey(keyOf(r)), hidx: -1,
 		}
 	case RecordAttempt:
 		if e != nil && e.state != StateDelivered {
@@ -181,6 +187,7 @@ func (s *FileSpool) apply(r *Record, seg *segment, off, n int64) {
 			e = &entry{id: r.ID, seq: s.seq, received: r.Received, size: r.Size, seg: seg, hidx: -1}
 			s.entries[r.ID] = e
 		}
+		s.letGoAtOpen = s.letGoAtOpen || e.n > 0
 		e.state, e.delivered, e.attempts = StateDelivered, r.Time, r.Attempts
 	case RecordDead:
 		if e != nil && e.state == StatePending {
@@ -193,6 +200,7 @@ func (s *FileSpool) apply(r *Record, seg *segment, off, n int64) {
 	case RecordDelete:
 		if e != nil {
 			s.remove(e)
+			s.letGoAtOpen = s.letGoAtOpen || e.n > 0
 		}
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/seal"
 )
 
 // Defaults of Options.
@@ -19,6 +21,9 @@ const (
 	DefaultConcurrency     = 4
 	DefaultMaxDiskBytes    = 4 << 30
 	DefaultSegmentSize     = 64 << 20
+
+	DefaultDeadLetterRetention = 30 * 24 * time.Hour
+	DefaultPurgeDelay          = 10 * time.Minute
 )
 
 // Options configure a FileSpool. The zero value of a field selects its
@@ -35,6 +40,19 @@ type Options struct {
 	// MaxAttempts is the number of failed attempts after which a callback
 	// becomes dead. Default: 20.
 	MaxAttempts int
+
+	// DeadLetterRetention is how long a dead callback is kept, body
+	// included, after its last attempt: then it is purged (forgotten,
+	// its body gone from disk within PurgeDelay) and reported to a
+	// RetentionObserver. A retry starts the count again. Default: 30
+	// days.
+	DeadLetterRetention time.Duration
+
+	// PurgeDelay bounds how long the body of a callback stays on disk
+	// once it is no longer needed (delivered, deleted, or a purged dead
+	// letter): a compaction starts at the latest PurgeDelay later, and
+	// removes the segment files that held it. Default: 10 minutes.
+	PurgeDelay time.Duration
 
 	// BackoffMin and BackoffMax bound the delay after a failed attempt:
 	// BackoffMin after the first failure, doubling after each further one
@@ -63,6 +81,16 @@ type Options struct {
 
 	// Observer receives metrics events. Default: none.
 	Observer Observer
+
+	// Keyring, if set, encrypts callbacks at rest: Append seals each
+	// callback's headers and body under its first key (AES-256-GCM, see
+	// package seal); any of its keys opens them. Compaction rewrites what
+	// it keeps under the first key, so plaintext spools and records under
+	// an older key are migrated; KeyStats shows what each key still
+	// protects. Default: none, callbacks are stored in the clear (records
+	// sealed earlier then fail to deliver until a keyring with their key
+	// is configured again).
+	Keyring *seal.Keyring
 
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
@@ -118,6 +146,14 @@ type Observer interface {
 	DeadLettered()
 }
 
+// RetentionObserver is an Observer that is also told of the dead letters
+// purged at the end of Options.DeadLetterRetention. The spool checks
+// whether its Observer implements it.
+type RetentionObserver interface {
+	// DeadLetterExpired reports that a dead callback was purged.
+	DeadLetterExpired()
+}
+
 // NopObserver is an Observer that does nothing.
 type NopObserver struct{}
 
@@ -130,10 +166,15 @@ func (NopObserver) DeliveryAttempt(Outcome, time.Duration) {}
 // DeadLettered does nothing.
 func (NopObserver) DeadLettered() {}
 
+// DeadLetterExpired does nothing.
+func (NopObserver) DeadLetterExpired() {}
+
 // config is a resolved Options; a FileSpool swaps it atomically.
 type config struct {
 	deliver         DeliverFunc
 	retention       time.Duration
+	deadRetention   time.Duration
+	purgeDelay      time.Duration
 	maxAttempts     int
 	backoffMin      time.Duration
 	backoffMax      time.Duration
@@ -144,11 +185,13 @@ type config struct {
 	logger          *zap.Logger
 	obs             Observer
 	now             func() time.Time
+	keyring         *seal.Keyring
 }
 
 // resolve checks opts and applies the defaults.
 func resolve(opts Options) (*config, error) {
-	if opts.Retention < 0 || opts.BackoffMin < 0 || opts.BackoffMax < 0 || opts.DeliveryTimeout < 0 {
+	if opts.Retention < 0 || opts.BackoffMin < 0 || opts.BackoffMax < 0 || opts.DeliveryTimeout < 0 ||
+		opts.DeadLetterRetention < 0 || opts.PurgeDelay < 0 {
 		return nil, errors.New("spool: negative duration in options")
 	}
 	if opts.MaxAttempts < 0 || opts.Concurrency < 0 || opts.MaxDiskBytes < 0 || opts.SegmentSize < 0 {
@@ -157,6 +200,8 @@ func resolve(opts Options) (*config, error) {
 	c := &config{
 		deliver:         opts.Deliver,
 		retention:       orDefault(opts.Retention, DefaultRetention),
+		deadRetention:   orDefault(opts.DeadLetterRetention, DefaultDeadLetterRetention),
+		purgeDelay:      orDefault(opts.PurgeDelay, DefaultPurgeDelay),
 		maxAttempts:     orDefault(opts.MaxAttempts, DefaultMaxAttempts),
 		backoffMin:      orDefault(opts.BackoffMin, DefaultBackoffMin),
 		backoffMax:      orDefault(opts.BackoffMax, DefaultBackoffMax),
@@ -167,6 +212,7 @@ func resolve(opts Options) (*config, error) {
 		logger:          opts.Logger,
 		obs:             opts.Observer,
 		now:             opts.Now,
+		keyring:         opts.Keyring,
 	}
 	if c.backoffMin > c.backoffMax {
 		return nil, errors.New("spool: backoff min exceeds backoff max")

@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/caddy-atlas/caddy-atlas/queue"
+	"github.com/caddy-atlas/caddy-atlas/seal"
 )
 
 // RecordType identifies the kind of a log record.
@@ -40,6 +41,10 @@ const (
 	// RecordBase, the first record of a compacted segment, says that the
 	// segment supersedes every segment with a lower number.
 	RecordBase
+	// RecordSealedEnqueue is a callback encrypted at rest: id, received
+	// time and body size in the clear, then the headers and body of an
+	// enqueue record sealed with a seal.Keyring (see sealing.go).
+	RecordSealedEnqueue
 )
 
 // String returns the record type's name.
@@ -59,6 +64,8 @@ func (t RecordType) String() string {
 		return "delete"
 	case RecordBase:
 		return "base"
+	case RecordSealedEnqueue:
+		return "sealed enqueue"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -106,13 +113,17 @@ type Record struct {
 	Attempts int
 	// Err is the last delivery error (attempt).
 	Err string
-	// Size is the body size in bytes (delivered).
+	// Size is the body size in bytes (delivered, sealed enqueue).
 	Size int64
 	// Header holds the headers to deliver (enqueue).
 	Header http.Header
 	// Body is the callback body (enqueue). DecodeRecord returns it as a
 	// subslice of its input.
 	Body []byte
+	// Sealed is the sealed headers and body (sealed enqueue), a subslice
+	// of DecodeRecord's input; openRecord decrypts it into Header and
+	// Body.
+	Sealed []byte
 	// Segment is the highest segment number superseded (base).
 	Segment uint64
 }
@@ -157,14 +168,21 @@ func appendRecord(dst []byte, r *Record) []byte {
 	dst = append(dst, magic[:]...)
 	dst = append(dst, 0, 0, 0, 0, 0, 0, 0, 0, byte(r.Type))
 	dst = appendPayload(dst, r)
-	binary.LittleEndian.PutUint32(dst[start+8:], uint32(len(dst)-start-headerSize))
-	binary.LittleEndian.PutUint32(dst[start+4:], crc32.Checksum(dst[start+8:], castagnoli))
+	finishFrame(dst[start:])
 	return dst
 }
 
-// enqueueSize is an upper bound of the encoded size of an enqueue record.
+// finishFrame fills in the payload length and checksum of the record
+// that rec holds, whose header was appended with zeros for them.
+func finishFrame(rec []byte) {
+	binary.LittleEndian.PutUint32(rec[8:], uint32(len(rec)-headerSize))
+	binary.LittleEndian.PutUint32(rec[4:], crc32.Checksum(rec[8:], castagnoli))
+}
+
+// enqueueSize is an upper bound of the encoded size of an enqueue record,
+// sealed or not.
 func enqueueSize(id string, h http.Header, body []byte) int {
-	n := headerSize + 3*binary.MaxVarintLen64 + len(id) + len(body)
+	n := headerSize + 4*binary.MaxVarintLen64 + seal.Overhead + len(id) + len(body)
 	for k, vs := range h {
 		for _, v := range vs {
 			n += 2*binary.MaxVarintLen64 + len(k) + len(v)
@@ -181,21 +199,10 @@ func appendPayload(dst []byte, r *Record) []byte {
 	dst = appendTime(dst, r.Time)
 	switch r.Type {
 	case RecordEnqueue:
-		keys := make([]string, 0, len(r.Header))
-		pairs := 0
-		for k, vs := range r.Header {
-			keys = append(keys, k)
-			pairs += len(vs)
-		}
-		slices.Sort(keys)
-		dst = binary.AppendUvarint(dst, uint64(pairs))
-		for _, k := range keys {
-			for _, v := range r.Header[k] {
-				dst = appendString(dst, k)
-				dst = appendString(dst, v)
-			}
-		}
-		dst = append(dst, r.Body...)
+		dst = appendContent(dst, r.Header, r.Body)
+	case RecordSealedEnqueue:
+		dst = binary.AppendUvarint(dst, uint64(max(r.Size, 0)))
+		dst = append(dst, r.Sealed...)
 	case RecordAttempt:
 		dst = binary.AppendUvarint(dst, uint64(max(r.Attempts, 0)))
 		dst = appendTime(dst, r.Next)
@@ -206,6 +213,26 @@ func appendPayload(dst []byte, r *Record) []byte {
 		dst = binary.AppendUvarint(dst, uint64(max(r.Attempts, 0)))
 	}
 	return dst
+}
+
+// appendContent encodes the headers and body of an enqueue record: the
+// header count, the (name, value) pairs sorted by name, then the body.
+func appendContent(dst []byte, h http.Header, body []byte) []byte {
+	keys := make([]string, 0, len(h))
+	pairs := 0
+	for k, vs := range h {
+		keys = append(keys, k)
+		pairs += len(vs)
+	}
+	slices.Sort(keys)
+	dst = binary.AppendUvarint(dst, uint64(pairs))
+	for _, k := range keys {
+		for _, v := range h[k] {
+			dst = appendString(dst, k)
+			dst = appendString(dst, v)
+		}
+	}
+	return append(dst, body...)
 }
 
 func appendString(dst []byte, s string) []byte {
@@ -291,11 +318,35 @@ func (d *decoder) time() time.Time {
 	return time.Unix(0, v).UTC()
 }
 
+// content decodes what appendContent encoded; the body is the rest of
+// the input.
+func (d *decoder) content() (http.Header, []byte) {
+	var h http.Header
+	pairs := d.uvarint()
+	if d.err == nil && pairs > uint64(len(d.b)/2) {
+		d.fail("header count out of range")
+	}
+	for i := uint64(0); d.err == nil && i < pairs; i++ {
+		k := d.string(len(d.b))
+		v := d.string(len(d.b))
+		if d.err == nil {
+			if h == nil {
+				h = make(http.Header)
+			}
+			h[k] = append(h[k], v)
+		}
+	}
+	if d.err != nil {
+		return nil, nil
+	}
+	return h, d.b
+}
+
 func decodePayload(t RecordType, p []byte) (Record, error) {
 	r := Record{Type: t}
 	d := &decoder{b: p}
 	switch t {
-	case RecordEnqueue, RecordAttempt, RecordDelivered, RecordDead, RecordRetry, RecordDelete:
+	case RecordEnqueue, RecordAttempt, RecordDelivered, RecordDead, RecordRetry, RecordDelete, RecordSealedEnqueue:
 	case RecordBase:
 		r.Segment = d.uvarint()
 		return r, d.err
@@ -309,21 +360,14 @@ func decodePayload(t RecordType, p []byte) (Record, error) {
 	r.Time = d.time()
 	switch t {
 	case RecordEnqueue:
-		pairs := d.uvarint()
-		if d.err == nil && pairs > uint64(len(d.b)/2) {
-			d.fail("header count out of range")
+		r.Header, r.Body = d.content()
+	case RecordSealedEnqueue:
+		size := d.uvarint()
+		if size > maxPayload {
+			d.fail("size out of range")
 		}
-		for i := uint64(0); d.err == nil && i < pairs; i++ {
-			k := d.string(len(d.b))
-			v := d.string(len(d.b))
-			if d.err == nil {
-				if r.Header == nil {
-					r.Header = make(http.Header)
-				}
-				r.Header[k] = append(r.Header[k], v)
-			}
-		}
-		r.Body = d.b
+		r.Size = int64(size)
+		r.Sealed = d.b
 	case RecordAttempt:
 		r.Attempts = d.int()
 		r.Next = d.time()

@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/caddy-atlas/caddy-atlas/seal"
 )
 
 func sampleRecords() []Record {
@@ -26,6 +28,7 @@ func sampleRecords() []Record {
 		{Type: RecordRetry, ID: "3f2a9c", Time: t0},
 		{Type: RecordDelete, ID: "3f2a9c", Time: t0},
 		{Type: RecordBase, Segment: 42},
+		{Type: RecordSealedEnqueue, ID: "3f2a9d", Time: t0, Size: 19, Sealed: []byte("\x01sealed bytes")},
 	}
 }
 
@@ -78,6 +81,9 @@ func TestTruncateUTF8(t *testing.T) {
 	}
 }
 
+// fuzzKeyring opens the sealed seeds of FuzzDecodeRecord.
+var fuzzKeyring, _ = seal.NewKeyring(sealKey("fuzz"))
+
 // FuzzDecodeRecord checks that DecodeRecord never panics, and that a
 // record it accepts encodes to bytes that decode to the same record. The
 // input is decoded as it is, and also framed as the payload of a record
@@ -87,6 +93,8 @@ func FuzzDecodeRecord(f *testing.F) {
 	for _, r := range sampleRecords() {
 		f.Add(appendRecord(nil, &r))
 	}
+	e := identityEntry(1)
+	f.Add(appendSealed(nil, fuzzKeyring, e.ID, time.Unix(1700000000, 0), e.Header, e.Body[:200]))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		checkDecode(t, b)
 		if len(b) > 0 {
@@ -110,8 +118,15 @@ func checkDecode(t *testing.T, b []byte) {
 	if n < headerSize || n > len(b) {
 		t.Fatalf("length %d out of range (input %d)", n, len(b))
 	}
-	if r.Type < RecordEnqueue || r.Type > RecordBase {
+	if r.Type < RecordEnqueue || r.Type > RecordSealedEnqueue {
 		return
+	}
+	if r.Type == RecordSealedEnqueue {
+		// Opening never panics, and fails only as documented.
+		o := r
+		if err := openRecord(fuzzKeyring, &o); err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, seal.ErrUnknownKey) {
+			t.Fatalf("unexpected error kind opening a sealed record: %v", err)
+		}
 	}
 	again, _, err := DecodeRecord(appendRecord(nil, &r))
 	if err != nil {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/seal"
 )
 
 // FileSpool is the Store of one node: a directory of append-only log
@@ -46,6 +48,13 @@ type FileSpool struct {
 	closing      bool
 	writerClosed bool
 	skipped      int
+	// keyNames interns the entries' key ids.
+	keyNames map[string]string
+	// purgeDue is when a compaction must start to take bodies let go
+	// off the disk (retention.go); zero if none is waiting. letGoAtOpen
+	// is set by a replay that finds such bodies.
+	purgeDue    time.Time
+	letGoAtOpen bool
 
 	// segMu guards segs and the segments' reader counts. It may be taken
 	// while holding mu, never the other way round.
@@ -140,6 +149,9 @@ func Open(dir string, opts Options) (*FileSpool, error) {
 	go s.dispatch()
 	go s.maintain()
 
+	if s.needsMigration(cfg) {
+		s.kickMaintenance()
+	}
 	st := s.Stats()
 	cfg.logger.Info("spool opened", zap.String("dir", abs), zap.Int("pending", st.Pending),
 		zap.Int("dead", st.Dead), zap.Int("delivered", st.Delivered), zap.Int64("disk_bytes", st.DiskBytes),
@@ -242,6 +254,9 @@ func (s *FileSpool) load(cfg *config) error {
 	for _, e := range s.entries {
 		s.schedule(e, now)
 	}
+	if s.letGoAtOpen {
+		s.purgeDue = now.Add(cfg.purgeDelay)
+	}
 	return nil
 }
 
@@ -260,7 +275,15 @@ func (s *FileSpool) Reconfigure(opts Options) error {
 	if err != nil {
 		return err
 	}
-	s.cfg.Store(cfg)
+	old := s.cfg.Swap(cfg)
+	if !slices.Equal(old.keyring.KeyIDs(), cfg.keyring.KeyIDs()) {
+		// Another keyring may open what the last one could not.
+		s.mu.Lock()
+		for _, e := range s.entries {
+			e.unsealable = false
+		}
+		s.mu.Unlock()
+	}
 	s.kick()
 	s.kickMaintenance()
 	return nil
@@ -283,9 +306,16 @@ func (s *FileSpool) Append(ctx context.Context, e Entry) (AppendResult, error) {
 	if e.Received.IsZero() {
 		e.Received = cfg.now()
 	}
-	rec := appendRecord(make([]byte, 0, enqueueSize(e.ID, e.Header, e.Body)), &Record{
-		Type: RecordEnqueue, ID: e.ID, Time: e.Received, Header: e.Header, Body: e.Body,
-	})
+	var rec []byte
+	key := ""
+	if cfg.keyring != nil {
+		rec = appendSealed(make([]byte, 0, enqueueSize(e.ID, e.Header, e.Body)), cfg.keyring, e.ID, e.Received, e.Header, e.Body)
+		key = cfg.keyring.SealingKeyID()
+	} else {
+		rec = appendRecord(make([]byte, 0, enqueueSize(e.ID, e.Header, e.Body)), &Record{
+			Type: RecordEnqueue, ID: e.ID, Time: e.Received, Header: e.Header, Body: e.Body,
+		})
+	}
 	size := int64(len(rec))
 
 	s.mu.Lock()
@@ -340,7 +370,7 @@ func (s *FileSpool) Append(ctx context.Context, e Entry) (AppendResult, error) {
 		}
 		en := &entry{
 			id: e.ID, seq: seq, state: StatePending, received: e.Received, size: int64(len(e.Body)),
-			seg: wr.seg, off: wr.off, n: size, next: e.Received, hidx: -1,
+			seg: wr.seg, off: wr.off, n: size, key: s.internKey(key), next: e.Received, hidx: -1,
 		}
 		s.entries[e.ID] = en
 		s.schedule(en, cfg.now())
@@ -448,15 +478,16 @@ func (s *FileSpool) Load(ctx context.Context, id string) (Entry, error) {
 	s.acquire(seg)
 	s.mu.Unlock()
 	defer s.release(seg)
-	r, err := readEnqueue(seg, off, n, id)
+	r, err := readEnqueue(seg, off, n, id, cfg.keyring)
 	if err != nil {
 		return Entry{}, err
 	}
 	return Entry{ID: r.ID, Header: r.Header, Body: r.Body, Received: r.Time}, nil
 }
 
-// readEnqueue reads and checks the enqueue record of id.
-func readEnqueue(seg *segment, off, n int64, id string) (Record, error) {
+// readEnqueue reads and checks the enqueue record of id, and opens it
+// with kr if it is sealed.
+func readEnqueue(seg *segment, off, n int64, id string, kr *seal.Keyring) (Record, error) {
 	buf := make([]byte, n)
 	if _, err := seg.f.ReadAt(buf, off); err != nil {
 		return Record{}, fmt.Errorf("%w: reading callback %s: %w", ErrUnavailable, id, err)
@@ -465,8 +496,11 @@ func readEnqueue(seg *segment, off, n int64, id string) (Record, error) {
 	if err != nil {
 		return Record{}, fmt.Errorf("reading callback %s: %w", id, err)
 	}
-	if r.Type != RecordEnqueue || r.ID != id {
+	if !isEnqueue(r.Type) || r.ID != id {
 		return Record{}, fmt.Errorf("%w: reading callback %s: found %s record of %q", ErrCorrupt, id, r.Type, r.ID)
+	}
+	if err := openRecord(kr, &r); err != nil {
+		return Record{}, err
 	}
 	return r, nil
 }
@@ -587,6 +621,9 @@ func (s *FileSpool) Delete(ctx context.Context, id string) error {
 		return err
 	}
 	s.remove(e)
+	if e.n > 0 {
+		s.letGo(cfg.now(), cfg)
+	}
 	s.mu.Unlock()
 	return s.awaitDurable(done, "delete", 1)
 }

@@ -71,6 +71,7 @@ func (s *Simulator) issueToken(subject string) (string, int64, error) {
 		return "", 0, err
 	}
 	s.mu.Lock()
+	s.latest[subject] = claims.ID
 	s.issued = append(s.issued, signed)
 	if len(s.issued) > maxIssued {
 		s.issued = s.issued[len(s.issued)-maxIssued:]
@@ -80,7 +81,9 @@ func (s *Simulator) issueToken(subject string) (string, int64, error) {
 }
 
 // tokenValid reports whether raw is a token this simulator issued that has
-// neither expired (per the simulator's clock) nor been revoked.
+// neither expired (per the simulator's clock) nor been revoked, by
+// RevokeAll or, with the one-live-token knob, by a later token of its
+// client.
 func (s *Simulator) tokenValid(raw string) bool {
 	raw = strings.TrimSpace(raw)
 	if raw == "" {
@@ -99,6 +102,9 @@ func (s *Simulator) tokenValid(raw string) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.oneLive && s.latest[claims.Subject] != claims.ID {
+		return false
+	}
 	return claims.Generation == s.generation
 }
 

@@ -30,7 +30,7 @@ func (s *Simulator) serveControl(w http.ResponseWriter, r *http.Request) {
 		method = http.MethodGet
 	}
 	switch name {
-	case "revoke", "fail", "delay", "counters", "reset", "token-lifetime", "callback", "deliveries":
+	case "revoke", "fail", "delay", "counters", "reset", "token-lifetime", "one-live-token", "callback", "deliveries":
 	default:
 		writeError(w, http.StatusNotFound, "unknown control endpoint")
 		return
@@ -68,6 +68,14 @@ func (s *Simulator) serveControl(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.SetTokenLifetime(time.Duration(secs) * time.Second)
+		writeOK(w)
+	case "one-live-token":
+		on, err := strconv.ParseBool(q.Get("enabled"))
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "enabled must be true or false")
+			return
+		}
+		s.SetOneLiveToken(on)
 		writeOK(w)
 	case "fail":
 		endpoint, n, ok := endpointAndCount(w, q.Get("endpoint"), q.Get("n"))

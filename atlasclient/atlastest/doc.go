@@ -68,8 +68,9 @@
 //	POST /_sim/fail?endpoint=&n=&status=         FailNext (status 0 resets the connection)
 //	POST /_sim/delay?endpoint=&n=&ms=            DelayNext
 //	GET  /_sim/counters                          {"authtoken": n, "multiupload": n, "extracts": n}
-//	POST /_sim/reset                             Reset (counters, faults, delays, deliveries, token lifetime)
+//	POST /_sim/reset                             Reset (counters, faults, delays, deliveries, token lifetime, one live token)
 //	POST /_sim/token-lifetime?seconds=           SetTokenLifetime
+//	POST /_sim/one-live-token?enabled=true|false SetOneLiveToken (issuing a token revokes the client's previous ones)
 //	POST /_sim/callback                          DeliverCallback; body
 //	     {"auth_url", "callback_url", "client_id", "client_secret", "batch_id"}
 //	     answers the Delivery: 200 if delivered, 502 if not

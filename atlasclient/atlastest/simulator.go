@@ -80,6 +80,13 @@ type Options struct {
 	// DocumentTypeForm is DocumentTypeString (default) or
 	// DocumentTypeObject. Other values mean the default.
 	DocumentTypeForm string
+
+	// OneLiveToken keeps one live token per client: issuing a token
+	// revokes the client's previous ones, which then answer 401 like an
+	// expired token. Atlas does not document whether it does this; a
+	// fleet of gateways that each fetch their own token would revoke
+	// each other's.
+	OneLiveToken bool
 }
 
 // Simulator is an http.Handler simulating the Atlas Docstream API. All its
@@ -90,6 +97,7 @@ type Simulator struct {
 	callbackClient         *http.Client
 	key                    []byte
 	defaultLifetime        time.Duration
+	defaultOneLive         bool
 	done                   chan struct{}
 	closeOnce              sync.Once
 
@@ -98,6 +106,8 @@ type Simulator struct {
 	uploadShape string
 	docTypeForm string
 	generation  int64
+	oneLive     bool
+	latest      map[string]string // client id -> jti of its last token
 	calls       map[string]int
 	lastHeaders map[string]http.Header
 	lastQueries map[string]url.Values
@@ -144,6 +154,7 @@ func New(opts Options) *Simulator {
 		faults:         map[string][]fault{},
 		delays:         map[string][]delay{},
 		batches:        map[string]*batch{},
+		latest:         map[string]string{},
 		batchOrder:     list.New(),
 	}
 	if s.clientID == "" && s.clientSecret == "" {
@@ -160,6 +171,8 @@ func New(opts Options) *Simulator {
 		s.defaultLifetime = DefaultTokenLifetime
 	}
 	s.lifetime = s.defaultLifetime
+	s.defaultOneLive = opts.OneLiveToken
+	s.oneLive = opts.OneLiveToken
 	s.uploadShape = normalizeUploadShape(opts.UploadResponseShape)
 	s.docTypeForm = normalizeDocTypeForm(opts.DocumentTypeForm)
 	_, _ = rand.Read(s.key) // never fails since Go 1.24
@@ -342,6 +355,15 @@ func (s *Simulator) SetTokenLifetime(d time.Duration) {
 	s.lifetime = d
 }
 
+// SetOneLiveToken switches the one-live-token-per-client knob (see
+// Options.OneLiveToken). Switching it on revokes at once every token but
+// each client's last.
+func (s *Simulator) SetOneLiveToken(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.oneLive = on
+}
+
 // SetUploadResponseShape switches the multiupload response shape
 // (UploadResponseArray or UploadResponseObject; anything else means the
 // array).
@@ -450,7 +472,7 @@ func (s *Simulator) ResetCounters() {
 
 // Reset zeroes the call counters and forgets recorded headers, pending
 // faults and delays and recorded deliveries, and restores the configured
-// token lifetime. Batches and tokens survive.
+// token lifetime and one-live-token knob. Batches and tokens survive.
 func (s *Simulator) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -461,6 +483,7 @@ func (s *Simulator) Reset() {
 	clear(s.delays)
 	s.deliveries = nil
 	s.lifetime = s.defaultLifetime
+	s.oneLive = s.defaultOneLive
 }
 
 // IssuedTokens returns the access tokens issued so far, oldest first (the

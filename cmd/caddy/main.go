@@ -1,6 +1,6 @@
 // Command caddy is Caddy with its standard modules, the caddy-atlas
-// plugin, and the Atlas simulator module (for tests and demos), so that
-// `go run ./cmd/caddy` works without xcaddy.
+// plugin, and the Atlas simulator and the demo's stand-in app modules (for
+// tests and demos), so that `go run ./cmd/caddy` works without xcaddy.
 package main
 
 import (
@@ -8,6 +8,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/caddy-atlas/caddy-atlas"
+	_ "github.com/caddy-atlas/caddy-atlas/demoapp"
 	_ "github.com/caddy-atlas/caddy-atlas/simulator"
 )
 

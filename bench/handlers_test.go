@@ -1,0 +1,252 @@
+package bench
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/caddy-atlas/caddy-atlas"
+	"github.com/caddy-atlas/caddy-atlas/bench/upstream/server"
+)
+
+// The credentials of the in-process benchmarks.
+const (
+	benchClientID     = "bench-client"
+	benchClientSecret = "bench-secret"
+	benchCallbackID   = "bench-atlas"
+	benchCallbackSec  = "bench-callback-secret"
+	benchSigningKey   = "bench-signing-key-0123456789-abcdefghijklmnop"
+)
+
+// benchCaddy is a Caddy loaded in-process from a Caddyfile like
+// load.sh's, with the servers' handler chains called directly: no client
+// connection, so that ns/op and allocs/op are Caddy's own (the upstream
+// is an httptest server, on loopback).
+type benchCaddy struct {
+	up      *server.Server
+	servers map[string]*caddyhttp.Server // by name: baseline, atlas
+}
+
+func startBenchCaddy(b *testing.B) *benchCaddy {
+	b.Helper()
+	up, err := server.New(benchClientID, benchClientSecret)
+	if err != nil {
+		b.Fatal(err)
+	}
+	upSrv := httptest.NewServer(up)
+	b.Cleanup(upSrv.Close)
+	upAddr := strings.TrimPrefix(upSrv.URL, "http://")
+
+	ports := make([]int, 2)
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+	}
+	caddyfile := fmt.Sprintf(`{
+	admin off
+	auto_https off
+	persist_config off
+	log {
+		level ERROR
+	}
+}
+http://127.0.0.1:%d {
+	rewrite /atlas/extracts /v1/docstream/extracts?{query}
+	reverse_proxy %s {
+		header_up Token %s
+	}
+}
+http://127.0.0.1:%d {
+	atlas {
+		endpoint      %s
+		client_id     %s
+		client_secret %s
+		callback /hooks/atlas {
+			client_id     %s
+			client_secret %s
+			signing_key   %s
+		}
+	}
+	reverse_proxy %s
+}
+`, ports[0], upAddr, up.Token(), ports[1], upSrv.URL, benchClientID, benchClientSecret,
+		benchCallbackID, benchCallbackSec, benchSigningKey, upAddr)
+	cfg, warn, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
+	if err != nil {
+		b.Fatalf("adapting: %v (%v)", err, warn)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = caddy.Stop() })
+	appIface, err := caddy.ActiveContext().App("http")
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &benchCaddy{up: up, servers: map[string]*caddyhttp.Server{}}
+	for _, s := range appIface.(*caddyhttp.App).Servers {
+		for _, l := range s.Listen {
+			switch {
+			case strings.HasSuffix(l, fmt.Sprint(":", ports[0])):
+				c.servers["baseline"] = s
+			case strings.HasSuffix(l, fmt.Sprint(":", ports[1])):
+				c.servers["atlas"] = s
+			}
+		}
+	}
+	if len(c.servers) != 2 {
+		b.Fatalf("servers not found: %v", c.servers)
+	}
+	return c
+}
+
+// discardWriter is a ResponseWriter that keeps the status and counts the
+// body.
+type discardWriter struct {
+	h      http.Header
+	status int
+	n      int
+	body   *bytes.Buffer // when not nil, the body is kept
+}
+
+func (w *discardWriter) Header() http.Header { return w.h }
+func (w *discardWriter) WriteHeader(s int) {
+	if w.status == 0 {
+		w.status = s
+	}
+}
+func (w *discardWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	w.n += len(p)
+	if w.body != nil {
+		w.body.Write(p)
+	}
+	return len(p), nil
+}
+func (w *discardWriter) Flush() {}
+
+// copyBufs are ReadFrom's buffers, pooled as net/http's response pools
+// them.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// ReadFrom implements io.ReaderFrom with a pooled buffer, as net/http's
+// response does, so that a handler's io.Copy costs what it costs in a
+// server.
+func (w *discardWriter) ReadFrom(r io.Reader) (int64, error) {
+	buf := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(buf)
+	return io.CopyBuffer(writerOnly{w}, r, *buf)
+}
+
+// writerOnly hides ReadFrom from io.CopyBuffer.
+type writerOnly struct{ io.Writer }
+
+// serve runs one request through the server's handler chain.
+func (c *benchCaddy) serve(tb testing.TB, srv string, method, target string, hdr http.Header, body []byte, keep bool) *discardWriter {
+	var r *http.Request
+	if body != nil {
+		r = httptest.NewRequest(method, target, bytes.NewReader(body))
+	} else {
+		r = httptest.NewRequest(method, target, nil)
+	}
+	for k, v := range hdr {
+		r.Header[k] = v
+	}
+	w := &discardWriter{h: http.Header{}}
+	if keep {
+		w.body = new(bytes.Buffer)
+	}
+	c.servers[srv].ServeHTTP(w, r)
+	return w
+}
+
+// BenchmarkRoutes measures each atlas route's handler chain against Caddy's
+// reverse_proxy doing the same exchange, on the same httptest upstream
+// (bench/upstream's handler), in process:
+//
+//	extracts-6, extracts-50: GET of a 6- and a 50-document page; the
+//	    baseline is reverse_proxy + rewrite + a static header_up Token
+//	callback: a 17 KiB callback (35 documents), token checked, to
+//	    reverse_proxy; the baseline is that reverse_proxy alone
+//
+// Compare baseline and atlas of each by ns/op and allocs/op:
+//
+//	go test -run xxx -bench BenchmarkRoutes -benchmem -count 6 ./bench/
+func BenchmarkRoutes(b *testing.B) {
+	c := startBenchCaddy(b)
+	payload, err := c.up.Payload(35)
+	if err != nil {
+		b.Fatal(err)
+	}
+	auth := c.serve(b, "atlas", http.MethodPost, "http://127.0.0.1/hooks/atlas/auth", http.Header{
+		"Client-Id": {benchCallbackID}, "Client-Secret": {benchCallbackSec},
+	}, nil, true)
+	m := regexp.MustCompile(`"access_token":\s*"([^"]+)"`).FindSubmatch(auth.body.Bytes())
+	if auth.status != http.StatusOK || m == nil {
+		b.Fatalf("callback auth answered %d: %s", auth.status, auth.body)
+	}
+	cbHeader := http.Header{"Token": {string(m[1])}, "Content-Type": {"application/json"}}
+
+	type side struct {
+		srv    string
+		method string
+		target string
+		hdr    http.Header
+		body   []byte
+	}
+	for _, tc := range []struct {
+		name     string
+		baseline side
+		atlas    side
+	}{
+		{"extracts-6",
+			side{"baseline", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-6", nil, nil},
+			side{"atlas", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-6", nil, nil}},
+		{"extracts-50",
+			side{"baseline", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-50", nil, nil},
+			side{"atlas", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-50", nil, nil}},
+		{"callback",
+			side{"baseline", http.MethodPost, "http://127.0.0.1/hooks/atlas", cbHeader, payload},
+			side{"atlas", http.MethodPost, "http://127.0.0.1/hooks/atlas", cbHeader, payload}},
+	} {
+		// Both sides must answer the same, before anything is measured.
+		want := c.serve(b, tc.baseline.srv, tc.baseline.method, tc.baseline.target, tc.baseline.hdr, tc.baseline.body, true)
+		got := c.serve(b, tc.atlas.srv, tc.atlas.method, tc.atlas.target, tc.atlas.hdr, tc.atlas.body, true)
+		if want.status != http.StatusOK || got.status != http.StatusOK || !bytes.Equal(want.body.Bytes(), got.body.Bytes()) {
+			b.Fatalf("%s: the sides differ: baseline %d (%d bytes), atlas %d: %.300s", tc.name, want.status, want.n, got.status, got.body)
+		}
+		for _, s := range []struct {
+			name string
+			side side
+		}{{"reverse_proxy", tc.baseline}, {"atlas", tc.atlas}} {
+			b.Run(tc.name+"/"+s.name, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					w := c.serve(b, s.side.srv, s.side.method, s.side.target, s.side.hdr, s.side.body, false)
+					if w.status != http.StatusOK {
+						b.Fatalf("status %d", w.status)
+					}
+				}
+			})
+		}
+	}
+}

@@ -1,0 +1,47 @@
+package caddyatlas
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+)
+
+// TestCLIListWithoutDurableRoute runs `caddy atlas callbacks list` against
+// a Caddy whose callback route is synchronous: it says so, rather than
+// printing an empty table.
+func TestCLIListWithoutDurableRoute(t *testing.T) {
+	t.Setenv("CB_E2E_CLIENT_ID", cbE2EClientID)
+	t.Setenv("CB_E2E_CLIENT_SECRET", cbE2EClientSecret)
+	t.Setenv("CB_E2E_SIGNING_KEY", cbE2ESigningKey)
+	tester := caddytest.NewTester(t)
+	tester.InitServer(`{
+	skip_install_trust
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+}
+http://localhost:9080 {
+	route {
+		atlas {
+			callback /hooks/atlas {
+				client_id {env.CB_E2E_CLIENT_ID}
+				client_secret {env.CB_E2E_CLIENT_SECRET}
+				signing_key {env.CB_E2E_SIGNING_KEY}
+			}
+		}
+		respond "app" 200
+	}
+}
+`, "caddyfile")
+
+	out, err := runAtlasCLI(t, "callbacks", "list", "--address", "localhost:2999")
+	if err != nil || !strings.HasPrefix(out, "no durable callback route is configured") || strings.Contains(out, "ID") {
+		t.Errorf("list: %v\n%s", err, out)
+	}
+	// --json still prints the admin API's answer as it is.
+	if out, err := runAtlasCLI(t, "callbacks", "list", "--json", "--address", "localhost:2999"); err != nil || !strings.Contains(out, `"spools":[]`) {
+		t.Errorf("list --json: %v\n%s", err, out)
+	}
+}

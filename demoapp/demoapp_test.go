@@ -1,0 +1,96 @@
+package demoapp
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func TestAppRecordsAndListsCallbacks(t *testing.T) {
+	a := &App{}
+	if err := a.Provision(caddy.Context{}); err != nil || a.Path != "/callbacks" {
+		t.Fatalf("Provision: %v, path %q", err, a.Path)
+	}
+	nextCalled := 0
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		nextCalled++
+		w.WriteHeader(http.StatusTeapot)
+		return nil
+	})
+	post := func(id string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(http.MethodPost, "/hooks/atlas", strings.NewReader(
+			`{"data":[{"document_id":"pan-1","file_data":{}},{"document_id":"aadhaar-1","file_data":{}}]}`))
+		r.Header.Set("X-Atlas-Callback-Id", id)
+		r.Header.Set("X-Atlas-Subject", "atlas")
+		r.Header.Set("X-Atlas-Document-Count", "2")
+		r.Header.Set("X-Atlas-Attempt", "1")
+		w := httptest.NewRecorder()
+		if err := a.ServeHTTP(w, r, next); err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	if w := post("id-one"); w.Code != 200 || !strings.Contains(w.Body.String(), `"id-one"`) {
+		t.Fatalf("POST: %d %s", w.Code, w.Body)
+	}
+	post("id-one")
+
+	w := httptest.NewRecorder()
+	if err := a.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/callbacks?format=json", nil), next); err != nil {
+		t.Fatal(err)
+	}
+	var got struct{ Callbacks []received }
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
+		t.Fatalf("listing: %v: %s", err, w.Body)
+	}
+	if len(got.Callbacks) < 2 {
+		t.Fatalf("listing has %d callbacks, want 2: %s", len(got.Callbacks), w.Body)
+	}
+	newest, first := got.Callbacks[0], got.Callbacks[1]
+	if newest.ID != "id-one" || !newest.Again || first.Again || newest.Subject != "atlas" || newest.Count != "2" ||
+		strings.Join(newest.DocumentIDs, ",") != "pan-1,aadhaar-1" {
+		t.Errorf("listing: %+v", got.Callbacks)
+	}
+
+	w = httptest.NewRecorder()
+	if err := a.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/callbacks", nil), next); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(w.Body.String(), "pan-1, aadhaar-1 (again)") {
+		t.Errorf("text listing:\n%s", w.Body)
+	}
+
+	// Anything else goes to the next handler, a POST without a callback
+	// id too.
+	for _, r := range []*http.Request{
+		httptest.NewRequest(http.MethodGet, "/other", nil),
+		httptest.NewRequest(http.MethodPost, "/hooks/atlas", strings.NewReader("{}")),
+	} {
+		w := httptest.NewRecorder()
+		if err := a.ServeHTTP(w, r, next); err != nil || w.Code != http.StatusTeapot {
+			t.Errorf("%s %s: %d, %v; want the next handler", r.Method, r.URL, w.Code, err)
+		}
+	}
+	if nextCalled != 2 {
+		t.Errorf("next handler called %d times, want 2", nextCalled)
+	}
+}
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	for in, wantErr := range map[string]bool{
+		"atlas_demo_app":            false,
+		"atlas_demo_app /x":         true,
+		"atlas_demo_app {\n a b\n}": true,
+	} {
+		err := new(App).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))
+		if (err != nil) != wantErr {
+			t.Errorf("%q: err %v, want error %v", in, err, wantErr)
+		}
+	}
+}

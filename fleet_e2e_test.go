@@ -1,0 +1,293 @@
+package caddyatlas
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+)
+
+// The fleet test runs three Caddy processes built from this repo in front
+// of one simulator that keeps one live token per client (issuing a token
+// revokes the client's previous ones), once with the three sharing a file
+// system storage and once with a storage each, and drives 1,000 concurrent
+// requests across them on a cold cache, then a steady load through
+// several token refreshes.
+
+const (
+	fleetClientID     = "fleet-client"
+	fleetClientSecret = "fleet-secret-never-at-rest-0d5e"
+	fleetInstances    = 3
+	fleetColdRequests = 1000
+	// fleetLifetime is the simulator's token lifetime: the gateways
+	// refresh after 75% of it. The simulator's exp claim has one-second
+	// resolution, so the token dies at Atlas up to a second before the
+	// gateways think: the refresh must start before that.
+	fleetLifetime = 6 * time.Second
+	fleetSteady   = 10 * time.Second // two refreshes
+)
+
+// fleetSim is the simulator of the fleet test, recording when authtoken
+// was called.
+type fleetSim struct {
+	*atlastest.Simulator
+	url string
+
+	mu    sync.Mutex
+	auths []time.Time
+}
+
+func newFleetSim(t *testing.T) *fleetSim {
+	t.Helper()
+	s := &fleetSim{Simulator: atlastest.New(atlastest.Options{
+		ClientID: fleetClientID, ClientSecret: fleetClientSecret,
+		TokenLifetime: fleetLifetime, OneLiveToken: true,
+	})}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == atlastest.APIPrefix+atlastest.EndpointAuthToken {
+			s.mu.Lock()
+			s.auths = append(s.auths, time.Now())
+			s.mu.Unlock()
+		}
+		s.Simulator.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	s.url = srv.URL
+	return s
+}
+
+func (s *fleetSim) authCalls() []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.auths...)
+}
+
+// startFleetInstance runs bin as one instance of the fleet and waits until
+// it serves. storage is the storage global option, or "".
+func startFleetInstance(t *testing.T, ctx context.Context, bin, dir, endpoint, storage string) (string, *caddyProcess) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	config := filepath.Join(dir, "Caddyfile")
+	caddyfile := fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	persist_config off
+	auto_https off
+	%s
+}
+:%d {
+	atlas {
+		endpoint      %s
+		client_id     {env.FLEET_CLIENT_ID}
+		client_secret {env.FLEET_CLIENT_SECRET}
+		upload_path   off
+	}
+}
+`, freePort(t), storage, port, endpoint)
+	if err := os.WriteFile(config, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logFile := filepath.Join(dir, "caddy.log")
+	logs, err := os.Create(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logs.Close()
+	cmd := exec.CommandContext(ctx, bin, "run", "--config", config, "--adapter", "caddyfile")
+	// Without a storage option, each instance has its own default
+	// storage under its own data directory.
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir,
+		"FLEET_CLIENT_ID="+fleetClientID, "FLEET_CLIENT_SECRET="+fleetClientSecret)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &caddyProcess{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			out, _ := os.ReadFile(logFile)
+			t.Logf("%s:\n%s", logFile, out)
+		}
+	})
+	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		// A path the atlas handler passes on: it answers without Atlas.
+		if resp, err := http.Get(base + "/ready"); err == nil {
+			resp.Body.Close()
+			return base, p
+		}
+		select {
+		case <-p.done:
+			out, _ := os.ReadFile(logFile)
+			t.Fatalf("caddy exited:\n%s", out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			out, _ := os.ReadFile(logFile)
+			t.Fatalf("caddy did not start:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// fleetResult counts the answers the fleet's clients got.
+type fleetResult struct {
+	mu       sync.Mutex
+	statuses map[int]int // 0: no response
+	bodies   map[int]string
+}
+
+func (r *fleetResult) add(status int, body string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.statuses == nil {
+		r.statuses, r.bodies = map[int]int{}, map[int]string{}
+	}
+	r.statuses[status]++
+	if status != http.StatusOK {
+		r.bodies[status] = body
+	}
+}
+
+func (r *fleetResult) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var parts []string
+	for status, n := range r.statuses {
+		parts = append(parts, fmt.Sprintf("%d: %d", status, n))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// runFleet starts the fleet, runs the load and returns what the clients
+// got and when authtoken was called.
+func runFleet(t *testing.T, ctx context.Context, bin string, shared bool) (cold, steady *fleetResult, auths []time.Time) {
+	sim := newFleetSim(t)
+	batch := sim.CreateBatch("pan-1", "aadhaar-2")
+	work := t.TempDir()
+	storage := ""
+	if shared {
+		storage = "storage file_system {\n\t\troot " + filepath.Join(work, "shared") + "\n\t}"
+	}
+	var bases []string
+	for i := range fleetInstances {
+		base, _ := startFleetInstance(t, ctx, bin, filepath.Join(work, fmt.Sprint("instance-", i)), sim.url, storage)
+		bases = append(bases, base)
+	}
+	client := &http.Client{
+		Timeout:   20 * time.Second,
+		Transport: &http.Transport{MaxIdleConnsPerHost: fleetColdRequests, MaxIdleConns: fleetColdRequests},
+	}
+	defer client.CloseIdleConnections()
+	request := func(i int, res *fleetResult) {
+		resp, err := client.Get(bases[i%fleetInstances] + "/atlas/extracts?batch_id=" + batch)
+		if err != nil {
+			res.add(0, err.Error())
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		res.add(resp.StatusCode, string(body))
+	}
+
+	// A cold cache: 1,000 concurrent requests, released together.
+	cold, steady = new(fleetResult), new(fleetResult)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range fleetColdRequests {
+		wg.Go(func() {
+			<-start
+			request(i, cold)
+		})
+	}
+	close(start)
+	wg.Wait()
+
+	// Then a steady load through the refreshes.
+	until := time.Now().Add(fleetSteady)
+	for w := range 15 * fleetInstances {
+		wg.Go(func() {
+			for i := w; time.Now().Before(until); i += 15 * fleetInstances {
+				request(i, steady)
+			}
+		})
+	}
+	wg.Wait()
+	return cold, steady, sim.authCalls()
+}
+
+func TestFleetSharesOneToken(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs three Caddy binaries")
+	}
+	if runtime.GOOS == "windows" {
+		t.Skip("needs SIGKILL")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	bin := buildCaddy(t, ctx)
+
+	t.Run("shared storage", func(t *testing.T) {
+		cold, steady, auths := runFleet(t, ctx, bin, true)
+		var gaps []string
+		for i := 1; i < len(auths); i++ {
+			gaps = append(gaps, auths[i].Sub(auths[i-1]).Round(10*time.Millisecond).String())
+		}
+		t.Logf("cold: %s; steady: %s; authtoken calls: %d, %v apart", cold, steady, len(auths), gaps)
+		for _, r := range []*fleetResult{cold, steady} {
+			if n := r.statuses[http.StatusOK]; n == 0 || len(r.statuses) != 1 {
+				t.Errorf("answers %s, want 200 only; e.g. %v", r, r.bodies)
+			}
+		}
+		// One authtoken call per token lifetime for the fleet: the first
+		// on the cold cache, then one per refresh, each a refresh window
+		// (75% of the lifetime) after the one before.
+		minGap := fleetLifetime*3/4 - 500*time.Millisecond
+		for i := 1; i < len(auths); i++ {
+			if gap := auths[i].Sub(auths[i-1]); gap < minGap {
+				t.Errorf("authtoken call %d came %s after the one before, want >= %s (one per token lifetime)", i+1, gap, minGap)
+			}
+		}
+		if len(auths) < 2 {
+			t.Errorf("authtoken calls = %d, want a refresh during the steady load", len(auths))
+		}
+	})
+
+	t.Run("storage per instance", func(t *testing.T) {
+		// Each instance's authtoken call revokes the others' tokens: the
+		// 401 replay saves the requests whose replay comes before the next
+		// revocation; the others get the gateway's 502, never a 401.
+		cold, steady, auths := runFleet(t, ctx, bin, false)
+		t.Logf("cold: %s; steady: %s; authtoken calls: %d; a 502: %s", cold, steady, len(auths), strings.TrimSpace(steady.bodies[http.StatusBadGateway]))
+		for _, r := range []*fleetResult{cold, steady} {
+			if n := r.statuses[http.StatusUnauthorized]; n != 0 {
+				t.Errorf("%d clients got a 401: %s", n, r.bodies[http.StatusUnauthorized])
+			}
+			if n := r.statuses[0]; n != 0 {
+				t.Errorf("%d requests got no response: %s", n, r.bodies[0])
+			}
+		}
+	})
+}

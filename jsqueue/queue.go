@@ -1,0 +1,904 @@
+package jsqueue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/spool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// Queue is a spool.Store on NATS JetStream, shared by every instance
+// that opens it with the same stream: each of them appends, delivers,
+// and answers the operator's queries from the streams, so any instance
+// sees and acts on every callback.
+type Queue struct {
+	cfg  atomic.Pointer[config]
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	work jetstream.Stream
+	dead jetstream.Stream
+	st   jetstream.Stream
+	cons jetstream.Consumer
+
+	workSubj, deadSubj, stateSubj string
+
+	mu       sync.Mutex
+	inflight map[uint64]string // work sequence -> id, deliveries of this instance
+	closing  bool
+
+	kickc         chan struct{}
+	stop          chan struct{}
+	deliverCtx    context.Context
+	deliverCancel context.CancelFunc
+	fetchCtx      context.Context
+	fetchCancel   context.CancelFunc
+	fetcher       sync.WaitGroup
+	deliveries    sync.WaitGroup
+	closed        chan struct{}
+}
+
+var _ spool.Store = (*Queue)(nil)
+
+// Open connects to NATS, creates the three streams and the delivery
+// consumer if they do not exist, or checks that they match opts if they
+// do, and starts delivering. A stream that exists with other replicas,
+// retention or limits is an error naming the field; Open never changes
+// an existing stream. Open fails with an error wrapping
+// spool.ErrUnavailable if no server can be reached.
+func Open(opts Options) (*Queue, error) {
+	cfg, err := resolve(opts)
+	if err != nil {
+		return nil, err
+	}
+	nopts, err := cfg.natsOptions()
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(joinURLs(cfg.urls), nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: connecting to NATS: %w", spool.ErrUnavailable, err)
+	}
+	q := &Queue{
+		nc:        nc,
+		workSubj:  cfg.stream + ".q.",
+		deadSubj:  cfg.stream + "_DEAD.",
+		stateSubj: cfg.stream + "_STATE.",
+		inflight:  make(map[uint64]string),
+		kickc:     make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		closed:    make(chan struct{}),
+	}
+	q.cfg.Store(cfg)
+	if q.js, err = jetstream.New(nc, jetstream.WithDefaultTimeout(cfg.publishTimeout)); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*cfg.publishTimeout)
+	defer cancel()
+	if err := q.setup(ctx, cfg); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	q.deliverCtx, q.deliverCancel = context.WithCancel(context.Background())
+	q.fetchCtx, q.fetchCancel = context.WithCancel(context.Background())
+	q.fetcher.Add(1)
+	go q.fetch()
+	cfg.logger.Info("jetstream queue opened", zap.String("stream", cfg.stream), zap.Int("replicas", cfg.replicas),
+		zap.String("server", nc.ConnectedUrlRedacted()))
+	return q, nil
+}
+
+func joinURLs(urls []string) string {
+	s := ""
+	for i, u := range urls {
+		if i > 0 {
+			s += ","
+		}
+		s += u
+	}
+	return s
+}
+
+// streamConfigs returns the configurations of the work, dead-letter and
+// state streams.
+func (q *Queue) streamConfigs(cfg *config) []jetstream.StreamConfig {
+	return []jetstream.StreamConfig{{
+		Name:        cfg.stream,
+		Description: "caddy-atlas: callbacks to deliver",
+		Subjects:    []string{q.workSubj + "*"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.replicas,
+		Duplicates:  min(cfg.dupWindow, cfg.retention),
+		Discard:     jetstream.DiscardNew,
+	}, {
+		Name:              cfg.stream + "_DEAD",
+		Description:       "caddy-atlas: dead letters, kept until retried or purged",
+		Subjects:          []string{q.deadSubj + "*"},
+		Retention:         jetstream.LimitsPolicy,
+		Storage:           jetstream.FileStorage,
+		Replicas:          cfg.replicas,
+		MaxMsgsPerSubject: 1,
+		Discard:           jetstream.DiscardNew,
+	}, {
+		Name:              cfg.stream + "_STATE",
+		Description:       "caddy-atlas: callback states (attempts, dead, delivered ids for the retention window)",
+		Subjects:          []string{q.stateSubj + "*.*"},
+		Retention:         jetstream.LimitsPolicy,
+		Storage:           jetstream.FileStorage,
+		Replicas:          cfg.replicas,
+		MaxMsgsPerSubject: 1,
+		AllowMsgTTL:       true,
+		Discard:           jetstream.DiscardNew,
+	}}
+}
+
+// setup creates or checks the streams and the consumer.
+func (q *Queue) setup(ctx context.Context, cfg *config) error {
+	var streams []jetstream.Stream
+	for _, want := range q.streamConfigs(cfg) {
+		s, err := q.js.Stream(ctx, want.Name)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			s, err = q.js.CreateStream(ctx, want)
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				// Another instance created it meanwhile.
+				s, err = q.js.Stream(ctx, want.Name)
+			}
+			if err != nil {
+				return fmt.Errorf("%w: creating stream %s: %w", spool.ErrUnavailable, want.Name, err)
+			}
+			cfg.logger.Info("jetstream stream created", zap.String("stream", want.Name), zap.Int("replicas", want.Replicas))
+		case err != nil:
+			return fmt.Errorf("%w: stream %s: %w", spool.ErrUnavailable, want.Name, err)
+		}
+		if err := checkStream(want, s.CachedInfo().Config); err != nil {
+			return err
+		}
+		streams = append(streams, s)
+	}
+	q.work, q.dead, q.st = streams[0], streams[1], streams[2]
+	cons, err := q.work.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       "deliver",
+		Description:   "caddy-atlas: delivery, shared by every instance",
+		FilterSubject: q.workSubj + "*",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.ackWait,
+		MaxDeliver:    -1,
+		MaxAckPending: -1,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: delivery consumer on %s: %w", spool.ErrUnavailable, cfg.stream, err)
+	}
+	q.cons = cons
+	return nil
+}
+
+// checkStream reports the first setting of an existing stream that
+// differs from the one this configuration needs.
+func checkStream(want, got jetstream.StreamConfig) error {
+	diff := func(field string, w, g any) error {
+		return fmt.Errorf("jsqueue: stream %s exists with %s %v, the configuration wants %v; "+
+			"change the stream (nats stream edit) or the configuration, it is not changed for you", want.Name, field, g, w)
+	}
+	switch {
+	case got.Replicas != want.Replicas:
+		return diff("replicas", want.Replicas, got.Replicas)
+	case got.Retention != want.Retention:
+		return diff("retention", want.Retention, got.Retention)
+	case !slices.Equal(got.Subjects, want.Subjects):
+		return diff("subjects", want.Subjects, got.Subjects)
+	case got.Storage != want.Storage:
+		return diff("storage", want.Storage, got.Storage)
+	case got.MaxMsgsPerSubject != want.MaxMsgsPerSubject && want.MaxMsgsPerSubject != 0:
+		return diff("max_msgs_per_subject", want.MaxMsgsPerSubject, got.MaxMsgsPerSubject)
+	case got.AllowMsgTTL != want.AllowMsgTTL:
+		return diff("allow_msg_ttl", want.AllowMsgTTL, got.AllowMsgTTL)
+	case got.MaxAge != 0:
+		return diff("max_age", time.Duration(0), got.MaxAge)
+	}
+	return nil
+}
+
+func (q *Queue) config() *config { return q.cfg.Load() }
+
+// Reconfigure applies new delivery options (Deliver, Retention,
+// MaxAttempts, backoff, DeliveryTimeout, Concurrency, Logger, Observer,
+// AckWait for the next deliveries) to an open queue. The connection
+// settings (URLs, Stream, Replicas, credentials, TLS) cannot change: it
+// returns an error if they differ.
+func (q *Queue) Reconfigure(opts Options) error {
+	cfg, err := resolve(opts)
+	if err != nil {
+		return err
+	}
+	if err := sameConnection(q.config(), cfg); err != nil {
+		return err
+	}
+	if cfg.ackWait != q.config().ackWait {
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.publishTimeout)
+		defer cancel()
+		ci := q.cons.CachedInfo().Config
+		ci.AckWait = cfg.ackWait
+		if _, err := q.work.UpdateConsumer(ctx, ci); err != nil {
+			return fmt.Errorf("jsqueue: updating the ack wait: %w", err)
+		}
+	}
+	q.cfg.Store(cfg)
+	q.kick()
+	return nil
+}
+
+func (q *Queue) kick() {
+	select {
+	case q.kickc <- struct{}{}:
+	default:
+	}
+}
+
+// unavailable wraps a NATS error as spool.ErrUnavailable, except the
+// caller's own cancellation.
+func unavailable(ctx context.Context, what string, err error) error {
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return err
+	}
+	return fmt.Errorf("%w: %s: %w", spool.ErrUnavailable, what, err)
+}
+
+func isWrongLastSeq(err error) bool {
+	var ae *jetstream.APIError
+	return errors.As(err, &ae) &&
+		(ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// state returns the newest state record of id, nil if it has none.
+func (q *Queue) state(ctx context.Context, id string) (*record, error) {
+	m, err := q.st.GetLastMsgForSubject(ctx, q.stateSubj+"*."+subjectKey(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return decodeRecord(m.Subject, m.Sequence, m.Data)
+}
+
+// pendingMsg returns the message of id in the work stream, nil if there
+// is none.
+func (q *Queue) pendingMsg(ctx context.Context, id string) (*jetstream.RawStreamMsg, error) {
+	m, err := q.work.GetLastMsgForSubject(ctx, q.workSubj+subjectKey(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	return m, err
+}
+
+// putState writes r as the newest state of its callback, if the newest
+// is still the one at sequence base (0: none); ttl 0 keeps it until it
+// is replaced. It returns false if another state was written meanwhile.
+func (q *Queue) putState(ctx context.Context, kind string, r *record, base uint64, ttl time.Duration) (bool, error) {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return false, err
+	}
+	key := subjectKey(r.ID)
+	opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequenceForSubject(base, q.stateSubj+"*."+key)}
+	if ttl > 0 {
+		opts = append(opts, jetstream.WithMsgTTL(ttl.Round(time.Second)))
+	}
+	_, err = q.js.Publish(ctx, q.stateSubj+kind+"."+key, data, opts...)
+	if isWrongLastSeq(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// purgeState removes the state records of id of the given kinds.
+func (q *Queue) purgeState(ctx context.Context, id string, kinds ...string) error {
+	for _, k := range kinds {
+		if err := q.st.Purge(ctx, jetstream.WithPurgeSubject(q.stateSubj+k+"."+subjectKey(id))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Append implements spool.Store. It returns once the work stream's
+// servers acknowledged the message (a quorum of them for R3), with an
+// error wrapping spool.ErrUnavailable if NATS is unreachable or the ack
+// does not come within PublishTimeout. The callback id is the
+// Nats-Msg-Id; the publish also expects no message of that id in the
+// work stream, and a state record of the id (dead, or delivered within
+// the retention window) makes it a duplicate before publishing.
+func (q *Queue) Append(ctx context.Context, e spool.Entry) (spool.AppendResult, error) {
+	res := spool.AppendResult{ID: e.ID}
+	if err := validateEntry(&e); err != nil {
+		return res, err
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	cfg := q.config()
+	if q.isClosing() {
+		return res, spool.ErrClosed
+	}
+	if e.Received.IsZero() {
+		e.Received = time.Now()
+	}
+	if n, max := envelopeSize(e.Header, e.Body)+512, q.nc.MaxPayload(); max > 0 && int64(n) > max {
+		return res, fmt.Errorf("%w: body of %d bytes is too large for the NATS servers' max_payload of %d", spool.ErrInvalid, len(e.Body), max)
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.publishTimeout)
+	defer cancel()
+
+	rec, err := q.state(ctx, e.ID)
+	if err != nil {
+		return res, unavailable(ctx, "reading callback state", err)
+	}
+	msgID := e.ID
+	if rec != nil {
+		if rec.kind != kindDeleted {
+			res.Duplicate = true
+			return res, nil
+		}
+		// Deleted: JetStream may still hold the id in its duplicate
+		// window, so the new message gets an id of its own, the same for
+		// every instance that sees this deletion.
+		msgID = e.ID + "~" + strconv.FormatUint(rec.rseq, 10)
+	}
+	m := q.newMsg(q.workSubj+subjectKey(e.ID), e.ID, e.Received, e.Header, e.Body)
+	start := time.Now()
+	ack, err := q.js.PublishMsg(ctx, m, jetstream.WithMsgID(msgID), jetstream.WithExpectLastSequencePerSubject(0))
+	switch {
+	case isWrongLastSeq(err):
+		res.Duplicate = true // pending in the work stream
+		return res, nil
+	case err != nil:
+		return res, unavailable(ctx, "publishing the callback", err)
+	}
+	cfg.obs.FsyncDone(time.Since(start), 1)
+	res.Duplicate = ack.Duplicate
+	return res, nil
+}
+
+// newMsg makes a work or dead-letter message.
+func (q *Queue) newMsg(subject, id string, received time.Time, h map[string][]string, body []byte) *nats.Msg {
+	m := nats.NewMsg(subject)
+	m.Header.Set(hdrID, id)
+	m.Header.Set(hdrReceived, strconv.FormatInt(received.UnixNano(), 10))
+	m.Header.Set(hdrSize, strconv.Itoa(len(body)))
+	m.Data = appendEnvelope(make([]byte, 0, envelopeSize(h, body)), h, body)
+	return m
+}
+
+func (q *Queue) isClosing() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.closing
+}
+
+// opCtx bounds an operation of an interface method without a context.
+func (q *Queue) opCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), q.config().publishTimeout)
+}
+
+// lookup returns the Info of id and, for a pending one, its message.
+func (q *Queue) lookup(ctx context.Context, id string) (spool.Info, *jetstream.RawStreamMsg, error) {
+	rec, err := q.state(ctx, id)
+	if err != nil {
+		return spool.Info{}, nil, err
+	}
+	if rec != nil && (rec.kind == kindDead || rec.kind == kindDelivered) {
+		return rec.info(), nil, nil
+	}
+	m, err := q.pendingMsg(ctx, id)
+	if err != nil || m == nil {
+		return spool.Info{}, nil, err
+	}
+	in := spool.Info{State: spool.StatePending}
+	in.ID, in.Received, in.Size = msgInfo(m.Header)
+	in.NextAttempt = in.Received
+	if rec != nil && rec.kind == kindPending && rec.Seq == m.Sequence {
+		in.Attempts, in.LastError, in.LastAttempt, in.NextAttempt = rec.Attempts, rec.LastError, rec.LastAttempt, rec.NextAttempt
+	}
+	q.mu.Lock()
+	_, in.InFlight = q.inflight[m.Sequence]
+	q.mu.Unlock()
+	return in, m, nil
+}
+
+// Get implements spool.Store. InFlight is true only for a delivery by
+// this instance.
+func (q *Queue) Get(id string) (spool.Info, bool) {
+	ctx, cancel := q.opCtx()
+	defer cancel()
+	in, _, err := q.lookup(ctx, id)
+	if err != nil {
+		q.config().logger.Warn("jetstream queue: reading a callback", zap.String("callback_id", id), zap.Error(err))
+		return spool.Info{}, false
+	}
+	return in, in.ID != ""
+}
+
+// Load implements spool.Store.
+func (q *Queue) Load(ctx context.Context, id string) (spool.Entry, error) {
+	if err := ctx.Err(); err != nil {
+		return spool.Entry{}, err
+	}
+	if q.isClosing() {
+		return spool.Entry{}, spool.ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, q.config().publishTimeout)
+	defer cancel()
+	in, m, err := q.lookup(ctx, id)
+	if err != nil {
+		return spool.Entry{}, unavailable(ctx, "reading callback", err)
+	}
+	switch in.State {
+	case spool.StateDelivered:
+		return spool.Entry{}, spool.ErrDelivered
+	case spool.StateDead:
+		if m, err = q.dead.GetLastMsgForSubject(ctx, q.deadSubj+subjectKey(id)); err != nil {
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				return spool.Entry{}, spool.ErrNotFound
+			}
+			return spool.Entry{}, unavailable(ctx, "reading dead letter", err)
+		}
+	case spool.AnyState:
+		return spool.Entry{}, spool.ErrNotFound
+	}
+	return q.entry(m.Header, m.Data)
+}
+
+// entry decodes a work or dead-letter message.
+func (q *Queue) entry(h nats.Header, data []byte) (spool.Entry, error) {
+	id, received, _ := msgInfo(h)
+	hdr, body, err := decodeEnvelope(data)
+	if err != nil {
+		return spool.Entry{}, fmt.Errorf("callback %s: %w", id, err)
+	}
+	return spool.Entry{ID: id, Header: hdr, Body: body, Received: received}, nil
+}
+
+// scan calls fn with every message of stream whose subject matches
+// filter, oldest first, until fn returns false. It reads through an
+// ephemeral consumer, headers only if headersOnly.
+func (q *Queue) scan(ctx context.Context, s jetstream.Stream, filter string, headersOnly bool, fn func(jetstream.Msg) bool) error {
+	c, err := s.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		FilterSubject:     filter,
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
+		HeadersOnly:       headersOnly,
+		InactiveThreshold: 30 * time.Second,
+		MemoryStorage:     true,
+		Replicas:          1,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		dctx, cancel := q.opCtx()
+		defer cancel()
+		_ = s.DeleteConsumer(dctx, c.CachedInfo().Name)
+	}()
+	left := c.CachedInfo().NumPending
+	for left > 0 {
+		batch, err := c.Fetch(int(min(left, 512)), jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return err
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			left--
+			if !fn(m) {
+				return nil
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			return err
+		}
+		if n == 0 {
+			break // removed meanwhile
+		}
+	}
+	return nil
+}
+
+// records returns the state records of a kind.
+func (q *Queue) records(ctx context.Context, kind string) (map[string]*record, error) {
+	out := make(map[string]*record)
+	err := q.scan(ctx, q.st, q.stateSubj+kind+".*", false, func(m jetstream.Msg) bool {
+		md, _ := m.Metadata()
+		var seq uint64
+		if md != nil {
+			seq = md.Sequence.Stream
+		}
+		if r, err := decodeRecord(m.Subject(), seq, m.Data()); err == nil {
+			out[r.ID] = r
+		}
+		return true
+	})
+	return out, err
+}
+
+// List implements spool.Store: pending callbacks from the work stream
+// (with their failed attempts from the state records), dead and
+// delivered ones from the state records, oldest received first. It
+// reads every callback of the state asked for, so it costs a message
+// per callback; the limit only shortens the answer.
+func (q *Queue) List(state spool.State, limit int) []spool.Info {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*q.config().publishTimeout)
+	defer cancel()
+	out, err := q.list(ctx, state)
+	if err != nil {
+		q.config().logger.Warn("jetstream queue: listing callbacks", zap.Stringer("state", state), zap.Error(err))
+	}
+	slices.SortStableFunc(out, func(a, b spool.Info) int { return a.Received.Compare(b.Received) })
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out
+}
+
+func (q *Queue) list(ctx context.Context, state spool.State) ([]spool.Info, error) {
+	var out []spool.Info
+	for _, kind := range []string{kindDead, kindDelivered} {
+		if state != spool.AnyState && kindState(kind) != state {
+			continue
+		}
+		recs, err := q.records(ctx, kind)
+		if err != nil {
+			return out, err
+		}
+		for _, r := range recs {
+			if kind == kindDead || time.Since(r.Delivered) < q.config().retention {
+				out = append(out, r.info())
+			}
+		}
+	}
+	if state != spool.AnyState && state != spool.StatePending {
+		return out, nil
+	}
+	fails, err := q.records(ctx, kindPending)
+	if err != nil {
+		return out, err
+	}
+	q.mu.Lock()
+	inflight := make(map[uint64]bool, len(q.inflight))
+	for seq := range q.inflight {
+		inflight[seq] = true
+	}
+	q.mu.Unlock()
+	var pending []spool.Info
+	err = q.scanWork(ctx, func(m *jetstream.RawStreamMsg) {
+		in := spool.Info{State: spool.StatePending, InFlight: inflight[m.Sequence]}
+		in.ID, in.Received, in.Size = msgInfo(m.Header)
+		in.NextAttempt = in.Received
+		if r := fails[in.ID]; r != nil && r.Seq == m.Sequence {
+			in.Attempts, in.LastError, in.LastAttempt, in.NextAttempt = r.Attempts, r.LastError, r.LastAttempt, r.NextAttempt
+		}
+		pending = append(pending, in)
+	})
+	return append(out, pending...), err
+}
+
+// scanWork calls fn with every message of the work stream, oldest
+// first. A work-queue stream admits no second consumer on the subjects
+// of the delivery one, so it reads message by message: a request per
+// pending callback.
+func (q *Queue) scanWork(ctx context.Context, fn func(*jetstream.RawStreamMsg)) error {
+	info, err := q.work.Info(ctx)
+	if err != nil {
+		return err
+	}
+	for seq, last := info.State.FirstSeq, info.State.LastSeq; seq <= last && seq > 0; {
+		m, err := q.work.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(q.workSubj+"*"))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if m.Sequence > last {
+			return nil
+		}
+		fn(m)
+		seq = m.Sequence + 1
+	}
+	return nil
+}
+
+func kindState(kind string) spool.State {
+	switch kind {
+	case kindPending:
+		return spool.StatePending
+	case kindDead:
+		return spool.StateDead
+	case kindDelivered:
+		return spool.StateDelivered
+	}
+	return spool.AnyState
+}
+
+// Retry implements spool.Store. A dead callback is published to the
+// work stream again, then its dead letter removed; a pending one is
+// published again and its old message deleted, so that it is due at
+// once with no failed attempts. A delivery of the old message in
+// progress is not interrupted; its outcome is ignored.
+func (q *Queue) Retry(ctx context.Context, id string) error {
+	if q.isClosing() {
+		return spool.ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, q.config().publishTimeout)
+	defer cancel()
+	in, m, err := q.lookup(ctx, id)
+	if err != nil {
+		return unavailable(ctx, "reading callback", err)
+	}
+	switch in.State {
+	case spool.AnyState:
+		return spool.ErrNotFound
+	case spool.StateDelivered:
+		return spool.ErrDelivered
+	case spool.StateDead:
+		dm, err := q.dead.GetLastMsgForSubject(ctx, q.deadSubj+subjectKey(id))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return spool.ErrNotFound
+		}
+		if err != nil {
+			return unavailable(ctx, "reading dead letter", err)
+		}
+		nm := copyMsg(q.workSubj+subjectKey(id), dm)
+		_, err = q.js.PublishMsg(ctx, nm, jetstream.WithMsgID(id+"~retry"+strconv.FormatUint(dm.Sequence, 10)),
+			jetstream.WithExpectLastSequencePerSubject(0))
+		if err != nil && !isWrongLastSeq(err) {
+			return unavailable(ctx, "publishing the callback", err)
+		}
+		// Pending again; now the dead state can go.
+		if err := q.purgeState(ctx, id, kindDead, kindPending); err != nil {
+			return unavailable(ctx, "removing the dead state", err)
+		}
+		if err := q.dead.Purge(ctx, jetstream.WithPurgeSubject(q.deadSubj+subjectKey(id))); err != nil {
+			return unavailable(ctx, "removing the dead letter", err)
+		}
+		return nil
+	}
+	// Pending: a new message replaces the old, which may be waiting for
+	// its backoff in the consumer.
+	nm := copyMsg(m.Subject, m)
+	_, err = q.js.PublishMsg(ctx, nm, jetstream.WithMsgID(id+"~retry"+strconv.FormatUint(m.Sequence, 10)),
+		jetstream.WithExpectLastSequencePerSubject(m.Sequence))
+	if isWrongLastSeq(err) {
+		return nil // replaced meanwhile, by another retry
+	}
+	if err != nil {
+		return unavailable(ctx, "publishing the callback", err)
+	}
+	if err := q.work.DeleteMsg(ctx, m.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && !errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) {
+		return unavailable(ctx, "deleting the old message", err)
+	}
+	if err := q.purgeState(ctx, id, kindPending); err != nil {
+		return unavailable(ctx, "resetting attempts", err)
+	}
+	return nil
+}
+
+// RetryAll implements spool.Store.
+func (q *Queue) RetryAll(ctx context.Context, state spool.State) (int, error) {
+	if state != spool.StateDead && state != spool.StatePending {
+		return 0, fmt.Errorf("jsqueue: cannot retry %s callbacks", state)
+	}
+	if q.isClosing() {
+		return 0, spool.ErrClosed
+	}
+	lctx, cancel := context.WithTimeout(ctx, 4*q.config().publishTimeout)
+	ins, err := q.list(lctx, state)
+	cancel()
+	if err != nil {
+		return 0, unavailable(ctx, "listing callbacks", err)
+	}
+	n := 0
+	for _, in := range ins {
+		if err := q.Retry(ctx, in.ID); err != nil {
+			if errors.Is(err, spool.ErrNotFound) || errors.Is(err, spool.ErrDelivered) {
+				continue // moved on meanwhile
+			}
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// Delete implements spool.Store. It writes a deletion record first, so
+// that a delivery in progress finds its outcome superseded, then
+// removes the callback's messages and records.
+func (q *Queue) Delete(ctx context.Context, id string) error {
+	if q.isClosing() {
+		return spool.ErrClosed
+	}
+	cfg := q.config()
+	ctx, cancel := context.WithTimeout(ctx, cfg.publishTimeout)
+	defer cancel()
+	rec, err := q.state(ctx, id)
+	if err != nil {
+		return unavailable(ctx, "reading callback state", err)
+	}
+	m, err := q.pendingMsg(ctx, id)
+	if err != nil {
+		return unavailable(ctx, "reading callback", err)
+	}
+	if m == nil && (rec == nil || rec.kind == kindDeleted || rec.kind == kindPending) {
+		return spool.ErrNotFound
+	}
+	var base uint64
+	if rec != nil {
+		base = rec.rseq
+	}
+	// Kept for the duplicate window, the time JetStream may still refuse
+	// the id (see Append), at least a minute.
+	ttl := max(cfg.dupWindow, time.Minute)
+	ok, err := q.putState(ctx, kindDeleted, &record{ID: id, State: "deleted"}, base, ttl)
+	if err != nil {
+		return unavailable(ctx, "recording the deletion", err)
+	}
+	if !ok {
+		return fmt.Errorf("%w: callback %s changed meanwhile; try again", spool.ErrUnavailable, id)
+	}
+	if err := q.work.Purge(ctx, jetstream.WithPurgeSubject(q.workSubj+subjectKey(id))); err != nil {
+		return unavailable(ctx, "removing the callback", err)
+	}
+	if err := q.dead.Purge(ctx, jetstream.WithPurgeSubject(q.deadSubj+subjectKey(id))); err != nil {
+		return unavailable(ctx, "removing the dead letter", err)
+	}
+	if err := q.purgeState(ctx, id, kindPending, kindDead, kindDelivered); err != nil {
+		return unavailable(ctx, "removing the callback state", err)
+	}
+	return nil
+}
+
+// Stats implements spool.Store, from the streams' and consumers' info:
+// a few requests, whatever the number of callbacks. InFlight counts the
+// deliveries of this instance; DiskBytes and LiveBytes are the bytes of
+// the three streams on one replica. On a NATS error, the counts are
+// zero.
+func (q *Queue) Stats() spool.Stats {
+	ctx, cancel := q.opCtx()
+	defer cancel()
+	var st spool.Stats
+	q.mu.Lock()
+	st.InFlight = len(q.inflight)
+	q.mu.Unlock()
+	for _, s := range []jetstream.Stream{q.work, q.dead, q.st} {
+		info, err := s.Info(ctx)
+		if err != nil {
+			q.config().logger.Debug("jetstream queue: stream info", zap.Error(err))
+			return st
+		}
+		st.DiskBytes += int64(info.State.Bytes)
+		switch s {
+		case q.work:
+			st.Pending = int(info.State.Msgs)
+			if info.State.Msgs > 0 {
+				st.OldestPending = info.State.FirstTime
+				if m, err := s.GetMsg(ctx, info.State.FirstSeq); err == nil {
+					if _, r, _ := msgInfo(m.Header); !r.IsZero() {
+						st.OldestPending = r
+					}
+				}
+			}
+		case q.dead:
+			st.Dead = int(info.State.Msgs)
+		}
+	}
+	st.LiveBytes = st.DiskBytes
+	if n, err := q.count(ctx, q.st, q.stateSubj+kindDelivered+".*"); err == nil {
+		st.Delivered = n
+	}
+	return st
+}
+
+// count returns the number of messages of s matching filter, as the
+// pending count of an ephemeral consumer.
+func (q *Queue) count(ctx context.Context, s jetstream.Stream, filter string) (int, error) {
+	c, err := s.CreateConsumer(ctx, jetstream.ConsumerConfig{
+		FilterSubject: filter, AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 10 * time.Second,
+		MemoryStorage: true, Replicas: 1,
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := int(c.CachedInfo().NumPending)
+	_ = s.DeleteConsumer(ctx, c.CachedInfo().Name)
+	return n, nil
+}
+
+// Close implements spool.Store. It stops fetching, waits for the
+// deliveries in progress until ctx is done, then cancels them; a
+// cancelled delivery is handed back to the servers at once (a nak), so
+// that another instance takes it over, and does not count as an
+// attempt. Then it closes the connection. Closing again returns nil once
+// the first Close is done.
+func (q *Queue) Close(ctx context.Context) error {
+	q.mu.Lock()
+	if q.closing {
+		q.mu.Unlock()
+		select {
+		case <-q.closed:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	q.closing = true
+	q.mu.Unlock()
+	close(q.stop)
+	q.fetchCancel()
+	q.fetcher.Wait()
+
+	drained := make(chan struct{})
+	go func() {
+		q.deliveries.Wait()
+		close(drained)
+	}()
+	var cerr error
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		select {
+		case <-drained:
+		default:
+			q.mu.Lock()
+			n := len(q.inflight)
+			q.mu.Unlock()
+			q.deliverCancel()
+			<-drained
+			cerr = fmt.Errorf("jsqueue: close: %d deliveries in progress cancelled, handed back for redelivery: %w", n, ctx.Err())
+		}
+	}
+	q.deliverCancel()
+	if err := q.nc.FlushTimeout(time.Second); err != nil && cerr == nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		q.config().logger.Debug("jetstream queue: flush at close", zap.Error(err))
+	}
+	q.nc.Close()
+	close(q.closed)
+	return cerr
+}
+
+// kill drops the connection without handing anything back, as a crash
+// would: for tests.
+func (q *Queue) kill() {
+	q.mu.Lock()
+	q.closing = true
+	q.mu.Unlock()
+	q.nc.Close()
+	q.fetchCancel()
+	q.deliverCancel()
+	q.fetcher.Wait()
+	q.deliveries.Wait()
+}
+
+// copyMsg makes a message on subject with the callback of m: its data
+// and Atlas headers, not the NATS ones (message id, expectations).
+func copyMsg(subject string, m *jetstream.RawStreamMsg) *nats.Msg {
+	nm := nats.NewMsg(subject)
+	for _, k := range []string{hdrID, hdrReceived, hdrSize, hdrSealed} {
+		if v := m.Header.Get(k); v != "" {
+			nm.Header.Set(k, v)
+		}
+	}
+	nm.Data = m.Data
+	return nm
+}
