@@ -435,7 +435,9 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 
 	// The id is that of the body as Atlas sent it; the app sees it
 	// masked, if the handler masks fields.
-	if body, err = c.maskBody(body); err != nil {
+	body, releaseMasked, err := c.maskBody(body)
+	defer releaseMasked()
+	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("masking callback %s: %w", id, err))
 	}
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -65,14 +66,29 @@ func (c *Callback) provisionRotation(repl *caddy.Replacer) error {
 	return nil
 }
 
-// maskBody returns body masked, or body itself without a masker. The
-// payload has been validated, so an error here is the masker's own.
-func (c *Callback) maskBody(body []byte) ([]byte, error) {
+// maskBufs pools the buffers of masked bodies; one grown past
+// maxPooledMasked is let go.
+var maskBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+const maxPooledMasked = 1 << 20
+
+// maskBody returns body masked, or body itself without a masker, and a
+// release to call once nothing reads the result any more (the hand-off
+// has returned, or the spool has stored it: Store.Append keeps nothing).
+// The payload has been validated, so an error here is the masker's own.
+func (c *Callback) maskBody(body []byte) ([]byte, func(), error) {
 	if c.masker == nil {
-		return body, nil
+		return body, func() {}, nil
 	}
-	out, _, err := c.masker.Payload(make([]byte, 0, len(body)+len(body)/8), body)
-	return out, err
+	buf := maskBufs.Get().(*[]byte)
+	out, _, err := c.masker.Payload((*buf)[:0], body)
+	release := func() {
+		if cap(out) <= maxPooledMasked {
+			*buf = out[:0]
+			maskBufs.Put(buf)
+		}
+	}
+	return out, release, err
 }
 
 // bodyReader returns a request body and its GetBody over b.
