@@ -230,7 +230,7 @@ func (h *Handler) provisionOutbound(ctx caddy.Context) error {
 	h.upstream = &http.Client{
 		Transport: &atlasclient.Transport{
 			Source:   h.tokens.source,
-			Base:     h.tokens.transport,
+			Base:     outbound.Traced(h.tokens.transport),
 			Header:   h.TokenHeader,
 			OnReplay: h.metrics.replays.Inc,
 		},
@@ -341,7 +341,14 @@ type sharedTokenSource struct {
 	// lastFetch is the Unix time in nanoseconds of the last successful
 	// authtoken call, for the token age metric.
 	lastFetch atomic.Int64
+	// lastRevokedWarning is the Unix time in nanoseconds of the last
+	// warning about a token revoked early in its life.
+	lastRevokedWarning atomic.Int64
 }
+
+// revokedWarningEvery bounds how often a token refused early in its life
+// is logged.
+const revokedWarningEvery = time.Minute
 
 func newSharedTokenSource(endpoint, clientID, secret string, shared bool, m *outboundMetrics, logger *zap.Logger) (*sharedTokenSource, error) {
 	s := &sharedTokenSource{
@@ -354,7 +361,7 @@ func newSharedTokenSource(endpoint, clientID, secret string, shared bool, m *out
 		Endpoint:     endpoint,
 		ClientID:     clientID,
 		ClientSecret: secret,
-		HTTPClient:   &http.Client{Transport: s.transport, Timeout: atlasclient.DefaultHTTPTimeout},
+		HTTPClient:   &http.Client{Transport: outbound.Traced(s.transport), Timeout: atlasclient.DefaultHTTPTimeout},
 		Observer:     s,
 	}
 	if shared {
@@ -392,6 +399,29 @@ func (s *sharedTokenSource) SharedStoreFailed(op string, err error) {
 		zap.String("client_id", s.clientID), zap.String("operation", op), zap.Error(err))
 }
 
+// TokenRefused logs, at most once a minute, a token that Atlas refused in
+// the first half of its life: it was revoked, which is what instances that
+// fetch a token each do to one another if Atlas keeps one live token per
+// client.
+func (s *sharedTokenSource) TokenRefused(age, remaining time.Duration) {
+	if age >= remaining {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := s.lastRevokedWarning.Load()
+	if now-last < int64(revokedWarningEvery) || !s.lastRevokedWarning.CompareAndSwap(last, now) {
+		return
+	}
+	msg := "atlas refused a token early in its life: it was revoked; if several Caddy instances use this client id, give them one shared storage so that they share one token"
+	if s.stores == nil {
+		msg = "atlas refused a token early in its life: it was revoked; if several Caddy instances use this client id, remove token_storage off and give them one shared storage so that they share one token"
+	}
+	s.logger.Warn(msg,
+		zap.String("client_id", s.clientID),
+		zap.Duration("age", age.Round(time.Millisecond)),
+		zap.Duration("remaining", remaining.Round(time.Millisecond)))
+}
+
 // Destruct stops the token source and closes the idle connections when
 // the last config using them is unloaded.
 func (s *sharedTokenSource) Destruct() error {
@@ -410,4 +440,5 @@ var (
 	_ caddy.Destructor                = (*sharedTokenSource)(nil)
 	_ atlasclient.TokenObserver       = (*sharedTokenSource)(nil)
 	_ atlasclient.SharedTokenObserver = (*sharedTokenSource)(nil)
+	_ atlasclient.RefusalObserver     = (*sharedTokenSource)(nil)
 )

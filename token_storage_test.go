@@ -16,6 +16,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient"
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
@@ -350,5 +353,37 @@ func TestE2ETokenInCaddyStorage(t *testing.T) {
 	mine, _ := newStorageTokenStore(&certmagic.FileStorage{Path: root}, sim.URL, e2eClientID, e2eClientSecret)
 	if tok, err := mine.Load(context.Background()); err != nil || tok.Value == "" || tok.Value == "foreign" {
 		t.Errorf("after the foreign record: stored %v, %v; want a token of this secret's", tok, err)
+	}
+}
+
+func TestTokenRefusedEarlyIsLoggedOnceAMinute(t *testing.T) {
+	core, logs := observer.New(zapcore.WarnLevel)
+	for _, tt := range []struct {
+		name   string
+		stores *tokenStores
+		hint   string
+	}{
+		{"shared", new(tokenStores), "give them one shared storage"},
+		{"token_storage off", nil, "remove token_storage off"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &sharedTokenSource{clientID: "gw", logger: zap.New(core), stores: tt.stores}
+			before := logs.Len()
+			s.TokenRefused(50*time.Minute, 10*time.Minute) // at the end of its life: a refresh's doing
+			s.TokenRefused(time.Second, time.Hour)
+			s.TokenRefused(2*time.Second, time.Hour) // within the minute
+			entries := logs.All()[before:]
+			if len(entries) != 1 {
+				t.Fatalf("%d warnings, want 1: %v", len(entries), entries)
+			}
+			if e := entries[0]; !strings.Contains(e.Message, tt.hint) || e.ContextMap()["client_id"] != "gw" {
+				t.Errorf("warning %q %v, want it to say %q", e.Message, e.ContextMap(), tt.hint)
+			}
+			s.lastRevokedWarning.Add(-int64(revokedWarningEvery))
+			s.TokenRefused(time.Second, time.Hour)
+			if n := logs.Len() - before; n != 2 {
+				t.Errorf("%d warnings after a minute, want 2", n)
+			}
+		})
 	}
 }

@@ -42,13 +42,14 @@ type SharedTokenObserver interface {
 	SharedStoreFailed(op string, err error)
 }
 
+// sharedLockWait bounds the wait for the store's lock. It is longer than
+// the time after which a lock left by a crashed holder goes stale in
+// certmagic's file storage (10s); past it, the source fetches without the
+// lock. A variable for tests.
+var sharedLockWait = 15 * time.Second
+
 // Timing of the shared store.
 const (
-	// sharedLockWait bounds the wait for the store's lock. It is longer
-	// than the time after which a lock left by a crashed holder goes stale
-	// in certmagic's file storage (10s); past it, the source fetches
-	// without the lock.
-	sharedLockWait = 15 * time.Second
 	// sharedPoll is how often the store is read while waiting for its
 	// lock, so that a token stored by the holder is taken at once rather
 	// than when the lock is free (a file storage polls its lock once a
@@ -67,9 +68,9 @@ const (
 // holder before it may have stored a token), and only then calls
 // authtoken and stores the result. When the store fails, the source
 // fetches its own token.
-func (s *TokenSource) obtain() (Token, time.Duration, error) {
+func (s *TokenSource) obtain(ctx context.Context) (Token, time.Duration, error) {
 	if s.shared == nil {
-		return s.fetchWithRetry()
+		return s.fetchWithRetry(ctx)
 	}
 	if tok, ok := s.loadShared(true); ok {
 		return tok, 0, nil
@@ -88,10 +89,10 @@ func (s *TokenSource) obtain() (Token, time.Duration, error) {
 	default:
 		s.sharedFailed("lock", err)
 	}
-	tok, retryAfter, err := s.fetchWithRetry()
+	tok, retryAfter, err := s.fetchWithRetry(ctx)
 	if err == nil {
-		ctx, cancel := context.WithTimeout(s.ctx, sharedOpTimeout)
-		if err := s.shared.Store(ctx, tok); err != nil {
+		sctx, cancel := context.WithTimeout(s.ctx, sharedOpTimeout)
+		if err := s.shared.Store(sctx, tok); err != nil {
 			s.sharedFailed("store", err)
 		}
 		cancel()

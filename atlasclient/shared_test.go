@@ -439,3 +439,58 @@ func TestSharedUnreadableStoreReportedOncePerRefresh(t *testing.T) {
 		t.Errorf("the store was read %d times while waiting, want it polled", store.loads)
 	}
 }
+
+type refusalObserver struct {
+	recordingObserver
+	mu      sync.Mutex
+	refused [][2]time.Duration
+}
+
+func (o *refusalObserver) TokenRefused(age, remaining time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.refused = append(o.refused, [2]time.Duration{age, remaining})
+}
+
+func TestRefusalObserver(t *testing.T) {
+	fa := newFakeAtlas(t, okToken(100), nil)
+	clock := newClock()
+	obs := &refusalObserver{}
+	s := newSource(t, fa, clock, func(o *TokenOptions) { o.Observer = obs })
+	getTokens(t, s, 1)
+	clock.Advance(10 * time.Second)
+	s.Invalidate("tok-0") // not the cached token: nothing dropped
+	s.Invalidate("tok-1")
+	s.Invalidate("tok-1") // already dropped
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if want := [][2]time.Duration{{10 * time.Second, 90 * time.Second}}; fmt.Sprint(obs.refused) != fmt.Sprint(want) {
+		t.Errorf("refusals %v, want %v", obs.refused, want)
+	}
+}
+
+func TestSharedLockNeverFreedFetchesWithoutIt(t *testing.T) {
+	defer func(d time.Duration) { sharedLockWait = d }(sharedLockWait)
+	sharedLockWait = 200 * time.Millisecond
+	fa := newFakeAtlas(t, nil, nil)
+	store := newMemStore()
+	unlock, _ := store.Lock(context.Background()) // a holder that hangs
+	defer unlock(context.Background())
+	obs := &sharedObserver{}
+	s := newSource(t, fa, nil, func(o *TokenOptions) { o.Shared = store; o.Observer = obs })
+	start := time.Now()
+	if v := getTokens(t, s, 1)[0]; v != "tok-1" {
+		t.Fatalf("got %q, want its own tok-1", v)
+	}
+	if took := time.Since(start); took < sharedLockWait {
+		t.Errorf("fetched after %s, before the lock wait of %s was over", took, sharedLockWait)
+	}
+	if store.stored().Value != "tok-1" {
+		t.Error("the token fetched without the lock was not stored for the others")
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if len(obs.failures) != 1 || !strings.HasPrefix(obs.failures[0], "lock: ") {
+		t.Errorf("failures = %q, want the lock's", obs.failures)
+	}
+}

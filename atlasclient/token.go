@@ -83,6 +83,17 @@ type TokenObserver interface {
 	TokenFetched(outcome string, took time.Duration)
 }
 
+// RefusalObserver is implemented by a TokenObserver that also wants to
+// hear when a cached token is invalidated (Atlas answered 401 to it).
+type RefusalObserver interface {
+	// TokenRefused is called by Invalidate, outside the source's lock,
+	// with how long ago the dropped token was issued and how long it
+	// still had to live. A token refused early in its life was revoked:
+	// by an operator, or, when Atlas keeps one live token per client, by
+	// a token issued to another instance.
+	TokenRefused(age, remaining time.Duration)
+}
+
 // Token is an Atlas access token.
 type Token struct {
 	// Value is the token sent in the Token header.
@@ -149,6 +160,9 @@ type fetchCall struct {
 	done chan struct{}
 	tok  Token
 	err  error
+	// ctx is the context of the authtoken calls: see fetchContext.
+	ctx     context.Context
+	release context.CancelFunc
 }
 
 // NewTokenSource validates opts and returns a TokenSource. It starts
@@ -226,7 +240,7 @@ func (s *TokenSource) Token(ctx context.Context) (Token, error) {
 	if s.tok.validAt(now) {
 		tok := s.tok
 		if !now.Before(s.refreshAt()) && s.inflight == nil && !now.Before(s.coolUntil) {
-			s.startLocked()
+			s.startLocked(ctx)
 		}
 		s.mu.Unlock()
 		return tok, nil
@@ -242,7 +256,7 @@ func (s *TokenSource) Token(ctx context.Context) (Token, error) {
 			s.mu.Unlock()
 			return Token{}, err
 		}
-		c = s.startLocked()
+		c = s.startLocked(ctx)
 	}
 	s.mu.Unlock()
 
@@ -267,14 +281,21 @@ func (s *TokenSource) Token(ctx context.Context) (Token, error) {
 // unless another source has already replaced value there, and stores the
 // new token in its place, so that the rejection holds for the fleet.
 func (s *TokenSource) Invalidate(value string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if value == "" {
 		return
 	}
+	s.mu.Lock()
 	s.rejected = value
-	if s.tok.Value == value {
-		s.tok = Token{}
+	dropped := s.tok
+	if dropped.Value != value {
+		s.mu.Unlock()
+		return
+	}
+	s.tok = Token{}
+	now := s.now()
+	s.mu.Unlock()
+	if o, ok := s.observer.(RefusalObserver); ok {
+		o.TokenRefused(now.Sub(dropped.IssuedAt), dropped.Expiry.Sub(now))
 	}
 }
 
@@ -296,10 +317,25 @@ func (s *TokenSource) refreshAt() time.Time {
 	return s.tok.refreshAt(s.refreshBefore)
 }
 
+// fetchContext returns the context of a refresh that a call with trigger
+// starts: it carries trigger's values (a trace span, say, so that the
+// authtoken call is traced within the request that caused it) but not its
+// deadline or cancellation, since the refresh serves every caller; it is
+// cancelled when the source is closed, or by the returned function.
+func (s *TokenSource) fetchContext(trigger context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(trigger))
+	stop := context.AfterFunc(s.ctx, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
+}
+
 // startLocked starts a refresh. s.mu must be held, no refresh may be in
 // flight, and the source must not be closed.
-func (s *TokenSource) startLocked() *fetchCall {
+func (s *TokenSource) startLocked(trigger context.Context) *fetchCall {
 	c := &fetchCall{done: make(chan struct{})}
+	c.ctx, c.release = s.fetchContext(trigger)
 	s.inflight = c
 	s.wg.Add(1)
 	go s.refresh(c)
@@ -309,13 +345,14 @@ func (s *TokenSource) startLocked() *fetchCall {
 // refresh runs one refresh and publishes its result.
 func (s *TokenSource) refresh(c *fetchCall) {
 	defer s.wg.Done()
+	defer c.release()
 	var (
 		tok        Token
 		retryAfter time.Duration
 		err        error
 	)
 	for range sharedAttempts {
-		tok, retryAfter, err = s.obtain()
+		tok, retryAfter, err = s.obtain(c.ctx)
 		// A token taken from the shared store may have been rejected
 		// (Invalidate) while it was being read: take another.
 		if err != nil || tok.Value != s.rejectedValue() {
@@ -348,9 +385,9 @@ func (s *TokenSource) refresh(c *fetchCall) {
 // fetchWithRetry calls authtoken up to fetchAttempts times, backing off
 // between transient failures. It returns the Retry-After of the last
 // failure, if any, and an error ready for Token to return.
-func (s *TokenSource) fetchWithRetry() (Token, time.Duration, error) {
+func (s *TokenSource) fetchWithRetry(ctx context.Context) (Token, time.Duration, error) {
 	for attempt := 1; ; attempt++ {
-		tok, err := s.fetch(s.ctx)
+		tok, err := s.fetch(ctx)
 		if err == nil {
 			return tok, 0, nil
 		}
@@ -372,7 +409,7 @@ func (s *TokenSource) fetchWithRetry() (Token, time.Duration, error) {
 		t := time.NewTimer(max(s.backoff(attempt), min(retryAfter, s.maxBackoff)))
 		select {
 		case <-t.C:
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 			t.Stop()
 			return Token{}, 0, ErrClosed
 		}

@@ -100,12 +100,12 @@ func openSharedSpool(dir string, c *Callback) (*sharedSpool, error) {
 
 // options are the spool options of c's settings.
 func (s *sharedSpool) options(c *Callback) spool.Options {
-	d := &spool.HTTPDeliverer{URL: c.durable.deliverTo, Client: &http.Client{Transport: s.transport}}
+	d := &spool.HTTPDeliverer{URL: c.durable.deliverTo, Client: &http.Client{Transport: outbound.Traced(s.transport)}}
 	if c.handoffSigner != nil {
 		d.Header = c.signAttempt
 	}
 	return spool.Options{
-		Deliver:         d.Deliver,
+		Deliver:         traceDeliveries(d.Deliver),
 		Retention:       c.durable.retention,
 		MaxAttempts:     c.durable.maxAttempts,
 		BackoffMin:      c.durable.backoffMin,
@@ -375,6 +375,7 @@ func (c *Callback) spoolCallback(w http.ResponseWriter, r *http.Request, id, sub
 	hdr.Set(headerAtlasSubject, subject)
 	hdr.Set(headerAtlasDocumentCount, count)
 	hdr.Set(headerAtlasCallbackID, id)
+	storeTraceContext(r.Context(), hdr)
 
 	res, err := c.store.Append(r.Context(), queue.Entry{ID: id, Header: hdr, Body: body})
 	if err != nil {
