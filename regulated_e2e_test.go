@@ -455,3 +455,99 @@ func TestE2ECallbackRotation(t *testing.T) {
 		t.Errorf("%d callbacks refused during the rotation", refused.Load())
 	}
 }
+
+// TestE2EAdminBodyMasked stores a dead letter without mask, then reloads
+// with mask: ?body=1 shows the stored body masked by the rules now in
+// force, the listing shows no body at all, and each inspection is
+// logged without the body.
+func TestE2EAdminBodyMasked(t *testing.T) {
+	regEnv(t)
+	app := newRegApp(t)
+	app.status.Store(http.StatusServiceUnavailable)
+	dir := filepath.Join(t.TempDir(), "spool")
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	tester := caddytest.NewTester(t)
+	load := func(atlas string) {
+		t.Helper()
+		cfg := regConfig(atlas, fmt.Sprintf(`client_secret {env.REG_SECRET_OLD}
+				signing_key {env.REG_SIGNING_OLD}
+				spool %s
+				deliver_to %s/hooks/atlas
+				max_attempts 1`, dir, app.URL), `respond "the next handler must not run in durable mode" 299`)
+		cfg = strings.Replace(cfg, "grace_period 5s\n", fmt.Sprintf("grace_period 5s\n\tlog {\n\t\toutput file %s\n\t\tformat json\n\t}\n", logFile), 1)
+		tester.InitServer(cfg, "caddyfile")
+	}
+	load("")
+
+	sim := atlastest.NewServer(t, atlastest.Options{})
+	batch, payload, numbers := regPayload(t, sim)
+	target := atlastest.CallbackTarget{AuthURL: regAuthURL, CallbackURL: regCallbackURL, ClientID: regClientID, ClientSecret: regSecretOld}
+	if d, err := sim.DeliverCallback(context.Background(), target, batch); err != nil {
+		t.Fatalf("delivery: %v (%+v)", err, d)
+	}
+	id := sha256ID(payload)
+	admin := "http://localhost:2999/atlas/callbacks"
+	get := func(url string) []byte {
+		t.Helper()
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
+		}
+		return b
+	}
+	regEventually(t, 5*time.Second, "a dead letter", func() bool {
+		return bytes.Contains(get(admin+"?state=dead"), []byte(id))
+	})
+	// Without mask, the stored body is Atlas's, and ?body=1 shows it.
+	if b := get(admin + "/" + id + "?body=1"); !bytes.Contains(b, []byte(numbers[0])) {
+		t.Fatalf("?body=1 without mask does not show the stored body: %.300s", b)
+	}
+
+	load(regMaskSettings)
+	b := get(admin + "/" + id + "?body=1")
+	for _, n := range numbers {
+		if bytes.Contains(b, []byte(n)) {
+			t.Errorf("?body=1 with mask shows the identity number %q", n)
+		}
+	}
+	var item struct {
+		Body json.RawMessage `json:"body"`
+	}
+	if err := json.Unmarshal(b, &item); err != nil || !bytes.Contains(item.Body, []byte(`"XXXXXXXX`)) || !bytes.Contains(item.Body, []byte(`"REDACTED"`)) {
+		t.Fatalf("?body=1 with mask: %v %.300s", err, b)
+	}
+	if l := get(admin); bytes.Contains(l, []byte(`"body"`)) {
+		t.Errorf("the listing holds a body: %.300s", l)
+	}
+
+	// Two inspections, two log lines: who and which, never the body.
+	var lines []string
+	regEventually(t, 3*time.Second, "the inspection log lines", func() bool {
+		raw, _ := os.ReadFile(logFile)
+		lines = lines[:0]
+		for _, l := range strings.Split(string(raw), "\n") {
+			if strings.Contains(l, `"msg":"callback body inspected"`) {
+				lines = append(lines, l)
+			}
+		}
+		return len(lines) >= 2
+	})
+	for _, l := range lines {
+		if !strings.Contains(l, `"callback_id":"`+id+`"`) || !strings.Contains(l, `"remote_addr":"127.0.0.1:`) {
+			t.Errorf("inspection log line without the id or the remote address: %s", l)
+		}
+		for _, n := range numbers {
+			if strings.Contains(l, n) {
+				t.Errorf("the inspection log line holds the body: %s", l)
+			}
+		}
+	}
+	if !strings.Contains(lines[0], `"masked":false`) || !strings.Contains(lines[len(lines)-1], `"masked":true`) {
+		t.Errorf("the log lines do not say whether the body was masked: %q", lines)
+	}
+}
