@@ -18,8 +18,10 @@ import (
 //	callback <path> {
 //		auth_path     <path>
 //		client_id     <id>
-//		client_secret <secret>
+//		client_secret <secret>                  # twice during a rotation: both accepted
 //		signing_key   <hmac secret or PEM private key>
+//		previous_signing_key <key>             # verifies, never signs; repeatable
+//		sign_deliveries <whsec_ secret>        # Standard Webhooks; repeatable
 //		issuer        <iss>
 //		audience      <aud>
 //		token_ttl     <duration>
@@ -43,8 +45,10 @@ import (
 //
 // Give the secrets as {env.NAME} or {file.path} placeholders: they are
 // resolved at provision time and stay out of the adapted JSON. Each
-// subdirective is allowed once, except verify_key and encryption_key,
-// which repeat (the first encryption_key encrypts, all decrypt).
+// subdirective is allowed once, except verify_key, client_secret (the
+// second and later go to client_secrets), previous_signing_key,
+// sign_deliveries and encryption_key, which repeat (the first
+// encryption_key encrypts, all decrypt).
 // `spool` enables durable mode and needs `deliver_to`; the other durable
 // settings have defaults (see Callback).
 func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
@@ -59,7 +63,10 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
-		if name != "verify_key" && name != "encryption_key" {
+		switch name {
+		case "verify_key", "client_secret", "previous_signing_key", "sign_deliveries", "encryption_key":
+			// repeatable
+		default:
 			if seen[name] {
 				return d.Errf("%s specified more than once", name)
 			}
@@ -79,8 +86,6 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 			str = &c.AuthPath
 		case "client_id":
 			str = &c.ClientID
-		case "client_secret":
-			str = &c.ClientSecret
 		case "signing_key":
 			str = &c.SigningKey
 		case "issuer":
@@ -93,7 +98,8 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 			str = &c.Spool
 		case "deliver_to":
 			str = &c.DeliverTo
-		case "verify_key", "token_ttl", "leeway", "max_body",
+		case "client_secret", "previous_signing_key", "sign_deliveries",
+			"verify_key", "token_ttl", "leeway", "max_body",
 			"max_attempts", "concurrency", "delivery_timeout", "retention", "max_spool_size",
 			"encryption_key", "dead_letter_retention":
 		default:
@@ -116,6 +122,19 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 				return d.Errf("encryption_key must not be empty")
 			}
 			c.EncryptionKeys = append(c.EncryptionKeys, val)
+		case "client_secret":
+			if val == "" {
+				return d.Errf("client_secret must not be empty")
+			}
+			if c.ClientSecret == "" {
+				c.ClientSecret = val
+			} else {
+				c.ClientSecrets = append(c.ClientSecrets, val)
+			}
+		case "previous_signing_key":
+			c.PreviousSigningKeys = append(c.PreviousSigningKeys, val)
+		case "sign_deliveries":
+			c.SignDeliveries = append(c.SignDeliveries, val)
 		case "token_ttl", "leeway":
 			dur, err := caddy.ParseDuration(val)
 			if err != nil {

@@ -61,6 +61,32 @@ func TestCallbackUnmarshalCaddyfile(t *testing.T) {
 			input: "callback /cb {\n max_body 500KB\n token_ttl 1d\n}",
 			want:  callback.Callback{Path: "/cb", MaxBody: 500000, TokenTTL: caddy.Duration(24 * time.Hour)},
 		},
+		{
+			name: "rotation and signed deliveries",
+			input: `callback /hooks/atlas {
+				client_secret        {env.NEW}
+				client_secret        {env.OLD}
+				client_secret        {env.OLDER}
+				signing_key          {file./etc/caddy/new.pem}
+				previous_signing_key {file./etc/caddy/old.pem}
+				previous_signing_key {env.OLDER_KEY}
+				sign_deliveries      {file./etc/caddy/whsec}
+				sign_deliveries      {env.WHSEC_OLD}
+			}`,
+			want: callback.Callback{
+				Path:                "/hooks/atlas",
+				ClientSecret:        "{env.NEW}",
+				ClientSecrets:       []string{"{env.OLD}", "{env.OLDER}"},
+				SigningKey:          "{file./etc/caddy/new.pem}",
+				PreviousSigningKeys: []string{"{file./etc/caddy/old.pem}", "{env.OLDER_KEY}"},
+				SignDeliveries:      []string{"{file./etc/caddy/whsec}", "{env.WHSEC_OLD}"},
+			},
+		},
+		{name: "empty client_secret", input: "callback /cb {\n client_secret \"\"\n}", wantErr: "client_secret must not be empty"},
+		{name: "empty second client_secret", input: "callback /cb {\n client_secret a\n client_secret \"\"\n}", wantErr: "client_secret must not be empty"},
+		{name: "sign_deliveries without a value", input: "callback /cb {\n sign_deliveries\n}", wantErr: "wrong argument count"},
+		{name: "previous_signing_key with two values", input: "callback /cb {\n previous_signing_key a b\n}", wantErr: "wrong argument count"},
+		{name: "mask in callback", input: "callback /cb {\n mask name\n}", wantErr: `unrecognized subdirective "mask"`},
 		{name: "no path", input: `callback`, wantErr: "wrong argument count"},
 		{name: "no path with block", input: "callback {\n client_id a\n}", wantErr: "wrong argument count"},
 		{name: "two paths", input: `callback /a /b`, wantErr: "wrong argument count"},

@@ -31,6 +31,7 @@ const (
 	benchCallbackID   = "bench-atlas"
 	benchCallbackSec  = "bench-callback-secret"
 	benchSigningKey   = "bench-signing-key-0123456789-abcdefghijklmnop"
+	benchWhsec        = "whsec_YmVuY2gtd2Vic29vay1zZWNyZXQtMDEyMzQ1Njc4OQ=="
 )
 
 // benchCaddy is a Caddy loaded in-process from a Caddyfile like
@@ -39,8 +40,16 @@ const (
 // is an httptest server, on loopback).
 type benchCaddy struct {
 	up      *server.Server
-	servers map[string]*caddyhttp.Server // by name: baseline, atlas
+	servers map[string]*caddyhttp.Server // by name: baseline, atlas, masked
 }
+
+// benchMask are the mask rules and delivery signing of the "masked"
+// server: an atlas handler like "atlas" otherwise.
+const benchMask = `mask aadhaar_number
+		mask pan_number
+		mask passport_number
+		mask name redact
+		mask name_as_per_pan redact`
 
 func startBenchCaddy(b *testing.B) *benchCaddy {
 	b.Helper()
@@ -52,7 +61,7 @@ func startBenchCaddy(b *testing.B) *benchCaddy {
 	b.Cleanup(upSrv.Close)
 	upAddr := strings.TrimPrefix(upSrv.URL, "http://")
 
-	ports := make([]int, 2)
+	ports := make([]int, 3)
 	for i := range ports {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -88,8 +97,25 @@ http://127.0.0.1:%d {
 	}
 	reverse_proxy %s
 }
+http://127.0.0.1:%d {
+	atlas {
+		endpoint      %s
+		client_id     %s
+		client_secret %s
+		%s
+		callback /hooks/atlas {
+			client_id     %s
+			client_secret %s
+			signing_key   %s
+			sign_deliveries %s
+		}
+	}
+	reverse_proxy %s
+}
 `, ports[0], upAddr, up.Token(), ports[1], upSrv.URL, benchClientID, benchClientSecret,
-		benchCallbackID, benchCallbackSec, benchSigningKey, upAddr)
+		benchCallbackID, benchCallbackSec, benchSigningKey, upAddr,
+		ports[2], upSrv.URL, benchClientID, benchClientSecret, benchMask,
+		benchCallbackID, benchCallbackSec, benchSigningKey, benchWhsec, upAddr)
 	cfg, warn, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
 	if err != nil {
 		b.Fatalf("adapting: %v (%v)", err, warn)
@@ -110,10 +136,12 @@ http://127.0.0.1:%d {
 				c.servers["baseline"] = s
 			case strings.HasSuffix(l, fmt.Sprint(":", ports[1])):
 				c.servers["atlas"] = s
+			case strings.HasSuffix(l, fmt.Sprint(":", ports[2])):
+				c.servers["masked"] = s
 			}
 		}
 	}
-	if len(c.servers) != 2 {
+	if len(c.servers) != 3 {
 		b.Fatalf("servers not found: %v", c.servers)
 	}
 	return c
@@ -304,4 +332,61 @@ func routeCases(b *testing.B, c *benchCaddy) []routeCase {
 		}
 	}
 	return cases
+}
+
+// BenchmarkMasked measures what `mask` (five fields) and
+// `sign_deliveries` cost on top of the atlas routes, against the same
+// routes without them, in the same run: an extracts page of 50 documents,
+// the same batch with all=1 (streamed a document at a time), and a 17 KiB
+// callback (35 documents) handed to reverse_proxy.
+//
+//	go test -run xxx -bench BenchmarkMasked -benchmem -count 6 ./bench/
+func BenchmarkMasked(b *testing.B) {
+	c := startBenchCaddy(b)
+	payload, err := c.up.Payload(35)
+	if err != nil {
+		b.Fatal(err)
+	}
+	token := func(srv string) http.Header {
+		auth := c.serve(b, srv, http.MethodPost, "http://127.0.0.1/hooks/atlas/auth", http.Header{
+			"Client-Id": {benchCallbackID}, "Client-Secret": {benchCallbackSec},
+		}, nil, true)
+		m := regexp.MustCompile(`"access_token":\s*"([^"]+)"`).FindSubmatch(auth.body.Bytes())
+		if auth.status != http.StatusOK || m == nil {
+			b.Fatalf("callback auth answered %d: %s", auth.status, auth.body)
+		}
+		return http.Header{"Token": {string(m[1])}, "Content-Type": {"application/json"}}
+	}
+	hdr := map[string]http.Header{"atlas": token("atlas"), "masked": token("masked")}
+	for _, tc := range []struct {
+		name, method, target string
+		body                 []byte
+	}{
+		{"extracts-50", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-50", nil},
+		{"extracts-all", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-50&all=1", nil},
+		{"callback", http.MethodPost, "http://127.0.0.1/hooks/atlas", payload},
+	} {
+		// Both answer 200 with the same length of body (masking keeps
+		// the documents, and last4 and REDACTED change lengths only a
+		// little), and the masked one holds masked values.
+		plain := c.serve(b, "atlas", tc.method, tc.target, hdr["atlas"], tc.body, true)
+		masked := c.serve(b, "masked", tc.method, tc.target, hdr["masked"], tc.body, true)
+		if plain.status != http.StatusOK || masked.status != http.StatusOK {
+			b.Fatalf("%s: status %d unmasked, %d masked: %.300s", tc.name, plain.status, masked.status, masked.body)
+		}
+		if tc.body == nil && !bytes.Contains(masked.body.Bytes(), []byte(`"REDACTED"`)) {
+			b.Fatalf("%s: the masked answer holds no masked value: %.300s", tc.name, masked.body)
+		}
+		for _, srv := range []string{"atlas", "masked"} {
+			b.Run(tc.name+"/"+srv, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					w := c.serve(b, srv, tc.method, tc.target, hdr[srv], tc.body, false)
+					if w.status != http.StatusOK {
+						b.Fatalf("status %d", w.status)
+					}
+				}
+			})
+		}
+	}
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
+	"github.com/caddy-atlas/caddy-atlas/mask"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
@@ -107,6 +108,9 @@ func openSharedSpool(dir string, c *Callback) (*sharedSpool, error) {
 // options are the spool options of c's settings.
 func (s *sharedSpool) options(c *Callback) spool.Options {
 	d := &spool.HTTPDeliverer{URL: c.durable.deliverTo, Client: &http.Client{Transport: outbound.Traced(s.transport)}}
+	if c.handoffSigner != nil {
+		d.Header = c.signAttempt
+	}
 	return spool.Options{
 		Deliver:         traceDeliveries(d.Deliver),
 		Retention:       c.durable.retention,
@@ -179,6 +183,9 @@ type OpenQueue struct {
 	Name string
 	// Store is the queue.
 	Store queue.Store
+	// Masker is the masker of the route whose settings are in effect
+	// (nil if it masks nothing), for the admin API's ?body=1.
+	Masker *mask.Masker
 }
 
 // OpenQueues returns the durable queues in use, sorted by name.
@@ -186,9 +193,19 @@ func OpenQueues() []OpenQueue {
 	spools := liveSpools()
 	out := make([]OpenQueue, len(spools))
 	for i, s := range spools {
-		out[i] = OpenQueue{Name: s.dir, Store: s.store}
+		out[i] = OpenQueue{Name: s.dir, Store: s.store, Masker: s.masker()}
 	}
 	return out
+}
+
+// masker returns the masker of the route whose settings are in effect.
+func (s *sharedSpool) masker() *mask.Masker {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.owners) == 0 {
+		return nil
+	}
+	return s.owners[len(s.owners)-1].masker
 }
 
 // liveSpools returns the open spools, sorted by directory.
