@@ -18,8 +18,10 @@ import (
 //	callback <path> {
 //		auth_path     <path>
 //		client_id     <id>
-//		client_secret <secret>
+//		client_secret <secret>                  # twice during a rotation: both accepted
 //		signing_key   <hmac secret or PEM private key>
+//		previous_signing_key <key>             # verifies, never signs; repeatable
+//		sign_deliveries <whsec_ secret>        # Standard Webhooks; repeatable
 //		issuer        <iss>
 //		audience      <aud>
 //		token_ttl     <duration>
@@ -37,6 +39,8 @@ import (
 //		concurrency      <n>
 //		retention        <duration>
 //		max_spool_size   <size>
+//		encryption_key   <key>
+//		dead_letter_retention <duration>
 //		# or, instead of spool, the queue of a fleet on NATS JetStream
 //		queue jetstream {
 //			url         <nats://host:port>...
@@ -61,7 +65,10 @@ import (
 //
 // Give the secrets as {env.NAME} or {file.path} placeholders: they are
 // resolved at provision time and stay out of the adapted JSON. Each
-// subdirective is allowed once, except verify_key, which repeats.
+// subdirective is allowed once, except verify_key, client_secret (the
+// second and later go to client_secrets), previous_signing_key,
+// sign_deliveries and encryption_key, which repeat (the first
+// encryption_key encrypts, all decrypt).
 // `spool` enables durable mode and needs `deliver_to`; the other durable
 // settings have defaults (see Callback).
 func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
@@ -76,7 +83,10 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
-		if name != "verify_key" {
+		switch name {
+		case "verify_key", "client_secret", "previous_signing_key", "sign_deliveries", "encryption_key":
+			// repeatable
+		default:
 			if seen[name] {
 				return d.Errf("%s specified more than once", name)
 			}
@@ -102,8 +112,6 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 			str = &c.AuthPath
 		case "client_id":
 			str = &c.ClientID
-		case "client_secret":
-			str = &c.ClientSecret
 		case "signing_key":
 			str = &c.SigningKey
 		case "issuer":
@@ -116,8 +124,10 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 			str = &c.Spool
 		case "deliver_to":
 			str = &c.DeliverTo
-		case "verify_key", "token_ttl", "leeway", "max_body",
-			"max_attempts", "concurrency", "delivery_timeout", "retention", "max_spool_size":
+		case "client_secret", "previous_signing_key", "sign_deliveries",
+			"verify_key", "token_ttl", "leeway", "max_body",
+			"max_attempts", "concurrency", "delivery_timeout", "retention", "max_spool_size",
+			"encryption_key", "dead_letter_retention":
 		default:
 			return d.Errf("unrecognized subdirective %q", name)
 		}
@@ -133,6 +143,24 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 		switch name {
 		case "verify_key":
 			c.VerifyKeys = append(c.VerifyKeys, val)
+		case "encryption_key":
+			if val == "" {
+				return d.Errf("encryption_key must not be empty")
+			}
+			c.EncryptionKeys = append(c.EncryptionKeys, val)
+		case "client_secret":
+			if val == "" {
+				return d.Errf("client_secret must not be empty")
+			}
+			if c.ClientSecret == "" {
+				c.ClientSecret = val
+			} else {
+				c.ClientSecrets = append(c.ClientSecrets, val)
+			}
+		case "previous_signing_key":
+			c.PreviousSigningKeys = append(c.PreviousSigningKeys, val)
+		case "sign_deliveries":
+			c.SignDeliveries = append(c.SignDeliveries, val)
 		case "token_ttl", "leeway":
 			dur, err := caddy.ParseDuration(val)
 			if err != nil {
@@ -177,7 +205,7 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 			} else {
 				c.Concurrency = n
 			}
-		case "delivery_timeout", "retention":
+		case "delivery_timeout", "retention", "dead_letter_retention":
 			dur, err := caddy.ParseDuration(val)
 			if err != nil {
 				return d.Errf("%s: %v", name, err)
@@ -185,10 +213,13 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 			if dur <= 0 {
 				return d.Errf("%s must be positive, got %s", name, val)
 			}
-			if name == "delivery_timeout" {
+			switch name {
+			case "delivery_timeout":
 				c.DeliveryTimeout = caddy.Duration(dur)
-			} else {
+			case "retention":
 				c.Retention = caddy.Duration(dur)
+			default:
+				c.DeadLetterRetention = caddy.Duration(dur)
 			}
 		default:
 			if val == "" {

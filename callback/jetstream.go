@@ -23,6 +23,7 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/internal/metricsreg"
 	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue"
+	"github.com/caddy-atlas/caddy-atlas/mask"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
@@ -185,8 +186,8 @@ func jetStreamKey(o jsqueue.Options) string {
 func (s *sharedJetStream) options(c *Callback) jsqueue.Options {
 	o := s.base
 	o.AckWait = c.jsAckWait
-	d := &spool.HTTPDeliverer{URL: c.durable.deliverTo, Client: &http.Client{Transport: s.transport}}
-	o.Deliver = d.Deliver
+	o.Deliver = c.deliverFunc(s.transport)
+	o.Keyring = c.keyring
 	o.Retention = c.durable.retention
 	o.MaxAttempts = c.durable.maxAttempts
 	o.BackoffMin = c.durable.backoffMin
@@ -196,6 +197,16 @@ func (s *sharedJetStream) options(c *Callback) jsqueue.Options {
 	o.Logger = c.logger.Named("jetstream").With(zap.String("queue", s.name))
 	o.Observer = jetStreamObserver{spoolObserver{registerSpoolMetrics(nil)}, registerJetStreamMetrics(nil)}
 	return o
+}
+
+// masker returns the masker of the route whose settings are in effect.
+func (s *sharedJetStream) masker() *mask.Masker {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.owners) == 0 {
+		return nil
+	}
+	return s.owners[len(s.owners)-1].masker
 }
 
 // attach adds c to the routes using the queue and applies its settings,
