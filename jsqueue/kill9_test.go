@@ -94,11 +94,15 @@ cluster { name: kill9, listen: 127.0.0.1:%d, routes: [%s] }
 		o.PublishTimeout = 2 * time.Second
 		return o
 	}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		if a, err = Open(opts(u)); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
+			for _, p := range procs {
+				out, _ := os.ReadFile(filepath.Join(work, p.name+".log"))
+				t.Logf("%s log:\n%s", p.name, out)
+			}
 			t.Fatalf("Open on the process cluster: %v", err)
 		}
 	}
