@@ -119,7 +119,7 @@ func cmdAtlasList(cmd *cobra.Command, _ []string) error {
 	}
 	if len(l.Spools) == 0 {
 		// Spools are opened by callback routes in durable mode only.
-		fmt.Fprintln(out, "no durable callback route is configured: this Caddy has no open spool (add spool and deliver_to to a callback block)")
+		fmt.Fprintln(out, "no durable callback route is configured: this Caddy has no open spool or queue (add spool or queue jetstream, and deliver_to, to a callback block)")
 		return nil
 	}
 	for _, s := range l.Spools {

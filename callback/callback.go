@@ -156,8 +156,17 @@ type Callback struct {
 	// directory share one spool, and a config reload keeps it.
 	Spool string `json:"spool,omitempty"`
 
+	// The durable queue shared by a fleet of instances, instead of a
+	// local Spool: {"jetstream": {...}} (see JetStream). Durable mode as
+	// with Spool, except that a callback is acknowledged once the
+	// JetStream servers acknowledged its publish (for R3, two of three
+	// hold it), every instance delivers, and a redelivery to any instance
+	// is a duplicate. If NATS cannot store it, Atlas is answered 503 with
+	// Retry-After. MaxSpoolSize does not apply: the streams' limits do.
+	Queue *Queue `json:"queue,omitempty"`
+
 	// Where the spooled callbacks are POSTed: an absolute http(s) URL.
-	// Required with Spool. Each delivery carries the body as received,
+	// Required with Spool or Queue. Each delivery carries the body as received,
 	// its Content-Type, the X-Atlas-Subject, X-Atlas-Document-Count and
 	// X-Atlas-Callback-Id headers, and X-Atlas-Attempt (from 1). A 2xx
 	// answer marks the callback delivered; redirects are not followed.
@@ -233,6 +242,11 @@ type Callback struct {
 	shared    *sharedSpool
 	store     queue.Store
 	keyring   *seal.Keyring
+	// queueName names the durable queue in logs: the spool directory or
+	// jetstream:<stream>.
+	queueName    string
+	jetStreamKey string
+	sharedJS     *sharedJetStream
 }
 
 // Provision resolves the secrets, applies the defaults, parses the keys,

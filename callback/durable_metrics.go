@@ -145,22 +145,22 @@ func (c spoolGaugeCollector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c spoolGaugeCollector) Collect(ch chan<- prometheus.Metric) {
 	now := time.Now()
-	for _, s := range liveSpools() {
-		st := s.store.Stats()
-		gauge(ch, c.callbacks, float64(st.Pending), s.dir, "pending")
-		gauge(ch, c.callbacks, float64(st.Dead), s.dir, "dead")
-		gauge(ch, c.callbacks, float64(st.Delivered), s.dir, "delivered")
+	for _, s := range OpenQueues() {
+		st := s.Store.Stats()
+		gauge(ch, c.callbacks, float64(st.Pending), s.Name, "pending")
+		gauge(ch, c.callbacks, float64(st.Dead), s.Name, "dead")
+		gauge(ch, c.callbacks, float64(st.Delivered), s.Name, "delivered")
 		var age float64
 		if !st.OldestPending.IsZero() {
 			age = max(now.Sub(st.OldestPending).Seconds(), 0)
 		}
-		gauge(ch, c.oldestAge, age, s.dir)
-		gauge(ch, c.diskBytes, float64(st.DiskBytes), s.dir)
-		if limit := s.maxBytes(); limit > 0 {
-			gauge(ch, c.maxBytes, float64(limit), s.dir)
+		gauge(ch, c.oldestAge, age, s.Name)
+		gauge(ch, c.diskBytes, float64(st.DiskBytes), s.Name)
+		if limit := s.MaxBytes; limit > 0 {
+			gauge(ch, c.maxBytes, float64(limit), s.Name)
 		}
 		for id, n := range st.Keys {
-			gauge(ch, c.byKey, float64(n), s.dir, id)
+			gauge(ch, c.byKey, float64(n), s.Name, id)
 		}
 	}
 }
