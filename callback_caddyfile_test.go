@@ -257,5 +257,24 @@ func TestDurableUnmarshalCaddyfile(t *testing.T) {
 		{name: "spool twice", input: "callback /cb {\n spool /a\n spool /b\n}", wantErr: "spool specified more than once"},
 		{name: "spool two dirs", input: "callback /cb {\n spool /a /b\n}", wantErr: "wrong argument count"},
 		{name: "deliver_to missing", input: "callback /cb {\n deliver_to\n}", wantErr: "wrong argument count"},
+		{
+			name: "encryption keys and dead letter retention",
+			input: `callback /cb {
+				encryption_key        {file./etc/caddy/spool-key-new}
+				encryption_key        {file./etc/caddy/spool-key-old}
+				dead_letter_retention 14d
+			}`,
+			want: callback.Callback{
+				Path:                "/cb",
+				EncryptionKeys:      []string{"{file./etc/caddy/spool-key-new}", "{file./etc/caddy/spool-key-old}"},
+				DeadLetterRetention: caddy.Duration(14 * 24 * time.Hour),
+			},
+		},
+		{name: "encryption_key missing", input: "callback /cb {\n encryption_key\n}", wantErr: "wrong argument count"},
+		{name: "encryption_key two values", input: "callback /cb {\n encryption_key {env.A} {env.B}\n}", wantErr: "wrong argument count"},
+		{name: "encryption_key empty", input: "callback /cb {\n encryption_key \"\"\n}", wantErr: "encryption_key must not be empty"},
+		{name: "dead_letter_retention bad", input: "callback /cb {\n dead_letter_retention a-month\n}", wantErr: `dead_letter_retention: time: invalid duration "a-month"`},
+		{name: "dead_letter_retention zero", input: "callback /cb {\n dead_letter_retention 0s\n}", wantErr: "dead_letter_retention must be positive, got 0s"},
+		{name: "dead_letter_retention twice", input: "callback /cb {\n dead_letter_retention 1d\n dead_letter_retention 2d\n}", wantErr: "dead_letter_retention specified more than once"},
 	})
 }

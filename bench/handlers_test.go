@@ -8,9 +8,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -221,6 +223,82 @@ func (c *benchCaddy) serve(tb testing.TB, srv string, method, target string, hdr
 //	go test -run xxx -bench BenchmarkRoutes -benchmem -count 6 ./bench/
 func BenchmarkRoutes(b *testing.B) {
 	c := startBenchCaddy(b)
+	for _, tc := range routeCases(b, c) {
+		for _, s := range []struct {
+			name string
+			side routeSide
+		}{{"reverse_proxy", tc.baseline}, {"atlas", tc.atlas}} {
+			b.Run(tc.name+"/"+s.name, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					w := c.serve(b, s.side.srv, s.side.method, s.side.target, s.side.hdr, s.side.body, false)
+					if w.status != http.StatusOK {
+						b.Fatalf("status %d", w.status)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkRoutesPaired is BenchmarkRoutes with reverse_proxy and the
+// atlas route taking turns request by request (first place alternating),
+// each request timed on its own, so that a busy machine slows both alike.
+// It reports each side's median time per request and their ratio
+// atlas/reverse_proxy (below 1: the route is faster).
+//
+//	go test -run xxx -bench BenchmarkRoutesPaired -benchtime 20000x -count 3 ./bench/
+func BenchmarkRoutesPaired(b *testing.B) {
+	c := startBenchCaddy(b)
+	for _, tc := range routeCases(b, c) {
+		b.Run(tc.name, func(b *testing.B) {
+			sides := []routeSide{tc.baseline, tc.atlas}
+			spent := [2][]time.Duration{}
+			turn := 0
+			for b.Loop() {
+				turn++
+				for k := range sides {
+					i := (k + turn) % 2
+					s := sides[i]
+					start := time.Now()
+					w := c.serve(b, s.srv, s.method, s.target, s.hdr, s.body, false)
+					spent[i] = append(spent[i], time.Since(start))
+					if w.status != http.StatusOK {
+						b.Fatalf("status %d", w.status)
+					}
+				}
+			}
+			var med [2]float64
+			for i := range spent {
+				slices.Sort(spent[i])
+				med[i] = float64(spent[i][len(spent[i])/2])
+			}
+			b.ReportMetric(med[0]/1e3, "µs/reverse_proxy")
+			b.ReportMetric(med[1]/1e3, "µs/atlas")
+			b.ReportMetric(med[1]/med[0], "atlas/reverse_proxy")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// routeSide is one side of a route case: which server, and the request.
+type routeSide struct {
+	srv    string
+	method string
+	target string
+	hdr    http.Header
+	body   []byte
+}
+
+// routeCase is a route and its reverse_proxy baseline.
+type routeCase struct {
+	name            string
+	baseline, atlas routeSide
+}
+
+// routeCases returns the cases of BenchmarkRoutes, having checked that
+// both sides of each answer the same.
+func routeCases(b *testing.B, c *benchCaddy) []routeCase {
 	payload, err := c.up.Payload(35)
 	if err != nil {
 		b.Fatal(err)
@@ -234,49 +312,26 @@ func BenchmarkRoutes(b *testing.B) {
 	}
 	cbHeader := http.Header{"Token": {string(m[1])}, "Content-Type": {"application/json"}}
 
-	type side struct {
-		srv    string
-		method string
-		target string
-		hdr    http.Header
-		body   []byte
-	}
-	for _, tc := range []struct {
-		name     string
-		baseline side
-		atlas    side
-	}{
+	cases := []routeCase{
 		{"extracts-6",
-			side{"baseline", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-6", nil, nil},
-			side{"atlas", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-6", nil, nil}},
+			routeSide{"baseline", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-6", nil, nil},
+			routeSide{"atlas", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-6", nil, nil}},
 		{"extracts-50",
-			side{"baseline", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-50", nil, nil},
-			side{"atlas", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-50", nil, nil}},
+			routeSide{"baseline", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-50", nil, nil},
+			routeSide{"atlas", http.MethodGet, "http://127.0.0.1/atlas/extracts?batch_id=BENCH-50", nil, nil}},
 		{"callback",
-			side{"baseline", http.MethodPost, "http://127.0.0.1/hooks/atlas", cbHeader, payload},
-			side{"atlas", http.MethodPost, "http://127.0.0.1/hooks/atlas", cbHeader, payload}},
-	} {
+			routeSide{"baseline", http.MethodPost, "http://127.0.0.1/hooks/atlas", cbHeader, payload},
+			routeSide{"atlas", http.MethodPost, "http://127.0.0.1/hooks/atlas", cbHeader, payload}},
+	}
+	for _, tc := range cases {
 		// Both sides must answer the same, before anything is measured.
 		want := c.serve(b, tc.baseline.srv, tc.baseline.method, tc.baseline.target, tc.baseline.hdr, tc.baseline.body, true)
 		got := c.serve(b, tc.atlas.srv, tc.atlas.method, tc.atlas.target, tc.atlas.hdr, tc.atlas.body, true)
 		if want.status != http.StatusOK || got.status != http.StatusOK || !bytes.Equal(want.body.Bytes(), got.body.Bytes()) {
 			b.Fatalf("%s: the sides differ: baseline %d (%d bytes), atlas %d: %.300s", tc.name, want.status, want.n, got.status, got.body)
 		}
-		for _, s := range []struct {
-			name string
-			side side
-		}{{"reverse_proxy", tc.baseline}, {"atlas", tc.atlas}} {
-			b.Run(tc.name+"/"+s.name, func(b *testing.B) {
-				b.ReportAllocs()
-				for b.Loop() {
-					w := c.serve(b, s.side.srv, s.side.method, s.side.target, s.side.hdr, s.side.body, false)
-					if w.status != http.StatusOK {
-						b.Fatalf("status %d", w.status)
-					}
-				}
-			})
-		}
 	}
+	return cases
 }
 
 // BenchmarkMasked measures what `mask` (five fields) and

@@ -21,6 +21,7 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 	"github.com/caddy-atlas/caddy-atlas/mask"
 	"github.com/caddy-atlas/caddy-atlas/queue"
+	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/body"
@@ -155,8 +156,17 @@ type Callback struct {
 	// directory share one spool, and a config reload keeps it.
 	Spool string `json:"spool,omitempty"`
 
+	// The durable queue shared by a fleet of instances, instead of a
+	// local Spool: {"jetstream": {...}} (see JetStream). Durable mode as
+	// with Spool, except that a callback is acknowledged once the
+	// JetStream servers acknowledged its publish (for R3, two of three
+	// hold it), every instance delivers, and a redelivery to any instance
+	// is a duplicate. If NATS cannot store it, Atlas is answered 503 with
+	// Retry-After. MaxSpoolSize does not apply: the streams' limits do.
+	Queue *Queue `json:"queue,omitempty"`
+
 	// Where the spooled callbacks are POSTed: an absolute http(s) URL.
-	// Required with Spool. Each delivery carries the body as received,
+	// Required with Spool or Queue. Each delivery carries the body as received,
 	// its Content-Type, the X-Atlas-Subject, X-Atlas-Document-Count and
 	// X-Atlas-Callback-Id headers, and X-Atlas-Attempt (from 1). A 2xx
 	// answer marks the callback delivered; redirects are not followed.
@@ -188,6 +198,20 @@ type Callback struct {
 	// callbacks are answered 503. Default: 4 GiB.
 	MaxSpoolSize int64 `json:"max_spool_size,omitempty"`
 
+	// Keys that encrypt the spooled callbacks at rest (AES-256-GCM):
+	// each 32 random bytes in base64 or hex, given as {file.path} or
+	// {env.NAME} placeholders, resolved at provision time. The first
+	// encrypts, all decrypt: to rotate, put a new key first and keep the
+	// old one until the admin API shows no callback under its key id.
+	// Without a key, durable mode stores the payloads unencrypted, and
+	// says so in a warning at provision time.
+	EncryptionKeys []string `json:"encryption_keys,omitempty"`
+
+	// How long a dead letter is kept, body included, after its last
+	// attempt; then it is purged and counted in
+	// caddy_atlas_dead_letters_expired_total. Default: 30 days.
+	DeadLetterRetention caddy.Duration `json:"dead_letter_retention,omitempty"`
+
 	// runtime state
 	clientID     string
 	idDigest     [sha256.Size]byte
@@ -217,6 +241,12 @@ type Callback struct {
 	spoolKey  string
 	shared    *sharedSpool
 	store     queue.Store
+	keyring   *seal.Keyring
+	// queueName names the durable queue in logs: the spool directory or
+	// jetstream:<stream>.
+	queueName    string
+	jetStreamKey string
+	sharedJS     *sharedJetStream
 }
 
 // Provision resolves the secrets, applies the defaults, parses the keys,
