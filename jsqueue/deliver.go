@@ -129,10 +129,14 @@ func (q *Queue) deliver(m jetstream.Msg, seq uint64, cfg *config) {
 			}
 		}
 	}()
-	defer func() {
-		close(hbStop)
-		hb.Wait()
-	}()
+	var stopOnce sync.Once
+	stopHB := func() {
+		stopOnce.Do(func() {
+			close(hbStop)
+			hb.Wait()
+		})
+	}
+	defer stopHB()
 
 	id, received, size := msgInfo(m.Headers())
 	if id == "" {
@@ -165,7 +169,7 @@ func (q *Queue) deliver(m jetstream.Msg, seq uint64, cfg *config) {
 		}
 	}
 	a := attempt{q: q, m: m, seq: seq, id: id, received: received, size: size, base: base, cfg: cfg,
-		n: failures + 1, hadFailures: rec != nil && rec.kind == kindPending}
+		n: failures + 1, hadFailures: rec != nil && rec.kind == kindPending, stopHB: stopHB}
 
 	start := time.Now()
 	outcome := spool.OutcomeFailed
@@ -202,6 +206,10 @@ type attempt struct {
 	base        uint64 // sequence of the newest state record when the attempt began
 	n           int    // attempt number
 	hadFailures bool
+	// stopHB stops the in-progress heartbeats; called before the final
+	// ack or nak, which a late heartbeat would otherwise undo (it resets
+	// the redelivery timer a nak's delay set).
+	stopHB func()
 }
 
 // finish records the outcome: a delivered record then the ack; a
@@ -213,6 +221,7 @@ type attempt struct {
 func (a *attempt) finish(outcome spool.Outcome, derr error) {
 	q, cfg := a.q, a.cfg
 	if outcome == spool.OutcomeCanceled {
+		a.stopHB()
 		_ = a.m.Nak()
 		return
 	}
@@ -280,6 +289,7 @@ func (a *attempt) finish(outcome spool.Outcome, derr error) {
 	if a.hadFailures && kind != kindPending {
 		_ = q.purgeState(ctx, a.id, kindPending)
 	}
+	a.stopHB()
 	switch kind {
 	case kindPending:
 		_ = a.m.NakWithDelay(delay)
