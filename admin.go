@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/callback"
 	"github.com/caddy-atlas/caddy-atlas/spool"
@@ -35,7 +36,8 @@ const (
 //	       lists callbacks, oldest first (every state without state;
 //	       limit default 100, at most 10000), and each spool's counts
 //	GET    /atlas/callbacks/{id}[?body=1]
-//	       one callback; body=1 adds its body (pending or dead ones only)
+//	       one callback; body=1 adds its body (pending or dead ones
+//	       only), masked by the route's `mask` rules; each use is logged
 //	POST   /atlas/callbacks/{id}/retry
 //	       makes a pending or dead callback due now, attempts reset
 //	POST   /atlas/callbacks/retry?state=dead|pending
@@ -47,7 +49,15 @@ const (
 // listing and the bulk retry cover all of them unless `spool=<dir>` names
 // one; an action on an id finds the spool holding it, and needs
 // `spool=<dir>` only if several do. Bodies are never listed.
-type AdminAPI struct{}
+type AdminAPI struct {
+	logger *zap.Logger
+}
+
+// Provision takes the module's logger, which records each ?body=1.
+func (a *AdminAPI) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	return nil
+}
 
 // CaddyModule returns the Caddy module information.
 func (AdminAPI) CaddyModule() caddy.ModuleInfo {
@@ -71,8 +81,12 @@ type adminCallback struct {
 	spool.Info
 	// Body is the callback body, as JSON, with ?body=1.
 	Body json.RawMessage `json:"body,omitempty"`
-	// BodyBase64 is the body, base64-encoded, if it is not valid JSON.
+	// BodyBase64 is the body, base64-encoded, if it is not valid JSON
+	// (and the route masks nothing).
 	BodyBase64 string `json:"body_base64,omitempty"`
+	// BodyWithheld says why a body is not shown: it is not JSON and the
+	// route masks fields.
+	BodyWithheld string `json:"body_withheld,omitempty"`
 }
 
 // adminSpool is a spool's summary in a listing.
@@ -162,14 +176,8 @@ func (a *AdminAPI) serveItem(w http.ResponseWriter, r *http.Request) error {
 		}
 		item := adminCallback{Spool: s.Name, Info: info}
 		if b := q.Get("body"); b == "1" || b == "true" {
-			e, err := s.Store.Load(r.Context(), id)
-			if err != nil {
-				return storeError(id, err)
-			}
-			if json.Valid(e.Body) {
-				item.Body = e.Body
-			} else {
-				item.BodyBase64 = base64.StdEncoding.EncodeToString(e.Body)
+			if err := a.loadBody(r, s, id, &item); err != nil {
+				return err
 			}
 		}
 		return adminJSON(w, http.StatusOK, item)
@@ -184,6 +192,39 @@ func (a *AdminAPI) serveItem(w http.ResponseWriter, r *http.Request) error {
 		return adminJSON(w, http.StatusOK, map[string]int{"deleted": 1})
 	}
 	return adminMethodNotAllowed(w, "GET, DELETE")
+}
+
+// loadBody adds a callback's body to item, masked with the route's mask
+// rules (a body stored before they were set is masked now). Each use is
+// logged: who asked (the remote address), which callback, never the
+// body.
+func (a *AdminAPI) loadBody(r *http.Request, s *callback.OpenQueue, id string, item *adminCallback) error {
+	e, err := s.Store.Load(r.Context(), id)
+	if err != nil {
+		return storeError(id, err)
+	}
+	if a.logger != nil {
+		a.logger.Info("callback body inspected",
+			zap.String("remote_addr", r.RemoteAddr),
+			zap.String("callback_id", id),
+			zap.String("spool", s.Name),
+			zap.Bool("masked", s.Masker != nil))
+	}
+	switch {
+	case s.Masker != nil:
+		masked, _, err := s.Masker.Payload(nil, e.Body)
+		if err != nil {
+			// Nothing of a body that cannot be masked is shown.
+			item.BodyWithheld = "the body is not JSON, so it cannot be masked"
+			return nil
+		}
+		item.Body = masked
+	case json.Valid(e.Body):
+		item.Body = e.Body
+	default:
+		item.BodyBase64 = base64.StdEncoding.EncodeToString(e.Body)
+	}
+	return nil
 }
 
 // retryAll serves POST /atlas/callbacks/retry?state=dead|pending.
@@ -290,4 +331,7 @@ func adminJSON(w http.ResponseWriter, status int, v any) error {
 }
 
 // Interface guards
-var _ caddy.AdminRouter = (*AdminAPI)(nil)
+var (
+	_ caddy.AdminRouter = (*AdminAPI)(nil)
+	_ caddy.Provisioner = (*AdminAPI)(nil)
+)

@@ -61,6 +61,32 @@ func TestCallbackUnmarshalCaddyfile(t *testing.T) {
 			input: "callback /cb {\n max_body 500KB\n token_ttl 1d\n}",
 			want:  callback.Callback{Path: "/cb", MaxBody: 500000, TokenTTL: caddy.Duration(24 * time.Hour)},
 		},
+		{
+			name: "rotation and signed deliveries",
+			input: `callback /hooks/atlas {
+				client_secret        {env.NEW}
+				client_secret        {env.OLD}
+				client_secret        {env.OLDER}
+				signing_key          {file./etc/caddy/new.pem}
+				previous_signing_key {file./etc/caddy/old.pem}
+				previous_signing_key {env.OLDER_KEY}
+				sign_deliveries      {file./etc/caddy/whsec}
+				sign_deliveries      {env.WHSEC_OLD}
+			}`,
+			want: callback.Callback{
+				Path:                "/hooks/atlas",
+				ClientSecret:        "{env.NEW}",
+				ClientSecrets:       []string{"{env.OLD}", "{env.OLDER}"},
+				SigningKey:          "{file./etc/caddy/new.pem}",
+				PreviousSigningKeys: []string{"{file./etc/caddy/old.pem}", "{env.OLDER_KEY}"},
+				SignDeliveries:      []string{"{file./etc/caddy/whsec}", "{env.WHSEC_OLD}"},
+			},
+		},
+		{name: "empty client_secret", input: "callback /cb {\n client_secret \"\"\n}", wantErr: "client_secret must not be empty"},
+		{name: "empty second client_secret", input: "callback /cb {\n client_secret a\n client_secret \"\"\n}", wantErr: "client_secret must not be empty"},
+		{name: "sign_deliveries without a value", input: "callback /cb {\n sign_deliveries\n}", wantErr: "wrong argument count"},
+		{name: "previous_signing_key with two values", input: "callback /cb {\n previous_signing_key a b\n}", wantErr: "wrong argument count"},
+		{name: "mask in callback", input: "callback /cb {\n mask name\n}", wantErr: `unrecognized subdirective "mask"`},
 		{name: "no path", input: `callback`, wantErr: "wrong argument count"},
 		{name: "no path with block", input: "callback {\n client_id a\n}", wantErr: "wrong argument count"},
 		{name: "two paths", input: `callback /a /b`, wantErr: "wrong argument count"},
@@ -231,5 +257,24 @@ func TestDurableUnmarshalCaddyfile(t *testing.T) {
 		{name: "spool twice", input: "callback /cb {\n spool /a\n spool /b\n}", wantErr: "spool specified more than once"},
 		{name: "spool two dirs", input: "callback /cb {\n spool /a /b\n}", wantErr: "wrong argument count"},
 		{name: "deliver_to missing", input: "callback /cb {\n deliver_to\n}", wantErr: "wrong argument count"},
+		{
+			name: "encryption keys and dead letter retention",
+			input: `callback /cb {
+				encryption_key        {file./etc/caddy/spool-key-new}
+				encryption_key        {file./etc/caddy/spool-key-old}
+				dead_letter_retention 14d
+			}`,
+			want: callback.Callback{
+				Path:                "/cb",
+				EncryptionKeys:      []string{"{file./etc/caddy/spool-key-new}", "{file./etc/caddy/spool-key-old}"},
+				DeadLetterRetention: caddy.Duration(14 * 24 * time.Hour),
+			},
+		},
+		{name: "encryption_key missing", input: "callback /cb {\n encryption_key\n}", wantErr: "wrong argument count"},
+		{name: "encryption_key two values", input: "callback /cb {\n encryption_key {env.A} {env.B}\n}", wantErr: "wrong argument count"},
+		{name: "encryption_key empty", input: "callback /cb {\n encryption_key \"\"\n}", wantErr: "encryption_key must not be empty"},
+		{name: "dead_letter_retention bad", input: "callback /cb {\n dead_letter_retention a-month\n}", wantErr: `dead_letter_retention: time: invalid duration "a-month"`},
+		{name: "dead_letter_retention zero", input: "callback /cb {\n dead_letter_retention 0s\n}", wantErr: "dead_letter_retention must be positive, got 0s"},
+		{name: "dead_letter_retention twice", input: "callback /cb {\n dead_letter_retention 1d\n dead_letter_retention 2d\n}", wantErr: "dead_letter_retention specified more than once"},
 	})
 }

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -94,10 +97,11 @@ func cmdAtlasList(cmd *cobra.Command, _ []string) error {
 	}
 	var l struct {
 		Spools []struct {
-			Dir       string `json:"dir"`
-			Pending   int    `json:"pending"`
-			Dead      int    `json:"dead"`
-			Delivered int    `json:"delivered"`
+			Dir       string         `json:"dir"`
+			Pending   int            `json:"pending"`
+			Dead      int            `json:"dead"`
+			Delivered int            `json:"delivered"`
+			Keys      map[string]int `json:"keys"`
 		} `json:"spools"`
 		Callbacks []struct {
 			Spool     string    `json:"spool"`
@@ -115,11 +119,21 @@ func cmdAtlasList(cmd *cobra.Command, _ []string) error {
 	}
 	if len(l.Spools) == 0 {
 		// Spools are opened by callback routes in durable mode only.
-		fmt.Fprintln(out, "no durable callback route is configured: this Caddy has no open spool (add spool and deliver_to to a callback block)")
+		fmt.Fprintln(out, "no durable callback route is configured: this Caddy has no open spool or queue (add spool or queue jetstream, and deliver_to, to a callback block)")
 		return nil
 	}
 	for _, s := range l.Spools {
-		fmt.Fprintf(out, "spool %s: %d pending, %d dead, %d delivered\n", s.Dir, s.Pending, s.Dead, s.Delivered)
+		fmt.Fprintf(out, "spool %s: %d pending, %d dead, %d delivered", s.Dir, s.Pending, s.Dead, s.Delivered)
+		// What each encryption key still protects: a key may be
+		// retired once it is not listed.
+		if len(s.Keys) > 0 {
+			keys := make([]string, 0, len(s.Keys))
+			for _, id := range slices.Sorted(maps.Keys(s.Keys)) {
+				keys = append(keys, fmt.Sprintf("%s %d", id, s.Keys[id]))
+			}
+			fmt.Fprintf(out, "; stored by key id: %s", strings.Join(keys, ", "))
+		}
+		fmt.Fprintln(out)
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATE\tSIZE\tATTEMPTS\tRECEIVED\tLAST ERROR")

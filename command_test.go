@@ -11,9 +11,8 @@ import (
 // a Caddy whose callback route is synchronous: it says so, rather than
 // printing an empty table.
 func TestCLIListWithoutDurableRoute(t *testing.T) {
-	t.Setenv("CB_E2E_CLIENT_ID", cbE2EClientID)
-	t.Setenv("CB_E2E_CLIENT_SECRET", cbE2EClientSecret)
-	t.Setenv("CB_E2E_SIGNING_KEY", cbE2ESigningKey)
+	t.Setenv("CLI_E2E_CLIENT_SECRET", "cli-e2e-callback-secret")
+	t.Setenv("CLI_E2E_SIGNING_KEY", "cli-e2e-signing-key-of-at-least-32-bytes")
 	tester := caddytest.NewTester(t)
 	tester.InitServer(`{
 	skip_install_trust
@@ -26,9 +25,9 @@ http://localhost:9080 {
 	route {
 		atlas {
 			callback /hooks/atlas {
-				client_id {env.CB_E2E_CLIENT_ID}
-				client_secret {env.CB_E2E_CLIENT_SECRET}
-				signing_key {env.CB_E2E_SIGNING_KEY}
+				client_id atlas-cli-e2e
+				client_secret {env.CLI_E2E_CLIENT_SECRET}
+				signing_key {env.CLI_E2E_SIGNING_KEY}
 			}
 		}
 		respond "app" 200

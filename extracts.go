@@ -57,21 +57,41 @@ func (h *Handler) serveExtracts(w http.ResponseWriter, r *http.Request) error {
 // A page holds at most MaxPerPage documents, a few KiB each.
 const maxMaskedPage = 16 << 20
 
+// maskPageBufs pools the buffers of masked pages (the page as read, and
+// as masked); buffers grown past maxPooledPage are let go.
+var maskPageBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+const maxPooledPage = 1 << 20
+
+func putMaskPageBuf(b *bytes.Buffer) {
+	if b.Cap() <= maxPooledPage {
+		b.Reset()
+		maskPageBufs.Put(b)
+	}
+}
+
 // relayMaskedPage answers an extracts page with its `mask` fields masked.
 // The page is read whole (at most maxMaskedPage), masked, then written;
 // a page that is not JSON, or too large, is a 502 and nothing of it is
 // passed on.
 func (h *Handler) relayMaskedPage(ctx context.Context, w http.ResponseWriter, r *http.Request, resp *http.Response, q extractsQuery) error {
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxMaskedPage+1))
-	if err != nil {
+	in := maskPageBufs.Get().(*bytes.Buffer)
+	defer putMaskPageBuf(in)
+	if n := resp.ContentLength; n > 0 && n <= maxMaskedPage {
+		in.Grow(int(n) + 1)
+	}
+	if _, err := in.ReadFrom(io.LimitReader(resp.Body, maxMaskedPage+1)); err != nil {
 		return h.writeExchangeError(ctx, w, r, err)
 	}
-	if len(body) > maxMaskedPage {
+	if in.Len() > maxMaskedPage {
 		h.logger.Warn("atlas sent an extracts page too large to mask",
 			zap.String("batch_id", q.batchID), zap.Int("limit_bytes", maxMaskedPage))
 		return writeError(w, http.StatusBadGateway, "atlas sent an extracts page too large to mask")
 	}
-	masked, _, err := h.masker.Payload(make([]byte, 0, len(body)+64), body)
+	out := maskPageBufs.Get().(*bytes.Buffer)
+	defer putMaskPageBuf(out)
+	out.Grow(in.Len() + in.Len()/8)
+	masked, _, err := h.masker.Payload(out.AvailableBuffer(), in.Bytes())
 	if err != nil {
 		h.logger.Warn("atlas sent an unreadable extracts page",
 			zap.String("batch_id", q.batchID), zap.Error(err))

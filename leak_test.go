@@ -22,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+	"github.com/caddy-atlas/caddy-atlas/whsign"
 )
 
 // The leak audit runs a gateway with every route (extracts, upload,
@@ -32,6 +33,13 @@ import (
 // reaches the app, and then looks for each configured secret and each
 // token issued during the run in all of it. A secret or token anywhere it
 // does not belong fails the test, naming the log line and JSON key.
+//
+// With `mask` configured for them, the identity values of the payloads
+// (Aadhaar and PAN numbers, names) are searched for too, everywhere:
+// logs, every answer (extracts, callbacks, the admin API's listings and
+// ?body=1, the metrics), what reaches the app, the CLI's output and the
+// spool's files. A second, durable callback route provides a dead
+// letter for the admin API and the CLI.
 
 const (
 	leakAtlasClientID     = "leak-atlas-client"
@@ -94,12 +102,61 @@ http://localhost:9080 {
 			client_id     {env.LEAK_CB_CLIENT_ID}
 			client_secret {env.LEAK_CB_CLIENT_SECRET}
 			signing_key   {env.LEAK_CB_SIGNING_KEY}
+			sign_deliveries {env.LEAK_WHSEC}
 		}
+		%[6]s
 		%[4]s
+	}
+	atlas {
+		%[6]s
+		callback /hooks/durable {
+			client_id     {env.LEAK_CB_CLIENT_ID}
+			client_secret {env.LEAK_CB_CLIENT_SECRET}
+			signing_key   {env.LEAK_CB_SIGNING_KEY}
+			spool         %[1]s/spool
+			deliver_to    http://%[3]s/refuse
+			max_attempts  1
+		}
 	}
 	reverse_proxy %[3]s
 }
-`, logDir, endpoint, appAddr, extra, format)
+`, logDir, endpoint, appAddr, extra, format, leakMaskSettings)
+}
+
+// leakMaskSettings masks every identity value of the audited payloads:
+// their identity numbers, and the names (an Aadhaar address holds the
+// father's name).
+const leakMaskSettings = `mask aadhaar_number
+		mask pan_number
+		mask name redact
+		mask name_as_per_pan redact
+		mask father_name redact
+		mask address redact
+		mask formatted_address redact
+		mask legal_name redact`
+
+// leakIdentityNeedles are the identity values of the audited batch, as
+// Atlas extracts them, and the Aadhaar numbers without their spaces.
+func leakIdentityNeedles(t *testing.T, sim *atlastest.Server, ids ...string) []leakNeedle {
+	t.Helper()
+	var out []leakNeedle
+	for _, id := range ids {
+		var fd map[string]json.RawMessage
+		if err := json.Unmarshal(sim.FileData(id), &fd); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{"aadhaar_number", "pan_number", "name", "name_as_per_pan", "father_name", "legal_name"} {
+			var f struct{ Value string }
+			if raw, ok := fd[name]; !ok || json.Unmarshal(raw, &f) != nil || f.Value == "" {
+				continue
+			}
+			out = append(out, leakNeedle{what: "the " + name + " of " + id, value: f.Value})
+			if name == "aadhaar_number" {
+				out = append(out, leakNeedle{what: "the aadhaar_number of " + id + " (digits)", value: strings.ReplaceAll(f.Value, " ", "")})
+			}
+		}
+	}
+	return out
 }
 
 // leakRecorder keeps everything the clients of the gateway and the app
@@ -164,6 +221,8 @@ func TestLeakAudit(t *testing.T) {
 	t.Setenv("LEAK_CB_CLIENT_ID", leakCBClientID)
 	t.Setenv("LEAK_CB_CLIENT_SECRET", leakCBClientSecret)
 	t.Setenv("LEAK_CB_SIGNING_KEY", leakCBSigningKey)
+	leakWhsec := whsign.NewSecret()
+	t.Setenv("LEAK_WHSEC", leakWhsec)
 
 	rec := new(leakRecorder)
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -173,6 +232,10 @@ func TestLeakAudit(t *testing.T) {
 		_ = r.Header.Write(&b)
 		b.Write(body)
 		rec.add("app received "+r.Method+" "+r.URL.Path, b.String())
+		if r.URL.Path == "/refuse" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
 		w.WriteHeader(http.StatusAccepted)
 		_, _ = io.WriteString(w, `{"stored":true}`)
 	}))
@@ -180,6 +243,10 @@ func TestLeakAudit(t *testing.T) {
 
 	sim := atlastest.NewServer(t, atlastest.Options{ClientID: leakAtlasClientID, ClientSecret: leakAtlasClientSecret})
 	batch := sim.CreateBatch("pan-leak-1", "aadhaar-leak-2", "gst-leak-3")
+	identities := leakIdentityNeedles(t, sim, "pan-leak-1", "aadhaar-leak-2", "gst-leak-3")
+	if len(identities) < 6 {
+		t.Fatalf("%d identity values in the audited batch", len(identities))
+	}
 
 	tester := caddytest.NewTester(t)
 	tester.InitServer(leakConfig(logDir, sim.URL, app.Listener.Addr().String(), ""), "caddyfile")
@@ -265,6 +332,60 @@ func TestLeakAudit(t *testing.T) {
 	status, body = send("callback, wrong content type", http.MethodPost, leakCallbackURL, payload, "Content-Type", "text/plain", "Token", tok(3))
 	want("callback, wrong content type", status, http.StatusUnsupportedMediaType, body)
 
+	// The durable route: the callback is stored masked, its one delivery
+	// refused, so it is a dead letter whose body the admin API shows.
+	durableURL := gatewayURL + "/hooks/durable"
+	status, body = send("durable callback", http.MethodPost, durableURL, payload, "Content-Type", "application/json", "Token", tok(0))
+	want("durable callback", status, http.StatusAccepted, body)
+	var ack struct {
+		CallbackID string `json:"callback_id"`
+	}
+	if err := json.Unmarshal(body, &ack); err != nil || ack.CallbackID == "" {
+		t.Fatalf("durable ack %s", body)
+	}
+	admin := "http://localhost:2999/atlas/callbacks"
+	// The admin endpoint's requests are not in the site's access log.
+	adminGet := func(label, url string) (int, []byte) {
+		t.Helper()
+		return rec.send(t, c, label, http.MethodGet, url, nil)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		status, body = adminGet("admin list dead", admin+"?state=dead")
+		if bytes.Contains(body, []byte(ack.CallbackID)) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	want("admin list dead", status, http.StatusOK, body)
+	if !bytes.Contains(body, []byte(ack.CallbackID)) {
+		t.Fatalf("the durable callback is not a dead letter: %s", body)
+	}
+	status, body = adminGet("admin list", admin)
+	want("admin list", status, http.StatusOK, body)
+	status, body = adminGet("admin item", admin+"/"+ack.CallbackID)
+	want("admin item", status, http.StatusOK, body)
+	status, body = adminGet("admin item with body", admin+"/"+ack.CallbackID+"?body=1")
+	want("admin item with body", status, http.StatusOK, body)
+	if !bytes.Contains(body, []byte(`"body":{`)) || !bytes.Contains(body, []byte("REDACTED")) {
+		t.Fatalf("?body=1 shows no masked body: %s", body)
+	}
+	for _, args := range [][]string{
+		{"callbacks", "list", "--address", "localhost:2999"},
+		{"callbacks", "list", "--state", "dead", "--json", "--address", "localhost:2999"},
+	} {
+		out, err := runAtlasCLI(t, args...)
+		if err != nil {
+			t.Fatalf("caddy atlas %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		rec.add("CLI: caddy atlas "+strings.Join(args, " "), out)
+	}
+	status, body = adminGet("metrics", "http://localhost:2999/metrics")
+	want("metrics", status, http.StatusOK, body)
+	if !bytes.Contains(body, []byte("caddy_atlas_callbacks_total")) {
+		t.Fatal("the metrics hold no caddy_atlas series")
+	}
+
 	// Credentials Atlas refuses: the gateway reloaded with a wrong secret
 	// (and another timeout, since Caddy ignores a load of the same JSON).
 	t.Setenv("LEAK_ATLAS_CLIENT_SECRET", leakWrongAtlasSecret)
@@ -274,7 +395,7 @@ func TestLeakAudit(t *testing.T) {
 
 	// Access log lines are written after the response is sent; wait for
 	// one per request.
-	deadline := time.Now().Add(3 * time.Second)
+	deadline = time.Now().Add(3 * time.Second)
 	for leakCountLines(t, filepath.Join(logDir, "access.log")) < requests && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -299,6 +420,9 @@ func TestLeakAudit(t *testing.T) {
 		needles = append(needles, leakNeedle{what: "an Atlas token", value: v})
 	}
 	needles = append(needles, cbTokens...)
+	needles = append(needles, leakNeedle{what: "the sign_deliveries secret", value: leakWhsec},
+		leakNeedle{what: "the sign_deliveries key", value: strings.TrimPrefix(leakWhsec, whsign.Prefix)})
+	needles = append(needles, identities...)
 	// A token's signature alone is as good as the token (and is what a
 	// log that truncates a token would most likely still hold).
 	for _, n := range slices.Clone(needles) {
@@ -310,6 +434,7 @@ func TestLeakAudit(t *testing.T) {
 	var leaks []string
 	logLines := 0
 	sawHandlerDebug := false
+	sawInspection := false
 	files, err := filepath.Glob(filepath.Join(logDir, "*.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -327,6 +452,10 @@ func TestLeakAudit(t *testing.T) {
 			if strings.Contains(line, `"level":"debug"`) && strings.Contains(line, `"logger":"http.handlers.atlas`) {
 				sawHandlerDebug = true
 			}
+			if strings.Contains(line, `"msg":"callback body inspected"`) && strings.Contains(line, ack.CallbackID) &&
+				strings.Contains(line, `"remote_addr":"127.0.0.1:`) {
+				sawInspection = true
+			}
 			for _, nd := range needles {
 				if strings.Contains(line, nd.value) {
 					leaks = append(leaks, fmt.Sprintf("%s in %s line %d, %s", nd.what, filepath.Base(file), n, leakKeys(line, nd.value)))
@@ -338,12 +467,36 @@ func TestLeakAudit(t *testing.T) {
 		}
 		f.Close()
 	}
+	// The spool's files: the durable route stores bodies masked.
+	spooled := 0
+	err = filepath.Walk(filepath.Join(logDir, "spool"), func(path string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		spooled += len(raw)
+		for _, nd := range identities {
+			if bytes.Contains(raw, []byte(nd.value)) {
+				leaks = append(leaks, fmt.Sprintf("%s in the spool file %s", nd.what, filepath.Base(path)))
+			}
+		}
+		return nil
+	})
+	if err != nil || spooled == 0 {
+		t.Fatalf("reading the spool: %v (%d bytes)", err, spooled)
+	}
 	for _, ex := range rec.exchanges {
 		for _, nd := range needles {
 			if ex.label != nd.except && strings.Contains(ex.text, nd.value) {
 				leaks = append(leaks, fmt.Sprintf("%s in %s:\n%s", nd.what, ex.label, truncateForLog(ex.text, 2000)))
 			}
 		}
+	}
+	if !sawInspection {
+		t.Errorf("no log line records the ?body=1 inspection of %s", ack.CallbackID)
 	}
 	if logLines == 0 || !sawHandlerDebug {
 		t.Fatalf("%d log lines and no debug line of the atlas handler: the audit saw no DEBUG logs", logLines)

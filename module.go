@@ -166,6 +166,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	if h.Callback != nil {
+		h.Callback.SetMasker(h.masker)
 		if err := h.Callback.Provision(ctx, h.logger); err != nil {
 			return fmt.Errorf("callback: %w", err)
 		}

@@ -22,6 +22,10 @@
 # Usage: bench/durable.sh [seconds per run, default 6] [connection counts, default "16 64"]
 # ROUNDS (default 3); SPOOL_PARENT: a directory on the disk under test
 # (default bench/.bin); FSYNC=1 also measures one writer's fsync rate.
+# With PROFILE_DIR set, a CPU profile of Caddy during each run is saved
+# there as cpu-c<conns>-<round>-<side>.pprof, and an execution trace of
+# each durable run as trace-c<conns>-<round>.out (where requests wait:
+# go tool trace -pprof=sync trace-c16-1.out > sync.pprof).
 # Installs wrk from Debian's packages when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +54,7 @@ cat >"$work/Caddyfile" <<CADDY
 	admin localhost:12029
 	auto_https off
 	persist_config off
+	metrics
 	log {
 		level ERROR
 	}
@@ -132,6 +137,16 @@ for port in 18183 18184; do
 	curl -fs -o /dev/null -H "Token: $(token $port)" -H 'Content-Type: application/json' --data-binary "$body" "localhost:$port/hooks/atlas"
 done
 
+# fsync_stats prints the spool's fsync count, total fsync seconds and
+# callbacks made durable, from Caddy's metrics.
+fsync_stats() {
+	curl -fs localhost:12029/metrics | awk '
+		/^caddy_atlas_spool_fsync_seconds_count/ {n += $2}
+		/^caddy_atlas_spool_fsync_seconds_sum/ {s += $2}
+		/^caddy_atlas_spool_commit_batch_size_sum/ {c += $2}
+		END {print n + 0, s + 0, c + 0}'
+}
+
 # spool_backlog prints the durable route's pending and in-flight callbacks.
 spool_backlog() {
 	curl -fs "localhost:12029/atlas/callbacks?state=pending&limit=1" |
@@ -167,18 +182,36 @@ for conns in $conn_list; do
 		for side in $order; do
 			drain >/dev/null
 			curl -fs -o /dev/null -X POST "localhost:$up/_reset"
+			profilers=()
+			if [ -n "${PROFILE_DIR:-}" ]; then
+				mkdir -p "$PROFILE_DIR"
+				secs=$((duration > 2 ? duration - 2 : 1))
+				curl -fs -o "$PROFILE_DIR/cpu-c$conns-$round-$side.pprof" \
+					"localhost:12029/debug/pprof/profile?seconds=$secs" &
+				profilers+=($!)
+				if [ "$side" = durable ]; then
+					curl -fs -o "$PROFILE_DIR/trace-c$conns-$round.out" \
+						"localhost:12029/debug/pprof/trace?seconds=1" &
+					profilers+=($!)
+				fi
+			fi
+			read -r f0 fs0 fc0 <<<"$(fsync_stats)"
 			case $side in
 			sync) r=$(wrk_run sync "http://localhost:18183/hooks/atlas" -s "$work/post-18183.lua") ;;
 			durable) r=$(wrk_run durable "http://localhost:18184/hooks/atlas" -s "$work/post-18184.lua") ;;
 			esac
 			read -r rps p50 p99 <<<"$r"
+			[ ${#profilers[@]} -eq 0 ] || wait "${profilers[@]}"
 			acked=$(awk '/requests in/ {print $1}' "$work/wrk-$side.txt")
 			extra=
 			if [ "$side" = durable ]; then
 				read -r backlog _ <<<"$(spool_backlog)"
+				read -r f1 fs1 fc1 <<<"$(fsync_stats)"
 				d=$(drain)
 				drains[$conns]+="$d "
-				extra="  backlog $backlog drained in $d s"
+				extra="$(awk -v n=$((f1 - f0)) -v s="$fs0" -v s1="$fs1" -v c="$fc0" -v c1="$fc1" -v t="$duration" 'BEGIN {
+					if (n > 0) printf "  %d fsyncs/s of %.2f ms, %.1f callbacks each;", n / t, (s1 - s) * 1000 / n, (c1 - c) / n }')"
+				extra+="  backlog $backlog drained in $d s"
 			fi
 			read -r got distinct <<<"$(sink_counts $up)"
 			if [ "$distinct" -lt "$acked" ]; then

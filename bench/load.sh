@@ -19,6 +19,10 @@
 # Usage: bench/load.sh [seconds per run, default 10] [connections, default 32]
 # ROUNDS (default 3) sets the number of rounds; SIDES="a b" runs only those
 # sides (default: all six).
+# BASE_REV=<git revision> also builds the plugin at that revision and runs
+# its atlas routes, in a second Caddy, as sides B (6 documents), F (50) and
+# D (callback), so that a change is measured before and after in one run:
+# the pairs b/B, f/F and d/D (default sides then: a b B e f F c d D).
 # With PROFILE_DIR set, a CPU profile of Caddy during each run is saved there
 # as cpu-<round>-<side>.pprof (go tool pprof -top cpu-1-b.pprof).
 # Installs wrk from Debian's packages when it is missing.
@@ -28,13 +32,23 @@ cd "$(dirname "$0")/.."
 duration="${1:-10}"
 conns="${2:-32}"
 rounds="${ROUNDS:-3}"
-sides="${SIDES:-a b e f c d}"
+base_rev="${BASE_REV:-}"
+if [ -n "$base_rev" ]; then
+	sides="${SIDES:-a b B e f F c d D}"
+else
+	sides="${SIDES:-a b e f c d}"
+fi
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 . bench/lib.sh
 install_wrk
 go build -o "$work/caddy" ./cmd/caddy
+if [ -n "$base_rev" ]; then
+	mkdir "$work/base"
+	git archive "$base_rev" | tar -x -C "$work/base"
+	(cd "$work/base" && go build -o "$work/caddy-base" ./cmd/caddy)
+fi
 
 export ATLAS_CLIENT_ID=bench-client ATLAS_CLIENT_SECRET=bench-secret
 export ATLAS_CALLBACK_CLIENT_ID=bench-atlas ATLAS_CALLBACK_CLIENT_SECRET=bench-callback-secret
@@ -88,12 +102,32 @@ for _ in $(seq 100); do
 done
 curl -fs -o /dev/null localhost:12019/config/ || { cat "$work/caddy.log" >&2; exit 1; }
 
+if [ -n "$base_rev" ]; then
+	# The same atlas site, at BASE_REV, on its own port.
+	awk '/^# \(b\), \(f\) and \(d\)/ {on = 1} on' "$work/Caddyfile" | sed 's/^:18080 {/:18180 {/' >"$work/Caddyfile-base.site"
+	{
+		printf '{\n\tadmin localhost:12119\n\tauto_https off\n\tpersist_config off\n\tlog {\n\t\tlevel ERROR\n\t}\n}\n'
+		cat "$work/Caddyfile-base.site"
+	} >"$work/Caddyfile-base"
+	HOME="$work" XDG_DATA_HOME="$work" XDG_CONFIG_HOME="$work" \
+		"$work/caddy-base" run --config "$work/Caddyfile-base" --adapter caddyfile >"$work/caddy-base.log" 2>&1 &
+	for _ in $(seq 100); do
+		curl -fs -o /dev/null localhost:12119/config/ && break
+		sleep 0.1
+	done
+	curl -fs -o /dev/null localhost:12119/config/ || { cat "$work/caddy-base.log" >&2; exit 1; }
+fi
+
 # Both sides must serve the same page before anything is measured.
 for n in 6 50; do
 	a="$(curl -fs "localhost:18082/atlas/extracts?batch_id=BENCH-$n" | sha256sum)"
 	b="$(curl -fs "localhost:18080/atlas/extracts?batch_id=BENCH-$n" | sha256sum)"
 	if [ "$a" != "$b" ]; then
 		echo "the two sides serve different $n-document pages" >&2
+		exit 1
+	fi
+	if [ -n "$base_rev" ] && [ "$(curl -fs "localhost:18180/atlas/extracts?batch_id=BENCH-$n" | sha256sum)" != "$a" ]; then
+		echo "BASE_REV serves a different $n-document page" >&2
 		exit 1
 	fi
 done
@@ -119,15 +153,21 @@ f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Token"] = "$cbtoken"
 LUA
+if [ -n "$base_rev" ]; then
+	basetoken="$(curl -fs -X POST -H "Client-Id: $ATLAS_CALLBACK_CLIENT_ID" -H "Client-Secret: $ATLAS_CALLBACK_CLIENT_SECRET" \
+		localhost:18180/hooks/atlas/auth | sed -E 's/.*"access_token": *"([^"]+)".*/\1/')"
+	sed "s/$cbtoken/$basetoken/" "$work/post.lua" >"$work/post-base.lua"
+fi
 
 echo "caddy-atlas load benchmark: ${duration}s per run, $conns connections, $rounds rounds, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+[ -z "$base_rev" ] || echo "before: the atlas routes at $base_rev ($(git rev-parse --short "$base_rev")), sides B F D"
 echo "upstream: bench/upstream, out of process; pages of 6 documents ($page6 bytes) and 50 ($page50 bytes); callback: $payload_size-byte payload"
 declare -A round_rps round_p99 rps_ratios p99_ratios
 for round in $(seq "$rounds"); do
 	order="$sides"
 	if [ $((round % 2)) -eq 0 ]; then
-		# every other round, each pair runs the other way round
-		order="$(for s in $sides; do echo "$s"; done | awk '{v[NR] = $1} END {for (i = 1; i <= NR; i += 2) {if (i + 1 <= NR) printf "%s ", v[i + 1]; printf "%s ", v[i]}}')"
+		# every other round, the sides run in the reverse order
+		order="$(for s in $sides; do echo "$s"; done | tac | tr '\n' ' ')"
 	fi
 	for side in $order; do
 		profiler=
@@ -144,6 +184,9 @@ for round in $(seq "$rounds"); do
 		f) r=$(wrk_run f "http://localhost:18080/atlas/extracts?batch_id=BENCH-50") ;;
 		c) r=$(wrk_run c "http://localhost:18083/hooks/atlas" -s "$work/post.lua") ;;
 		d) r=$(wrk_run d "http://localhost:18080/hooks/atlas" -s "$work/post.lua") ;;
+		B) r=$(wrk_run B "http://localhost:18180/atlas/extracts?batch_id=BENCH-6") ;;
+		F) r=$(wrk_run F "http://localhost:18180/atlas/extracts?batch_id=BENCH-50") ;;
+		D) r=$(wrk_run D "http://localhost:18180/hooks/atlas" -s "$work/post-base.lua") ;;
 		esac
 		read -r rps p50 p99 <<<"$r"
 		[ -z "$profiler" ] || wait "$profiler"
@@ -151,7 +194,7 @@ for round in $(seq "$rounds"); do
 		round_rps[$side]=$rps
 		round_p99[$side]=$p99
 	done
-	for pair in b/a f/e d/c; do
+	for pair in b/a f/e d/c b/B f/F d/D; do
 		ours=${pair%/*} base=${pair#*/}
 		if [ -n "${round_rps[$ours]:-}" ] && [ -n "${round_rps[$base]:-}" ]; then
 			rps_ratios[$pair]+="$(ratio "${round_rps[$ours]}" "${round_rps[$base]}") "
@@ -160,9 +203,11 @@ for round in $(seq "$rounds"); do
 	done
 done
 echo
-declare -A what=([b/a]="extracts, 6 documents" [f/e]="extracts, 50 documents" [d/c]="callback, 16 KiB")
-declare -A target=([b/a]=">= 1.0, p99 <= 1.05" [f/e]=">= 1.0, p99 <= 1.05" [d/c]=">= 1.0")
-for pair in b/a f/e d/c; do
+declare -A what=([b/a]="extracts, 6 documents" [f/e]="extracts, 50 documents" [d/c]="callback, 16 KiB"
+	[b/B]="after/before, 6 docs" [f/F]="after/before, 50 docs" [d/D]="after/before, callback")
+declare -A target=([b/a]=">= 1.0, p99 <= 1.05" [f/e]=">= 1.0, p99 <= 1.05" [d/c]=">= 1.0"
+	[b/B]="-" [f/F]="-" [d/D]="-")
+for pair in b/a f/e d/c b/B f/F d/D; do
 	[ -n "${rps_ratios[$pair]:-}" ] || continue
 	# shellcheck disable=SC2086
 	printf '%s %-22s throughput median %s (rounds %s), p99 median %s (rounds %s); target %s\n' "$pair" "${what[$pair]}:" \

@@ -82,14 +82,18 @@ func (c *Callback) ServeAuth(w http.ResponseWriter, r *http.Request) error {
 }
 
 // checkCredentials compares the presented credentials with the configured
-// ones in constant time: both are hashed to fixed-length digests and both
-// comparisons always run, so a wrong id and a wrong secret take the same
-// time.
+// ones in constant time: both are hashed to fixed-length digests and every
+// comparison always runs (the id, and the secret against each accepted
+// secret), so a wrong id and a wrong secret take the same time, whichever
+// secret would have matched.
 func (c *Callback) checkCredentials(id, secret string) bool {
 	idSum := sha256.Sum256([]byte(id))
 	secretSum := sha256.Sum256([]byte(secret))
-	ok := subtle.ConstantTimeCompare(idSum[:], c.idDigest[:]) &
-		subtle.ConstantTimeCompare(secretSum[:], c.secretDigest[:])
+	secretOK := subtle.ConstantTimeCompare(secretSum[:], c.secretDigest[:])
+	for i := range c.moreSecretDigests {
+		secretOK |= subtle.ConstantTimeCompare(secretSum[:], c.moreSecretDigests[i][:])
+	}
+	ok := subtle.ConstantTimeCompare(idSum[:], c.idDigest[:]) & secretOK
 	return ok == 1 && c.hasSecret && c.clientID != ""
 }
 

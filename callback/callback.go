@@ -19,7 +19,10 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
+	"github.com/caddy-atlas/caddy-atlas/mask"
 	"github.com/caddy-atlas/caddy-atlas/queue"
+	"github.com/caddy-atlas/caddy-atlas/seal"
+	"github.com/caddy-atlas/caddy-atlas/whsign"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/body"
 	"github.com/caddy-atlas/caddy-atlas/callback/payload"
@@ -88,10 +91,29 @@ type Callback struct {
 	// {env.NAME} or {file.path} placeholder, resolved at provision time.
 	ClientSecret string `json:"client_secret,omitempty"`
 
+	// More client secrets accepted at auth_path besides ClientSecret, for
+	// a rotation without downtime: add the new secret, give it to Atlas,
+	// then remove the old one. Placeholders as for ClientSecret.
+	ClientSecrets []string `json:"client_secrets,omitempty"`
+
 	// The key that signs the tokens issued at auth_path: an HMAC secret of
 	// at least 32 bytes, or a PEM private key (Ed25519, ECDSA P-256, or
 	// RSA of at least 2048 bits), usually given as {file.path}.
 	SigningKey string `json:"signing_key,omitempty"`
+
+	// Keys that signed tokens before SigningKey, in the same forms: tokens
+	// they signed still verify (until they expire), but they never sign.
+	// For a rotation: the new key in SigningKey, the old one here, then,
+	// once TokenTTL plus Leeway has passed, the old one removed.
+	PreviousSigningKeys []string `json:"previous_signing_keys,omitempty"`
+
+	// Standard Webhooks secrets (whsec_ and the base64 of a 24- to
+	// 64-byte key), usually {file.path}: with any, every hand-off to the
+	// app (synchronous, and each durable delivery attempt) carries
+	// webhook-id (the callback id), webhook-timestamp and
+	// webhook-signature, one v1 signature per secret over the body the
+	// app receives. Two during a rotation.
+	SignDeliveries []string `json:"sign_deliveries,omitempty"`
 
 	// The iss of issued tokens, and the only one accepted. Default:
 	// caddy-atlas.
@@ -134,8 +156,17 @@ type Callback struct {
 	// directory share one spool, and a config reload keeps it.
 	Spool string `json:"spool,omitempty"`
 
+	// The durable queue shared by a fleet of instances, instead of a
+	// local Spool: {"jetstream": {...}} (see JetStream). Durable mode as
+	// with Spool, except that a callback is acknowledged once the
+	// JetStream servers acknowledged its publish (for R3, two of three
+	// hold it), every instance delivers, and a redelivery to any instance
+	// is a duplicate. If NATS cannot store it, Atlas is answered 503 with
+	// Retry-After. MaxSpoolSize does not apply: the streams' limits do.
+	Queue *Queue `json:"queue,omitempty"`
+
 	// Where the spooled callbacks are POSTed: an absolute http(s) URL.
-	// Required with Spool. Each delivery carries the body as received,
+	// Required with Spool or Queue. Each delivery carries the body as received,
 	// its Content-Type, the X-Atlas-Subject, X-Atlas-Document-Count and
 	// X-Atlas-Callback-Id headers, and X-Atlas-Attempt (from 1). A 2xx
 	// answer marks the callback delivered; redirects are not followed.
@@ -167,6 +198,20 @@ type Callback struct {
 	// callbacks are answered 503. Default: 4 GiB.
 	MaxSpoolSize int64 `json:"max_spool_size,omitempty"`
 
+	// Keys that encrypt the spooled callbacks at rest (AES-256-GCM):
+	// each 32 random bytes in base64 or hex, given as {file.path} or
+	// {env.NAME} placeholders, resolved at provision time. The first
+	// encrypts, all decrypt: to rotate, put a new key first and keep the
+	// old one until the admin API shows no callback under its key id.
+	// Without a key, durable mode stores the payloads unencrypted, and
+	// says so in a warning at provision time.
+	EncryptionKeys []string `json:"encryption_keys,omitempty"`
+
+	// How long a dead letter is kept, body included, after its last
+	// attempt; then it is purged and counted in
+	// caddy_atlas_dead_letters_expired_total. Default: 30 days.
+	DeadLetterRetention caddy.Duration `json:"dead_letter_retention,omitempty"`
+
 	// runtime state
 	clientID     string
 	idDigest     [sha256.Size]byte
@@ -182,6 +227,12 @@ type Callback struct {
 	cancel       context.CancelFunc
 	now          func() time.Time
 
+	// regulated data (regulated.go): the other accepted client secrets,
+	// the hand-off's masker and signer
+	moreSecretDigests [][sha256.Size]byte
+	masker            *mask.Masker
+	handoffSigner     *whsign.Signer
+
 	// durable mode
 	spoolDir  string
 	deliverTo string
@@ -190,6 +241,12 @@ type Callback struct {
 	spoolKey  string
 	shared    *sharedSpool
 	store     queue.Store
+	keyring   *seal.Keyring
+	// queueName names the durable queue in logs: the spool directory or
+	// jetstream:<stream>.
+	queueName    string
+	jetStreamKey string
+	sharedJS     *sharedJetStream
 }
 
 // Provision resolves the secrets, applies the defaults, parses the keys,
@@ -227,6 +284,14 @@ func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 	c.idDigest = sha256.Sum256([]byte(c.clientID))
 	c.secretDigest = sha256.Sum256([]byte(secret))
 	c.hasSecret = secret != ""
+	c.moreSecretDigests = c.moreSecretDigests[:0]
+	for i, v := range c.ClientSecrets {
+		more := repl.ReplaceKnown(v, "")
+		if more == "" {
+			return fmt.Errorf("client_secrets[%d] is empty (an unset {env.*} or unreadable {file.*} placeholder?)", i)
+		}
+		c.moreSecretDigests = append(c.moreSecretDigests, sha256.Sum256([]byte(more)))
+	}
 
 	if raw := repl.ReplaceKnown(c.SigningKey, ""); raw != "" {
 		k, err := token.ParseSigningKey(raw)
@@ -238,6 +303,9 @@ func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 	c.verifyKeys = c.verifyKeys[:0]
 	if c.signer != nil {
 		c.verifyKeys = append(c.verifyKeys, c.signer)
+	}
+	if err := c.provisionRotation(repl); err != nil {
+		return err
 	}
 	for i, v := range c.VerifyKeys {
 		raw := repl.ReplaceKnown(v, "")
@@ -395,8 +463,16 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 	id := ID(body)
 	count := strconv.Itoa(docs)
 
-	// The app sees the body as Atlas sent it, without the token, and only
-	// the X-Atlas-* headers set here.
+	// The id is that of the body as Atlas sent it; the app sees it
+	// masked, if the handler masks fields.
+	body, releaseMasked, err := c.maskBody(body)
+	defer releaseMasked()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("masking callback %s: %w", id, err))
+	}
+
+	// The app sees the body without the token, and only the X-Atlas-*
+	// headers set here (and the webhook-* ones, when signing).
 	hdr := r.Header
 	hdr.Del("Token")
 	hdr.Del("Authorization")
@@ -431,8 +507,13 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 		return c.spoolCallback(w, r, id, subject, count, body)
 	}
 
-	r.Body, _ = cb.Reader() // cannot fail before cb.Release
-	r.GetBody = cb.Reader
+	if c.masker != nil {
+		r.Body, r.GetBody = bodyReader(body)
+	} else {
+		r.Body, _ = cb.Reader() // cannot fail before cb.Release
+		r.GetBody = cb.Reader
+	}
+	c.signHandoff(hdr, id, body)
 	r.ContentLength = int64(len(body))
 	r.TransferEncoding = nil
 	hdr.Set("Content-Length", strconv.Itoa(len(body)))

@@ -21,7 +21,9 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
+	"github.com/caddy-atlas/caddy-atlas/mask"
 	"github.com/caddy-atlas/caddy-atlas/queue"
+	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
@@ -34,6 +36,8 @@ const (
 	DefaultConcurrency     = spool.DefaultConcurrency
 	DefaultRetention       = spool.DefaultRetention
 	DefaultMaxSpoolSize    = spool.DefaultMaxDiskBytes
+
+	DefaultDeadLetterRetention = spool.DefaultDeadLetterRetention
 
 	// spoolRetryAfter is the Retry-After, in seconds, of a callback
 	// refused because the spool cannot store it.
@@ -67,6 +71,10 @@ type durableSettings struct {
 	concurrency     int
 	retention       time.Duration
 	maxSpoolSize    int64
+	deadRetention   time.Duration
+	// keyIDs are the ids of the encryption keys, comma-separated, first
+	// the one that encrypts; "" for none.
+	keyIDs string
 }
 
 // sharedSpool is an open spool in the usage pool, with the HTTP transport
@@ -99,9 +107,8 @@ func openSharedSpool(dir string, c *Callback) (*sharedSpool, error) {
 
 // options are the spool options of c's settings.
 func (s *sharedSpool) options(c *Callback) spool.Options {
-	d := &spool.HTTPDeliverer{URL: c.durable.deliverTo, Client: &http.Client{Transport: outbound.Traced(s.transport)}}
 	return spool.Options{
-		Deliver:         traceDeliveries(d.Deliver),
+		Deliver:         c.deliverFunc(s.transport),
 		Retention:       c.durable.retention,
 		MaxAttempts:     c.durable.maxAttempts,
 		BackoffMin:      c.durable.backoffMin,
@@ -111,7 +118,21 @@ func (s *sharedSpool) options(c *Callback) spool.Options {
 		MaxDiskBytes:    c.durable.maxSpoolSize,
 		Logger:          c.logger.Named("spool").With(zap.String("spool", s.dir)),
 		Observer:        spoolObserver{registerSpoolMetrics(nil)},
+		Keyring:         c.keyring,
+
+		DeadLetterRetention: c.durable.deadRetention,
 	}
+}
+
+// deliverFunc returns the delivery of c's settings, whichever queue
+// delivers: a POST to deliver_to through transport, each attempt signed
+// (sign_deliveries) and traced (see traceDeliveries).
+func (c *Callback) deliverFunc(transport http.RoundTripper) spool.DeliverFunc {
+	d := &spool.HTTPDeliverer{URL: c.durable.deliverTo, Client: &http.Client{Transport: outbound.Traced(transport)}}
+	if c.handoffSigner != nil {
+		d.Header = c.signAttempt
+	}
+	return traceDeliveries(d.Deliver)
 }
 
 // attach adds c to the routes using the spool and applies its settings.
@@ -169,16 +190,35 @@ type OpenQueue struct {
 	Name string
 	// Store is the queue.
 	Store queue.Store
+	// Masker is the masker of the route whose settings are in effect
+	// (nil if it masks nothing), for the admin API's ?body=1.
+	Masker *mask.Masker
+	// MaxBytes is a spool's max_spool_size; 0 for other queues.
+	MaxBytes int64
 }
 
-// OpenQueues returns the durable queues in use, sorted by name.
+// OpenQueues returns the durable queues in use: the spools sorted by
+// directory, then the JetStream queues (named jetstream:<stream>) sorted
+// by name.
 func OpenQueues() []OpenQueue {
-	spools := liveSpools()
-	out := make([]OpenQueue, len(spools))
-	for i, s := range spools {
-		out[i] = OpenQueue{Name: s.dir, Store: s.store}
+	var out []OpenQueue
+	for _, s := range liveSpools() {
+		out = append(out, OpenQueue{Name: s.dir, Store: s.store, Masker: s.masker(), MaxBytes: s.maxBytes()})
+	}
+	for _, s := range liveJetStreams() {
+		out = append(out, OpenQueue{Name: s.name, Store: s.store, Masker: s.masker()})
 	}
 	return out
+}
+
+// masker returns the masker of the route whose settings are in effect.
+func (s *sharedSpool) masker() *mask.Masker {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.owners) == 0 {
+		return nil
+	}
+	return s.owners[len(s.owners)-1].masker
 }
 
 // liveSpools returns the open spools, sorted by directory.
@@ -234,14 +274,20 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	if c.MaxSpoolSize == 0 {
 		c.MaxSpoolSize = DefaultMaxSpoolSize
 	}
+	if c.DeadLetterRetention == 0 {
+		c.DeadLetterRetention = caddy.Duration(DefaultDeadLetterRetention)
+	}
 	repl := caddy.NewReplacer()
+	if err := c.provisionKeyring(repl); err != nil {
+		return err
+	}
 	c.spoolDir = repl.ReplaceKnown(c.Spool, "")
 	c.deliverTo = repl.ReplaceKnown(c.DeliverTo, "")
 	deliverTo := c.deliverTo
 	if err := c.validateDurable(); err != nil {
 		return err
 	}
-	if c.spoolDir == "" {
+	if c.spoolDir == "" && c.Queue == nil {
 		return nil
 	}
 
@@ -254,11 +300,17 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 		concurrency:     c.Concurrency,
 		retention:       time.Duration(c.Retention),
 		maxSpoolSize:    c.MaxSpoolSize,
+		deadRetention:   time.Duration(c.DeadLetterRetention),
+		keyIDs:          strings.Join(c.keyring.KeyIDs(), ","),
 	}
 	if r := ctx.GetMetricsRegistry(); r != nil {
 		c.configKey = r // one registry per loaded config
 	}
 	registerSpoolMetrics(ctx.GetMetricsRegistry())
+	if c.Queue != nil {
+		registerJetStreamMetrics(ctx.GetMetricsRegistry())
+		return c.provisionJetStream()
+	}
 
 	key, err := SpoolKey(c.spoolDir)
 	if err != nil {
@@ -277,10 +329,45 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	}
 	c.shared = shared
 	c.store = shared.store
+	c.queueName = shared.dir
 	u, _ := url.Parse(deliverTo)
 	c.logger.Info("callback route in durable mode", zap.String("spool", shared.dir),
 		zap.String("deliver_to", u.Redacted()), zap.Int("concurrency", c.Concurrency),
-		zap.Int("max_attempts", c.MaxAttempts))
+		zap.Int("max_attempts", c.MaxAttempts), zap.Strings("encryption_key_ids", c.keyring.KeyIDs()))
+	if c.keyring == nil {
+		c.logger.Warn("durable mode without encryption_key: payloads are stored unencrypted",
+			zap.String("spool", shared.dir))
+	}
+	return nil
+}
+
+// provisionKeyring resolves and parses the encryption keys. Errors name
+// a key by its position, never by its value.
+func (c *Callback) provisionKeyring(repl *caddy.Replacer) error {
+	c.keyring = nil
+	if len(c.EncryptionKeys) == 0 {
+		return nil
+	}
+	keys := make([][]byte, len(c.EncryptionKeys))
+	for i, v := range c.EncryptionKeys {
+		raw := repl.ReplaceKnown(v, "")
+		if strings.TrimSpace(raw) == "" {
+			return fmt.Errorf("encryption_key %d is empty (an unset {env.*} or unreadable {file.*} placeholder?)", i+1)
+		}
+		k, err := seal.ParseKey(raw)
+		if err != nil {
+			return fmt.Errorf("encryption_key %d: %w", i+1, err)
+		}
+		keys[i] = k
+	}
+	kr, err := seal.NewKeyring(keys...)
+	for _, k := range keys {
+		clear(k)
+	}
+	if err != nil {
+		return fmt.Errorf("encryption_key: %w", err)
+	}
+	c.keyring = kr
 	return nil
 }
 
@@ -288,14 +375,20 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 // changes nothing.
 func (c *Callback) validateDurable() error {
 	switch {
-	case c.Spool == "" && c.DeliverTo != "":
-		return errors.New("deliver_to needs spool: durable mode delivers from a spool directory")
-	case c.Spool == "":
+	case c.Spool != "" && c.Queue != nil:
+		return errors.New("spool and queue are exclusive: durable mode uses either a local spool or a shared queue")
+	case c.Queue != nil && c.Queue.JetStream == nil:
+		return errors.New("queue names no backend (jetstream)")
+	case c.Spool == "" && c.Queue == nil && c.DeliverTo != "":
+		return errors.New("deliver_to needs spool or queue: durable mode delivers from a spool directory or a shared queue")
+	case c.Spool == "" && c.Queue == nil && len(c.EncryptionKeys) > 0:
+		return errors.New("encryption_key needs spool or queue: it encrypts the stored callbacks")
+	case c.Spool == "" && c.Queue == nil:
 		return nil
-	case c.spoolDir == "":
+	case c.Queue == nil && c.spoolDir == "":
 		return errors.New("spool is empty (an unset {env.*} placeholder?)")
 	case c.DeliverTo == "":
-		return errors.New("deliver_to is required with spool: where the spooled callbacks are delivered")
+		return errors.New("deliver_to is required with spool or queue: where the stored callbacks are delivered")
 	case c.MaxAttempts < 1:
 		return fmt.Errorf("max_attempts must be at least 1, got %d", c.MaxAttempts)
 	case c.RetryBackoffMin <= 0 || c.RetryBackoffMax <= 0:
@@ -311,6 +404,10 @@ func (c *Callback) validateDurable() error {
 		return errors.New("retention must be positive")
 	case c.MaxSpoolSize <= 0:
 		return errors.New("max_spool_size must be positive")
+	case c.DeadLetterRetention <= 0:
+		return errors.New("dead_letter_retention must be positive")
+	case len(c.EncryptionKeys) > 0 && c.keyring == nil:
+		return errors.New("encryption_key is not provisioned")
 	case c.MaxBody > maxSpooledBody:
 		return fmt.Errorf("max_body must be at most %d bytes in durable mode", maxSpooledBody)
 	}
@@ -326,6 +423,9 @@ func (c *Callback) validateDurable() error {
 // still be served while it is cleaned up, and a closed spool answers them
 // ErrClosed (503).
 func (c *Callback) cleanupDurable() error {
+	if err := c.cleanupJetStream(); err != nil {
+		return err
+	}
 	if c.shared != nil {
 		c.shared.detach(c)
 		c.shared = nil
@@ -366,7 +466,7 @@ func (c *Callback) spoolCallback(w http.ResponseWriter, r *http.Request, id, sub
 		case errors.Is(err, queue.ErrUnavailable), errors.Is(err, queue.ErrClosed):
 			c.metrics.callbacks.WithLabelValues(outcomeUnavailable).Inc()
 			c.logger.Error("callback refused: the spool cannot store it", zap.String("callback_id", id),
-				zap.String("spool", c.spoolDir), zap.Int("bytes", len(body)), zap.Error(err))
+				zap.String("spool", c.queueName), zap.Int("bytes", len(body)), zap.Error(err))
 			w.Header().Set("Retry-After", spoolRetryAfter)
 			return httpjson.WriteError(w, http.StatusServiceUnavailable, "the callback cannot be stored right now; retry later")
 		case r.Context().Err() != nil:

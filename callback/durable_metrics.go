@@ -15,9 +15,12 @@ import (
 //	caddy_atlas_spool_callbacks{spool,state}            callbacks in each spool: pending, dead, delivered (within retention)
 //	caddy_atlas_spool_oldest_pending_age_seconds{spool} age of the oldest pending callback (0 if none): the delivery lag
 //	caddy_atlas_spool_disk_bytes{spool}                 size of the spool's log on disk
+//	caddy_atlas_spool_max_bytes{spool}                  the spool's max_spool_size: beyond it, Atlas gets 503
+//	caddy_atlas_spool_callbacks_by_key{spool,key_id}    pending and dead callbacks by encryption key id ("plaintext": unencrypted)
 //	caddy_atlas_delivery_attempts_total{outcome}        delivery attempts: delivered, failed, timeout, canceled
 //	caddy_atlas_delivery_duration_seconds               duration of delivery attempts
 //	caddy_atlas_dead_letters_total                      callbacks that ran out of attempts
+//	caddy_atlas_dead_letters_expired_total              dead letters purged at the end of dead_letter_retention
 //	caddy_atlas_spool_fsync_seconds                     latency of the spool's fsyncs
 //	caddy_atlas_spool_commit_batch_size                 callbacks made durable by one fsync (group commit)
 //
@@ -28,6 +31,7 @@ type spoolMetrics struct {
 	deliveryAttempts *prometheus.CounterVec
 	deliveryDuration prometheus.Histogram
 	deadLetters      prometheus.Counter
+	deadExpired      prometheus.Counter
 	fsyncSeconds     prometheus.Histogram
 	commitBatch      prometheus.Histogram
 }
@@ -52,6 +56,11 @@ func registerSpoolMetrics(registry *prometheus.Registry) *spoolMetrics {
 					[]string{"spool"}, nil),
 				diskBytes: prometheus.NewDesc(name("spool_disk_bytes"),
 					"Size of the spool's log on disk.", []string{"spool"}, nil),
+				maxBytes: prometheus.NewDesc(name("spool_max_bytes"),
+					"The spool's max_spool_size: beyond it callbacks are refused with 503.", []string{"spool"}, nil),
+				byKey: prometheus.NewDesc(name("spool_callbacks_by_key"),
+					"Pending and dead callbacks in the spool by the id of the key that encrypts them (plaintext: unencrypted).",
+					[]string{"spool", "key_id"}, nil),
 			},
 			deliveryAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 				Namespace: metricsreg.Namespace, Subsystem: metricsreg.Subsystem, Name: "delivery_attempts_total",
@@ -66,6 +75,10 @@ func registerSpoolMetrics(registry *prometheus.Registry) *spoolMetrics {
 				Namespace: metricsreg.Namespace, Subsystem: metricsreg.Subsystem, Name: "dead_letters_total",
 				Help: "Spooled callbacks that ran out of delivery attempts.",
 			}),
+			deadExpired: prometheus.NewCounter(prometheus.CounterOpts{
+				Namespace: metricsreg.Namespace, Subsystem: metricsreg.Subsystem, Name: "dead_letters_expired_total",
+				Help: "Dead letters purged, body included, at the end of the dead letter retention.",
+			}),
 			fsyncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 				Namespace: metricsreg.Namespace, Subsystem: metricsreg.Subsystem, Name: "spool_fsync_seconds",
 				Help:    "Latency of the spool's fsyncs.",
@@ -79,7 +92,7 @@ func registerSpoolMetrics(registry *prometheus.Registry) *spoolMetrics {
 		}
 	})
 	m := spoolCollectors
-	for _, c := range []prometheus.Collector{m.gauges, m.deliveryAttempts, m.deliveryDuration, m.deadLetters, m.fsyncSeconds, m.commitBatch} {
+	for _, c := range []prometheus.Collector{m.gauges, m.deliveryAttempts, m.deliveryDuration, m.deadLetters, m.deadExpired, m.fsyncSeconds, m.commitBatch} {
 		metricsreg.Register(registry, c)
 	}
 	return m
@@ -107,12 +120,17 @@ func (o spoolObserver) DeliveryAttempt(outcome spool.Outcome, d time.Duration) {
 // DeadLettered implements spool.Observer.
 func (o spoolObserver) DeadLettered() { o.m.deadLetters.Inc() }
 
+// DeadLetterExpired implements spool.RetentionObserver.
+func (o spoolObserver) DeadLetterExpired() { o.m.deadExpired.Inc() }
+
 // spoolGaugeCollector reports the counts of the live spools when
 // scraped.
 type spoolGaugeCollector struct {
 	callbacks *prometheus.Desc
 	oldestAge *prometheus.Desc
 	diskBytes *prometheus.Desc
+	maxBytes  *prometheus.Desc
+	byKey     *prometheus.Desc
 }
 
 // Describe implements prometheus.Collector.
@@ -120,23 +138,42 @@ func (c spoolGaugeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.callbacks
 	ch <- c.oldestAge
 	ch <- c.diskBytes
+	ch <- c.maxBytes
+	ch <- c.byKey
 }
 
 // Collect implements prometheus.Collector.
 func (c spoolGaugeCollector) Collect(ch chan<- prometheus.Metric) {
 	now := time.Now()
-	for _, s := range liveSpools() {
-		st := s.store.Stats()
-		gauge(ch, c.callbacks, float64(st.Pending), s.dir, "pending")
-		gauge(ch, c.callbacks, float64(st.Dead), s.dir, "dead")
-		gauge(ch, c.callbacks, float64(st.Delivered), s.dir, "delivered")
+	for _, s := range OpenQueues() {
+		st := s.Store.Stats()
+		gauge(ch, c.callbacks, float64(st.Pending), s.Name, "pending")
+		gauge(ch, c.callbacks, float64(st.Dead), s.Name, "dead")
+		gauge(ch, c.callbacks, float64(st.Delivered), s.Name, "delivered")
 		var age float64
 		if !st.OldestPending.IsZero() {
 			age = max(now.Sub(st.OldestPending).Seconds(), 0)
 		}
-		gauge(ch, c.oldestAge, age, s.dir)
-		gauge(ch, c.diskBytes, float64(st.DiskBytes), s.dir)
+		gauge(ch, c.oldestAge, age, s.Name)
+		gauge(ch, c.diskBytes, float64(st.DiskBytes), s.Name)
+		if limit := s.MaxBytes; limit > 0 {
+			gauge(ch, c.maxBytes, float64(limit), s.Name)
+		}
+		for id, n := range st.Keys {
+			gauge(ch, c.byKey, float64(n), s.Name, id)
+		}
 	}
+}
+
+// maxBytes returns the max_spool_size in effect: that of the route
+// provisioned last, 0 if no route uses the spool.
+func (s *sharedSpool) maxBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(s.owners); n > 0 {
+		return s.owners[n-1].durable.maxSpoolSize
+	}
+	return 0
 }
 
 // gauge sends one gauge value.
@@ -148,6 +185,7 @@ func gauge(ch chan<- prometheus.Metric, desc *prometheus.Desc, v float64, labels
 
 // Interface guards
 var (
-	_ spool.Observer       = spoolObserver{}
-	_ prometheus.Collector = spoolGaugeCollector{}
+	_ spool.Observer          = spoolObserver{}
+	_ spool.RetentionObserver = spoolObserver{}
+	_ prometheus.Collector    = spoolGaugeCollector{}
 )

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
 )
@@ -53,11 +54,11 @@ func openQueue(t testing.TB, o Options) *Queue {
 // TestConformance runs the Store suite shared with the spool against a
 // single nats-server.
 func TestConformance(t *testing.T) {
-	n := startNATS(t)
+	n := natstest.Start(t)
 	spooltest.Run(t, func(t *testing.T) spooltest.Opener {
 		stream := newStreamName()
 		return func(t *testing.T, o spool.Options) spooltest.Store {
-			u := []string{n.url()}
+			u := []string{n.URL()}
 			return testStore{Queue: openQueue(t, testOptions(u, stream, 1, o)), urls: u, stream: stream}
 		}
 	})

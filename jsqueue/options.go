@@ -8,8 +8,10 @@ import (
 	"slices"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	"go.uber.org/zap"
 )
 
@@ -41,12 +43,14 @@ type Options struct {
 	Replicas int
 
 	// Credentials: at most one of CredentialsFile (a NATS .creds file:
-	// user JWT and nkey seed), NKeySeedFile (an nkey seed), or User and
-	// Password.
+	// user JWT and nkey seed) or Credentials (its content), NKeySeedFile
+	// (an nkey seed), or User and Password.
 	CredentialsFile string
-	NKeySeedFile    string
-	User            string
-	Password        string
+	// Credentials is the content of a .creds file, instead of its path.
+	Credentials  string
+	NKeySeedFile string
+	User         string
+	Password     string
 
 	// TLS, if set, is the client TLS configuration (CA, client
 	// certificate).
@@ -71,6 +75,16 @@ type Options struct {
 	// Nats-Msg-Id de-duplication), used when the stream is created.
 	// Beyond it, the state records deduplicate. Default: 2m.
 	DuplicateWindow time.Duration
+
+	// Keyring, if set, seals each callback's headers and body before
+	// they are published (AES-256-GCM, the callback id bound as
+	// additional data), so that whoever reads the streams (a NATS
+	// operator, a disk) cannot read payloads or move one to another id.
+	// Messages sealed under a key the keyring lacks cannot be delivered
+	// (each attempt fails, naming the key id); plaintext messages, from
+	// before a keyring was set, are still delivered. It may change with
+	// Reconfigure (a new sealing key first, the old ones after it).
+	Keyring *seal.Keyring
 
 	// Delivery, as for spool.Options: Deliver (nil: store, deliver
 	// nothing until Reconfigure sets one), Retention (how long delivered
@@ -100,6 +114,7 @@ type config struct {
 	ackWait         time.Duration
 	publishTimeout  time.Duration
 	dupWindow       time.Duration
+	keyring         *seal.Keyring
 	deliver         spool.DeliverFunc
 	retention       time.Duration
 	maxAttempts     int
@@ -130,6 +145,7 @@ func resolve(o Options) (*config, error) {
 		ackWait:         orDefault(o.AckWait, DefaultAckWait),
 		publishTimeout:  orDefault(o.PublishTimeout, DefaultPublishTimeout),
 		dupWindow:       orDefault(o.DuplicateWindow, DefaultDuplicateWindow),
+		keyring:         o.Keyring,
 		deliver:         o.Deliver,
 		retention:       orDefault(o.Retention, spool.DefaultRetention),
 		maxAttempts:     orDefault(o.MaxAttempts, spool.DefaultMaxAttempts),
@@ -160,6 +176,9 @@ func resolve(o Options) (*config, error) {
 	if o.CredentialsFile != "" {
 		n++
 	}
+	if o.Credentials != "" {
+		n++
+	}
 	if o.NKeySeedFile != "" {
 		n++
 	}
@@ -188,7 +207,7 @@ func sameConnection(a, b *config) error {
 		return errors.New("jsqueue: the stream of an open queue cannot change; open a new one")
 	case a.replicas != b.replicas:
 		return errors.New("jsqueue: the replicas of an open queue cannot change; open a new one")
-	case a.opts.CredentialsFile != b.opts.CredentialsFile || a.opts.NKeySeedFile != b.opts.NKeySeedFile ||
+	case a.opts.CredentialsFile != b.opts.CredentialsFile || a.opts.Credentials != b.opts.Credentials || a.opts.NKeySeedFile != b.opts.NKeySeedFile ||
 		a.opts.User != b.opts.User || a.opts.Password != b.opts.Password || a.opts.TLS != b.opts.TLS:
 		return errors.New("jsqueue: the credentials of an open queue cannot change; open a new one")
 	}
@@ -217,6 +236,20 @@ func (c *config) natsOptions() ([]nats.Option, error) {
 	switch {
 	case o.CredentialsFile != "":
 		opts = append(opts, nats.UserCredentials(o.CredentialsFile))
+	case o.Credentials != "":
+		jwt, err := nkeys.ParseDecoratedJWT([]byte(o.Credentials))
+		if err != nil {
+			return nil, errors.New("jsqueue: credentials: no user JWT in them")
+		}
+		kp, err := nkeys.ParseDecoratedNKey([]byte(o.Credentials))
+		if err != nil {
+			return nil, errors.New("jsqueue: credentials: no nkey seed in them")
+		}
+		seed, err := kp.Seed()
+		if err != nil {
+			return nil, errors.New("jsqueue: credentials: the nkey is not a seed")
+		}
+		opts = append(opts, nats.UserJWTAndSeed(jwt, string(seed)))
 	case o.NKeySeedFile != "":
 		opt, err := nats.NkeyOptionFromSeed(o.NKeySeedFile)
 		if err != nil {

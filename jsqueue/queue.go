@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -29,6 +30,8 @@ type Queue struct {
 	dead jetstream.Stream
 	st   jetstream.Stream
 	cons jetstream.Consumer
+	// delivered counts the delivered records (see setup).
+	delivered jetstream.Consumer
 
 	workSubj, deadSubj, stateSubj string
 
@@ -182,6 +185,29 @@ func (q *Queue) setup(ctx context.Context, cfg *config) error {
 		return fmt.Errorf("%w: delivery consumer on %s: %w", spool.ErrUnavailable, cfg.stream, err)
 	}
 	q.cons = cons
+	if err := q.countingConsumer(ctx); err != nil {
+		return fmt.Errorf("%w: counting consumer on %s_STATE: %w", spool.ErrUnavailable, cfg.stream, err)
+	}
+	return nil
+}
+
+// countingConsumer creates (or finds) a consumer that is never pulled
+// from: its pending count is the number of delivered records, kept by
+// the servers as records come and expire.
+func (q *Queue) countingConsumer(ctx context.Context) error {
+	c, err := q.st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       "count-delivered",
+		Description:   "caddy-atlas: counts delivered callbacks within the retention window; never pulled",
+		FilterSubject: q.stateSubj + kindDelivered + ".*",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckNonePolicy,
+	})
+	if err != nil {
+		return err
+	}
+	q.mu.Lock()
+	q.delivered = c
+	q.mu.Unlock()
 	return nil
 }
 
@@ -212,6 +238,11 @@ func checkStream(want, got jetstream.StreamConfig) error {
 }
 
 func (q *Queue) config() *config { return q.cfg.Load() }
+
+// MaxPayload returns the largest message the connected server takes
+// (its max_payload): an entry whose body and headers come near it is
+// refused by Append with spool.ErrInvalid.
+func (q *Queue) MaxPayload() int64 { return q.nc.MaxPayload() }
 
 // Reconfigure applies new delivery options (Deliver, Retention,
 // MaxAttempts, backoff, DeliveryTimeout, Concurrency, Logger, Observer,
@@ -247,11 +278,20 @@ func (q *Queue) kick() {
 	}
 }
 
+// errNoAnswer is the cause of an operation's own timeout: NATS did not
+// answer in time.
+var errNoAnswer = errors.New("no answer from NATS in time")
+
+// withTimeout bounds an operation on NATS, with errNoAnswer as the cause.
+func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(ctx, d, errNoAnswer)
+}
+
 // unavailable wraps a NATS error as spool.ErrUnavailable, except the
-// caller's own cancellation.
+// caller's own cancellation or deadline, returned as it is.
 func unavailable(ctx context.Context, what string, err error) error {
-	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-		return err
+	if ctx.Err() != nil && !errors.Is(context.Cause(ctx), errNoAnswer) {
+		return ctx.Err()
 	}
 	return fmt.Errorf("%w: %s: %w", spool.ErrUnavailable, what, err)
 }
@@ -339,7 +379,7 @@ func (q *Queue) Append(ctx context.Context, e spool.Entry) (spool.AppendResult, 
 	if n, max := envelopeSize(e.Header, e.Body)+512, q.nc.MaxPayload(); max > 0 && int64(n) > max {
 		return res, fmt.Errorf("%w: body of %d bytes is too large for the NATS servers' max_payload of %d", spool.ErrInvalid, len(e.Body), max)
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.publishTimeout)
+	ctx, cancel := withTimeout(ctx, cfg.publishTimeout)
 	defer cancel()
 
 	rec, err := q.state(ctx, e.ID)
@@ -378,7 +418,12 @@ func (q *Queue) newMsg(subject, id string, received time.Time, h map[string][]st
 	m.Header.Set(hdrID, id)
 	m.Header.Set(hdrReceived, strconv.FormatInt(received.UnixNano(), 10))
 	m.Header.Set(hdrSize, strconv.Itoa(len(body)))
-	m.Data = appendEnvelope(make([]byte, 0, envelopeSize(h, body)), h, body)
+	env := appendEnvelope(make([]byte, 0, envelopeSize(h, body)+seal.Overhead), h, body)
+	if kr := q.config().keyring; kr != nil {
+		m.Header.Set(hdrSealed, "1")
+		env = kr.Seal(env[:0], env, []byte(id))
+	}
+	m.Data = env
 	return m
 }
 
@@ -390,7 +435,7 @@ func (q *Queue) isClosing() bool {
 
 // opCtx bounds an operation of an interface method without a context.
 func (q *Queue) opCtx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), q.config().publishTimeout)
+	return withTimeout(context.Background(), q.config().publishTimeout)
 }
 
 // lookup returns the Info of id and, for a pending one, its message.
@@ -439,7 +484,7 @@ func (q *Queue) Load(ctx context.Context, id string) (spool.Entry, error) {
 	if q.isClosing() {
 		return spool.Entry{}, spool.ErrClosed
 	}
-	ctx, cancel := context.WithTimeout(ctx, q.config().publishTimeout)
+	ctx, cancel := withTimeout(ctx, q.config().publishTimeout)
 	defer cancel()
 	in, m, err := q.lookup(ctx, id)
 	if err != nil {
@@ -464,6 +509,12 @@ func (q *Queue) Load(ctx context.Context, id string) (spool.Entry, error) {
 // entry decodes a work or dead-letter message.
 func (q *Queue) entry(h nats.Header, data []byte) (spool.Entry, error) {
 	id, received, _ := msgInfo(h)
+	if h.Get(hdrSealed) != "" {
+		var err error
+		if data, err = q.config().keyring.Open(nil, data, []byte(id)); err != nil {
+			return spool.Entry{}, fmt.Errorf("callback %s: %w", id, err)
+		}
+	}
 	hdr, body, err := decodeEnvelope(data)
 	if err != nil {
 		return spool.Entry{}, fmt.Errorf("callback %s: %w", id, err)
@@ -641,7 +692,7 @@ func (q *Queue) Retry(ctx context.Context, id string) error {
 	if q.isClosing() {
 		return spool.ErrClosed
 	}
-	ctx, cancel := context.WithTimeout(ctx, q.config().publishTimeout)
+	ctx, cancel := withTimeout(ctx, q.config().publishTimeout)
 	defer cancel()
 	in, m, err := q.lookup(ctx, id)
 	if err != nil {
@@ -703,7 +754,7 @@ func (q *Queue) RetryAll(ctx context.Context, state spool.State) (int, error) {
 	if q.isClosing() {
 		return 0, spool.ErrClosed
 	}
-	lctx, cancel := context.WithTimeout(ctx, 4*q.config().publishTimeout)
+	lctx, cancel := withTimeout(ctx, 4*q.config().publishTimeout)
 	ins, err := q.list(lctx, state)
 	cancel()
 	if err != nil {
@@ -730,7 +781,7 @@ func (q *Queue) Delete(ctx context.Context, id string) error {
 		return spool.ErrClosed
 	}
 	cfg := q.config()
-	ctx, cancel := context.WithTimeout(ctx, cfg.publishTimeout)
+	ctx, cancel := withTimeout(ctx, cfg.publishTimeout)
 	defer cancel()
 	rec, err := q.state(ctx, id)
 	if err != nil {
@@ -804,25 +855,23 @@ func (q *Queue) Stats() spool.Stats {
 		}
 	}
 	st.LiveBytes = st.DiskBytes
-	if n, err := q.count(ctx, q.st, q.stateSubj+kindDelivered+".*"); err == nil {
-		st.Delivered = n
+	q.mu.Lock()
+	counter := q.delivered
+	q.mu.Unlock()
+	ci, err := counter.Info(ctx)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		// Deleted by an operator, or lost with a server's state.
+		if err = q.countingConsumer(ctx); err == nil {
+			q.mu.Lock()
+			counter = q.delivered
+			q.mu.Unlock()
+			ci, err = counter.Info(ctx)
+		}
+	}
+	if err == nil {
+		st.Delivered = int(ci.NumPending)
 	}
 	return st
-}
-
-// count returns the number of messages of s matching filter, as the
-// pending count of an ephemeral consumer.
-func (q *Queue) count(ctx context.Context, s jetstream.Stream, filter string) (int, error) {
-	c, err := s.CreateConsumer(ctx, jetstream.ConsumerConfig{
-		FilterSubject: filter, AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: 10 * time.Second,
-		MemoryStorage: true, Replicas: 1,
-	})
-	if err != nil {
-		return 0, err
-	}
-	n := int(c.CachedInfo().NumPending)
-	_ = s.DeleteConsumer(ctx, c.CachedInfo().Name)
-	return n, nil
 }
 
 // Close implements spool.Store. It stops fetching, waits for the
@@ -884,10 +933,12 @@ func (q *Queue) kill() {
 	q.closing = true
 	q.mu.Unlock()
 	q.nc.Close()
+	close(q.stop)
 	q.fetchCancel()
 	q.deliverCancel()
 	q.fetcher.Wait()
 	q.deliveries.Wait()
+	close(q.closed)
 }
 
 // copyMsg makes a message on subject with the callback of m: its data

@@ -537,17 +537,55 @@ func (s *scanner) literal(lit string) error {
 // replace writes the masked form of the value src[start:end] (raw is its
 // text: a string's between its quotes, or a number's literal).
 func (s *scanner) replace(start, end int, style Style, raw []byte, escaped bool) {
-	var v string
-	switch {
-	case escaped:
-		v = unescape(raw)
-	default:
-		v = string(raw)
+	if escaped {
+		raw = []byte(unescape(raw))
 	}
 	s.out = append(s.out, s.src[s.last:start]...)
-	s.out = appendJSONString(s.out, style.Apply(v))
+	s.out = appendMasked(s.out, style, raw)
 	s.last = end
 	s.masked++
+}
+
+// appendMasked appends to dst, as a JSON string, what style leaves of
+// the text v (UTF-8, invalid bytes read as U+FFFD): the JSON string of
+// style.Apply(string(v)), without allocating.
+func appendMasked(dst []byte, style Style, v []byte) []byte {
+	if style == Redact {
+		return append(append(append(dst, '"'), Redacted...), '"')
+	}
+	n := 0
+	for i := 0; i < len(v); {
+		r, size := utf8.DecodeRune(v[i:])
+		i += size
+		if !isSeparator(r) {
+			n++
+		}
+	}
+	keep := 0
+	if n >= last4Min {
+		keep = 4
+	}
+	dst = append(dst, '"')
+	for range n - keep {
+		dst = append(dst, 'X')
+	}
+	if keep > 0 {
+		var tail [4 * utf8.UTFMax]byte
+		t, k := tail[:0], 0
+		for i := 0; i < len(v); {
+			r, size := utf8.DecodeRune(v[i:])
+			i += size
+			if isSeparator(r) {
+				continue
+			}
+			if k >= n-keep {
+				t = utf8.AppendRune(t, r)
+			}
+			k++
+		}
+		dst = appendJSONText(dst, t)
+	}
+	return append(dst, '"')
 }
 
 // unescape decodes the text of a string that the scanner has checked,
@@ -561,30 +599,21 @@ func unescape(raw []byte) string {
 	return v
 }
 
-// appendJSONString appends v as a JSON string; v is valid UTF-8 (it comes
-// from Style.Apply, which writes invalid input as U+FFFD).
-func appendJSONString(dst []byte, v string) []byte {
+// appendJSONText appends v, valid UTF-8, escaped for the inside of a
+// JSON string.
+func appendJSONText(dst []byte, v []byte) []byte {
 	const hex = "0123456789abcdef"
-	dst = append(dst, '"')
-	for i := 0; i < len(v); {
-		c := v[i]
+	for _, c := range v {
 		switch {
 		case c == '"' || c == '\\':
 			dst = append(dst, '\\', c)
-			i++
 		case c < 0x20:
 			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			i++
-		case c < utf8.RuneSelf:
-			dst = append(dst, c)
-			i++
 		default:
-			r, n := utf8.DecodeRuneInString(v[i:])
-			dst = utf8.AppendRune(dst, r)
-			i += n
+			dst = append(dst, c)
 		}
 	}
-	return append(dst, '"')
+	return dst
 }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }

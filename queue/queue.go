@@ -199,7 +199,16 @@ type Stats struct {
 	// SkippedRecords counts the torn or corrupt records skipped when the
 	// store was opened.
 	SkippedRecords int `json:"skipped_records"`
+	// Keys counts the callbacks whose bodies are stored (pending and
+	// dead ones) by the id of the key that encrypts them, KeyPlaintext
+	// for those stored unencrypted. A key may be retired once no
+	// callback counts under its id.
+	Keys map[string]int `json:"keys,omitempty"`
 }
+
+// KeyPlaintext is the key id of Stats.Keys for the callbacks stored
+// unencrypted.
+const KeyPlaintext = "plaintext"
 
 // Errors of a Store. The route answers 503 with Retry-After for any error
 // of Append that matches ErrUnavailable (ErrFull included), never a 2xx.

@@ -11,16 +11,25 @@
 #     as it is;
 #   - deploy/systemd/*.service pass `systemd-analyze verify` without a
 #     warning (systemd is installed from Debian's packages if missing);
+#   - the Prometheus alerting rules pass `promtool check rules` and their
+#     unit tests `promtool test rules` (promtool comes with Debian's
+#     prometheus package, installed if missing);
 #   - deploy/docker/build.sh, the Dockerfile's build step, builds Caddy
 #     with xcaddy and the Dockerfile runs that script (SKIP_DOCKER_BUILD=1
-#     skips the build).
+#     skips the build);
+#   - deploy/Caddyfile runs: that binary serves it on loopback ports
+#     (28000-28999), with Caddy's local CA for the callback host and the
+#     simulator for Atlas, and a token, a durable callback delivered to a
+#     stand-in app, an upload and extracts through the gateway, and the
+#     metrics are checked with curl.
 #
 # Run by .ci/run. Exits non-zero at the end if any check failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+smoke_pids=()
+trap 'kill "${smoke_pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
 go build -o "$work/caddy" ./cmd/caddy
 go build -o "$work/configcheck" ./scripts/configcheck
 caddy=$work/caddy
@@ -105,6 +114,27 @@ for unit in deploy/systemd/*.service; do
 	fi
 done
 
+# Alerting rules and their unit tests.
+if ! command -v promtool >/dev/null; then
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+for rules in deploy/prometheus/*.rules.yml; do
+	if promtool check rules "$rules" >"$work/promtool.out" 2>&1; then
+		echo "ok    $rules: promtool check rules ($(grep -o '[0-9]* rules found' "$work/promtool.out"))"
+	else
+		cat "$work/promtool.out" >&2
+		fail "$rules: promtool check rules"
+	fi
+done
+for tests in deploy/prometheus/*.rules.test.yml; do
+	if promtool test rules "$tests" >"$work/promtool.out" 2>&1; then
+		echo "ok    $tests: promtool test rules"
+	else
+		cat "$work/promtool.out" >&2
+		fail "$tests: promtool test rules"
+	fi
+done
+
 # The Dockerfile's build step, run here as the builder stage runs it.
 if ! grep -q '^RUN .*deploy/docker/build.sh' deploy/docker/Dockerfile; then
 	fail "deploy/docker/Dockerfile does not build with deploy/docker/build.sh"
@@ -120,6 +150,84 @@ if [ "${SKIP_DOCKER_BUILD:-}" != 1 ]; then
 		tail -n 20 "$work/build.out" >&2
 		fail "deploy/docker/build.sh"
 	fi
+fi
+
+# deploy/Caddyfile, running. Caddy's own local CA stands in for the
+# public one (a copy with local_certs and skip_install_trust); the
+# simulator and the stand-in app run in a second Caddy.
+smoke() {
+	local bin=$1 dir=$work/smoke
+	mkdir -p "$dir"
+	cat >"$dir/sim.Caddyfile" <<-'CADDY'
+		{
+			admin off
+		}
+		http://127.0.0.1:28081 {
+			atlas_simulator {
+				client_id smoke-client
+				client_secret smoke-secret
+			}
+		}
+		http://127.0.0.1:28900 {
+			atlas_demo_app
+			respond 404
+		}
+	CADDY
+	sed 's/^\tadmin .*/&\n\tlocal_certs\n\tskip_install_trust/' deploy/Caddyfile >"$dir/Caddyfile"
+	printf 'smoke-secret\n' >"$CREDENTIALS_DIRECTORY/atlas-client-secret"
+	"$caddy" run --config "$dir/sim.Caddyfile" >"$dir/sim.log" 2>&1 &
+	smoke_pids+=($!)
+	ATLAS_CALLBACK_HOST=localhost ATLAS_ADMIN=localhost:28019 ATLAS_HTTP_PORT=28880 ATLAS_HTTPS_PORT=28443 \
+		ATLAS_GATEWAY_PORT=28080 ATLAS_METRICS_PORT=28180 ATLAS_ENDPOINT=http://127.0.0.1:28081 \
+		ATLAS_CLIENT_ID=smoke-client ATLAS_SPOOL_DIR=$dir/spool ATLAS_DELIVER_TO=http://127.0.0.1:28900/hooks/atlas \
+		"$bin" run --config "$dir/Caddyfile" --adapter caddyfile >"$dir/caddy.log" 2>&1 &
+	smoke_pids+=($!)
+	local i out token batch code
+	for i in $(seq 50); do
+		curl -sf -o /dev/null 127.0.0.1:28180/metrics && curl -s -o /dev/null 127.0.0.1:28900/ && break
+		sleep 0.2
+	done
+	out=$(curl -sk -X POST https://localhost:28443/hooks/atlas/auth -H "Client-Id: $ATLAS_CALLBACK_CLIENT_ID" \
+		-H "Client-Secret: $(cat "$CREDENTIALS_DIRECTORY/atlas-callback-client-secret")")
+	token=$(sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p' <<<"$out")
+	[ -n "$token" ] || { echo "auth_url: $out" >&2; tail -n 5 "$dir/caddy.log" >&2; return 1; }
+	code=$(curl -sk -o /dev/null -w '%{http_code}' -X POST https://localhost:28443/hooks/atlas/auth \
+		-H "Client-Id: $ATLAS_CALLBACK_CLIENT_ID" -H 'Client-Secret: wrong')
+	[ "$code" = 401 ] || { echo "auth_url with a wrong secret: $code" >&2; return 1; }
+	code=$(curl -sk -o /dev/null -w '%{http_code}' https://localhost:28443/atlas/extracts)
+	[ "$code" = 404 ] || { echo "the callback host serves /atlas/extracts: $code" >&2; return 1; }
+	out=$(curl -sk -X POST https://localhost:28443/hooks/atlas -H "Token: $token" -H 'Content-Type: application/json' \
+		-d '{"data": [{"document_id": "smoke-doc-1", "file_data": {}}]}')
+	[[ $out == *'"status":"accepted"'* ]] || { echo "callback: $out" >&2; return 1; }
+	for i in $(seq 50); do
+		out=$(curl -s 127.0.0.1:28900/callbacks)
+		[[ $out == *smoke-doc-1* ]] && break
+		sleep 0.1
+	done
+	[[ $out == *smoke-doc-1* ]] || { echo "the callback did not reach the app: $out" >&2; return 1; }
+	out=$(curl -s 127.0.0.1:28080/atlas/multiupload -H 'Content-Type: application/json' \
+		-d '{"product_type": "LOAN_APP", "file_urls": [{"file_url": "https://files.example.com/a.pdf", "document_id": "smoke-pan-1"}]}')
+	batch=$(grep -o 'BATCH-[^"]*' <<<"$out" | head -n 1)
+	[ -n "$batch" ] || { echo "upload through the gateway: $out" >&2; return 1; }
+	code=$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:28080/atlas/extracts?batch_id=$batch")
+	[ "$code" = 200 ] || { echo "extracts through the gateway: $code" >&2; return 1; }
+	out=$(curl -s 127.0.0.1:28180/metrics)
+	[[ $out == *'caddy_atlas_spool_max_bytes{'* ]] || { echo "no spool metrics on the metrics site" >&2; return 1; }
+	out=$(grep '"level":"error"' "$dir/caddy.log" || true)
+	[ -z "$out" ] || { echo "$out" | head -n 3 >&2; return 1; }
+	kill "${smoke_pids[@]}" 2>/dev/null
+	wait "${smoke_pids[@]}" 2>/dev/null || true
+	smoke_pids=()
+}
+if ! command -v curl >/dev/null; then
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >/dev/null
+fi
+smoke_bin=$caddy
+[ -x "$work/caddy-docker" ] && smoke_bin=$work/caddy-docker
+if smoke "$smoke_bin"; then
+	echo "ok    deploy/Caddyfile runs: auth_url, a durable callback delivered, the gateway, metrics"
+else
+	fail "deploy/Caddyfile does not run as it should (run by ${smoke_bin##*/})"
 fi
 
 exit $failed

@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 
 demo=$PWD/.caddy-atlas-demo
 mkdir -p "$demo/bin"
+echo "building Caddy with caddy-atlas into .caddy-atlas-demo/bin/caddy (the first build takes a few minutes)" >&2
 go build -o "$demo/bin/caddy" ./cmd/caddy
 
 export ATLAS_ENDPOINT="${ATLAS_ENDPOINT:-http://localhost:8081}"

@@ -44,8 +44,12 @@ const (
 	KeySize = 32
 	// HeaderSize is the version byte and the 8-byte key id.
 	HeaderSize = 1 + keyIDSize
+	// PrefixSize is the length of a blob before its ciphertext: the
+	// header and the nonce. See Seal and Open for sealing and opening
+	// in place.
+	PrefixSize = HeaderSize + nonceSize
 	// Overhead is how much longer a sealed blob is than its plaintext.
-	Overhead = HeaderSize + nonceSize + tagSize
+	Overhead = PrefixSize + tagSize
 
 	keyIDSize = 8
 	nonceSize = 12
@@ -210,11 +214,13 @@ func (kr *Keyring) Has(id string) bool {
 
 // Seal encrypts plaintext under the first key with a fresh random nonce,
 // authenticating aad too, and appends the sealed blob (len(plaintext) +
-// Overhead bytes) to dst. dst and plaintext may overlap.
+// Overhead bytes) to dst. dst and plaintext may overlap. Sealing in place,
+// without a copy: the plaintext at dst[len(dst)+PrefixSize:], within
+// dst's capacity with Overhead bytes to spare.
 func (kr *Keyring) Seal(dst, plaintext, aad []byte) []byte {
 	k := &kr.keys[0]
 	ret, out := sliceForAppend(dst, len(plaintext)+Overhead)
-	if anyOverlap(out, plaintext) {
+	if inexactOverlap(out[PrefixSize:], plaintext) || anyOverlap(out[:PrefixSize], plaintext) {
 		plaintext = append([]byte(nil), plaintext...)
 	}
 	out[0] = Version
@@ -231,8 +237,11 @@ func (kr *Keyring) Seal(dst, plaintext, aad []byte) []byte {
 // the keyring and appends the plaintext to dst. The error matches
 // ErrUnknownKey (an *UnknownKeyError naming the id) if the blob's key is
 // not in the keyring, ErrCorrupt if the blob is truncated, of another
-// format version or fails authentication. dst and sealed may overlap. A
-// nil keyring opens nothing: every well-formed blob is ErrUnknownKey.
+// format version or fails authentication. dst and sealed may overlap.
+// Opening in place, without a copy: dst = sealed[:PrefixSize], the
+// plaintext is then at [PrefixSize:] of the result; the ciphertext is
+// overwritten, even when authentication fails. A nil keyring opens
+// nothing: every well-formed blob is ErrUnknownKey.
 func (kr *Keyring) Open(dst, sealed, aad []byte) ([]byte, error) {
 	switch {
 	case len(sealed) == 0:
@@ -255,7 +264,7 @@ func (kr *Keyring) Open(dst, sealed, aad []byte) ([]byte, error) {
 		return nil, &UnknownKeyError{ID: hex.EncodeToString(sealed[1:HeaderSize])}
 	}
 	ret, out := sliceForAppend(dst, len(sealed)-Overhead)
-	if anyOverlap(out, sealed) {
+	if inexactOverlap(out, sealed[PrefixSize:]) || anyOverlap(out, sealed[:PrefixSize]) {
 		sealed = append([]byte(nil), sealed...)
 	}
 	nonce := sealed[HeaderSize : HeaderSize+nonceSize]
@@ -284,8 +293,17 @@ func sliceForAppend(in []byte, n int) (head, tail []byte) {
 	return head, head[len(in):]
 }
 
-// anyOverlap reports whether x and y share memory, which GCM refuses
-// unless they start at the same byte (crypto/internal/alias.AnyOverlap).
+// inexactOverlap reports whether x and y share memory without starting
+// at the same byte, which GCM refuses (crypto/internal/alias).
+func inexactOverlap(x, y []byte) bool {
+	if len(x) == 0 || len(y) == 0 || &x[0] == &y[0] {
+		return false
+	}
+	return anyOverlap(x, y)
+}
+
+// anyOverlap reports whether x and y share memory
+// (crypto/internal/alias.AnyOverlap).
 func anyOverlap(x, y []byte) bool {
 	return len(x) > 0 && len(y) > 0 &&
 		uintptr(unsafe.Pointer(&x[0])) <= uintptr(unsafe.Pointer(&y[len(y)-1])) &&

@@ -148,6 +148,30 @@ func TestSealOpenInPlace(t *testing.T) {
 	}
 }
 
+// TestSealOpenNoCopy: the plaintext laid out at PrefixSize seals in
+// place, and opens in place, without copying it.
+func TestSealOpenNoCopy(t *testing.T) {
+	kr := mustKeyring(t, testKey("a"))
+	plain := []byte("sealed where it lies, opened where it lies")
+	buf := make([]byte, 3, 3+len(plain)+Overhead)
+	copy(buf[3+PrefixSize:cap(buf)], plain)
+	sealed := kr.Seal(buf, buf[3+PrefixSize:3+PrefixSize+len(plain)], []byte("aad"))
+	if &sealed[0] != &buf[0] || len(sealed) != 3+len(plain)+Overhead {
+		t.Fatal("sealing in place reallocated")
+	}
+	blob := append([]byte(nil), sealed[3:]...)
+	got, err := kr.Open(blob[:PrefixSize], blob, []byte("aad"))
+	if err != nil || string(got[PrefixSize:]) != string(plain) || &got[0] != &blob[0] {
+		t.Fatalf("Open in place = %q, %v", got, err)
+	}
+	// Neither copies the plaintext: one allocation, the additional data.
+	if n := testing.AllocsPerRun(10, func() {
+		kr.Seal(buf[:3], buf[3+PrefixSize:3+PrefixSize+len(plain)], []byte("aad"))
+	}); n > 1 {
+		t.Errorf("Seal in place: %v allocations", n)
+	}
+}
+
 func TestRotation(t *testing.T) {
 	oldKey, newKey := testKey("old"), testKey("new")
 	before := mustKeyring(t, oldKey)

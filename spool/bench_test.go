@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -37,10 +38,41 @@ func BenchmarkAppendDurable(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close(context.Background())
-	elapsed := appendParallel(b, s)
+	elapsed := appendParallel(b, s, 32)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "appends/s")
 	if f := obs.fsyncs.Load(); f > 0 {
 		b.ReportMetric(float64(obs.syncedAppend.Load())/float64(f), "appends/fsync")
+	}
+}
+
+// BenchmarkAppendDurablePipelined is BenchmarkAppendDurable at 8 and 32
+// appenders per core, with the writer's fsyncs pipelined (the writer goes
+// on writing while an fsync runs) and serial (it waits for each fsync
+// before taking the next batch, as it did before), in one run:
+//
+//	go test -run xxx -bench BenchmarkAppendDurablePipelined -count 4 ./spool/
+func BenchmarkAppendDurablePipelined(b *testing.B) {
+	for _, par := range []int{8, 32} {
+		for _, serial := range []bool{true, false} {
+			name := fmt.Sprintf("appenders-%d/pipelined", par*runtimeProcs())
+			if serial {
+				name = fmt.Sprintf("appenders-%d/serial", par*runtimeProcs())
+			}
+			b.Run(name, func(b *testing.B) {
+				obs := &countingObserver{}
+				s, err := Open(benchDir(b), Options{Observer: obs, MaxDiskBytes: 1 << 40})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer s.Close(context.Background())
+				s.w.serialSync = serial
+				elapsed := appendParallel(b, s, par)
+				b.ReportMetric(float64(b.N)/elapsed.Seconds(), "appends/s")
+				if f := obs.fsyncs.Load(); f > 0 {
+					b.ReportMetric(float64(obs.syncedAppend.Load())/float64(f), "appends/fsync")
+				}
+			})
+		}
 	}
 }
 
@@ -91,7 +123,7 @@ func BenchmarkAppendDurableDelivering(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer s.Close(context.Background())
-	elapsed := appendParallel(b, s)
+	elapsed := appendParallel(b, s, 32)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "appends/s")
 	if f := obs.fsyncs.Load(); f > 0 {
 		b.ReportMetric(float64(obs.syncedAppend.Load())/float64(f), "appends/fsync")
@@ -101,6 +133,8 @@ func BenchmarkAppendDurableDelivering(b *testing.B) {
 		b.ReportMetric(float64(obs.fsyncNanos.Load())/float64(f)/1e6, "ms/fsync")
 	}
 }
+
+func runtimeProcs() int { return runtime.GOMAXPROCS(0) }
 
 // timingObserver is a countingObserver that also adds up fsync times.
 type timingObserver struct {
@@ -113,13 +147,13 @@ func (o *timingObserver) FsyncDone(d time.Duration, appends int) {
 	o.countingObserver.FsyncDone(d, appends)
 }
 
-// appendParallel appends b.N distinct 16 KiB callbacks to s from 32 x
+// appendParallel appends b.N distinct 16 KiB callbacks to s from par x
 // GOMAXPROCS goroutines and returns how long that took.
-func appendParallel(b *testing.B, s *FileSpool) time.Duration {
+func appendParallel(b *testing.B, s *FileSpool, par int) time.Duration {
 	body := testEntry(0, 16<<10)
 	var n atomic.Int64
 	b.SetBytes(16 << 10)
-	b.SetParallelism(32)
+	b.SetParallelism(par)
 	b.ResetTimer()
 	start := time.Now()
 	b.RunParallel(func(pb *testing.PB) {

@@ -308,6 +308,9 @@ func (s *FileSpool) compact(ctx context.Context) (err error) {
 	seg.size.Store(fi.Size())
 	var oldBytes int64
 	lost := 0
+	// What this keyring could not open, another (a Reconfigure meanwhile)
+	// may: the flags are for the current keyring only.
+	sameKeyring := s.config().keyring == cfg.keyring
 	s.mu.Lock()
 	for i, it := range items {
 		e := it.e
@@ -322,7 +325,7 @@ func (s *FileSpool) compact(ctx context.Context) (err error) {
 			lost++
 		default:
 			e.seg, e.off, e.n, e.key = seg, newOff[i], newN[i], s.internKey(newKey[i])
-			e.unsealable = e.unsealable || unsealable[i]
+			e.unsealable = e.unsealable || unsealable[i] && sameKeyring
 		}
 	}
 	s.segMu.Lock()

@@ -124,7 +124,7 @@ func checkDecode(t *testing.T, b []byte) {
 	if r.Type == RecordSealedEnqueue {
 		// Opening never panics, and fails only as documented.
 		o := r
-		if err := openRecord(fuzzKeyring, &o); err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, seal.ErrUnknownKey) {
+		if err := openRecord(fuzzKeyring, &o, false); err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, seal.ErrUnknownKey) {
 			t.Fatalf("unexpected error kind opening a sealed record: %v", err)
 		}
 	}

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 )
 
@@ -26,9 +28,9 @@ import (
 // kept as it is, and its delivery attempts and loads fail with an error
 // saying so.
 
-// KeyPlaintext is the key id that KeyStats gives to the callbacks stored
-// without encryption.
-const KeyPlaintext = "plaintext"
+// KeyPlaintext is the key id that Stats.Keys gives to the callbacks
+// stored without encryption.
+const KeyPlaintext = queue.KeyPlaintext
 
 // keyInvalid is the key id of a sealed record whose blob names none.
 const keyInvalid = "invalid"
@@ -52,29 +54,37 @@ func appendSealed(dst []byte, kr *seal.Keyring, id string, received time.Time, h
 	dst = appendString(dst, id)
 	dst = appendTime(dst, received)
 	dst = binary.AppendUvarint(dst, uint64(len(body)))
-	content := appendContent(make([]byte, 0, enqueueSize(id, h, body)), h, body)
+	// The content goes where its ciphertext will be, sealed in place.
+	blob := len(dst)
+	dst = slices.Grow(dst, enqueueSize(id, h, body)-(blob-start))
+	content := appendContent(dst[blob+seal.PrefixSize:blob+seal.PrefixSize], h, body)
 	dst = kr.Seal(dst, content, sealAAD(nil, id, received, int64(len(body))))
-	clear(content)
 	finishFrame(dst[start:])
 	return dst
 }
 
 // openRecord decrypts a sealed enqueue record's headers and body into r,
 // which then reads as an enqueue record. Other records are left as they
-// are. The error names the callback; it matches seal.ErrUnknownKey for a
-// key the keyring lacks (nil: no keyring) and ErrCorrupt and
-// seal.ErrCorrupt for a blob that does not open.
-func openRecord(kr *seal.Keyring, r *Record) error {
+// are. inPlace decrypts over r.Sealed, saving a copy, and destroys it
+// even on failure. The error names the callback; it matches
+// seal.ErrUnknownKey for a key the keyring lacks (nil: no keyring) and
+// ErrCorrupt and seal.ErrCorrupt for a blob that does not open.
+func openRecord(kr *seal.Keyring, r *Record, inPlace bool) error {
 	if r.Type != RecordSealedEnqueue {
 		return nil
 	}
-	content, err := kr.Open(nil, r.Sealed, sealAAD(nil, r.ID, r.Time, r.Size))
+	var dst []byte
+	if inPlace && len(r.Sealed) >= seal.PrefixSize {
+		dst = r.Sealed[:seal.PrefixSize]
+	}
+	content, err := kr.Open(dst, r.Sealed, sealAAD(nil, r.ID, r.Time, r.Size))
 	switch {
 	case errors.Is(err, seal.ErrUnknownKey):
 		return fmt.Errorf("spool: callback %s: %w", r.ID, err)
 	case err != nil:
 		return fmt.Errorf("%w: callback %s: %w", ErrCorrupt, r.ID, err)
 	}
+	content = content[len(dst):]
 	d := &decoder{b: content}
 	h, body := d.content()
 	if d.err == nil && int64(len(body)) != r.Size {
@@ -127,25 +137,31 @@ func isEnqueue(t RecordType) bool {
 	return t == RecordEnqueue || t == RecordSealedEnqueue
 }
 
-// KeyStats counts the callbacks whose bodies are on disk (pending and
-// dead ones) by the id of the key that seals them, KeyPlaintext for those
-// stored in the clear. A key may be retired once no callback counts
-// under it; one that counts under an id the keyring lacks cannot be
-// delivered until that key is configured again.
+// KeyStats is Stats().Keys, never nil: the callbacks whose bodies are on
+// disk (pending and dead ones) by the id of the key that seals them,
+// KeyPlaintext for those stored in the clear. A key may be retired once
+// no callback counts under it; one that counts under an id the keyring
+// lacks cannot be delivered until that key is configured again.
 func (s *FileSpool) KeyStats() map[string]int {
-	m := make(map[string]int)
-	s.mu.Lock()
-	for _, e := range s.entries {
-		if e.state == StateDelivered || e.n == 0 {
-			continue
-		}
-		k := e.key
-		if k == "" {
-			k = KeyPlaintext
-		}
-		m[k]++
+	if m := s.Stats().Keys; m != nil {
+		return m
 	}
-	s.mu.Unlock()
+	return map[string]int{}
+}
+
+// countKey adds e to the counts by key of Stats.
+func countKey(m map[string]int, e *entry) map[string]int {
+	if e.state == StateDelivered || e.n == 0 {
+		return m
+	}
+	k := e.key
+	if k == "" {
+		k = KeyPlaintext
+	}
+	if m == nil {
+		m = make(map[string]int, 2)
+	}
+	m[k]++
 	return m
 }
 
@@ -185,7 +201,7 @@ func rewrite(dst, raw []byte, r *Record, kr *seal.Keyring) (out []byte, key stri
 	if kr == nil || key == kr.SealingKeyID() {
 		return raw, key, nil
 	}
-	if err := openRecord(kr, r); err != nil {
+	if err := openRecord(kr, r, false); err != nil {
 		return raw, key, err
 	}
 	out = appendSealed(dst, kr, r.ID, r.Time, r.Header, r.Body)

@@ -499,7 +499,7 @@ func readEnqueue(seg *segment, off, n int64, id string, kr *seal.Keyring) (Recor
 	if !isEnqueue(r.Type) || r.ID != id {
 		return Record{}, fmt.Errorf("%w: reading callback %s: found %s record of %q", ErrCorrupt, id, r.Type, r.ID)
 	}
-	if err := openRecord(kr, &r); err != nil {
+	if err := openRecord(kr, &r, true); err != nil {
 		return Record{}, err
 	}
 	return r, nil
@@ -650,6 +650,7 @@ func (s *FileSpool) Stats() Stats {
 			st.Delivered++
 		}
 		st.LiveBytes += e.liveBytes()
+		st.Keys = countKey(st.Keys, e)
 	}
 	st.InFlight = s.inflight
 	st.SkippedRecords = s.skipped

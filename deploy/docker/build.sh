@@ -29,7 +29,8 @@ GOBIN=$gobin go install "github.com/caddyserver/xcaddy/cmd/xcaddy@${XCADDY_VERSI
 "$gobin/xcaddy" build "$caddy_version" --output "$out" --with "$module@$version=$src"
 
 # The binary holds the plugin at that version.
-if ! "$out" list-modules --versions | grep -qx "http.handlers.atlas $version"; then
+modules=$("$out" list-modules --versions)
+if ! grep -qx "http.handlers.atlas $version" <<<"$modules"; then
 	echo "$out does not report http.handlers.atlas $version" >&2
 	exit 1
 fi

@@ -1,0 +1,359 @@
+package jsqueue
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
+	"github.com/caddy-atlas/caddy-atlas/seal"
+	"github.com/caddy-atlas/caddy-atlas/spool"
+	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func testKeyring(t testing.TB, keys ...byte) *seal.Keyring {
+	t.Helper()
+	var ks [][]byte
+	for _, k := range keys {
+		ks = append(ks, bytes.Repeat([]byte{k}, seal.KeySize))
+	}
+	kr, err := seal.NewKeyring(ks...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kr
+}
+
+// rawJS connects to url for looking at the streams as a NATS operator
+// would.
+func rawJS(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// TestSealed checks that with a Keyring nothing of a callback's headers
+// or body is readable in the streams, that it is delivered and loaded
+// whole, and that a sealed message moved to another id does not open.
+func TestSealed(t *testing.T) {
+	n := natstest.Start(t)
+	stream := newStreamName()
+	rec := &spooltest.Recorder{}
+	rec.SetFail(func(d spool.Delivery) error { return errors.New("app down") })
+	o := testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: rec.Deliver, MaxAttempts: 1})
+	o.Keyring = testKeyring(t, 1)
+	q := openQueue(t, o)
+	e := spooltest.Entry(0, 2000)
+	e.Header.Set("X-Atlas-Secret-Looking", "hunter2-in-a-header")
+	spooltest.MustAppend(t, q, e)
+	spooltest.WaitFor(t, "dead letter", func() bool { return q.Stats().Dead == 1 })
+
+	js := rawJS(t, n.URL())
+	ctx := context.Background()
+	s, err := js.Stream(ctx, stream+"_DEAD")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, stream+"_DEAD.*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(m.Data, e.Body[:40]) || bytes.Contains(m.Data, []byte("hunter2")) || bytes.Contains(m.Data, []byte("client-1")) {
+		t.Error("the dead letter holds plaintext")
+	}
+	if got, err := q.Load(ctx, e.ID); err != nil || !bytes.Equal(got.Body, e.Body) || got.Header.Get("X-Atlas-Secret-Looking") == "" {
+		t.Errorf("Load = %v, %v", got.Header, err)
+	}
+	rec.SetFail(nil)
+	if err := q.Retry(ctx, e.ID); err != nil {
+		t.Fatal(err)
+	}
+	spooltest.WaitFor(t, "delivery", func() bool { return q.Stats().Delivered == 1 })
+	ds := rec.Deliveries()
+	if d := ds[len(ds)-1]; !bytes.Equal(d.Body, e.Body) || d.Header.Get("X-Atlas-Secret-Looking") != "hunter2-in-a-header" {
+		t.Errorf("delivered %d bytes, headers %v", len(d.Body), d.Header)
+	}
+
+	// An operator copies the sealed data of one callback under another
+	// id: it does not open, so it is never delivered as that callback.
+	other := "cb-other"
+	nm := nats.NewMsg(stream + ".q." + other)
+	nm.Header.Set(hdrID, other)
+	nm.Header.Set(hdrSealed, "1")
+	nm.Data = m.Data
+	rec.SetFail(nil)
+	logger, _ := spooltest.ObservedLogger()
+	o.Logger, o.MaxAttempts, o.Deliver = logger, 1, rec.Deliver
+	if err := q.Reconfigure(o); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.PublishMsg(ctx, nm); err != nil {
+		t.Fatal(err)
+	}
+	spooltest.WaitFor(t, "the forged message to die", func() bool { in, _ := q.Get(other); return in.State == spool.StateDead })
+	if in, _ := q.Get(other); !strings.Contains(in.LastError, "authentication failed") {
+		t.Errorf("forged message: %+v", in)
+	}
+	if rec.Count(other) != 0 {
+		t.Error("the forged message was delivered")
+	}
+
+	// Without the key, nothing opens; with the old key behind a new one,
+	// everything does.
+	o.Keyring = testKeyring(t, 2, 1)
+	if err := q.Reconfigure(o); err != nil {
+		t.Fatal(err)
+	}
+	e1 := spooltest.Entry(1, 100)
+	spooltest.MustAppend(t, q, e1)
+	spooltest.WaitFor(t, "delivery under the new key", func() bool { return rec.Count(e1.ID) == 1 })
+}
+
+// TestStreamMismatch checks that an existing stream whose settings
+// differ from the configuration is reported, naming the setting, and
+// left as it is.
+func TestStreamMismatch(t *testing.T) {
+	n := natstest.Start(t)
+	js := rawJS(t, n.URL())
+	ctx := context.Background()
+	stream := newStreamName()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: stream, Subjects: []string{stream + ".q.*"}, Retention: jetstream.LimitsPolicy,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(testOptions([]string{n.URL()}, stream, 1, spool.Options{}))
+	if err == nil || !strings.Contains(err.Error(), "retention") || !strings.Contains(err.Error(), "WorkQueue") ||
+		!strings.Contains(err.Error(), "Limits") {
+		t.Errorf("Open over a limits stream = %v, want an error naming retention, WorkQueue and Limits", err)
+	}
+	s, _ := js.Stream(ctx, stream)
+	if s.CachedInfo().Config.Retention != jetstream.LimitsPolicy {
+		t.Error("the stream was changed")
+	}
+
+	// The same for the state stream without message TTLs.
+	stream = newStreamName()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: stream + "_STATE", Subjects: []string{stream + "_STATE.*.*"}, MaxMsgsPerSubject: 1,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err = Open(testOptions([]string{n.URL()}, stream, 1, spool.Options{})); err == nil || !strings.Contains(err.Error(), "allow_msg_ttl") {
+		t.Errorf("Open over a state stream without TTLs = %v", err)
+	}
+	if _, err := Open(Options{URLs: []string{n.URL()}, Stream: "bad.name"}); err == nil {
+		t.Error("Open with a stream name holding a dot succeeded")
+	}
+}
+
+// TestNATSDown stops the server: Append fails with ErrUnavailable, and
+// works again once the server is back, without reopening the queue;
+// everything acknowledged is delivered.
+func TestNATSDown(t *testing.T) {
+	n := natstest.Start(t)
+	rec := &spooltest.Recorder{}
+	o := testOptions([]string{n.URL()}, newStreamName(), 1, spool.Options{Deliver: rec.Deliver})
+	o.PublishTimeout = time.Second
+	q := openQueue(t, o)
+	for i := range 5 {
+		spooltest.MustAppend(t, q, spooltest.Entry(i, 100))
+	}
+	spooltest.WaitFor(t, "deliveries", func() bool { return q.Stats().Delivered == 5 })
+
+	n.Stop()
+	start := time.Now()
+	_, err := q.Append(context.Background(), spooltest.Entry(5, 100))
+	if !errors.Is(err, spool.ErrUnavailable) {
+		t.Fatalf("Append with NATS down = %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Append with NATS down took %v", d)
+	}
+	if _, err := q.Load(context.Background(), spooltest.ID(0)); !errors.Is(err, spool.ErrUnavailable) {
+		t.Errorf("Load with NATS down = %v, want ErrUnavailable", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+
+	n.Start()
+	acked := []int{}
+	spooltest.WaitFor(t, "appends to work again", func() bool {
+		_, err := q.Append(context.Background(), spooltest.Entry(5, 100))
+		return err == nil
+	})
+	acked = append(acked, 5)
+	for i := 6; i < 10; i++ {
+		spooltest.MustAppend(t, q, spooltest.Entry(i, 100))
+		acked = append(acked, i)
+	}
+	spooltest.WaitFor(t, "deliveries after the outage", func() bool {
+		for _, i := range acked {
+			if rec.Count(spooltest.ID(i)) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	var st spool.Stats
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if st = q.Stats(); st.Delivered == 10 && st.Pending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("outcomes not recorded: %+v", st)
+		}
+	}
+}
+
+// TestSameCallbackTwoInstances posts one callback through two Queues,
+// on two connections, concurrently and again later: it is stored and
+// delivered once.
+func TestSameCallbackTwoInstances(t *testing.T) {
+	n := natstest.Start(t)
+	stream := newStreamName()
+	var deliveries atomic.Int64
+	deliver := func(context.Context, spool.Delivery) error { deliveries.Add(1); return nil }
+	a := openQueue(t, testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: deliver}))
+	b := openQueue(t, testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: deliver}))
+	const callbacks = 20
+	var stored atomic.Int64
+	var wg sync.WaitGroup
+	for i := range callbacks {
+		for _, q := range []*Queue{a, b, a, b} {
+			wg.Go(func() {
+				res, err := q.Append(context.Background(), spooltest.Entry(i, 500))
+				if err != nil {
+					t.Error(err)
+				} else if !res.Duplicate {
+					stored.Add(1)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if stored.Load() != callbacks {
+		t.Errorf("%d stored, want %d", stored.Load(), callbacks)
+	}
+	spooltest.WaitFor(t, "deliveries", func() bool { return a.Stats().Delivered == callbacks })
+	// Atlas retries after the delivery, to the other instance.
+	for i := range callbacks {
+		if res := spooltest.MustAppend(t, b, spooltest.Entry(i, 500)); !res.Duplicate {
+			t.Errorf("%s stored again after delivery", spooltest.ID(i))
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if d := deliveries.Load(); d != callbacks {
+		t.Errorf("%d deliveries, want %d", d, callbacks)
+	}
+}
+
+// TestTakeover kills an instance in the middle of deliveries: the other
+// one delivers them after the ack wait, with the same ids.
+func TestTakeover(t *testing.T) {
+	n := natstest.Start(t)
+	stream := newStreamName()
+	started := make(chan string, 16)
+	hang := func(ctx context.Context, d spool.Delivery) error {
+		started <- d.ID
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	a := openQueue(t, testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: hang, Concurrency: 4}))
+	for i := range 4 {
+		spooltest.MustAppend(t, a, spooltest.Entry(i, 100))
+	}
+	for range 4 {
+		<-started
+	}
+	// Heartbeats keep the deliveries with a past the ack wait.
+	rec := &spooltest.Recorder{}
+	b := openQueue(t, testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: rec.Deliver}))
+	time.Sleep(2 * testAckWait)
+	if got := len(rec.Deliveries()); got != 0 {
+		t.Fatalf("%d deliveries taken from a live instance", got)
+	}
+	a.kill()
+	start := time.Now()
+	spooltest.WaitFor(t, "takeover", func() bool { return b.Stats().Delivered == 4 })
+	t.Logf("taken over in %v (ack wait %v)", time.Since(start), testAckWait)
+	for i := range 4 {
+		if c := rec.Count(spooltest.ID(i)); c != 1 {
+			t.Errorf("%s delivered %d times by the survivor", spooltest.ID(i), c)
+		}
+	}
+	for _, d := range rec.Deliveries() {
+		if d.Attempt != 1 {
+			t.Errorf("%s: attempt %d, want 1 (a crash is not a failed attempt)", d.ID, d.Attempt)
+		}
+	}
+}
+
+// TestCostPerCallback measures the stream bytes a callback costs while
+// pending and, after its delivery, for the retention window (the figures
+// in the package documentation), and checks them against bounds.
+func TestCostPerCallback(t *testing.T) {
+	n := natstest.Start(t)
+	stream := newStreamName()
+	o := testOptions([]string{n.URL()}, stream, 1, spool.Options{})
+	q := openQueue(t, o)
+	const count, size = 200, 16 << 10
+	for i := range count {
+		spooltest.MustAppend(t, q, spooltest.Entry(i, size))
+	}
+	js := rawJS(t, n.URL())
+	bytesOf := func(name string) int64 {
+		s, err := js.Stream(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return int64(s.CachedInfo().State.Bytes)
+	}
+	pending := bytesOf(stream)/count - size
+	rec := &spooltest.Recorder{}
+	o.Deliver = rec.Deliver
+	if err := q.Reconfigure(o); err != nil {
+		t.Fatal(err)
+	}
+	spooltest.WaitFor(t, "deliveries", func() bool { return q.Stats().Delivered == count })
+	delivered := bytesOf(stream+"_STATE") / count
+	t.Logf("per callback: %d bytes beyond the body while pending (headers of %d bytes included), %d bytes once delivered",
+		pending, len(appendEnvelope(nil, spooltest.Entry(0, 0).Header, nil)), delivered)
+	if pending > 512 || delivered > 512 {
+		t.Errorf("per callback: %d bytes pending overhead, %d delivered; want at most 512 each", pending, delivered)
+	}
+	if w := bytesOf(stream); w != 0 {
+		t.Errorf("work stream holds %d bytes after delivery", w)
+	}
+
+	// Dead ones: the letter and the dead record.
+	stateBefore := bytesOf(stream + "_STATE")
+	rec.SetFail(func(spool.Delivery) error { return errors.New("receiver answered 503 Service Unavailable") })
+	o.MaxAttempts = 1
+	if err := q.Reconfigure(o); err != nil {
+		t.Fatal(err)
+	}
+	for i := count; i < 2*count; i++ {
+		spooltest.MustAppend(t, q, spooltest.Entry(i, size))
+	}
+	spooltest.WaitFor(t, "dead letters", func() bool { return q.Stats().Dead == count })
+	dead := (bytesOf(stream+"_DEAD")+bytesOf(stream+"_STATE")-stateBefore)/count - size
+	t.Logf("per dead callback: %d bytes beyond the body", dead)
+	if dead > 1024 {
+		t.Errorf("per dead callback: %d bytes beyond the body; want at most 1024", dead)
+	}
+}
