@@ -114,13 +114,16 @@ func (j *JetStream) options() (jsqueue.Options, error) {
 	if len(o.URLs) == 0 {
 		return o, errors.New("queue jetstream: url is required (an unset {env.*} placeholder?)")
 	}
-	for _, u := range o.URLs {
+	for i, u := range o.URLs {
+		// The errors never show the URL whole: it may hold a password.
 		p, err := url.Parse(u)
-		if err != nil || p.Host == "" || (p.Scheme != "nats" && p.Scheme != "tls" && p.Scheme != "ws" && p.Scheme != "wss") {
-			return o, fmt.Errorf("queue jetstream: url %q is not a nats://host:port URL", u)
-		}
-		if p.User != nil {
+		switch {
+		case err != nil:
+			return o, fmt.Errorf("queue jetstream: url %d is not a nats://host:port URL", i+1)
+		case p.User != nil:
 			return o, errors.New("queue jetstream: give credentials in the credentials block, not in the URL")
+		case p.Host == "" || (p.Scheme != "nats" && p.Scheme != "tls" && p.Scheme != "ws" && p.Scheme != "wss"):
+			return o, fmt.Errorf("queue jetstream: url %q is not a nats://host:port URL", p.Redacted())
 		}
 	}
 	o.Stream = repl.ReplaceKnown(j.Stream, "")
