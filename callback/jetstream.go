@@ -290,7 +290,12 @@ func (c *Callback) provisionJetStream() error {
 	u, _ := url.Parse(c.durable.deliverTo)
 	c.logger.Info("callback route in durable mode", zap.String("queue", shared.name),
 		zap.Strings("nats", base.URLs), zap.String("deliver_to", u.Redacted()),
-		zap.Int("concurrency", c.Concurrency), zap.Int("max_attempts", c.MaxAttempts))
+		zap.Int("concurrency", c.Concurrency), zap.Int("max_attempts", c.MaxAttempts),
+		zap.Strings("encryption_key_ids", c.keyring.KeyIDs()))
+	if c.keyring == nil {
+		c.logger.Warn("durable mode without encryption_key: payloads are stored unencrypted",
+			zap.String("queue", shared.name))
+	}
 	return nil
 }
 
