@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-atlas/caddy-atlas/jsqueue"
 )
@@ -73,6 +76,7 @@ func TestValidateDurableQueue(t *testing.T) {
 		{Callback{Spool: "/var/spool", Queue: js, DeliverTo: "http://app/"}, "exclusive"},
 		{Callback{Queue: &Queue{}, DeliverTo: "http://app/"}, "no backend"},
 		{Callback{Queue: js}, "deliver_to is required"},
+		{Callback{Queue: js, DeliverTo: "http://app/", DeadLetterRetention: caddy.Duration(time.Hour)}, "dead_letter_retention applies to a spool only"},
 	} {
 		c.c.deliverTo = c.c.DeliverTo
 		if err := c.c.validateDurable(); err == nil || !strings.Contains(err.Error(), c.want) {
