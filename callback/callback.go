@@ -247,6 +247,7 @@ type Callback struct {
 	queueName    string
 	jetStreamKey string
 	sharedJS     *sharedJetStream
+	jsAckWait    time.Duration
 }
 
 // Provision resolves the secrets, applies the defaults, parses the keys,

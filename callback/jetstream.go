@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -97,6 +98,7 @@ var jetStreams = caddy.NewUsagePool()
 type sharedJetStream struct {
 	name      string // jetstream:<stream>, the queue's name in the admin API and metrics
 	store     *jsqueue.Queue
+	conf      JetStream       // as configured when opened
 	base      jsqueue.Options // the connection part
 	transport *http.Transport
 
@@ -182,9 +184,11 @@ func jetStreamKey(o jsqueue.Options) string {
 	return "jetstream:" + cmp.Or(o.Stream, jsqueue.DefaultStream) + " " + strings.Join(urls, ",")
 }
 
-// options are the queue options of c's settings.
+// options are the queue options of c's settings: its delivery settings
+// and ack wait, on the queue's connection.
 func (s *sharedJetStream) options(c *Callback) jsqueue.Options {
 	o := s.base
+	o.AckWait = c.jsAckWait
 	o.Deliver = c.deliverFunc(s.transport)
 	o.Keyring = c.keyring
 	o.Retention = c.durable.retention
@@ -213,8 +217,12 @@ func (s *sharedJetStream) masker() *mask.Masker {
 func (s *sharedJetStream) attach(c *Callback) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !reflect.DeepEqual(c.Queue.JetStream.Credentials, s.conf.Credentials) || !reflect.DeepEqual(c.Queue.JetStream.TLS, s.conf.TLS) ||
+		c.Queue.JetStream.Replicas != s.conf.Replicas {
+		return fmt.Errorf("queue %s is open with other credentials, tls or replicas; those apply after a restart of Caddy (or on another stream)", s.name)
+	}
 	for _, o := range s.owners {
-		if c.configKey != nil && o.configKey == c.configKey && o.durable != c.durable {
+		if c.configKey != nil && o.configKey == c.configKey && (o.durable != c.durable || o.jsAckWait != c.jsAckWait) {
 			return fmt.Errorf("queue %s is also used by the callback route %s of this config with other delivery settings; give each route its own stream, or the same settings", s.name, o.Path)
 		}
 	}
@@ -261,10 +269,11 @@ func (c *Callback) provisionJetStream() error {
 	if err != nil {
 		return err
 	}
+	c.jsAckWait = base.AckWait
 	key := jetStreamKey(base)
 	name := "jetstream:" + cmp.Or(base.Stream, jsqueue.DefaultStream)
 	val, _, err := jetStreams.LoadOrNew(key, func() (caddy.Destructor, error) {
-		s := &sharedJetStream{name: name, base: base, transport: outbound.NewTransport()}
+		s := &sharedJetStream{name: name, conf: *c.Queue.JetStream, base: base, transport: outbound.NewTransport()}
 		st, err := jsqueue.Open(s.options(c))
 		if err != nil {
 			return nil, err

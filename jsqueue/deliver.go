@@ -60,7 +60,9 @@ func (q *Queue) fetch() {
 			continue
 		}
 		for m := range batch.Messages() {
-			q.start(m, cfg)
+			// The settings now, not those of when the pull began: a
+			// Reconfigure meanwhile applies to this delivery.
+			q.start(m, q.config())
 		}
 		cancel()
 		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) &&
@@ -83,9 +85,9 @@ func (q *Queue) start(m jetstream.Msg, cfg *config) {
 	}
 	seq := md.Sequence.Stream
 	q.mu.Lock()
-	if q.closing {
+	if q.closing || cfg.deliver == nil {
 		q.mu.Unlock()
-		_ = m.Nak() // someone else's now
+		_ = m.Nak() // someone else's now, or later
 		return
 	}
 	if _, ok := q.inflight[seq]; ok {

@@ -56,6 +56,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Opener) {
 		{"Reopen", testReopen},
 		{"RetentionExpires", testRetentionExpires},
 		{"ConcurrentDistinct", testConcurrentDistinct},
+		{"ReconfigureNoGapNoDouble", testReconfigureNoGapNoDouble},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
 	}
@@ -757,4 +758,54 @@ func testConcurrentDistinct(t *testing.T, open Opener) {
 			t.Errorf("%s delivered %d times", ID(i), c)
 		}
 	}
+}
+
+// testReconfigureNoGapNoDouble swaps the deliverer while deliveries run:
+// every callback is delivered exactly once, by one or the other, and
+// those appended after the swap by the new one.
+func testReconfigureNoGapNoDouble(t *testing.T, open Opener) {
+	const n = 200
+	var a, b atomic.Int64
+	counts := make([]atomic.Int64, n)
+	var mu sync.Mutex
+	byB := make(map[string]bool)
+	deliverer := func(mine *atomic.Int64, isB bool) spool.DeliverFunc {
+		return func(ctx context.Context, d spool.Delivery) error {
+			mine.Add(1)
+			var i int
+			if _, err := fmt.Sscanf(d.ID, "cb-%04d", &i); err == nil && i < n {
+				counts[i].Add(1)
+			}
+			if isB {
+				mu.Lock()
+				byB[d.ID] = true
+				mu.Unlock()
+			}
+			time.Sleep(time.Millisecond)
+			return nil
+		}
+	}
+	s := open(t, spool.Options{Deliver: deliverer(&a, false)})
+	for i := range n {
+		MustAppend(t, s, Entry(i, 100))
+		if i == n/2 {
+			if err := s.Reconfigure(spool.Options{Deliver: deliverer(&b, true)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	WaitFor(t, "deliveries", func() bool { return s.Stats().Delivered == n })
+	for i := range counts {
+		if c := counts[i].Load(); c != 1 {
+			t.Errorf("%s delivered %d times", ID(i), c)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := n/2 + 1; i < n; i++ {
+		if !byB[ID(i)] {
+			t.Errorf("%s, appended after the swap, was not delivered by the new deliverer", ID(i))
+		}
+	}
+	t.Logf("old deliverer %d, new %d", a.Load(), b.Load())
 }
