@@ -142,7 +142,7 @@ func (s *sharedSpool) attach(c *Callback) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, o := range s.owners {
-		if c.configKey != nil && o.configKey == c.configKey && o.durable != c.durable {
+		if c.configKey != nil && o.configKey == c.configKey && !sameDelivery(o, c) {
 			return fmt.Errorf("spool %s is also used by the callback route %s of this config with other delivery settings; give each route its own spool directory, or the same settings", s.dir, o.Path)
 		}
 	}
@@ -151,6 +151,13 @@ func (s *sharedSpool) attach(c *Callback) error {
 	}
 	s.owners = append(s.owners, c)
 	return nil
+}
+
+// sameDelivery reports whether routes o and c deliver alike: the same
+// settings, and the same sign_deliveries secrets (the delivery of the
+// route provisioned last signs every callback of the queue).
+func sameDelivery(o, c *Callback) bool {
+	return o.durable == c.durable && slices.Equal(o.SignDeliveries, c.SignDeliveries)
 }
 
 // detach removes c from the routes using the spool; if its settings were

@@ -222,7 +222,7 @@ func (s *sharedJetStream) attach(c *Callback) error {
 		return fmt.Errorf("queue %s is open with other credentials, tls or replicas; those apply after a restart of Caddy (or on another stream)", s.name)
 	}
 	for _, o := range s.owners {
-		if c.configKey != nil && o.configKey == c.configKey && (o.durable != c.durable || o.jsAckWait != c.jsAckWait) {
+		if c.configKey != nil && o.configKey == c.configKey && (!sameDelivery(o, c) || o.jsAckWait != c.jsAckWait) {
 			return fmt.Errorf("queue %s is also used by the callback route %s of this config with other delivery settings; give each route its own stream, or the same settings", s.name, o.Path)
 		}
 	}
