@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -297,4 +298,20 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("accepted %q without the signature %s", sigs, want)
 		}
 	})
+}
+
+// TestSignerNeverPrintsItsKeys: a Signer printed with fmt, by pointer or
+// value, in any verb, shows none of its key bytes.
+func TestSignerNeverPrintsItsKeys(t *testing.T) {
+	raw := NewSecret()
+	s, err := NewSigner(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := fmt.Sprint(s.secrets[0].key)
+	for _, out := range []string{fmt.Sprintf("%v", s), fmt.Sprintf("%+v", *s), fmt.Sprintf("%#v", s), fmt.Sprint(*s)} {
+		if strings.Contains(out, key[1:len(key)-1]) || strings.Contains(out, raw[len(Prefix):]) {
+			t.Errorf("the signer prints its key: %s", out)
+		}
+	}
 }
