@@ -35,7 +35,9 @@ cd "$(dirname "$0")/.."
 
 work=$(mktemp -d)
 smoke_pids=()
-trap 'kill "${smoke_pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
+# errexit holds in the trap too: a kill with no process left to kill
+# must not turn the script's exit status into its own.
+trap 'kill "${smoke_pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/caddy" ./cmd/caddy
 go build -o "$work/configcheck" ./scripts/configcheck
 caddy=$work/caddy
@@ -290,6 +292,7 @@ done
 if [ -n "${nats_pid:-}" ]; then
 	kill "$nats_pid" 2>/dev/null
 	wait "$nats_pid" 2>/dev/null || true
+	smoke_pids=()
 fi
 
 exit $failed
