@@ -116,13 +116,16 @@ func (j *JetStream) options() (jsqueue.Options, error) {
 	if len(o.URLs) == 0 {
 		return o, errors.New("queue jetstream: url is required (an unset {env.*} placeholder?)")
 	}
-	for _, u := range o.URLs {
+	for i, u := range o.URLs {
+		// The errors never show the URL whole: it may hold a password.
 		p, err := url.Parse(u)
-		if err != nil || p.Host == "" || (p.Scheme != "nats" && p.Scheme != "tls" && p.Scheme != "ws" && p.Scheme != "wss") {
-			return o, fmt.Errorf("queue jetstream: url %q is not a nats://host:port URL", u)
-		}
-		if p.User != nil {
+		switch {
+		case err != nil:
+			return o, fmt.Errorf("queue jetstream: url %d is not a nats://host:port URL", i+1)
+		case p.User != nil:
 			return o, errors.New("queue jetstream: give credentials in the credentials block, not in the URL")
+		case p.Host == "" || (p.Scheme != "nats" && p.Scheme != "tls" && p.Scheme != "ws" && p.Scheme != "wss"):
+			return o, fmt.Errorf("queue jetstream: url %q is not a nats://host:port URL", p.Redacted())
 		}
 	}
 	o.Stream = repl.ReplaceKnown(j.Stream, "")
@@ -219,7 +222,7 @@ func (s *sharedJetStream) attach(c *Callback) error {
 		return fmt.Errorf("queue %s is open with other credentials, tls or replicas; those apply after a restart of Caddy (or on another stream)", s.name)
 	}
 	for _, o := range s.owners {
-		if c.configKey != nil && o.configKey == c.configKey && (o.durable != c.durable || o.jsAckWait != c.jsAckWait) {
+		if c.configKey != nil && o.configKey == c.configKey && (!sameDelivery(o, c) || o.jsAckWait != c.jsAckWait) {
 			return fmt.Errorf("queue %s is also used by the callback route %s of this config with other delivery settings; give each route its own stream, or the same settings", s.name, o.Path)
 		}
 	}
@@ -296,7 +299,12 @@ func (c *Callback) provisionJetStream() error {
 	u, _ := url.Parse(c.durable.deliverTo)
 	c.logger.Info("callback route in durable mode", zap.String("queue", shared.name),
 		zap.Strings("nats", base.URLs), zap.String("deliver_to", u.Redacted()),
-		zap.Int("concurrency", c.Concurrency), zap.Int("max_attempts", c.MaxAttempts))
+		zap.Int("concurrency", c.Concurrency), zap.Int("max_attempts", c.MaxAttempts),
+		zap.Strings("encryption_key_ids", c.keyring.KeyIDs()))
+	if c.keyring == nil {
+		c.logger.Warn("durable mode without encryption_key: payloads are stored unencrypted",
+			zap.String("queue", shared.name))
+	}
 	return nil
 }
 

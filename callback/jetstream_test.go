@@ -56,6 +56,8 @@ func TestJetStreamOptions(t *testing.T) {
 		{JetStream{URLs: []string{"{env.JS_TEST_UNSET}"}}, "url is required"},
 		{JetStream{URLs: []string{"http://a:4222"}}, "not a nats://"},
 		{JetStream{URLs: []string{"nats://user:pass@a:4222"}}, "not in the URL"},
+		{JetStream{URLs: []string{"http://user:pass@a:4222"}}, "not in the URL"},
+		{JetStream{URLs: []string{"nats://user:pass@a:4222/%zz"}}, "url 1 is not"},
 		{JetStream{URLs: []string{"nats://a:4222"}, Replicas: 7}, "replicas"},
 		{JetStream{URLs: []string{"nats://a:4222"}, Credentials: &JetStreamCredentials{Creds: "{env.JS_TEST_UNSET}"}}, "credentials are empty"},
 		{JetStream{URLs: []string{"nats://a:4222"}, TLS: &JetStreamTLS{Cert: "c.pem"}}, "both cert and key"},
@@ -81,6 +83,7 @@ func TestValidateDurableQueue(t *testing.T) {
 		{Callback{Spool: "/var/spool", Queue: js, DeliverTo: "http://app/"}, "exclusive"},
 		{Callback{Queue: &Queue{}, DeliverTo: "http://app/"}, "no backend"},
 		{Callback{Queue: js}, "deliver_to is required"},
+		{Callback{Queue: js, DeliverTo: "http://app/", DeadLetterRetention: caddy.Duration(time.Hour)}, "dead_letter_retention applies to a spool only"},
 	} {
 		c.c.deliverTo = c.c.DeliverTo
 		if err := c.c.validateDurable(); err == nil || !strings.Contains(err.Error(), c.want) {

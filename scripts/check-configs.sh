@@ -6,9 +6,13 @@
 #     embedded in a Kubernetes ConfigMap under deploy/: `caddy fmt --diff`
 #     (formatted) and `caddy validate` (adapts and provisions), with
 #     stand-in values for the environment and credential files they read;
+#     those with `queue jetstream` against a real cluster of 3 JetStream
+#     servers on loopback (scripts/natscheck, in JWT mode, its user's
+#     credentials as nats.creds);
 #   - every YAML file, and the JSON files under deploy/, parse
-#     (scripts/configcheck); the Kubernetes ConfigMap holds deploy/Caddyfile
-#     as it is;
+#     (scripts/configcheck), a manifest's workloads set every variable its
+#     Caddyfiles read without a default; the StatefulSet's ConfigMap holds
+#     deploy/Caddyfile as it is;
 #   - deploy/systemd/*.service pass `systemd-analyze verify` without a
 #     warning (systemd is installed from Debian's packages if missing);
 #   - the Prometheus alerting rules pass `promtool check rules` and their
@@ -21,7 +25,9 @@
 #     (28000-28999), with Caddy's local CA for the callback host and the
 #     simulator for Atlas, and a token, a durable callback delivered to a
 #     stand-in app, an upload and extracts through the gateway, and the
-#     metrics are checked with curl.
+#     metrics are checked with curl; so is the Caddyfile of the JetStream
+#     Deployment (deploy/kubernetes/caddy-atlas-jetstream.yaml), on that
+#     cluster, the callback published to the stream and delivered.
 #
 # Run by .ci/run. Exits non-zero at the end if any check failed.
 set -euo pipefail
@@ -29,7 +35,9 @@ cd "$(dirname "$0")/.."
 
 work=$(mktemp -d)
 smoke_pids=()
-trap 'kill "${smoke_pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
+# errexit holds in the trap too: a kill with no process left to kill
+# must not turn the script's exit status into its own.
+trap 'kill "${smoke_pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/caddy" ./cmd/caddy
 go build -o "$work/configcheck" ./scripts/configcheck
 caddy=$work/caddy
@@ -60,6 +68,8 @@ mkdir -p "$CREDENTIALS_DIRECTORY"
 printf '%s\n' "$ATLAS_CLIENT_SECRET" >"$CREDENTIALS_DIRECTORY/atlas-client-secret"
 printf '%s\n' "$ATLAS_CALLBACK_CLIENT_SECRET" >"$CREDENTIALS_DIRECTORY/atlas-callback-client-secret"
 printf '%s\n' "$ATLAS_CALLBACK_SIGNING_KEY" >"$CREDENTIALS_DIRECTORY/atlas-callback-signing-key"
+head -c 32 /dev/urandom | base64 >"$CREDENTIALS_DIRECTORY/atlas-callback-encryption-key"
+export ATLAS_STORAGE_ROOT=$work/storage
 # Caddy's own storage and autosave, away from $HOME.
 export XDG_DATA_HOME=$work/data XDG_CONFIG_HOME=$work/config
 
@@ -77,6 +87,32 @@ if [ ${#parsed[@]} -gt 0 ]; then
 fi
 
 mapfile -t caddyfiles < <(files '*Caddyfile' '*.caddyfile' | grep -v '^testdata/')
+
+# The Caddyfiles with `queue jetstream` connect to NATS when they are
+# validated (Caddy creates or checks the streams at provision): they get
+# a real cluster of 3 JetStream servers on loopback, in operator (JWT)
+# mode, run by scripts/natscheck, whose URLs become ATLAS_NATS_URLS and
+# whose user's credentials become nats.creds.
+if grep -lq 'queue jetstream' -- "${caddyfiles[@]}" "${embedded[@]}" 2>/dev/null; then
+	go build -o "$work/natscheck" ./scripts/natscheck
+	mkdir -p "$work/nats"
+	"$work/natscheck" -dir "$work/nats" 2>"$work/natscheck.log" &
+	nats_pid=$!
+	smoke_pids+=($nats_pid)
+	for _ in $(seq 150); do
+		[ -f "$work/nats/urls" ] || ! kill -0 "$nats_pid" 2>/dev/null && break
+		sleep 0.1
+	done
+	if [ -f "$work/nats/urls" ]; then
+		ATLAS_NATS_URLS=$(cat "$work/nats/urls")
+		export ATLAS_NATS_URLS
+		cp "$work/nats/user.creds" "$CREDENTIALS_DIRECTORY/nats.creds"
+		echo "ok    a JetStream cluster of 3 on loopback for the queue jetstream Caddyfiles"
+	else
+		cat "$work/natscheck.log" >&2
+		fail "scripts/natscheck: no JetStream cluster"
+	fi
+fi
 for f in "${caddyfiles[@]}" "${embedded[@]}"; do
 	[ -n "$f" ] || continue
 	name=${f#"$work/embedded/"}
@@ -95,7 +131,7 @@ done
 # The ConfigMap carries deploy/Caddyfile itself, not a copy that drifts.
 for f in "${embedded[@]}"; do
 	case $f in
-	*deploy_kubernetes_*) cmp -s "$f" deploy/Caddyfile || fail "the Caddyfile in ${f#"$work/embedded/"} differs from deploy/Caddyfile" ;;
+	*deploy_kubernetes_caddy-atlas.yaml--*) cmp -s "$f" deploy/Caddyfile || fail "the Caddyfile in ${f#"$work/embedded/"} differs from deploy/Caddyfile" ;;
 	esac
 done
 
@@ -155,8 +191,8 @@ fi
 # deploy/Caddyfile, running. Caddy's own local CA stands in for the
 # public one (a copy with local_certs and skip_install_trust); the
 # simulator and the stand-in app run in a second Caddy.
-smoke() {
-	local bin=$1 dir=$work/smoke
+smoke_run() {
+	local bin=$1 caddyfile=$2 name=$3 metric=$4 dir=$work/smoke-$3
 	mkdir -p "$dir"
 	cat >"$dir/sim.Caddyfile" <<-'CADDY'
 		{
@@ -173,7 +209,7 @@ smoke() {
 			respond 404
 		}
 	CADDY
-	sed 's/^\tadmin .*/&\n\tlocal_certs\n\tskip_install_trust/' deploy/Caddyfile >"$dir/Caddyfile"
+	sed 's/^\tadmin .*/&\n\tlocal_certs\n\tskip_install_trust/' "$caddyfile" >"$dir/Caddyfile"
 	printf 'smoke-secret\n' >"$CREDENTIALS_DIRECTORY/atlas-client-secret"
 	"$caddy" run --config "$dir/sim.Caddyfile" >"$dir/sim.log" 2>&1 &
 	smoke_pids+=($!)
@@ -212,22 +248,51 @@ smoke() {
 	code=$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:28080/atlas/extracts?batch_id=$batch")
 	[ "$code" = 200 ] || { echo "extracts through the gateway: $code" >&2; return 1; }
 	out=$(curl -s 127.0.0.1:28180/metrics)
-	[[ $out == *'caddy_atlas_spool_max_bytes{'* ]] || { echo "no spool metrics on the metrics site" >&2; return 1; }
+	[[ $out == *"$metric"* ]] || { echo "no $metric on the metrics site" >&2; return 1; }
 	out=$(grep '"level":"error"' "$dir/caddy.log" || true)
 	[ -z "$out" ] || { echo "$out" | head -n 3 >&2; return 1; }
-	kill "${smoke_pids[@]}" 2>/dev/null
-	wait "${smoke_pids[@]}" 2>/dev/null || true
-	smoke_pids=()
+}
+# smoke runs smoke_run and stops the processes it started, whatever
+# its outcome, so that the next run has the ports.
+smoke() {
+	local before=${#smoke_pids[@]} rc=0
+	smoke_run "$@" || rc=1
+	kill "${smoke_pids[@]:before}" 2>/dev/null
+	wait "${smoke_pids[@]:before}" 2>/dev/null || true
+	smoke_pids=("${smoke_pids[@]:0:before}")
+	return $rc
 }
 if ! command -v curl >/dev/null; then
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends curl >/dev/null
 fi
 smoke_bin=$caddy
 [ -x "$work/caddy-docker" ] && smoke_bin=$work/caddy-docker
-if smoke "$smoke_bin"; then
+if smoke "$smoke_bin" deploy/Caddyfile spool 'caddy_atlas_spool_max_bytes{'; then
 	echo "ok    deploy/Caddyfile runs: auth_url, a durable callback delivered, the gateway, metrics"
 else
 	fail "deploy/Caddyfile does not run as it should (run by ${smoke_bin##*/})"
+fi
+# The Deployment's Caddyfile, on the loopback JetStream cluster: the
+# callback is published to the stream with 3 replicas, then delivered.
+for f in "${embedded[@]}"; do
+	case $f in
+	*deploy_kubernetes_caddy-atlas-jetstream.yaml--*) ;;
+	*) continue ;;
+	esac
+	if [ -z "${ATLAS_NATS_URLS:-}" ]; then
+		fail "${f#"$work/embedded/"} not run: no JetStream cluster"
+	elif ! smoke "$smoke_bin" "$f" jetstream 'caddy_atlas_jetstream_publish_seconds_count 1'; then
+		fail "${f#"$work/embedded/"} does not run as it should (run by ${smoke_bin##*/})"
+	elif [ -z "$(ls -A "$ATLAS_STORAGE_ROOT/atlas/tokens" 2>/dev/null)" ]; then
+		fail "${f#"$work/embedded/"}: no Atlas token in the storage option's root ($ATLAS_STORAGE_ROOT)"
+	else
+		echo "ok    ${f#"$work/embedded/"} runs on 3 JetStream servers: auth_url, a callback through the stream delivered, the gateway, the token in the shared storage, metrics"
+	fi
+done
+if [ -n "${nats_pid:-}" ]; then
+	kill "$nats_pid" 2>/dev/null
+	wait "$nats_pid" 2>/dev/null || true
+	smoke_pids=()
 fi
 
 exit $failed

@@ -7,7 +7,12 @@
 // Every FILE ending in .yml, .yaml or .json must parse (every document of
 // a YAML stream). Each ConfigMap data key named Caddyfile, or ending in
 // .Caddyfile or .caddyfile, is written to DIR, and its path printed on
-// standard output, one a line. It exits 1 if a file does not parse.
+// standard output, one a line. In a file that also holds workloads
+// (Deployment, StatefulSet, DaemonSet), every environment variable such
+// a Caddyfile reads without a default ({env.NAME}, {$NAME}) must be set
+// in the env of one of their containers: a variable the manifest forgets
+// to set would fail only in the cluster. It exits 1 if a file does not
+// parse or fails that check.
 package main
 
 import (
@@ -19,6 +24,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -72,12 +79,23 @@ func check(path string) (map[string]string, error) {
 		return nil, errors.New("neither YAML nor JSON")
 	}
 	found := make(map[string]string)
+	set := make(map[string]bool) // env names the workloads' containers set
+	workloads := false
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for i := 0; ; i++ {
 		var doc struct {
 			Kind     string                `yaml:"kind"`
 			Metadata struct{ Name string } `yaml:"metadata"`
 			Data     map[string]string     `yaml:"data"`
+			Spec     struct {
+				Template struct {
+					Spec struct {
+						Containers []struct {
+							Env []struct{ Name string } `yaml:"env"`
+						} `yaml:"containers"`
+					} `yaml:"spec"`
+				} `yaml:"template"`
+			} `yaml:"spec"`
 		}
 		// Decode into a node first so that any YAML, not only objects of
 		// this shape, is checked for syntax.
@@ -90,14 +108,55 @@ func check(path string) (map[string]string, error) {
 		if node.Kind == 0 {
 			continue // an empty document
 		}
-		if err := node.Decode(&doc); err != nil || doc.Kind != "ConfigMap" {
-			continue
+		var kind struct {
+			Kind string `yaml:"kind"`
 		}
-		for key, text := range doc.Data {
-			if key == "Caddyfile" || strings.HasSuffix(strings.ToLower(key), ".caddyfile") {
-				found[fmt.Sprintf("%s-%s", doc.Metadata.Name, key)] = text
+		if node.Decode(&kind) != nil {
+			continue // not an object, or one with no kind
+		}
+		switch kind.Kind {
+		case "Deployment", "StatefulSet", "DaemonSet", "ConfigMap":
+			// Of the kinds checked here: its shape must be right.
+			if err := node.Decode(&doc); err != nil {
+				return nil, fmt.Errorf("document %d (%s): %v", i+1, kind.Kind, err)
+			}
+		}
+		switch doc.Kind {
+		case "Deployment", "StatefulSet", "DaemonSet":
+			workloads = true
+			for _, c := range doc.Spec.Template.Spec.Containers {
+				for _, e := range c.Env {
+					set[e.Name] = true
+				}
+			}
+		case "ConfigMap":
+			for key, text := range doc.Data {
+				if key == "Caddyfile" || strings.HasSuffix(strings.ToLower(key), ".caddyfile") {
+					found[fmt.Sprintf("%s-%s", doc.Metadata.Name, key)] = text
+				}
 			}
 		}
 	}
+	if !workloads {
+		return found, nil
+	}
+	var missing []string
+	for name, text := range found {
+		for _, m := range envRead.FindAllStringSubmatch(text, -1) {
+			if v := m[1] + m[2]; !set[v] {
+				missing = append(missing, fmt.Sprintf("%s reads %s", name, v))
+			}
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		missing = slices.Compact(missing)
+		return nil, fmt.Errorf("set in no container's env: %s", strings.Join(missing, ", "))
+	}
 	return found, nil
 }
+
+// envRead matches an environment variable a Caddyfile reads without a
+// default: {env.NAME} at load time, {$NAME} when adapted ({$NAME:default}
+// has one).
+var envRead = regexp.MustCompile(`\{env\.([A-Za-z_][A-Za-z0-9_]*)\}|\{\$([A-Za-z_][A-Za-z0-9_]*)\}`)

@@ -57,6 +57,47 @@ data:
 			t.Errorf("%s: %v, want the document named", name, err)
 		}
 	}
+
+	// A workload beside the ConfigMap must set what its Caddyfile reads.
+	workload := `apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: gw
+data:
+  Caddyfile: |
+    {$HOST} {
+    	bind {$BIND:127.0.0.1}
+    	respond "{env.GREETING} {file.{$DIR}/name}"
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: gw
+spec:
+  template:
+    spec:
+      containers:
+        - name: caddy
+          env:
+            - name: HOST
+              value: example.com
+            - name: DIR
+              value: /run/secrets
+`
+	if _, err := check(write("env-ok.yaml", strings.Replace(workload, "            - name: DIR\n", "            - name: GREETING\n              value: hi\n            - name: DIR\n", 1))); err != nil {
+		t.Errorf("every variable set: %v", err)
+	}
+	_, err = check(write("env-missing.yaml", workload))
+	if err == nil || !strings.Contains(err.Error(), "gw-Caddyfile reads GREETING") || strings.Contains(err.Error(), "BIND") {
+		t.Errorf("GREETING not set: %v, want it named (and not BIND, which has a default)", err)
+	}
+
+	dup := strings.Replace(workload, "            - name: DIR\n", "              value: twice\n            - name: DIR\n", 1)
+	if _, err = check(write("env-dup.yaml", dup)); err == nil || !strings.Contains(err.Error(), "document 2 (Deployment)") {
+		t.Errorf("a Deployment with a duplicate key: %v, want an error naming it", err)
+	}
+
 	if _, err := check(write("ok.json", `{"panels": []}`)); err != nil {
 		t.Errorf("ok.json: %v", err)
 	}
