@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -213,6 +215,15 @@ func TestE2ECallbackMaskedSigned(t *testing.T) {
 	}
 	checkSignedMasked(t, got[0], payload, numbers, sec1, sec2)
 	_ = file2
+
+	// The official library verifies what the app received, with either
+	// secret; a body altered in transit does not verify.
+	tampered := regDelivery{header: got[0].header, body: bytes.Replace(got[0].body, []byte("XXXX"), []byte("XXXY"), 1)}
+	for i, res := range standardWebhooksVerify(t, []regCheck{{sec1, got[0]}, {sec2, got[0]}, {sec1, tampered}}) {
+		if want := i < 2; (res == "") != want {
+			t.Errorf("standardwebhooks on delivery %d: %q", i, res)
+		}
+	}
 
 	// A caller's own signature headers are replaced, not passed on.
 	tok := regToken(t, tester.Client, regSecretOld)
@@ -550,4 +561,69 @@ func TestE2EAdminBodyMasked(t *testing.T) {
 	if !strings.Contains(lines[0], `"masked":false`) || !strings.Contains(lines[len(lines)-1], `"masked":true`) {
 		t.Errorf("the log lines do not say whether the body was masked: %q", lines)
 	}
+}
+
+// regCheck is a delivery for the standardwebhooks package to verify with
+// secret.
+type regCheck struct {
+	secret string
+	d      regDelivery
+}
+
+// standardWebhooksVerify has scripts/interop/webhook-verify.mjs (the
+// official standardwebhooks npm package) verify each delivery: "" for one
+// that verifies, else the library's error. It skips the test without node
+// or the package.
+func standardWebhooksVerify(t *testing.T, checks []regCheck) []string {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node is not installed")
+	}
+	if _, err := os.Stat(filepath.Join("scripts", "interop", "node_modules", "standardwebhooks")); err != nil {
+		t.Skip("scripts/interop/node_modules/standardwebhooks is missing; run `npm ci --prefix scripts/interop`")
+	}
+	type check struct {
+		Secret     string            `json:"secret"`
+		Headers    map[string]string `json:"headers"`
+		BodyBase64 string            `json:"body_base64"`
+	}
+	in := struct {
+		Checks []check `json:"checks"`
+	}{}
+	for _, c := range checks {
+		h := map[string]string{}
+		for _, k := range []string{whsign.HeaderID, whsign.HeaderTimestamp, whsign.HeaderSignature} {
+			h[strings.ToLower(k)] = c.d.header.Get(k)
+		}
+		in.Checks = append(in.Checks, check{c.secret, h, base64.StdEncoding.EncodeToString(c.d.body)})
+	}
+	raw, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, filepath.Join("scripts", "interop", "webhook-verify.mjs"))
+	cmd.Stdin = bytes.NewReader(raw)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("webhook-verify.mjs: %v", err)
+	}
+	var ans struct {
+		Results []struct {
+			OK    bool   `json:"ok"`
+			Error string `json:"error"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal(out, &ans); err != nil || len(ans.Results) != len(checks) {
+		t.Fatalf("webhook-verify.mjs answered %q: %v", out, err)
+	}
+	res := make([]string, len(checks))
+	for i, r := range ans.Results {
+		if !r.OK {
+			res[i] = r.Error + " "
+		}
+	}
+	return res
 }

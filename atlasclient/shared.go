@@ -67,29 +67,31 @@ const (
 // usable; otherwise it takes the store's lock, reads the store again (the
 // holder before it may have stored a token), and only then calls
 // authtoken and stores the result. When the store fails, the source
-// fetches its own token.
-func (s *TokenSource) obtain(ctx context.Context) (Token, time.Duration, error) {
+// fetches its own token. stored reports that the token was read from the
+// store rather than answered by authtoken.
+func (s *TokenSource) obtain(ctx context.Context) (tok Token, retryAfter time.Duration, stored bool, err error) {
 	if s.shared == nil {
-		return s.fetchWithRetry(ctx)
+		tok, retryAfter, err = s.fetchWithRetry(ctx)
+		return tok, retryAfter, false, err
 	}
 	if tok, ok := s.loadShared(true); ok {
-		return tok, 0, nil
+		return tok, 0, true, nil
 	}
 	tok, unlock, err := s.lockShared()
 	switch {
 	case tok.Value != "":
-		return tok, 0, nil
+		return tok, 0, true, nil
 	case err == nil:
 		defer s.unlockShared(unlock)
 		if tok, ok := s.loadShared(false); ok {
-			return tok, 0, nil
+			return tok, 0, true, nil
 		}
 	case s.ctx.Err() != nil:
-		return Token{}, 0, ErrClosed
+		return Token{}, 0, false, ErrClosed
 	default:
 		s.sharedFailed("lock", err)
 	}
-	tok, retryAfter, err := s.fetchWithRetry(ctx)
+	tok, retryAfter, err = s.fetchWithRetry(ctx)
 	if err == nil {
 		sctx, cancel := context.WithTimeout(s.ctx, sharedOpTimeout)
 		if err := s.shared.Store(sctx, tok); err != nil {
@@ -97,7 +99,7 @@ func (s *TokenSource) obtain(ctx context.Context) (Token, time.Duration, error) 
 		}
 		cancel()
 	}
-	return tok, retryAfter, err
+	return tok, retryAfter, false, err
 }
 
 // lockShared takes the store's lock. While it waits, it keeps reading the

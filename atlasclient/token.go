@@ -349,13 +349,16 @@ func (s *TokenSource) refresh(c *fetchCall) {
 	var (
 		tok        Token
 		retryAfter time.Duration
+		stored     bool
 		err        error
 	)
 	for range sharedAttempts {
-		tok, retryAfter, err = s.obtain(c.ctx)
+		tok, retryAfter, stored, err = s.obtain(c.ctx)
 		// A token taken from the shared store may have been rejected
-		// (Invalidate) while it was being read: take another.
-		if err != nil || tok.Value != s.rejectedValue() {
+		// (Invalidate) while it was being read: take another. A token
+		// authtoken has just answered is Atlas's word, even if it is the
+		// value rejected before (an authtoken that reissues a live token).
+		if err != nil || !stored || tok.Value != s.rejectedValue() {
 			break
 		}
 		tok, err = Token{}, fmt.Errorf("%w: the shared token was rejected", ErrTokenUnavailable)

@@ -66,3 +66,28 @@ func TestTokenFetchCarriesTriggerValues(t *testing.T) {
 		t.Errorf("%d authtoken calls, want 1", n)
 	}
 }
+
+// TestInvalidateThenAtlasReissuesTheSameToken: an authtoken endpoint may
+// answer the token it already issued while that token lives. After a 401
+// and Invalidate, the fresh answer of authtoken is the token to use, even
+// if it is the same value: only a token read from a shared store is
+// refused for being the rejected one. (Refusing a fetched token left the
+// gateway without a token until Atlas issued another one.)
+func TestInvalidateThenAtlasReissuesTheSameToken(t *testing.T) {
+	fa := newFakeAtlas(t, func(w http.ResponseWriter, r *http.Request, n int64) {
+		writeToken(w, "same-token", 3600)
+	}, nil)
+	s := newSource(t, fa, nil, nil)
+	tok, err := s.Token(context.Background())
+	if err != nil || tok.Value != "same-token" {
+		t.Fatalf("first token: %v, %v", tok, err)
+	}
+	s.Invalidate(tok.Value)
+	tok, err = s.Token(context.Background())
+	if err != nil || tok.Value != "same-token" {
+		t.Fatalf("after Invalidate, authtoken answered the same token again: got %v, %v", tok, err)
+	}
+	if n := fa.authCalls.Load(); n != 2 {
+		t.Errorf("%d authtoken calls, want 2", n)
+	}
+}

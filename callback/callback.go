@@ -247,6 +247,7 @@ type Callback struct {
 	queueName    string
 	jetStreamKey string
 	sharedJS     *sharedJetStream
+	jsAckWait    time.Duration
 }
 
 // Provision resolves the secrets, applies the defaults, parses the keys,
@@ -466,7 +467,7 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 	// The id is that of the body as Atlas sent it; the app sees it
 	// masked, if the handler masks fields.
 	body, releaseMasked, err := c.maskBody(body)
-	defer releaseMasked()
+	defer func() { releaseMasked() }()
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("masking callback %s: %w", id, err))
 	}
@@ -509,6 +510,11 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 
 	if c.masker != nil {
 		r.Body, r.GetBody = bodyReader(body)
+		// The next handler's transport may still be writing the body
+		// after it returns (see package body): the masked buffer is left
+		// to the garbage collector, never put back in the pool for the
+		// next callback to overwrite.
+		releaseMasked = func() {}
 	} else {
 		r.Body, _ = cb.Reader() // cannot fail before cb.Release
 		r.GetBody = cb.Reader

@@ -7,7 +7,8 @@
 //	-> verify the token (package token: keys, JWKS, verification, cache)
 //	-> validate the payload (package payload: a one-pass scanner)
 //	-> hand it off: to the next handler (synchronous mode), or to a
-//	   durable queue (package queue; spool is the local implementation)
+//	   durable queue (package queue; spool is the local implementation,
+//	   jsqueue the one a fleet shares on NATS JetStream)
 //	   that delivers it to the app at least once.
 //
 // This package is the Caddy glue of that pipeline; the packages it uses

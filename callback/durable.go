@@ -142,7 +142,7 @@ func (s *sharedSpool) attach(c *Callback) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, o := range s.owners {
-		if c.configKey != nil && o.configKey == c.configKey && o.durable != c.durable {
+		if c.configKey != nil && o.configKey == c.configKey && !sameDelivery(o, c) {
 			return fmt.Errorf("spool %s is also used by the callback route %s of this config with other delivery settings; give each route its own spool directory, or the same settings", s.dir, o.Path)
 		}
 	}
@@ -151,6 +151,13 @@ func (s *sharedSpool) attach(c *Callback) error {
 	}
 	s.owners = append(s.owners, c)
 	return nil
+}
+
+// sameDelivery reports whether routes o and c deliver alike: the same
+// settings, and the same sign_deliveries secrets (the delivery of the
+// route provisioned last signs every callback of the queue).
+func sameDelivery(o, c *Callback) bool {
+	return o.durable == c.durable && slices.Equal(o.SignDeliveries, c.SignDeliveries)
 }
 
 // detach removes c from the routes using the spool; if its settings were
@@ -274,7 +281,7 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	if c.MaxSpoolSize == 0 {
 		c.MaxSpoolSize = DefaultMaxSpoolSize
 	}
-	if c.DeadLetterRetention == 0 {
+	if c.DeadLetterRetention == 0 && c.Queue == nil {
 		c.DeadLetterRetention = caddy.Duration(DefaultDeadLetterRetention)
 	}
 	repl := caddy.NewReplacer()
@@ -379,6 +386,10 @@ func (c *Callback) validateDurable() error {
 		return errors.New("spool and queue are exclusive: durable mode uses either a local spool or a shared queue")
 	case c.Queue != nil && c.Queue.JetStream == nil:
 		return errors.New("queue names no backend (jetstream)")
+	case c.Queue != nil && c.DeadLetterRetention != 0:
+		// The JetStream queue keeps a dead letter until it is retried or
+		// deleted: a retention it would not apply must not be accepted.
+		return errors.New("dead_letter_retention applies to a spool only: a queue jetstream keeps dead letters until they are retried or purged")
 	case c.Spool == "" && c.Queue == nil && c.DeliverTo != "":
 		return errors.New("deliver_to needs spool or queue: durable mode delivers from a spool directory or a shared queue")
 	case c.Spool == "" && c.Queue == nil && len(c.EncryptionKeys) > 0:
@@ -404,7 +415,7 @@ func (c *Callback) validateDurable() error {
 		return errors.New("retention must be positive")
 	case c.MaxSpoolSize <= 0:
 		return errors.New("max_spool_size must be positive")
-	case c.DeadLetterRetention <= 0:
+	case c.Queue == nil && c.DeadLetterRetention <= 0:
 		return errors.New("dead_letter_retention must be positive")
 	case len(c.EncryptionKeys) > 0 && c.keyring == nil:
 		return errors.New("encryption_key is not provisioned")

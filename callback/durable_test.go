@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-atlas/caddy-atlas/spool"
+	"github.com/caddy-atlas/caddy-atlas/whsign"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 
@@ -338,6 +339,16 @@ func TestDurableSharedSpool(t *testing.T) {
 	_ = other.Cleanup()
 	if err == nil || !strings.Contains(err.Error(), "also used by the callback route /hooks/atlas of this config with other delivery settings") {
 		t.Errorf("two settings for one spool in one config: %v", err)
+	}
+	// Same deliver_to, other sign_deliveries: the last route's signer
+	// would sign the other's callbacks with a secret its app does not know.
+	signed := &Callback{Path: "/signed", ClientID: "x", ClientSecret: "y", SigningKey: testHMACSecret, Spool: dir, DeliverTo: b.URL,
+		RetryBackoffMin: caddy.Duration(10 * time.Millisecond), RetryBackoffMax: caddy.Duration(10 * time.Millisecond),
+		SignDeliveries: []string{whsign.NewSecret()}}
+	err = signed.Provision(curCtx, zap.NewNop())
+	_ = signed.Cleanup()
+	if err == nil || !strings.Contains(err.Error(), "with other delivery settings") {
+		t.Errorf("two sign_deliveries for one spool in one config: %v", err)
 	}
 	if err := old.Cleanup(); err != nil {
 		t.Fatal(err)

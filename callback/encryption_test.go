@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 
@@ -233,5 +235,25 @@ func TestDeadLetterExpiredMetric(t *testing.T) {
 	spoolObserver{m}.DeadLetterExpired()
 	if got := callbackCounterValue(t, m.deadExpired); got != before+1 {
 		t.Errorf("dead_letters_expired_total %v, want %v", got, before+1)
+	}
+}
+
+// TestJetStreamUnencryptedWarning: the same warning for a JetStream
+// queue, whose payloads the NATS servers' operators could otherwise read.
+func TestJetStreamUnencryptedWarning(t *testing.T) {
+	node := natstest.Start(t)
+	_, placeholder := keyFile(t, "a")
+	for i, tc := range []struct {
+		keys []string
+		want int
+	}{{nil, 1}, {[]string{placeholder}, 0}} {
+		c := &Callback{
+			Queue:     &Queue{JetStream: &JetStream{URLs: []string{node.URL()}, Stream: "WARN" + strconv.Itoa(i), Replicas: 1}},
+			DeliverTo: "http://127.0.0.1:1/hooks", EncryptionKeys: tc.keys,
+		}
+		logs := provisionTestCallback(t, c)
+		if n := logs.FilterMessage("durable mode without encryption_key: payloads are stored unencrypted").Len(); n != tc.want {
+			t.Errorf("keys %v: %d warnings, want %d", tc.keys, n, tc.want)
+		}
 	}
 }

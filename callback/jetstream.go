@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -97,6 +98,7 @@ var jetStreams = caddy.NewUsagePool()
 type sharedJetStream struct {
 	name      string // jetstream:<stream>, the queue's name in the admin API and metrics
 	store     *jsqueue.Queue
+	conf      JetStream       // as configured when opened
 	base      jsqueue.Options // the connection part
 	transport *http.Transport
 
@@ -114,13 +116,16 @@ func (j *JetStream) options() (jsqueue.Options, error) {
 	if len(o.URLs) == 0 {
 		return o, errors.New("queue jetstream: url is required (an unset {env.*} placeholder?)")
 	}
-	for _, u := range o.URLs {
+	for i, u := range o.URLs {
+		// The errors never show the URL whole: it may hold a password.
 		p, err := url.Parse(u)
-		if err != nil || p.Host == "" || (p.Scheme != "nats" && p.Scheme != "tls" && p.Scheme != "ws" && p.Scheme != "wss") {
-			return o, fmt.Errorf("queue jetstream: url %q is not a nats://host:port URL", u)
-		}
-		if p.User != nil {
+		switch {
+		case err != nil:
+			return o, fmt.Errorf("queue jetstream: url %d is not a nats://host:port URL", i+1)
+		case p.User != nil:
 			return o, errors.New("queue jetstream: give credentials in the credentials block, not in the URL")
+		case p.Host == "" || (p.Scheme != "nats" && p.Scheme != "tls" && p.Scheme != "ws" && p.Scheme != "wss"):
+			return o, fmt.Errorf("queue jetstream: url %q is not a nats://host:port URL", p.Redacted())
 		}
 	}
 	o.Stream = repl.ReplaceKnown(j.Stream, "")
@@ -179,9 +184,11 @@ func jetStreamKey(o jsqueue.Options) string {
 	return "jetstream:" + cmp.Or(o.Stream, jsqueue.DefaultStream) + " " + strings.Join(urls, ",")
 }
 
-// options are the queue options of c's settings.
+// options are the queue options of c's settings: its delivery settings
+// and ack wait, on the queue's connection.
 func (s *sharedJetStream) options(c *Callback) jsqueue.Options {
 	o := s.base
+	o.AckWait = c.jsAckWait
 	o.Deliver = c.deliverFunc(s.transport)
 	o.Keyring = c.keyring
 	o.Retention = c.durable.retention
@@ -210,8 +217,12 @@ func (s *sharedJetStream) masker() *mask.Masker {
 func (s *sharedJetStream) attach(c *Callback) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !reflect.DeepEqual(c.Queue.JetStream.Credentials, s.conf.Credentials) || !reflect.DeepEqual(c.Queue.JetStream.TLS, s.conf.TLS) ||
+		c.Queue.JetStream.Replicas != s.conf.Replicas {
+		return fmt.Errorf("queue %s is open with other credentials, tls or replicas; those apply after a restart of Caddy (or on another stream)", s.name)
+	}
 	for _, o := range s.owners {
-		if c.configKey != nil && o.configKey == c.configKey && o.durable != c.durable {
+		if c.configKey != nil && o.configKey == c.configKey && (!sameDelivery(o, c) || o.jsAckWait != c.jsAckWait) {
 			return fmt.Errorf("queue %s is also used by the callback route %s of this config with other delivery settings; give each route its own stream, or the same settings", s.name, o.Path)
 		}
 	}
@@ -258,10 +269,11 @@ func (c *Callback) provisionJetStream() error {
 	if err != nil {
 		return err
 	}
+	c.jsAckWait = base.AckWait
 	key := jetStreamKey(base)
 	name := "jetstream:" + cmp.Or(base.Stream, jsqueue.DefaultStream)
 	val, _, err := jetStreams.LoadOrNew(key, func() (caddy.Destructor, error) {
-		s := &sharedJetStream{name: name, base: base, transport: outbound.NewTransport()}
+		s := &sharedJetStream{name: name, conf: *c.Queue.JetStream, base: base, transport: outbound.NewTransport()}
 		st, err := jsqueue.Open(s.options(c))
 		if err != nil {
 			return nil, err
@@ -287,7 +299,12 @@ func (c *Callback) provisionJetStream() error {
 	u, _ := url.Parse(c.durable.deliverTo)
 	c.logger.Info("callback route in durable mode", zap.String("queue", shared.name),
 		zap.Strings("nats", base.URLs), zap.String("deliver_to", u.Redacted()),
-		zap.Int("concurrency", c.Concurrency), zap.Int("max_attempts", c.MaxAttempts))
+		zap.Int("concurrency", c.Concurrency), zap.Int("max_attempts", c.MaxAttempts),
+		zap.Strings("encryption_key_ids", c.keyring.KeyIDs()))
+	if c.keyring == nil {
+		c.logger.Warn("durable mode without encryption_key: payloads are stored unencrypted",
+			zap.String("queue", shared.name))
+	}
 	return nil
 }
 

@@ -2,7 +2,9 @@ package callback
 
 import (
 	"context"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -186,5 +188,54 @@ func TestCallbackRegulatedConfigErrors(t *testing.T) {
 				t.Errorf("the error shows the secret: %v", err)
 			}
 		})
+	}
+}
+
+// lateReader is a next handler that, like net/http's transport writing a
+// request body after RoundTrip has returned, keeps the body and reads it
+// only after the route is done with the request.
+type lateReader struct{ bodies []io.ReadCloser }
+
+func (l *lateReader) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
+	l.bodies = append(l.bodies, r.Body)
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// TestCallbackMaskedBodyOutlivesTheRoute checks that a masked synchronous
+// hand-off's body stays intact for as long as a reader holds it: the
+// buffer it is read from must not go back to the pool, and be filled
+// with the next callback's (another person's) data, when the route
+// returns.
+func TestCallbackMaskedBodyOutlivesTheRoute(t *testing.T) {
+	m, err := mask.New(map[string]mask.Style{"aadhaar_number": mask.Last4, "name": mask.Redact})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Callback{}
+	c.SetMasker(m)
+	provisionTestCallback(t, c)
+	tok := callbackAuthToken(t, c)
+
+	app := new(lateReader)
+	var want []string
+	for i := range 20 {
+		body := strings.Replace(regulatedBody, `"a-1"`, `"person-`+strconv.Itoa(i)+`"`, 1)
+		body = strings.Replace(body, "Ajay Kumar", strings.Repeat("Ajay Kumar ", i), 1)
+		m, _, err := m.Payload(nil, []byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, string(m))
+		rec := httptest.NewRecorder()
+		if err := c.ServeCallback(rec, callbackTestRequest("/hooks/atlas", tok, []byte(body)), app); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, rc := range app.bodies {
+		got, _ := io.ReadAll(rc)
+		if string(got) != want[i] {
+			t.Fatalf("callback %d: the app read\n%s\nwant\n%s", i, got, want[i])
+		}
 	}
 }

@@ -60,7 +60,9 @@ func (q *Queue) fetch() {
 			continue
 		}
 		for m := range batch.Messages() {
-			q.start(m, cfg)
+			// The settings now, not those of when the pull began: a
+			// Reconfigure meanwhile applies to this delivery.
+			q.start(m, q.config())
 		}
 		cancel()
 		if err := batch.Error(); err != nil && !errors.Is(err, context.DeadlineExceeded) &&
@@ -83,9 +85,9 @@ func (q *Queue) start(m jetstream.Msg, cfg *config) {
 	}
 	seq := md.Sequence.Stream
 	q.mu.Lock()
-	if q.closing {
+	if q.closing || cfg.deliver == nil {
 		q.mu.Unlock()
-		_ = m.Nak() // someone else's now
+		_ = m.Nak() // someone else's now, or later
 		return
 	}
 	if _, ok := q.inflight[seq]; ok {
@@ -127,10 +129,14 @@ func (q *Queue) deliver(m jetstream.Msg, seq uint64, cfg *config) {
 			}
 		}
 	}()
-	defer func() {
-		close(hbStop)
-		hb.Wait()
-	}()
+	var stopOnce sync.Once
+	stopHB := func() {
+		stopOnce.Do(func() {
+			close(hbStop)
+			hb.Wait()
+		})
+	}
+	defer stopHB()
 
 	id, received, size := msgInfo(m.Headers())
 	if id == "" {
@@ -163,7 +169,7 @@ func (q *Queue) deliver(m jetstream.Msg, seq uint64, cfg *config) {
 		}
 	}
 	a := attempt{q: q, m: m, seq: seq, id: id, received: received, size: size, base: base, cfg: cfg,
-		n: failures + 1, hadFailures: rec != nil && rec.kind == kindPending}
+		n: failures + 1, hadFailures: rec != nil && rec.kind == kindPending, stopHB: stopHB}
 
 	start := time.Now()
 	outcome := spool.OutcomeFailed
@@ -200,6 +206,10 @@ type attempt struct {
 	base        uint64 // sequence of the newest state record when the attempt began
 	n           int    // attempt number
 	hadFailures bool
+	// stopHB stops the in-progress heartbeats; called before the final
+	// ack or nak, which a late heartbeat would otherwise undo (it resets
+	// the redelivery timer a nak's delay set).
+	stopHB func()
 }
 
 // finish records the outcome: a delivered record then the ack; a
@@ -211,6 +221,7 @@ type attempt struct {
 func (a *attempt) finish(outcome spool.Outcome, derr error) {
 	q, cfg := a.q, a.cfg
 	if outcome == spool.OutcomeCanceled {
+		a.stopHB()
 		_ = a.m.Nak()
 		return
 	}
@@ -278,6 +289,7 @@ func (a *attempt) finish(outcome spool.Outcome, derr error) {
 	if a.hadFailures && kind != kindPending {
 		_ = q.purgeState(ctx, a.id, kindPending)
 	}
+	a.stopHB()
 	switch kind {
 	case kindPending:
 		_ = a.m.NakWithDelay(delay)

@@ -27,8 +27,9 @@
 //	                       attempts of a pending one), k (dead), d
 //	                       (delivered, with a message TTL of the retention
 //	                       window), x (deleted by an operator, kept for the
-//	                       duplicate window); a durable consumer
-//	                       "count-delivered" that is never pulled counts d
+//	                       duplicate window); durable consumers that are
+//	                       never pulled, "count-delivered" and
+//	                       "count-dead", count the d and k records
 //
 // <key> is the callback id with '.' written '='. The newest record of a
 // key, whatever its kind, is the callback's state; a pending callback

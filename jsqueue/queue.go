@@ -30,8 +30,9 @@ type Queue struct {
 	dead jetstream.Stream
 	st   jetstream.Stream
 	cons jetstream.Consumer
-	// delivered counts the delivered records (see setup).
-	delivered jetstream.Consumer
+	// delivered and deadCount count the delivered and dead records (see
+	// countingConsumer).
+	delivered, deadCount jetstream.Consumer
 
 	workSubj, deadSubj, stateSubj string
 
@@ -195,18 +196,25 @@ func (q *Queue) setup(ctx context.Context, cfg *config) error {
 // from: its pending count is the number of delivered records, kept by
 // the servers as records come and expire.
 func (q *Queue) countingConsumer(ctx context.Context) error {
-	c, err := q.st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       "count-delivered",
-		Description:   "caddy-atlas: counts delivered callbacks within the retention window; never pulled",
-		FilterSubject: q.stateSubj + kindDelivered + ".*",
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckPolicy:     jetstream.AckNonePolicy,
-	})
-	if err != nil {
-		return err
+	var cs [2]jetstream.Consumer
+	for i, k := range []struct{ name, kind, what string }{
+		{"count-delivered", kindDelivered, "delivered callbacks within the retention window"},
+		{"count-dead", kindDead, "dead callbacks"},
+	} {
+		c, err := q.st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable:       k.name,
+			Description:   "caddy-atlas: counts " + k.what + "; never pulled",
+			FilterSubject: q.stateSubj + k.kind + ".*",
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckPolicy:     jetstream.AckNonePolicy,
+		})
+		if err != nil {
+			return err
+		}
+		cs[i] = c
 	}
 	q.mu.Lock()
-	q.delivered = c
+	q.delivered, q.deadCount = cs[0], cs[1]
 	q.mu.Unlock()
 	return nil
 }
@@ -825,13 +833,16 @@ func (q *Queue) Delete(ctx context.Context, id string) error {
 // deliveries of this instance; DiskBytes and LiveBytes are the bytes of
 // the three streams on one replica. On a NATS error, the counts are
 // zero.
-func (q *Queue) Stats() spool.Stats {
+func (q *Queue) Stats() (st spool.Stats) {
 	ctx, cancel := q.opCtx()
 	defer cancel()
-	var st spool.Stats
-	q.mu.Lock()
-	st.InFlight = len(q.inflight)
-	q.mu.Unlock()
+	// InFlight is read last: a delivery counted as delivered or dead
+	// above whose ack is still to come then counts as in flight.
+	defer func() {
+		q.mu.Lock()
+		st.InFlight = len(q.inflight)
+		q.mu.Unlock()
+	}()
 	for _, s := range []jetstream.Stream{q.work, q.dead, q.st} {
 		info, err := s.Info(ctx)
 		if err != nil {
@@ -850,26 +861,29 @@ func (q *Queue) Stats() spool.Stats {
 					}
 				}
 			}
-		case q.dead:
-			st.Dead = int(info.State.Msgs)
 		}
 	}
 	st.LiveBytes = st.DiskBytes
-	q.mu.Lock()
-	counter := q.delivered
-	q.mu.Unlock()
-	ci, err := counter.Info(ctx)
-	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		// Deleted by an operator, or lost with a server's state.
-		if err = q.countingConsumer(ctx); err == nil {
-			q.mu.Lock()
-			counter = q.delivered
-			q.mu.Unlock()
-			ci, err = counter.Info(ctx)
+	count := func(which func() jetstream.Consumer) (int, error) {
+		ci, err := which().Info(ctx)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			// Deleted by an operator, or lost with a server's state.
+			if err = q.countingConsumer(ctx); err == nil {
+				ci, err = which().Info(ctx)
+			}
 		}
+		if err != nil {
+			return 0, err
+		}
+		return int(ci.NumPending), nil
 	}
-	if err == nil {
-		st.Delivered = int(ci.NumPending)
+	if n, err := count(func() jetstream.Consumer { q.mu.Lock(); defer q.mu.Unlock(); return q.delivered }); err == nil {
+		st.Delivered = n
+	}
+	// Dead callbacks by their records, as List and Get see them (the
+	// dead letter is written just before its record).
+	if n, err := count(func() jetstream.Consumer { q.mu.Lock(); defer q.mu.Unlock(); return q.deadCount }); err == nil {
+		st.Dead = n
 	}
 	return st
 }

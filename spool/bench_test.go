@@ -170,3 +170,52 @@ func appendParallel(b *testing.B, s *FileSpool, par int) time.Duration {
 	b.StopTimer()
 	return elapsed
 }
+
+// BenchmarkAppendDurableThink models the callback route in front of the
+// spool: 16 appenders that each spend 200 µs of CPU (the request's
+// validation) before every append, so that the callers just answered take
+// a while to come back. It compares, in one run, the writer as it was
+// (serial), fsyncs pipelined without holding (no-hold), and the next fsync
+// held for the callers just answered for at most 2 ms (the default) or
+// 10 ms:
+//
+//	SPOOL_BENCH_DIR=bench/.bin go test -run xxx -bench BenchmarkAppendDurableThink -benchtime 2s -count 2 ./spool/
+func BenchmarkAppendDurableThink(b *testing.B) {
+	for _, v := range []struct {
+		name    string
+		serial  bool
+		holdCap time.Duration
+	}{{"serial", true, 0}, {"no-hold", false, -1}, {"hold-2ms", false, 0}, {"hold-10ms", false, 10 * time.Millisecond}} {
+		b.Run(v.name, func(b *testing.B) {
+			obs := &countingObserver{}
+			s, err := Open(benchDir(b), Options{Observer: obs, MaxDiskBytes: 1 << 40})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close(context.Background())
+			s.w.serialSync, s.w.holdCap = v.serial, v.holdCap
+			body := testEntry(0, 16<<10)
+			var n atomic.Int64
+			b.SetBytes(16 << 10)
+			b.SetParallelism(8)
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					for spin := time.Now(); time.Since(spin) < 200*time.Microsecond; {
+					}
+					e := body
+					e.ID = fmt.Sprintf("bench-%d", n.Add(1))
+					if _, err := s.Append(context.Background(), e); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			elapsed := time.Since(start)
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "appends/s")
+			if f := obs.fsyncs.Load(); f > 0 {
+				b.ReportMetric(float64(obs.syncedAppend.Load())/float64(f), "appends/fsync")
+			}
+		})
+	}
+}

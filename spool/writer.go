@@ -81,6 +81,8 @@ type writer struct {
 	// serialSync, set by benchmarks, makes every fsync wait in line as
 	// before fsyncs were pipelined, for a comparison in one run.
 	serialSync bool
+	// holdCap, set by benchmarks, replaces maxHold; negative: no hold.
+	holdCap time.Duration
 	// After an fsync, the next one is held back until holdFor appends
 	// wait (as many as the two batches in flight when it ended: the
 	// callers just answered come back with their next requests) or until
@@ -344,12 +346,16 @@ func (w *writer) synced(res syncResult) {
 	if w.waiting != nil {
 		inFlight += w.waiting.appends
 	}
-	if w.serialSync || inFlight <= 1 || (w.waiting != nil && w.waiting.appends >= inFlight) {
+	limit := maxHold
+	if w.holdCap != 0 {
+		limit = w.holdCap
+	}
+	if w.serialSync || limit < 0 || inFlight <= 1 || (w.waiting != nil && w.waiting.appends >= inFlight) {
 		w.startSync()
 		return
 	}
 	w.holdFor = inFlight
-	w.hold.Reset(min(res.took, maxHold))
+	w.hold.Reset(min(res.took, limit))
 	w.holdC = w.hold.C
 }
 

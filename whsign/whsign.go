@@ -106,6 +106,15 @@ type Signer struct {
 	secrets []Secret
 }
 
+// String names the signer without its keys (fmt prints the unexported
+// keys of a struct as they are otherwise).
+func (s Signer) String() string {
+	return "whsign.Signer(" + strconv.Itoa(len(s.secrets)) + " secrets)"
+}
+
+// GoString is String, for %#v.
+func (s Signer) GoString() string { return s.String() }
+
 // NewSigner parses secrets (see [ParseSecret]); it needs at least one. An
 // error names which secret (by its place, from 1) is wrong.
 func NewSigner(secrets ...string) (*Signer, error) {

@@ -6,10 +6,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -265,5 +268,50 @@ func BenchmarkSign16KiB(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		signer.SetHeaders(h, "0123456789abcdef0123456789abcdef", time.Now(), body)
+	}
+}
+
+// FuzzVerify feeds Verify arbitrary headers and bodies, as an app's
+// receiver would get them: it never panics, and it accepts a message only
+// when one of its signatures is the message's signature under the key.
+func FuzzVerify(f *testing.F) {
+	sec := mustSecret(f, specSecret)
+	f.Add(specID, "1614265330", specSignature, []byte(specBody))
+	f.Add("id", "1614265330", "v1,a v1,"+sec.Sign("id", 1614265330, nil)+" v2,x", []byte(nil))
+	f.Add("", "-1", "v1,", []byte("{}"))
+	f.Add("x", "99999999999999999999", "v1,,,", []byte("x"))
+	f.Fuzz(func(t *testing.T, id, ts, sigs string, body []byte) {
+		h := http.Header{}
+		h.Set(HeaderID, id)
+		h.Set(HeaderTimestamp, ts)
+		h.Set(HeaderSignature, sigs)
+		got, err := Verify(h, body, time.Unix(1614265330, 0), DefaultTolerance, sec)
+		if err != nil {
+			return
+		}
+		n, perr := strconv.ParseInt(h.Get(HeaderTimestamp), 10, 64)
+		if perr != nil || got != h.Get(HeaderID) {
+			t.Fatalf("accepted id %q, timestamp %q", got, ts)
+		}
+		want := sec.Sign(h.Get(HeaderID), n, body)
+		if !slices.Contains(strings.Fields(h.Get(HeaderSignature)), want) {
+			t.Fatalf("accepted %q without the signature %s", sigs, want)
+		}
+	})
+}
+
+// TestSignerNeverPrintsItsKeys: a Signer printed with fmt, by pointer or
+// value, in any verb, shows none of its key bytes.
+func TestSignerNeverPrintsItsKeys(t *testing.T) {
+	raw := NewSecret()
+	s, err := NewSigner(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := fmt.Sprint(s.secrets[0].key)
+	for _, out := range []string{fmt.Sprintf("%v", s), fmt.Sprintf("%+v", *s), fmt.Sprintf("%#v", s), fmt.Sprint(*s)} {
+		if strings.Contains(out, key[1:len(key)-1]) || strings.Contains(out, raw[len(Prefix):]) {
+			t.Errorf("the signer prints its key: %s", out)
+		}
 	}
 }

@@ -56,6 +56,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Opener) {
 		{"Reopen", testReopen},
 		{"RetentionExpires", testRetentionExpires},
 		{"ConcurrentDistinct", testConcurrentDistinct},
+		{"ReconfigureNoGapNoDouble", testReconfigureNoGapNoDouble},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
 	}
@@ -334,7 +335,7 @@ func testDeliverOnce(t *testing.T, open Opener) {
 	for i := range n {
 		MustAppend(t, s, Entry(i, 500))
 	}
-	WaitFor(t, "deliveries", func() bool { return s.Stats().Delivered == n })
+	WaitFor(t, "deliveries", func() bool { return settled(s.Stats(), "Delivered", n) })
 	for i := range n {
 		if c := rec.Count(ID(i)); c != 1 {
 			t.Errorf("%s delivered %d times", ID(i), c)
@@ -386,7 +387,7 @@ func testDeliverLater(t *testing.T, open Opener) {
 	if err := s.Reconfigure(spool.Options{Concurrency: 1, Deliver: rec.Deliver}); err != nil {
 		t.Fatal(err)
 	}
-	WaitFor(t, "deliveries", func() bool { return s.Stats().Delivered == 10 })
+	WaitFor(t, "deliveries", func() bool { return settled(s.Stats(), "Delivered", 10) })
 	if got := rec.IDs(); !slices.Equal(got, want) {
 		t.Errorf("delivery order %v, want %v (oldest first)", got, want)
 	}
@@ -408,7 +409,7 @@ func testNoHeadOfLineBlocking(t *testing.T, open Opener) {
 	if err := s.Reconfigure(spool.Options{Concurrency: 1, Deliver: rec.Deliver, BackoffMin: time.Hour, BackoffMax: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
-	WaitFor(t, "the others", func() bool { return s.Stats().Delivered == 10 })
+	WaitFor(t, "the others", func() bool { return settled(s.Stats(), "Delivered", 10) })
 	in, _ := s.Get(ID(0))
 	if in.State != spool.StatePending || in.Attempts != 1 || !strings.Contains(in.LastError, "rejects") ||
 		in.NextAttempt.Before(time.Now().Add(30*time.Minute)) || in.LastAttempt.IsZero() {
@@ -437,7 +438,7 @@ func testBackoffAndDeadLetter(t *testing.T, open Opener) {
 		Deliver: rec.Deliver, MaxAttempts: 4, BackoffMin: lo, BackoffMax: 10 * lo, Observer: obs, Logger: logger,
 	})
 	MustAppend(t, s, Entry(0, 300))
-	WaitFor(t, "dead letter", func() bool { return s.Stats().Dead == 1 })
+	WaitFor(t, "dead letter", func() bool { return settled(s.Stats(), "Dead", 1) })
 	mu.Lock()
 	if len(times) != 4 {
 		t.Errorf("%d attempts, want 4", len(times))
@@ -483,7 +484,7 @@ func testBackoffAndDeadLetter(t *testing.T, open Opener) {
 	if err := s.Retry(context.Background(), ID(0)); err != nil {
 		t.Fatal(err)
 	}
-	WaitFor(t, "delivery after retry", func() bool { return s.Stats().Delivered == 1 })
+	WaitFor(t, "delivery after retry", func() bool { return settled(s.Stats(), "Delivered", 1) })
 	in, _ = s.Get(ID(0))
 	if in.State != spool.StateDelivered || in.Attempts != 1 {
 		t.Errorf("after retry and delivery: %+v", in)
@@ -505,7 +506,7 @@ func testOperatorActions(t *testing.T, open Opener) {
 	for i := range 4 {
 		MustAppend(t, s, Entry(i, 100))
 	}
-	WaitFor(t, "dead letters", func() bool { return s.Stats().Dead == 4 })
+	WaitFor(t, "dead letters", func() bool { return settled(s.Stats(), "Dead", 4) })
 	if got := IDs(s.List(spool.StateDead, 0)); len(got) != 4 {
 		t.Fatalf("dead: %v", got)
 	}
@@ -535,7 +536,7 @@ func testOperatorActions(t *testing.T, open Opener) {
 	if err != nil || n != 3 {
 		t.Fatalf("RetryAll = %d, %v", n, err)
 	}
-	WaitFor(t, "deliveries", func() bool { return s.Stats().Delivered == 3 })
+	WaitFor(t, "deliveries", func() bool { return settled(s.Stats(), "Delivered", 3) })
 	if err := s.Retry(ctx, ID(0)); !errors.Is(err, spool.ErrDelivered) {
 		t.Errorf("Retry(delivered) = %v, want ErrDelivered", err)
 	}
@@ -549,7 +550,7 @@ func testOperatorActions(t *testing.T, open Opener) {
 		}
 	}
 	WaitFor(t, "redelivery of the re-appended", func() bool { return rec.Count(ID(0)) == 3 && rec.Count(ID(3)) == 2 })
-	WaitFor(t, "deliveries", func() bool { return s.Stats().Delivered == 4 })
+	WaitFor(t, "deliveries", func() bool { return settled(s.Stats(), "Delivered", 4) })
 	Close(t, s)
 
 	s = open(t, spool.Options{})
@@ -579,7 +580,7 @@ func testRetryPending(t *testing.T, open Opener) {
 	if err := s.Retry(ctx, ID(0)); err != nil {
 		t.Fatal(err)
 	}
-	WaitFor(t, "delivery after retry", func() bool { return s.Stats().Delivered == 1 })
+	WaitFor(t, "delivery after retry", func() bool { return settled(s.Stats(), "Delivered", 1) })
 	if in, _ := s.Get(ID(0)); in.State != spool.StateDelivered || in.Attempts != 1 {
 		t.Errorf("after retry: %+v", in)
 	}
@@ -589,7 +590,7 @@ func testRetryPending(t *testing.T, open Opener) {
 	if n, err := s.RetryAll(ctx, spool.StatePending); err != nil || n != 1 {
 		t.Errorf("RetryAll(pending) = %d, %v", n, err)
 	}
-	WaitFor(t, "delivery after RetryAll", func() bool { return s.Stats().Delivered == 2 })
+	WaitFor(t, "delivery after RetryAll", func() bool { return settled(s.Stats(), "Delivered", 2) })
 	if c0, c1 := rec.Count(ID(0)), rec.Count(ID(1)); c0 != 2 || c1 != 2 {
 		t.Errorf("deliveries: %d and %d, want 2 each", c0, c1)
 	}
@@ -613,7 +614,7 @@ func testDeliveryTimeoutAndPanic(t *testing.T, open Opener) {
 		BackoffMax: 10 * time.Millisecond, Concurrency: 1, Observer: obs,
 	})
 	MustAppend(t, s, Entry(0, 100))
-	WaitFor(t, "delivery", func() bool { return s.Stats().Delivered == 1 })
+	WaitFor(t, "delivery", func() bool { return settled(s.Stats(), "Delivered", 1) })
 	if in, _ := s.Get(ID(0)); in.Attempts != 3 {
 		t.Errorf("attempts = %d, want 3", in.Attempts)
 	}
@@ -654,7 +655,7 @@ func testCloseDrains(t *testing.T, open Opener) {
 
 	rec := &Recorder{}
 	s = open(t, spool.Options{Deliver: rec.Deliver})
-	WaitFor(t, "redelivery", func() bool { return s.Stats().Delivered == 1 })
+	WaitFor(t, "redelivery", func() bool { return settled(s.Stats(), "Delivered", 1) })
 	if ds := rec.Deliveries(); ds[0].Attempt != 1 {
 		t.Errorf("attempt after reopen = %d, want 1", ds[0].Attempt)
 	}
@@ -720,7 +721,7 @@ func testRetentionExpires(t *testing.T, open Opener) {
 	rec := &Recorder{}
 	s := open(t, spool.Options{Deliver: rec.Deliver, Retention: time.Second})
 	MustAppend(t, s, Entry(0, 100))
-	WaitFor(t, "delivery", func() bool { return s.Stats().Delivered == 1 })
+	WaitFor(t, "delivery", func() bool { return settled(s.Stats(), "Delivered", 1) })
 	if res := MustAppend(t, s, Entry(0, 100)); !res.Duplicate {
 		t.Error("Append within the retention window: not a duplicate")
 	}
@@ -751,10 +752,71 @@ func testConcurrentDistinct(t *testing.T, open Opener) {
 		})
 	}
 	wg.Wait()
-	WaitFor(t, "deliveries", func() bool { return s.Stats().Delivered == n })
+	WaitFor(t, "deliveries", func() bool { return settled(s.Stats(), "Delivered", n) })
 	for i := range n {
 		if c := rec.Count(ID(i)); c != 1 {
 			t.Errorf("%s delivered %d times", ID(i), c)
 		}
 	}
+}
+
+// testReconfigureNoGapNoDouble swaps the deliverer while deliveries run:
+// every callback is delivered exactly once, by one or the other, and
+// those appended after the swap by the new one.
+func testReconfigureNoGapNoDouble(t *testing.T, open Opener) {
+	const n = 200
+	var a, b atomic.Int64
+	counts := make([]atomic.Int64, n)
+	var mu sync.Mutex
+	byB := make(map[string]bool)
+	deliverer := func(mine *atomic.Int64, isB bool) spool.DeliverFunc {
+		return func(ctx context.Context, d spool.Delivery) error {
+			mine.Add(1)
+			var i int
+			if _, err := fmt.Sscanf(d.ID, "cb-%04d", &i); err == nil && i < n {
+				counts[i].Add(1)
+			}
+			if isB {
+				mu.Lock()
+				byB[d.ID] = true
+				mu.Unlock()
+			}
+			time.Sleep(time.Millisecond)
+			return nil
+		}
+	}
+	s := open(t, spool.Options{Deliver: deliverer(&a, false)})
+	for i := range n {
+		MustAppend(t, s, Entry(i, 100))
+		if i == n/2 {
+			if err := s.Reconfigure(spool.Options{Deliver: deliverer(&b, true)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	WaitFor(t, "deliveries", func() bool { return settled(s.Stats(), "Delivered", n) })
+	for i := range counts {
+		if c := counts[i].Load(); c != 1 {
+			t.Errorf("%s delivered %d times", ID(i), c)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := n/2 + 1; i < n; i++ {
+		if !byB[ID(i)] {
+			t.Errorf("%s, appended after the swap, was not delivered by the new deliverer", ID(i))
+		}
+	}
+	t.Logf("old deliverer %d, new %d", a.Load(), b.Load())
+}
+
+// settled reports whether the count of field ("Dead" or "Delivered") is
+// n with no delivery in progress: every outcome recorded, whatever the
+// backend's order of recording.
+func settled(st spool.Stats, field string, n int) bool {
+	v := st.Delivered
+	if field == "Dead" {
+		v = st.Dead
+	}
+	return v == n && st.InFlight == 0
 }

@@ -1,0 +1,169 @@
+package jsqueue
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/spool"
+	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
+)
+
+// natsProc is a nats-server process.
+type natsProc struct {
+	name, url string
+	cmd       *exec.Cmd
+	done      chan struct{}
+}
+
+func (p *natsProc) kill9() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+func loopbackPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestClusterLeaderKill9 runs the 3-node cluster as nats-server
+// processes, built from the module's dependency, and kills the work
+// stream's leader with SIGKILL in the middle of a load through two
+// instances: every acknowledged callback is delivered.
+func TestClusterLeaderKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs nats-server")
+	}
+	if runtime.GOOS == "windows" {
+		t.Skip("needs SIGKILL")
+	}
+	work := t.TempDir()
+	bin := filepath.Join(work, "nats-server")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
+		t.Fatalf("building nats-server: %v\n%s", err, out)
+	}
+	cports := []int{loopbackPort(t), loopbackPort(t), loopbackPort(t)}
+	var routes []string
+	for _, p := range cports {
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", p))
+	}
+	var procs []*natsProc
+	for i := range 3 {
+		port := loopbackPort(t)
+		name := fmt.Sprintf("k%d", i+1)
+		conf := filepath.Join(work, name+".conf")
+		os.WriteFile(conf, []byte(fmt.Sprintf(`server_name: %s
+listen: 127.0.0.1:%d
+jetstream { store_dir: "%s" }
+cluster { name: kill9, listen: 127.0.0.1:%d, routes: [%s] }
+`, name, port, filepath.Join(work, name), cports[i], strings.Join(routes, ","))), 0o600)
+		cmd := exec.Command(bin, "-c", conf)
+		logf, _ := os.Create(filepath.Join(work, name+".log"))
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		p := &natsProc{name: name, url: fmt.Sprintf("nats://127.0.0.1:%d", port), cmd: cmd, done: make(chan struct{})}
+		go func() { _ = cmd.Wait(); logf.Close(); close(p.done) }()
+		t.Cleanup(p.kill9)
+		procs = append(procs, p)
+	}
+	u := []string{procs[0].url, procs[1].url, procs[2].url}
+	stream := newStreamName()
+	rec := &spooltest.Recorder{}
+	var a *Queue
+	var err error
+	// The cluster needs a moment to elect its meta leader.
+	opts := func(urls []string) Options {
+		o := testOptions(urls, stream, 3, spool.Options{Deliver: rec.Deliver, Concurrency: 8})
+		o.PublishTimeout = 2 * time.Second
+		return o
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if a, err = Open(opts(u)); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Open on the process cluster: %v", err)
+		}
+	}
+	t.Cleanup(func() { a.Close(context.Background()) })
+	b := openQueue(t, opts([]string{u[2], u[1], u[0]}))
+
+	const n, workers = 300, 8
+	var acked, refused atomic.Int64
+	killed := make(chan string, 1)
+	var once sync.Once
+	kill := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		info, err := a.work.Info(ctx)
+		if err != nil || info.Cluster == nil {
+			killed <- ""
+			return
+		}
+		for _, p := range procs {
+			if p.name == info.Cluster.Leader {
+				p.kill9()
+				killed <- p.name
+				return
+			}
+		}
+		killed <- ""
+	}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			q := a
+			if w%2 == 1 {
+				q = b
+			}
+			for i := w; i < n; i += workers {
+				for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+					_, err := q.Append(context.Background(), spooltest.Entry(i, 1024))
+					if err == nil {
+						break
+					}
+					refused.Add(1)
+					if time.Now().After(deadline) {
+						t.Errorf("Append(%s) refused for 30s: %v", spooltest.ID(i), err)
+						return
+					}
+				}
+				if acked.Add(1) == n/3 {
+					once.Do(func() { go kill() })
+				}
+			}
+		})
+	}
+	wg.Wait()
+	leader := <-killed
+	if leader == "" {
+		t.Fatal("found no stream leader to kill")
+	}
+	t.Logf("kill -9 of stream leader %s after %d acks; %d appends refused and retried", leader, n/3, refused.Load())
+	spooltest.WaitFor(t, "every acknowledged callback delivered", func() bool {
+		for i := range n {
+			if rec.Count(spooltest.ID(i)) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("%d deliveries for %d callbacks", len(rec.Deliveries()), n)
+}
