@@ -13,6 +13,9 @@
 #     (scripts/configcheck), a manifest's workloads set every variable its
 #     Caddyfiles read without a default; the StatefulSet's ConfigMap holds
 #     deploy/Caddyfile as it is;
+#   - the Kubernetes manifests decode strictly into the k8s.io/api types
+#     and their objects refer to each other rightly: selectors, volumes,
+#     ConfigMaps, claims, Services' target ports (scripts/k8scheck);
 #   - deploy/systemd/*.service pass `systemd-analyze verify` without a
 #     warning (systemd is installed from Debian's packages if missing);
 #   - the Prometheus alerting rules pass `promtool check rules` and their
@@ -84,6 +87,17 @@ if [ ${#parsed[@]} -gt 0 ]; then
 	else
 		fail "YAML/JSON parse"
 	fi
+fi
+
+# The Kubernetes manifests against the API types: strict decoding into
+# k8s.io/api, and the references between their objects. scripts/k8scheck
+# is a module of its own, out of ./...'s reach: its test checks every
+# manifest under deploy/kubernetes, and that it finds planted mistakes.
+if go -C scripts/k8scheck test -count=1 . >"$work/k8scheck.out" 2>&1; then
+	echo "ok    $(files 'deploy/kubernetes/*.yaml' | wc -l) Kubernetes manifest(s) against the API types (scripts/k8scheck)"
+else
+	cat "$work/k8scheck.out" >&2
+	fail "scripts/k8scheck"
 fi
 
 mapfile -t caddyfiles < <(files '*Caddyfile' '*.caddyfile' | grep -v '^testdata/')
