@@ -1,10 +1,11 @@
 // Package callback is the callback route of the atlas handler: Atlas's
 // auth_url, where Atlas authenticates and is issued a short-lived JWT,
 // and its callback_url, where Atlas POSTs extraction results with that
-// token. A callback goes through a pipeline:
+// token. A callback goes through a pipeline, in this order, so that an
+// unauthenticated caller never makes the server read a body:
 //
-//	read the body (package body: pooled buffers)
-//	-> verify the token (package token: keys, JWKS, verification, cache)
+//	verify the token (package token: keys, JWKS, verification, cache)
+//	-> read the body (package body: pooled buffers)
 //	-> validate the payload (package payload: a one-pass scanner)
 //	-> hand it off: to the next handler (synchronous mode), or to a
 //	   durable queue (package queue; spool is the local implementation,

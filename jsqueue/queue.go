@@ -33,6 +33,8 @@ type Queue struct {
 	// delivered and deadCount count the delivered and dead records (see
 	// countingConsumer).
 	delivered, deadCount jetstream.Consumer
+	// lastStats is the last complete Stats read from the servers.
+	lastStats atomic.Pointer[spool.Stats]
 
 	workSubj, deadSubj, stateSubj string
 
@@ -831,23 +833,38 @@ func (q *Queue) Delete(ctx context.Context, id string) error {
 // Stats implements spool.Store, from the streams' and consumers' info:
 // a few requests, whatever the number of callbacks. InFlight counts the
 // deliveries of this instance; DiskBytes and LiveBytes are the bytes of
-// the three streams on one replica. On a NATS error, the counts are
-// zero.
-func (q *Queue) Stats() (st spool.Stats) {
-	ctx, cancel := q.opCtx()
-	defer cancel()
+// the three streams on one replica. When NATS does not answer, the counts
+// of the last successful read stand (zero before the first).
+func (q *Queue) Stats() spool.Stats {
+	st, err := q.stats()
+	if err != nil {
+		// NATS did not answer (it is down, or a leader is being
+		// elected): the last counts read stand, rather than zeros that
+		// would tell the metrics and alerts the queue is empty.
+		q.config().logger.Debug("jetstream queue: stats unavailable; reporting the last counts", zap.Error(err))
+		if last := q.lastStats.Load(); last != nil {
+			st = *last
+		}
+	} else {
+		q.lastStats.Store(&st)
+	}
 	// InFlight is read last: a delivery counted as delivered or dead
 	// above whose ack is still to come then counts as in flight.
-	defer func() {
-		q.mu.Lock()
-		st.InFlight = len(q.inflight)
-		q.mu.Unlock()
-	}()
+	q.mu.Lock()
+	st.InFlight = len(q.inflight)
+	q.mu.Unlock()
+	return st
+}
+
+// stats reads the counts and sizes from the servers; any failure is an
+// error, so that a partial answer is never taken for the whole.
+func (q *Queue) stats() (st spool.Stats, err error) {
+	ctx, cancel := q.opCtx()
+	defer cancel()
 	for _, s := range []jetstream.Stream{q.work, q.dead, q.st} {
 		info, err := s.Info(ctx)
 		if err != nil {
-			q.config().logger.Debug("jetstream queue: stream info", zap.Error(err))
-			return st
+			return st, fmt.Errorf("stream info: %w", err)
 		}
 		st.DiskBytes += int64(info.State.Bytes)
 		switch s {
@@ -877,15 +894,15 @@ func (q *Queue) Stats() (st spool.Stats) {
 		}
 		return int(ci.NumPending), nil
 	}
-	if n, err := count(func() jetstream.Consumer { q.mu.Lock(); defer q.mu.Unlock(); return q.delivered }); err == nil {
-		st.Delivered = n
+	if st.Delivered, err = count(func() jetstream.Consumer { q.mu.Lock(); defer q.mu.Unlock(); return q.delivered }); err != nil {
+		return st, fmt.Errorf("delivered count: %w", err)
 	}
 	// Dead callbacks by their records, as List and Get see them (the
 	// dead letter is written just before its record).
-	if n, err := count(func() jetstream.Consumer { q.mu.Lock(); defer q.mu.Unlock(); return q.deadCount }); err == nil {
-		st.Dead = n
+	if st.Dead, err = count(func() jetstream.Consumer { q.mu.Lock(); defer q.mu.Unlock(); return q.deadCount }); err != nil {
+		return st, fmt.Errorf("dead count: %w", err)
 	}
-	return st
+	return st, nil
 }
 
 // Close implements spool.Store. It stops fetching, waits for the

@@ -188,6 +188,11 @@ func TestNATSDown(t *testing.T) {
 	if _, err := q.Load(context.Background(), spooltest.ID(0)); !errors.Is(err, spool.ErrUnavailable) {
 		t.Errorf("Load with NATS down = %v, want ErrUnavailable", err)
 	}
+	// Stats keeps the last counts read rather than reporting an empty
+	// queue to the metrics while NATS is away.
+	if st := q.Stats(); st.Delivered != 5 {
+		t.Errorf("Stats with NATS down: %+v, want the last counts (5 delivered)", st)
+	}
 	time.Sleep(300 * time.Millisecond)
 
 	n.Start()
