@@ -287,25 +287,37 @@ func TestJetStreamFleet(t *testing.T) {
 		t.Errorf("the callback posted to two instances was taken %d times, want 1", n)
 	}
 
-	// The admin API of any instance sees the whole fleet's queue.
-	resp, err := http.Get(insts[1].admin + "/atlas/callbacks?state=delivered&limit=10000")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var list struct {
+	// The admin API of any instance sees the whole fleet's queue. Its
+	// counts come from the servers' consumer info, which may lag for a
+	// moment after the leader changes: poll them.
+	type adminList struct {
 		Spools []struct {
 			Dir       string `json:"dir"`
 			Delivered int    `json:"delivered"`
 		} `json:"spools"`
 		Callbacks []json.RawMessage `json:"callbacks"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
-		t.Fatal(err)
-	}
 	mu.Lock()
 	want := len(acked) + 1
 	mu.Unlock()
+	var list adminList
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		list = adminList{}
+		resp, err := http.Get(insts[1].admin + "/atlas/callbacks?state=delivered&limit=10000")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&list)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok := len(list.Spools) == 1 && list.Spools[0].Dir == "jetstream:"+jsFleetStream &&
+			list.Spools[0].Delivered >= want && len(list.Callbacks) >= want
+		if ok || time.Now().After(deadline) {
+			break
+		}
+	}
 	if len(list.Spools) != 1 || list.Spools[0].Dir != "jetstream:"+jsFleetStream || list.Spools[0].Delivered < want ||
 		len(list.Callbacks) < want {
 		t.Errorf("admin listing of caddy 1: spools %+v, %d callbacks; want jetstream:%s with at least %d delivered",

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -78,17 +77,13 @@ type durableSettings struct {
 }
 
 // sharedSpool is an open spool in the usage pool, with the HTTP transport
-// its deliveries use and the callback routes that use it. The delivery
-// settings in effect are those of the route provisioned last, so that a
-// reload applies the new config's settings at once and a failed reload
-// goes back to the running config's.
+// its deliveries use and the callback routes that use it (see
+// queueRoutes for whose settings are in effect).
 type sharedSpool struct {
 	dir       string
 	store     *spool.FileSpool
 	transport *http.Transport
-
-	mu     sync.Mutex
-	owners []*Callback
+	routes    queueRoutes
 }
 
 // openSharedSpool opens the spool in dir with c's settings.
@@ -139,18 +134,12 @@ func (c *Callback) deliverFunc(transport http.RoundTripper) spool.DeliverFunc {
 // Two routes of one config may share a spool only with the same delivery
 // settings: which would win is otherwise undefined.
 func (s *sharedSpool) attach(c *Callback) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, o := range s.owners {
+	return s.routes.add(c, func(o *Callback) error {
 		if c.configKey != nil && o.configKey == c.configKey && !sameDelivery(o, c) {
 			return fmt.Errorf("spool %s is also used by the callback route %s of this config with other delivery settings; give each route its own spool directory, or the same settings", s.dir, o.Path)
 		}
-	}
-	if err := s.store.Reconfigure(s.options(c)); err != nil {
-		return err
-	}
-	s.owners = append(s.owners, c)
-	return nil
+		return nil
+	}, func(c *Callback) error { return s.store.Reconfigure(s.options(c)) })
 }
 
 // sameDelivery reports whether routes o and c deliver alike: the same
@@ -163,20 +152,11 @@ func sameDelivery(o, c *Callback) bool {
 // detach removes c from the routes using the spool; if its settings were
 // in effect, those of the last remaining route apply again.
 func (s *sharedSpool) detach(c *Callback) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	i := slices.Index(s.owners, c)
-	if i < 0 {
-		return
-	}
-	wasCurrent := i == len(s.owners)-1
-	s.owners = slices.Delete(s.owners, i, i+1)
-	if wasCurrent && len(s.owners) > 0 {
-		last := s.owners[len(s.owners)-1]
+	s.routes.remove(c, func(last *Callback) {
 		if err := s.store.Reconfigure(s.options(last)); err != nil {
 			last.logger.Error("restoring the spool settings", zap.String("spool", s.dir), zap.Error(err))
 		}
-	}
+	})
 }
 
 // Destruct closes the spool when the last config using it is unloaded:
@@ -219,14 +199,7 @@ func OpenQueues() []OpenQueue {
 }
 
 // masker returns the masker of the route whose settings are in effect.
-func (s *sharedSpool) masker() *mask.Masker {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.owners) == 0 {
-		return nil
-	}
-	return s.owners[len(s.owners)-1].masker
-}
+func (s *sharedSpool) masker() *mask.Masker { return s.routes.masker() }
 
 // liveSpools returns the open spools, sorted by directory.
 func liveSpools() []*sharedSpool {

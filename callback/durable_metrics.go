@@ -168,10 +168,8 @@ func (c spoolGaugeCollector) Collect(ch chan<- prometheus.Metric) {
 // maxBytes returns the max_spool_size in effect: that of the route
 // provisioned last, 0 if no route uses the spool.
 func (s *sharedSpool) maxBytes() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if n := len(s.owners); n > 0 {
-		return s.owners[n-1].durable.maxSpoolSize
+	if c := s.routes.current(); c != nil {
+		return c.durable.maxSpoolSize
 	}
 	return 0
 }

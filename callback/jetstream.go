@@ -101,9 +101,7 @@ type sharedJetStream struct {
 	conf      JetStream       // as configured when opened
 	base      jsqueue.Options // the connection part
 	transport *http.Transport
-
-	mu     sync.Mutex
-	owners []*Callback
+	routes    queueRoutes
 }
 
 // jetStreamOptions resolves the connection part of the options.
@@ -203,52 +201,30 @@ func (s *sharedJetStream) options(c *Callback) jsqueue.Options {
 }
 
 // masker returns the masker of the route whose settings are in effect.
-func (s *sharedJetStream) masker() *mask.Masker {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.owners) == 0 {
-		return nil
-	}
-	return s.owners[len(s.owners)-1].masker
-}
+func (s *sharedJetStream) masker() *mask.Masker { return s.routes.masker() }
 
 // attach adds c to the routes using the queue and applies its settings,
 // as for a spool.
 func (s *sharedJetStream) attach(c *Callback) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if !reflect.DeepEqual(c.Queue.JetStream.Credentials, s.conf.Credentials) || !reflect.DeepEqual(c.Queue.JetStream.TLS, s.conf.TLS) ||
 		c.Queue.JetStream.Replicas != s.conf.Replicas {
 		return fmt.Errorf("queue %s is open with other credentials, tls or replicas; those apply after a restart of Caddy (or on another stream)", s.name)
 	}
-	for _, o := range s.owners {
+	return s.routes.add(c, func(o *Callback) error {
 		if c.configKey != nil && o.configKey == c.configKey && (!sameDelivery(o, c) || o.jsAckWait != c.jsAckWait) {
 			return fmt.Errorf("queue %s is also used by the callback route %s of this config with other delivery settings; give each route its own stream, or the same settings", s.name, o.Path)
 		}
-	}
-	if err := s.store.Reconfigure(s.options(c)); err != nil {
-		return err
-	}
-	s.owners = append(s.owners, c)
-	return nil
+		return nil
+	}, func(c *Callback) error { return s.store.Reconfigure(s.options(c)) })
 }
 
 // detach removes c; the settings of the last remaining route apply.
 func (s *sharedJetStream) detach(c *Callback) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	i := slices.Index(s.owners, c)
-	if i < 0 {
-		return
-	}
-	wasCurrent := i == len(s.owners)-1
-	s.owners = slices.Delete(s.owners, i, i+1)
-	if wasCurrent && len(s.owners) > 0 {
-		last := s.owners[len(s.owners)-1]
+	s.routes.remove(c, func(last *Callback) {
 		if err := s.store.Reconfigure(s.options(last)); err != nil {
 			last.logger.Error("restoring the queue settings", zap.String("queue", s.name), zap.Error(err))
 		}
-	}
+	})
 }
 
 // Destruct closes the queue when the last config using it is unloaded:

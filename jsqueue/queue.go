@@ -838,6 +838,11 @@ func (q *Queue) Delete(ctx context.Context, id string) error {
 func (q *Queue) Stats() spool.Stats {
 	st, err := q.stats()
 	if err != nil {
+		// Once more: a leader election answers "not found" or times out
+		// for a moment.
+		st, err = q.stats()
+	}
+	if err != nil {
 		// NATS did not answer (it is down, or a leader is being
 		// elected): the last counts read stand, rather than zeros that
 		// would tell the metrics and alerts the queue is empty.
