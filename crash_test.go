@@ -82,7 +82,7 @@ func startCaddyProcess(t *testing.T, ctx context.Context, bin, config, home, log
 		close(p.done)
 	}()
 	t.Cleanup(func() { p.kill() })
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(45 * time.Second) // provisioning a JetStream queue waits for the cluster
 	for {
 		if tok, err := crashToken(authURL); err == nil && tok != "" {
 			return p

@@ -325,10 +325,17 @@ func TestJetStreamFleet(t *testing.T) {
 	}
 
 	// So does the CLI, pointed at another instance.
-	cli := exec.CommandContext(ctx, bin, "atlas", "callbacks", "list", "--state", "pending",
-		"--address", strings.TrimPrefix(insts[0].admin, "http://"), "--spool", "jetstream:"+jsFleetStream)
-	out, err := cli.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "spool jetstream:"+jsFleetStream+": 0 pending, 0 dead") {
-		t.Errorf("caddy atlas callbacks list: %v\n%s", err, out)
+	var out []byte
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		cli := exec.CommandContext(ctx, bin, "atlas", "callbacks", "list", "--state", "pending",
+			"--address", strings.TrimPrefix(insts[0].admin, "http://"), "--spool", "jetstream:"+jsFleetStream)
+		out, err = cli.CombinedOutput()
+		if err == nil && strings.Contains(string(out), "spool jetstream:"+jsFleetStream+": 0 pending, 0 dead") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("caddy atlas callbacks list: %v\n%s", err, out)
+			break
+		}
 	}
 }
