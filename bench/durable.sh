@@ -93,48 +93,12 @@ for _ in $(seq 100); do
 done
 curl -fs -o /dev/null localhost:12029/config/ || { cat "$work/caddy.log" >&2; exit 1; }
 
-token() {
-	curl -fs -X POST -H "Client-Id: $ATLAS_CALLBACK_CLIENT_ID" -H "Client-Secret: $ATLAS_CALLBACK_CLIENT_SECRET" \
-		"localhost:$1/hooks/atlas/auth" | sed -E 's/.*"access_token": *"([^"]+)".*/\1/'
-}
-
-# The payload: a whole 35-document batch from the upstream's generator.
-curl -fs "localhost:$up/_payload?docs=35" >"$work/payload.json"
-payload_size=$(($(wc -c <"$work/payload.json") + 17))
-if [ "$payload_size" -lt 16384 ]; then
-	echo "the callback payload is $payload_size bytes, less than 16 KiB" >&2
-	exit 1
-fi
-
-# post-PORT.lua: distinct bodies: the first document_id gets a prefix of
-# 16 digits (thread, random, counter) and a dash; the payload stays valid.
-lua() {
-	cat >"$work/post-$1.lua" <<LUA
-local f = io.open("$work/payload.json", "rb")
-local tmpl = f:read("*a")
-f:close()
-local headers = {["Content-Type"] = "application/json", ["Token"] = "$(token "$1")"}
-local threads = 0
-function setup(thread)
-	threads = threads + 1
-	thread:set("tid", threads)
-end
-local n = 0
-function init()
-	math.randomseed(os.time() + tid * 7919)
-end
-function request()
-	n = n + 1
-	local body = tmpl:gsub('"document_id":"', string.format('"document_id":"%02d%06d%08d-', tid, math.random(0, 999999), n), 1)
-	return wrk.format("POST", "/hooks/atlas", headers, body)
-end
-LUA
-}
-lua 18183
-lua 18184
+callback_payload "$up"
+distinct_callbacks_lua 18183
+distinct_callbacks_lua 18184
 for port in 18183 18184; do
 	body="$(sed -E 's/"document_id":"/"document_id":"0000000000000000-/' "$work/payload.json")"
-	curl -fs -o /dev/null -H "Token: $(token $port)" -H 'Content-Type: application/json' --data-binary "$body" "localhost:$port/hooks/atlas"
+	curl -fs -o /dev/null -H "Token: $(callback_token $port)" -H 'Content-Type: application/json' --data-binary "$body" "localhost:$port/hooks/atlas"
 done
 
 # fsync_stats prints the spool's fsync count, total fsync seconds and

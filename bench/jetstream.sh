@@ -114,45 +114,10 @@ for _ in $(seq 5); do
 done
 curl -fs -o /dev/null localhost:12029/config/ || { cat "$work/caddy.log" "$work"/nats-*.log >&2; exit 1; }
 
-token() {
-	curl -fs -X POST -H "Client-Id: $ATLAS_CALLBACK_CLIENT_ID" -H "Client-Secret: $ATLAS_CALLBACK_CLIENT_SECRET" \
-		"localhost:$1/hooks/atlas/auth" | sed -E 's/.*"access_token": *"([^"]+)".*/\1/'
-}
-
-curl -fs "localhost:$up/_payload?docs=35" >"$work/payload.json"
-payload_size=$(($(wc -c <"$work/payload.json") + 17))
-if [ "$payload_size" -lt 16384 ]; then
-	echo "the callback payload is $payload_size bytes, less than 16 KiB" >&2
-	exit 1
-fi
-
-# post-PORT.lua: distinct bodies (a 16-digit prefix on the first
-# document_id: thread, random, counter).
-lua() {
-	cat >"$work/post-$1.lua" <<LUA
-local f = io.open("$work/payload.json", "rb")
-local tmpl = f:read("*a")
-f:close()
-local headers = {["Content-Type"] = "application/json", ["Token"] = "$(token "$1")"}
-local threads = 0
-function setup(thread)
-	threads = threads + 1
-	thread:set("tid", threads)
-end
-local n = 0
-function init()
-	math.randomseed(os.time() + tid * 7919)
-end
-function request()
-	n = n + 1
-	local body = tmpl:gsub('"document_id":"', string.format('"document_id":"%02d%06d%08d-', tid, math.random(0, 999999), n), 1)
-	return wrk.format("POST", "/hooks/atlas", headers, body)
-end
-LUA
-}
+callback_payload "$up"
 declare -A port=([sync]=18183 [spool]=18184 [r1]=18185 [r3]=18186)
 declare -A queue=([spool]="$spool_dir" [r1]=jetstream:BENCH_R1 [r3]=jetstream:BENCH_R3)
-for side in sync spool r1 r3; do lua "${port[$side]}"; done
+for side in sync spool r1 r3; do distinct_callbacks_lua "${port[$side]}"; done
 
 # backlog SIDE prints the pending callbacks of a durable side.
 backlog() {

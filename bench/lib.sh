@@ -69,3 +69,49 @@ upstream_token() {
 sink_counts() {
 	curl -fs "localhost:$1/_counts" | sed -E 's/.*"distinct_ids":([0-9]+).*"requests":([0-9]+).*/\2 \1/'
 }
+
+# callback_token PORT prints a token from the auth_url of the callback
+# route on PORT.
+callback_token() {
+	curl -fs -X POST -H "Client-Id: $ATLAS_CALLBACK_CLIENT_ID" -H "Client-Secret: $ATLAS_CALLBACK_CLIENT_SECRET" \
+		"localhost:$1/hooks/atlas/auth" | sed -E 's/.*"access_token": *"([^"]+)".*/\1/'
+}
+
+# callback_payload UPSTREAM_PORT writes $work/payload.json, a whole
+# 35-document batch from the upstream's generator, and exits if the
+# callbacks made from it would be under 16 KiB.
+callback_payload() {
+	curl -fs "localhost:$1/_payload?docs=35" >"$work/payload.json"
+	payload_size=$(($(wc -c <"$work/payload.json") + 17))
+	if [ "$payload_size" -lt 16384 ]; then
+		echo "the callback payload is $payload_size bytes, less than 16 KiB" >&2
+		exit 1
+	fi
+}
+
+# distinct_callbacks_lua PORT writes $work/post-PORT.lua, a wrk script
+# posting distinct callbacks to the route on PORT with its token: the
+# first document_id of $work/payload.json gets a prefix of 16 digits
+# (thread, random, counter) and a dash; the payload stays valid.
+distinct_callbacks_lua() {
+	cat >"$work/post-$1.lua" <<LUA
+local f = io.open("$work/payload.json", "rb")
+local tmpl = f:read("*a")
+f:close()
+local headers = {["Content-Type"] = "application/json", ["Token"] = "$(callback_token "$1")"}
+local threads = 0
+function setup(thread)
+	threads = threads + 1
+	thread:set("tid", threads)
+end
+local n = 0
+function init()
+	math.randomseed(os.time() + tid * 7919)
+end
+function request()
+	n = n + 1
+	local body = tmpl:gsub('"document_id":"', string.format('"document_id":"%02d%06d%08d-', tid, math.random(0, 999999), n), 1)
+	return wrk.format("POST", "/hooks/atlas", headers, body)
+end
+LUA
+}
