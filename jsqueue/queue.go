@@ -89,9 +89,7 @@ func Open(opts Options) (*Queue, error) {
 		nc.Close()
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*cfg.publishTimeout)
-	defer cancel()
-	if err := q.setup(ctx, cfg); err != nil {
+	if err := q.setupWithRetry(cfg); err != nil {
 		nc.Close()
 		return nil, err
 	}
@@ -150,6 +148,26 @@ func (q *Queue) streamConfigs(cfg *config) []jetstream.StreamConfig {
 }
 
 // setup creates or checks the streams and the consumer.
+// setupWithRetry runs setup, each attempt bounded by twice the publish
+// timeout, again while it fails for want of an answer (a cluster just
+// formed, or electing the leader of a stream, may leave a request
+// unanswered), for at most six publish timeouts in all. Setup is
+// idempotent. A configuration error (a stream that differs) is returned
+// at once.
+func (q *Queue) setupWithRetry(cfg *config) error {
+	deadline := time.Now().Add(6 * cfg.publishTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*cfg.publishTimeout)
+		err := q.setup(ctx, cfg)
+		cancel()
+		if err == nil || !errors.Is(err, spool.ErrUnavailable) || time.Now().After(deadline) {
+			return err
+		}
+		cfg.logger.Info("jetstream queue: setting up the streams again", zap.Error(err))
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 func (q *Queue) setup(ctx context.Context, cfg *config) error {
 	var streams []jetstream.Stream
 	for _, want := range q.streamConfigs(cfg) {
