@@ -8,10 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestClusterLeaderLoss appends distinct callbacks through two
@@ -44,17 +45,31 @@ func TestClusterLeaderLoss(t *testing.T) {
 	b := openQueue(t, testOptions(rev, stream, 3, spool.Options{Deliver: rec.Deliver, Concurrency: 8}))
 
 	const n, workers = 300, 8
-	var acked, refused atomic.Int64
-	killed := make(chan string, 1)
-	var once sync.Once
-	kill := func() {
+	leader, refused := loadThroughLeaderLoss(t, a, b, rec, n, workers, func() string {
 		if nd := natstest.StreamLeader(nodes, stream); nd != nil {
 			nd.Stop()
-			killed <- nd.Name()
-			return
+			return nd.Name()
 		}
-		killed <- ""
-	}
+		return ""
+	})
+	t.Logf("shut down stream leader %s after %d acks; %d appends refused and retried", leader, n/3, refused)
+	dups := len(rec.Deliveries()) - n
+	t.Logf("%d deliveries for %d callbacks (%d redeliveries)", len(rec.Deliveries()), n, dups)
+	spooltest.WaitFor(t, "the work stream to drain", func() bool { st := a.Stats(); return st.Pending == 0 && st.Delivered == n })
+}
+
+// loadThroughLeaderLoss appends n distinct callbacks through a and b
+// (workers goroutines, alternating between them), calls lose once n/3
+// are acknowledged, retrying each refused append for up to 30 s as Atlas
+// retries a 503, and waits until every acknowledged callback has been
+// delivered. lose returns the name of the server it took down, "" if it
+// found no stream leader. It returns that name and how many appends were
+// refused and retried.
+func loadThroughLeaderLoss(t *testing.T, a, b *Queue, rec *spooltest.Recorder, n, workers int, lose func() string) (string, int64) {
+	t.Helper()
+	var acked, refused atomic.Int64
+	lost := make(chan string, 1)
+	var once sync.Once
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
@@ -63,8 +78,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 				q = b
 			}
 			for i := w; i < n; i += workers {
-				deadline := time.Now().Add(30 * time.Second)
-				for {
+				for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 					_, err := q.Append(context.Background(), spooltest.Entry(i, 1024))
 					if err == nil {
 						break
@@ -74,20 +88,18 @@ func TestClusterLeaderLoss(t *testing.T) {
 						t.Errorf("Append(%s) refused for 30s: %v", spooltest.ID(i), err)
 						return
 					}
-					time.Sleep(50 * time.Millisecond)
 				}
-				if acked.Add(1) == n/3 {
-					once.Do(func() { go kill() })
+				if acked.Add(1) == int64(n/3) {
+					once.Do(func() { go func() { lost <- lose() }() })
 				}
 			}
 		})
 	}
 	wg.Wait()
-	leader := <-killed
+	leader := <-lost
 	if leader == "" {
-		t.Fatal("found no stream leader to shut down")
+		t.Fatal("found no stream leader to take down")
 	}
-	t.Logf("shut down stream leader %s after %d acks; %d appends refused and retried", leader, n/3, refused.Load())
 	spooltest.WaitFor(t, "every acknowledged callback delivered", func() bool {
 		for i := range n {
 			if rec.Count(spooltest.ID(i)) == 0 {
@@ -96,7 +108,5 @@ func TestClusterLeaderLoss(t *testing.T) {
 		}
 		return true
 	})
-	dups := len(rec.Deliveries()) - n
-	t.Logf("%d deliveries for %d callbacks (%d redeliveries)", len(rec.Deliveries()), n, dups)
-	spooltest.WaitFor(t, "the work stream to drain", func() bool { st := a.Stats(); return st.Pending == 0 && st.Delivered == n })
+	return leader, refused.Load()
 }

@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -110,64 +108,21 @@ cluster { name: kill9, listen: 127.0.0.1:%d, routes: [%s] }
 	b := openQueue(t, opts([]string{u[2], u[1], u[0]}))
 
 	const n, workers = 300, 8
-	var acked, refused atomic.Int64
-	killed := make(chan string, 1)
-	var once sync.Once
-	kill := func() {
+	leader, refused := loadThroughLeaderLoss(t, a, b, rec, n, workers, func() string {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		info, err := a.work.Info(ctx)
 		if err != nil || info.Cluster == nil {
-			killed <- ""
-			return
+			return ""
 		}
 		for _, p := range procs {
 			if p.name == info.Cluster.Leader {
 				p.kill9()
-				killed <- p.name
-				return
+				return p.name
 			}
 		}
-		killed <- ""
-	}
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			q := a
-			if w%2 == 1 {
-				q = b
-			}
-			for i := w; i < n; i += workers {
-				for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-					_, err := q.Append(context.Background(), spooltest.Entry(i, 1024))
-					if err == nil {
-						break
-					}
-					refused.Add(1)
-					if time.Now().After(deadline) {
-						t.Errorf("Append(%s) refused for 30s: %v", spooltest.ID(i), err)
-						return
-					}
-				}
-				if acked.Add(1) == n/3 {
-					once.Do(func() { go kill() })
-				}
-			}
-		})
-	}
-	wg.Wait()
-	leader := <-killed
-	if leader == "" {
-		t.Fatal("found no stream leader to kill")
-	}
-	t.Logf("kill -9 of stream leader %s after %d acks; %d appends refused and retried", leader, n/3, refused.Load())
-	spooltest.WaitFor(t, "every acknowledged callback delivered", func() bool {
-		for i := range n {
-			if rec.Count(spooltest.ID(i)) == 0 {
-				return false
-			}
-		}
-		return true
+		return ""
 	})
+	t.Logf("kill -9 of stream leader %s after %d acks; %d appends refused and retried", leader, n/3, refused)
 	t.Logf("%d deliveries for %d callbacks", len(rec.Deliveries()), n)
 }
