@@ -1,8 +1,10 @@
 package spool
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -314,5 +316,67 @@ func TestDeliveryTimeoutAndPanic(t *testing.T) {
 	}
 	if obs.outcome(OutcomeTimeout) != 1 || obs.outcome(OutcomeFailed) != 1 {
 		t.Errorf("outcomes: canceled %d, timeout %d, failed %d", obs.outcome(OutcomeCanceled), obs.outcome(OutcomeTimeout), obs.outcome(OutcomeFailed))
+	}
+}
+
+// TestFirstAttemptFromMemory checks that a callback's first attempt
+// delivers the record as appended, kept in memory, without reading the
+// segment back, and that a retry reads it from the disk: with the body
+// damaged on disk after the append, the first attempt delivers it whole
+// and the retry fails on the checksum. Past the memory budget, records
+// are read from the disk from the first attempt, and the budget is given
+// back as records leave memory.
+func TestFirstAttemptFromMemory(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{BackoffMin: time.Millisecond, BackoffMax: time.Millisecond, MaxAttempts: 2})
+	e0, e1 := testEntry(0, 4000), testEntry(1, 4000)
+	s.mu.Lock()
+	s.memLimit = 6000 // one record of about 4 KB, not two
+	s.mu.Unlock()
+	mustAppend(t, s, e0)
+	mustAppend(t, s, e1)
+	s.mu.Lock()
+	kept0, kept1, mem := s.entries[e0.ID].rec != nil, s.entries[e1.ID].rec != nil, s.memBytes
+	s.mu.Unlock()
+	if !kept0 || kept1 || mem != int64(len(s.entries[e0.ID].rec)) {
+		t.Fatalf("in memory: %s %v, %s %v, %d bytes counted; want only the first", e0.ID, kept0, e1.ID, kept1, mem)
+	}
+
+	// Damage both bodies on disk: a flipped bit in the middle of each.
+	seg := segmentFiles(t, dir)[0]
+	f, err := os.OpenFile(seg, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range recordOffsets(t, seg)[:2] {
+		b := make([]byte, 1)
+		f.ReadAt(b, off+headerSize+2000)
+		b[0] ^= 0x20
+		f.WriteAt(b, off+headerSize+2000)
+	}
+	f.Close()
+
+	var rec recorder
+	rec.setFail(func(Delivery) error { return errors.New("app down") })
+	if err := s.Reconfigure(Options{
+		Deliver: rec.Deliver, BackoffMin: time.Millisecond, BackoffMax: time.Millisecond, MaxAttempts: 2,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both callbacks dead", func() bool { return s.Stats().Dead == 2 })
+	if got := rec.deliveries(); len(got) != 1 || got[0].ID != e0.ID || !bytes.Equal(got[0].Body, e0.Body) {
+		t.Fatalf("deliveries %v, want only %s's first attempt, with its body as appended", rec.ids(), e0.ID)
+	}
+	for _, id := range []string{e0.ID, e1.ID} {
+		info, ok := s.Get(id)
+		if !ok || !strings.Contains(info.LastError, "checksum mismatch") {
+			t.Errorf("%s: last error %q (found %v), want the damaged record's checksum mismatch", id, info.LastError, ok)
+		}
+	}
+	s.mu.Lock()
+	mem = s.memBytes
+	s.mu.Unlock()
+	if mem != 0 {
+		t.Errorf("%d bytes still counted in memory after every first attempt", mem)
 	}
 }

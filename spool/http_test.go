@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -137,5 +139,49 @@ func TestHTTPDelivererHeaderHook(t *testing.T) {
 	}
 	if stored.Get("X-Signed-At") != "stale" {
 		t.Error("the hook changed the stored headers")
+	}
+}
+
+// TestHTTPDelivererClients checks that the deliverer behaves the same
+// whether it sends through the client's transport (a client without a
+// jar or a timeout, or none) or through Client.Do (a client with a
+// timeout): redirects are answers, not followed, and a failed request's
+// error reads as Client.Do's, with the URL's password redacted.
+func TestHTTPDelivererClients(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/redirect" {
+			http.Redirect(w, r, "/hook", http.StatusFound)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	closed := httptest.NewServer(http.NotFoundHandler())
+	refused := strings.Replace(closed.URL, "http://", "http://user:hunter2@", 1) + "/hook"
+	closed.Close()
+
+	d := Delivery{ID: "abc123", Body: []byte(`{"data":[]}`), Attempt: 1}
+	for name, client := range map[string]*http.Client{
+		"none":         nil,
+		"transport":    {Transport: srv.Client().Transport},
+		"with timeout": {Transport: srv.Client().Transport, Timeout: 5 * time.Second},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := &HTTPDeliverer{URL: srv.URL + "/hook", Client: client}
+			if err := h.Deliver(context.Background(), d); err != nil {
+				t.Errorf("Deliver: %v", err)
+			}
+			h.URL = srv.URL + "/redirect"
+			var se *StatusError
+			if err := h.Deliver(context.Background(), d); !errors.As(err, &se) || se.Code != http.StatusFound {
+				t.Errorf("Deliver to a redirect = %v, want the 302 as an error", err)
+			}
+			h.URL = refused
+			err := h.Deliver(context.Background(), d)
+			var ue *url.Error
+			if !errors.As(err, &ue) || !strings.HasPrefix(err.Error(), `Post "http://user:***@`) || strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("Deliver to a closed port = %v, want a *url.Error naming the redacted URL", err)
+			}
+		})
 	}
 }

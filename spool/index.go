@@ -26,6 +26,10 @@ type entry struct {
 	// to rewrite it under the first key.
 	key        string
 	unsealable bool
+	// rec is the enqueue record as appended, kept in memory until the
+	// first delivery attempt takes it (FileSpool.memBytes counts it);
+	// nil once taken, or if the memory budget was spent.
+	rec []byte
 
 	attempts    int
 	lastErr     string
@@ -150,10 +154,22 @@ func (s *FileSpool) unschedule(e *entry) {
 // remove takes e out of the index. The caller holds s.mu.
 func (s *FileSpool) remove(e *entry) {
 	s.unschedule(e)
+	s.takeRec(e)
 	e.removed = true
 	if s.entries[e.id] == e {
 		delete(s.entries, e.id)
 	}
+}
+
+// takeRec returns the record e keeps in memory, if any, and lets go of
+// it. The caller holds s.mu.
+func (s *FileSpool) takeRec(e *entry) []byte {
+	rec := e.rec
+	if rec != nil {
+		e.rec = nil
+		s.memBytes -= int64(len(rec))
+	}
+	return rec
 }
 
 // expired reports whether a delivered entry is past the retention window:

@@ -37,14 +37,19 @@ type FileSpool struct {
 	// mu guards the index and the scheduling state. It is held while
 	// records are queued for the writer, so that the log order of
 	// records is the order of the state changes.
-	mu           sync.Mutex
-	entries      map[string]*entry
-	committing   map[string]*commit
-	seq          uint64
-	ready        entryHeap
-	wait         entryHeap
-	inflight     int
-	reserved     int64
+	mu         sync.Mutex
+	entries    map[string]*entry
+	committing map[string]*commit
+	seq        uint64
+	ready      entryHeap
+	wait       entryHeap
+	inflight   int
+	reserved   int64
+	// memBytes is the size of the records that entries keep in memory
+	// for their first delivery attempt (entry.rec), at most memLimit
+	// (memRecordBytes; tests lower it).
+	memBytes     int64
+	memLimit     int64
 	closing      bool
 	writerClosed bool
 	skipped      int
@@ -73,7 +78,11 @@ type FileSpool struct {
 	deliverCancel context.CancelFunc
 	bg            sync.WaitGroup
 	deliveries    sync.WaitGroup
-	closed        chan struct{}
+	// jobs hands a delivery to an idle delivery worker; workers counts
+	// the workers, which outlive their deliveries (deliver.go).
+	jobs    chan deliveryJob
+	workers sync.WaitGroup
+	closed  chan struct{}
 }
 
 var _ Store = (*FileSpool)(nil)
@@ -134,6 +143,8 @@ func Open(dir string, opts Options) (*FileSpool, error) {
 		kickc:      make(chan struct{}, 1),
 		maintc:     make(chan struct{}, 1),
 		stop:       make(chan struct{}),
+		jobs:       make(chan deliveryJob),
+		memLimit:   memRecordBytes,
 		closed:     make(chan struct{}),
 	}
 	s.cfg.Store(cfg)
@@ -372,6 +383,12 @@ func (s *FileSpool) Append(ctx context.Context, e Entry) (AppendResult, error) {
 			id: e.ID, seq: seq, state: StatePending, received: e.Received, size: int64(len(e.Body)),
 			seg: wr.seg, off: wr.off, n: size, key: s.internKey(key), next: e.Received, hidx: -1,
 		}
+		if s.memBytes+size <= s.memLimit {
+			// rec is the record as written, and nothing changes it now:
+			// the first attempt need not read it back.
+			en.rec = rec
+			s.memBytes += size
+		}
 		s.entries[e.ID] = en
 		s.schedule(en, cfg.now())
 	}
@@ -492,6 +509,13 @@ func readEnqueue(seg *segment, off, n int64, id string, kr *seal.Keyring) (Recor
 	if _, err := seg.f.ReadAt(buf, off); err != nil {
 		return Record{}, fmt.Errorf("%w: reading callback %s: %w", ErrUnavailable, id, err)
 	}
+	return decodeEnqueue(buf, id, kr)
+}
+
+// decodeEnqueue checks that buf holds the enqueue record of id, decodes
+// it, and opens it with kr if it is sealed. The record's body is a
+// subslice of buf (or, sealed, a new buffer).
+func decodeEnqueue(buf []byte, id string, kr *seal.Keyring) (Record, error) {
 	r, _, err := DecodeRecord(buf)
 	if err != nil {
 		return Record{}, fmt.Errorf("reading callback %s: %w", id, err)
@@ -710,6 +734,8 @@ func (s *FileSpool) Close(ctx context.Context) error {
 		}
 	}
 	s.deliverCancel()
+	// The delivery workers have seen stop; none has a delivery left.
+	s.workers.Wait()
 
 	s.mu.Lock()
 	s.writerClosed = true
