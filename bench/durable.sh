@@ -10,22 +10,30 @@
 # request carries a distinct 17 KiB payload (a 35-document batch whose
 # first document_id holds a per-request number), so that deduplication
 # cannot turn them into cheap duplicates. Before each run the script waits
-# for the spool's backlog to drain (polling the admin API), so that
-# background deliveries do not slow the next run, and reports how long the
+# for the spool's backlog to drain (polling the admin API) and for the
+# disk to take the dirty pages, so that background deliveries and
+# writeback do not slow the next run, and reports how long the
 # durable run's backlog took to drain. After each run it counts the
 # distinct callbacks the app received: at least as many as wrk saw
 # acknowledged, or the benchmark fails.
-# Prints callbacks/s acknowledged, p50/p99 latency, and for each connection
+# Prints callbacks/s acknowledged, p50/p99 latency, Caddy's CPU time per
+# callback (from the start of the run until its backlog has drained:
+# delivery included; steadier than throughput on a shared machine), and
+# for each connection
 # count every round's durable/sync ratio and their median. The sides run
 # in alternating order from round to round.
 #
 # Usage: bench/durable.sh [seconds per run, default 6] [connection counts, default "16 64"]
 # ROUNDS (default 3); SPOOL_PARENT: a directory on the disk under test
 # (default bench/.bin); FSYNC=1 also measures one writer's fsync rate.
+# BASE_REV=<git revision> also builds the plugin at that revision and runs
+# its durable route, in a second Caddy with a spool of its own, as side
+# "before", so that a change is measured before and after in one run: the
+# pairs durable/sync, before/sync and durable/before.
 # With PROFILE_DIR set, a CPU profile of Caddy during each run is saved
 # there as cpu-c<conns>-<round>-<side>.pprof, and an execution trace of
-# each durable run as trace-c<conns>-<round>.out (where requests wait:
-# go tool trace -pprof=sync trace-c16-1.out > sync.pprof).
+# each durable run as trace-c<conns>-<round>-<side>.out (where requests
+# wait: go tool trace -pprof=sync trace-c16-1-durable.out > sync.pprof).
 # Installs wrk from Debian's packages when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,15 +41,22 @@ cd "$(dirname "$0")/.."
 duration="${1:-6}"
 conn_list="${2:-16 64}"
 rounds="${ROUNDS:-3}"
+base_rev="${BASE_REV:-}"
 spool_parent="${SPOOL_PARENT:-$PWD/bench/.bin}"
 mkdir -p "$spool_parent"
 work="$(mktemp -d)"
 spool_dir="$(mktemp -d "$spool_parent/durable-spool.XXXXXX")"
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$spool_dir"' EXIT
+base_spool_dir="$(mktemp -d "$spool_parent/durable-spool.XXXXXX")"
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work" "$spool_dir" "$base_spool_dir"' EXIT
 
 . bench/lib.sh
 install_wrk
 go build -o "$work/caddy" ./cmd/caddy
+if [ -n "$base_rev" ]; then
+	mkdir "$work/base"
+	git archive "$base_rev" | tar -x -C "$work/base"
+	(cd "$work/base" && go build -o "$work/caddy-base" ./cmd/caddy)
+fi
 
 export ATLAS_CLIENT_ID=bench-client ATLAS_CLIENT_SECRET=bench-secret
 export ATLAS_CALLBACK_CLIENT_ID=bench-atlas ATLAS_CALLBACK_CLIENT_SECRET=bench-callback-secret
@@ -85,44 +100,66 @@ cat >"$work/Caddyfile" <<CADDY
 }
 CADDY
 
-HOME="$work" XDG_DATA_HOME="$work" XDG_CONFIG_HOME="$work" \
-	"$work/caddy" run --config "$work/Caddyfile" --adapter caddyfile >"$work/caddy.log" 2>&1 &
-for _ in $(seq 100); do
-	curl -fs -o /dev/null localhost:12029/config/ && break
-	sleep 0.1
-done
-curl -fs -o /dev/null localhost:12029/config/ || { cat "$work/caddy.log" >&2; exit 1; }
+# start_caddy BINARY CADDYFILE ADMIN_PORT starts a Caddy and waits for its
+# admin API.
+start_caddy() {
+	HOME="$work" XDG_DATA_HOME="$work" XDG_CONFIG_HOME="$work" \
+		"$1" run --config "$2" --adapter caddyfile >"$2.log" 2>&1 &
+	for _ in $(seq 100); do
+		curl -fs -o /dev/null "localhost:$3/config/" && return
+		sleep 0.1
+	done
+	cat "$2.log" >&2
+	exit 1
+}
+start_caddy "$work/caddy" "$work/Caddyfile" 12029
+caddy_pid=$!
+ports="18183 18184"
+if [ -n "$base_rev" ]; then
+	# BASE_REV's durable route, with the same settings, on its own port.
+	awk '/^# durable:/ {on = 1} on' "$work/Caddyfile" | sed -e 's/^:18184 {/:18284 {/' -e "s|spool  *$spool_dir|spool          $base_spool_dir|" >"$work/Caddyfile-base.site"
+	{
+		printf '{\n\tadmin localhost:12129\n\tauto_https off\n\tpersist_config off\n\tmetrics\n\tlog {\n\t\tlevel ERROR\n\t}\n}\n'
+		cat "$work/Caddyfile-base.site"
+	} >"$work/Caddyfile-base"
+	grep -q "$base_spool_dir" "$work/Caddyfile-base" || { echo "no spool for BASE_REV's route" >&2; exit 1; }
+	start_caddy "$work/caddy-base" "$work/Caddyfile-base" 12129
+	base_pid=$!
+	ports+=" 18284"
+fi
 
 callback_payload "$up"
-distinct_callbacks_lua 18183
-distinct_callbacks_lua 18184
-for port in 18183 18184; do
+for port in $ports; do
+	distinct_callbacks_lua "$port"
+done
+for port in $ports; do
 	body="$(sed -E 's/"document_id":"/"document_id":"0000000000000000-/' "$work/payload.json")"
 	curl -fs -o /dev/null -H "Token: $(callback_token $port)" -H 'Content-Type: application/json' --data-binary "$body" "localhost:$port/hooks/atlas"
 done
 
-# fsync_stats prints the spool's fsync count, total fsync seconds and
-# callbacks made durable, from Caddy's metrics.
+# fsync_stats ADMIN_PORT prints the spool's fsync count, total fsync
+# seconds and callbacks made durable, from that Caddy's metrics.
 fsync_stats() {
-	curl -fs localhost:12029/metrics | awk '
+	curl -fs "localhost:$1/metrics" | awk '
 		/^caddy_atlas_spool_fsync_seconds_count/ {n += $2}
 		/^caddy_atlas_spool_fsync_seconds_sum/ {s += $2}
 		/^caddy_atlas_spool_commit_batch_size_sum/ {c += $2}
 		END {print n + 0, s + 0, c + 0}'
 }
 
-# spool_backlog prints the durable route's pending and in-flight callbacks.
+# spool_backlog ADMIN_PORT prints the durable route's pending and in-flight
+# callbacks.
 spool_backlog() {
-	curl -fs "localhost:12029/atlas/callbacks?state=pending&limit=1" |
+	curl -fs "localhost:$1/atlas/callbacks?state=pending&limit=1" |
 		sed -E 's/.*"pending":([0-9]+).*"in_flight":([0-9]+).*/\1 \2/'
 }
-# drain: waits until the backlog is empty (at most 120 s) and prints the
-# seconds it took.
+# drain ADMIN_PORT: waits until that Caddy's backlog is empty (at most
+# 120 s) and prints the seconds it took.
 drain() {
 	local start now p f
 	start=$(date +%s.%N)
 	while :; do
-		read -r p f <<<"$(spool_backlog)"
+		read -r p f <<<"$(spool_backlog "$1")"
 		[ "$p" -gt 0 ] || [ "$f" -gt 0 ] || break
 		now=$(date +%s.%N)
 		if awk -v a="$start" -v b="$now" 'BEGIN {exit !(b - a > 120)}'; then
@@ -136,64 +173,106 @@ drain() {
 
 echo "caddy-atlas durable-mode benchmark: ${duration}s per run, connections $conn_list, $rounds rounds, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "payload: $payload_size bytes, distinct per request; app: bench/upstream, out of process; spool on $(df -P "$spool_dir" | awk 'NR == 2 {print $1}') ($spool_parent)"
-drain >/dev/null
-declare -A ratios drains
+admins="12029"
+[ -z "$base_rev" ] || admins+=" 12129"
+[ -z "$base_rev" ] || echo "before: the durable route at $base_rev ($(git rev-parse --short "$base_rev")), side \"before\""
+# cpu_ticks PID prints the CPU time, user and system, that the process has
+# used, in clock ticks.
+cpu_ticks() {
+	awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+# drain_all drains every Caddy's backlog, then writes the page cache's
+# dirty pages out (the spools' last run), so that no side pays for the
+# writeback of the side before it.
+drain_all() {
+	for a in $admins; do
+		drain "$a" >/dev/null
+	done
+	sync
+}
+sides="sync durable"
+[ -z "$base_rev" ] || sides="sync durable before"
+drain_all
+declare -A ratios drains cpus
 for conns in $conn_list; do
 	for round in $(seq "$rounds"); do
-		order="sync durable"
-		[ $((round % 2)) -eq 1 ] || order="durable sync"
+		order="$sides"
+		# every other round, the sides run in the reverse order
+		[ $((round % 2)) -eq 1 ] || order="$(for x in $sides; do echo "$x"; done | tac | tr '\n' ' ')"
 		declare -A rr=()
 		for side in $order; do
-			drain >/dev/null
+			drain_all
 			curl -fs -o /dev/null -X POST "localhost:$up/_reset"
+			admin=12029 port=18183 pid=$caddy_pid
+			case $side in
+			durable) port=18184 ;;
+			before) admin=12129 port=18284 pid=${base_pid:-} ;;
+			esac
+			cpu0=$(cpu_ticks "$pid")
 			profilers=()
 			if [ -n "${PROFILE_DIR:-}" ]; then
 				mkdir -p "$PROFILE_DIR"
 				secs=$((duration > 2 ? duration - 2 : 1))
 				curl -fs -o "$PROFILE_DIR/cpu-c$conns-$round-$side.pprof" \
-					"localhost:12029/debug/pprof/profile?seconds=$secs" &
+					"localhost:$admin/debug/pprof/profile?seconds=$secs" &
 				profilers+=($!)
-				if [ "$side" = durable ]; then
-					curl -fs -o "$PROFILE_DIR/trace-c$conns-$round.out" \
-						"localhost:12029/debug/pprof/trace?seconds=1" &
+				if [ "$side" != sync ]; then
+					curl -fs -o "$PROFILE_DIR/trace-c$conns-$round-$side.out" \
+						"localhost:$admin/debug/pprof/trace?seconds=1" &
 					profilers+=($!)
 				fi
 			fi
-			read -r f0 fs0 fc0 <<<"$(fsync_stats)"
-			case $side in
-			sync) r=$(wrk_run sync "http://localhost:18183/hooks/atlas" -s "$work/post-18183.lua") ;;
-			durable) r=$(wrk_run durable "http://localhost:18184/hooks/atlas" -s "$work/post-18184.lua") ;;
-			esac
+			read -r f0 fs0 fc0 <<<"$(fsync_stats $admin)"
+			r=$(wrk_run "$side" "http://localhost:$port/hooks/atlas" -s "$work/post-$port.lua")
 			read -r rps p50 p99 <<<"$r"
 			[ ${#profilers[@]} -eq 0 ] || wait "${profilers[@]}"
 			acked=$(awk '/requests in/ {print $1}' "$work/wrk-$side.txt")
 			extra=
-			if [ "$side" = durable ]; then
-				read -r backlog _ <<<"$(spool_backlog)"
-				read -r f1 fs1 fc1 <<<"$(fsync_stats)"
-				d=$(drain)
-				drains[$conns]+="$d "
+			if [ "$side" != sync ]; then
+				read -r backlog _ <<<"$(spool_backlog $admin)"
+				read -r f1 fs1 fc1 <<<"$(fsync_stats $admin)"
+				d=$(drain $admin)
+				drains[$conns-$side]+="$d "
 				extra="$(awk -v n=$((f1 - f0)) -v s="$fs0" -v s1="$fs1" -v c="$fc0" -v c1="$fc1" -v t="$duration" 'BEGIN {
 					if (n > 0) printf "  %d fsyncs/s of %.2f ms, %.1f callbacks each;", n / t, (s1 - s) * 1000 / n, (c1 - c) / n }')"
 				extra+="  backlog $backlog drained in $d s"
 			fi
+			# Caddy's CPU time per callback, its delivery included (the
+			# backlog has drained).
+			cpu=$(awk -v t="$(($(cpu_ticks "$pid") - cpu0))" -v hz="$(getconf CLK_TCK)" -v n="$acked" 'BEGIN {printf "%.0f", t / hz * 1e6 / n}')
+			cpus[$conns-$side]+="$cpu "
 			read -r got distinct <<<"$(sink_counts $up)"
 			if [ "$distinct" -lt "$acked" ]; then
 				echo "$side: wrk saw $acked callbacks acknowledged, the app received $distinct distinct ones ($got requests)" >&2
 				exit 1
 			fi
-			printf 'c%-3d round %d %-8s %8.0f callbacks/s  p50 %7.2f ms  p99 %7.2f ms  acked %d, app got %d distinct%s\n' \
-				"$conns" "$round" "$side" "$rps" "$p50" "$p99" "$acked" "$distinct" "$extra"
+			printf 'c%-3d round %d %-8s %8.0f callbacks/s  p50 %7.2f ms  p99 %7.2f ms  Caddy CPU %4d µs each  acked %d, app got %d distinct%s\n' \
+				"$conns" "$round" "$side" "$rps" "$p50" "$p99" "$cpu" "$acked" "$distinct" "$extra"
 			rr[$side]=$rps
 		done
-		ratios[$conns]+="$(ratio "${rr[durable]}" "${rr[sync]}") "
+		ratios[$conns-durable/sync]+="$(ratio "${rr[durable]}" "${rr[sync]}") "
+		if [ -n "$base_rev" ]; then
+			ratios[$conns-before/sync]+="$(ratio "${rr[before]}" "${rr[sync]}") "
+			ratios[$conns-durable/before]+="$(ratio "${rr[durable]}" "${rr[before]}") "
+		fi
 	done
 done
 echo
 for conns in $conn_list; do
-	# shellcheck disable=SC2086
-	printf 'durable/sync at %d connections: median %s (rounds %s); backlog drain times: %s s\n' \
-		"$conns" "$(median ${ratios[$conns]})" "${ratios[$conns]% }" "${drains[$conns]% }"
+	for pair in durable/sync before/sync durable/before; do
+		[ -n "${ratios[$conns-$pair]:-}" ] || continue
+		drained=
+		[ "$pair" = durable/before ] || drained="; backlog drain times: ${drains[$conns-${pair%/*}]% } s"
+		# shellcheck disable=SC2086
+		printf '%s at %d connections: median %s (rounds %s)%s\n' \
+			"$pair" "$conns" "$(median ${ratios[$conns-$pair]})" "${ratios[$conns-$pair]% }" "$drained"
+	done
+	for side in $sides; do
+		# shellcheck disable=SC2086
+		printf 'Caddy CPU per callback at %d connections, %s: median %s µs (rounds %s)\n' \
+			"$conns" "$side" "$(median ${cpus[$conns-$side]})" "${cpus[$conns-$side]% }"
+	done
 done
 echo "targets: >= 0.9 at 16 connections, >= 1.2 at 64; a 6 s burst at 64 drained within 10 s"
 if [ -n "${FSYNC:-}" ]; then
