@@ -105,6 +105,7 @@ func (s *FileSpool) deliveryWorker(j deliveryJob) {
 	defer idle.Stop()
 	for {
 		s.deliver(j)
+		j = deliveryJob{} // an idle worker holds no record
 		idle.Reset(workerIdle)
 		select {
 		case j = <-s.jobs:

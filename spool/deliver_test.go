@@ -337,8 +337,9 @@ func TestFirstAttemptFromMemory(t *testing.T) {
 	mustAppend(t, s, e1)
 	s.mu.Lock()
 	kept0, kept1, mem := s.entries[e0.ID].rec != nil, s.entries[e1.ID].rec != nil, s.memBytes
+	size0 := int64(len(s.entries[e0.ID].rec))
 	s.mu.Unlock()
-	if !kept0 || kept1 || mem != int64(len(s.entries[e0.ID].rec)) {
+	if !kept0 || kept1 || mem != size0 {
 		t.Fatalf("in memory: %s %v, %s %v, %d bytes counted; want only the first", e0.ID, kept0, e1.ID, kept1, mem)
 	}
 
@@ -350,9 +351,13 @@ func TestFirstAttemptFromMemory(t *testing.T) {
 	}
 	for _, off := range recordOffsets(t, seg)[:2] {
 		b := make([]byte, 1)
-		f.ReadAt(b, off+headerSize+2000)
+		if _, err := f.ReadAt(b, off+headerSize+2000); err != nil {
+			t.Fatal(err)
+		}
 		b[0] ^= 0x20
-		f.WriteAt(b, off+headerSize+2000)
+		if _, err := f.WriteAt(b, off+headerSize+2000); err != nil {
+			t.Fatal(err)
+		}
 	}
 	f.Close()
 

@@ -113,12 +113,21 @@ func (h *HTTPDeliverer) send(req *http.Request) (*http.Response, error) {
 	if h.Client != nil && h.Client.Transport != nil {
 		rt = h.Client.Transport
 	}
+	if u := req.URL.User; u != nil && req.Header.Get("Authorization") == "" {
+		// As Client.Do does: a deliver_to with credentials in it is
+		// Basic authentication.
+		password, _ := u.Password()
+		req.SetBasicAuth(u.Username(), password)
+	}
 	resp, err := rt.RoundTrip(req)
 	if err == nil && resp == nil {
 		err = errors.New("http: RoundTripper returned a nil *Response with a nil error")
 	}
 	if err != nil {
 		return nil, &url.Error{Op: "Post", URL: stripPassword(req.URL), Err: err}
+	}
+	if resp.Body == nil {
+		resp.Body = http.NoBody
 	}
 	return resp, nil
 }

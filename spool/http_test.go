@@ -145,13 +145,20 @@ func TestHTTPDelivererHeaderHook(t *testing.T) {
 // TestHTTPDelivererClients checks that the deliverer behaves the same
 // whether it sends through the client's transport (a client without a
 // jar or a timeout, or none) or through Client.Do (a client with a
-// timeout): redirects are answers, not followed, and a failed request's
-// error reads as Client.Do's, with the URL's password redacted.
+// timeout): credentials in the URL are sent as Basic authentication,
+// redirects are answers, not followed, and a failed request's error reads
+// as Client.Do's, with the URL's password redacted.
 func TestHTTPDelivererClients(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/redirect" {
+		switch r.URL.Path {
+		case "/redirect":
 			http.Redirect(w, r, "/hook", http.StatusFound)
 			return
+		case "/basic":
+			if u, p, ok := r.BasicAuth(); !ok || u != "app" || p != "s3cret" {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
 		}
 		w.WriteHeader(http.StatusNoContent)
 	}))
@@ -170,6 +177,11 @@ func TestHTTPDelivererClients(t *testing.T) {
 			h := &HTTPDeliverer{URL: srv.URL + "/hook", Client: client}
 			if err := h.Deliver(context.Background(), d); err != nil {
 				t.Errorf("Deliver: %v", err)
+			}
+			// Credentials in the URL are Basic authentication.
+			h.URL = strings.Replace(srv.URL, "http://", "http://app:s3cret@", 1) + "/basic"
+			if err := h.Deliver(context.Background(), d); err != nil {
+				t.Errorf("Deliver with credentials in the URL: %v", err)
 			}
 			h.URL = srv.URL + "/redirect"
 			var se *StatusError
