@@ -240,7 +240,7 @@ for conns in $conn_list; do
 			fi
 			# Caddy's CPU time per callback, its delivery included (the
 			# backlog has drained).
-			cpu=$(awk -v t="$(($(cpu_ticks "$pid") - cpu0))" -v hz="$(getconf CLK_TCK)" -v n="$acked" 'BEGIN {printf "%.0f", n > 0 ? t / hz * 1e6 / n : 0}')
+			cpu=$(awk -v t="$(($(cpu_ticks "$pid") - cpu0))" -v hz="$(getconf CLK_TCK)" -v n="$acked" 'BEGIN {printf "%.0f", (n > 0 ? t / hz * 1e6 / n : 0)}')
 			cpus[$conns-$side]+="$cpu "
 			read -r got distinct <<<"$(sink_counts $up)"
 			if [ "$distinct" -lt "$acked" ]; then
