@@ -182,14 +182,52 @@ cpu_ticks() {
 	awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
-# drain_all drains every Caddy's backlog, then writes the page cache's
-# dirty pages out (the spools' last run), so that no side pays for the
-# writeback of the side before it.
+# settle ADMIN_PORT: waits (at most 60 s) until that Caddy's spool has
+# stopped changing size on disk: a compaction that follows a run (the
+# delivered bodies are garbage) rewrites what is live and deletes the old
+# segments, disk work that would otherwise fall on the next side.
+settle() {
+	local last="" now same=0
+	for _ in $(seq 200); do
+		now="$(curl -fs "localhost:$1/atlas/callbacks?limit=1" | sed -E 's/.*"disk_bytes":([0-9]+).*"segments":([0-9]+).*/\1 \2/')"
+		if [ "$now" = "$last" ]; then
+			same=$((same + 1))
+			[ "$same" -lt 3 ] || return 0
+		else
+			same=0
+		fi
+		last=$now
+		sleep 0.3
+	done
+}
+
+# disk_idle: waits (at most 30 s) until the spools' disk has been idle
+# for half a second: the discards of deleted segments (a filesystem
+# mounted with -o discard issues them after the delete) and the writeback
+# go on after the files are gone.
+disk_stat="/sys/class/block/$(basename "$(df -P "$spool_dir" | awk 'NR == 2 {print $1}')")/stat"
+disk_idle() {
+	[ -r "$disk_stat" ] || return 0
+	local t0 t1
+	for _ in $(seq 60); do
+		t0=$(awk '{print $10}' "$disk_stat")
+		sleep 0.5
+		t1=$(awk '{print $10}' "$disk_stat")
+		[ $((t1 - t0)) -ge 10 ] || return 0
+	done
+}
+
+# drain_all drains every Caddy's backlog, waits for its spool to settle,
+# writes the page cache's dirty pages out (the spools' last run) and waits
+# for the disk to be idle, so that no side pays for the compaction, the
+# writeback or the discards of the side before it.
 drain_all() {
 	for a in $admins; do
 		drain "$a" >/dev/null
+		settle "$a"
 	done
 	sync
+	disk_idle
 }
 sides="sync durable"
 [ -z "$base_rev" ] || sides="sync durable before"
