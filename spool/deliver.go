@@ -86,8 +86,8 @@ type deliveryJob struct {
 // startDelivery hands j to an idle delivery worker, or starts one. The
 // workers outlive their deliveries: a goroutine per delivery would grow
 // its stack from the minimum through the HTTP client's calls every time
-// (about 2% of a delivery's CPU under load). The dispatcher's count of
-// deliveries in flight, not the workers, bounds the concurrency.
+// (about 2% of a durable callback's CPU under load). The dispatcher's
+// count of deliveries in flight, not the workers, bounds the concurrency.
 func (s *FileSpool) startDelivery(j deliveryJob) {
 	select {
 	case s.jobs <- j:
