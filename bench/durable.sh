@@ -134,7 +134,7 @@ for port in $ports; do
 done
 for port in $ports; do
 	body="$(sed -E 's/"document_id":"/"document_id":"0000000000000000-/' "$work/payload.json")"
-	curl -fs -o /dev/null -H "Token: $(callback_token $port)" -H 'Content-Type: application/json' --data-binary "$body" "localhost:$port/hooks/atlas"
+	curl -fs -o /dev/null -H "Token: $(callback_token "$port")" -H 'Content-Type: application/json' --data-binary "$body" "localhost:$port/hooks/atlas"
 done
 
 # fsync_stats ADMIN_PORT prints the spool's fsync count, total fsync
