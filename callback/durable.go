@@ -24,6 +24,8 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
+
+	"strconv"
 )
 
 // Defaults of the callback route's durable mode (see Callback.Spool).
@@ -447,6 +449,15 @@ func (c *Callback) spoolCallback(w http.ResponseWriter, r *http.Request, id, sub
 	res, err := c.store.Append(r.Context(), queue.Entry{ID: id, Header: hdr, Body: body})
 	if err != nil {
 		switch {
+		case errors.Is(err, queue.ErrTooLarge):
+			// Atlas would retry a 5xx for ever; the operator can raise
+			// the store's limit (the NATS servers' max_payload) or lower
+			// max_body, which provisioning warned about.
+			c.metrics.callbacks.WithLabelValues(outcomeTooLarge).Inc()
+			c.logger.Warn("callback refused: too large for the queue", zap.String("callback_id", id),
+				zap.String("spool", c.queueName), zap.Int("bytes", len(body)), zap.Error(err))
+			return httpjson.WriteError(w, http.StatusRequestEntityTooLarge,
+				"the callback body ("+strconv.Itoa(len(body))+" bytes) is larger than the queue takes")
 		case errors.Is(err, queue.ErrUnavailable), errors.Is(err, queue.ErrClosed):
 			c.metrics.callbacks.WithLabelValues(outcomeUnavailable).Inc()
 			c.logger.Error("callback refused: the spool cannot store it", zap.String("callback_id", id),

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -203,6 +204,36 @@ func TestDurableSpoolUnavailable(t *testing.T) {
 	var he caddyhttp.HandlerError
 	if !errors.As(err, &he) || he.StatusCode != http.StatusInternalServerError {
 		t.Errorf("another store error: %v", err)
+	}
+}
+
+// TestDurableQueueTooLarge checks that a callback the queue refuses as
+// too large (a JetStream message above the servers' max_payload) is
+// answered 413, which Atlas does not retry, not a 5xx, and that the
+// warning names the size but holds neither the token nor the body.
+func TestDurableQueueTooLarge(t *testing.T) {
+	rc := callbacktest.NewReceiver(t)
+	c, _ := durableTestCallback(t, rc, nil)
+	core, logs := observer.New(zapcore.WarnLevel)
+	c.logger = zap.New(core)
+	tok := callbackAuthToken(t, c)
+	orig := c.store
+	defer func() { c.store = orig }()
+	c.store = fakeStore{err: fmt.Errorf("%w: body of 2000000 bytes, and the NATS servers' max_payload is 1048576", spool.ErrTooLarge)}
+
+	body := payloadtest.Sample(2)
+	rec, app := serveTestCallback(t, c, callbackTestRequest(c.Path, tok, body))
+	if rec.Code != http.StatusRequestEntityTooLarge || app.calls != 0 {
+		t.Fatalf("status %d, %d calls to the app; want 413 and none", rec.Code, app.calls)
+	}
+	if want := `"error":"the callback body (` + strconv.Itoa(len(body)) + ` bytes) is larger than the queue takes"`; !strings.Contains(rec.Body.String(), want) {
+		t.Errorf("body %s, want %s", rec.Body, want)
+	}
+	if logs.Len() != 1 || !strings.Contains(fmt.Sprint(logs.All()[0].ContextMap()), "max_payload") {
+		t.Fatalf("logs %v, want one warning naming max_payload", logs.All())
+	}
+	if line := fmt.Sprint(logs.All()[0].Message, logs.All()[0].ContextMap()); strings.Contains(line, tok) || strings.Contains(line, "document_id") {
+		t.Errorf("the log holds the token or the body: %s", line)
 	}
 }
 

@@ -269,7 +269,7 @@ func (q *Queue) config() *config { return q.cfg.Load() }
 
 // MaxPayload returns the largest message the connected server takes
 // (its max_payload): an entry whose body and headers come near it is
-// refused by Append with spool.ErrInvalid.
+// refused by Append with spool.ErrTooLarge.
 func (q *Queue) MaxPayload() int64 { return q.nc.MaxPayload() }
 
 // Reconfigure applies new delivery options (Deliver, Retention,
@@ -405,7 +405,7 @@ func (q *Queue) Append(ctx context.Context, e spool.Entry) (spool.AppendResult, 
 		e.Received = time.Now()
 	}
 	if n, max := envelopeSize(e.Header, e.Body)+512, q.nc.MaxPayload(); max > 0 && int64(n) > max {
-		return res, fmt.Errorf("%w: body of %d bytes is too large for the NATS servers' max_payload of %d", spool.ErrInvalid, len(e.Body), max)
+		return res, fmt.Errorf("%w: body of %d bytes, and the NATS servers' max_payload is %d", spool.ErrTooLarge, len(e.Body), max)
 	}
 	ctx, cancel := withTimeout(ctx, cfg.publishTimeout)
 	defer cancel()
@@ -432,6 +432,10 @@ func (q *Queue) Append(ctx context.Context, e spool.Entry) (spool.AppendResult, 
 	case isWrongLastSeq(err):
 		res.Duplicate = true // pending in the work stream
 		return res, nil
+	case errors.Is(err, nats.ErrMaxPayload):
+		// A server with a lower max_payload than the one connected to
+		// first: retrying will not help.
+		return res, fmt.Errorf("%w: %w", spool.ErrTooLarge, err)
 	case err != nil:
 		return res, unavailable(ctx, "publishing the callback", err)
 	}

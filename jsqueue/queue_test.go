@@ -363,3 +363,23 @@ func TestCostPerCallback(t *testing.T) {
 		t.Errorf("per dead callback: %d bytes beyond the body; want at most 1024", dead)
 	}
 }
+
+// TestTooLarge checks that a callback above the servers' max_payload is
+// refused with ErrTooLarge (the route answers 413; Atlas would retry a
+// 503 for ever), not ErrUnavailable, and that the queue takes the next
+// callback as before.
+func TestTooLarge(t *testing.T) {
+	n := natstest.Start(t)
+	rec := &spooltest.Recorder{}
+	q := openQueue(t, testOptions([]string{n.URL()}, newStreamName(), 1, spool.Options{Deliver: rec.Deliver}))
+	big := spooltest.Entry(0, int(q.MaxPayload())+1)
+	_, err := q.Append(context.Background(), big)
+	if !errors.Is(err, spool.ErrTooLarge) || errors.Is(err, spool.ErrUnavailable) {
+		t.Fatalf("Append of %d bytes above max_payload %d = %v, want ErrTooLarge", len(big.Body), q.MaxPayload(), err)
+	}
+	if !strings.Contains(err.Error(), "max_payload") {
+		t.Errorf("the error does not name max_payload: %v", err)
+	}
+	spooltest.MustAppend(t, q, spooltest.Entry(1, 100))
+	spooltest.WaitFor(t, "the next callback delivered", func() bool { return q.Stats().Delivered == 1 })
+}

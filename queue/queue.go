@@ -230,6 +230,10 @@ var (
 	// ErrInvalid is wrapped by the errors of Append for an unacceptable
 	// entry (bad id, body too large).
 	ErrInvalid = errors.New("queue: invalid entry")
+	// ErrTooLarge is wrapped by the errors of Append for an entry larger
+	// than the store takes (a JetStream message above the servers'
+	// max_payload). It matches ErrInvalid.
+	ErrTooLarge = fmt.Errorf("%w: too large for the store", ErrInvalid)
 )
 
 // MaxIDLen is the longest callback id a Store accepts.

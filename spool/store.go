@@ -36,6 +36,7 @@ var (
 	ErrNotFound    = queue.ErrNotFound
 	ErrDelivered   = queue.ErrDelivered
 	ErrInvalid     = queue.ErrInvalid
+	ErrTooLarge    = queue.ErrTooLarge
 	// ErrLocked is returned by Open when another FileSpool, in this
 	// process or another, has the directory open.
 	ErrLocked = errors.New("spool: directory in use by another spool")
@@ -47,7 +48,7 @@ func validateEntry(e *Entry) error {
 		return err
 	}
 	if enqueueSize(e.ID, e.Header, e.Body) > maxPayload {
-		return fmt.Errorf("%w: body of %d bytes is too large", ErrInvalid, len(e.Body))
+		return fmt.Errorf("%w: body of %d bytes", ErrTooLarge, len(e.Body))
 	}
 	return nil
 }
