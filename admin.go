@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/callback"
+	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
@@ -302,6 +303,10 @@ func storeError(id string, err error) error {
 		return adminError(http.StatusConflict, fmt.Errorf("callback %s is already delivered; its body is not kept", id))
 	case errors.Is(err, spool.ErrClosed), errors.Is(err, spool.ErrUnavailable):
 		return adminError(http.StatusServiceUnavailable, err)
+	case errors.Is(err, seal.ErrUnknownKey):
+		// Not the server's fault: the record is whole, and opens once
+		// the key that sealed it is among the route's keys again.
+		return adminError(http.StatusConflict, fmt.Errorf("callback %s is sealed under a key the route no longer has; add it back as an encryption_key to read the body: %w", id, err))
 	}
 	return adminError(http.StatusInternalServerError, err)
 }
