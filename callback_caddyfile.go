@@ -41,6 +41,7 @@ import (
 //		max_spool_size   <size>
 //		encryption_key   <key>
 //		dead_letter_retention <duration>
+//		purge_delay      <duration>
 //		# or, instead of spool, the queue of a fleet on NATS JetStream
 //		queue jetstream {
 //			url         <nats://host:port>...
@@ -127,7 +128,7 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 		case "client_secret", "previous_signing_key", "sign_deliveries",
 			"verify_key", "token_ttl", "leeway", "max_body",
 			"max_attempts", "concurrency", "delivery_timeout", "retention", "max_spool_size",
-			"encryption_key", "dead_letter_retention":
+			"encryption_key", "dead_letter_retention", "purge_delay":
 		default:
 			return d.Errf("unrecognized subdirective %q", name)
 		}
@@ -205,7 +206,7 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 			} else {
 				c.Concurrency = n
 			}
-		case "delivery_timeout", "retention", "dead_letter_retention":
+		case "delivery_timeout", "retention", "dead_letter_retention", "purge_delay":
 			dur, err := caddy.ParseDuration(val)
 			if err != nil {
 				return d.Errf("%s: %v", name, err)
@@ -218,6 +219,8 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 				c.DeliveryTimeout = caddy.Duration(dur)
 			case "retention":
 				c.Retention = caddy.Duration(dur)
+			case "purge_delay":
+				c.PurgeDelay = caddy.Duration(dur)
 			default:
 				c.DeadLetterRetention = caddy.Duration(dur)
 			}

@@ -263,13 +263,18 @@ func TestDurableUnmarshalCaddyfile(t *testing.T) {
 				encryption_key        {file./etc/caddy/spool-key-new}
 				encryption_key        {file./etc/caddy/spool-key-old}
 				dead_letter_retention 14d
+				purge_delay           1m
 			}`,
 			want: callback.Callback{
 				Path:                "/cb",
 				EncryptionKeys:      []string{"{file./etc/caddy/spool-key-new}", "{file./etc/caddy/spool-key-old}"},
 				DeadLetterRetention: caddy.Duration(14 * 24 * time.Hour),
+				PurgeDelay:          caddy.Duration(time.Minute),
 			},
 		},
+		{name: "purge_delay bad", input: "callback /cb {\n purge_delay soon\n}", wantErr: `purge_delay: time: invalid duration "soon"`},
+		{name: "purge_delay zero", input: "callback /cb {\n purge_delay 0s\n}", wantErr: "purge_delay must be positive, got 0s"},
+		{name: "purge_delay twice", input: "callback /cb {\n purge_delay 1m\n purge_delay 2m\n}", wantErr: "purge_delay specified more than once"},
 		{name: "encryption_key missing", input: "callback /cb {\n encryption_key\n}", wantErr: "wrong argument count"},
 		{name: "encryption_key two values", input: "callback /cb {\n encryption_key {env.A} {env.B}\n}", wantErr: "wrong argument count"},
 		{name: "encryption_key empty", input: "callback /cb {\n encryption_key \"\"\n}", wantErr: "encryption_key must not be empty"},

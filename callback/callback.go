@@ -212,6 +212,14 @@ type Callback struct {
 	// caddy_atlas_dead_letters_expired_total. Default: 30 days.
 	DeadLetterRetention caddy.Duration `json:"dead_letter_retention,omitempty"`
 
+	// How long the body of a callback stays in the spool's files once it
+	// is no longer needed (delivered, deleted, or a purged dead letter):
+	// a compaction starts at the latest this much later and removes the
+	// files that held it. Each compaction rewrites the callbacks still
+	// pending or dead, so a short delay costs disk writes when many are
+	// waiting. Spool only. Default: 10 minutes.
+	PurgeDelay caddy.Duration `json:"purge_delay,omitempty"`
+
 	// runtime state
 	clientID     string
 	idDigest     [sha256.Size]byte

@@ -39,6 +39,7 @@ const (
 	DefaultMaxSpoolSize    = spool.DefaultMaxDiskBytes
 
 	DefaultDeadLetterRetention = spool.DefaultDeadLetterRetention
+	DefaultPurgeDelay          = spool.DefaultPurgeDelay
 
 	// spoolRetryAfter is the Retry-After, in seconds, of a callback
 	// refused because the spool cannot store it.
@@ -73,6 +74,7 @@ type durableSettings struct {
 	retention       time.Duration
 	maxSpoolSize    int64
 	deadRetention   time.Duration
+	purgeDelay      time.Duration
 	// keyIDs are the ids of the encryption keys, comma-separated, first
 	// the one that encrypts; "" for none.
 	keyIDs string
@@ -118,6 +120,7 @@ func (s *sharedSpool) options(c *Callback) spool.Options {
 		Keyring:         c.keyring,
 
 		DeadLetterRetention: c.durable.deadRetention,
+		PurgeDelay:          c.durable.purgeDelay,
 	}
 }
 
@@ -259,6 +262,9 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	if c.DeadLetterRetention == 0 && c.Queue == nil {
 		c.DeadLetterRetention = caddy.Duration(DefaultDeadLetterRetention)
 	}
+	if c.PurgeDelay == 0 && c.Queue == nil {
+		c.PurgeDelay = caddy.Duration(DefaultPurgeDelay)
+	}
 	repl := caddy.NewReplacer()
 	if err := c.provisionKeyring(repl); err != nil {
 		return err
@@ -283,6 +289,7 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 		retention:       time.Duration(c.Retention),
 		maxSpoolSize:    c.MaxSpoolSize,
 		deadRetention:   time.Duration(c.DeadLetterRetention),
+		purgeDelay:      time.Duration(c.PurgeDelay),
 		keyIDs:          strings.Join(c.keyring.KeyIDs(), ","),
 	}
 	if r := ctx.GetMetricsRegistry(); r != nil {
@@ -365,6 +372,9 @@ func (c *Callback) validateDurable() error {
 		// The JetStream queue keeps a dead letter until it is retried or
 		// deleted: a retention it would not apply must not be accepted.
 		return errors.New("dead_letter_retention applies to a spool only: a queue jetstream keeps dead letters until they are retried or purged")
+	case c.Queue != nil && c.PurgeDelay != 0:
+		// JetStream deletes what it no longer needs itself.
+		return errors.New("purge_delay applies to a spool only: a queue jetstream deletes delivered messages itself")
 	case c.Spool == "" && c.Queue == nil && c.DeliverTo != "":
 		return errors.New("deliver_to needs spool or queue: durable mode delivers from a spool directory or a shared queue")
 	case c.Spool == "" && c.Queue == nil && len(c.EncryptionKeys) > 0:
@@ -392,6 +402,8 @@ func (c *Callback) validateDurable() error {
 		return errors.New("max_spool_size must be positive")
 	case c.Queue == nil && c.DeadLetterRetention <= 0:
 		return errors.New("dead_letter_retention must be positive")
+	case c.Queue == nil && c.PurgeDelay <= 0:
+		return errors.New("purge_delay must be positive")
 	case len(c.EncryptionKeys) > 0 && c.keyring == nil:
 		return errors.New("encryption_key is not provisioned")
 	case c.MaxBody > maxSpooledBody:

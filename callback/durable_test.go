@@ -207,6 +207,38 @@ func TestDurableSpoolUnavailable(t *testing.T) {
 	}
 }
 
+// TestDurablePurgeDelay checks that purge_delay reaches the spool: with
+// a delay of a second, a delivered callback's body, on disk when it was
+// acknowledged, is gone from every spool file within seconds (with the
+// default, ten minutes).
+func TestDurablePurgeDelay(t *testing.T) {
+	rc := callbacktest.NewReceiver(t)
+	c, dir := durableTestCallback(t, rc, func(c *Callback) { c.PurgeDelay = caddy.Duration(time.Second) })
+	const marker = "purge-delay-marker-7f3a"
+	body := bytes.Replace(payloadtest.Sample(2), []byte(`"doc-0"`), []byte(`"`+marker+`"`), 1)
+	onDisk := func() bool {
+		files, _ := filepath.Glob(filepath.Join(dir, "*"))
+		for _, f := range files {
+			if b, err := os.ReadFile(f); err == nil && bytes.Contains(b, []byte(marker)) {
+				return true
+			}
+		}
+		return false
+	}
+	decodeAck(t, serveTestCallbackRec(t, c, body))
+	if !onDisk() {
+		t.Fatal("the acknowledged callback is not in the spool's files")
+	}
+	rc.WaitDelivered(t, 1, 5*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for onDisk() {
+		if time.Now().After(deadline) {
+			t.Fatal("the delivered callback's body is still on disk 10 s after a purge_delay of 1s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // TestDurableQueueTooLarge checks that a callback the queue refuses as
 // too large (a JetStream message above the servers' max_payload) is
 // answered 413, which Atlas does not retry, not a 5xx, and that the

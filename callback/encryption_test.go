@@ -119,6 +119,9 @@ func TestDurableUnencryptedWarning(t *testing.T) {
 		if time.Duration(c.DeadLetterRetention) != 30*24*time.Hour {
 			t.Errorf("dead_letter_retention default %s", time.Duration(c.DeadLetterRetention))
 		}
+		if time.Duration(c.PurgeDelay) != 10*time.Minute {
+			t.Errorf("purge_delay default %s", time.Duration(c.PurgeDelay))
+		}
 	}
 }
 
@@ -151,6 +154,7 @@ func TestDurableEncryptionKeyErrors(t *testing.T) {
 		{"same key twice", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{good, "hex-" + good}}, ""},
 		{"without spool", Callback{EncryptionKeys: []string{good}}, "encryption_key needs spool"},
 		{"negative dead letter retention", Callback{Spool: spoolDir, DeliverTo: "http://app/", DeadLetterRetention: -1}, "dead_letter_retention must be positive"},
+		{"negative purge delay", Callback{Spool: spoolDir, DeliverTo: "http://app/", PurgeDelay: -1}, "purge_delay must be positive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := tc.c

@@ -84,6 +84,7 @@ func TestValidateDurableQueue(t *testing.T) {
 		{Callback{Queue: &Queue{}, DeliverTo: "http://app/"}, "no backend"},
 		{Callback{Queue: js}, "deliver_to is required"},
 		{Callback{Queue: js, DeliverTo: "http://app/", DeadLetterRetention: caddy.Duration(time.Hour)}, "dead_letter_retention applies to a spool only"},
+		{Callback{Queue: js, DeliverTo: "http://app/", PurgeDelay: caddy.Duration(time.Minute)}, "purge_delay applies to a spool only"},
 	} {
 		c.c.deliverTo = c.c.DeliverTo
 		if err := c.c.validateDurable(); err == nil || !strings.Contains(err.Error(), c.want) {
