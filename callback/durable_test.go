@@ -22,12 +22,10 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
+	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
-
-	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
-
-	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
 )
 
 // durableTestCallback provisions a callback route in durable mode,
