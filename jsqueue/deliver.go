@@ -4,16 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
 // fetchWait bounds one pull request; a slot freed meanwhile waits for
@@ -176,7 +176,7 @@ func (q *Queue) deliver(m jetstream.Msg, seq uint64, cfg *config) {
 	e, err := q.entry(m.Headers(), m.Data())
 	if err == nil {
 		ctx, cancel := context.WithTimeout(q.deliverCtx, cfg.deliveryTimeout)
-		err = safeDeliver(ctx, cfg.deliver, spool.Delivery{
+		err = spool.SafeDeliver(ctx, cfg.deliver, spool.Delivery{
 			ID: id, Header: e.Header, Body: e.Body, Received: e.Received, Attempt: a.n,
 		})
 		switch {
@@ -245,7 +245,7 @@ func (a *attempt) finish(outcome spool.Outcome, derr error) {
 		}
 	default:
 		kind, ttl = kindPending, cfg.retention
-		delay = backoff(cfg.backoffMin, cfg.backoffMax, a.n)
+		delay = spool.Backoff(cfg.backoffMin, cfg.backoffMax, a.n)
 		r.State, r.LastError, r.NextAttempt = "pending", truncate(derr.Error(), maxErrLen), now.Add(delay)
 	}
 
@@ -335,29 +335,4 @@ func sanitizeHeader(s string) string {
 		}
 	}
 	return string(b)
-}
-
-// safeDeliver calls fn, turning a panic into an error.
-func safeDeliver(ctx context.Context, fn spool.DeliverFunc, d spool.Delivery) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("deliver panicked: %v", r)
-		}
-	}()
-	return fn(ctx, d)
-}
-
-// backoff is the spool's: the delay after the given number of failed
-// attempts, lo doubling per further failure up to hi, less up to 20% of
-// jitter.
-func backoff(lo, hi time.Duration, failures int) time.Duration {
-	d := lo
-	for i := 1; i < failures && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	if j := int64(d / 5); j > 0 {
-		d -= time.Duration(rand.Int64N(j + 1))
-	}
-	return d
 }

@@ -11,11 +11,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddy-atlas/caddy-atlas/seal"
-	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/seal"
+	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
 // Queue is a spool.Store on NATS JetStream, shared by every instance
@@ -955,25 +956,15 @@ func (q *Queue) Close(ctx context.Context) error {
 	q.fetchCancel()
 	q.fetcher.Wait()
 
-	drained := make(chan struct{})
-	go func() {
-		q.deliveries.Wait()
-		close(drained)
-	}()
 	var cerr error
-	select {
-	case <-drained:
-	case <-ctx.Done():
-		select {
-		case <-drained:
-		default:
-			q.mu.Lock()
-			n := len(q.inflight)
-			q.mu.Unlock()
-			q.deliverCancel()
-			<-drained
-			cerr = fmt.Errorf("jsqueue: close: %d deliveries in progress cancelled, handed back for redelivery: %w", n, ctx.Err())
-		}
+	n := 0
+	if spool.WaitDeliveries(ctx, &q.deliveries, func() {
+		q.mu.Lock()
+		n = len(q.inflight)
+		q.mu.Unlock()
+		q.deliverCancel()
+	}) {
+		cerr = fmt.Errorf("jsqueue: close: %d deliveries in progress cancelled, handed back for redelivery: %w", n, ctx.Err())
 	}
 	q.deliverCancel()
 	if err := q.nc.FlushTimeout(time.Second); err != nil && cerr == nil && !errors.Is(err, nats.ErrConnectionClosed) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -137,7 +138,7 @@ func (s *FileSpool) deliver(j deliveryJob) {
 	outcome := OutcomeFailed
 	if err == nil {
 		ctx, cancel := context.WithTimeout(s.deliverCtx, cfg.deliveryTimeout)
-		err = safeDeliver(ctx, cfg.deliver, Delivery{
+		err = SafeDeliver(ctx, cfg.deliver, Delivery{
 			ID: rec.ID, Header: rec.Header, Body: rec.Body, Received: rec.Time, Attempt: attempt,
 		})
 		switch {
@@ -158,9 +159,10 @@ func (s *FileSpool) deliver(j deliveryJob) {
 // errNoRec stands for a record not kept in memory.
 var errNoRec = errors.New("no record in memory")
 
-// safeDeliver calls fn, turning a panic into an error: a faulty
-// DeliverFunc must not take the server down.
-func safeDeliver(ctx context.Context, fn DeliverFunc, d Delivery) (err error) {
+// SafeDeliver calls fn, turning a panic into an error: a faulty
+// DeliverFunc must not take the server down. Every Store's deliveries
+// go through it.
+func SafeDeliver(ctx context.Context, fn DeliverFunc, d Delivery) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("deliver panicked: %v", r)
@@ -198,7 +200,7 @@ func (s *FileSpool) finish(e *entry, attempt int, outcome Outcome, err error) {
 			e.state = StateDead
 			s.logState(rec, &Record{Type: RecordDead, ID: e.id, Time: now})
 		} else {
-			e.next = now.Add(backoff(cfg.backoffMin, cfg.backoffMax, e.attempts))
+			e.next = now.Add(Backoff(cfg.backoffMin, cfg.backoffMax, e.attempts))
 			rec.Next = e.next
 			s.logState(rec)
 			s.schedule(e, now)
@@ -226,10 +228,11 @@ func (s *FileSpool) finish(e *entry, attempt int, outcome Outcome, err error) {
 	}
 }
 
-// backoff is the delay after the given number of failed attempts: lo,
+// Backoff is the delay after the given number of failed attempts: lo,
 // doubling per further failure, at most hi, less up to 20% of jitter so
-// that callbacks that failed together do not retry together.
-func backoff(lo, hi time.Duration, failures int) time.Duration {
+// that callbacks that failed together do not retry together. Every
+// Store schedules retries with it (Options.BackoffMin, BackoffMax).
+func Backoff(lo, hi time.Duration, failures int) time.Duration {
 	d := lo
 	for i := 1; i < failures && d < hi; i++ {
 		d *= 2
@@ -239,4 +242,28 @@ func backoff(lo, hi time.Duration, failures int) time.Duration {
 		d -= time.Duration(rand.Int64N(j + 1))
 	}
 	return d
+}
+
+// WaitDeliveries waits for the deliveries counted by wg until ctx is
+// done, then calls cancel (which cancels them) and waits for them to
+// end. It reports whether it had to cancel: a Store's Close.
+func WaitDeliveries(ctx context.Context, wg *sync.WaitGroup, cancel func()) (cancelled bool) {
+	drained := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+		return false
+	case <-ctx.Done():
+		select {
+		case <-drained:
+			return false
+		default:
+			cancel()
+			<-drained
+			return true
+		}
+	}
 }

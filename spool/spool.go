@@ -713,25 +713,15 @@ func (s *FileSpool) Close(ctx context.Context) error {
 	//lint:ignore SA2001 the empty critical section is that wait
 	s.compactMu.Unlock()
 
-	drained := make(chan struct{})
-	go func() {
-		s.deliveries.Wait()
-		close(drained)
-	}()
 	var cerr error
-	select {
-	case <-drained:
-	case <-ctx.Done():
-		select {
-		case <-drained:
-		default:
-			s.mu.Lock()
-			n := s.inflight
-			s.mu.Unlock()
-			s.deliverCancel()
-			<-drained
-			cerr = fmt.Errorf("spool: close: %d deliveries in progress cancelled, they stay pending: %w", n, ctx.Err())
-		}
+	n := 0
+	if WaitDeliveries(ctx, &s.deliveries, func() {
+		s.mu.Lock()
+		n = s.inflight
+		s.mu.Unlock()
+		s.deliverCancel()
+	}) {
+		cerr = fmt.Errorf("spool: close: %d deliveries in progress cancelled, they stay pending: %w", n, ctx.Err())
 	}
 	s.deliverCancel()
 	// The delivery workers have seen stop; none has a delivery left.
