@@ -35,29 +35,6 @@ func TestDeliveryOrderOldestFirst(t *testing.T) {
 	}
 }
 
-// TestNoHeadOfLineBlocking checks that a callback that keeps failing
-// does not hold up the ones behind it, even with one delivery at a time.
-func TestNoHeadOfLineBlocking(t *testing.T) {
-	rec := &recorder{fail: func(d Delivery) error {
-		if d.ID == testID(0) {
-			return errors.New("receiver rejects this one")
-		}
-		return nil
-	}}
-	s := open(t, t.TempDir(), Options{Concurrency: 1, BackoffMin: 50 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
-	for i := range 11 {
-		mustAppend(t, s, testEntry(i, 100))
-	}
-	if err := s.Reconfigure(Options{Concurrency: 1, Deliver: rec.Deliver, BackoffMin: time.Hour, BackoffMax: time.Hour}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the others", func() bool { return s.Stats().Delivered == 10 })
-	in, _ := s.Get(testID(0))
-	if in.State != StatePending || in.Attempts != 1 || !strings.Contains(in.LastError, "rejects") || in.NextAttempt.IsZero() {
-		t.Errorf("failing callback: %+v", in)
-	}
-}
-
 func TestBackoffAndDeadLetter(t *testing.T) {
 	var times []time.Time
 	rec := &recorder{}
@@ -187,64 +164,6 @@ func TestOperatorActions(t *testing.T) {
 	}
 	if st := s.Stats(); st.Pending+st.Dead != 0 {
 		t.Errorf("after reopen: %+v", st)
-	}
-}
-
-// TestCloseDrains checks that Close waits for deliveries in progress up
-// to its context, then cancels them, and that they stay pending.
-func TestCloseDrains(t *testing.T) {
-	dir := t.TempDir()
-	started := make(chan struct{}, 1)
-	block := func(ctx context.Context, d Delivery) error {
-		started <- struct{}{}
-		<-ctx.Done()
-		return ctx.Err()
-	}
-	obs := &countingObserver{}
-	s, err := Open(dir, Options{Deliver: block, Observer: obs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustAppend(t, s, testEntry(0, 100))
-	<-started
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	if err := s.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Close = %v, want a deadline error", err)
-	}
-	if obs.outcome(OutcomeCanceled) != 1 {
-		t.Errorf("outcomes: canceled %d, timeout %d, failed %d", obs.outcome(OutcomeCanceled), obs.outcome(OutcomeTimeout), obs.outcome(OutcomeFailed))
-	}
-
-	// Not counted as an attempt; delivered after the restart.
-	rec := &recorder{}
-	s = open(t, dir, Options{Deliver: rec.Deliver})
-	waitFor(t, "redelivery", func() bool { return s.Stats().Delivered == 1 })
-	if ds := rec.deliveries(); ds[0].Attempt != 1 {
-		t.Errorf("attempt after restart = %d, want 1", ds[0].Attempt)
-	}
-
-	// A delivery that completes within the bound is recorded.
-	release := make(chan struct{})
-	slow := func(ctx context.Context, d Delivery) error {
-		started <- struct{}{}
-		<-release
-		return nil
-	}
-	dir2 := t.TempDir()
-	s2, err := Open(dir2, Options{Deliver: slow})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustAppend(t, s2, testEntry(1, 100))
-	<-started
-	time.AfterFunc(20*time.Millisecond, func() { close(release) })
-	if err := s2.Close(context.Background()); err != nil {
-		t.Fatalf("Close = %v", err)
-	}
-	s2 = open(t, dir2, Options{})
-	if st := s2.Stats(); st.Delivered != 1 {
-		t.Errorf("after a drained close: %+v", st)
 	}
 }
 

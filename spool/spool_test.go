@@ -56,34 +56,6 @@ func TestAppendReopen(t *testing.T) {
 	}
 }
 
-// TestAppendKeepsNoBody checks that the caller may reuse a body once
-// Append returns, as the callback route does with its pooled buffers.
-func TestAppendKeepsNoBody(t *testing.T) {
-	s := open(t, t.TempDir(), Options{})
-	e := testEntry(1, 4096)
-	want := bytes.Clone(e.Body)
-	mustAppend(t, s, e)
-	for i := range e.Body {
-		e.Body[i] = 'z'
-	}
-	got, err := s.Load(context.Background(), e.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got.Body, want) {
-		t.Error("the stored body changed with the caller's buffer")
-	}
-}
-
-func TestAppendValidates(t *testing.T) {
-	s := open(t, t.TempDir(), Options{})
-	for _, id := range []string{"", "a/b", "a b", strings.Repeat("x", 129), "é"} {
-		if _, err := s.Append(context.Background(), Entry{ID: id}); !errors.Is(err, ErrInvalid) {
-			t.Errorf("Append(id %q) = %v, want ErrInvalid", id, err)
-		}
-	}
-}
-
 // TestReopenAfterCrash appends without closing, takes the files as a
 // kill -9 would leave them, and checks that everything acknowledged is
 // delivered after a restart.
