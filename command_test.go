@@ -15,11 +15,7 @@ func TestCLIListWithoutDurableRoute(t *testing.T) {
 	t.Setenv("CLI_E2E_SIGNING_KEY", "cli-e2e-signing-key-of-at-least-32-bytes")
 	tester := caddytest.NewTester(t)
 	tester.InitServer(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+`+e2eGlobalOptions+`	grace_period 1ns
 }
 http://localhost:9080 {
 	route {

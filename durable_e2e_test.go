@@ -44,11 +44,7 @@ type durableE2E struct {
 // and delivering to deliverTo; extra lines go into the callback block.
 func durableE2EConfig(dir, deliverTo, extra string) string {
 	return fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+`+e2eGlobalOptions+`	grace_period 1ns
 }
 http://localhost:9080 {
 	route {

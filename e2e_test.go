@@ -29,13 +29,16 @@ const (
 
 // e2eConfig is the Caddyfile of a gateway in front of upstream Atlas at
 // endpoint and an app at appAddr; extra lines go into the atlas block.
+// e2eGlobalOptions are the global options every end-to-end Caddyfile of
+// this package starts with: the admin endpoint and the HTTP ports the
+// caddytest tests use (fixed, so these tests do not run in parallel with
+// another Caddy on them), and no trust store to install. Each
+// Caddyfile adds its own grace_period and whatever else it needs.
+const e2eGlobalOptions = "\tskip_install_trust\n\tadmin localhost:2999\n\thttp_port 9080\n\thttps_port 9443\n"
+
 func e2eConfig(endpoint, appAddr, extra string) string {
 	return fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+`+e2eGlobalOptions+`	grace_period 1ns
 }
 http://localhost:9080 {
 	atlas {

@@ -36,11 +36,7 @@ func faultConfig(endpoint, appAddr, extra string) string {
 // servers of a reload.
 func faultConfigGrace(endpoint, appAddr, extra, grace string) string {
 	return fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period %s
+`+e2eGlobalOptions+`	grace_period %s
 }
 http://localhost:9080 {
 	atlas {

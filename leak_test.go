@@ -78,11 +78,7 @@ func leakConfig(logDir, endpoint, appAddr, extra string) string {
 		format = "format json"
 	}
 	return fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+`+e2eGlobalOptions+`	grace_period 1ns
 	log {
 		output file %[1]s/caddy.log
 		format json

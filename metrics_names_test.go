@@ -54,11 +54,7 @@ func TestMonitoringUsesExportedMetrics(t *testing.T) {
 
 	tester := caddytest.NewTester(t)
 	tester.InitServer(fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+`+e2eGlobalOptions+`	grace_period 1ns
 }
 http://localhost:9080 {
 	route {

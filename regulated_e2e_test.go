@@ -86,11 +86,7 @@ func (a *regApp) deliveries() []regDelivery {
 // after atlas.
 func regConfig(atlas, callback, next string) string {
 	return fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 5s
+`+e2eGlobalOptions+`	grace_period 5s
 }
 http://localhost:9080 {
 	route {

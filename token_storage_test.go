@@ -257,11 +257,7 @@ func TestStorageFleetOneLiveToken(t *testing.T) {
 // a file system at root; extra lines go into the atlas block.
 func storageConfig(endpoint, root, extra string) string {
 	return fmt.Sprintf(`{
-	skip_install_trust
-	admin localhost:2999
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
+`+e2eGlobalOptions+`	grace_period 1ns
 	storage file_system {
 		root %s
 	}
