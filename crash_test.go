@@ -64,14 +64,28 @@ type caddyProcess struct {
 // the auth route answers at authURL.
 func startCaddyProcess(t *testing.T, ctx context.Context, bin, config, home, logFile, authURL string) *caddyProcess {
 	t.Helper()
+	env := []string{"CRASH_CLIENT_ID=" + cbE2EClientID, "CRASH_CLIENT_SECRET=" + cbE2EClientSecret, "CRASH_SIGNING_KEY=" + cbE2ESigningKey}
+	// provisioning a JetStream queue waits for the cluster
+	return runCaddy(t, ctx, bin, config, home, logFile, env, 45*time.Second, func() bool {
+		tok, err := crashToken(authURL)
+		return err == nil && tok != ""
+	})
+}
+
+// runCaddy runs bin with the Caddyfile at config, HOME and the XDG
+// directories at home, env added to the environment and its output
+// appended to logFile, and waits (at most within) until ready reports
+// true. The process is killed at the end of the test; if the test
+// failed, its log is printed.
+func runCaddy(t *testing.T, ctx context.Context, bin, config, home, logFile string, env []string, within time.Duration, ready func() bool) *caddyProcess {
+	t.Helper()
 	logs, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logs.Close()
 	cmd := exec.CommandContext(ctx, bin, "run", "--config", config, "--adapter", "caddyfile")
-	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_DATA_HOME="+home, "XDG_CONFIG_HOME="+home,
-		"CRASH_CLIENT_ID="+cbE2EClientID, "CRASH_CLIENT_SECRET="+cbE2EClientSecret, "CRASH_SIGNING_KEY="+cbE2ESigningKey)
+	cmd.Env = append(append(os.Environ(), "HOME="+home, "XDG_DATA_HOME="+home, "XDG_CONFIG_HOME="+home), env...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -81,12 +95,15 @@ func startCaddyProcess(t *testing.T, ctx context.Context, bin, config, home, log
 		_ = cmd.Wait()
 		close(p.done)
 	}()
-	t.Cleanup(func() { p.kill() })
-	deadline := time.Now().Add(45 * time.Second) // provisioning a JetStream queue waits for the cluster
-	for {
-		if tok, err := crashToken(authURL); err == nil && tok != "" {
-			return p
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			out, _ := os.ReadFile(logFile)
+			t.Logf("%s:\n%s", logFile, out)
 		}
+	})
+	deadline := time.Now().Add(within)
+	for !ready() {
 		select {
 		case <-p.done:
 			out, _ := os.ReadFile(logFile)
@@ -99,6 +116,7 @@ func startCaddyProcess(t *testing.T, ctx context.Context, bin, config, home, log
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	return p
 }
 
 // kill sends SIGKILL and waits for the process to be gone.

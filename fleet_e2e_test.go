@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -104,52 +103,20 @@ func startFleetInstance(t *testing.T, ctx context.Context, bin, dir, endpoint, s
 		t.Fatal(err)
 	}
 	logFile := filepath.Join(dir, "caddy.log")
-	logs, err := os.Create(logFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logs.Close()
-	cmd := exec.CommandContext(ctx, bin, "run", "--config", config, "--adapter", "caddyfile")
 	// Without a storage option, each instance has its own default
 	// storage under its own data directory.
-	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir,
-		"FLEET_CLIENT_ID="+fleetClientID, "FLEET_CLIENT_SECRET="+fleetClientSecret)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &caddyProcess{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			out, _ := os.ReadFile(logFile)
-			t.Logf("%s:\n%s", logFile, out)
-		}
-	})
+	env := []string{"FLEET_CLIENT_ID=" + fleetClientID, "FLEET_CLIENT_SECRET=" + fleetClientSecret}
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	p := runCaddy(t, ctx, bin, config, dir, logFile, env, 15*time.Second, func() bool {
 		// A path the atlas handler passes on: it answers without Atlas.
-		if resp, err := http.Get(base + "/ready"); err == nil {
-			resp.Body.Close()
-			return base, p
+		resp, err := http.Get(base + "/ready")
+		if err != nil {
+			return false
 		}
-		select {
-		case <-p.done:
-			out, _ := os.ReadFile(logFile)
-			t.Fatalf("caddy exited:\n%s", out)
-		default:
-		}
-		if time.Now().After(deadline) {
-			out, _ := os.ReadFile(logFile)
-			t.Fatalf("caddy did not start:\n%s", out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		resp.Body.Close()
+		return true
+	})
+	return base, p
 }
 
 // fleetResult counts the answers the fleet's clients got.
