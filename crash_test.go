@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"go/build"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
+	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
 
@@ -41,17 +41,6 @@ func buildCaddy(t *testing.T, ctx context.Context) string {
 		t.Fatalf("building cmd/caddy: %v\n%s", err, out)
 	}
 	return bin
-}
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // caddyProcess is a running Caddy binary.
@@ -160,7 +149,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 
 	rc := callbacktest.NewReceiver(t)
 	work := t.TempDir()
-	httpPort := freePort(t)
+	httpPort := natstest.FreePort(t)
 	config := filepath.Join(work, "Caddyfile")
 	caddyfile := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
@@ -180,7 +169,7 @@ func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
 		}
 	}
 }
-`, freePort(t), httpPort, filepath.Join(work, "spool"), rc.URL)
+`, natstest.FreePort(t), httpPort, filepath.Join(work, "spool"), rc.URL)
 	if err := os.WriteFile(config, []byte(caddyfile), 0o600); err != nil {
 		t.Fatal(err)
 	}

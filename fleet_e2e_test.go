@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 )
 
 // The fleet test runs three Caddy processes built from this repo in front
@@ -82,7 +83,7 @@ func startFleetInstance(t *testing.T, ctx context.Context, bin, dir, endpoint, s
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
+	port := natstest.FreePort(t)
 	config := filepath.Join(dir, "Caddyfile")
 	caddyfile := fmt.Sprintf(`{
 	admin 127.0.0.1:%d
@@ -98,7 +99,7 @@ func startFleetInstance(t *testing.T, ctx context.Context, bin, dir, endpoint, s
 		upload_path   off
 	}
 }
-`, freePort(t), storage, port, endpoint)
+`, natstest.FreePort(t), storage, port, endpoint)
 	if err := os.WriteFile(config, []byte(caddyfile), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,7 @@ type jsInstance struct {
 
 func startJSInstance(t *testing.T, ctx context.Context, bin, work string, i int, natsURLs []string, deliverTo string) *jsInstance {
 	t.Helper()
-	httpPort, adminPort := freePort(t), freePort(t)
+	httpPort, adminPort := natstest.FreePort(t), natstest.FreePort(t)
 	dir := filepath.Join(work, fmt.Sprintf("caddy-%d", i))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)

@@ -3,7 +3,6 @@ package jsqueue
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
 )
@@ -27,16 +27,6 @@ type natsProc struct {
 func (p *natsProc) kill9() {
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.done
-}
-
-func loopbackPort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // TestClusterLeaderKill9 runs the 3-node cluster as nats-server
@@ -55,14 +45,14 @@ func TestClusterLeaderKill9(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
 		t.Fatalf("building nats-server: %v\n%s", err, out)
 	}
-	cports := []int{loopbackPort(t), loopbackPort(t), loopbackPort(t)}
+	cports := []int{natstest.FreePort(t), natstest.FreePort(t), natstest.FreePort(t)}
 	var routes []string
 	for _, p := range cports {
 		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", p))
 	}
 	var procs []*natsProc
 	for i := range 3 {
-		port := loopbackPort(t)
+		port := natstest.FreePort(t)
 		name := fmt.Sprintf("k%d", i+1)
 		conf := filepath.Join(work, name+".conf")
 		os.WriteFile(conf, []byte(fmt.Sprintf(`server_name: %s

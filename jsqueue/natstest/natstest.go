@@ -21,8 +21,9 @@ type Node struct {
 	srv  *server.Server
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t testing.TB) int {
+// FreePort returns a loopback port that was free a moment ago, for the
+// servers and the Caddy processes that tests start.
+func FreePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -38,7 +39,7 @@ func Start(t testing.TB) *Node {
 	n := &Node{t: t, opts: &server.Options{
 		ServerName: "single",
 		Host:       "127.0.0.1",
-		Port:       freePort(t),
+		Port:       FreePort(t),
 		JetStream:  true,
 		StoreDir:   t.TempDir(),
 		NoLog:      true,
@@ -56,7 +57,7 @@ func StartCluster(t testing.TB, size int) []*Node {
 	var routes []string
 	cports := make([]int, size)
 	for i := range cports {
-		cports[i] = freePort(t)
+		cports[i] = FreePort(t)
 		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", cports[i]))
 	}
 	nodes := make([]*Node, size)
@@ -64,7 +65,7 @@ func StartCluster(t testing.TB, size int) []*Node {
 		nodes[i] = &Node{t: t, opts: &server.Options{
 			ServerName: fmt.Sprintf("n%d", i+1),
 			Host:       "127.0.0.1",
-			Port:       freePort(t),
+			Port:       FreePort(t),
 			JetStream:  true,
 			StoreDir:   t.TempDir(),
 			NoLog:      true,
