@@ -25,17 +25,7 @@ import (
 //
 //	go test -run xxx -bench BenchmarkTransport -benchmem -benchtime 3s -count 6 ./bench/
 func BenchmarkTransport(b *testing.B) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/v1/docstream/authtoken" {
-			w.Header().Set("Content-Type", "application/json")
-			_, _ = io.WriteString(w, `{"access_token": "bench-token", "expires_in": 3600}`)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, `{"data":[],"page":1,"per_page":50,"total_pages":0,"total_items":0,"has_next":false,"has_prev":false}`)
-	}))
-	defer srv.Close()
-	target := srv.URL + "/v1/docstream/extracts?batch_id=BATCH-1"
+	srv, target := transportBenchServer(b)
 
 	run := func(b *testing.B, rt http.RoundTripper, token string) {
 		hc := &http.Client{Transport: rt}
@@ -70,17 +60,7 @@ func BenchmarkTransport(b *testing.B) {
 	b.Run("atlas", func(b *testing.B) {
 		base := &http.Transport{}
 		defer base.CloseIdleConnections()
-		s, err := atlasclient.NewTokenSource(atlasclient.TokenOptions{
-			Endpoint: srv.URL, ClientID: "bench-client", ClientSecret: "bench-secret",
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer s.Close()
-		if _, err := s.Token(context.Background()); err != nil {
-			b.Fatal(err)
-		}
-		run(b, &atlasclient.Transport{Source: s, Base: base}, "")
+		run(b, &atlasclient.Transport{Source: cachedTokenSource(b, srv.URL), Base: base}, "")
 	})
 }
 
@@ -94,26 +74,8 @@ func BenchmarkTransport(b *testing.B) {
 //
 //	go test -run xxx -bench BenchmarkTransportPaired -benchtime 20000x -count 3 ./bench/
 func BenchmarkTransportPaired(b *testing.B) {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		if r.URL.Path == "/v1/docstream/authtoken" {
-			_, _ = io.WriteString(w, `{"access_token": "bench-token", "expires_in": 3600}`)
-			return
-		}
-		_, _ = io.WriteString(w, `{"data":[],"page":1,"per_page":50,"total_pages":0,"total_items":0,"has_next":false,"has_prev":false}`)
-	}))
-	defer srv.Close()
-	target := srv.URL + "/v1/docstream/extracts?batch_id=BATCH-1"
-	s, err := atlasclient.NewTokenSource(atlasclient.TokenOptions{
-		Endpoint: srv.URL, ClientID: "bench-client", ClientSecret: "bench-secret",
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	if _, err := s.Token(context.Background()); err != nil {
-		b.Fatal(err)
-	}
+	srv, target := transportBenchServer(b)
+	s := cachedTokenSource(b, srv.URL)
 	clients := []struct {
 		name  string
 		rt    http.RoundTripper
@@ -196,4 +158,36 @@ func (t *cloneTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	r.Header.Set("Token", tok.Value)
 	return t.base.RoundTrip(r)
+}
+
+// transportBenchServer starts the loopback server of the transport
+// benchmarks, closed at the end of the benchmark: authtoken, and an empty
+// extracts page at target.
+func transportBenchServer(b *testing.B) (srv *httptest.Server, target string) {
+	srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Path == "/v1/docstream/authtoken" {
+			_, _ = io.WriteString(w, `{"access_token": "bench-token", "expires_in": 3600}`)
+			return
+		}
+		_, _ = io.WriteString(w, `{"data":[],"page":1,"per_page":50,"total_pages":0,"total_items":0,"has_next":false,"has_prev":false}`)
+	}))
+	b.Cleanup(srv.Close)
+	return srv, srv.URL + "/v1/docstream/extracts?batch_id=BATCH-1"
+}
+
+// cachedTokenSource returns a token source for endpoint holding a token
+// already, closed at the end of the benchmark.
+func cachedTokenSource(b *testing.B, endpoint string) *atlasclient.TokenSource {
+	s, err := atlasclient.NewTokenSource(atlasclient.TokenOptions{
+		Endpoint: endpoint, ClientID: "bench-client", ClientSecret: "bench-secret",
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(s.Close)
+	if _, err := s.Token(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return s
 }
