@@ -124,14 +124,14 @@ func (s *FileSpool) deliver(j deliveryJob) {
 	e, cfg, attempt := j.e, j.cfg, j.attempt
 	start := time.Now()
 	var rec Record
-	err := errNoRec
+	var err error
 	if j.rec != nil {
+		rec, err = decodeEnqueue(j.rec, e.id, cfg.keyring)
+	}
+	if j.rec == nil || err != nil {
 		// A record that no longer opens from memory (its key gone from
 		// the keyring since) is read from the disk, where compaction
 		// may have sealed it again under the first key.
-		rec, err = decodeEnqueue(j.rec, e.id, cfg.keyring)
-	}
-	if err != nil {
 		rec, err = readEnqueue(j.seg, j.off, j.n, e.id, cfg.keyring)
 	}
 	s.release(j.seg)
@@ -155,9 +155,6 @@ func (s *FileSpool) deliver(j deliveryJob) {
 	cfg.obs.DeliveryAttempt(outcome, time.Since(start))
 	s.finish(e, attempt, outcome, err)
 }
-
-// errNoRec stands for a record not kept in memory.
-var errNoRec = errors.New("no record in memory")
 
 // SafeDeliver calls fn, turning a panic into an error: a faulty
 // DeliverFunc must not take the server down. Every Store's deliveries
