@@ -16,7 +16,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/golang-jwt/jwt/v5"
-	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 	"github.com/caddy-atlas/caddy-atlas/callback/token"
@@ -301,13 +300,8 @@ func TestCallbackConfigErrors(t *testing.T) {
 			if c.SigningKey == "" {
 				c.SigningKey = testHMACSecret
 			}
-			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-			defer cancel()
-			err := c.Provision(ctx, zap.NewNop())
-			if err == nil {
-				err = c.Validate()
-			}
-			if cerr := c.Cleanup(); cerr != nil {
+			err, cerr := provisionAndValidate(&c)
+			if cerr != nil {
 				t.Errorf("cleanup: %v", cerr)
 			}
 			if err == nil {

@@ -337,13 +337,8 @@ func TestDurableConfigErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := tc.c
 			c.Path, c.ClientID, c.ClientSecret, c.SigningKey = "/hooks/atlas", "atlas-client", "secret", testHMACSecret
-			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-			defer cancel()
-			err := c.Provision(ctx, zap.NewNop())
-			if err == nil {
-				err = c.Validate()
-			}
-			if cerr := c.Cleanup(); cerr != nil {
+			err, cerr := provisionAndValidate(&c)
+			if cerr != nil {
 				t.Errorf("cleanup: %v", cerr)
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/queue"
@@ -163,13 +162,7 @@ func TestDurableEncryptionKeyErrors(t *testing.T) {
 				tc.want = "encryption_key: seal: keys 1 and 2 are the same key (id " + seal.KeyID(k) + ")"
 			}
 			c.Path, c.ClientID, c.ClientSecret, c.SigningKey = "/hooks/atlas", "atlas-client", "secret", testHMACSecret
-			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-			defer cancel()
-			err := c.Provision(ctx, zap.NewNop())
-			if err == nil {
-				err = c.Validate()
-			}
-			_ = c.Cleanup()
+			err, _ := provisionAndValidate(&c)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)
 			}

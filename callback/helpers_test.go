@@ -25,6 +25,19 @@ const testHMACSecret = "0123456789abcdef0123456789abcdef-test-hmac"
 
 // provisionTestCallback fills the unset required settings of c with test
 // values, provisions and validates it, and returns the debug logs it
+// provisionAndValidate provisions c with a nop logger, validates it if
+// that succeeded, and cleans it up: it returns the first error of
+// Provision and Validate, and Cleanup's.
+func provisionAndValidate(c *Callback) (err, cleanupErr error) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	err = c.Provision(ctx, zap.NewNop())
+	if err == nil {
+		err = c.Validate()
+	}
+	return err, c.Cleanup()
+}
+
 // writes.
 func provisionTestCallback(t testing.TB, c *Callback) *observer.ObservedLogs {
 	t.Helper()
