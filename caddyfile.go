@@ -68,7 +68,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 		if sub == "callback" {
 			h.Callback = new(callback.Callback)
-			if err := unmarshalCallback(d, h.Callback); err != nil {
+			if err := h.Callback.UnmarshalCaddyfile(d); err != nil {
 				return err
 			}
 			continue

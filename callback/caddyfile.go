@@ -1,4 +1,4 @@
-package caddyatlas
+package callback
 
 import (
 	"math"
@@ -8,11 +8,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
-
-	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
-// unmarshalCallback sets up the callback route from the `callback`
+// UnmarshalCaddyfile sets up the callback route from the `callback`
 // subdirective of the atlas block; d is on the `callback` token. Syntax:
 //
 //	callback <path> {
@@ -72,7 +70,7 @@ import (
 // encryption_key encrypts, all decrypt).
 // `spool` enables durable mode and needs `deliver_to`; the other durable
 // settings have defaults (see Callback).
-func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
+func (c *Callback) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.NextArg() {
 		return d.ArgErr()
 	}
@@ -236,7 +234,7 @@ func unmarshalCallback(d *caddyfile.Dispenser, c *callback.Callback) error {
 
 // unmarshalRetryBackoff parses `retry_backoff <first delay> <maximum
 // delay>`; d is on the subdirective.
-func unmarshalRetryBackoff(d *caddyfile.Dispenser, c *callback.Callback) error {
+func unmarshalRetryBackoff(d *caddyfile.Dispenser, c *Callback) error {
 	args := d.RemainingArgs()
 	if len(args) != 2 {
 		return d.ArgErr()
@@ -261,7 +259,7 @@ func unmarshalRetryBackoff(d *caddyfile.Dispenser, c *callback.Callback) error {
 
 // unmarshalQueue parses `queue jetstream { ... }`; d is on the
 // subdirective.
-func unmarshalQueue(d *caddyfile.Dispenser, c *callback.Callback) error {
+func unmarshalQueue(d *caddyfile.Dispenser, c *Callback) error {
 	if !d.NextArg() {
 		return d.ArgErr()
 	}
@@ -271,7 +269,7 @@ func unmarshalQueue(d *caddyfile.Dispenser, c *callback.Callback) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	js := &callback.JetStream{}
+	js := &JetStream{}
 	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
@@ -310,7 +308,7 @@ func unmarshalQueue(d *caddyfile.Dispenser, c *callback.Callback) error {
 			}
 			js.AckWait = caddy.Duration(dur)
 		case "credentials":
-			cr := &callback.JetStreamCredentials{}
+			cr := &JetStreamCredentials{}
 			if args := d.RemainingArgs(); len(args) == 1 {
 				cr.Creds = args[0]
 			} else if len(args) > 1 {
@@ -345,7 +343,7 @@ func unmarshalQueue(d *caddyfile.Dispenser, c *callback.Callback) error {
 			}
 			js.Credentials = cr
 		case "tls":
-			t := &callback.JetStreamTLS{}
+			t := &JetStreamTLS{}
 			if d.NextArg() {
 				return d.ArgErr()
 			}
@@ -375,6 +373,9 @@ func unmarshalQueue(d *caddyfile.Dispenser, c *callback.Callback) error {
 	if len(js.URLs) == 0 {
 		return d.Err("queue jetstream: url is required")
 	}
-	c.Queue = &callback.Queue{JetStream: js}
+	c.Queue = &Queue{JetStream: js}
 	return nil
 }
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Callback)(nil)

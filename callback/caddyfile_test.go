@@ -1,4 +1,4 @@
-package caddyatlas
+package callback_test
 
 import (
 	"os"
@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	_ "github.com/caddy-atlas/caddy-atlas" // registers the atlas directive
 	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
@@ -128,7 +129,7 @@ func runCallbackParserCases(t *testing.T, cases []callbackParserCase) {
 			d := caddyfile.NewTestDispenser(tc.input)
 			d.Next()
 			var got callback.Callback
-			err := unmarshalCallback(d, &got)
+			err := got.UnmarshalCaddyfile(d)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v, want %q", err, tc.wantErr)
@@ -159,7 +160,7 @@ func TestCallbackUnmarshalCaddyfileNested(t *testing.T) {
 	var rest []string
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		if d.Val() == "callback" {
-			if err := unmarshalCallback(d, &c); err != nil {
+			if err := c.UnmarshalCaddyfile(d); err != nil {
 				t.Fatal(err)
 			}
 			continue
@@ -181,15 +182,15 @@ func TestCallbackUnmarshalCaddyfileNested(t *testing.T) {
 }
 
 // TestCallbackCaddyfileAdapt runs the golden files of
-// testdata/callback_adapt: a Caddyfile, a line of ten dashes, then the
+// testdata/adapt: a Caddyfile, a line of ten dashes, then the
 // expected JSON or the expected error.
 func TestCallbackCaddyfileAdapt(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "callback_adapt", "*.caddyfiletest"))
+	files, err := filepath.Glob(filepath.Join("testdata", "adapt", "*.caddyfiletest"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(files) == 0 {
-		t.Fatal("no golden files in testdata/callback_adapt")
+		t.Fatal("no golden files in testdata/adapt")
 	}
 	crlf := regexp.MustCompile(`\r?\n`)
 	for _, file := range files {
