@@ -3,13 +3,13 @@ package caddyatlas
 import (
 	"strconv"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
 
 	"github.com/caddy-atlas/caddy-atlas/callback"
+	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
 )
 
 func init() {
@@ -51,87 +51,60 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := make(map[string]bool)
+	seen := cfparse.Seen{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
-		if sub == "mask" {
-			var err error
-			if h.Mask, err = unmarshalMaskRule(d, h.Mask); err != nil {
+		if sub != "mask" {
+			if err := seen.Once(d); err != nil {
 				return err
 			}
-			continue
 		}
-		if seen[sub] {
-			return d.Errf("subdirective %q given more than once", sub)
-		}
-		seen[sub] = true
-
-		if sub == "callback" {
-			h.Callback = new(callback.Callback)
-			if err := h.Callback.UnmarshalCaddyfile(d); err != nil {
-				return err
-			}
-			continue
-		}
-
-		var target *string
+		var err error
 		switch sub {
 		case "endpoint":
-			target = &h.Endpoint
+			err = cfparse.String(d, &h.Endpoint)
 		case "client_id":
-			target = &h.ClientID
+			err = cfparse.String(d, &h.ClientID)
 		case "client_secret":
-			target = &h.ClientSecret
+			err = cfparse.String(d, &h.ClientSecret)
 		case "extracts_path":
-			target = &h.ExtractsPath
+			err = cfparse.String(d, &h.ExtractsPath)
 		case "upload_path":
-			target = &h.UploadPath
+			err = cfparse.String(d, &h.UploadPath)
 		case "token_header":
-			target = &h.TokenHeader
+			err = cfparse.String(d, &h.TokenHeader)
 		case "token_storage":
-			target = &h.TokenStorage
-		case "timeout", "max_upload_body":
+			err = unmarshalTokenStorage(d, &h.TokenStorage)
+		case "timeout":
+			err = cfparse.Duration(d, &h.Timeout)
+		case "max_upload_body":
+			err = cfparse.Size(d, &h.MaxUploadBody, 1<<40, "1MiB")
+		case "mask":
+			h.Mask, err = unmarshalMaskRule(d, h.Mask)
+		case "callback":
+			h.Callback = new(callback.Callback)
+			err = h.Callback.UnmarshalCaddyfile(d)
 		default:
 			return d.Errf("unrecognized subdirective %q", sub)
 		}
-		if !d.NextArg() {
-			return d.ArgErr()
-		}
-		val := d.Val()
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-		switch sub {
-		case "timeout":
-			dur, err := caddy.ParseDuration(val)
-			if err != nil {
-				return d.Errf("bad timeout %q: %v", val, err)
-			}
-			if dur <= 0 {
-				return d.Errf("timeout must be positive, got %q", val)
-			}
-			h.Timeout = caddy.Duration(dur)
-		case "max_upload_body":
-			size, err := humanize.ParseBytes(val)
-			if err != nil {
-				return d.Errf("bad max_upload_body %q: %v", val, err)
-			}
-			if size == 0 || size > 1<<40 {
-				return d.Errf("max_upload_body must be between 1B and 1TiB, got %q", val)
-			}
-			h.MaxUploadBody = int64(size)
-		case "token_storage":
-			if val != tokenStorageOff {
-				return d.Errf("token_storage must be %q (the default shares the token through Caddy's storage), got %q", tokenStorageOff, val)
-			}
-			*target = val
-		default:
-			if val == "" {
-				return d.Errf("%s must not be empty", sub)
-			}
-			*target = val
+		if err != nil {
+			return err
 		}
 	}
+	return nil
+}
+
+// unmarshalTokenStorage parses `token_storage off`, the one value that
+// differs from the default.
+func unmarshalTokenStorage(d *caddyfile.Dispenser, dst *string) error {
+	val, err := cfparse.Arg(d)
+	if err != nil {
+		return err
+	}
+	if val != tokenStorageOff {
+		return d.Errf("token_storage must be %q (the default shares the token through Caddy's storage), got %q", tokenStorageOff, val)
+	}
+	*dst = val
 	return nil
 }
 

@@ -7,7 +7,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/dustin/go-humanize"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
 )
 
 // UnmarshalCaddyfile sets up the callback route from the `callback`
@@ -71,164 +72,121 @@ import (
 // `spool` enables durable mode and needs `deliver_to`; the other durable
 // settings have defaults (see Callback).
 func (c *Callback) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	if !d.NextArg() {
-		return d.ArgErr()
+	var err error
+	if c.Path, err = cfparse.Arg(d); err != nil {
+		return err
 	}
-	c.Path = d.Val()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-
-	seen := make(map[string]bool)
+	seen := cfparse.Seen{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
-		switch name {
-		case "verify_key", "client_secret", "previous_signing_key", "sign_deliveries", "encryption_key":
-			// repeatable
-		default:
-			if seen[name] {
-				return d.Errf("%s specified more than once", name)
-			}
-			seen[name] = true
-		}
-
-		if name == "retry_backoff" {
-			if err := unmarshalRetryBackoff(d, c); err != nil {
+		if !repeatable[name] {
+			if err := seen.Once(d); err != nil {
 				return err
 			}
-			continue
 		}
-		if name == "queue" {
-			if err := unmarshalQueue(d, c); err != nil {
-				return err
-			}
-			continue
-		}
-
-		var str *string
 		switch name {
 		case "auth_path":
-			str = &c.AuthPath
+			err = cfparse.String(d, &c.AuthPath)
 		case "client_id":
-			str = &c.ClientID
+			err = cfparse.String(d, &c.ClientID)
+		case "client_secret":
+			// The first is the secret, the others are accepted too
+			// during a rotation.
+			if c.ClientSecret == "" {
+				err = cfparse.String(d, &c.ClientSecret)
+			} else {
+				err = cfparse.Append(d, &c.ClientSecrets)
+			}
 		case "signing_key":
-			str = &c.SigningKey
+			err = cfparse.String(d, &c.SigningKey)
+		case "previous_signing_key":
+			err = appendArg(d, &c.PreviousSigningKeys)
+		case "sign_deliveries":
+			err = appendArg(d, &c.SignDeliveries)
 		case "issuer":
-			str = &c.Issuer
+			err = cfparse.String(d, &c.Issuer)
 		case "audience":
-			str = &c.Audience
+			err = cfparse.String(d, &c.Audience)
+		case "token_ttl":
+			err = cfparse.Duration(d, &c.TokenTTL)
+		case "leeway":
+			err = unmarshalLeeway(d, c)
+		case "verify_key":
+			err = appendArg(d, &c.VerifyKeys)
 		case "jwks_url":
-			str = &c.JWKSURL
+			err = cfparse.String(d, &c.JWKSURL)
+		case "max_body":
+			err = cfparse.Size(d, &c.MaxBody, 0, "32MiB")
 		case "spool":
-			str = &c.Spool
+			err = cfparse.String(d, &c.Spool)
 		case "deliver_to":
-			str = &c.DeliverTo
-		case "client_secret", "previous_signing_key", "sign_deliveries",
-			"verify_key", "token_ttl", "leeway", "max_body",
-			"max_attempts", "concurrency", "delivery_timeout", "retention", "max_spool_size",
-			"encryption_key", "dead_letter_retention", "purge_delay":
+			err = cfparse.String(d, &c.DeliverTo)
+		case "max_attempts":
+			err = cfparse.Count(d, &c.MaxAttempts, 1, math.MaxInt)
+		case "retry_backoff":
+			err = unmarshalRetryBackoff(d, c)
+		case "delivery_timeout":
+			err = cfparse.Duration(d, &c.DeliveryTimeout)
+		case "concurrency":
+			err = cfparse.Count(d, &c.Concurrency, 1, math.MaxInt)
+		case "retention":
+			err = cfparse.Duration(d, &c.Retention)
+		case "max_spool_size":
+			err = cfparse.Size(d, &c.MaxSpoolSize, 0, "4GiB")
+		case "encryption_key":
+			err = cfparse.Append(d, &c.EncryptionKeys)
+		case "dead_letter_retention":
+			err = cfparse.Duration(d, &c.DeadLetterRetention)
+		case "purge_delay":
+			err = cfparse.Duration(d, &c.PurgeDelay)
+		case "queue":
+			err = unmarshalQueue(d, c)
 		default:
 			return d.Errf("unrecognized subdirective %q", name)
 		}
-
-		if !d.NextArg() {
-			return d.ArgErr()
-		}
-		val := d.Val()
-		if d.NextArg() {
-			return d.ArgErr()
-		}
-
-		switch name {
-		case "verify_key":
-			c.VerifyKeys = append(c.VerifyKeys, val)
-		case "encryption_key":
-			if val == "" {
-				return d.Errf("encryption_key must not be empty")
-			}
-			c.EncryptionKeys = append(c.EncryptionKeys, val)
-		case "client_secret":
-			if val == "" {
-				return d.Errf("client_secret must not be empty")
-			}
-			if c.ClientSecret == "" {
-				c.ClientSecret = val
-			} else {
-				c.ClientSecrets = append(c.ClientSecrets, val)
-			}
-		case "previous_signing_key":
-			c.PreviousSigningKeys = append(c.PreviousSigningKeys, val)
-		case "sign_deliveries":
-			c.SignDeliveries = append(c.SignDeliveries, val)
-		case "token_ttl", "leeway":
-			dur, err := caddy.ParseDuration(val)
-			if err != nil {
-				return d.Errf("%s: %v", name, err)
-			}
-			if name == "token_ttl" && dur <= 0 {
-				return d.Errf("token_ttl must be positive, got %s", val)
-			}
-			if name == "leeway" && dur <= 0 {
-				return d.Errf("leeway must be positive, got %s (0 selects the default, 60s)", val)
-			}
-			if name == "token_ttl" {
-				c.TokenTTL = caddy.Duration(dur)
-			} else {
-				c.Leeway = caddy.Duration(dur)
-			}
-		case "max_body":
-			size, err := humanize.ParseBytes(val)
-			if err != nil {
-				return d.Errf("max_body: invalid size %q (want e.g. 32MiB)", val)
-			}
-			if size == 0 || size > math.MaxInt64 {
-				return d.Errf("max_body must be between 1 byte and 8 EiB, got %s", val)
-			}
-			c.MaxBody = int64(size)
-		case "max_spool_size":
-			size, err := humanize.ParseBytes(val)
-			if err != nil {
-				return d.Errf("max_spool_size: invalid size %q (want e.g. 4GiB)", val)
-			}
-			if size == 0 || size > math.MaxInt64 {
-				return d.Errf("max_spool_size must be between 1 byte and 8 EiB, got %s", val)
-			}
-			c.MaxSpoolSize = int64(size)
-		case "max_attempts", "concurrency":
-			n, err := strconv.Atoi(val)
-			if err != nil || n < 1 {
-				return d.Errf("%s must be a whole number of at least 1, got %s", name, val)
-			}
-			if name == "max_attempts" {
-				c.MaxAttempts = n
-			} else {
-				c.Concurrency = n
-			}
-		case "delivery_timeout", "retention", "dead_letter_retention", "purge_delay":
-			dur, err := caddy.ParseDuration(val)
-			if err != nil {
-				return d.Errf("%s: %v", name, err)
-			}
-			if dur <= 0 {
-				return d.Errf("%s must be positive, got %s", name, val)
-			}
-			switch name {
-			case "delivery_timeout":
-				c.DeliveryTimeout = caddy.Duration(dur)
-			case "retention":
-				c.Retention = caddy.Duration(dur)
-			case "purge_delay":
-				c.PurgeDelay = caddy.Duration(dur)
-			default:
-				c.DeadLetterRetention = caddy.Duration(dur)
-			}
-		default:
-			if val == "" {
-				return d.Errf("%s must not be empty", name)
-			}
-			*str = val
+		if err != nil {
+			return err
 		}
 	}
+	return nil
+}
+
+// unmarshalLeeway parses `leeway <duration>`, positive: the JSON's 0
+// is the default.
+func unmarshalLeeway(d *caddyfile.Dispenser, c *Callback) error {
+	val, err := cfparse.Arg(d)
+	if err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(val)
+	if err != nil {
+		return d.Errf("leeway: %v", err)
+	}
+	if dur <= 0 {
+		return d.Errf("leeway must be positive, got %s (0 selects the default, 60s)", val)
+	}
+	c.Leeway = caddy.Duration(dur)
+	return nil
+}
+
+// repeatable are the callback block's subdirectives that may be given
+// more than once.
+var repeatable = map[string]bool{
+	"client_secret":        true,
+	"previous_signing_key": true,
+	"sign_deliveries":      true,
+	"verify_key":           true,
+	"encryption_key":       true,
+}
+
+// appendArg appends the one argument of the subdirective d is on to
+// *dst; an empty one is refused at provision time, which names it.
+func appendArg(d *caddyfile.Dispenser, dst *[]string) error {
+	val, err := cfparse.Arg(d)
+	if err != nil {
+		return err
+	}
+	*dst = append(*dst, val)
 	return nil
 }
 
@@ -239,7 +197,7 @@ func unmarshalRetryBackoff(d *caddyfile.Dispenser, c *Callback) error {
 	if len(args) != 2 {
 		return d.ArgErr()
 	}
-	var durs [2]time.Duration
+	var durs [2]caddy.Duration
 	for i, a := range args {
 		dur, err := caddy.ParseDuration(a)
 		if err != nil {
@@ -248,12 +206,12 @@ func unmarshalRetryBackoff(d *caddyfile.Dispenser, c *Callback) error {
 		if dur <= 0 {
 			return d.Errf("retry_backoff delays must be positive, got %s", a)
 		}
-		durs[i] = dur
+		durs[i] = caddy.Duration(dur)
 	}
 	if durs[0] > durs[1] {
 		return d.Errf("retry_backoff: the first delay %s exceeds the maximum %s", args[0], args[1])
 	}
-	c.RetryBackoffMin, c.RetryBackoffMax = caddy.Duration(durs[0]), caddy.Duration(durs[1])
+	c.RetryBackoffMin, c.RetryBackoffMax = durs[0], durs[1]
 	return nil
 }
 

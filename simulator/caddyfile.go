@@ -7,6 +7,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
 )
 
 func init() {
@@ -45,7 +46,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 
-	seen := map[string]bool{}
+	seen := cfparse.Seen{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
 		switch sub {
@@ -53,10 +54,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized subdirective %q", sub)
 		}
-		if seen[sub] {
-			return d.Errf("%s specified more than once", sub)
+		if err := seen.Once(d); err != nil {
+			return err
 		}
-		seen[sub] = true
 
 		if sub == "one_live_token" {
 			if d.NextArg() {

@@ -64,7 +64,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "argument on directive", input: `atlas_simulator foo`, wantErr: "wrong argument count"},
 		{name: "argument before block", input: "atlas_simulator foo {\n}", wantErr: "wrong argument count"},
 		{name: "unknown subdirective", input: "atlas_simulator {\nbase_url http://x\n}", wantErr: `unrecognized subdirective "base_url"`},
-		{name: "repeated subdirective", input: "atlas_simulator {\nclient_id a\nclient_id b\n}", wantErr: "client_id specified more than once"},
+		{name: "repeated subdirective", input: "atlas_simulator {\nclient_id a\nclient_id b\n}", wantErr: `subdirective "client_id" given more than once`},
 		{name: "client_id missing value", input: "atlas_simulator {\nclient_id\n}", wantErr: "wrong argument count"},
 		{name: "client_secret two values", input: "atlas_simulator {\nclient_secret a b\n}", wantErr: "wrong argument count"},
 		{name: "token_lifetime missing value", input: "atlas_simulator {\ntoken_lifetime\n}", wantErr: "wrong argument count"},
@@ -74,7 +74,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "upload_response bad", input: "atlas_simulator {\nupload_response list\n}", wantErr: `upload_response must be "array" or "object"`},
 		{name: "document_type_form bad", input: "atlas_simulator {\ndocument_type_form map\n}", wantErr: `document_type_form must be "string" or "object"`},
 		{name: "one_live_token with a value", input: "atlas_simulator {\none_live_token yes\n}", wantErr: "wrong argument count"},
-		{name: "one_live_token repeated", input: "atlas_simulator {\none_live_token\none_live_token\n}", wantErr: "one_live_token specified more than once"},
+		{name: "one_live_token repeated", input: "atlas_simulator {\none_live_token\none_live_token\n}", wantErr: `subdirective "one_live_token" given more than once`},
 		{name: "upload_response missing value", input: "atlas_simulator {\nupload_response\n}", wantErr: "wrong argument count"},
 	}
 	for _, tt := range tests {
