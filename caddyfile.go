@@ -1,8 +1,11 @@
 package caddyatlas
 
 import (
+	"encoding/json"
+	"fmt"
 	"strconv"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -15,13 +18,134 @@ import (
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("atlas", parseCaddyfile)
 	httpcaddyfile.RegisterDirectiveOrder("atlas", httpcaddyfile.Before, "reverse_proxy")
+	httpcaddyfile.RegisterGlobalOption("atlas", parseGlobalOption)
 }
 
-// parseCaddyfile sets up the handler from Caddyfile tokens.
+// parseCaddyfile sets up the handler from Caddyfile tokens. An account
+// written inline that configures a client id differently from another
+// site or from the global atlas options is an error that names both
+// places.
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	m := new(Handler)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
+	if err := m.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	h.Reset()
+	h.Next()
+	place := fmt.Sprintf("the atlas block at %s:%d", h.File(), h.Line())
+	if err := checkAccountPlaces(h, m.inlineAccount(), place); err != nil {
+		return nil, h.Errf("%v", err)
+	}
+	return m, nil
+}
+
+// parseGlobalOption sets up the atlas app from the `atlas` global
+// option.
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	if existing != nil {
+		return nil, d.Err("the atlas global option is given more than once")
+	}
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	var warnings []caddyconfig.Warning
+	raw := caddyconfig.JSON(app, &warnings)
+	if len(warnings) > 0 {
+		return nil, d.Errf("atlas: %s", warnings[0].Message)
+	}
+	return httpcaddyfile.App{Name: "atlas", Value: raw}, nil
+}
+
+// UnmarshalCaddyfile sets up the atlas app from the tokens of the
+// `atlas` global option. Syntax:
+//
+//	atlas {
+//		endpoint      <url>
+//		client_id     <id>
+//		client_secret <secret>
+//		token_storage off
+//	}
+//
+// The account is that of every site's atlas handler that names none.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume the option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := cfparse.Seen{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := seen.Once(d); err != nil {
+			return err
+		}
+		var err error
+		switch d.Val() {
+		case "endpoint":
+			err = cfparse.String(d, &a.Endpoint)
+		case "client_id":
+			err = cfparse.String(d, &a.ClientID)
+		case "client_secret":
+			err = cfparse.String(d, &a.ClientSecret)
+		case "token_storage":
+			err = unmarshalTokenStorage(d, &a.TokenStorage)
+		default:
+			return d.Errf("unrecognized subdirective %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// accountPlace is an account as written in the Caddyfile, and where.
+type accountPlace struct {
+	Account
+	place string
+}
+
+// accountPlacesKey keys, in the adapter's state, the accounts the sites
+// of the Caddyfile configure inline, by client id as written.
+const accountPlacesKey = "atlas.accounts"
+
+// checkAccountPlaces compares the account a site's atlas block writes
+// inline with those of the sites before it and with the global atlas
+// options, as written (placeholders unresolved): one client id must have
+// one endpoint, secret and token storage. Provision compares them again
+// once resolved.
+func checkAccountPlaces(h httpcaddyfile.Helper, acct Account, place string) error {
+	if !acct.configured() || acct.ClientID == "" {
+		return nil
+	}
+	places, _ := h.State[accountPlacesKey].(map[string]accountPlace)
+	if places == nil {
+		places = make(map[string]accountPlace)
+		if opt, ok := h.Option("atlas").(httpcaddyfile.App); ok {
+			var app App
+			if err := json.Unmarshal(opt.Value, &app); err == nil && app.ClientID != "" {
+				places[app.ClientID] = accountPlace{app.Account, appPlace}
+			}
+		}
+		h.State[accountPlacesKey] = places
+	}
+	o, ok := places[acct.ClientID]
+	if !ok {
+		places[acct.ClientID] = accountPlace{acct, place}
+		return nil
+	}
+	var diff string
+	switch {
+	case o.Endpoint != acct.Endpoint:
+		diff = "endpoint " + o.Endpoint + " and " + acct.Endpoint
+	case o.ClientSecret != acct.ClientSecret:
+		diff = "client_secret"
+	case o.TokenStorage != acct.TokenStorage:
+		diff = "token_storage"
+	default:
+		return nil
+	}
+	return fmt.Errorf("client_id %s is configured twice, with a different %s: in %s and in %s; configure the account once (in the global atlas options) or give each place the same settings",
+		acct.ClientID, diff, o.place, place)
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:

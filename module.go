@@ -6,13 +6,10 @@
 package caddyatlas
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -68,7 +65,10 @@ const (
 //	{http.atlas.callback.document_count}  the number of documents in the payload
 type Handler struct {
 	// The Atlas base URL, e.g. https://docstream.dev.kreditmind.com.
-	// Required when an outbound route is enabled.
+	// With client_id and client_secret, the account of this handler's
+	// outbound routes; without them, the routes use the account of the
+	// global atlas options (the atlas app). An outbound route needs one
+	// or the other. See Account.
 	Endpoint string `json:"endpoint,omitempty"`
 
 	// The gateway's Atlas client id. Placeholders are resolved at
@@ -114,13 +114,12 @@ type Handler struct {
 	Callback *callback.Callback `json:"callback,omitempty"`
 
 	// runtime state
+	app          *App
+	ownApp       bool // app is this handler's own, made outside a config load
 	endpoint     *url.URL
 	clientID     string
 	extractsPath string
 	uploadPath   string
-	poolKey      string
-	tokens       *sharedTokenSource
-	tokenStore   *storageTokenStore // attached to tokens.stores
 	upstream     *http.Client
 	metrics      *outboundMetrics
 	masker       *mask.Masker
@@ -155,13 +154,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.extractsPath = routePath(h.ExtractsPath, DefaultExtractsPath)
 	h.uploadPath = routePath(h.UploadPath, DefaultUploadPath)
 
-	// The outbound routes exist when an endpoint is configured; a
-	// callback-only configuration leaves them out.
-	if h.Endpoint == "" && h.Callback != nil {
+	if h.app, h.ownApp, err = atlasApp(ctx); err != nil {
+		return err
+	}
+
+	// The outbound routes exist when an account is configured, in the
+	// handler's block or in the app; a callback-only configuration
+	// leaves them out.
+	if !h.inlineAccount().configured() && h.app.defaultAccount() == nil && h.Callback != nil {
 		h.extractsPath, h.uploadPath = "", ""
 	}
 	if h.extractsPath != "" || h.uploadPath != "" {
-		if err := h.provisionOutbound(ctx); err != nil {
+		if err := h.provisionOutbound(); err != nil {
 			return err
 		}
 	}
@@ -174,63 +178,33 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// provisionOutbound resolves the endpoint and credentials and takes the
-// token source from the pool shared across config reloads.
-func (h *Handler) provisionOutbound(ctx caddy.Context) error {
-	repl := caddy.NewReplacer()
-	endpoint := strings.TrimRight(repl.ReplaceKnown(h.Endpoint, ""), "/")
-	if endpoint == "" {
-		return errors.New("endpoint is required while an outbound route is enabled (set extracts_path and upload_path to off for a callback-only gateway)")
-	}
-	u, err := url.Parse(endpoint)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("endpoint %q is not an absolute http(s) URL", endpoint)
-	}
-	h.endpoint = u
-
-	h.clientID = repl.ReplaceKnown(h.ClientID, "")
-	secret := repl.ReplaceKnown(h.ClientSecret, "")
+// provisionOutbound takes the account of the outbound routes from the
+// atlas app: the one this handler's block names, or the app's own.
+func (h *Handler) provisionOutbound() error {
+	inline := h.inlineAccount()
+	var acct *account
 	switch {
-	case h.clientID == "" && secret == "":
-		return errors.New("client_id and client_secret are empty; give them as {env.NAME} or {file.path} placeholders")
-	case h.clientID == "":
-		return errors.New("client_id is empty")
-	case secret == "":
-		return fmt.Errorf("client_secret is empty (client_id %q); give it as an {env.NAME} or {file.path} placeholder", h.clientID)
-	}
-
-	h.metrics = provisionOutboundMetrics(ctx.GetMetricsRegistry())
-
-	// One token source and connection pool per endpoint and credentials,
-	// shared by every handler and config that uses them, so a reload
-	// neither re-authenticates nor strands connections. The key holds a digest of the secret, never the
-	// secret itself.
-	digest := sha256.Sum256([]byte(secret))
-	storage := contextStorage(ctx)
-	shared := h.TokenStorage != tokenStorageOff && storage != nil
-	h.poolKey = endpoint + "\x00" + h.clientID + "\x00" + hex.EncodeToString(digest[:]) + "\x00" + strconv.FormatBool(shared)
-	val, _, err := tokenSources.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-		return newSharedTokenSource(endpoint, h.clientID, secret, shared, h.metrics, h.logger)
-	})
-	if err != nil {
-		h.poolKey = ""
-		return err
-	}
-	h.tokens = val.(*sharedTokenSource)
-	if shared {
-		// The token is shared through this config's storage.
-		st, err := newStorageTokenStore(storage, endpoint, h.clientID, secret)
-		if err != nil {
+	case inline.configured():
+		var err error
+		if acct, err = h.app.account(inline, h.place()); err != nil {
 			return err
 		}
-		h.tokenStore = st
-		h.tokens.stores.attach(st)
+	case h.app.defaultAccount() != nil:
+		acct = h.app.defaultAccount()
+		if h.TokenStorage != "" && h.TokenStorage != acct.tokenStorage {
+			return fmt.Errorf("token_storage %q differs from the account's in %s: set token_storage where the account is configured", h.TokenStorage, acct.place)
+		}
+	default:
+		_, _, err := resolveAccount(inline) // says what is missing
+		return err
 	}
-
+	h.endpoint = acct.endpoint
+	h.clientID = acct.clientID
+	h.metrics = acct.metrics
 	h.upstream = &http.Client{
 		Transport: &atlasclient.Transport{
-			Source:   h.tokens.source,
-			Base:     outbound.Traced(h.tokens.transport),
+			Source:   acct.tokens.source,
+			Base:     outbound.Traced(acct.transport()),
 			Header:   h.TokenHeader,
 			OnReplay: h.metrics.replays.Inc,
 		},
@@ -239,6 +213,26 @@ func (h *Handler) provisionOutbound(ctx caddy.Context) error {
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	return nil
+}
+
+// inlineAccount is the account written in the handler's own block.
+func (h *Handler) inlineAccount() Account {
+	return Account{Endpoint: h.Endpoint, ClientID: h.ClientID, ClientSecret: h.ClientSecret, TokenStorage: h.TokenStorage}
+}
+
+// place names the handler in errors, by the routes it serves.
+func (h *Handler) place() string {
+	var routes []string
+	if h.Callback != nil && h.Callback.Path != "" {
+		routes = append(routes, "callback "+h.Callback.Path)
+	}
+	if h.extractsPath != "" {
+		routes = append(routes, "extracts_path "+h.extractsPath)
+	}
+	if h.uploadPath != "" {
+		routes = append(routes, "upload_path "+h.uploadPath)
+	}
+	return "the atlas handler of " + strings.Join(routes, ", ")
 }
 
 // routePath returns the effective path of a route: the default when
@@ -302,24 +296,18 @@ func validHeaderName(s string) bool {
 	return s != ""
 }
 
-// Cleanup releases the shared token source and the callback route's
-// resources. It is safe after a failed Provision.
+// Cleanup releases the callback route's resources; the account is the
+// app's to release. It is safe after a failed Provision.
 func (h *Handler) Cleanup() error {
 	var errs []error
-	if h.tokenStore != nil {
-		h.tokens.stores.detach(h.tokenStore)
-		h.tokenStore = nil
-	}
-	if h.poolKey != "" {
-		if _, err := tokenSources.Delete(h.poolKey); err != nil {
-			errs = append(errs, err)
-		}
-		h.poolKey = ""
-	}
 	if h.Callback != nil {
 		if err := h.Callback.Cleanup(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if h.ownApp {
+		errs = append(errs, h.app.Cleanup())
+		h.app, h.ownApp = nil, false
 	}
 	return errors.Join(errs...)
 }

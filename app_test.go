@@ -1,0 +1,100 @@
+package caddyatlas
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// validateConfig provisions a JSON config, as `caddy validate` does, and
+// returns its error.
+func validateConfig(t *testing.T, config string) error {
+	t.Helper()
+	var cfg caddy.Config
+	if err := json.Unmarshal([]byte(config), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	return caddy.Validate(&cfg)
+}
+
+// siteConfig is a config with the given atlas app and one server whose
+// routes are the given atlas handlers, its storage in a directory of the
+// test.
+func siteConfig(t *testing.T, app string, handlers ...string) string {
+	var routes []string
+	for _, h := range handlers {
+		routes = append(routes, `{"handle": [`+h+`]}`)
+	}
+	apps := `"http": {"servers": {"s": {"listen": ["127.0.0.1:0"], "routes": [` + strings.Join(routes, ",") + `]}}}`
+	if app != "" {
+		apps = `"atlas": ` + app + `, ` + apps
+	}
+	return `{"admin": {"disabled": true}, "storage": {"module": "file_system", "root": "` + t.TempDir() + `"}, "apps": {` + apps + `}}`
+}
+
+// TestAppAccount checks where the outbound routes take their account
+// from: the handler's block, else the atlas app; and that one client id
+// configured two ways is refused, naming both places.
+func TestAppAccount(t *testing.T) {
+	t.Setenv("APP_TEST_SECRET", "app-test-secret-do-not-echo")
+	const (
+		account = `"endpoint": "https://atlas.example.com", "client_id": "gw", "client_secret": "{env.APP_TEST_SECRET}"`
+		other   = `"endpoint": "https://other.example.com", "client_id": "gw", "client_secret": "{env.APP_TEST_SECRET}"`
+	)
+	for _, tc := range []struct {
+		name, config, want string
+	}{
+		{"the app's account", siteConfig(t, `{`+account+`}`, `{"handler": "atlas"}`), ""},
+		{"the app's account in two sites", siteConfig(t, `{`+account+`}`, `{"handler": "atlas"}`, `{"handler": "atlas", "extracts_path": "/x", "upload_path": "/y"}`), ""},
+		{"inline, the same as the app's", siteConfig(t, `{`+account+`}`, `{"handler": "atlas", `+account+`}`), ""},
+		{"inline without an app", siteConfig(t, "", `{"handler": "atlas", `+account+`}`), ""},
+		{"no account anywhere", siteConfig(t, "", `{"handler": "atlas"}`), "endpoint is required while an outbound route is enabled: set endpoint, client_id and client_secret in the global atlas options or in the site's atlas block"},
+		{"inline, another endpoint than the app's", siteConfig(t, `{`+account+`}`, `{"handler": "atlas", `+other+`}`),
+			`client_id "gw" is configured twice, with a different endpoint https://atlas.example.com and https://other.example.com: in the global atlas options and in the atlas handler of extracts_path /atlas/extracts, upload_path /atlas/multiupload`},
+		{"two sites, two secrets", siteConfig(t, "", `{"handler": "atlas", `+account+`}`, `{"handler": "atlas", "extracts_path": "/x", "upload_path": "/y", "endpoint": "https://atlas.example.com", "client_id": "gw", "client_secret": "another"}`),
+			`client_id "gw" is configured twice, with a different client_secret: in the atlas handler of extracts_path /atlas/extracts, upload_path /atlas/multiupload and in the atlas handler of extracts_path /x, upload_path /y`},
+		{"token_storage off beside the app's account", siteConfig(t, `{`+account+`}`, `{"handler": "atlas", "token_storage": "off"}`),
+			`token_storage "off" differs from the account's in the global atlas options`},
+		{"a bad app account", siteConfig(t, `{"endpoint": "atlas.example.com", "client_id": "gw", "client_secret": "x"}`, `{"handler": "atlas"}`), "not an absolute http(s) URL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := validateConfig(t, tc.config)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("config refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("error %v, want it to contain %q", err, tc.want)
+			case err != nil && strings.Contains(err.Error(), "app-test-secret-do-not-echo"):
+				t.Fatalf("the error echoes the secret: %v", err)
+			}
+		})
+	}
+}
+
+// TestAppSharesOneAccount checks that the handlers of one config that
+// use one client id share one account, and its token source.
+func TestAppSharesOneAccount(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	defer cancel()
+	app := new(App)
+	app.Account = Account{Endpoint: "https://atlas.example.com", ClientID: "gw", ClientSecret: "s", TokenStorage: tokenStorageOff}
+	if err := app.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer app.Cleanup()
+	inline, err := app.account(app.Account, "a site")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inline != app.defaultAccount() {
+		t.Error("an inline account with the app's settings is another account")
+	}
+	if err := app.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := app.account(app.Account, "a site"); err == nil {
+		t.Error("a cleaned-up app opened an account")
+	}
+}
