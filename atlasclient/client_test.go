@@ -13,13 +13,15 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 // newTestClient returns a client for fa that authenticates through a
 // Transport.
 func newTestClient(t *testing.T, fa *fakeAtlas) *Client {
 	t.Helper()
-	s := newSource(t, fa, newClock(), nil)
+	s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 	c, err := NewClient(fa.URL+"/", &http.Client{Transport: &Transport{Source: s}})
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 const (
@@ -15,28 +17,6 @@ const (
 	testSecret   = "s3cr3t-DO-NOT-LEAK"
 	authPath     = "/v1/docstream/authtoken"
 )
-
-// fakeClock is an injectable clock that moves only when told to.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 3, 9, 8, 14, 8, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // gate blocks handlers until opened; opening is idempotent.
 type gate struct {
@@ -119,7 +99,7 @@ func writeToken(w http.ResponseWriter, value string, expiresIn int) {
 
 // newSource returns a source for fa with small backoffs; edit may change
 // the options.
-func newSource(t *testing.T, fa *fakeAtlas, clock *fakeClock, edit func(*TokenOptions)) *TokenSource {
+func newSource(t *testing.T, fa *fakeAtlas, clock *testutil.Clock, edit func(*TokenOptions)) *TokenSource {
 	t.Helper()
 	opts := TokenOptions{
 		Endpoint:     fa.URL + "/",
@@ -162,16 +142,4 @@ func refreshing(s *TokenSource) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.inflight != nil
-}
-
-// waitFor polls cond until it holds or a second has passed.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }

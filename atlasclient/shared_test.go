@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 // memStore is a SharedTokenStore in memory, as a fleet's storage would be
@@ -104,7 +106,7 @@ func (o *sharedObserver) SharedStoreFailed(op string, err error) {
 }
 
 // fleet returns n sources for fa sharing store and clock.
-func fleet(t *testing.T, n int, fa *fakeAtlas, store *memStore, clock *fakeClock, edit func(*TokenOptions)) []*TokenSource {
+func fleet(t *testing.T, n int, fa *fakeAtlas, store *memStore, clock *testutil.Clock, edit func(*TokenOptions)) []*TokenSource {
 	t.Helper()
 	var out []*TokenSource
 	for range n {
@@ -149,7 +151,7 @@ func TestSharedColdFleetFetchesOnce(t *testing.T) {
 		okToken(3600)(w, r, n)
 	}, nil)
 	store := newMemStore()
-	sources := fleet(t, 3, fa, store, newClock(), nil)
+	sources := fleet(t, 3, fa, store, testutil.NewClock(testutil.Epoch), nil)
 
 	got := tokenAll(t, sources, 300)
 	if n := fa.authCalls.Load(); n != 1 {
@@ -169,7 +171,7 @@ func TestSharedColdFleetFetchesOnce(t *testing.T) {
 func TestSharedRefreshFetchesOncePerLifetime(t *testing.T) {
 	fa := newFakeAtlas(t, okToken(100), nil)
 	store := newMemStore()
-	clock := newClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	sources := fleet(t, 3, fa, store, clock, nil)
 	tokenAll(t, sources, 30)
 
@@ -195,7 +197,7 @@ func TestSharedRefreshFetchesOncePerLifetime(t *testing.T) {
 func TestSharedInvalidateHoldsForTheFleet(t *testing.T) {
 	fa := newFakeAtlas(t, nil, nil)
 	store := newMemStore()
-	clock := newClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	ab := fleet(t, 2, fa, store, clock, nil)
 	a, b := ab[0], ab[1]
 	tokenAll(t, []*TokenSource{a, b}, 10)
@@ -236,7 +238,7 @@ func TestSharedInvalidateHoldsForTheFleet(t *testing.T) {
 func TestSharedStoredTokenInItsWindowIsRefreshed(t *testing.T) {
 	fa := newFakeAtlas(t, nil, nil)
 	store := newMemStore()
-	clock := newClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	now := clock.Now()
 	for _, tt := range []struct {
 		name      string
@@ -289,7 +291,7 @@ func TestSharedWaiterTakesTheHoldersToken(t *testing.T) {
 	}
 	// The lock the waiter obtains after the holder is released at once.
 	_ = unlock(context.Background())
-	waitFor(t, "the late lock to be released", func() bool { return !store.locked() })
+	testutil.WaitFor(t, time.Second, "the late lock to be released", func() bool { return !store.locked() })
 }
 
 func TestSharedStoreFailuresFallBackToOwnToken(t *testing.T) {
@@ -375,7 +377,7 @@ func oneLiveAtlas(t *testing.T, expiresIn int) *fakeAtlas {
 func TestSharedFleetWithOneLiveTokenNeverFails(t *testing.T) {
 	fa := oneLiveAtlas(t, 100)
 	store := newMemStore()
-	clock := newClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	sources := fleet(t, 3, fa, store, clock, nil)
 	var replays atomic.Int64
 	clients := make([]*http.Client, len(sources))
@@ -454,7 +456,7 @@ func (o *refusalObserver) TokenRefused(age, remaining time.Duration) {
 
 func TestRefusalObserver(t *testing.T) {
 	fa := newFakeAtlas(t, okToken(100), nil)
-	clock := newClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	obs := &refusalObserver{}
 	s := newSource(t, fa, clock, func(o *TokenOptions) { o.Observer = obs })
 	getTokens(t, s, 1)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient"
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 // These tests run the client against the simulator in atlastest, an
@@ -161,29 +162,11 @@ func TestSimulatorAuthFailures(t *testing.T) {
 	}
 }
 
-// simClock is a clock shared by the simulator and the token source.
-type simClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *simClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *simClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // TestSimulatorConcurrentCallersShareOneToken: 200 concurrent requests on
 // a cold cache cost one authtoken call, and 200 more in the refresh
 // window cost exactly one more, all served meanwhile.
 func TestSimulatorConcurrentCallersShareOneToken(t *testing.T) {
-	clock := &simClock{now: time.Now()}
+	clock := testutil.NewClock(time.Now()) // shared by the simulator and the token source
 	srv := atlastest.NewServer(t, atlastest.Options{Now: clock.Now, TokenLifetime: time.Hour})
 	batch := srv.CreateBatch("pan-1", "aadhaar-2")
 	src, err := atlasclient.NewTokenSource(atlasclient.TokenOptions{
@@ -222,10 +205,8 @@ func TestSimulatorConcurrentCallersShareOneToken(t *testing.T) {
 	}
 	clock.Advance(46 * time.Minute) // a quarter of the hour left: the refresh window
 	burst()
-	deadline := time.Now().Add(5 * time.Second)
-	for srv.Calls("authtoken") < 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	// Let the background refresh land; the count below fails if it never does.
+	testutil.Poll(5*time.Second, 10*time.Millisecond, func() bool { return srv.Calls("authtoken") >= 2 })
 	burst()
 	if n := srv.Calls("authtoken"); n != 2 {
 		t.Errorf("authtoken calls = %d after the refresh window, want 2", n)

@@ -5,6 +5,9 @@ import (
 	"net/http"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 // ctxRecorder is a transport that records a context value of each request
@@ -46,7 +49,7 @@ func TestTokenFetchCarriesTriggerValues(t *testing.T) {
 		_, err := s.Token(trigger)
 		done <- err
 	}()
-	waitFor(t, "the authtoken call", func() bool { return fa.authCalls.Load() == 1 })
+	testutil.WaitFor(t, time.Second, "the authtoken call", func() bool { return fa.authCalls.Load() == 1 })
 	cancel() // the first caller gives up
 	if err := <-done; err == nil {
 		t.Fatal("Token returned no error after its context was cancelled")

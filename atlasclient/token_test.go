@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 // getTokens calls Token from n goroutines at once and returns the values
@@ -53,7 +55,7 @@ func TestTokenRequest(t *testing.T) {
 		mu.Unlock()
 		writeToken(w, "the-token-value", 3600)
 	}, nil)
-	clock := newClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	s := newSource(t, fa, clock, nil)
 	tok, err := s.Token(context.Background())
 	if err != nil {
@@ -88,11 +90,11 @@ func TestTokenColdCacheSingleFetch(t *testing.T) {
 		g.wait(r)
 		okToken(3600)(w, r, n)
 	}, nil)
-	s := newSource(t, fa, newClock(), nil)
+	s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 
 	done := make(chan []string)
 	go func() { done <- getTokens(t, s, 200) }()
-	waitFor(t, "the authtoken call", func() bool { return fa.authCalls.Load() == 1 })
+	testutil.WaitFor(t, time.Second, "the authtoken call", func() bool { return fa.authCalls.Load() == 1 })
 	time.Sleep(20 * time.Millisecond) // let the callers pile up on the fetch
 	g.open()
 	values := <-done
@@ -115,7 +117,7 @@ func TestTokenRefreshWindow(t *testing.T) {
 		}
 		okToken(3600)(w, r, n)
 	}, nil)
-	clock := newClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	s := newSource(t, fa, clock, nil)
 
 	if v := getTokens(t, s, 1)[0]; v != "tok-1" {
@@ -159,7 +161,7 @@ func TestTokenNeverUsedPastExpiry(t *testing.T) {
 	}, func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"data":[]}`)
 	})
-	clock := newClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	s := newSource(t, fa, clock, nil)
 	hc := &http.Client{Transport: &Transport{Source: s}}
 
@@ -208,7 +210,7 @@ func TestTokenFailedRefreshKeepsServingValidToken(t *testing.T) {
 		}
 		okToken(100)(w, r, n)
 	}, nil)
-	clock := newClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	s := newSource(t, fa, clock, nil)
 	getTokens(t, s, 1)
 
@@ -245,7 +247,7 @@ func TestTokenBackoffNoStorm(t *testing.T) {
 		}
 		okToken(3600)(w, r, n)
 	}, nil)
-	clock := newClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	s := newSource(t, fa, clock, nil)
 
 	var wg sync.WaitGroup
@@ -325,7 +327,7 @@ func TestTokenBackoffRealClock(t *testing.T) {
 	}
 
 	healthy.Store(true)
-	waitFor(t, "recovery", func() bool {
+	testutil.WaitFor(t, time.Second, "recovery", func() bool {
 		_, err := s.Token(context.Background())
 		return err == nil
 	})
@@ -336,7 +338,7 @@ func TestTokenRetryAfter(t *testing.T) {
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "slow down", http.StatusTooManyRequests)
 	}, nil)
-	clock := newClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	s := newSource(t, fa, clock, func(o *TokenOptions) {
 		o.MaxBackoff = 40 * time.Millisecond // Retry-After of 1s is bounded to this
 	})
@@ -379,7 +381,7 @@ func TestTokenCredentialsRejected(t *testing.T) {
 				w.WriteHeader(tt.status)
 				io.WriteString(w, tt.body)
 			}, nil)
-			s := newSource(t, fa, newClock(), nil)
+			s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 
 			for range 20 {
 				_, err := s.Token(context.Background())
@@ -411,7 +413,7 @@ func TestTokenCredentialsRejected(t *testing.T) {
 }
 
 func TestTokenResponses(t *testing.T) {
-	clock := newClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	now := clock.Now()
 	jwtWithExp := func(exp time.Time) string {
 		s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "x", "exp": exp.Unix()}).SignedString([]byte("k"))
@@ -472,7 +474,7 @@ func TestTokenBadBodyIsRetried(t *testing.T) {
 		}
 		okToken(3600)(w, r, n)
 	}, nil)
-	s := newSource(t, fa, newClock(), nil)
+	s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 	tok, err := s.Token(context.Background())
 	if err != nil || tok.Value != fmt.Sprintf("tok-%d", fetchAttempts) {
 		t.Fatalf("Token = %q, %v", tok.Value, err)
@@ -480,7 +482,7 @@ func TestTokenBadBodyIsRetried(t *testing.T) {
 }
 
 func TestTokenJWTExpiryDrivesRefresh(t *testing.T) {
-	clock := newClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	exp := clock.Now().Add(40 * time.Minute)
 	value, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"exp": exp.Unix()}).SignedString([]byte("k"))
 	fa := newFakeAtlas(t, func(w http.ResponseWriter, r *http.Request, n int64) {
@@ -514,7 +516,7 @@ func TestTokenCallerContext(t *testing.T) {
 		g.wait(r)
 		okToken(3600)(w, r, n)
 	}, nil)
-	s := newSource(t, fa, newClock(), nil)
+	s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 
 	patient := make(chan error, 1)
 	go func() {
@@ -537,7 +539,7 @@ func TestTokenCallerContext(t *testing.T) {
 
 func TestTokenInvalidate(t *testing.T) {
 	fa := newFakeAtlas(t, nil, nil)
-	s := newSource(t, fa, newClock(), nil)
+	s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 	getTokens(t, s, 1)
 	s.Invalidate("some-other-token")
 	s.Invalidate("")
@@ -554,14 +556,14 @@ func TestTokenClose(t *testing.T) {
 	fa := newFakeAtlas(t, func(w http.ResponseWriter, r *http.Request, n int64) {
 		<-r.Context().Done() // hang until the client gives up
 	}, nil)
-	s := newSource(t, fa, newClock(), nil)
+	s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 
 	waiting := make(chan error, 1)
 	go func() {
 		_, err := s.Token(context.Background())
 		waiting <- err
 	}()
-	waitFor(t, "the authtoken call", func() bool { return fa.authCalls.Load() == 1 })
+	testutil.WaitFor(t, time.Second, "the authtoken call", func() bool { return fa.authCalls.Load() == 1 })
 
 	closed := make(chan struct{})
 	go func() { s.Close(); close(closed) }()
@@ -602,7 +604,7 @@ func TestTokenObserver(t *testing.T) {
 		}
 	}, nil)
 	obs := &recordingObserver{}
-	s := newSource(t, fa, newClock(), func(o *TokenOptions) { o.Observer = obs })
+	s := newSource(t, fa, testutil.NewClock(testutil.Epoch), func(o *TokenOptions) { o.Observer = obs })
 	s.Token(context.Background())
 	s.Invalidate("tok-2")
 	s.Token(context.Background())

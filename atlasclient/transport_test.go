@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 // tokenLog records the Token header of each API request.
@@ -41,7 +43,7 @@ func TestTransportReplaysOnlyOnce(t *testing.T) {
 		log.add(r)
 		unauthorized(w)
 	})
-	s := newSource(t, fa, newClock(), nil)
+	s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 	var replays atomic.Int64
 	hc := &http.Client{Transport: &Transport{Source: s, OnReplay: func() { replays.Add(1) }}}
 
@@ -82,7 +84,7 @@ func TestTransportReplayWithBodySucceeds(t *testing.T) {
 		w.WriteHeader(http.StatusCreated)
 		io.WriteString(w, `{"batch_id":"BATCH-1"}`)
 	})
-	s := newSource(t, fa, newClock(), nil)
+	s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 	c, err := NewClient(fa.URL, &http.Client{Transport: &Transport{Source: s}})
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +111,7 @@ func TestTransportNonReplayableBody(t *testing.T) {
 		io.Copy(io.Discard, r.Body)
 		unauthorized(w)
 	})
-	s := newSource(t, fa, newClock(), nil)
+	s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 	var replays atomic.Int64
 	hc := &http.Client{Transport: &Transport{Source: s, OnReplay: func() { replays.Add(1) }}}
 
@@ -136,7 +138,7 @@ func TestTransportNoReplayOnOtherStatus(t *testing.T) {
 		fa := newFakeAtlas(t, nil, func(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(status)
 		})
-		s := newSource(t, fa, newClock(), nil)
+		s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 		resp, err := (&http.Client{Transport: &Transport{Source: s}}).Get(fa.URL + "/x")
 		if err != nil {
 			t.Fatal(err)
@@ -167,7 +169,7 @@ func TestTransportReplacesCallerCredentials(t *testing.T) {
 				got = r.Header.Clone()
 				mu.Unlock()
 			})
-			s := newSource(t, fa, newClock(), nil)
+			s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 			hc := &http.Client{Transport: &Transport{Source: s, Header: tt.header}}
 
 			req, _ := http.NewRequest(http.MethodGet, fa.URL+"/x", nil)
@@ -205,7 +207,7 @@ func TestTransportTokenError(t *testing.T) {
 	fa := newFakeAtlas(t, func(w http.ResponseWriter, r *http.Request, n int64) {
 		http.Error(w, "invalid credentials", http.StatusUnauthorized)
 	}, func(w http.ResponseWriter, r *http.Request) {})
-	s := newSource(t, fa, newClock(), nil)
+	s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 	c, _ := NewClient(fa.URL, &http.Client{Transport: &Transport{Source: s}})
 
 	_, err := c.Extracts(context.Background(), "B", 0, 0)
@@ -227,7 +229,7 @@ func TestTransportConcurrent401sFetchOnce(t *testing.T) {
 			unauthorized(w)
 		}
 	})
-	s := newSource(t, fa, newClock(), nil)
+	s := newSource(t, fa, testutil.NewClock(testutil.Epoch), nil)
 	getTokens(t, s, 1) // every request starts with tok-1
 	hc := &http.Client{Transport: &Transport{Source: s}}
 

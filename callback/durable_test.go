@@ -24,6 +24,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
 )
@@ -228,13 +229,7 @@ func TestDurablePurgeDelay(t *testing.T) {
 		t.Fatal("the acknowledged callback is not in the spool's files")
 	}
 	rc.WaitDelivered(t, 1, 5*time.Second)
-	deadline := time.Now().Add(10 * time.Second)
-	for onDisk() {
-		if time.Now().After(deadline) {
-			t.Fatal("the delivered callback's body is still on disk 10 s after a purge_delay of 1s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 10*time.Second, "the delivered callback's body to leave the disk (purge_delay 1s)", func() bool { return !onDisk() })
 }
 
 // TestDurableQueueTooLarge checks that a callback the queue refuses as

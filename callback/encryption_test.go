@@ -17,6 +17,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
@@ -201,7 +202,7 @@ func TestDurableKeyRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	decodeAck(t, serveTestCallbackRec(t, cur, identityPayload(2)))
-	callbacktest.Eventually(t, 5*time.Second, "re-encryption under the new key", func() bool {
+	testutil.WaitFor(t, 5*time.Second, "re-encryption under the new key", func() bool {
 		k := cur.store.Stats().Keys
 		return k[seal.KeyID(keyB)] == 2 && k[seal.KeyID(keyA)] == 0
 	})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 // TestDurableDeliveryContinuesTrace checks that a callback spooled within
@@ -37,7 +38,7 @@ func TestDurableDeliveryContinuesTrace(t *testing.T) {
 	rc.WaitDelivered(t, 1, 5*time.Second)
 
 	var delivery sdktrace.ReadOnlySpan
-	callbacktest.Eventually(t, 5*time.Second, "the delivery span", func() bool {
+	testutil.WaitFor(t, 5*time.Second, "the delivery span", func() bool {
 		for _, s := range rec.Ended() {
 			if s.Name() == "atlas callback delivery" {
 				delivery = s

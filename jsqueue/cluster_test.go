@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
@@ -55,7 +56,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 	t.Logf("shut down stream leader %s after %d acks; %d appends refused and retried", leader, n/3, refused)
 	dups := len(rec.Deliveries()) - n
 	t.Logf("%d deliveries for %d callbacks (%d redeliveries)", len(rec.Deliveries()), n, dups)
-	spooltest.WaitFor(t, "the work stream to drain", func() bool { st := a.Stats(); return st.Pending == 0 && st.Delivered == n })
+	testutil.WaitFor(t, 20*time.Second, "the work stream to drain", func() bool { st := a.Stats(); return st.Pending == 0 && st.Delivered == n })
 }
 
 // loadThroughLeaderLoss appends n distinct callbacks through a and b
@@ -100,7 +101,7 @@ func loadThroughLeaderLoss(t *testing.T, a, b *Queue, rec *spooltest.Recorder, n
 	if leader == "" {
 		t.Fatal("found no stream leader to take down")
 	}
-	spooltest.WaitFor(t, "every acknowledged callback delivered", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "every acknowledged callback delivered", func() bool {
 		for i := range n {
 			if rec.Count(spooltest.ID(i)) == 0 {
 				return false

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
@@ -82,17 +83,15 @@ cluster { name: kill9, listen: 127.0.0.1:%d, routes: [%s] }
 		o.PublishTimeout = 2 * time.Second
 		return o
 	}
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if a, err = Open(opts(u)); err == nil {
-			break
+	if !testutil.Poll(60*time.Second, 200*time.Millisecond, func() bool {
+		a, err = Open(opts(u))
+		return err == nil
+	}) {
+		for _, p := range procs {
+			out, _ := os.ReadFile(filepath.Join(work, p.name+".log"))
+			t.Logf("%s log:\n%s", p.name, out)
 		}
-		if time.Now().After(deadline) {
-			for _, p := range procs {
-				out, _ := os.ReadFile(filepath.Join(work, p.name+".log"))
-				t.Logf("%s log:\n%s", p.name, out)
-			}
-			t.Fatalf("Open on the process cluster: %v", err)
-		}
+		t.Fatalf("Open on the process cluster: %v", err)
 	}
 	t.Cleanup(func() { a.Close(context.Background()) })
 	b := openQueue(t, opts([]string{u[2], u[1], u[0]}))

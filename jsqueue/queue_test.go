@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
@@ -62,7 +63,7 @@ func TestSealed(t *testing.T) {
 	e := spooltest.Entry(0, 2000)
 	e.Header.Set("X-Atlas-Secret-Looking", "hunter2-in-a-header")
 	spooltest.MustAppend(t, q, e)
-	spooltest.WaitFor(t, "dead letter", func() bool { return q.Stats().Dead == 1 })
+	testutil.WaitFor(t, 20*time.Second, "dead letter", func() bool { return q.Stats().Dead == 1 })
 
 	js := rawJS(t, n.URL())
 	ctx := context.Background()
@@ -84,7 +85,7 @@ func TestSealed(t *testing.T) {
 	if err := q.Retry(ctx, e.ID); err != nil {
 		t.Fatal(err)
 	}
-	spooltest.WaitFor(t, "delivery", func() bool { return q.Stats().Delivered == 1 })
+	testutil.WaitFor(t, 20*time.Second, "delivery", func() bool { return q.Stats().Delivered == 1 })
 	ds := rec.Deliveries()
 	if d := ds[len(ds)-1]; !bytes.Equal(d.Body, e.Body) || d.Header.Get("X-Atlas-Secret-Looking") != "hunter2-in-a-header" {
 		t.Errorf("delivered %d bytes, headers %v", len(d.Body), d.Header)
@@ -106,7 +107,7 @@ func TestSealed(t *testing.T) {
 	if _, err := js.PublishMsg(ctx, nm); err != nil {
 		t.Fatal(err)
 	}
-	spooltest.WaitFor(t, "the forged message to die", func() bool { in, _ := q.Get(other); return in.State == spool.StateDead })
+	testutil.WaitFor(t, 20*time.Second, "the forged message to die", func() bool { in, _ := q.Get(other); return in.State == spool.StateDead })
 	if in, _ := q.Get(other); !strings.Contains(in.LastError, "authentication failed") {
 		t.Errorf("forged message: %+v", in)
 	}
@@ -122,7 +123,7 @@ func TestSealed(t *testing.T) {
 	}
 	e1 := spooltest.Entry(1, 100)
 	spooltest.MustAppend(t, q, e1)
-	spooltest.WaitFor(t, "delivery under the new key", func() bool { return rec.Count(e1.ID) == 1 })
+	testutil.WaitFor(t, 20*time.Second, "delivery under the new key", func() bool { return rec.Count(e1.ID) == 1 })
 }
 
 // TestStreamMismatch checks that an existing stream whose settings
@@ -175,7 +176,7 @@ func TestNATSDown(t *testing.T) {
 	for i := range 5 {
 		spooltest.MustAppend(t, q, spooltest.Entry(i, 100))
 	}
-	spooltest.WaitFor(t, "deliveries", func() bool { return q.Stats().Delivered == 5 })
+	testutil.WaitFor(t, 20*time.Second, "deliveries", func() bool { return q.Stats().Delivered == 5 })
 
 	n.Stop()
 	start := time.Now()
@@ -198,7 +199,7 @@ func TestNATSDown(t *testing.T) {
 
 	n.Start()
 	acked := []int{}
-	spooltest.WaitFor(t, "appends to work again", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "appends to work again", func() bool {
 		_, err := q.Append(context.Background(), spooltest.Entry(5, 100))
 		return err == nil
 	})
@@ -207,7 +208,7 @@ func TestNATSDown(t *testing.T) {
 		spooltest.MustAppend(t, q, spooltest.Entry(i, 100))
 		acked = append(acked, i)
 	}
-	spooltest.WaitFor(t, "deliveries after the outage", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "deliveries after the outage", func() bool {
 		for _, i := range acked {
 			if rec.Count(spooltest.ID(i)) == 0 {
 				return false
@@ -216,13 +217,11 @@ func TestNATSDown(t *testing.T) {
 		return true
 	})
 	var st spool.Stats
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if st = q.Stats(); st.Delivered == 10 && st.Pending == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("outcomes not recorded: %+v", st)
-		}
+	if !testutil.Poll(20*time.Second, 10*time.Millisecond, func() bool {
+		st = q.Stats()
+		return st.Delivered == 10 && st.Pending == 0
+	}) {
+		t.Fatalf("outcomes not recorded: %+v", st)
 	}
 }
 
@@ -255,7 +254,7 @@ func TestSameCallbackTwoInstances(t *testing.T) {
 	if stored.Load() != callbacks {
 		t.Errorf("%d stored, want %d", stored.Load(), callbacks)
 	}
-	spooltest.WaitFor(t, "deliveries", func() bool { return a.Stats().Delivered == callbacks })
+	testutil.WaitFor(t, 20*time.Second, "deliveries", func() bool { return a.Stats().Delivered == callbacks })
 	// Atlas retries after the delivery, to the other instance.
 	for i := range callbacks {
 		if res := spooltest.MustAppend(t, b, spooltest.Entry(i, 500)); !res.Duplicate {
@@ -295,7 +294,7 @@ func TestTakeover(t *testing.T) {
 	}
 	a.kill()
 	start := time.Now()
-	spooltest.WaitFor(t, "takeover", func() bool { return b.Stats().Delivered == 4 })
+	testutil.WaitFor(t, 20*time.Second, "takeover", func() bool { return b.Stats().Delivered == 4 })
 	t.Logf("taken over in %v (ack wait %v)", time.Since(start), testAckWait)
 	for i := range 4 {
 		if c := rec.Count(spooltest.ID(i)); c != 1 {
@@ -335,7 +334,7 @@ func TestCostPerCallback(t *testing.T) {
 	if err := q.Reconfigure(o); err != nil {
 		t.Fatal(err)
 	}
-	spooltest.WaitFor(t, "deliveries", func() bool { return q.Stats().Delivered == count })
+	testutil.WaitFor(t, 20*time.Second, "deliveries", func() bool { return q.Stats().Delivered == count })
 	delivered := bytesOf(stream+"_STATE") / count
 	t.Logf("per callback: %d bytes beyond the body while pending (headers of %d bytes included), %d bytes once delivered",
 		pending, len(appendEnvelope(nil, spooltest.Entry(0, 0).Header, nil)), delivered)
@@ -356,7 +355,7 @@ func TestCostPerCallback(t *testing.T) {
 	for i := count; i < 2*count; i++ {
 		spooltest.MustAppend(t, q, spooltest.Entry(i, size))
 	}
-	spooltest.WaitFor(t, "dead letters", func() bool { return q.Stats().Dead == count })
+	testutil.WaitFor(t, 20*time.Second, "dead letters", func() bool { return q.Stats().Dead == count })
 	dead := (bytesOf(stream+"_DEAD")+bytesOf(stream+"_STATE")-stateBefore)/count - size
 	t.Logf("per dead callback: %d bytes beyond the body", dead)
 	if dead > 1024 {
@@ -381,5 +380,5 @@ func TestTooLarge(t *testing.T) {
 		t.Errorf("the error does not name max_payload: %v", err)
 	}
 	spooltest.MustAppend(t, q, spooltest.Entry(1, 100))
-	spooltest.WaitFor(t, "the next callback delivered", func() bool { return q.Stats().Delivered == 1 })
+	testutil.WaitFor(t, 20*time.Second, "the next callback delivered", func() bool { return q.Stats().Delivered == 1 })
 }

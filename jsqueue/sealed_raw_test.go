@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
@@ -41,7 +42,7 @@ func TestSealedRawMessages(t *testing.T) {
 		h.Set("X-Atlas-Subject", "atlas-subject-9")
 		spooltest.MustAppend(t, q, spool.Entry{ID: id, Header: h, Body: body})
 	}
-	spooltest.WaitFor(t, "one delivery, one failed attempt", func() bool {
+	testutil.WaitFor(t, 20*time.Second, "one delivery, one failed attempt", func() bool {
 		in, _ := q.Get("cb-pending")
 		return rec.Count("cb-delivered") == 1 && in.Attempts >= 1
 	})

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 // TestCompaction: delivered bodies go at the next compaction, delivered
@@ -18,7 +20,7 @@ import (
 // their attempts, through a reopen.
 func TestCompaction(t *testing.T) {
 	dir := t.TempDir()
-	clock := newFakeClock()
+	clock := testutil.NewClock(clockStart)
 	const retention = time.Hour
 	// Even ids are delivered, odd ones rejected: 1 and 3 are dead after
 	// one attempt, the later odd ones pending for an hour after theirs.
@@ -40,7 +42,7 @@ func TestCompaction(t *testing.T) {
 	for i := range 4 {
 		mustAppend(t, s, testEntry(i, 16<<10))
 	}
-	waitFor(t, "dead letters", func() bool { return s.Stats().Dead == 2 })
+	testutil.WaitFor(t, 10*time.Second, "dead letters", func() bool { return s.Stats().Dead == 2 })
 	opts.MaxAttempts = 5
 	if err := s.Reconfigure(opts); err != nil {
 		t.Fatal(err)
@@ -48,7 +50,7 @@ func TestCompaction(t *testing.T) {
 	for i := 4; i < 20; i++ {
 		mustAppend(t, s, testEntry(i, 16<<10))
 	}
-	waitFor(t, "first attempts", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "first attempts", func() bool {
 		st := s.Stats()
 		return st.Delivered == 10 && len(rec.deliveries()) == 20 && st.InFlight == 0
 	})
@@ -112,18 +114,18 @@ func TestCompaction(t *testing.T) {
 // TestDedupeWindow: a duplicate within retention is acknowledged but not
 // delivered again; after retention and compaction it is a new callback.
 func TestDedupeWindow(t *testing.T) {
-	clock := newFakeClock()
+	clock := testutil.NewClock(clockStart)
 	rec := &recorder{}
 	s := open(t, t.TempDir(), Options{Deliver: rec.Deliver, Now: clock.Now, Retention: 24 * time.Hour})
 	mustAppend(t, s, testEntry(7, 100))
-	waitFor(t, "delivery", func() bool { return s.Stats().Delivered == 1 })
+	testutil.WaitFor(t, 10*time.Second, "delivery", func() bool { return s.Stats().Delivered == 1 })
 
 	clock.Advance(23 * time.Hour)
 	if res := mustAppend(t, s, testEntry(7, 100)); !res.Duplicate {
 		t.Error("duplicate within retention accepted")
 	}
 	mustAppend(t, s, testEntry(8, 100))
-	waitFor(t, "delivery", func() bool { return s.Stats().Delivered == 2 })
+	testutil.WaitFor(t, 10*time.Second, "delivery", func() bool { return s.Stats().Delivered == 2 })
 	if n := rec.count(testID(7)); n != 1 {
 		t.Errorf("duplicate delivered %d times", n)
 	}
@@ -138,7 +140,7 @@ func TestDedupeWindow(t *testing.T) {
 	if res := mustAppend(t, s, testEntry(7, 100)); res.Duplicate {
 		t.Error("callback refused after its retention window")
 	}
-	waitFor(t, "second delivery", func() bool { return rec.count(testID(7)) == 2 })
+	testutil.WaitFor(t, 10*time.Second, "second delivery", func() bool { return rec.count(testID(7)) == 2 })
 }
 
 // TestCompactionCrashLeftovers: a crash after the compacted segment was
@@ -151,7 +153,7 @@ func TestCompactionCrashLeftovers(t *testing.T) {
 	for i := range 10 {
 		mustAppend(t, s, testEntry(i, 8<<10))
 	}
-	waitFor(t, "deliveries", func() bool { return s.Stats().Delivered == 10 })
+	testutil.WaitFor(t, 10*time.Second, "deliveries", func() bool { return s.Stats().Delivered == 10 })
 	s.Reconfigure(Options{SegmentSize: 32 << 10}) // no more deliveries
 	for i := 10; i < 15; i++ {
 		mustAppend(t, s, testEntry(i, 8<<10))
@@ -228,7 +230,7 @@ func TestCompactionConcurrent(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	waitFor(t, "deliveries", func() bool { st := s.Stats(); return st.Pending == 0 && st.InFlight == 0 })
+	testutil.WaitFor(t, 10*time.Second, "deliveries", func() bool { st := s.Stats(); return st.Pending == 0 && st.InFlight == 0 })
 	cancel()
 	<-compactor
 	t.Logf("%d compactions meanwhile", compactions)

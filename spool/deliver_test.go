@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 func TestDeliveryOrderOldestFirst(t *testing.T) {
@@ -25,7 +27,7 @@ func TestDeliveryOrderOldestFirst(t *testing.T) {
 	if err := s.Reconfigure(Options{Concurrency: 1, Deliver: rec.Deliver}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "deliveries", func() bool { return s.Stats().Delivered == 20 })
+	testutil.WaitFor(t, 10*time.Second, "deliveries", func() bool { return s.Stats().Delivered == 20 })
 	if got := rec.ids(); !cmp.Equal(got, want) {
 		t.Errorf("delivery order %v, want %v", got, want)
 	}
@@ -52,7 +54,7 @@ func TestBackoffAndDeadLetter(t *testing.T) {
 		Deliver: rec.Deliver, BackoffMin: lo, BackoffMax: hi, MaxAttempts: 5, Observer: obs, Logger: logger,
 	})
 	mustAppend(t, s, testEntry(0, 100))
-	waitFor(t, "dead letter", func() bool { return s.Stats().Dead == 1 })
+	testutil.WaitFor(t, 10*time.Second, "dead letter", func() bool { return s.Stats().Dead == 1 })
 
 	ds := rec.deliveries()
 	if len(ds) != 5 {
@@ -85,7 +87,7 @@ func TestBackoffAndDeadLetter(t *testing.T) {
 	if err := s.Retry(context.Background(), testID(0)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "delivery after retry", func() bool { return s.Stats().Delivered == 1 })
+	testutil.WaitFor(t, 10*time.Second, "delivery after retry", func() bool { return s.Stats().Delivered == 1 })
 	in, _ = s.Get(testID(0))
 	if in.Attempts != 1 {
 		t.Errorf("attempts after retry and delivery = %d, want 1", in.Attempts)
@@ -119,7 +121,7 @@ func TestOperatorActions(t *testing.T) {
 	for i := range 4 {
 		mustAppend(t, s, testEntry(i, 100))
 	}
-	waitFor(t, "dead letters", func() bool { return s.Stats().Dead == 4 })
+	testutil.WaitFor(t, 10*time.Second, "dead letters", func() bool { return s.Stats().Dead == 4 })
 	if got := infoIDs(s.List(StateDead, 0)); len(got) != 4 {
 		t.Fatalf("dead: %v", got)
 	}
@@ -146,7 +148,7 @@ func TestOperatorActions(t *testing.T) {
 	if err != nil || n != 3 {
 		t.Fatalf("RetryAll = %d, %v", n, err)
 	}
-	waitFor(t, "deliveries", func() bool { return s.Stats().Delivered == 3 })
+	testutil.WaitFor(t, 10*time.Second, "deliveries", func() bool { return s.Stats().Delivered == 3 })
 	if err := s.Retry(ctx, testID(0)); !errors.Is(err, ErrDelivered) {
 		t.Errorf("Retry(delivered) = %v, want ErrDelivered", err)
 	}
@@ -192,7 +194,7 @@ func TestReconfigureNoGapNoDouble(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, "deliveries", func() bool { return s.Stats().Delivered == 200 })
+	testutil.WaitFor(t, 10*time.Second, "deliveries", func() bool { return s.Stats().Delivered == 200 })
 	for id, n := range counts {
 		if n.Load() != 1 {
 			t.Errorf("%s delivered %d times", id, n.Load())
@@ -222,7 +224,7 @@ func TestDeliveryTimeoutAndPanic(t *testing.T) {
 	s := open(t, t.TempDir(), Options{Deliver: hang, DeliveryTimeout: 20 * time.Millisecond, BackoffMin: time.Hour, BackoffMax: time.Hour, Observer: obs})
 	mustAppend(t, s, testEntry(0, 100))
 	mustAppend(t, s, testEntry(1, 100))
-	waitFor(t, "two failed attempts", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "two failed attempts", func() bool {
 		a, _ := s.Get(testID(0))
 		b, _ := s.Get(testID(1))
 		return a.Attempts == 1 && b.Attempts == 1
@@ -287,7 +289,7 @@ func TestFirstAttemptFromMemory(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "both callbacks dead", func() bool { return s.Stats().Dead == 2 })
+	testutil.WaitFor(t, 10*time.Second, "both callbacks dead", func() bool { return s.Stats().Dead == 2 })
 	if got := rec.deliveries(); len(got) != 1 || got[0].ID != e0.ID || !bytes.Equal(got[0].Body, e0.Body) {
 		t.Fatalf("deliveries %v, want only %s's first attempt, with its body as appended", rec.ids(), e0.ID)
 	}

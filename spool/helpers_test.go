@@ -17,27 +17,8 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
-// fakeClock is an injectable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+// clockStart is where the tests' fake clocks start.
+var clockStart = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
 // countingObserver counts the Observer events.
 type countingObserver struct {
@@ -169,18 +150,6 @@ func mustAppend(t testing.TB, s *FileSpool, e Entry) AppendResult {
 		t.Fatalf("Append(%s): %v", e.ID, err)
 	}
 	return res
-}
-
-// waitFor polls cond for up to 10s.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 // copyDir copies the spool's files as they are now: the disk as a kill -9

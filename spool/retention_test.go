@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 // markedEntry is a callback whose body holds a marker of its own.
@@ -65,7 +67,7 @@ func TestDeliveredBodiesPurged(t *testing.T) {
 	for i := range 4 {
 		mustAppend(t, s, markedEntry(i))
 	}
-	waitFor(t, "deliveries", func() bool { return s.Stats().Delivered == 2 && len(rec.deliveries()) == 4 })
+	testutil.WaitFor(t, 10*time.Second, "deliveries", func() bool { return s.Stats().Delivered == 2 && len(rec.deliveries()) == 4 })
 	delivered := time.Now()
 	if err := s.Delete(context.Background(), testID(3)); err != nil {
 		t.Fatal(err)
@@ -74,7 +76,7 @@ func TestDeliveredBodiesPurged(t *testing.T) {
 	if !onDisk(t, dir, 0) || !onDisk(t, dir, 3) {
 		t.Fatal("bodies gone at once; the test would not see the purge")
 	}
-	waitFor(t, "delivered and deleted bodies gone from disk", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "delivered and deleted bodies gone from disk", func() bool {
 		return !onDisk(t, dir, 0) && !onDisk(t, dir, 1) && !onDisk(t, dir, 3)
 	})
 	if took := time.Since(delivered); took > purgeDelay+5*time.Second {
@@ -95,7 +97,7 @@ func TestDeliveredBodiesPurged(t *testing.T) {
 	if err := s.Retry(context.Background(), testID(2)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the second purge", func() bool { return s.Stats().Delivered == 3 && !onDisk(t, dir, 2) })
+	testutil.WaitFor(t, 10*time.Second, "the second purge", func() bool { return s.Stats().Delivered == 3 && !onDisk(t, dir, 2) })
 }
 
 // TestPurgeAfterReopen: bodies of callbacks delivered before a restart
@@ -105,13 +107,13 @@ func TestPurgeAfterReopen(t *testing.T) {
 	rec := &recorder{}
 	s := open(t, dir, Options{Deliver: rec.Deliver})
 	mustAppend(t, s, markedEntry(0))
-	waitFor(t, "delivery", func() bool { return s.Stats().Delivered == 1 })
+	testutil.WaitFor(t, 10*time.Second, "delivery", func() bool { return s.Stats().Delivered == 1 })
 	closeSpool(t, s)
 	if !onDisk(t, dir, 0) {
 		t.Fatal("body gone before the reopen")
 	}
 	s = open(t, dir, Options{PurgeDelay: 100 * time.Millisecond})
-	waitFor(t, "the purge after the reopen", func() bool { return !onDisk(t, dir, 0) })
+	testutil.WaitFor(t, 10*time.Second, "the purge after the reopen", func() bool { return !onDisk(t, dir, 0) })
 	if in, ok := s.Get(testID(0)); !ok || in.State != StateDelivered {
 		t.Errorf("after the purge: %+v, %v", in, ok)
 	}
@@ -130,12 +132,12 @@ func TestDeadLetterRetention(t *testing.T) {
 		PurgeDelay: 50 * time.Millisecond, Observer: obs, Logger: logger})
 	mustAppend(t, s, markedEntry(0))
 	mustAppend(t, s, markedEntry(1))
-	waitFor(t, "dead letters", func() bool { return s.Stats().Dead == 2 })
+	testutil.WaitFor(t, 10*time.Second, "dead letters", func() bool { return s.Stats().Dead == 2 })
 	in, _ := s.Get(testID(0))
 	if !onDisk(t, dir, 0) {
 		t.Fatal("dead letter's body not on disk")
 	}
-	waitFor(t, "the purge of the dead letters", func() bool { return s.Stats().Dead == 0 })
+	testutil.WaitFor(t, 10*time.Second, "the purge of the dead letters", func() bool { return s.Stats().Dead == 0 })
 	if age := time.Since(in.LastAttempt); age < retention {
 		t.Errorf("dead letter purged %v after its last attempt, before the retention %v", age, retention)
 	}
@@ -148,7 +150,7 @@ func TestDeadLetterRetention(t *testing.T) {
 	if _, ok := s.Get(testID(0)); ok {
 		t.Error("purged dead letter still listed")
 	}
-	waitFor(t, "purged bodies gone from disk", func() bool { return !onDisk(t, dir, 0) && !onDisk(t, dir, 1) })
+	testutil.WaitFor(t, 10*time.Second, "purged bodies gone from disk", func() bool { return !onDisk(t, dir, 0) && !onDisk(t, dir, 1) })
 	closeSpool(t, s)
 	s = open(t, dir, Options{})
 	if st := s.Stats(); st.Dead != 0 || st.Pending != 0 {
@@ -160,11 +162,11 @@ func TestDeadLetterRetention(t *testing.T) {
 // letter is kept until DeadLetterRetention after its last attempt, a
 // retry that fails again restarts the count.
 func TestDeadLetterRetentionClock(t *testing.T) {
-	clock := newFakeClock()
+	clock := testutil.NewClock(clockStart)
 	rec := &recorder{fail: func(Delivery) error { return errors.New("rejected") }}
 	s := open(t, t.TempDir(), Options{Deliver: rec.Deliver, Now: clock.Now, MaxAttempts: 1})
 	mustAppend(t, s, markedEntry(0))
-	waitFor(t, "dead letter", func() bool { return s.Stats().Dead == 1 })
+	testutil.WaitFor(t, 10*time.Second, "dead letter", func() bool { return s.Stats().Dead == 1 })
 	cfg := s.config()
 	clock.Advance(DefaultDeadLetterRetention - time.Minute)
 	if next := s.expireDeadLetters(cfg); s.Stats().Dead != 1 || !next.Equal(clock.Now().Add(time.Minute)) {
@@ -173,7 +175,7 @@ func TestDeadLetterRetentionClock(t *testing.T) {
 	if err := s.Retry(context.Background(), testID(0)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "dead again", func() bool { return s.Stats().Dead == 1 && s.Stats().InFlight == 0 })
+	testutil.WaitFor(t, 10*time.Second, "dead again", func() bool { return s.Stats().Dead == 1 && s.Stats().InFlight == 0 })
 	clock.Advance(2 * time.Minute)
 	if s.expireDeadLetters(cfg); s.Stats().Dead != 1 {
 		t.Fatal("a retried dead letter expired on its first death's count")

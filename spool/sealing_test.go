@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 )
 
@@ -111,7 +112,7 @@ func TestSealedOnDisk(t *testing.T) {
 	for i := range 6 {
 		mustAppend(t, s, identityEntry(i))
 	}
-	waitFor(t, "deliveries", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "deliveries", func() bool {
 		st := s.Stats()
 		return st.Delivered == 4 && st.Dead == 2 && st.InFlight == 0
 	})
@@ -164,7 +165,7 @@ func TestSealedWrongKey(t *testing.T) {
 	if !errors.Is(err, seal.ErrUnknownKey) || !strings.Contains(err.Error(), idA) || !strings.Contains(err.Error(), testID(1)) {
 		t.Fatalf("Load under another key: %v, want ErrUnknownKey naming %s and the callback", err, idA)
 	}
-	waitFor(t, "the delivery of the plaintext one and the dead letter", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the delivery of the plaintext one and the dead letter", func() bool {
 		st := s.Stats()
 		return st.Delivered == 1 && st.Dead == 1 && st.InFlight == 0
 	})
@@ -204,7 +205,7 @@ func TestSealedWrongKey(t *testing.T) {
 	if err := s.Retry(context.Background(), testID(1)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "delivery once the key is back", func() bool { return rec.count(testID(1)) == 1 })
+	testutil.WaitFor(t, 10*time.Second, "delivery once the key is back", func() bool { return rec.count(testID(1)) == 1 })
 }
 
 // rewriteRecord replaces the payload of the record at off in the segment
@@ -293,7 +294,7 @@ func TestSealedDamage(t *testing.T) {
 			if err := s.Reconfigure(Options{Keyring: kr, Logger: logger, Deliver: rec.Deliver, MaxAttempts: 1}); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "deliveries", func() bool {
+			testutil.WaitFor(t, 10*time.Second, "deliveries", func() bool {
 				st := s.Stats()
 				return st.Delivered == 2 && st.Dead == 1 && st.InFlight == 0
 			})
@@ -330,7 +331,7 @@ func TestKeyRotation(t *testing.T) {
 	// being asked, new ones are sealed.
 	s = open(t, dir, Options{Keyring: keyring(t, "a")})
 	mustAppend(t, s, identityEntry(2))
-	waitFor(t, "migration of the plaintext records", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "migration of the plaintext records", func() bool {
 		return cmp.Equal(s.KeyStats(), map[string]int{idA: 3})
 	})
 	assertNoPlaintext(t, dir)
@@ -345,7 +346,7 @@ func TestKeyRotation(t *testing.T) {
 	}
 	assertLoads(t, s, 0, 1, 2, 3)
 	mustAppend(t, s, identityEntry(4))
-	waitFor(t, "re-encryption under the new key", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "re-encryption under the new key", func() bool {
 		return cmp.Equal(s.KeyStats(), map[string]int{idB: 5})
 	})
 	closeSpool(t, s)

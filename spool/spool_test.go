@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 func TestAppendReopen(t *testing.T) {
@@ -70,7 +72,7 @@ func TestReopenAfterCrash(t *testing.T) {
 
 	rec := &recorder{}
 	s2 := open(t, crashed, Options{Deliver: rec.Deliver, Concurrency: 1})
-	waitFor(t, "deliveries after the crash", func() bool { return s2.Stats().Delivered == n })
+	testutil.WaitFor(t, 10*time.Second, "deliveries after the crash", func() bool { return s2.Stats().Delivered == n })
 	var want []string
 	for i := range n {
 		want = append(want, testID(i))

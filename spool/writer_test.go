@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 // TestFailedFsyncFailsTheBatchWrittenMeanwhile: the writer goes on
@@ -46,12 +48,9 @@ func TestFailedFsyncFailsTheBatchWrittenMeanwhile(t *testing.T) {
 	before := s.Stats().DiskBytes
 	go func() { _, err := s.Append(context.Background(), testEntry(2, 100)); errs <- err }()
 	// Wait until the second callback is written, behind the fsync.
-	for deadline := time.Now().Add(5 * time.Second); s.Stats().DiskBytes == before; {
-		if time.Now().After(deadline) {
-			t.Fatal("the second append was not written while the first fsync ran")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testutil.WaitFor(t, 5*time.Second, "the second append to be written while the first fsync runs", func() bool {
+		return s.Stats().DiskBytes != before
+	})
 	close(release)
 	for range 2 {
 		if err := <-errs; !errors.Is(err, ErrUnavailable) || !errors.Is(err, syscall.EIO) {

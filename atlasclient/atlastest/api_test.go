@@ -11,6 +11,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 var (
@@ -81,7 +83,7 @@ func TestDefaultCredentials(t *testing.T) {
 }
 
 func TestTokenValidation(t *testing.T) {
-	clock := newFakeClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	srv := NewServer(t, Options{Now: clock.Now, TokenLifetime: 10 * time.Second})
 	other := NewServer(t, Options{Now: clock.Now})
 	batch := srv.CreateBatch("pan-1")
@@ -122,7 +124,7 @@ func TestTokenValidation(t *testing.T) {
 }
 
 func TestTokenExpiry(t *testing.T) {
-	clock := newFakeClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	srv := NewServer(t, Options{Now: clock.Now, TokenLifetime: 10 * time.Second})
 	batch := srv.CreateBatch("a")
 	tok := token(t, srv)
@@ -266,7 +268,7 @@ func TestMultiUploadShapes(t *testing.T) {
 }
 
 func TestBatchIDsUnique(t *testing.T) {
-	clock := newFakeClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	s := New(Options{Now: clock.Now})
 	seen := map[string]bool{}
 	for i := 0; i < 3000; i++ {

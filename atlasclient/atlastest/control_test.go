@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 func TestControlEndpointValidation(t *testing.T) {
@@ -52,7 +54,7 @@ func TestControlEndpointValidation(t *testing.T) {
 }
 
 func TestControlEndpoints(t *testing.T) {
-	clock := newFakeClock()
+	clock := testutil.NewClock(testutil.Epoch)
 	srv := NewServer(t, Options{Now: clock.Now})
 	ok := func(method, path string) {
 		t.Helper()

@@ -5,26 +5,23 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 // testHMACSecret signs the tokens of the cache tests.
 const testHMACSecret = "a-test-hmac-secret-of-at-least-32-bytes"
 
-// testClock is a settable clock.
-type testClock struct{ now time.Time }
-
-func (c *testClock) Now() time.Time { return c.now }
-
 // cachedTokenFixture returns a verifier of HMAC tokens whose clock stands
 // at t0, its key, and a token valid from t0 for 5 minutes.
-func cachedTokenFixture(t *testing.T) (v *Verifier, clock *testClock, key *Key, tok string, t0 time.Time) {
+func cachedTokenFixture(t *testing.T) (v *Verifier, clock *testutil.Clock, key *Key, tok string, t0 time.Time) {
 	t.Helper()
 	key, err := ParseSigningKey(testHMACSecret)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t0 = time.Now().Truncate(time.Second)
-	clock = &testClock{now: t0}
+	clock = testutil.NewClock(t0)
 	v = &Verifier{Issuer: "caddy-atlas", Audience: "atlas-callback", Leeway: time.Minute,
 		Keys: []*Key{key}, Now: clock.Now}
 	v.Init()
@@ -53,7 +50,7 @@ func TestVerifiedTokenCacheExpiry(t *testing.T) {
 		{6*time.Minute - time.Second, true, 1},
 		{6*time.Minute + time.Second, false, 1},
 	} {
-		clock.now = t0.Add(step.at)
+		clock.Set(t0.Add(step.at))
 		sub, err := v.Subject(context.Background(), tok)
 		if (err == nil) != step.ok || (step.ok && sub != "atlas-client") {
 			t.Errorf("at +%v: subject %q, error %v; want accepted=%v", step.at, sub, err, step.ok)
@@ -75,11 +72,11 @@ func TestVerifiedTokenCacheTTL(t *testing.T) {
 	}
 
 	v.Keys = nil // as if the key had been dropped from a JWKS
-	clock.now = t0.Add(CacheTTL - time.Second)
+	clock.Set(t0.Add(CacheTTL - time.Second))
 	if _, err := v.Subject(ctx, tok); err != nil {
 		t.Errorf("within the TTL, the cached token was refused: %v", err)
 	}
-	clock.now = t0.Add(CacheTTL)
+	clock.Set(t0.Add(CacheTTL))
 	if _, err := v.Subject(ctx, tok); err == nil {
 		t.Error("after the TTL, a token whose key is gone was accepted")
 	}

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 // jwksTestServer serves a JWKS the test can rotate, and counts fetches.
@@ -55,18 +56,6 @@ func (s *jwksTestServer) set(status int, keys ...jwk) {
 	}
 }
 
-// callbackWaitFor polls cond for up to 5s.
-func callbackWaitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestCallbackJWKSRotation checks that the route fetches a JWKS, picks up
 // a rotated key on an unknown kid, and rate-limits refetches.
 func TestCallbackJWKSRotation(t *testing.T) {
@@ -85,7 +74,7 @@ func TestCallbackJWKSRotation(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	f.Start(ctx)
-	callbackWaitFor(t, "the initial fetch", func() bool { return len(f.Snapshot()) == 1 })
+	testutil.WaitFor(t, 5*time.Second, "the initial fetch", func() bool { return len(f.Snapshot()) == 1 })
 	if got := srv.hits.Load(); got != 1 {
 		t.Fatalf("%d fetches at start", got)
 	}
@@ -182,7 +171,7 @@ func TestCallbackJWKSRefreshStops(t *testing.T) {
 	f.refreshEvery, f.retryEvery = 10*time.Millisecond, 10*time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	f.Start(ctx)
-	callbackWaitFor(t, "three fetches", func() bool { return srv.hits.Load() >= 3 })
+	testutil.WaitFor(t, 5*time.Second, "three fetches", func() bool { return srv.hits.Load() >= 3 })
 	cancel()
 	time.Sleep(30 * time.Millisecond)
 	stopped := srv.hits.Load()
