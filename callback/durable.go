@@ -29,12 +29,12 @@ import (
 
 // Defaults of the callback route's durable mode (see Callback.Spool).
 const (
-	DefaultMaxAttempts     = spool.DefaultMaxAttempts
-	DefaultRetryBackoffMin = spool.DefaultBackoffMin
-	DefaultRetryBackoffMax = spool.DefaultBackoffMax
-	DefaultDeliveryTimeout = spool.DefaultDeliveryTimeout
-	DefaultConcurrency     = spool.DefaultConcurrency
-	DefaultRetention       = spool.DefaultRetention
+	DefaultMaxAttempts     = queue.DefaultMaxAttempts
+	DefaultRetryBackoffMin = queue.DefaultBackoffMin
+	DefaultRetryBackoffMax = queue.DefaultBackoffMax
+	DefaultDeliveryTimeout = queue.DefaultDeliveryTimeout
+	DefaultConcurrency     = queue.DefaultConcurrency
+	DefaultRetention       = queue.DefaultRetention
 	DefaultMaxSpoolSize    = spool.DefaultMaxDiskBytes
 
 	DefaultDeadLetterRetention = spool.DefaultDeadLetterRetention
@@ -126,8 +126,8 @@ func (s *sharedSpool) options(c *Callback) spool.Options {
 // deliverFunc returns the delivery of c's settings, whichever queue
 // delivers: a POST to deliver_to through transport, each attempt signed
 // (sign_deliveries) and traced (see traceDeliveries).
-func (c *Callback) deliverFunc(transport http.RoundTripper) spool.DeliverFunc {
-	d := &spool.HTTPDeliverer{URL: c.durable.deliverTo, Client: &http.Client{Transport: outbound.Traced(transport)}}
+func (c *Callback) deliverFunc(transport http.RoundTripper) queue.DeliverFunc {
+	d := &queue.HTTPDeliverer{URL: c.durable.deliverTo, Client: &http.Client{Transport: outbound.Traced(transport)}}
 	if c.handoffSigner != nil {
 		d.Header = c.signAttempt
 	}
