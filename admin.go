@@ -14,8 +14,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/callback"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
-	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
 func init() {
@@ -79,7 +79,7 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 // adminCallback is a callback as the admin API shows it.
 type adminCallback struct {
 	Spool string `json:"spool"`
-	spool.Info
+	queue.Info
 	// Body is the callback body, as JSON, with ?body=1.
 	Body json.RawMessage `json:"body,omitempty"`
 	// BodyBase64 is the body, base64-encoded, if it is not valid JSON
@@ -93,7 +93,7 @@ type adminCallback struct {
 // adminSpool is a spool's summary in a listing.
 type adminSpool struct {
 	Dir string `json:"dir"`
-	spool.Stats
+	queue.Stats
 }
 
 // adminList is the answer to GET /atlas/callbacks.
@@ -110,7 +110,7 @@ func (a *AdminAPI) serveList(w http.ResponseWriter, r *http.Request) error {
 		return adminMethodNotAllowed(w, http.MethodGet)
 	}
 	q := r.URL.Query()
-	state, err := spool.ParseState(q.Get("state"))
+	state, err := queue.ParseState(q.Get("state"))
 	if err != nil {
 		return adminError(http.StatusBadRequest, errors.New("state must be pending, dead or delivered"))
 	}
@@ -233,8 +233,8 @@ func (a *AdminAPI) retryAll(w http.ResponseWriter, r *http.Request, stateName, d
 	if stateName == "" {
 		stateName = "dead"
 	}
-	state, err := spool.ParseState(stateName)
-	if err != nil || (state != spool.StateDead && state != spool.StatePending) {
+	state, err := queue.ParseState(stateName)
+	if err != nil || (state != queue.StateDead && state != queue.StatePending) {
 		return adminError(http.StatusBadRequest, errors.New("state must be dead or pending"))
 	}
 	selected, err := selectSpools(dir)
@@ -272,13 +272,13 @@ func selectSpools(dir string) ([]callback.OpenQueue, error) {
 }
 
 // findCallback returns the spool holding the callback id and its state.
-func findCallback(id, dir string) (*callback.OpenQueue, spool.Info, error) {
+func findCallback(id, dir string) (*callback.OpenQueue, queue.Info, error) {
 	selected, err := selectSpools(dir)
 	if err != nil {
-		return nil, spool.Info{}, err
+		return nil, queue.Info{}, err
 	}
 	var found *callback.OpenQueue
-	var info spool.Info
+	var info queue.Info
 	for _, s := range selected {
 		if i, ok := s.Store.Get(id); ok {
 			if found != nil {
@@ -297,11 +297,11 @@ func findCallback(id, dir string) (*callback.OpenQueue, spool.Info, error) {
 // storeError maps an error of the store to an admin API error.
 func storeError(id string, err error) error {
 	switch {
-	case errors.Is(err, spool.ErrNotFound):
+	case errors.Is(err, queue.ErrNotFound):
 		return adminError(http.StatusNotFound, fmt.Errorf("no callback %s", id))
-	case errors.Is(err, spool.ErrDelivered):
+	case errors.Is(err, queue.ErrDelivered):
 		return adminError(http.StatusConflict, fmt.Errorf("callback %s is already delivered; its body is not kept", id))
-	case errors.Is(err, spool.ErrClosed), errors.Is(err, spool.ErrUnavailable):
+	case errors.Is(err, queue.ErrClosed), errors.Is(err, queue.ErrUnavailable):
 		return adminError(http.StatusServiceUnavailable, err)
 	case errors.Is(err, seal.ErrUnknownKey):
 		// Not the server's fault: the record is whole, and opens once

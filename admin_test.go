@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 )
@@ -24,9 +25,9 @@ func TestStoreErrorStatus(t *testing.T) {
 	}{
 		{fmt.Errorf("spool: callback cb-1: %w", seal.ErrUnknownKey), http.StatusConflict, "add it back as an encryption_key"},
 		{fmt.Errorf("%w: callback cb-1: bad tag", spool.ErrCorrupt), http.StatusInternalServerError, "corrupt"},
-		{spool.ErrNotFound, http.StatusNotFound, "no callback cb-1"},
-		{spool.ErrDelivered, http.StatusConflict, "already delivered"},
-		{fmt.Errorf("%w: nats: timeout", spool.ErrUnavailable), http.StatusServiceUnavailable, "unavailable"},
+		{queue.ErrNotFound, http.StatusNotFound, "no callback cb-1"},
+		{queue.ErrDelivered, http.StatusConflict, "already delivered"},
+		{fmt.Errorf("%w: nats: timeout", queue.ErrUnavailable), http.StatusServiceUnavailable, "unavailable"},
 		{errors.New("disk on fire"), http.StatusInternalServerError, "disk on fire"},
 	} {
 		var ae caddy.APIError

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 )
@@ -46,7 +47,7 @@ func BenchmarkSpoolSealed(b *testing.B) {
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					e := spool.Entry{ID: fmt.Sprintf("bench-%d", n.Add(1)), Header: header, Body: body}
+					e := queue.Entry{ID: fmt.Sprintf("bench-%d", n.Add(1)), Header: header, Body: body}
 					if _, err := s.Append(context.Background(), e); err != nil {
 						b.Error(err)
 						return
@@ -62,7 +63,7 @@ func BenchmarkSpoolSealed(b *testing.B) {
 			defer s.Close(context.Background())
 			const stored = 256
 			for i := range stored {
-				if _, err := s.Append(context.Background(), spool.Entry{ID: fmt.Sprintf("bench-%d", i), Header: header, Body: body}); err != nil {
+				if _, err := s.Append(context.Background(), queue.Entry{ID: fmt.Sprintf("bench-%d", i), Header: header, Body: body}); err != nil {
 					b.Fatal(err)
 				}
 			}

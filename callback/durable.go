@@ -27,15 +27,10 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
-// Defaults of the callback route's durable mode (see Callback.Spool).
+// Defaults of the callback route's durable mode (see Callback.Spool),
+// beside those of every queue (queue.DefaultMaxAttempts etc.).
 const (
-	DefaultMaxAttempts     = spool.DefaultMaxAttempts
-	DefaultRetryBackoffMin = spool.DefaultBackoffMin
-	DefaultRetryBackoffMax = spool.DefaultBackoffMax
-	DefaultDeliveryTimeout = spool.DefaultDeliveryTimeout
-	DefaultConcurrency     = spool.DefaultConcurrency
-	DefaultRetention       = spool.DefaultRetention
-	DefaultMaxSpoolSize    = spool.DefaultMaxDiskBytes
+	DefaultMaxSpoolSize = spool.DefaultMaxDiskBytes
 
 	DefaultDeadLetterRetention = spool.DefaultDeadLetterRetention
 	DefaultPurgeDelay          = spool.DefaultPurgeDelay
@@ -126,8 +121,8 @@ func (s *sharedSpool) options(c *Callback) spool.Options {
 // deliverFunc returns the delivery of c's settings, whichever queue
 // delivers: a POST to deliver_to through transport, each attempt signed
 // (sign_deliveries) and traced (see traceDeliveries).
-func (c *Callback) deliverFunc(transport http.RoundTripper) spool.DeliverFunc {
-	d := &spool.HTTPDeliverer{URL: c.durable.deliverTo, Client: &http.Client{Transport: outbound.Traced(transport)}}
+func (c *Callback) deliverFunc(transport http.RoundTripper) queue.DeliverFunc {
+	d := &queue.HTTPDeliverer{URL: c.durable.deliverTo, Client: &http.Client{Transport: outbound.Traced(transport)}}
 	if c.handoffSigner != nil {
 		d.Header = c.signAttempt
 	}
@@ -238,22 +233,22 @@ func SpoolKey(dir string) (string, error) {
 // use) and applies the route's delivery settings.
 func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	if c.MaxAttempts == 0 {
-		c.MaxAttempts = DefaultMaxAttempts
+		c.MaxAttempts = queue.DefaultMaxAttempts
 	}
 	if c.RetryBackoffMin == 0 {
-		c.RetryBackoffMin = caddy.Duration(DefaultRetryBackoffMin)
+		c.RetryBackoffMin = caddy.Duration(queue.DefaultBackoffMin)
 	}
 	if c.RetryBackoffMax == 0 {
-		c.RetryBackoffMax = caddy.Duration(max(DefaultRetryBackoffMax, time.Duration(c.RetryBackoffMin)))
+		c.RetryBackoffMax = caddy.Duration(max(queue.DefaultBackoffMax, time.Duration(c.RetryBackoffMin)))
 	}
 	if c.DeliveryTimeout == 0 {
-		c.DeliveryTimeout = caddy.Duration(DefaultDeliveryTimeout)
+		c.DeliveryTimeout = caddy.Duration(queue.DefaultDeliveryTimeout)
 	}
 	if c.Concurrency == 0 {
-		c.Concurrency = DefaultConcurrency
+		c.Concurrency = queue.DefaultConcurrency
 	}
 	if c.Retention == 0 {
-		c.Retention = caddy.Duration(DefaultRetention)
+		c.Retention = caddy.Duration(queue.DefaultRetention)
 	}
 	if c.MaxSpoolSize == 0 {
 		c.MaxSpoolSize = DefaultMaxSpoolSize

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/metricsreg"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
@@ -103,7 +104,7 @@ type spoolObserver struct {
 	m *spoolMetrics
 }
 
-// FsyncDone implements spool.Observer.
+// FsyncDone implements queue.Observer.
 func (o spoolObserver) FsyncDone(d time.Duration, appends int) {
 	o.m.fsyncSeconds.Observe(d.Seconds())
 	if appends > 0 {
@@ -111,13 +112,13 @@ func (o spoolObserver) FsyncDone(d time.Duration, appends int) {
 	}
 }
 
-// DeliveryAttempt implements spool.Observer.
-func (o spoolObserver) DeliveryAttempt(outcome spool.Outcome, d time.Duration) {
+// DeliveryAttempt implements queue.Observer.
+func (o spoolObserver) DeliveryAttempt(outcome queue.Outcome, d time.Duration) {
 	o.m.deliveryAttempts.WithLabelValues(string(outcome)).Inc()
 	o.m.deliveryDuration.Observe(d.Seconds())
 }
 
-// DeadLettered implements spool.Observer.
+// DeadLettered implements queue.Observer.
 func (o spoolObserver) DeadLettered() { o.m.deadLetters.Inc() }
 
 // DeadLetterExpired implements spool.RetentionObserver.
@@ -183,7 +184,7 @@ func gauge(ch chan<- prometheus.Metric, desc *prometheus.Desc, v float64, labels
 
 // Interface guards
 var (
-	_ spool.Observer          = spoolObserver{}
+	_ queue.Observer          = spoolObserver{}
 	_ spool.RetentionObserver = spoolObserver{}
 	_ prometheus.Collector    = spoolGaugeCollector{}
 )

@@ -25,7 +25,7 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
-	"github.com/caddy-atlas/caddy-atlas/spool"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
 )
 
@@ -125,7 +125,7 @@ func TestDurableSpoolsAcksAndDelivers(t *testing.T) {
 	if n := rc.Takes(id); n != 1 || rc.RequestCount() != 1 {
 		t.Errorf("delivered %d times in %d requests, want once", n, rc.RequestCount())
 	}
-	if info, ok := c.store.Get(id); !ok || info.State != spool.StateDelivered || info.Attempts != 1 {
+	if info, ok := c.store.Get(id); !ok || info.State != queue.StateDelivered || info.Attempts != 1 {
 		t.Errorf("state %+v", info)
 	}
 }
@@ -150,14 +150,14 @@ func TestDurableRejectsBeforeSpooling(t *testing.T) {
 	}
 }
 
-// fakeStore is a spool.Store whose Append fails with err.
+// fakeStore is a queue.Store whose Append fails with err.
 type fakeStore struct {
-	spool.Store
+	queue.Store
 	err error
 }
 
-func (f fakeStore) Append(context.Context, spool.Entry) (spool.AppendResult, error) {
-	return spool.AppendResult{}, f.err
+func (f fakeStore) Append(context.Context, queue.Entry) (queue.AppendResult, error) {
+	return queue.AppendResult{}, f.err
 }
 
 // TestDurableSpoolUnavailable checks that a callback the spool cannot
@@ -173,9 +173,9 @@ func TestDurableSpoolUnavailable(t *testing.T) {
 	defer func() { c.store = orig }()
 
 	for _, err := range []error{
-		fmt.Errorf("%w: write: %w", spool.ErrUnavailable, syscall.ENOSPC),
-		spool.ErrFull,
-		spool.ErrClosed,
+		fmt.Errorf("%w: write: %w", queue.ErrUnavailable, syscall.ENOSPC),
+		queue.ErrFull,
+		queue.ErrClosed,
 	} {
 		c.store = fakeStore{err: err}
 		body := payloadtest.Sample(2)
@@ -244,7 +244,7 @@ func TestDurableQueueTooLarge(t *testing.T) {
 	tok := callbackAuthToken(t, c)
 	orig := c.store
 	defer func() { c.store = orig }()
-	c.store = fakeStore{err: fmt.Errorf("%w: body of 2000000 bytes, and the NATS servers' max_payload is 1048576", spool.ErrTooLarge)}
+	c.store = fakeStore{err: fmt.Errorf("%w: body of 2000000 bytes, and the NATS servers' max_payload is 1048576", queue.ErrTooLarge)}
 
 	body := payloadtest.Sample(2)
 	rec, app := serveTestCallback(t, c, callbackTestRequest(c.Path, tok, body))

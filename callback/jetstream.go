@@ -24,7 +24,7 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue"
 	"github.com/caddy-atlas/caddy-atlas/mask"
-	"github.com/caddy-atlas/caddy-atlas/spool"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // Queue selects a durable queue other than the local Spool.
@@ -351,7 +351,7 @@ type jetStreamObserver struct {
 	js *jetStreamMetrics
 }
 
-// FsyncDone implements spool.Observer: for this backend, an ack.
+// FsyncDone implements queue.Observer: for this backend, an ack.
 func (o jetStreamObserver) FsyncDone(d time.Duration, _ int) {
 	o.js.publishSeconds.Observe(d.Seconds())
 }
@@ -359,5 +359,5 @@ func (o jetStreamObserver) FsyncDone(d time.Duration, _ int) {
 // Interface guards
 var (
 	_ caddy.Destructor = (*sharedJetStream)(nil)
-	_ spool.Observer   = jetStreamObserver{}
+	_ queue.Observer   = jetStreamObserver{}
 )

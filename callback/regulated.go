@@ -11,7 +11,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/callback/token"
 	"github.com/caddy-atlas/caddy-atlas/mask"
-	"github.com/caddy-atlas/caddy-atlas/spool"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
 )
 
@@ -110,6 +110,6 @@ func (c *Callback) signHandoff(h http.Header, id string, body []byte) {
 // signAttempt is the spool's per-attempt header hook: each durable
 // delivery attempt is signed at its own time, so that a retry is not
 // refused by the app as a replay.
-func (c *Callback) signAttempt(h http.Header, d spool.Delivery) {
+func (c *Callback) signAttempt(h http.Header, d queue.Delivery) {
 	c.signHandoff(h, d.ID, d.Body)
 }

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/caddy-atlas/caddy-atlas/mask"
-	"github.com/caddy-atlas/caddy-atlas/spool"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
 )
 
@@ -91,7 +91,7 @@ func TestCallbackSignAttempt(t *testing.T) {
 	var sigs []string
 	for i := range 2 {
 		h := http.Header{}
-		d := spool.Delivery{ID: "cb-1", Body: []byte(`{"data":[]}`), Attempt: i + 1}
+		d := queue.Delivery{ID: "cb-1", Body: []byte(`{"data":[]}`), Attempt: i + 1}
 		c.signAttempt(h, d)
 		if _, err := whsign.Verify(h, d.Body, now, whsign.DefaultTolerance, parsed); err != nil {
 			t.Fatalf("attempt %d: %v", i+1, err)

@@ -11,7 +11,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/caddy-atlas/caddy-atlas/spool"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // tracerName names the plugin's tracer.
@@ -49,8 +49,8 @@ func storeTraceContext(ctx context.Context, hdr http.Header) {
 // delivery request carries (its transport injects it: outbound.Traced).
 // The span's attributes are the callback id and the attempt number, never
 // anything of the body.
-func traceDeliveries(deliver spool.DeliverFunc) spool.DeliverFunc {
-	return func(ctx context.Context, d spool.Delivery) error {
+func traceDeliveries(deliver queue.DeliverFunc) queue.DeliverFunc {
+	return func(ctx context.Context, d queue.Delivery) error {
 		stored := trace.SpanContextFromContext(traceContext.Extract(ctx, propagation.HeaderCarrier(d.Header)))
 		if !stored.IsValid() {
 			return deliver(ctx, d)

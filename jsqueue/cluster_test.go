@@ -12,8 +12,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
-	"github.com/caddy-atlas/caddy-atlas/spool"
-	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
+	"github.com/caddy-atlas/caddy-atlas/queue/queuetest"
 )
 
 // TestClusterLeaderLoss appends distinct callbacks through two
@@ -34,16 +33,16 @@ func TestClusterLeaderLoss(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(testOptions(u, r1, 3, spool.Options{})); err == nil || !strings.Contains(err.Error(), "replicas 1") ||
+	if _, err := Open(testOptions(u, r1, 3, queuetest.Options{})); err == nil || !strings.Contains(err.Error(), "replicas 1") ||
 		!strings.Contains(err.Error(), "wants 3") {
 		t.Errorf("Open(R3) over an R1 stream = %v", err)
 	}
 
 	stream := newStreamName()
-	rec := &spooltest.Recorder{}
-	a := openQueue(t, testOptions(u, stream, 3, spool.Options{Deliver: rec.Deliver, Concurrency: 8}))
+	rec := &queuetest.Recorder{}
+	a := openQueue(t, testOptions(u, stream, 3, queuetest.Options{Deliver: rec.Deliver, Concurrency: 8}))
 	rev := []string{u[2], u[1], u[0]}
-	b := openQueue(t, testOptions(rev, stream, 3, spool.Options{Deliver: rec.Deliver, Concurrency: 8}))
+	b := openQueue(t, testOptions(rev, stream, 3, queuetest.Options{Deliver: rec.Deliver, Concurrency: 8}))
 
 	const n, workers = 300, 8
 	leader, refused := loadThroughLeaderLoss(t, a, b, rec, n, workers, func() string {
@@ -66,7 +65,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 // delivered. lose returns the name of the server it took down, "" if it
 // found no stream leader. It returns that name and how many appends were
 // refused and retried.
-func loadThroughLeaderLoss(t *testing.T, a, b *Queue, rec *spooltest.Recorder, n, workers int, lose func() string) (string, int64) {
+func loadThroughLeaderLoss(t *testing.T, a, b *Queue, rec *queuetest.Recorder, n, workers int, lose func() string) (string, int64) {
 	t.Helper()
 	var acked, refused atomic.Int64
 	lost := make(chan string, 1)
@@ -80,13 +79,13 @@ func loadThroughLeaderLoss(t *testing.T, a, b *Queue, rec *spooltest.Recorder, n
 			}
 			for i := w; i < n; i += workers {
 				for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-					_, err := q.Append(context.Background(), spooltest.Entry(i, 1024))
+					_, err := q.Append(context.Background(), queuetest.Entry(i, 1024))
 					if err == nil {
 						break
 					}
 					refused.Add(1)
 					if time.Now().After(deadline) {
-						t.Errorf("Append(%s) refused for 30s: %v", spooltest.ID(i), err)
+						t.Errorf("Append(%s) refused for 30s: %v", queuetest.ID(i), err)
 						return
 					}
 				}
@@ -103,7 +102,7 @@ func loadThroughLeaderLoss(t *testing.T, a, b *Queue, rec *spooltest.Recorder, n
 	}
 	testutil.WaitFor(t, 20*time.Second, "every acknowledged callback delivered", func() bool {
 		for i := range n {
-			if rec.Count(spooltest.ID(i)) == 0 {
+			if rec.Count(queuetest.ID(i)) == 0 {
 				return false
 			}
 		}

@@ -8,15 +8,14 @@ import (
 	"time"
 
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
-	"github.com/caddy-atlas/caddy-atlas/spool"
-	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
+	"github.com/caddy-atlas/caddy-atlas/queue/queuetest"
 )
 
 // testAckWait is short so that takeovers happen quickly in tests.
 const testAckWait = time.Second
 
-// testOptions maps the spool's delivery options onto a Queue on urls.
-func testOptions(urls []string, stream string, replicas int, o spool.Options) Options {
+// testOptions maps the suite's delivery options onto a Queue on urls.
+func testOptions(urls []string, stream string, replicas int, o queuetest.Options) Options {
 	return Options{
 		URLs: urls, Stream: stream, Replicas: replicas, AckWait: testAckWait,
 		Deliver: o.Deliver, Retention: o.Retention, MaxAttempts: o.MaxAttempts, BackoffMin: o.BackoffMin,
@@ -25,14 +24,14 @@ func testOptions(urls []string, stream string, replicas int, o spool.Options) Op
 	}
 }
 
-// testStore is a Queue whose Reconfigure takes spool.Options.
+// testStore is a Queue whose Reconfigure takes queuetest.Options.
 type testStore struct {
 	*Queue
 	urls   []string
 	stream string
 }
 
-func (s testStore) Reconfigure(o spool.Options) error {
+func (s testStore) Reconfigure(o queuetest.Options) error {
 	return s.Queue.Reconfigure(testOptions(s.urls, s.stream, 1, o))
 }
 
@@ -55,9 +54,9 @@ func openQueue(t testing.TB, o Options) *Queue {
 // single nats-server.
 func TestConformance(t *testing.T) {
 	n := natstest.Start(t)
-	spooltest.Run(t, func(t *testing.T) spooltest.Opener {
+	queuetest.Run(t, func(t *testing.T) queuetest.Opener {
 		stream := newStreamName()
-		return func(t *testing.T, o spool.Options) spooltest.Store {
+		return func(t *testing.T, o queuetest.Options) queuetest.Store {
 			u := []string{n.URL()}
 			return testStore{Queue: openQueue(t, testOptions(u, stream, 1, o)), urls: u, stream: stream}
 		}

@@ -13,7 +13,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/caddy-atlas/caddy-atlas/spool"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // fetchWait bounds one pull request; a slot freed meanwhile waits for
@@ -172,20 +172,20 @@ func (q *Queue) deliver(m jetstream.Msg, seq uint64, cfg *config) {
 		n: failures + 1, hadFailures: rec != nil && rec.kind == kindPending, stopHB: stopHB}
 
 	start := time.Now()
-	outcome := spool.OutcomeFailed
+	outcome := queue.OutcomeFailed
 	e, err := q.entry(m.Headers(), m.Data())
 	if err == nil {
 		ctx, cancel := context.WithTimeout(q.deliverCtx, cfg.deliveryTimeout)
-		err = spool.SafeDeliver(ctx, cfg.deliver, spool.Delivery{
+		err = queue.SafeDeliver(ctx, cfg.deliver, queue.Delivery{
 			ID: id, Header: e.Header, Body: e.Body, Received: e.Received, Attempt: a.n,
 		})
 		switch {
 		case err == nil:
-			outcome = spool.OutcomeDelivered
+			outcome = queue.OutcomeDelivered
 		case q.deliverCtx.Err() != nil:
-			outcome = spool.OutcomeCanceled
+			outcome = queue.OutcomeCanceled
 		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			outcome = spool.OutcomeTimeout
+			outcome = queue.OutcomeTimeout
 			err = fmt.Errorf("timeout after %s: %w", cfg.deliveryTimeout, err)
 		}
 		cancel()
@@ -218,9 +218,9 @@ type attempt struct {
 // meanwhile because an operator deleted or retried the callback (its
 // message is gone), the outcome is ignored. Anything left undone by an
 // error is redone after the ack wait, by this instance or another.
-func (a *attempt) finish(outcome spool.Outcome, derr error) {
+func (a *attempt) finish(outcome queue.Outcome, derr error) {
 	q, cfg := a.q, a.cfg
-	if outcome == spool.OutcomeCanceled {
+	if outcome == queue.OutcomeCanceled {
 		a.stopHB()
 		_ = a.m.Nak()
 		return
@@ -232,7 +232,7 @@ func (a *attempt) finish(outcome spool.Outcome, derr error) {
 	var kind string
 	var ttl, delay time.Duration
 	switch {
-	case outcome == spool.OutcomeDelivered:
+	case outcome == queue.OutcomeDelivered:
 		kind, ttl = kindDelivered, cfg.retention
 		r.State, r.Delivered = "delivered", now
 	case a.n >= cfg.maxAttempts:
@@ -245,7 +245,7 @@ func (a *attempt) finish(outcome spool.Outcome, derr error) {
 		}
 	default:
 		kind, ttl = kindPending, cfg.retention
-		delay = spool.Backoff(cfg.backoffMin, cfg.backoffMax, a.n)
+		delay = queue.Backoff(cfg.backoffMin, cfg.backoffMax, a.n)
 		r.State, r.LastError, r.NextAttempt = "pending", truncate(derr.Error(), maxErrLen), now.Add(delay)
 	}
 

@@ -1,6 +1,6 @@
 // Package jsqueue is the durable callback queue of a fleet: a
-// spool.Store on NATS JetStream, with the semantics of spool.FileSpool
-// (the same behavioural suite, spool/spooltest, runs against both), for
+// queue.Store on NATS JetStream, with the semantics of spool.FileSpool
+// (the same behavioural suite, queue/queuetest, runs against both), for
 // several Caddy instances that share the streams. Every instance appends,
 // every instance delivers, and any instance lists, retries or purges any
 // callback: the state is in NATS, none in local memory. It knows nothing
@@ -8,7 +8,7 @@
 //
 //	q, err := jsqueue.Open(jsqueue.Options{
 //		URLs:    []string{"nats://nats-1:4222", "nats://nats-2:4222", "nats://nats-3:4222"},
-//		Deliver: (&spool.HTTPDeliverer{URL: "http://app:8080/atlas"}).Deliver,
+//		Deliver: (&queue.HTTPDeliverer{URL: "http://app:8080/atlas"}).Deliver,
 //		Logger:  logger,
 //	})
 //
@@ -60,7 +60,7 @@
 // between two steps leaves at worst a callback stored but answered 503,
 // whose retry by Atlas is then a duplicate. If NATS is unreachable, or
 // the ack does not come within Options.PublishTimeout, Append fails with
-// an error wrapping spool.ErrUnavailable (the route answers 503 with
+// an error wrapping queue.ErrUnavailable (the route answers 503 with
 // Retry-After); the client reconnects by itself, without a reopen.
 //
 // The fsync caveat: nats-server syncs its files to disk on an interval
@@ -82,7 +82,7 @@
 // lost is acked without a second delivery), then delivers, then records
 // the outcome with a compare-and-set on the callback's newest record, and
 // only then acks: a delivered record (for the retention window) then the
-// ack; a failure record then a nak with the spool's backoff (BackoffMin
+// ack; a failure record then a nak with queue.Backoff's delay (BackoffMin
 // doubling up to BackoffMax, less up to 20% of jitter); after MaxAttempts
 // failures, the dead letter, a dead record, then the ack. An attempt
 // cancelled by Close is handed back at once and does not count; an

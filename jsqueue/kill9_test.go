@@ -14,8 +14,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
-	"github.com/caddy-atlas/caddy-atlas/spool"
-	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
+	"github.com/caddy-atlas/caddy-atlas/queue/queuetest"
 )
 
 // natsProc is a nats-server process.
@@ -74,12 +73,12 @@ cluster { name: kill9, listen: 127.0.0.1:%d, routes: [%s] }
 	}
 	u := []string{procs[0].url, procs[1].url, procs[2].url}
 	stream := newStreamName()
-	rec := &spooltest.Recorder{}
+	rec := &queuetest.Recorder{}
 	var a *Queue
 	var err error
 	// The cluster needs a moment to elect its meta leader.
 	opts := func(urls []string) Options {
-		o := testOptions(urls, stream, 3, spool.Options{Deliver: rec.Deliver, Concurrency: 8})
+		o := testOptions(urls, stream, 3, queuetest.Options{Deliver: rec.Deliver, Concurrency: 8})
 		o.PublishTimeout = 2 * time.Second
 		return o
 	}

@@ -8,15 +8,16 @@ import (
 	"slices"
 	"time"
 
-	"github.com/caddy-atlas/caddy-atlas/seal"
-	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/queue"
+	"github.com/caddy-atlas/caddy-atlas/seal"
 )
 
-// Defaults of Options, beside the spool's delivery defaults
-// (spool.DefaultRetention etc.), which apply here too.
+// Defaults of Options, beside the delivery defaults of every Store
+// (queue.DefaultRetention etc.), which apply here too.
 const (
 	DefaultStream          = "ATLAS_CALLBACKS"
 	DefaultReplicas        = 3
@@ -92,7 +93,7 @@ type Options struct {
 	// BackoffMax, DeliveryTimeout, Concurrency (parallel deliveries of
 	// this instance), Logger and Observer. Observer.FsyncDone reports
 	// each acknowledged publish with appends 1.
-	Deliver         spool.DeliverFunc
+	Deliver         queue.DeliverFunc
 	Retention       time.Duration
 	MaxAttempts     int
 	BackoffMin      time.Duration
@@ -100,7 +101,7 @@ type Options struct {
 	DeliveryTimeout time.Duration
 	Concurrency     int
 	Logger          *zap.Logger
-	Observer        spool.Observer
+	Observer        queue.Observer
 }
 
 var streamName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,200}$`)
@@ -115,7 +116,7 @@ type config struct {
 	publishTimeout  time.Duration
 	dupWindow       time.Duration
 	keyring         *seal.Keyring
-	deliver         spool.DeliverFunc
+	deliver         queue.DeliverFunc
 	retention       time.Duration
 	maxAttempts     int
 	backoffMin      time.Duration
@@ -123,7 +124,7 @@ type config struct {
 	deliveryTimeout time.Duration
 	concurrency     int
 	logger          *zap.Logger
-	obs             spool.Observer
+	obs             queue.Observer
 	opts            Options
 }
 
@@ -147,12 +148,12 @@ func resolve(o Options) (*config, error) {
 		dupWindow:       orDefault(o.DuplicateWindow, DefaultDuplicateWindow),
 		keyring:         o.Keyring,
 		deliver:         o.Deliver,
-		retention:       orDefault(o.Retention, spool.DefaultRetention),
-		maxAttempts:     orDefault(o.MaxAttempts, spool.DefaultMaxAttempts),
-		backoffMin:      orDefault(o.BackoffMin, spool.DefaultBackoffMin),
-		backoffMax:      orDefault(o.BackoffMax, spool.DefaultBackoffMax),
-		deliveryTimeout: orDefault(o.DeliveryTimeout, spool.DefaultDeliveryTimeout),
-		concurrency:     orDefault(o.Concurrency, spool.DefaultConcurrency),
+		retention:       orDefault(o.Retention, queue.DefaultRetention),
+		maxAttempts:     orDefault(o.MaxAttempts, queue.DefaultMaxAttempts),
+		backoffMin:      orDefault(o.BackoffMin, queue.DefaultBackoffMin),
+		backoffMax:      orDefault(o.BackoffMax, queue.DefaultBackoffMax),
+		deliveryTimeout: orDefault(o.DeliveryTimeout, queue.DefaultDeliveryTimeout),
+		concurrency:     orDefault(o.Concurrency, queue.DefaultConcurrency),
 		logger:          o.Logger,
 		obs:             o.Observer,
 		opts:            o,
@@ -192,7 +193,7 @@ func resolve(o Options) (*config, error) {
 		c.logger = zap.NewNop()
 	}
 	if c.obs == nil {
-		c.obs = spool.NopObserver{}
+		c.obs = queue.NopObserver{}
 	}
 	return c, nil
 }

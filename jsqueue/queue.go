@@ -15,11 +15,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
-	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
-// Queue is a spool.Store on NATS JetStream, shared by every instance
+// Queue is a queue.Store on NATS JetStream, shared by every instance
 // that opens it with the same stream: each of them appends, delivers,
 // and answers the operator's queries from the streams, so any instance
 // sees and acts on every callback.
@@ -35,7 +35,7 @@ type Queue struct {
 	// countingConsumer).
 	delivered, deadCount jetstream.Consumer
 	// lastStats is the last complete Stats read from the servers.
-	lastStats atomic.Pointer[spool.Stats]
+	lastStats atomic.Pointer[queue.Stats]
 
 	workSubj, deadSubj, stateSubj string
 
@@ -54,14 +54,14 @@ type Queue struct {
 	closed        chan struct{}
 }
 
-var _ spool.Store = (*Queue)(nil)
+var _ queue.Store = (*Queue)(nil)
 
 // Open connects to NATS, creates the three streams and the delivery
 // consumer if they do not exist, or checks that they match opts if they
 // do, and starts delivering. A stream that exists with other replicas,
 // retention or limits is an error naming the field; Open never changes
 // an existing stream. Open fails with an error wrapping
-// spool.ErrUnavailable if no server can be reached.
+// queue.ErrUnavailable if no server can be reached.
 func Open(opts Options) (*Queue, error) {
 	cfg, err := resolve(opts)
 	if err != nil {
@@ -73,7 +73,7 @@ func Open(opts Options) (*Queue, error) {
 	}
 	nc, err := nats.Connect(joinURLs(cfg.urls), nopts...)
 	if err != nil {
-		return nil, fmt.Errorf("%w: connecting to NATS: %w", spool.ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: connecting to NATS: %w", queue.ErrUnavailable, err)
 	}
 	q := &Queue{
 		nc:        nc,
@@ -161,7 +161,7 @@ func (q *Queue) setupWithRetry(cfg *config) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*cfg.publishTimeout)
 		err := q.setup(ctx, cfg)
 		cancel()
-		if err == nil || !errors.Is(err, spool.ErrUnavailable) || time.Now().After(deadline) {
+		if err == nil || !errors.Is(err, queue.ErrUnavailable) || time.Now().After(deadline) {
 			return err
 		}
 		cfg.logger.Info("jetstream queue: setting up the streams again", zap.Error(err))
@@ -181,11 +181,11 @@ func (q *Queue) setup(ctx context.Context, cfg *config) error {
 				s, err = q.js.Stream(ctx, want.Name)
 			}
 			if err != nil {
-				return fmt.Errorf("%w: creating stream %s: %w", spool.ErrUnavailable, want.Name, err)
+				return fmt.Errorf("%w: creating stream %s: %w", queue.ErrUnavailable, want.Name, err)
 			}
 			cfg.logger.Info("jetstream stream created", zap.String("stream", want.Name), zap.Int("replicas", want.Replicas))
 		case err != nil:
-			return fmt.Errorf("%w: stream %s: %w", spool.ErrUnavailable, want.Name, err)
+			return fmt.Errorf("%w: stream %s: %w", queue.ErrUnavailable, want.Name, err)
 		}
 		if err := checkStream(want, s.CachedInfo().Config); err != nil {
 			return err
@@ -204,11 +204,11 @@ func (q *Queue) setup(ctx context.Context, cfg *config) error {
 		MaxAckPending: -1,
 	})
 	if err != nil {
-		return fmt.Errorf("%w: delivery consumer on %s: %w", spool.ErrUnavailable, cfg.stream, err)
+		return fmt.Errorf("%w: delivery consumer on %s: %w", queue.ErrUnavailable, cfg.stream, err)
 	}
 	q.cons = cons
 	if err := q.countingConsumer(ctx); err != nil {
-		return fmt.Errorf("%w: counting consumer on %s_STATE: %w", spool.ErrUnavailable, cfg.stream, err)
+		return fmt.Errorf("%w: counting consumer on %s_STATE: %w", queue.ErrUnavailable, cfg.stream, err)
 	}
 	return nil
 }
@@ -270,7 +270,7 @@ func (q *Queue) config() *config { return q.cfg.Load() }
 
 // MaxPayload returns the largest message the connected server takes
 // (its max_payload): an entry whose body and headers come near it is
-// refused by Append with spool.ErrTooLarge.
+// refused by Append with queue.ErrTooLarge.
 func (q *Queue) MaxPayload() int64 { return q.nc.MaxPayload() }
 
 // Reconfigure applies new delivery options (Deliver, Retention,
@@ -316,13 +316,13 @@ func withTimeout(ctx context.Context, d time.Duration) (context.Context, context
 	return context.WithTimeoutCause(ctx, d, errNoAnswer)
 }
 
-// unavailable wraps a NATS error as spool.ErrUnavailable, except the
+// unavailable wraps a NATS error as queue.ErrUnavailable, except the
 // caller's own cancellation or deadline, returned as it is.
 func unavailable(ctx context.Context, what string, err error) error {
 	if ctx.Err() != nil && !errors.Is(context.Cause(ctx), errNoAnswer) {
 		return ctx.Err()
 	}
-	return fmt.Errorf("%w: %s: %w", spool.ErrUnavailable, what, err)
+	return fmt.Errorf("%w: %s: %w", queue.ErrUnavailable, what, err)
 }
 
 func isWrongLastSeq(err error) bool {
@@ -383,15 +383,15 @@ func (q *Queue) purgeState(ctx context.Context, id string, kinds ...string) erro
 	return nil
 }
 
-// Append implements spool.Store. It returns once the work stream's
+// Append implements queue.Store. It returns once the work stream's
 // servers acknowledged the message (a quorum of them for R3), with an
-// error wrapping spool.ErrUnavailable if NATS is unreachable or the ack
+// error wrapping queue.ErrUnavailable if NATS is unreachable or the ack
 // does not come within PublishTimeout. The callback id is the
 // Nats-Msg-Id; the publish also expects no message of that id in the
 // work stream, and a state record of the id (dead, or delivered within
 // the retention window) makes it a duplicate before publishing.
-func (q *Queue) Append(ctx context.Context, e spool.Entry) (spool.AppendResult, error) {
-	res := spool.AppendResult{ID: e.ID}
+func (q *Queue) Append(ctx context.Context, e queue.Entry) (queue.AppendResult, error) {
+	res := queue.AppendResult{ID: e.ID}
 	if err := validateEntry(&e); err != nil {
 		return res, err
 	}
@@ -400,13 +400,13 @@ func (q *Queue) Append(ctx context.Context, e spool.Entry) (spool.AppendResult, 
 	}
 	cfg := q.config()
 	if q.isClosing() {
-		return res, spool.ErrClosed
+		return res, queue.ErrClosed
 	}
 	if e.Received.IsZero() {
 		e.Received = time.Now()
 	}
 	if n, max := envelopeSize(e.Header, e.Body)+512, q.nc.MaxPayload(); max > 0 && int64(n) > max {
-		return res, fmt.Errorf("%w: body of %d bytes, and the NATS servers' max_payload is %d", spool.ErrTooLarge, len(e.Body), max)
+		return res, fmt.Errorf("%w: body of %d bytes, and the NATS servers' max_payload is %d", queue.ErrTooLarge, len(e.Body), max)
 	}
 	ctx, cancel := withTimeout(ctx, cfg.publishTimeout)
 	defer cancel()
@@ -436,7 +436,7 @@ func (q *Queue) Append(ctx context.Context, e spool.Entry) (spool.AppendResult, 
 	case errors.Is(err, nats.ErrMaxPayload):
 		// A server with a lower max_payload than the one connected to
 		// first: retrying will not help.
-		return res, fmt.Errorf("%w: %w", spool.ErrTooLarge, err)
+		return res, fmt.Errorf("%w: %w", queue.ErrTooLarge, err)
 	case err != nil:
 		return res, unavailable(ctx, "publishing the callback", err)
 	}
@@ -472,19 +472,19 @@ func (q *Queue) opCtx() (context.Context, context.CancelFunc) {
 }
 
 // lookup returns the Info of id and, for a pending one, its message.
-func (q *Queue) lookup(ctx context.Context, id string) (spool.Info, *jetstream.RawStreamMsg, error) {
+func (q *Queue) lookup(ctx context.Context, id string) (queue.Info, *jetstream.RawStreamMsg, error) {
 	rec, err := q.state(ctx, id)
 	if err != nil {
-		return spool.Info{}, nil, err
+		return queue.Info{}, nil, err
 	}
 	if rec != nil && (rec.kind == kindDead || rec.kind == kindDelivered) {
 		return rec.info(), nil, nil
 	}
 	m, err := q.pendingMsg(ctx, id)
 	if err != nil || m == nil {
-		return spool.Info{}, nil, err
+		return queue.Info{}, nil, err
 	}
-	in := spool.Info{State: spool.StatePending}
+	in := queue.Info{State: queue.StatePending}
 	in.ID, in.Received, in.Size = msgInfo(m.Header)
 	in.NextAttempt = in.Received
 	if rec != nil && rec.kind == kindPending && rec.Seq == m.Sequence {
@@ -496,63 +496,63 @@ func (q *Queue) lookup(ctx context.Context, id string) (spool.Info, *jetstream.R
 	return in, m, nil
 }
 
-// Get implements spool.Store. InFlight is true only for a delivery by
+// Get implements queue.Store. InFlight is true only for a delivery by
 // this instance.
-func (q *Queue) Get(id string) (spool.Info, bool) {
+func (q *Queue) Get(id string) (queue.Info, bool) {
 	ctx, cancel := q.opCtx()
 	defer cancel()
 	in, _, err := q.lookup(ctx, id)
 	if err != nil {
 		q.config().logger.Warn("jetstream queue: reading a callback", zap.String("callback_id", id), zap.Error(err))
-		return spool.Info{}, false
+		return queue.Info{}, false
 	}
 	return in, in.ID != ""
 }
 
-// Load implements spool.Store.
-func (q *Queue) Load(ctx context.Context, id string) (spool.Entry, error) {
+// Load implements queue.Store.
+func (q *Queue) Load(ctx context.Context, id string) (queue.Entry, error) {
 	if err := ctx.Err(); err != nil {
-		return spool.Entry{}, err
+		return queue.Entry{}, err
 	}
 	if q.isClosing() {
-		return spool.Entry{}, spool.ErrClosed
+		return queue.Entry{}, queue.ErrClosed
 	}
 	ctx, cancel := withTimeout(ctx, q.config().publishTimeout)
 	defer cancel()
 	in, m, err := q.lookup(ctx, id)
 	if err != nil {
-		return spool.Entry{}, unavailable(ctx, "reading callback", err)
+		return queue.Entry{}, unavailable(ctx, "reading callback", err)
 	}
 	switch in.State {
-	case spool.StateDelivered:
-		return spool.Entry{}, spool.ErrDelivered
-	case spool.StateDead:
+	case queue.StateDelivered:
+		return queue.Entry{}, queue.ErrDelivered
+	case queue.StateDead:
 		if m, err = q.dead.GetLastMsgForSubject(ctx, q.deadSubj+subjectKey(id)); err != nil {
 			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				return spool.Entry{}, spool.ErrNotFound
+				return queue.Entry{}, queue.ErrNotFound
 			}
-			return spool.Entry{}, unavailable(ctx, "reading dead letter", err)
+			return queue.Entry{}, unavailable(ctx, "reading dead letter", err)
 		}
-	case spool.AnyState:
-		return spool.Entry{}, spool.ErrNotFound
+	case queue.AnyState:
+		return queue.Entry{}, queue.ErrNotFound
 	}
 	return q.entry(m.Header, m.Data)
 }
 
 // entry decodes a work or dead-letter message.
-func (q *Queue) entry(h nats.Header, data []byte) (spool.Entry, error) {
+func (q *Queue) entry(h nats.Header, data []byte) (queue.Entry, error) {
 	id, received, _ := msgInfo(h)
 	if h.Get(hdrSealed) != "" {
 		var err error
 		if data, err = q.config().keyring.Open(nil, data, []byte(id)); err != nil {
-			return spool.Entry{}, fmt.Errorf("callback %s: %w", id, err)
+			return queue.Entry{}, fmt.Errorf("callback %s: %w", id, err)
 		}
 	}
 	hdr, body, err := decodeEnvelope(data)
 	if err != nil {
-		return spool.Entry{}, fmt.Errorf("callback %s: %w", id, err)
+		return queue.Entry{}, fmt.Errorf("callback %s: %w", id, err)
 	}
-	return spool.Entry{ID: id, Header: hdr, Body: body, Received: received}, nil
+	return queue.Entry{ID: id, Header: hdr, Body: body, Received: received}, nil
 }
 
 // scan calls fn with every message of stream whose subject matches
@@ -617,29 +617,29 @@ func (q *Queue) records(ctx context.Context, kind string) (map[string]*record, e
 	return out, err
 }
 
-// List implements spool.Store: pending callbacks from the work stream
+// List implements queue.Store: pending callbacks from the work stream
 // (with their failed attempts from the state records), dead and
 // delivered ones from the state records, oldest received first. It
 // reads every callback of the state asked for, so it costs a message
 // per callback; the limit only shortens the answer.
-func (q *Queue) List(state spool.State, limit int) []spool.Info {
+func (q *Queue) List(state queue.State, limit int) []queue.Info {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*q.config().publishTimeout)
 	defer cancel()
 	out, err := q.list(ctx, state)
 	if err != nil {
 		q.config().logger.Warn("jetstream queue: listing callbacks", zap.Stringer("state", state), zap.Error(err))
 	}
-	slices.SortStableFunc(out, func(a, b spool.Info) int { return a.Received.Compare(b.Received) })
+	slices.SortStableFunc(out, func(a, b queue.Info) int { return a.Received.Compare(b.Received) })
 	if limit > 0 && len(out) > limit {
 		out = out[:limit]
 	}
 	return out
 }
 
-func (q *Queue) list(ctx context.Context, state spool.State) ([]spool.Info, error) {
-	var out []spool.Info
+func (q *Queue) list(ctx context.Context, state queue.State) ([]queue.Info, error) {
+	var out []queue.Info
 	for _, kind := range []string{kindDead, kindDelivered} {
-		if state != spool.AnyState && kindState(kind) != state {
+		if state != queue.AnyState && kindState(kind) != state {
 			continue
 		}
 		recs, err := q.records(ctx, kind)
@@ -652,7 +652,7 @@ func (q *Queue) list(ctx context.Context, state spool.State) ([]spool.Info, erro
 			}
 		}
 	}
-	if state != spool.AnyState && state != spool.StatePending {
+	if state != queue.AnyState && state != queue.StatePending {
 		return out, nil
 	}
 	fails, err := q.records(ctx, kindPending)
@@ -665,9 +665,9 @@ func (q *Queue) list(ctx context.Context, state spool.State) ([]spool.Info, erro
 		inflight[seq] = true
 	}
 	q.mu.Unlock()
-	var pending []spool.Info
+	var pending []queue.Info
 	err = q.scanWork(ctx, func(m *jetstream.RawStreamMsg) {
-		in := spool.Info{State: spool.StatePending, InFlight: inflight[m.Sequence]}
+		in := queue.Info{State: queue.StatePending, InFlight: inflight[m.Sequence]}
 		in.ID, in.Received, in.Size = msgInfo(m.Header)
 		in.NextAttempt = in.Received
 		if r := fails[in.ID]; r != nil && r.Seq == m.Sequence {
@@ -704,26 +704,26 @@ func (q *Queue) scanWork(ctx context.Context, fn func(*jetstream.RawStreamMsg)) 
 	return nil
 }
 
-func kindState(kind string) spool.State {
+func kindState(kind string) queue.State {
 	switch kind {
 	case kindPending:
-		return spool.StatePending
+		return queue.StatePending
 	case kindDead:
-		return spool.StateDead
+		return queue.StateDead
 	case kindDelivered:
-		return spool.StateDelivered
+		return queue.StateDelivered
 	}
-	return spool.AnyState
+	return queue.AnyState
 }
 
-// Retry implements spool.Store. A dead callback is published to the
+// Retry implements queue.Store. A dead callback is published to the
 // work stream again, then its dead letter removed; a pending one is
 // published again and its old message deleted, so that it is due at
 // once with no failed attempts. A delivery of the old message in
 // progress is not interrupted; its outcome is ignored.
 func (q *Queue) Retry(ctx context.Context, id string) error {
 	if q.isClosing() {
-		return spool.ErrClosed
+		return queue.ErrClosed
 	}
 	ctx, cancel := withTimeout(ctx, q.config().publishTimeout)
 	defer cancel()
@@ -732,14 +732,14 @@ func (q *Queue) Retry(ctx context.Context, id string) error {
 		return unavailable(ctx, "reading callback", err)
 	}
 	switch in.State {
-	case spool.AnyState:
-		return spool.ErrNotFound
-	case spool.StateDelivered:
-		return spool.ErrDelivered
-	case spool.StateDead:
+	case queue.AnyState:
+		return queue.ErrNotFound
+	case queue.StateDelivered:
+		return queue.ErrDelivered
+	case queue.StateDead:
 		dm, err := q.dead.GetLastMsgForSubject(ctx, q.deadSubj+subjectKey(id))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return spool.ErrNotFound
+			return queue.ErrNotFound
 		}
 		if err != nil {
 			return unavailable(ctx, "reading dead letter", err)
@@ -779,13 +779,13 @@ func (q *Queue) Retry(ctx context.Context, id string) error {
 	return nil
 }
 
-// RetryAll implements spool.Store.
-func (q *Queue) RetryAll(ctx context.Context, state spool.State) (int, error) {
-	if state != spool.StateDead && state != spool.StatePending {
+// RetryAll implements queue.Store.
+func (q *Queue) RetryAll(ctx context.Context, state queue.State) (int, error) {
+	if state != queue.StateDead && state != queue.StatePending {
 		return 0, fmt.Errorf("jsqueue: cannot retry %s callbacks", state)
 	}
 	if q.isClosing() {
-		return 0, spool.ErrClosed
+		return 0, queue.ErrClosed
 	}
 	lctx, cancel := withTimeout(ctx, 4*q.config().publishTimeout)
 	ins, err := q.list(lctx, state)
@@ -796,7 +796,7 @@ func (q *Queue) RetryAll(ctx context.Context, state spool.State) (int, error) {
 	n := 0
 	for _, in := range ins {
 		if err := q.Retry(ctx, in.ID); err != nil {
-			if errors.Is(err, spool.ErrNotFound) || errors.Is(err, spool.ErrDelivered) {
+			if errors.Is(err, queue.ErrNotFound) || errors.Is(err, queue.ErrDelivered) {
 				continue // moved on meanwhile
 			}
 			return n, err
@@ -806,12 +806,12 @@ func (q *Queue) RetryAll(ctx context.Context, state spool.State) (int, error) {
 	return n, nil
 }
 
-// Delete implements spool.Store. It writes a deletion record first, so
+// Delete implements queue.Store. It writes a deletion record first, so
 // that a delivery in progress finds its outcome superseded, then
 // removes the callback's messages and records.
 func (q *Queue) Delete(ctx context.Context, id string) error {
 	if q.isClosing() {
-		return spool.ErrClosed
+		return queue.ErrClosed
 	}
 	cfg := q.config()
 	ctx, cancel := withTimeout(ctx, cfg.publishTimeout)
@@ -825,7 +825,7 @@ func (q *Queue) Delete(ctx context.Context, id string) error {
 		return unavailable(ctx, "reading callback", err)
 	}
 	if m == nil && (rec == nil || rec.kind == kindDeleted || rec.kind == kindPending) {
-		return spool.ErrNotFound
+		return queue.ErrNotFound
 	}
 	var base uint64
 	if rec != nil {
@@ -839,7 +839,7 @@ func (q *Queue) Delete(ctx context.Context, id string) error {
 		return unavailable(ctx, "recording the deletion", err)
 	}
 	if !ok {
-		return fmt.Errorf("%w: callback %s changed meanwhile; try again", spool.ErrUnavailable, id)
+		return fmt.Errorf("%w: callback %s changed meanwhile; try again", queue.ErrUnavailable, id)
 	}
 	if err := q.work.Purge(ctx, jetstream.WithPurgeSubject(q.workSubj+subjectKey(id))); err != nil {
 		return unavailable(ctx, "removing the callback", err)
@@ -853,12 +853,12 @@ func (q *Queue) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
-// Stats implements spool.Store, from the streams' and consumers' info:
+// Stats implements queue.Store, from the streams' and consumers' info:
 // a few requests, whatever the number of callbacks. InFlight counts the
 // deliveries of this instance; DiskBytes and LiveBytes are the bytes of
 // the three streams on one replica. When NATS does not answer, the counts
 // of the last successful read stand (zero before the first).
-func (q *Queue) Stats() spool.Stats {
+func (q *Queue) Stats() queue.Stats {
 	st, err := q.stats()
 	if err != nil {
 		// Once more: a leader election answers "not found" or times out
@@ -886,7 +886,7 @@ func (q *Queue) Stats() spool.Stats {
 
 // stats reads the counts and sizes from the servers; any failure is an
 // error, so that a partial answer is never taken for the whole.
-func (q *Queue) stats() (st spool.Stats, err error) {
+func (q *Queue) stats() (st queue.Stats, err error) {
 	ctx, cancel := q.opCtx()
 	defer cancel()
 	for _, s := range []jetstream.Stream{q.work, q.dead, q.st} {
@@ -933,7 +933,7 @@ func (q *Queue) stats() (st spool.Stats, err error) {
 	return st, nil
 }
 
-// Close implements spool.Store. It stops fetching, waits for the
+// Close implements queue.Store. It stops fetching, waits for the
 // deliveries in progress until ctx is done, then cancels them; a
 // cancelled delivery is handed back to the servers at once (a nak), so
 // that another instance takes it over, and does not count as an
@@ -958,7 +958,7 @@ func (q *Queue) Close(ctx context.Context) error {
 
 	var cerr error
 	n := 0
-	if spool.WaitDeliveries(ctx, &q.deliveries, func() {
+	if queue.WaitDeliveries(ctx, &q.deliveries, func() {
 		q.mu.Lock()
 		n = len(q.inflight)
 		q.mu.Unlock()

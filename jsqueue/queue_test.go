@@ -15,9 +15,9 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
+	"github.com/caddy-atlas/caddy-atlas/queue"
+	"github.com/caddy-atlas/caddy-atlas/queue/queuetest"
 	"github.com/caddy-atlas/caddy-atlas/seal"
-	"github.com/caddy-atlas/caddy-atlas/spool"
-	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
 )
 
 func testKeyring(t testing.TB, keys ...byte) *seal.Keyring {
@@ -55,14 +55,14 @@ func rawJS(t testing.TB, url string) jetstream.JetStream {
 func TestSealed(t *testing.T) {
 	n := natstest.Start(t)
 	stream := newStreamName()
-	rec := &spooltest.Recorder{}
-	rec.SetFail(func(d spool.Delivery) error { return errors.New("app down") })
-	o := testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: rec.Deliver, MaxAttempts: 1})
+	rec := &queuetest.Recorder{}
+	rec.SetFail(func(d queue.Delivery) error { return errors.New("app down") })
+	o := testOptions([]string{n.URL()}, stream, 1, queuetest.Options{Deliver: rec.Deliver, MaxAttempts: 1})
 	o.Keyring = testKeyring(t, 1)
 	q := openQueue(t, o)
-	e := spooltest.Entry(0, 2000)
+	e := queuetest.Entry(0, 2000)
 	e.Header.Set("X-Atlas-Secret-Looking", "hunter2-in-a-header")
-	spooltest.MustAppend(t, q, e)
+	queuetest.MustAppend(t, q, e)
 	testutil.WaitFor(t, 20*time.Second, "dead letter", func() bool { return q.Stats().Dead == 1 })
 
 	js := rawJS(t, n.URL())
@@ -99,7 +99,7 @@ func TestSealed(t *testing.T) {
 	nm.Header.Set(hdrSealed, "1")
 	nm.Data = m.Data
 	rec.SetFail(nil)
-	logger, _ := spooltest.ObservedLogger()
+	logger, _ := queuetest.ObservedLogger()
 	o.Logger, o.MaxAttempts, o.Deliver = logger, 1, rec.Deliver
 	if err := q.Reconfigure(o); err != nil {
 		t.Fatal(err)
@@ -107,7 +107,7 @@ func TestSealed(t *testing.T) {
 	if _, err := js.PublishMsg(ctx, nm); err != nil {
 		t.Fatal(err)
 	}
-	testutil.WaitFor(t, 20*time.Second, "the forged message to die", func() bool { in, _ := q.Get(other); return in.State == spool.StateDead })
+	testutil.WaitFor(t, 20*time.Second, "the forged message to die", func() bool { in, _ := q.Get(other); return in.State == queue.StateDead })
 	if in, _ := q.Get(other); !strings.Contains(in.LastError, "authentication failed") {
 		t.Errorf("forged message: %+v", in)
 	}
@@ -121,8 +121,8 @@ func TestSealed(t *testing.T) {
 	if err := q.Reconfigure(o); err != nil {
 		t.Fatal(err)
 	}
-	e1 := spooltest.Entry(1, 100)
-	spooltest.MustAppend(t, q, e1)
+	e1 := queuetest.Entry(1, 100)
+	queuetest.MustAppend(t, q, e1)
 	testutil.WaitFor(t, 20*time.Second, "delivery under the new key", func() bool { return rec.Count(e1.ID) == 1 })
 }
 
@@ -139,7 +139,7 @@ func TestStreamMismatch(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Open(testOptions([]string{n.URL()}, stream, 1, spool.Options{}))
+	_, err := Open(testOptions([]string{n.URL()}, stream, 1, queuetest.Options{}))
 	if err == nil || !strings.Contains(err.Error(), "retention") || !strings.Contains(err.Error(), "WorkQueue") ||
 		!strings.Contains(err.Error(), "Limits") {
 		t.Errorf("Open over a limits stream = %v, want an error naming retention, WorkQueue and Limits", err)
@@ -156,7 +156,7 @@ func TestStreamMismatch(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err = Open(testOptions([]string{n.URL()}, stream, 1, spool.Options{})); err == nil || !strings.Contains(err.Error(), "allow_msg_ttl") {
+	if _, err = Open(testOptions([]string{n.URL()}, stream, 1, queuetest.Options{})); err == nil || !strings.Contains(err.Error(), "allow_msg_ttl") {
 		t.Errorf("Open over a state stream without TTLs = %v", err)
 	}
 	if _, err := Open(Options{URLs: []string{n.URL()}, Stream: "bad.name"}); err == nil {
@@ -169,25 +169,25 @@ func TestStreamMismatch(t *testing.T) {
 // everything acknowledged is delivered.
 func TestNATSDown(t *testing.T) {
 	n := natstest.Start(t)
-	rec := &spooltest.Recorder{}
-	o := testOptions([]string{n.URL()}, newStreamName(), 1, spool.Options{Deliver: rec.Deliver})
+	rec := &queuetest.Recorder{}
+	o := testOptions([]string{n.URL()}, newStreamName(), 1, queuetest.Options{Deliver: rec.Deliver})
 	o.PublishTimeout = time.Second
 	q := openQueue(t, o)
 	for i := range 5 {
-		spooltest.MustAppend(t, q, spooltest.Entry(i, 100))
+		queuetest.MustAppend(t, q, queuetest.Entry(i, 100))
 	}
 	testutil.WaitFor(t, 20*time.Second, "deliveries", func() bool { return q.Stats().Delivered == 5 })
 
 	n.Stop()
 	start := time.Now()
-	_, err := q.Append(context.Background(), spooltest.Entry(5, 100))
-	if !errors.Is(err, spool.ErrUnavailable) {
+	_, err := q.Append(context.Background(), queuetest.Entry(5, 100))
+	if !errors.Is(err, queue.ErrUnavailable) {
 		t.Fatalf("Append with NATS down = %v, want ErrUnavailable", err)
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("Append with NATS down took %v", d)
 	}
-	if _, err := q.Load(context.Background(), spooltest.ID(0)); !errors.Is(err, spool.ErrUnavailable) {
+	if _, err := q.Load(context.Background(), queuetest.ID(0)); !errors.Is(err, queue.ErrUnavailable) {
 		t.Errorf("Load with NATS down = %v, want ErrUnavailable", err)
 	}
 	// Stats keeps the last counts read rather than reporting an empty
@@ -200,23 +200,23 @@ func TestNATSDown(t *testing.T) {
 	n.Start()
 	acked := []int{}
 	testutil.WaitFor(t, 20*time.Second, "appends to work again", func() bool {
-		_, err := q.Append(context.Background(), spooltest.Entry(5, 100))
+		_, err := q.Append(context.Background(), queuetest.Entry(5, 100))
 		return err == nil
 	})
 	acked = append(acked, 5)
 	for i := 6; i < 10; i++ {
-		spooltest.MustAppend(t, q, spooltest.Entry(i, 100))
+		queuetest.MustAppend(t, q, queuetest.Entry(i, 100))
 		acked = append(acked, i)
 	}
 	testutil.WaitFor(t, 20*time.Second, "deliveries after the outage", func() bool {
 		for _, i := range acked {
-			if rec.Count(spooltest.ID(i)) == 0 {
+			if rec.Count(queuetest.ID(i)) == 0 {
 				return false
 			}
 		}
 		return true
 	})
-	var st spool.Stats
+	var st queue.Stats
 	if !testutil.Poll(20*time.Second, 10*time.Millisecond, func() bool {
 		st = q.Stats()
 		return st.Delivered == 10 && st.Pending == 0
@@ -232,16 +232,16 @@ func TestSameCallbackTwoInstances(t *testing.T) {
 	n := natstest.Start(t)
 	stream := newStreamName()
 	var deliveries atomic.Int64
-	deliver := func(context.Context, spool.Delivery) error { deliveries.Add(1); return nil }
-	a := openQueue(t, testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: deliver}))
-	b := openQueue(t, testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: deliver}))
+	deliver := func(context.Context, queue.Delivery) error { deliveries.Add(1); return nil }
+	a := openQueue(t, testOptions([]string{n.URL()}, stream, 1, queuetest.Options{Deliver: deliver}))
+	b := openQueue(t, testOptions([]string{n.URL()}, stream, 1, queuetest.Options{Deliver: deliver}))
 	const callbacks = 20
 	var stored atomic.Int64
 	var wg sync.WaitGroup
 	for i := range callbacks {
 		for _, q := range []*Queue{a, b, a, b} {
 			wg.Go(func() {
-				res, err := q.Append(context.Background(), spooltest.Entry(i, 500))
+				res, err := q.Append(context.Background(), queuetest.Entry(i, 500))
 				if err != nil {
 					t.Error(err)
 				} else if !res.Duplicate {
@@ -257,8 +257,8 @@ func TestSameCallbackTwoInstances(t *testing.T) {
 	testutil.WaitFor(t, 20*time.Second, "deliveries", func() bool { return a.Stats().Delivered == callbacks })
 	// Atlas retries after the delivery, to the other instance.
 	for i := range callbacks {
-		if res := spooltest.MustAppend(t, b, spooltest.Entry(i, 500)); !res.Duplicate {
-			t.Errorf("%s stored again after delivery", spooltest.ID(i))
+		if res := queuetest.MustAppend(t, b, queuetest.Entry(i, 500)); !res.Duplicate {
+			t.Errorf("%s stored again after delivery", queuetest.ID(i))
 		}
 	}
 	time.Sleep(200 * time.Millisecond)
@@ -273,21 +273,21 @@ func TestTakeover(t *testing.T) {
 	n := natstest.Start(t)
 	stream := newStreamName()
 	started := make(chan string, 16)
-	hang := func(ctx context.Context, d spool.Delivery) error {
+	hang := func(ctx context.Context, d queue.Delivery) error {
 		started <- d.ID
 		<-ctx.Done()
 		return ctx.Err()
 	}
-	a := openQueue(t, testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: hang, Concurrency: 4}))
+	a := openQueue(t, testOptions([]string{n.URL()}, stream, 1, queuetest.Options{Deliver: hang, Concurrency: 4}))
 	for i := range 4 {
-		spooltest.MustAppend(t, a, spooltest.Entry(i, 100))
+		queuetest.MustAppend(t, a, queuetest.Entry(i, 100))
 	}
 	for range 4 {
 		<-started
 	}
 	// Heartbeats keep the deliveries with a past the ack wait.
-	rec := &spooltest.Recorder{}
-	b := openQueue(t, testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: rec.Deliver}))
+	rec := &queuetest.Recorder{}
+	b := openQueue(t, testOptions([]string{n.URL()}, stream, 1, queuetest.Options{Deliver: rec.Deliver}))
 	time.Sleep(2 * testAckWait)
 	if got := len(rec.Deliveries()); got != 0 {
 		t.Fatalf("%d deliveries taken from a live instance", got)
@@ -297,8 +297,8 @@ func TestTakeover(t *testing.T) {
 	testutil.WaitFor(t, 20*time.Second, "takeover", func() bool { return b.Stats().Delivered == 4 })
 	t.Logf("taken over in %v (ack wait %v)", time.Since(start), testAckWait)
 	for i := range 4 {
-		if c := rec.Count(spooltest.ID(i)); c != 1 {
-			t.Errorf("%s delivered %d times by the survivor", spooltest.ID(i), c)
+		if c := rec.Count(queuetest.ID(i)); c != 1 {
+			t.Errorf("%s delivered %d times by the survivor", queuetest.ID(i), c)
 		}
 	}
 	for _, d := range rec.Deliveries() {
@@ -314,11 +314,11 @@ func TestTakeover(t *testing.T) {
 func TestCostPerCallback(t *testing.T) {
 	n := natstest.Start(t)
 	stream := newStreamName()
-	o := testOptions([]string{n.URL()}, stream, 1, spool.Options{})
+	o := testOptions([]string{n.URL()}, stream, 1, queuetest.Options{})
 	q := openQueue(t, o)
 	const count, size = 200, 16 << 10
 	for i := range count {
-		spooltest.MustAppend(t, q, spooltest.Entry(i, size))
+		queuetest.MustAppend(t, q, queuetest.Entry(i, size))
 	}
 	js := rawJS(t, n.URL())
 	bytesOf := func(name string) int64 {
@@ -329,7 +329,7 @@ func TestCostPerCallback(t *testing.T) {
 		return int64(s.CachedInfo().State.Bytes)
 	}
 	pending := bytesOf(stream)/count - size
-	rec := &spooltest.Recorder{}
+	rec := &queuetest.Recorder{}
 	o.Deliver = rec.Deliver
 	if err := q.Reconfigure(o); err != nil {
 		t.Fatal(err)
@@ -337,7 +337,7 @@ func TestCostPerCallback(t *testing.T) {
 	testutil.WaitFor(t, 20*time.Second, "deliveries", func() bool { return q.Stats().Delivered == count })
 	delivered := bytesOf(stream+"_STATE") / count
 	t.Logf("per callback: %d bytes beyond the body while pending (headers of %d bytes included), %d bytes once delivered",
-		pending, len(appendEnvelope(nil, spooltest.Entry(0, 0).Header, nil)), delivered)
+		pending, len(appendEnvelope(nil, queuetest.Entry(0, 0).Header, nil)), delivered)
 	if pending > 512 || delivered > 512 {
 		t.Errorf("per callback: %d bytes pending overhead, %d delivered; want at most 512 each", pending, delivered)
 	}
@@ -347,13 +347,13 @@ func TestCostPerCallback(t *testing.T) {
 
 	// Dead ones: the letter and the dead record.
 	stateBefore := bytesOf(stream + "_STATE")
-	rec.SetFail(func(spool.Delivery) error { return errors.New("receiver answered 503 Service Unavailable") })
+	rec.SetFail(func(queue.Delivery) error { return errors.New("receiver answered 503 Service Unavailable") })
 	o.MaxAttempts = 1
 	if err := q.Reconfigure(o); err != nil {
 		t.Fatal(err)
 	}
 	for i := count; i < 2*count; i++ {
-		spooltest.MustAppend(t, q, spooltest.Entry(i, size))
+		queuetest.MustAppend(t, q, queuetest.Entry(i, size))
 	}
 	testutil.WaitFor(t, 20*time.Second, "dead letters", func() bool { return q.Stats().Dead == count })
 	dead := (bytesOf(stream+"_DEAD")+bytesOf(stream+"_STATE")-stateBefore)/count - size
@@ -369,16 +369,16 @@ func TestCostPerCallback(t *testing.T) {
 // callback as before.
 func TestTooLarge(t *testing.T) {
 	n := natstest.Start(t)
-	rec := &spooltest.Recorder{}
-	q := openQueue(t, testOptions([]string{n.URL()}, newStreamName(), 1, spool.Options{Deliver: rec.Deliver}))
-	big := spooltest.Entry(0, int(q.MaxPayload())+1)
+	rec := &queuetest.Recorder{}
+	q := openQueue(t, testOptions([]string{n.URL()}, newStreamName(), 1, queuetest.Options{Deliver: rec.Deliver}))
+	big := queuetest.Entry(0, int(q.MaxPayload())+1)
 	_, err := q.Append(context.Background(), big)
-	if !errors.Is(err, spool.ErrTooLarge) || errors.Is(err, spool.ErrUnavailable) {
+	if !errors.Is(err, queue.ErrTooLarge) || errors.Is(err, queue.ErrUnavailable) {
 		t.Fatalf("Append of %d bytes above max_payload %d = %v, want ErrTooLarge", len(big.Body), q.MaxPayload(), err)
 	}
 	if !strings.Contains(err.Error(), "max_payload") {
 		t.Errorf("the error does not name max_payload: %v", err)
 	}
-	spooltest.MustAppend(t, q, spooltest.Entry(1, 100))
+	queuetest.MustAppend(t, q, queuetest.Entry(1, 100))
 	testutil.WaitFor(t, 20*time.Second, "the next callback delivered", func() bool { return q.Stats().Delivered == 1 })
 }

@@ -10,8 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caddy-atlas/caddy-atlas/spool"
 	"github.com/nats-io/nats.go"
+
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // Limits of an entry, as for the spool.
@@ -64,18 +65,18 @@ type record struct {
 	rseq uint64
 }
 
-func (r *record) info() spool.Info {
-	in := spool.Info{
+func (r *record) info() queue.Info {
+	in := queue.Info{
 		ID: r.ID, Size: r.Size, Attempts: r.Attempts, LastError: r.LastError, Received: r.Received,
 		LastAttempt: r.LastAttempt, NextAttempt: r.NextAttempt, Delivered: r.Delivered,
 	}
 	switch r.kind {
 	case kindPending:
-		in.State = spool.StatePending
+		in.State = queue.StatePending
 	case kindDead:
-		in.State = spool.StateDead
+		in.State = queue.StateDead
 	case kindDelivered:
-		in.State = spool.StateDelivered
+		in.State = queue.StateDelivered
 	}
 	return in
 }
@@ -99,14 +100,14 @@ func decodeRecord(subject string, seq uint64, data []byte) (*record, error) {
 func subjectKey(id string) string { return strings.ReplaceAll(id, ".", "=") }
 
 // validateEntry checks an entry as the spool does.
-func validateEntry(e *spool.Entry) error {
+func validateEntry(e *queue.Entry) error {
 	if e.ID == "" || len(e.ID) > maxIDLen {
-		return fmt.Errorf("%w: id must be 1 to %d bytes", spool.ErrInvalid, maxIDLen)
+		return fmt.Errorf("%w: id must be 1 to %d bytes", queue.ErrInvalid, maxIDLen)
 	}
 	for i := 0; i < len(e.ID); i++ {
 		c := e.ID[i]
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == ':') {
-			return fmt.Errorf("%w: id contains %q", spool.ErrInvalid, c)
+			return fmt.Errorf("%w: id contains %q", queue.ErrInvalid, c)
 		}
 	}
 	return nil

@@ -10,8 +10,8 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
-	"github.com/caddy-atlas/caddy-atlas/spool"
-	"github.com/caddy-atlas/caddy-atlas/spool/spooltest"
+	"github.com/caddy-atlas/caddy-atlas/queue"
+	"github.com/caddy-atlas/caddy-atlas/queue/queuetest"
 )
 
 // TestSealedRawMessages reads every message of the three streams, raw,
@@ -21,14 +21,14 @@ import (
 func TestSealedRawMessages(t *testing.T) {
 	n := natstest.Start(t)
 	stream := newStreamName()
-	rec := &spooltest.Recorder{}
-	rec.SetFail(func(d spool.Delivery) error {
+	rec := &queuetest.Recorder{}
+	rec.SetFail(func(d queue.Delivery) error {
 		if d.ID == "cb-pending" {
 			return errors.New("app down")
 		}
 		return nil
 	})
-	o := testOptions([]string{n.URL()}, stream, 1, spool.Options{Deliver: rec.Deliver,
+	o := testOptions([]string{n.URL()}, stream, 1, queuetest.Options{Deliver: rec.Deliver,
 		MaxAttempts: 50, BackoffMin: time.Hour, BackoffMax: time.Hour})
 	o.Keyring = testKeyring(t, 1)
 	q := openQueue(t, o)
@@ -40,7 +40,7 @@ func TestSealedRawMessages(t *testing.T) {
 		h := http.Header{}
 		h.Set("Content-Type", "application/json")
 		h.Set("X-Atlas-Subject", "atlas-subject-9")
-		spooltest.MustAppend(t, q, spool.Entry{ID: id, Header: h, Body: body})
+		queuetest.MustAppend(t, q, queue.Entry{ID: id, Header: h, Body: body})
 	}
 	testutil.WaitFor(t, 20*time.Second, "one delivery, one failed attempt", func() bool {
 		in, _ := q.Get("cb-pending")

@@ -1,7 +1,8 @@
 // Package queue defines the durable queue of callbacks that the callback
-// route hands verified callbacks to, and the types its implementations
-// share: package spool is the single-node one (a log on local disk), a
-// backend on shared infrastructure implements the same interface.
+// route hands verified callbacks to, and the types and helpers its
+// implementations share (deliveries, their backoff, the HTTP deliverer,
+// the defaults): package spool is the single-node one (a log on local
+// disk), package jsqueue the one on NATS JetStream for a fleet.
 package queue
 
 import (

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // benchDir returns a directory for a benchmark on the disk under test:
@@ -117,7 +119,7 @@ func BenchmarkAppendDurableDelivering(b *testing.B) {
 	s, err := Open(benchDir(b), Options{
 		Observer:     obs,
 		MaxDiskBytes: 1 << 40,
-		Deliver:      (&HTTPDeliverer{URL: app.URL, Client: &http.Client{Transport: transport}}).Deliver,
+		Deliver:      (&queue.HTTPDeliverer{URL: app.URL, Client: &http.Client{Transport: transport}}).Deliver,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -128,7 +130,7 @@ func BenchmarkAppendDurableDelivering(b *testing.B) {
 	if f := obs.fsyncs.Load(); f > 0 {
 		b.ReportMetric(float64(obs.syncedAppend.Load())/float64(f), "appends/fsync")
 	}
-	b.ReportMetric(float64(obs.outcome(OutcomeDelivered))/elapsed.Seconds(), "deliveries/s")
+	b.ReportMetric(float64(obs.outcome(queue.OutcomeDelivered))/elapsed.Seconds(), "deliveries/s")
 	if f := obs.fsyncs.Load() + obs.lazyFsyncs.Load(); f > 0 {
 		b.ReportMetric(float64(obs.fsyncNanos.Load())/float64(f)/1e6, "ms/fsync")
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 const (
@@ -51,7 +53,7 @@ func (s *FileSpool) Compact(ctx context.Context) error {
 	closing := s.closing
 	s.mu.Unlock()
 	if closing {
-		return ErrClosed
+		return queue.ErrClosed
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -63,7 +65,7 @@ func (s *FileSpool) Compact(ctx context.Context) error {
 type snapItem struct {
 	e           *entry
 	seq         uint64
-	state       State
+	state       queue.State
 	received    time.Time
 	size        int64
 	attempts    int
@@ -106,7 +108,7 @@ func (s *FileSpool) compact(ctx context.Context) (err error) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		return ErrClosed
+		return queue.ErrClosed
 	}
 	commits := make([]*commit, 0, len(s.committing))
 	for _, c := range s.committing {
@@ -167,7 +169,7 @@ func (s *FileSpool) compact(ctx context.Context) (err error) {
 			lastErr: e.lastErr, lastAttempt: e.lastAttempt, next: e.next, delivered: e.delivered,
 			unsealable: e.unsealable,
 		}
-		if e.state != StateDelivered && e.n > 0 {
+		if e.state != queue.StateDelivered && e.n > 0 {
 			it.seg, it.off, it.n = e.seg, e.off, e.n
 			s.acquire(e.seg)
 		}
@@ -187,7 +189,7 @@ func (s *FileSpool) compact(ctx context.Context) (err error) {
 	tmp := final + tmpExt
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 	}
 	renamed := false
 	defer func() {
@@ -222,7 +224,7 @@ func (s *FileSpool) compact(ctx context.Context) (err error) {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			if it.state == StateDelivered {
+			if it.state == queue.StateDelivered {
 				newOff[i] = noBody
 				buf = appendRecord(buf[:0], &Record{Type: RecordDelivered, ID: it.e.id, Time: it.delivered,
 					Received: it.received, Size: it.size, Attempts: it.attempts})
@@ -273,7 +275,7 @@ func (s *FileSpool) compact(ctx context.Context) (err error) {
 				buf = appendRecord(buf, &Record{Type: RecordAttempt, ID: it.e.id, Time: it.lastAttempt,
 					Attempts: it.attempts, Next: it.next, Err: it.lastErr})
 			}
-			if it.state == StateDead {
+			if it.state == queue.StateDead {
 				buf = appendRecord(buf, &Record{Type: RecordDead, ID: it.e.id, Time: it.lastAttempt})
 			}
 			if err := put(buf); err != nil {
@@ -288,14 +290,14 @@ func (s *FileSpool) compact(ctx context.Context) (err error) {
 		if ctx.Err() != nil {
 			return err
 		}
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 	}
 	if err := os.Rename(tmp, final); err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 	}
 	renamed = true
 	// From here on the compacted segment is the log; a failure to sync

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // TestCompaction: delivered bodies go at the next compaction, delivered
@@ -24,7 +25,7 @@ func TestCompaction(t *testing.T) {
 	const retention = time.Hour
 	// Even ids are delivered, odd ones rejected: 1 and 3 are dead after
 	// one attempt, the later odd ones pending for an hour after theirs.
-	rec := &recorder{fail: func(d Delivery) error {
+	rec := &recorder{fail: func(d queue.Delivery) error {
 		var n int
 		for _, c := range d.ID[len("cb-"):] {
 			n = n*10 + int(c-'0')
@@ -97,16 +98,16 @@ func TestCompaction(t *testing.T) {
 		if err != nil || !bytes.Equal(e.Body, testEntry(i, 16<<10).Body) {
 			t.Errorf("Load(%s) after compaction and reopen: %v", testID(i), err)
 		}
-		wantState := StatePending
+		wantState := queue.StatePending
 		if i < 5 {
-			wantState = StateDead
+			wantState = queue.StateDead
 		}
 		if in.State != wantState || in.Attempts != 1 || in.LastError != "rejected" {
 			t.Errorf("%s after reopen: %+v", testID(i), in)
 		}
 	}
 	want := []string{testID(5), testID(7), testID(9), testID(11), testID(13), testID(15), testID(17), testID(19)}
-	if ids := infoIDs(s.List(StatePending, 0)); !cmp.Equal(ids, want) {
+	if ids := infoIDs(s.List(queue.StatePending, 0)); !cmp.Equal(ids, want) {
 		t.Errorf("pending after reopen: %v, want %v", ids, want)
 	}
 }
@@ -199,7 +200,7 @@ func TestCompactionCrashLeftovers(t *testing.T) {
 // and delivered, then checks the log against the index after a reopen.
 func TestCompactionConcurrent(t *testing.T) {
 	dir := t.TempDir()
-	rec := &recorder{fail: func(d Delivery) error {
+	rec := &recorder{fail: func(d queue.Delivery) error {
 		if d.ID[len(d.ID)-1]%3 == 0 {
 			return errors.New("no")
 		}
@@ -234,14 +235,14 @@ func TestCompactionConcurrent(t *testing.T) {
 	cancel()
 	<-compactor
 	t.Logf("%d compactions meanwhile", compactions)
-	want := s.List(AnyState, 0)
+	want := s.List(queue.AnyState, 0)
 	if len(want) != 400 {
 		t.Fatalf("%d callbacks, want 400", len(want))
 	}
 	closeSpool(t, s)
 
 	s = open(t, dir, Options{})
-	got := s.List(AnyState, 0)
+	got := s.List(queue.AnyState, 0)
 	if st := s.Stats(); st.SkippedRecords != 0 || st.Dead+st.Delivered != 400 {
 		t.Errorf("after reopen: %+v", st)
 	}

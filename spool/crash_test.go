@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // crashChildEnv names the spool directory of the child process of
@@ -104,7 +106,7 @@ func TestKillDuringAppends(t *testing.T) {
 func crashChild(dir string) {
 	round := os.Getenv("SPOOL_CRASH_ROUND")
 	s, err := Open(dir, Options{
-		Deliver: func(ctx context.Context, d Delivery) error {
+		Deliver: func(ctx context.Context, d queue.Delivery) error {
 			time.Sleep(time.Millisecond)
 			if d.ID[len(d.ID)-1]%2 == 0 {
 				return fmt.Errorf("rejected")

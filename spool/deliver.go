@@ -5,12 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // maxIdle bounds the dispatcher's sleep, so that a jump of the clock
@@ -135,19 +135,19 @@ func (s *FileSpool) deliver(j deliveryJob) {
 		rec, err = readEnqueue(j.seg, j.off, j.n, e.id, cfg.keyring)
 	}
 	s.release(j.seg)
-	outcome := OutcomeFailed
+	outcome := queue.OutcomeFailed
 	if err == nil {
 		ctx, cancel := context.WithTimeout(s.deliverCtx, cfg.deliveryTimeout)
-		err = SafeDeliver(ctx, cfg.deliver, Delivery{
+		err = queue.SafeDeliver(ctx, cfg.deliver, queue.Delivery{
 			ID: rec.ID, Header: rec.Header, Body: rec.Body, Received: rec.Time, Attempt: attempt,
 		})
 		switch {
 		case err == nil:
-			outcome = OutcomeDelivered
+			outcome = queue.OutcomeDelivered
 		case s.deliverCtx.Err() != nil:
-			outcome = OutcomeCanceled
+			outcome = queue.OutcomeCanceled
 		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			outcome = OutcomeTimeout
+			outcome = queue.OutcomeTimeout
 			err = fmt.Errorf("timeout after %s: %w", cfg.deliveryTimeout, err)
 		}
 		cancel()
@@ -156,21 +156,9 @@ func (s *FileSpool) deliver(j deliveryJob) {
 	s.finish(e, attempt, outcome, err)
 }
 
-// SafeDeliver calls fn, turning a panic into an error: a faulty
-// DeliverFunc must not take the server down. Every Store's deliveries
-// go through it.
-func SafeDeliver(ctx context.Context, fn DeliverFunc, d Delivery) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("deliver panicked: %v", r)
-		}
-	}()
-	return fn(ctx, d)
-}
-
 // finish records the outcome of an attempt: delivered, rescheduled with
 // backoff, dead, or (cancelled by Close) pending as before.
-func (s *FileSpool) finish(e *entry, attempt int, outcome Outcome, err error) {
+func (s *FileSpool) finish(e *entry, attempt int, outcome queue.Outcome, err error) {
 	cfg := s.config()
 	now := cfg.now()
 	var dead bool
@@ -179,11 +167,11 @@ func (s *FileSpool) finish(e *entry, attempt int, outcome Outcome, err error) {
 	s.inflight--
 	switch {
 	case e.removed:
-	case outcome == OutcomeCanceled:
+	case outcome == queue.OutcomeCanceled:
 		s.schedule(e, now)
-	case outcome == OutcomeDelivered:
+	case outcome == queue.OutcomeDelivered:
 		e.attempts++
-		e.state, e.delivered, e.lastAttempt = StateDelivered, now, now
+		e.state, e.delivered, e.lastAttempt = queue.StateDelivered, now, now
 		s.logState(&Record{
 			Type: RecordDelivered, ID: e.id, Time: now, Received: e.received, Size: e.size, Attempts: e.attempts,
 		})
@@ -194,10 +182,10 @@ func (s *FileSpool) finish(e *entry, attempt int, outcome Outcome, err error) {
 		rec := &Record{Type: RecordAttempt, ID: e.id, Time: now, Attempts: e.attempts, Err: e.lastErr}
 		if e.attempts >= cfg.maxAttempts {
 			dead = true
-			e.state = StateDead
+			e.state = queue.StateDead
 			s.logState(rec, &Record{Type: RecordDead, ID: e.id, Time: now})
 		} else {
-			e.next = now.Add(Backoff(cfg.backoffMin, cfg.backoffMax, e.attempts))
+			e.next = now.Add(queue.Backoff(cfg.backoffMin, cfg.backoffMax, e.attempts))
 			rec.Next = e.next
 			s.logState(rec)
 			s.schedule(e, now)
@@ -213,54 +201,14 @@ func (s *FileSpool) finish(e *entry, attempt int, outcome Outcome, err error) {
 		s.kickMaintenance() // to time its expiry
 		cfg.logger.Warn("callback dead-lettered: out of delivery attempts",
 			zap.String("callback_id", e.id), zap.Int("attempts", attempts), zap.Error(err))
-	case outcome == OutcomeFailed || outcome == OutcomeTimeout:
+	case outcome == queue.OutcomeFailed || outcome == queue.OutcomeTimeout:
 		if ce := cfg.logger.Check(zapcore.DebugLevel, "callback delivery failed"); ce != nil {
 			ce.Write(zap.String("callback_id", e.id), zap.Int("attempt", attempt),
 				zap.Time("next_attempt", next), zap.Error(err))
 		}
-	case outcome == OutcomeDelivered:
+	case outcome == queue.OutcomeDelivered:
 		if ce := cfg.logger.Check(zapcore.DebugLevel, "callback delivered"); ce != nil {
 			ce.Write(zap.String("callback_id", e.id), zap.Int("attempt", attempt))
-		}
-	}
-}
-
-// Backoff is the delay after the given number of failed attempts: lo,
-// doubling per further failure, at most hi, less up to 20% of jitter so
-// that callbacks that failed together do not retry together. Every
-// Store schedules retries with it (Options.BackoffMin, BackoffMax).
-func Backoff(lo, hi time.Duration, failures int) time.Duration {
-	d := lo
-	for i := 1; i < failures && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	if j := int64(d / 5); j > 0 {
-		d -= time.Duration(rand.Int64N(j + 1))
-	}
-	return d
-}
-
-// WaitDeliveries waits for the deliveries counted by wg until ctx is
-// done, then calls cancel (which cancels them) and waits for them to
-// end. It reports whether it had to cancel: a Store's Close.
-func WaitDeliveries(ctx context.Context, wg *sync.WaitGroup, cancel func()) (cancelled bool) {
-	drained := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(drained)
-	}()
-	select {
-	case <-drained:
-		return false
-	case <-ctx.Done():
-		select {
-		case <-drained:
-			return false
-		default:
-			cancel()
-			<-drained
-			return true
 		}
 	}
 }

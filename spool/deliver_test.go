@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -13,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 func TestDeliveryOrderOldestFirst(t *testing.T) {
@@ -32,7 +35,7 @@ func TestDeliveryOrderOldestFirst(t *testing.T) {
 		t.Errorf("delivery order %v, want %v", got, want)
 	}
 	in, _ := s.Get(testID(0))
-	if in.State != StateDelivered || in.Attempts != 1 || in.Delivered.IsZero() {
+	if in.State != queue.StateDelivered || in.Attempts != 1 || in.Delivered.IsZero() {
 		t.Errorf("Get after delivery = %+v", in)
 	}
 }
@@ -40,7 +43,7 @@ func TestDeliveryOrderOldestFirst(t *testing.T) {
 func TestBackoffAndDeadLetter(t *testing.T) {
 	var times []time.Time
 	rec := &recorder{}
-	rec.setFail(func(d Delivery) error {
+	rec.setFail(func(d queue.Delivery) error {
 		times = append(times, time.Now()) // serialized: one callback
 		return errors.New("boom")
 	})
@@ -72,11 +75,11 @@ func TestBackoffAndDeadLetter(t *testing.T) {
 		}
 	}
 	in, _ := s.Get(testID(0))
-	if in.State != StateDead || in.Attempts != 5 || in.LastError != "boom" {
+	if in.State != queue.StateDead || in.Attempts != 5 || in.LastError != "boom" {
 		t.Errorf("dead callback: %+v", in)
 	}
-	if obs.dead.Load() != 1 || obs.outcome(OutcomeFailed) != 5 {
-		t.Errorf("observer: %d dead, %d failed", obs.dead.Load(), obs.outcome(OutcomeFailed))
+	if obs.dead.Load() != 1 || obs.outcome(queue.OutcomeFailed) != 5 {
+		t.Errorf("observer: %d dead, %d failed", obs.dead.Load(), obs.outcome(queue.OutcomeFailed))
 	}
 	if logs.FilterMessageSnippet("dead-lettered").Len() != 1 {
 		t.Errorf("no dead-letter warning: %v", logs.All())
@@ -97,44 +100,30 @@ func TestBackoffAndDeadLetter(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	for _, c := range []struct {
-		failures int
-		want     time.Duration
-	}{{1, time.Second}, {2, 2 * time.Second}, {4, 8 * time.Second}, {10, 512 * time.Second}, {11, 10 * time.Minute}, {50, 10 * time.Minute}} {
-		for range 50 {
-			got := Backoff(time.Second, 10*time.Minute, c.failures)
-			if got > c.want || got < c.want*8/10 {
-				t.Fatalf("backoff after %d failures = %v, want in [%v, %v]", c.failures, got, c.want*8/10, c.want)
-			}
-		}
-	}
-}
-
 // TestOperatorActions covers Retry, RetryAll, Delete and their errors,
 // and that they survive a restart.
 func TestOperatorActions(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
-	rec := &recorder{fail: func(Delivery) error { return errors.New("down") }}
+	rec := &recorder{fail: func(queue.Delivery) error { return errors.New("down") }}
 	s := open(t, dir, Options{Deliver: rec.Deliver, MaxAttempts: 1})
 	for i := range 4 {
 		mustAppend(t, s, testEntry(i, 100))
 	}
 	testutil.WaitFor(t, 10*time.Second, "dead letters", func() bool { return s.Stats().Dead == 4 })
-	if got := infoIDs(s.List(StateDead, 0)); len(got) != 4 {
+	if got := infoIDs(s.List(queue.StateDead, 0)); len(got) != 4 {
 		t.Fatalf("dead: %v", got)
 	}
 	if err := s.Delete(ctx, testID(3)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Delete(ctx, testID(3)); !errors.Is(err, ErrNotFound) {
+	if err := s.Delete(ctx, testID(3)); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("second Delete = %v, want ErrNotFound", err)
 	}
-	if err := s.Retry(ctx, "unknown"); !errors.Is(err, ErrNotFound) {
+	if err := s.Retry(ctx, "unknown"); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("Retry(unknown) = %v, want ErrNotFound", err)
 	}
-	if _, err := s.RetryAll(ctx, StateDelivered); err == nil {
+	if _, err := s.RetryAll(ctx, queue.StateDelivered); err == nil {
 		t.Error("RetryAll(delivered) succeeded")
 	}
 	closeSpool(t, s)
@@ -144,15 +133,15 @@ func TestOperatorActions(t *testing.T) {
 	if st := s.Stats(); st.Dead != 3 || st.Pending != 0 {
 		t.Fatalf("after reopen: %+v", st)
 	}
-	n, err := s.RetryAll(ctx, StateDead)
+	n, err := s.RetryAll(ctx, queue.StateDead)
 	if err != nil || n != 3 {
 		t.Fatalf("RetryAll = %d, %v", n, err)
 	}
 	testutil.WaitFor(t, 10*time.Second, "deliveries", func() bool { return s.Stats().Delivered == 3 })
-	if err := s.Retry(ctx, testID(0)); !errors.Is(err, ErrDelivered) {
+	if err := s.Retry(ctx, testID(0)); !errors.Is(err, queue.ErrDelivered) {
 		t.Errorf("Retry(delivered) = %v, want ErrDelivered", err)
 	}
-	if _, err := s.Load(ctx, testID(0)); !errors.Is(err, ErrDelivered) {
+	if _, err := s.Load(ctx, testID(0)); !errors.Is(err, queue.ErrDelivered) {
 		t.Errorf("Load(delivered) = %v, want ErrDelivered", err)
 	}
 	if err := s.Delete(ctx, testID(0)); err != nil {
@@ -161,7 +150,7 @@ func TestOperatorActions(t *testing.T) {
 	closeSpool(t, s)
 
 	s = open(t, dir, Options{})
-	if got := infoIDs(s.List(StateDelivered, 0)); !cmp.Equal(got, []string{testID(1), testID(2)}) {
+	if got := infoIDs(s.List(queue.StateDelivered, 0)); !cmp.Equal(got, []string{testID(1), testID(2)}) {
 		t.Errorf("delivered after reopen: %v", got)
 	}
 	if st := s.Stats(); st.Pending+st.Dead != 0 {
@@ -177,8 +166,8 @@ func TestReconfigureNoGapNoDouble(t *testing.T) {
 	for i := range 200 {
 		counts[testID(i)] = new(atomic.Int64)
 	}
-	deliverer := func(n *atomic.Int64) DeliverFunc {
-		return func(ctx context.Context, d Delivery) error {
+	deliverer := func(n *atomic.Int64) queue.DeliverFunc {
+		return func(ctx context.Context, d queue.Delivery) error {
 			n.Add(1)
 			counts[d.ID].Add(1)
 			time.Sleep(time.Millisecond)
@@ -208,13 +197,13 @@ func TestReconfigureNoGapNoDouble(t *testing.T) {
 func TestDeliveryTimeoutAndPanic(t *testing.T) {
 	obs := &countingObserver{}
 	rec := &recorder{}
-	rec.setFail(func(d Delivery) error {
+	rec.setFail(func(d queue.Delivery) error {
 		if d.ID == testID(1) {
 			panic("deliverer bug")
 		}
 		return nil
 	})
-	hang := func(ctx context.Context, d Delivery) error {
+	hang := func(ctx context.Context, d queue.Delivery) error {
 		if d.ID == testID(0) {
 			<-ctx.Done()
 			return ctx.Err()
@@ -235,8 +224,8 @@ func TestDeliveryTimeoutAndPanic(t *testing.T) {
 	if b, _ := s.Get(testID(1)); !strings.Contains(b.LastError, "panicked") {
 		t.Errorf("panicking attempt: %+v", b)
 	}
-	if obs.outcome(OutcomeTimeout) != 1 || obs.outcome(OutcomeFailed) != 1 {
-		t.Errorf("outcomes: canceled %d, timeout %d, failed %d", obs.outcome(OutcomeCanceled), obs.outcome(OutcomeTimeout), obs.outcome(OutcomeFailed))
+	if obs.outcome(queue.OutcomeTimeout) != 1 || obs.outcome(queue.OutcomeFailed) != 1 {
+		t.Errorf("outcomes: canceled %d, timeout %d, failed %d", obs.outcome(queue.OutcomeCanceled), obs.outcome(queue.OutcomeTimeout), obs.outcome(queue.OutcomeFailed))
 	}
 }
 
@@ -283,7 +272,7 @@ func TestFirstAttemptFromMemory(t *testing.T) {
 	f.Close()
 
 	var rec recorder
-	rec.setFail(func(Delivery) error { return errors.New("app down") })
+	rec.setFail(func(queue.Delivery) error { return errors.New("app down") })
 	if err := s.Reconfigure(Options{
 		Deliver: rec.Deliver, BackoffMin: time.Millisecond, BackoffMax: time.Millisecond, MaxAttempts: 2,
 	}); err != nil {
@@ -304,5 +293,35 @@ func TestFirstAttemptFromMemory(t *testing.T) {
 	s.mu.Unlock()
 	if mem != 0 {
 		t.Errorf("%d bytes still counted in memory after every first attempt", mem)
+	}
+}
+
+// TestSpoolOverHTTP wires a spool to a receiver that fails, then recovers.
+func TestSpoolOverHTTP(t *testing.T) {
+	ok := make(chan bool, 1)
+	ok <- false
+	received := make(chan string, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		v := <-ok
+		ok <- true
+		if !v {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		received <- r.Header.Get("X-Atlas-Callback-Id") + " attempt " + r.Header.Get("X-Atlas-Attempt")
+	}))
+	defer srv.Close()
+	s := open(t, t.TempDir(), Options{
+		Deliver:    (&queue.HTTPDeliverer{URL: srv.URL}).Deliver,
+		BackoffMin: time.Millisecond, BackoffMax: time.Millisecond,
+	})
+	mustAppend(t, s, testEntry(0, 100))
+	select {
+	case got := <-received:
+		if got != testID(0)+" attempt 2" {
+			t.Errorf("received %q", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery")
 	}
 }

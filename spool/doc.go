@@ -2,17 +2,18 @@
 // a log on disk and fsynced before it is acknowledged, then delivered,
 // at least once, until the receiver takes it. It knows nothing of Caddy.
 //
-// The route and the admin API depend on Store. FileSpool, from Open, is
-// the single-node backend; HTTPDeliverer is the usual Options.Deliver.
+// The route and the admin API depend on queue.Store. FileSpool, from
+// Open, is the single-node backend; queue.HTTPDeliverer is the usual
+// Options.Deliver.
 //
 //	sp, err := spool.Open("/var/lib/caddy/atlas-spool", spool.Options{
-//		Deliver: (&spool.HTTPDeliverer{URL: "http://app:8080/atlas"}).Deliver,
+//		Deliver: (&queue.HTTPDeliverer{URL: "http://app:8080/atlas"}).Deliver,
 //		Logger:  logger,
 //	})
 //	...
-//	res, err := sp.Append(ctx, spool.Entry{ID: id, Header: h, Body: body})
+//	res, err := sp.Append(ctx, queue.Entry{ID: id, Header: h, Body: body})
 //	switch {
-//	case errors.Is(err, spool.ErrUnavailable): // 503 + Retry-After
+//	case errors.Is(err, queue.ErrUnavailable): // 503 + Retry-After
 //	case err != nil: // 500
 //	default: // 202 {"status": "accepted", "callback_id": res.ID}
 //	}

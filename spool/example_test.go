@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
@@ -14,7 +15,7 @@ import (
 // spool delivers to the app.
 func Example() {
 	sp, err := spool.Open("/var/lib/caddy/atlas-spool", spool.Options{
-		Deliver: (&spool.HTTPDeliverer{URL: "http://127.0.0.1:8080/hooks/atlas"}).Deliver,
+		Deliver: (&queue.HTTPDeliverer{URL: "http://127.0.0.1:8080/hooks/atlas"}).Deliver,
 	})
 	if err != nil {
 		log.Fatal(err)
@@ -28,11 +29,11 @@ func Example() {
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Atlas-Callback-Id", "9f86d081884c7d659a2feaa0c55ad015")
-	res, err := sp.Append(context.Background(), spool.Entry{
+	res, err := sp.Append(context.Background(), queue.Entry{
 		ID: "9f86d081884c7d659a2feaa0c55ad015", Header: h, Body: []byte(`{"data":[]}`),
 	})
 	switch {
-	case errors.Is(err, spool.ErrUnavailable):
+	case errors.Is(err, queue.ErrUnavailable):
 		// 503 with Retry-After: Atlas will try again.
 	case err != nil:
 		// 500

@@ -15,6 +15,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // clockStart is where the tests' fake clocks start.
@@ -27,7 +29,7 @@ type countingObserver struct {
 	lazyFsyncs   atomic.Int64
 	dead         atomic.Int64
 	mu           sync.Mutex
-	outcomes     map[Outcome]int
+	outcomes     map[queue.Outcome]int
 }
 
 func (o *countingObserver) FsyncDone(_ time.Duration, appends int) {
@@ -39,18 +41,18 @@ func (o *countingObserver) FsyncDone(_ time.Duration, appends int) {
 	o.syncedAppend.Add(int64(appends))
 }
 
-func (o *countingObserver) DeliveryAttempt(out Outcome, _ time.Duration) {
+func (o *countingObserver) DeliveryAttempt(out queue.Outcome, _ time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.outcomes == nil {
-		o.outcomes = make(map[Outcome]int)
+		o.outcomes = make(map[queue.Outcome]int)
 	}
 	o.outcomes[out]++
 }
 
 func (o *countingObserver) DeadLettered() { o.dead.Add(1) }
 
-func (o *countingObserver) outcome(out Outcome) int {
+func (o *countingObserver) outcome(out queue.Outcome) int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.outcomes[out]
@@ -60,11 +62,11 @@ func (o *countingObserver) outcome(out Outcome) int {
 // fail function selects.
 type recorder struct {
 	mu   sync.Mutex
-	got  []Delivery
-	fail func(d Delivery) error
+	got  []queue.Delivery
+	fail func(d queue.Delivery) error
 }
 
-func (r *recorder) Deliver(ctx context.Context, d Delivery) error {
+func (r *recorder) Deliver(ctx context.Context, d queue.Delivery) error {
 	r.mu.Lock()
 	r.got = append(r.got, d)
 	fail := r.fail
@@ -75,16 +77,16 @@ func (r *recorder) Deliver(ctx context.Context, d Delivery) error {
 	return nil
 }
 
-func (r *recorder) setFail(f func(d Delivery) error) {
+func (r *recorder) setFail(f func(d queue.Delivery) error) {
 	r.mu.Lock()
 	r.fail = f
 	r.mu.Unlock()
 }
 
-func (r *recorder) deliveries() []Delivery {
+func (r *recorder) deliveries() []queue.Delivery {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]Delivery(nil), r.got...)
+	return append([]queue.Delivery(nil), r.got...)
 }
 
 // ids returns the ids delivered, in order.
@@ -133,17 +135,17 @@ func observedLogger() (*zap.Logger, *observer.ObservedLogs) {
 
 func testID(i int) string { return fmt.Sprintf("cb-%04d", i) }
 
-func testEntry(i int, size int) Entry {
+func testEntry(i int, size int) queue.Entry {
 	body := bytes.Repeat([]byte{'a' + byte(i%26)}, size)
 	copy(body, fmt.Sprintf(`{"n":%d}`, i))
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Atlas-Callback-Id", testID(i))
 	h.Set("X-Atlas-Subject", "client-1")
-	return Entry{ID: testID(i), Header: h, Body: body}
+	return queue.Entry{ID: testID(i), Header: h, Body: body}
 }
 
-func mustAppend(t testing.TB, s *FileSpool, e Entry) AppendResult {
+func mustAppend(t testing.TB, s *FileSpool, e queue.Entry) queue.AppendResult {
 	t.Helper()
 	res, err := s.Append(context.Background(), e)
 	if err != nil {
@@ -212,7 +214,7 @@ func recordOffsets(t testing.TB, path string) []int64 {
 	return offs
 }
 
-func infoIDs(infos []Info) []string {
+func infoIDs(infos []queue.Info) []string {
 	var ids []string
 	for _, in := range infos {
 		ids = append(ids, in.ID)

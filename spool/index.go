@@ -3,6 +3,8 @@ package spool
 import (
 	"container/heap"
 	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // entry is the in-memory state of a callback. Bodies stay on disk: the
@@ -11,7 +13,7 @@ type entry struct {
 	id string
 	// seq orders entries by arrival (log order).
 	seq      uint64
-	state    State
+	state    queue.State
 	received time.Time
 	size     int64
 
@@ -56,7 +58,7 @@ const (
 
 // liveBytes is the log size compaction keeps for e.
 func (e *entry) liveBytes() int64 {
-	if e.state == StateDelivered {
+	if e.state == queue.StateDelivered {
 		return tombstoneBytes + int64(len(e.id))
 	}
 	n := e.n
@@ -66,8 +68,8 @@ func (e *entry) liveBytes() int64 {
 	return n
 }
 
-func (e *entry) info() Info {
-	in := Info{
+func (e *entry) info() queue.Info {
+	in := queue.Info{
 		ID:          e.id,
 		State:       e.state,
 		Size:        e.size,
@@ -78,7 +80,7 @@ func (e *entry) info() Info {
 		Delivered:   e.delivered,
 		InFlight:    e.inflight,
 	}
-	if e.state == StatePending {
+	if e.state == queue.StatePending {
 		in.NextAttempt = e.next
 	}
 	return in
@@ -134,7 +136,7 @@ func (h *entryHeap) peek() *entry {
 // schedule queues a pending entry that is not in flight: in the ready
 // heap if it is due, else in the wait heap. The caller holds s.mu.
 func (s *FileSpool) schedule(e *entry, now time.Time) {
-	if e.heap != nil || e.inflight || e.state != StatePending {
+	if e.heap != nil || e.inflight || e.state != queue.StatePending {
 		return
 	}
 	if e.next.After(now) {
@@ -175,7 +177,7 @@ func (s *FileSpool) takeRec(e *entry) []byte {
 // expired reports whether a delivered entry is past the retention window:
 // it no longer deduplicates, and compaction forgets it.
 func expired(e *entry, now time.Time, retention time.Duration) bool {
-	return e.state == StateDelivered && now.Sub(e.delivered) >= retention
+	return e.state == queue.StateDelivered && now.Sub(e.delivered) >= retention
 }
 
 // apply replays one log record into the index. Records are absolute, so
@@ -190,11 +192,11 @@ func (s *FileSpool) apply(r *Record, seg *segment, off, n int64) {
 		}
 		s.seq++
 		s.entries[r.ID] = &entry{
-			id: r.ID, seq: s.seq, state: StatePending, received: r.Time,
+			id: r.ID, seq: s.seq, state: queue.StatePending, received: r.Time,
 			size: r.bodySize(), seg: seg, off: off, n: n, key: s.internKey(keyOf(r)), hidx: -1,
 		}
 	case RecordAttempt:
-		if e != nil && e.state != StateDelivered {
+		if e != nil && e.state != queue.StateDelivered {
 			e.attempts, e.lastAttempt, e.next, e.lastErr = r.Attempts, r.Time, r.Next, r.Err
 		}
 	case RecordDelivered:
@@ -204,14 +206,14 @@ func (s *FileSpool) apply(r *Record, seg *segment, off, n int64) {
 			s.entries[r.ID] = e
 		}
 		s.letGoAtOpen = s.letGoAtOpen || e.n > 0
-		e.state, e.delivered, e.attempts = StateDelivered, r.Time, r.Attempts
+		e.state, e.delivered, e.attempts = queue.StateDelivered, r.Time, r.Attempts
 	case RecordDead:
-		if e != nil && e.state == StatePending {
-			e.state = StateDead
+		if e != nil && e.state == queue.StatePending {
+			e.state = queue.StateDead
 		}
 	case RecordRetry:
-		if e != nil && e.state != StateDelivered {
-			e.state, e.attempts, e.next = StatePending, 0, r.Time
+		if e != nil && e.state != queue.StateDelivered {
+			e.state, e.attempts, e.next = queue.StatePending, 0, r.Time
 		}
 	case RecordDelete:
 		if e != nil {

@@ -1,26 +1,20 @@
 package spool
 
 import (
-	"context"
 	"errors"
-	"net/http"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 )
 
-// Defaults of Options.
+// Defaults of Options; the delivery options' defaults are those of
+// every Store, queue.DefaultRetention etc.
 const (
-	DefaultRetention       = 7 * 24 * time.Hour
-	DefaultMaxAttempts     = 20
-	DefaultBackoffMin      = time.Second
-	DefaultBackoffMax      = 10 * time.Minute
-	DefaultDeliveryTimeout = 30 * time.Second
-	DefaultConcurrency     = 4
-	DefaultMaxDiskBytes    = 4 << 30
-	DefaultSegmentSize     = 64 << 20
+	DefaultMaxDiskBytes = 4 << 30
+	DefaultSegmentSize  = 64 << 20
 
 	DefaultDeadLetterRetention = 30 * 24 * time.Hour
 	DefaultPurgeDelay          = 10 * time.Minute
@@ -31,7 +25,7 @@ const (
 type Options struct {
 	// Deliver delivers one callback. Nil: callbacks are stored but not
 	// delivered until Reconfigure sets a Deliver.
-	Deliver DeliverFunc
+	Deliver queue.DeliverFunc
 
 	// Retention is how long a delivered callback's id is remembered to
 	// deduplicate. Default: 7 days.
@@ -66,9 +60,9 @@ type Options struct {
 	// Concurrency is the number of parallel deliveries. Default: 4.
 	Concurrency int
 
-	// MaxDiskBytes bounds the size of the log: Append returns ErrFull
-	// rather than exceed it. Compaction may use up to the size of the
-	// live callbacks more while it runs. Default: 4 GiB.
+	// MaxDiskBytes bounds the size of the log: Append returns
+	// queue.ErrFull rather than exceed it. Compaction may use up to the
+	// size of the live callbacks more while it runs. Default: 4 GiB.
 	MaxDiskBytes int64
 
 	// SegmentSize is the size at which the log moves to a new segment
@@ -80,7 +74,7 @@ type Options struct {
 	Logger *zap.Logger
 
 	// Observer receives metrics events. Default: none.
-	Observer Observer
+	Observer queue.Observer
 
 	// Keyring, if set, encrypts callbacks at rest: Append seals each
 	// callback's headers and body under its first key (AES-256-GCM, see
@@ -96,57 +90,7 @@ type Options struct {
 	Now func() time.Time
 }
 
-// DeliverFunc delivers one callback and returns nil once the receiver has
-// taken it. Any error schedules a retry. It must return when ctx is done.
-type DeliverFunc func(ctx context.Context, d Delivery) error
-
-// Delivery is one delivery attempt of a callback.
-type Delivery struct {
-	// ID is the callback id.
-	ID string
-	// Header holds the stored headers; the DeliverFunc may modify it.
-	Header http.Header
-	// Body is the callback body as stored.
-	Body []byte
-	// Received is when the callback arrived.
-	Received time.Time
-	// Attempt is the attempt number, from 1.
-	Attempt int
-}
-
-// Outcome is the result of a delivery attempt, for metrics.
-type Outcome string
-
-// Outcomes of a delivery attempt.
-const (
-	// OutcomeDelivered: the receiver took the callback.
-	OutcomeDelivered Outcome = "delivered"
-	// OutcomeFailed: an error or a non-2xx answer; a retry is scheduled
-	// unless the callback is out of attempts.
-	OutcomeFailed Outcome = "failed"
-	// OutcomeTimeout: the attempt exceeded DeliveryTimeout; counted as a
-	// failure.
-	OutcomeTimeout Outcome = "timeout"
-	// OutcomeCanceled: the attempt was cancelled by Close; it does not
-	// count as an attempt.
-	OutcomeCanceled Outcome = "canceled"
-)
-
-// Observer receives metrics events. Its methods are called synchronously
-// from the spool's goroutines and must be fast. Embed NopObserver to
-// implement only some of them.
-type Observer interface {
-	// FsyncDone reports an fsync of the log: its latency and the number
-	// of appends it made durable (the group-commit batch size; 0 for a
-	// sync of state changes only).
-	FsyncDone(d time.Duration, appends int)
-	// DeliveryAttempt reports the outcome and duration of an attempt.
-	DeliveryAttempt(outcome Outcome, d time.Duration)
-	// DeadLettered reports that a callback ran out of attempts.
-	DeadLettered()
-}
-
-// RetentionObserver is an Observer that is also told of the dead letters
+// RetentionObserver is a queue.Observer that is also told of the dead letters
 // purged at the end of Options.DeadLetterRetention. The spool checks
 // whether its Observer implements it.
 type RetentionObserver interface {
@@ -154,24 +98,9 @@ type RetentionObserver interface {
 	DeadLetterExpired()
 }
 
-// NopObserver is an Observer that does nothing.
-type NopObserver struct{}
-
-// FsyncDone does nothing.
-func (NopObserver) FsyncDone(time.Duration, int) {}
-
-// DeliveryAttempt does nothing.
-func (NopObserver) DeliveryAttempt(Outcome, time.Duration) {}
-
-// DeadLettered does nothing.
-func (NopObserver) DeadLettered() {}
-
-// DeadLetterExpired does nothing.
-func (NopObserver) DeadLetterExpired() {}
-
 // config is a resolved Options; a FileSpool swaps it atomically.
 type config struct {
-	deliver         DeliverFunc
+	deliver         queue.DeliverFunc
 	retention       time.Duration
 	deadRetention   time.Duration
 	purgeDelay      time.Duration
@@ -183,7 +112,7 @@ type config struct {
 	maxDiskBytes    int64
 	segmentSize     int64
 	logger          *zap.Logger
-	obs             Observer
+	obs             queue.Observer
 	now             func() time.Time
 	keyring         *seal.Keyring
 }
@@ -199,14 +128,14 @@ func resolve(opts Options) (*config, error) {
 	}
 	c := &config{
 		deliver:         opts.Deliver,
-		retention:       orDefault(opts.Retention, DefaultRetention),
+		retention:       orDefault(opts.Retention, queue.DefaultRetention),
 		deadRetention:   orDefault(opts.DeadLetterRetention, DefaultDeadLetterRetention),
 		purgeDelay:      orDefault(opts.PurgeDelay, DefaultPurgeDelay),
-		maxAttempts:     orDefault(opts.MaxAttempts, DefaultMaxAttempts),
-		backoffMin:      orDefault(opts.BackoffMin, DefaultBackoffMin),
-		backoffMax:      orDefault(opts.BackoffMax, DefaultBackoffMax),
-		deliveryTimeout: orDefault(opts.DeliveryTimeout, DefaultDeliveryTimeout),
-		concurrency:     orDefault(opts.Concurrency, DefaultConcurrency),
+		maxAttempts:     orDefault(opts.MaxAttempts, queue.DefaultMaxAttempts),
+		backoffMin:      orDefault(opts.BackoffMin, queue.DefaultBackoffMin),
+		backoffMax:      orDefault(opts.BackoffMax, queue.DefaultBackoffMax),
+		deliveryTimeout: orDefault(opts.DeliveryTimeout, queue.DefaultDeliveryTimeout),
+		concurrency:     orDefault(opts.Concurrency, queue.DefaultConcurrency),
 		maxDiskBytes:    orDefault(opts.MaxDiskBytes, DefaultMaxDiskBytes),
 		segmentSize:     orDefault(opts.SegmentSize, DefaultSegmentSize),
 		logger:          opts.Logger,
@@ -221,7 +150,7 @@ func resolve(opts Options) (*config, error) {
 		c.logger = zap.NewNop()
 	}
 	if c.obs == nil {
-		c.obs = NopObserver{}
+		c.obs = queue.NopObserver{}
 	}
 	if c.now == nil {
 		c.now = time.Now

@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // Retention. A body leaves the disk only when compaction rewrites the
@@ -68,7 +70,7 @@ func (s *FileSpool) expireDeadLetters(cfg *config) time.Time {
 		return next
 	}
 	for _, e := range s.entries {
-		if e.state != StateDead || e.inflight {
+		if e.state != queue.StateDead || e.inflight {
 			continue
 		}
 		at := deadSince(e).Add(cfg.deadRetention)

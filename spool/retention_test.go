@@ -13,13 +13,14 @@ import (
 	"time"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // markedEntry is a callback whose body holds a marker of its own.
-func markedEntry(i int) Entry {
+func markedEntry(i int) queue.Entry {
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
-	return Entry{ID: testID(i), Header: h, Body: []byte(fmt.Sprintf(`{"marker":%q,"pad":"%0500d"}`, bodyMarker(i), 0))}
+	return queue.Entry{ID: testID(i), Header: h, Body: []byte(fmt.Sprintf(`{"marker":%q,"pad":"%0500d"}`, bodyMarker(i), 0))}
 }
 
 func bodyMarker(i int) string { return fmt.Sprintf("BODY-MARKER-%04d", i) }
@@ -44,7 +45,7 @@ func onDisk(t *testing.T, dir string, i int) bool {
 }
 
 type expiryObserver struct {
-	NopObserver
+	queue.NopObserver
 	expired atomic.Int64
 }
 
@@ -57,7 +58,7 @@ func (o *expiryObserver) DeadLetterExpired() { o.expired.Add(1) }
 func TestDeliveredBodiesPurged(t *testing.T) {
 	const purgeDelay = 300 * time.Millisecond
 	dir := t.TempDir()
-	rec := &recorder{fail: func(d Delivery) error {
+	rec := &recorder{fail: func(d queue.Delivery) error {
 		if d.ID == testID(2) || d.ID == testID(3) {
 			return errors.New("rejected")
 		}
@@ -114,7 +115,7 @@ func TestPurgeAfterReopen(t *testing.T) {
 	}
 	s = open(t, dir, Options{PurgeDelay: 100 * time.Millisecond})
 	testutil.WaitFor(t, 10*time.Second, "the purge after the reopen", func() bool { return !onDisk(t, dir, 0) })
-	if in, ok := s.Get(testID(0)); !ok || in.State != StateDelivered {
+	if in, ok := s.Get(testID(0)); !ok || in.State != queue.StateDelivered {
 		t.Errorf("after the purge: %+v, %v", in, ok)
 	}
 }
@@ -127,7 +128,7 @@ func TestDeadLetterRetention(t *testing.T) {
 	dir := t.TempDir()
 	obs := &expiryObserver{}
 	logger, logs := observedLogger()
-	rec := &recorder{fail: func(Delivery) error { return errors.New("rejected") }}
+	rec := &recorder{fail: func(queue.Delivery) error { return errors.New("rejected") }}
 	s := open(t, dir, Options{Deliver: rec.Deliver, MaxAttempts: 1, DeadLetterRetention: retention,
 		PurgeDelay: 50 * time.Millisecond, Observer: obs, Logger: logger})
 	mustAppend(t, s, markedEntry(0))
@@ -163,7 +164,7 @@ func TestDeadLetterRetention(t *testing.T) {
 // retry that fails again restarts the count.
 func TestDeadLetterRetentionClock(t *testing.T) {
 	clock := testutil.NewClock(clockStart)
-	rec := &recorder{fail: func(Delivery) error { return errors.New("rejected") }}
+	rec := &recorder{fail: func(queue.Delivery) error { return errors.New("rejected") }}
 	s := open(t, t.TempDir(), Options{Deliver: rec.Deliver, Now: clock.Now, MaxAttempts: 1})
 	mustAppend(t, s, markedEntry(0))
 	testutil.WaitFor(t, 10*time.Second, "dead letter", func() bool { return s.Stats().Dead == 1 })

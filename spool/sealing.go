@@ -28,10 +28,6 @@ import (
 // kept as it is, and its delivery attempts and loads fail with an error
 // saying so.
 
-// KeyPlaintext is the key id that Stats.Keys gives to the callbacks
-// stored without encryption.
-const KeyPlaintext = queue.KeyPlaintext
-
 // keyInvalid is the key id of a sealed record whose blob names none.
 const keyInvalid = "invalid"
 
@@ -139,9 +135,9 @@ func isEnqueue(t RecordType) bool {
 
 // KeyStats is Stats().Keys, never nil: the callbacks whose bodies are on
 // disk (pending and dead ones) by the id of the key that seals them,
-// KeyPlaintext for those stored in the clear. A key may be retired once
-// no callback counts under it; one that counts under an id the keyring
-// lacks cannot be delivered until that key is configured again.
+// queue.KeyPlaintext for those stored in the clear. A key may be retired
+// once no callback counts under it; one that counts under an id the
+// keyring lacks cannot be delivered until that key is configured again.
 func (s *FileSpool) KeyStats() map[string]int {
 	if m := s.Stats().Keys; m != nil {
 		return m
@@ -151,12 +147,12 @@ func (s *FileSpool) KeyStats() map[string]int {
 
 // countKey adds e to the counts by key of Stats.
 func countKey(m map[string]int, e *entry) map[string]int {
-	if e.state == StateDelivered || e.n == 0 {
+	if e.state == queue.StateDelivered || e.n == 0 {
 		return m
 	}
 	k := e.key
 	if k == "" {
-		k = KeyPlaintext
+		k = queue.KeyPlaintext
 	}
 	if m == nil {
 		m = make(map[string]int, 2)
@@ -176,7 +172,7 @@ func (s *FileSpool) needsMigration(cfg *config) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, e := range s.entries {
-		if e.state == StateDelivered || e.n == 0 || e.unsealable || e.key == ids[0] {
+		if e.state == queue.StateDelivered || e.n == 0 || e.unsealable || e.key == ids[0] {
 			continue
 		}
 		if e.key == "" {

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 )
 
@@ -48,14 +49,14 @@ func keyring(t testing.TB, labels ...string) *seal.Keyring {
 
 // identityEntry is a callback carrying identity numbers in its body and
 // its X-Atlas-* headers.
-func identityEntry(i int) Entry {
+func identityEntry(i int) queue.Entry {
 	body := fmt.Sprintf(`{"callback":%d,"marker":%q,"documents":[{"document_type":"AADHAAR","file_data":{"aadhaar_number":{"value":%q},"name":{"value":"Asha Rao"}}},{"document_type":"PAN","file_data":{"pan_number":{"value":%q}}}],"pad":%q}`,
 		i, testMarker, testAadhaar, testPAN, strings.Repeat("x", 2000))
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Atlas-Callback-Id", testID(i))
 	h.Set("X-Atlas-Subject", testSubject)
-	return Entry{ID: testID(i), Header: h, Body: []byte(body)}
+	return queue.Entry{ID: testID(i), Header: h, Body: []byte(body)}
 }
 
 // assertNoPlaintext fails if any file in dir holds an identity value or
@@ -101,7 +102,7 @@ func assertLoads(t *testing.T, s *FileSpool, ids ...int) {
 func TestSealedOnDisk(t *testing.T) {
 	dir := t.TempDir()
 	kr := keyring(t, "a")
-	rec := &recorder{fail: func(d Delivery) error {
+	rec := &recorder{fail: func(d queue.Delivery) error {
 		if d.ID == testID(1) || d.ID == testID(2) {
 			return errors.New("rejected")
 		}
@@ -173,7 +174,7 @@ func TestSealedWrongKey(t *testing.T) {
 		t.Errorf("delivered %v, want only %s", rec.ids(), testID(0))
 	}
 	in, _ := s.Get(testID(1))
-	if in.State != StateDead || in.Attempts != 2 || !strings.Contains(in.LastError, idA) {
+	if in.State != queue.StateDead || in.Attempts != 2 || !strings.Contains(in.LastError, idA) {
 		t.Errorf("callback under the missing key: %+v", in)
 	}
 	if got, want := s.KeyStats(), map[string]int{idA: 1}; !cmp.Equal(got, want) {
@@ -308,7 +309,7 @@ func TestSealedDamage(t *testing.T) {
 			if _, err := s.Load(context.Background(), testID(1)); err == nil {
 				t.Error("damaged record loads after compaction")
 			}
-			if in, ok := s.Get(testID(1)); !ok || in.State != StateDead {
+			if in, ok := s.Get(testID(1)); !ok || in.State != queue.StateDead {
 				t.Errorf("damaged record after compaction: %+v, %v", in, ok)
 			}
 		})

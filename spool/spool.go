@@ -15,10 +15,11 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 )
 
-// FileSpool is the Store of one node: a directory of append-only log
+// FileSpool is the queue.Store of one node: a directory of append-only log
 // segments, an index in memory rebuilt from them by Open, a group-commit
 // writer, and a delivery scheduler. Bodies stay on disk and are read at
 // delivery time, so memory holds about 300 bytes per callback (pending,
@@ -85,7 +86,7 @@ type FileSpool struct {
 	closed  chan struct{}
 }
 
-var _ Store = (*FileSpool)(nil)
+var _ queue.Store = (*FileSpool)(nil)
 
 // commit is an append being written; a concurrent append of the same id
 // waits for it.
@@ -116,11 +117,11 @@ func Open(dir string, opts Options) (*FileSpool, error) {
 	}
 	if _, err := os.Stat(abs); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(abs, 0o700); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return nil, fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 		}
 		// Make the new directory's entry durable too.
 		if err := syncDir(filepath.Dir(abs)); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return nil, fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 		}
 	}
 	if real, err := filepath.EvalSymlinks(abs); err == nil {
@@ -178,12 +179,12 @@ func (s *FileSpool) load(cfg *config) error {
 		if errors.Is(err, ErrLocked) {
 			return fmt.Errorf("%w: %s", ErrLocked, s.dir)
 		}
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 	}
 	s.lockFile = lf
 	ids, err := listSegments(s.dir)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 	}
 
 	// A compacted segment supersedes every lower one; those left behind
@@ -194,11 +195,11 @@ func (s *FileSpool) load(cfg *config) error {
 		}
 		for _, id := range ids[:i] {
 			if err := os.Remove(filepath.Join(s.dir, segmentName(id))); err != nil {
-				return fmt.Errorf("%w: %w", ErrUnavailable, err)
+				return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 			}
 		}
 		if err := syncDir(s.dir); err != nil {
-			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 		}
 		ids = ids[i:]
 		break
@@ -212,12 +213,12 @@ func (s *FileSpool) load(cfg *config) error {
 			flag = os.O_RDWR
 		}
 		if seg.f, err = os.OpenFile(seg.path, flag, 0); err != nil {
-			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 		}
 		s.segs[id] = seg
 		fi, err := seg.f.Stat()
 		if err != nil {
-			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 		}
 		warn := func(msg string, off, n int64, err error) {
 			cfg.logger.Warn(msg, zap.String("segment", seg.path), zap.Int64("offset", off),
@@ -225,7 +226,7 @@ func (s *FileSpool) load(cfg *config) error {
 		}
 		res, err := scan(seg.f, fi.Size(), func(r *Record, off, n int64) { s.apply(r, seg, off, n) }, warn)
 		if err != nil {
-			return fmt.Errorf("%w: reading %s: %w", ErrUnavailable, seg.path, err)
+			return fmt.Errorf("%w: reading %s: %w", queue.ErrUnavailable, seg.path, err)
 		}
 		s.skipped += res.skipped
 		size := fi.Size()
@@ -235,10 +236,10 @@ func (s *FileSpool) load(cfg *config) error {
 			// have a torn tail; cut it so that appends follow valid records.
 			if last {
 				if err := seg.f.Truncate(res.end); err != nil {
-					return fmt.Errorf("%w: %w", ErrUnavailable, err)
+					return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 				}
 				if err := seg.f.Sync(); err != nil {
-					return fmt.Errorf("%w: %w", ErrUnavailable, err)
+					return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 				}
 				size = res.end
 			}
@@ -250,7 +251,7 @@ func (s *FileSpool) load(cfg *config) error {
 	if n := len(ids); n > 0 {
 		seg := s.segs[ids[n-1]]
 		if _, err := seg.f.Seek(seg.size.Load(), io.SeekStart); err != nil {
-			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 		}
 		s.w.seg, s.w.off, s.w.nextID = seg, seg.size.Load(), seg.id+1
 		s.w.bw.Reset(seg.f)
@@ -300,13 +301,13 @@ func (s *FileSpool) Reconfigure(opts Options) error {
 	return nil
 }
 
-// Append implements Store. It encodes e, queues it for the writer, and
+// Append implements queue.Store. It encodes e, queues it for the writer, and
 // waits until the record is fsynced, sharing the fsync with the appends
 // queued meanwhile. Once queued, the record is written even if ctx is
 // done: Append then still waits, so that the index matches the log, and
 // returns the outcome of the write.
-func (s *FileSpool) Append(ctx context.Context, e Entry) (AppendResult, error) {
-	res := AppendResult{ID: e.ID}
+func (s *FileSpool) Append(ctx context.Context, e queue.Entry) (queue.AppendResult, error) {
+	res := queue.AppendResult{ID: e.ID}
 	if err := validateEntry(&e); err != nil {
 		return res, err
 	}
@@ -332,7 +333,7 @@ func (s *FileSpool) Append(ctx context.Context, e Entry) (AppendResult, error) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		return res, ErrClosed
+		return res, queue.ErrClosed
 	}
 	if old := s.entries[e.ID]; old != nil && !expired(old, cfg.now(), cfg.retention) {
 		s.mu.Unlock()
@@ -355,7 +356,7 @@ func (s *FileSpool) Append(ctx context.Context, e Entry) (AppendResult, error) {
 	if s.diskBytes.Load()+s.reserved+size > cfg.maxDiskBytes {
 		s.mu.Unlock()
 		s.kickMaintenance()
-		return res, ErrFull
+		return res, queue.ErrFull
 	}
 	req := &writeReq{buf: rec, durable: true, appends: 1, done: make(chan writeResult, 1)}
 	if err := s.send(ctx, req); err != nil {
@@ -380,7 +381,7 @@ func (s *FileSpool) Append(ctx context.Context, e Entry) (AppendResult, error) {
 			s.remove(old) // an expired tombstone
 		}
 		en := &entry{
-			id: e.ID, seq: seq, state: StatePending, received: e.Received, size: int64(len(e.Body)),
+			id: e.ID, seq: seq, state: queue.StatePending, received: e.Received, size: int64(len(e.Body)),
 			seg: wr.seg, off: wr.off, n: size, key: s.internKey(key), next: e.Received, hidx: -1,
 		}
 		if s.memBytes+size <= s.memLimit {
@@ -404,7 +405,7 @@ func (s *FileSpool) Append(ctx context.Context, e Entry) (AppendResult, error) {
 // send queues req for the writer. The caller holds s.mu.
 func (s *FileSpool) send(ctx context.Context, req *writeReq) error {
 	if s.writerClosed {
-		return ErrClosed
+		return queue.ErrClosed
 	}
 	select {
 	case s.w.reqs <- req:
@@ -459,37 +460,37 @@ func (s *FileSpool) lookup(id string, cfg *config) *entry {
 	return e
 }
 
-// Get implements Store.
-func (s *FileSpool) Get(id string) (Info, bool) {
+// Get implements queue.Store.
+func (s *FileSpool) Get(id string) (queue.Info, bool) {
 	cfg := s.config()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := s.lookup(id, cfg)
 	if e == nil {
-		return Info{}, false
+		return queue.Info{}, false
 	}
 	return e.info(), true
 }
 
-// Load implements Store.
-func (s *FileSpool) Load(ctx context.Context, id string) (Entry, error) {
+// Load implements queue.Store.
+func (s *FileSpool) Load(ctx context.Context, id string) (queue.Entry, error) {
 	if err := ctx.Err(); err != nil {
-		return Entry{}, err
+		return queue.Entry{}, err
 	}
 	cfg := s.config()
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		return Entry{}, ErrClosed
+		return queue.Entry{}, queue.ErrClosed
 	}
 	e := s.lookup(id, cfg)
 	switch {
 	case e == nil:
 		s.mu.Unlock()
-		return Entry{}, ErrNotFound
-	case e.state == StateDelivered || e.n == 0:
+		return queue.Entry{}, queue.ErrNotFound
+	case e.state == queue.StateDelivered || e.n == 0:
 		s.mu.Unlock()
-		return Entry{}, ErrDelivered
+		return queue.Entry{}, queue.ErrDelivered
 	}
 	seg, off, n := e.seg, e.off, e.n
 	s.acquire(seg)
@@ -497,9 +498,9 @@ func (s *FileSpool) Load(ctx context.Context, id string) (Entry, error) {
 	defer s.release(seg)
 	r, err := readEnqueue(seg, off, n, id, cfg.keyring)
 	if err != nil {
-		return Entry{}, err
+		return queue.Entry{}, err
 	}
-	return Entry{ID: r.ID, Header: r.Header, Body: r.Body, Received: r.Time}, nil
+	return queue.Entry{ID: r.ID, Header: r.Header, Body: r.Body, Received: r.Time}, nil
 }
 
 // readEnqueue reads and checks the enqueue record of id, and opens it
@@ -507,7 +508,7 @@ func (s *FileSpool) Load(ctx context.Context, id string) (Entry, error) {
 func readEnqueue(seg *segment, off, n int64, id string, kr *seal.Keyring) (Record, error) {
 	buf := make([]byte, n)
 	if _, err := seg.f.ReadAt(buf, off); err != nil {
-		return Record{}, fmt.Errorf("%w: reading callback %s: %w", ErrUnavailable, id, err)
+		return Record{}, fmt.Errorf("%w: reading callback %s: %w", queue.ErrUnavailable, id, err)
 	}
 	return decodeEnqueue(buf, id, kr)
 }
@@ -529,14 +530,14 @@ func decodeEnqueue(buf []byte, id string, kr *seal.Keyring) (Record, error) {
 	return r, nil
 }
 
-// List implements Store.
-func (s *FileSpool) List(state State, limit int) []Info {
+// List implements queue.Store.
+func (s *FileSpool) List(state queue.State, limit int) []queue.Info {
 	cfg := s.config()
 	now := cfg.now()
 	s.mu.Lock()
 	es := make([]*entry, 0, len(s.entries))
 	for _, e := range s.entries {
-		if (state == AnyState || e.state == state) && !expired(e, now, cfg.retention) {
+		if (state == queue.AnyState || e.state == state) && !expired(e, now, cfg.retention) {
 			es = append(es, e)
 		}
 	}
@@ -544,7 +545,7 @@ func (s *FileSpool) List(state State, limit int) []Info {
 	if limit > 0 && len(es) > limit {
 		es = es[:limit]
 	}
-	out := make([]Info, len(es))
+	out := make([]queue.Info, len(es))
 	for i, e := range es {
 		out[i] = e.info()
 	}
@@ -552,22 +553,22 @@ func (s *FileSpool) List(state State, limit int) []Info {
 	return out
 }
 
-// Retry implements Store.
+// Retry implements queue.Store.
 func (s *FileSpool) Retry(ctx context.Context, id string) error {
 	cfg := s.config()
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		return ErrClosed
+		return queue.ErrClosed
 	}
 	e := s.lookup(id, cfg)
 	switch {
 	case e == nil:
 		s.mu.Unlock()
-		return ErrNotFound
-	case e.state == StateDelivered:
+		return queue.ErrNotFound
+	case e.state == queue.StateDelivered:
 		s.mu.Unlock()
-		return ErrDelivered
+		return queue.ErrDelivered
 	}
 	now := cfg.now()
 	done, err := s.logDurable(ctx, []*Record{{Type: RecordRetry, ID: id, Time: now}})
@@ -585,13 +586,13 @@ func (s *FileSpool) Retry(ctx context.Context, id string) error {
 // holds s.mu.
 func (s *FileSpool) retry(e *entry, now time.Time) {
 	s.unschedule(e)
-	e.state, e.attempts, e.next = StatePending, 0, now
+	e.state, e.attempts, e.next = queue.StatePending, 0, now
 	s.schedule(e, now)
 }
 
-// RetryAll implements Store.
-func (s *FileSpool) RetryAll(ctx context.Context, state State) (int, error) {
-	if state != StateDead && state != StatePending {
+// RetryAll implements queue.Store.
+func (s *FileSpool) RetryAll(ctx context.Context, state queue.State) (int, error) {
+	if state != queue.StateDead && state != queue.StatePending {
 		return 0, fmt.Errorf("spool: cannot retry %s callbacks", state)
 	}
 	cfg := s.config()
@@ -599,7 +600,7 @@ func (s *FileSpool) RetryAll(ctx context.Context, state State) (int, error) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		return 0, ErrClosed
+		return 0, queue.ErrClosed
 	}
 	var es []*entry
 	var recs []*Record
@@ -626,18 +627,18 @@ func (s *FileSpool) RetryAll(ctx context.Context, state State) (int, error) {
 	return len(es), s.awaitDurable(done, "retry all", len(es))
 }
 
-// Delete implements Store.
+// Delete implements queue.Store.
 func (s *FileSpool) Delete(ctx context.Context, id string) error {
 	cfg := s.config()
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		return ErrClosed
+		return queue.ErrClosed
 	}
 	e := s.lookup(id, cfg)
 	if e == nil {
 		s.mu.Unlock()
-		return ErrNotFound
+		return queue.ErrNotFound
 	}
 	done, err := s.logDurable(ctx, []*Record{{Type: RecordDelete, ID: id, Time: cfg.now()}})
 	if err != nil {
@@ -652,25 +653,25 @@ func (s *FileSpool) Delete(ctx context.Context, id string) error {
 	return s.awaitDurable(done, "delete", 1)
 }
 
-// Stats implements Store.
-func (s *FileSpool) Stats() Stats {
+// Stats implements queue.Store.
+func (s *FileSpool) Stats() queue.Stats {
 	cfg := s.config()
 	now := cfg.now()
-	var st Stats
+	var st queue.Stats
 	s.mu.Lock()
 	for _, e := range s.entries {
 		if expired(e, now, cfg.retention) {
 			continue
 		}
 		switch e.state {
-		case StatePending:
+		case queue.StatePending:
 			st.Pending++
 			if st.OldestPending.IsZero() || e.received.Before(st.OldestPending) {
 				st.OldestPending = e.received
 			}
-		case StateDead:
+		case queue.StateDead:
 			st.Dead++
-		case StateDelivered:
+		case queue.StateDelivered:
 			st.Delivered++
 		}
 		st.LiveBytes += e.liveBytes()
@@ -686,7 +687,7 @@ func (s *FileSpool) Stats() Stats {
 	return st
 }
 
-// Close implements Store. It stops the scheduler and compaction, waits
+// Close implements queue.Store. It stops the scheduler and compaction, waits
 // for the deliveries in progress until ctx is done and then cancels them
 // (they stay pending), syncs the log and releases the directory. It
 // returns an error wrapping ctx.Err() if deliveries had to be cancelled.
@@ -715,7 +716,7 @@ func (s *FileSpool) Close(ctx context.Context) error {
 
 	var cerr error
 	n := 0
-	if WaitDeliveries(ctx, &s.deliveries, func() {
+	if queue.WaitDeliveries(ctx, &s.deliveries, func() {
 		s.mu.Lock()
 		n = s.inflight
 		s.mu.Unlock()

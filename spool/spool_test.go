@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 func TestAppendReopen(t *testing.T) {
@@ -30,10 +31,10 @@ func TestAppendReopen(t *testing.T) {
 	closeSpool(t, s)
 
 	s = open(t, dir, Options{})
-	if got := infoIDs(s.List(StatePending, 0)); !cmp.Equal(got, want) {
+	if got := infoIDs(s.List(queue.StatePending, 0)); !cmp.Equal(got, want) {
 		t.Fatalf("pending after reopen = %v, want %v", got, want)
 	}
-	if got := infoIDs(s.List(AnyState, 3)); !cmp.Equal(got, want[:3]) {
+	if got := infoIDs(s.List(queue.AnyState, 3)); !cmp.Equal(got, want[:3]) {
 		t.Errorf("List(AnyState, 3) = %v", got)
 	}
 	for i := range 10 {
@@ -47,10 +48,10 @@ func TestAppendReopen(t *testing.T) {
 		}
 	}
 	in, ok := s.Get(testID(3))
-	if !ok || in.State != StatePending || in.Size != 1003 || in.Attempts != 0 {
+	if !ok || in.State != queue.StatePending || in.Size != 1003 || in.Attempts != 0 {
 		t.Errorf("Get = %+v, %v", in, ok)
 	}
-	if _, err := s.Load(context.Background(), "nope"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Load(context.Background(), "nope"); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("Load(unknown) = %v, want ErrNotFound", err)
 	}
 	if st := s.Stats(); st.Pending != 10 || st.SkippedRecords != 0 || st.DiskBytes == 0 || st.OldestPending.IsZero() {
@@ -122,7 +123,7 @@ func reopenDamaged(t *testing.T, dir string, want []string, warning string) *Fil
 	t.Helper()
 	logger, logs := observedLogger()
 	s := open(t, dir, Options{Logger: logger})
-	if got := infoIDs(s.List(AnyState, 0)); !cmp.Equal(got, want) {
+	if got := infoIDs(s.List(queue.AnyState, 0)); !cmp.Equal(got, want) {
 		t.Errorf("after the damage: %v, want %v", got, want)
 	}
 	if st := s.Stats(); st.SkippedRecords != 1 {
@@ -224,7 +225,7 @@ func TestErrFull(t *testing.T) {
 			break
 		}
 	}
-	if !errors.Is(err, ErrFull) || !errors.Is(err, ErrUnavailable) {
+	if !errors.Is(err, queue.ErrFull) || !errors.Is(err, queue.ErrUnavailable) {
 		t.Fatalf("Append past the bound = %v, want ErrFull matching ErrUnavailable", err)
 	}
 	if n != 6 {
@@ -264,7 +265,7 @@ func TestWriteFailure(t *testing.T) {
 			}
 			s.w.fault.Store(&fault)
 			_, err := s.Append(context.Background(), testEntry(1, 100))
-			if !errors.Is(err, ErrUnavailable) || !errors.Is(err, c.errno) {
+			if !errors.Is(err, queue.ErrUnavailable) || !errors.Is(err, c.errno) {
 				t.Fatalf("Append = %v, want ErrUnavailable and %v", err, c.errno)
 			}
 			if _, ok := s.Get(testID(1)); ok {
@@ -286,7 +287,7 @@ func TestWriteFailure(t *testing.T) {
 			closeSpool(t, s)
 
 			s = open(t, dir, Options{})
-			if got := infoIDs(s.List(AnyState, 0)); !cmp.Equal(got, []string{testID(0), testID(2), testID(1)}) {
+			if got := infoIDs(s.List(queue.AnyState, 0)); !cmp.Equal(got, []string{testID(0), testID(2), testID(1)}) {
 				t.Errorf("after reopen: %v", got)
 			}
 			if st := s.Stats(); st.SkippedRecords != 0 {
@@ -311,7 +312,7 @@ func TestReadOnlyDirectory(t *testing.T) {
 	for _, p := range segmentFiles(t, dir) {
 		os.Chmod(p, 0o400)
 	}
-	if _, err := Open(dir, Options{}); !errors.Is(err, ErrUnavailable) {
+	if _, err := Open(dir, Options{}); !errors.Is(err, queue.ErrUnavailable) {
 		t.Errorf("Open of a read-only spool = %v, want ErrUnavailable", err)
 	}
 }
@@ -330,7 +331,7 @@ func TestGroupCommit(t *testing.T) {
 	}
 	s.w.fault.Store(&slow)
 	const n = 64
-	entries := make([]Entry, n)
+	entries := make([]queue.Entry, n)
 	for i := range entries {
 		entries[i] = testEntry(i, 16<<10)
 	}
@@ -378,16 +379,16 @@ func TestClosed(t *testing.T) {
 	mustAppend(t, s, testEntry(0, 10))
 	closeSpool(t, s)
 	ctx := context.Background()
-	if _, err := s.Append(ctx, testEntry(1, 10)); !errors.Is(err, ErrClosed) {
+	if _, err := s.Append(ctx, testEntry(1, 10)); !errors.Is(err, queue.ErrClosed) {
 		t.Errorf("Append after Close = %v", err)
 	}
-	if err := s.Retry(ctx, testID(0)); !errors.Is(err, ErrClosed) {
+	if err := s.Retry(ctx, testID(0)); !errors.Is(err, queue.ErrClosed) {
 		t.Errorf("Retry after Close = %v", err)
 	}
-	if err := s.Delete(ctx, testID(0)); !errors.Is(err, ErrClosed) {
+	if err := s.Delete(ctx, testID(0)); !errors.Is(err, queue.ErrClosed) {
 		t.Errorf("Delete after Close = %v", err)
 	}
-	if err := s.Compact(ctx); !errors.Is(err, ErrClosed) {
+	if err := s.Compact(ctx); !errors.Is(err, queue.ErrClosed) {
 		t.Errorf("Compact after Close = %v", err)
 	}
 	if err := s.Close(ctx); err != nil {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 const (
@@ -261,7 +263,7 @@ func (w *writer) write(reqs []*writeReq) {
 		if w.seg != nil {
 			w.truncate(start)
 		}
-		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		err = fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 		w.failed("write", err)
 	}
 	if err != nil || !durable {
@@ -331,7 +333,7 @@ func (w *writer) synced(res syncResult) {
 			w.waiting = nil
 		}
 		w.truncate(b.start)
-		err := fmt.Errorf("%w: %w", ErrUnavailable, res.err)
+		err := fmt.Errorf("%w: %w", queue.ErrUnavailable, res.err)
 		w.failed("write", err)
 		for i, r := range failed {
 			reply(r, writeResult{seg: b.seg, off: failedOffs[i], err: err})
@@ -405,17 +407,17 @@ func (w *writer) rotate() error {
 		}
 	}
 	if err := w.injected("create"); err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 	}
 	path := filepath.Join(w.s.dir, segmentName(w.nextID))
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 	}
 	if err := syncDir(w.s.dir); err != nil {
 		f.Close()
 		os.Remove(path)
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", queue.ErrUnavailable, err)
 	}
 	seg := &segment{id: w.nextID, path: path, f: f}
 	w.nextID++

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
 // TestFailedFsyncFailsTheBatchWrittenMeanwhile: the writer goes on
@@ -53,7 +54,7 @@ func TestFailedFsyncFailsTheBatchWrittenMeanwhile(t *testing.T) {
 	})
 	close(release)
 	for range 2 {
-		if err := <-errs; !errors.Is(err, ErrUnavailable) || !errors.Is(err, syscall.EIO) {
+		if err := <-errs; !errors.Is(err, queue.ErrUnavailable) || !errors.Is(err, syscall.EIO) {
 			t.Fatalf("Append = %v, want ErrUnavailable and EIO", err)
 		}
 	}
@@ -68,7 +69,7 @@ func TestFailedFsyncFailsTheBatchWrittenMeanwhile(t *testing.T) {
 	closeSpool(t, s)
 
 	s = open(t, dir, Options{})
-	if got := infoIDs(s.List(AnyState, 0)); !cmp.Equal(got, []string{testID(0), testID(3), testID(2)}) {
+	if got := infoIDs(s.List(queue.AnyState, 0)); !cmp.Equal(got, []string{testID(0), testID(3), testID(2)}) {
 		t.Errorf("after reopen: %v", got)
 	}
 	if st := s.Stats(); st.SkippedRecords != 0 {

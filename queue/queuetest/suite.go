@@ -1,8 +1,8 @@
-// Package spooltest is the behavioural test suite of a spool.Store: the
+// Package queuetest is the behavioural test suite of a queue.Store: the
 // same tests run against every backend (spool.FileSpool, jsqueue.Queue),
 // so that the callback route and the admin API see the same semantics
 // whichever is configured. Only tests import it.
-package spooltest
+package queuetest
 
 import (
 	"bytes"
@@ -17,22 +17,39 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-atlas/caddy-atlas/spool"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
-// Store is a spool.Store whose delivery options can change while open.
+// Options are the delivery options of the store under test, those that
+// every backend takes; the Opener and Reconfigure map them onto the
+// backend's own. The zero value of a field selects the backend's
+// default.
+type Options struct {
+	Deliver         queue.DeliverFunc
+	Retention       time.Duration
+	MaxAttempts     int
+	BackoffMin      time.Duration
+	BackoffMax      time.Duration
+	DeliveryTimeout time.Duration
+	Concurrency     int
+	Logger          *zap.Logger
+	Observer        queue.Observer
+}
+
+// Store is a queue.Store whose delivery options can change while open.
 type Store interface {
-	spool.Store
-	Reconfigure(spool.Options) error
+	queue.Store
+	Reconfigure(Options) error
 }
 
 // Opener opens the store under test with the given options. Within one
 // test, every call opens the same durable store (a spool directory, a
 // JetStream stream), so that a test can close it and open it again. The
 // store is closed at the end of the test if the test did not.
-type Opener func(t *testing.T, o spool.Options) Store
+type Opener func(t *testing.T, o Options) Store
 
 // Run runs every test of the suite, each as a subtest with a fresh store
 // from newStore.
@@ -66,12 +83,12 @@ func Run(t *testing.T, newStore func(t *testing.T) Opener) {
 // fail function selects.
 type Recorder struct {
 	mu   sync.Mutex
-	got  []spool.Delivery
-	fail func(d spool.Delivery) error
+	got  []queue.Delivery
+	fail func(d queue.Delivery) error
 }
 
-// Deliver implements spool.DeliverFunc.
-func (r *Recorder) Deliver(ctx context.Context, d spool.Delivery) error {
+// Deliver implements queue.DeliverFunc.
+func (r *Recorder) Deliver(ctx context.Context, d queue.Delivery) error {
 	r.mu.Lock()
 	d.Body = bytes.Clone(d.Body)
 	r.got = append(r.got, d)
@@ -84,14 +101,14 @@ func (r *Recorder) Deliver(ctx context.Context, d spool.Delivery) error {
 }
 
 // SetFail sets the function that decides failures (nil: none).
-func (r *Recorder) SetFail(f func(d spool.Delivery) error) {
+func (r *Recorder) SetFail(f func(d queue.Delivery) error) {
 	r.mu.Lock()
 	r.fail = f
 	r.mu.Unlock()
 }
 
 // Deliveries returns the deliveries so far.
-func (r *Recorder) Deliveries() []spool.Delivery {
+func (r *Recorder) Deliveries() []queue.Delivery {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.got)
@@ -121,18 +138,18 @@ func (r *Recorder) Count(id string) int {
 func ID(i int) string { return fmt.Sprintf("cb-%04d.x:y", i) }
 
 // Entry is the i-th test callback, with a body of size bytes.
-func Entry(i int, size int) spool.Entry {
+func Entry(i int, size int) queue.Entry {
 	body := bytes.Repeat([]byte{'a' + byte(i%26)}, size)
 	copy(body, fmt.Sprintf(`{"n":%d}`, i))
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Atlas-Callback-Id", ID(i))
 	h.Set("X-Atlas-Subject", "client-1")
-	return spool.Entry{ID: ID(i), Header: h, Body: body}
+	return queue.Entry{ID: ID(i), Header: h, Body: body}
 }
 
 // MustAppend appends e, failing the test on error.
-func MustAppend(t testing.TB, s spool.Store, e spool.Entry) spool.AppendResult {
+func MustAppend(t testing.TB, s queue.Store, e queue.Entry) queue.AppendResult {
 	t.Helper()
 	res, err := s.Append(context.Background(), e)
 	if err != nil {
@@ -154,7 +171,7 @@ func WaitFor(t testing.TB, what string, cond func() bool) {
 }
 
 // Close closes s, failing the test on error.
-func Close(t testing.TB, s spool.Store) {
+func Close(t testing.TB, s queue.Store) {
 	t.Helper()
 	if err := s.Close(context.Background()); err != nil {
 		t.Fatalf("Close: %v", err)
@@ -162,7 +179,7 @@ func Close(t testing.TB, s spool.Store) {
 }
 
 // IDs returns the ids of infos.
-func IDs(infos []spool.Info) []string {
+func IDs(infos []queue.Info) []string {
 	var ids []string
 	for _, in := range infos {
 		ids = append(ids, in.ID)
@@ -178,38 +195,38 @@ func ObservedLogger() (*zap.Logger, *observer.ObservedLogs) {
 
 // CountingObserver counts the Observer events.
 type CountingObserver struct {
-	spool.NopObserver
+	queue.NopObserver
 	Durable  atomic.Int64 // appends made durable
 	Dead     atomic.Int64
 	mu       sync.Mutex
-	outcomes map[spool.Outcome]int
+	outcomes map[queue.Outcome]int
 }
 
-// FsyncDone implements spool.Observer.
+// FsyncDone implements queue.Observer.
 func (o *CountingObserver) FsyncDone(_ time.Duration, appends int) { o.Durable.Add(int64(appends)) }
 
-// DeliveryAttempt implements spool.Observer.
-func (o *CountingObserver) DeliveryAttempt(out spool.Outcome, _ time.Duration) {
+// DeliveryAttempt implements queue.Observer.
+func (o *CountingObserver) DeliveryAttempt(out queue.Outcome, _ time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.outcomes == nil {
-		o.outcomes = make(map[spool.Outcome]int)
+		o.outcomes = make(map[queue.Outcome]int)
 	}
 	o.outcomes[out]++
 }
 
-// DeadLettered implements spool.Observer.
+// DeadLettered implements queue.Observer.
 func (o *CountingObserver) DeadLettered() { o.Dead.Add(1) }
 
 // Outcome returns how many attempts had the outcome.
-func (o *CountingObserver) Outcome(out spool.Outcome) int {
+func (o *CountingObserver) Outcome(out queue.Outcome) int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.outcomes[out]
 }
 
 func testAppendGetLoadList(t *testing.T, open Opener) {
-	s := open(t, spool.Options{})
+	s := open(t, Options{})
 	var want []string
 	for i := range 10 {
 		res := MustAppend(t, s, Entry(i, 1000+i))
@@ -218,13 +235,13 @@ func testAppendGetLoadList(t *testing.T, open Opener) {
 		}
 		want = append(want, ID(i))
 	}
-	if got := IDs(s.List(spool.StatePending, 0)); !slices.Equal(got, want) {
+	if got := IDs(s.List(queue.StatePending, 0)); !slices.Equal(got, want) {
 		t.Fatalf("pending = %v, want %v", got, want)
 	}
-	if got := IDs(s.List(spool.AnyState, 3)); !slices.Equal(got, want[:3]) {
+	if got := IDs(s.List(queue.AnyState, 3)); !slices.Equal(got, want[:3]) {
 		t.Errorf("List(AnyState, 3) = %v", got)
 	}
-	if got := s.List(spool.StateDead, 0); len(got) != 0 {
+	if got := s.List(queue.StateDead, 0); len(got) != 0 {
 		t.Errorf("dead = %v", got)
 	}
 	for i := range 10 {
@@ -239,13 +256,13 @@ func testAppendGetLoadList(t *testing.T, open Opener) {
 		}
 	}
 	in, ok := s.Get(ID(3))
-	if !ok || in.ID != ID(3) || in.State != spool.StatePending || in.Size != 1003 || in.Attempts != 0 || in.Received.IsZero() {
+	if !ok || in.ID != ID(3) || in.State != queue.StatePending || in.Size != 1003 || in.Attempts != 0 || in.Received.IsZero() {
 		t.Errorf("Get = %+v, %v", in, ok)
 	}
 	if _, ok := s.Get("unknown"); ok {
 		t.Error("Get(unknown) found something")
 	}
-	if _, err := s.Load(context.Background(), "unknown"); !errors.Is(err, spool.ErrNotFound) {
+	if _, err := s.Load(context.Background(), "unknown"); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("Load(unknown) = %v, want ErrNotFound", err)
 	}
 	if st := s.Stats(); st.Pending != 10 || st.Dead != 0 || st.Delivered != 0 || st.DiskBytes == 0 || st.OldestPending.IsZero() {
@@ -256,7 +273,7 @@ func testAppendGetLoadList(t *testing.T, open Opener) {
 // testAppendKeepsNoBody checks that the caller may reuse a body once
 // Append returns, as the callback route does with its pooled buffers.
 func testAppendKeepsNoBody(t *testing.T, open Opener) {
-	s := open(t, spool.Options{})
+	s := open(t, Options{})
 	e := Entry(1, 4096)
 	want := bytes.Clone(e.Body)
 	MustAppend(t, s, e)
@@ -273,15 +290,15 @@ func testAppendKeepsNoBody(t *testing.T, open Opener) {
 }
 
 func testAppendValidates(t *testing.T, open Opener) {
-	s := open(t, spool.Options{})
+	s := open(t, Options{})
 	for _, id := range []string{"", "a/b", "a b", "a*", "a>", strings.Repeat("x", 129), "é"} {
-		if _, err := s.Append(context.Background(), spool.Entry{ID: id}); !errors.Is(err, spool.ErrInvalid) {
+		if _, err := s.Append(context.Background(), queue.Entry{ID: id}); !errors.Is(err, queue.ErrInvalid) {
 			t.Errorf("Append(id %q) = %v, want ErrInvalid", id, err)
 		}
 	}
 	// Ids that differ only in '.' and the characters around it stay apart.
 	for _, id := range []string{"a.b", "a_b", ".a", "a.", "a..b"} {
-		if res := MustAppend(t, s, spool.Entry{ID: id, Body: []byte(id)}); res.Duplicate {
+		if res := MustAppend(t, s, queue.Entry{ID: id, Body: []byte(id)}); res.Duplicate {
 			t.Errorf("Append(%q) reported a duplicate", id)
 		}
 	}
@@ -295,7 +312,7 @@ func testAppendValidates(t *testing.T, open Opener) {
 
 func testDuplicate(t *testing.T, open Opener) {
 	obs := &CountingObserver{}
-	s := open(t, spool.Options{Observer: obs})
+	s := open(t, Options{Observer: obs})
 	MustAppend(t, s, Entry(1, 100))
 	if res := MustAppend(t, s, Entry(1, 100)); !res.Duplicate {
 		t.Fatal("second Append of the same id: Duplicate = false")
@@ -330,7 +347,7 @@ func testDuplicate(t *testing.T, open Opener) {
 func testDeliverOnce(t *testing.T, open Opener) {
 	rec := &Recorder{}
 	obs := &CountingObserver{}
-	s := open(t, spool.Options{Deliver: rec.Deliver, Observer: obs})
+	s := open(t, Options{Deliver: rec.Deliver, Observer: obs})
 	const n = 20
 	for i := range n {
 		MustAppend(t, s, Entry(i, 500))
@@ -347,17 +364,17 @@ func testDeliverOnce(t *testing.T, open Opener) {
 		}
 	}
 	in, ok := s.Get(ID(0))
-	if !ok || in.State != spool.StateDelivered || in.Attempts != 1 || in.Delivered.IsZero() || in.Size != 500 {
+	if !ok || in.State != queue.StateDelivered || in.Attempts != 1 || in.Delivered.IsZero() || in.Size != 500 {
 		t.Errorf("Get after delivery = %+v", in)
 	}
-	if _, err := s.Load(context.Background(), ID(0)); !errors.Is(err, spool.ErrDelivered) {
+	if _, err := s.Load(context.Background(), ID(0)); !errors.Is(err, queue.ErrDelivered) {
 		t.Errorf("Load(delivered) = %v, want ErrDelivered", err)
 	}
 	// Atlas redelivers: acknowledged as a duplicate, not delivered again.
 	if res := MustAppend(t, s, Entry(0, 500)); !res.Duplicate {
 		t.Error("Append of a delivered id: Duplicate = false")
 	}
-	if got := IDs(s.List(spool.StateDelivered, 0)); len(got) != n {
+	if got := IDs(s.List(queue.StateDelivered, 0)); len(got) != n {
 		t.Errorf("%d delivered listed, want %d", len(got), n)
 	}
 	WaitFor(t, "pending to drain", func() bool { return s.Stats().Pending == 0 })
@@ -365,15 +382,15 @@ func testDeliverOnce(t *testing.T, open Opener) {
 	if got := len(rec.Deliveries()); got != n {
 		t.Errorf("%d deliveries, want %d", got, n)
 	}
-	if obs.Outcome(spool.OutcomeDelivered) != n {
-		t.Errorf("observer: %d delivered", obs.Outcome(spool.OutcomeDelivered))
+	if obs.Outcome(queue.OutcomeDelivered) != n {
+		t.Errorf("observer: %d delivered", obs.Outcome(queue.OutcomeDelivered))
 	}
 }
 
 // testDeliverLater stores without a Deliver, then starts delivering
 // with Reconfigure.
 func testDeliverLater(t *testing.T, open Opener) {
-	s := open(t, spool.Options{Concurrency: 1})
+	s := open(t, Options{Concurrency: 1})
 	var want []string
 	for i := range 10 {
 		MustAppend(t, s, Entry(i, 100))
@@ -384,7 +401,7 @@ func testDeliverLater(t *testing.T, open Opener) {
 		t.Fatalf("without a Deliver: %+v", st)
 	}
 	rec := &Recorder{}
-	if err := s.Reconfigure(spool.Options{Concurrency: 1, Deliver: rec.Deliver}); err != nil {
+	if err := s.Reconfigure(Options{Concurrency: 1, Deliver: rec.Deliver}); err != nil {
 		t.Fatal(err)
 	}
 	WaitFor(t, "deliveries", func() bool { return settled(s.Stats(), "Delivered", 10) })
@@ -396,26 +413,26 @@ func testDeliverLater(t *testing.T, open Opener) {
 // testNoHeadOfLineBlocking checks that a callback that keeps failing
 // does not hold up the ones behind it, even with one delivery at a time.
 func testNoHeadOfLineBlocking(t *testing.T, open Opener) {
-	rec := &Recorder{fail: func(d spool.Delivery) error {
+	rec := &Recorder{fail: func(d queue.Delivery) error {
 		if d.ID == ID(0) {
 			return errors.New("receiver rejects this one")
 		}
 		return nil
 	}}
-	s := open(t, spool.Options{Concurrency: 1, BackoffMin: time.Hour, BackoffMax: time.Hour})
+	s := open(t, Options{Concurrency: 1, BackoffMin: time.Hour, BackoffMax: time.Hour})
 	for i := range 11 {
 		MustAppend(t, s, Entry(i, 100))
 	}
-	if err := s.Reconfigure(spool.Options{Concurrency: 1, Deliver: rec.Deliver, BackoffMin: time.Hour, BackoffMax: time.Hour}); err != nil {
+	if err := s.Reconfigure(Options{Concurrency: 1, Deliver: rec.Deliver, BackoffMin: time.Hour, BackoffMax: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
 	WaitFor(t, "the others", func() bool { return settled(s.Stats(), "Delivered", 10) })
 	in, _ := s.Get(ID(0))
-	if in.State != spool.StatePending || in.Attempts != 1 || !strings.Contains(in.LastError, "rejects") ||
+	if in.State != queue.StatePending || in.Attempts != 1 || !strings.Contains(in.LastError, "rejects") ||
 		in.NextAttempt.Before(time.Now().Add(30*time.Minute)) || in.LastAttempt.IsZero() {
 		t.Errorf("failing callback: %+v", in)
 	}
-	ps := s.List(spool.StatePending, 0)
+	ps := s.List(queue.StatePending, 0)
 	if len(ps) != 1 || ps[0].ID != ID(0) || ps[0].Attempts != 1 || !strings.Contains(ps[0].LastError, "rejects") {
 		t.Errorf("pending list: %+v", ps)
 	}
@@ -425,7 +442,7 @@ func testBackoffAndDeadLetter(t *testing.T, open Opener) {
 	var mu sync.Mutex
 	var times []time.Time
 	rec := &Recorder{}
-	rec.SetFail(func(d spool.Delivery) error {
+	rec.SetFail(func(d queue.Delivery) error {
 		mu.Lock()
 		times = append(times, time.Now())
 		mu.Unlock()
@@ -434,7 +451,7 @@ func testBackoffAndDeadLetter(t *testing.T, open Opener) {
 	obs := &CountingObserver{}
 	logger, logs := ObservedLogger()
 	const lo = 100 * time.Millisecond
-	s := open(t, spool.Options{
+	s := open(t, Options{
 		Deliver: rec.Deliver, MaxAttempts: 4, BackoffMin: lo, BackoffMax: 10 * lo, Observer: obs, Logger: logger,
 	})
 	MustAppend(t, s, Entry(0, 300))
@@ -456,10 +473,10 @@ func testBackoffAndDeadLetter(t *testing.T, open Opener) {
 		}
 	}
 	in, _ := s.Get(ID(0))
-	if in.State != spool.StateDead || in.Attempts != 4 || in.LastError != "boom" || in.Size != 300 {
+	if in.State != queue.StateDead || in.Attempts != 4 || in.LastError != "boom" || in.Size != 300 {
 		t.Errorf("dead callback: %+v", in)
 	}
-	if got := IDs(s.List(spool.StateDead, 0)); !slices.Equal(got, []string{ID(0)}) {
+	if got := IDs(s.List(queue.StateDead, 0)); !slices.Equal(got, []string{ID(0)}) {
 		t.Errorf("dead list: %v", got)
 	}
 	if st := s.Stats(); st.Pending != 0 || st.Dead != 1 {
@@ -472,8 +489,8 @@ func testBackoffAndDeadLetter(t *testing.T, open Opener) {
 		t.Error("Append of a dead id: Duplicate = false")
 	}
 	WaitFor(t, "observer", func() bool { return obs.Dead.Load() == 1 })
-	if obs.Outcome(spool.OutcomeFailed) != 4 {
-		t.Errorf("observer: %d failed", obs.Outcome(spool.OutcomeFailed))
+	if obs.Outcome(queue.OutcomeFailed) != 4 {
+		t.Errorf("observer: %d failed", obs.Outcome(queue.OutcomeFailed))
 	}
 	if logs.FilterMessageSnippet("dead-lettered").Len() != 1 {
 		t.Errorf("no dead-letter warning: %v", logs.All())
@@ -486,7 +503,7 @@ func testBackoffAndDeadLetter(t *testing.T, open Opener) {
 	}
 	WaitFor(t, "delivery after retry", func() bool { return settled(s.Stats(), "Delivered", 1) })
 	in, _ = s.Get(ID(0))
-	if in.State != spool.StateDelivered || in.Attempts != 1 {
+	if in.State != queue.StateDelivered || in.Attempts != 1 {
 		t.Errorf("after retry and delivery: %+v", in)
 	}
 	if ds := rec.Deliveries(); ds[len(ds)-1].Attempt != 1 {
@@ -501,43 +518,43 @@ func testBackoffAndDeadLetter(t *testing.T, open Opener) {
 // and that they survive a reopen.
 func testOperatorActions(t *testing.T, open Opener) {
 	ctx := context.Background()
-	rec := &Recorder{fail: func(spool.Delivery) error { return errors.New("down") }}
-	s := open(t, spool.Options{Deliver: rec.Deliver, MaxAttempts: 1})
+	rec := &Recorder{fail: func(queue.Delivery) error { return errors.New("down") }}
+	s := open(t, Options{Deliver: rec.Deliver, MaxAttempts: 1})
 	for i := range 4 {
 		MustAppend(t, s, Entry(i, 100))
 	}
 	WaitFor(t, "dead letters", func() bool { return settled(s.Stats(), "Dead", 4) })
-	if got := IDs(s.List(spool.StateDead, 0)); len(got) != 4 {
+	if got := IDs(s.List(queue.StateDead, 0)); len(got) != 4 {
 		t.Fatalf("dead: %v", got)
 	}
 	if err := s.Delete(ctx, ID(3)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Delete(ctx, ID(3)); !errors.Is(err, spool.ErrNotFound) {
+	if err := s.Delete(ctx, ID(3)); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("second Delete = %v, want ErrNotFound", err)
 	}
 	if _, ok := s.Get(ID(3)); ok {
 		t.Error("Get finds a deleted callback")
 	}
-	if err := s.Retry(ctx, "unknown"); !errors.Is(err, spool.ErrNotFound) {
+	if err := s.Retry(ctx, "unknown"); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("Retry(unknown) = %v, want ErrNotFound", err)
 	}
-	if _, err := s.RetryAll(ctx, spool.StateDelivered); err == nil {
+	if _, err := s.RetryAll(ctx, queue.StateDelivered); err == nil {
 		t.Error("RetryAll(delivered) succeeded")
 	}
 	Close(t, s)
 
 	rec.SetFail(nil)
-	s = open(t, spool.Options{Deliver: rec.Deliver})
+	s = open(t, Options{Deliver: rec.Deliver})
 	if st := s.Stats(); st.Dead != 3 || st.Pending != 0 {
 		t.Fatalf("after reopen: %+v", st)
 	}
-	n, err := s.RetryAll(ctx, spool.StateDead)
+	n, err := s.RetryAll(ctx, queue.StateDead)
 	if err != nil || n != 3 {
 		t.Fatalf("RetryAll = %d, %v", n, err)
 	}
 	WaitFor(t, "deliveries", func() bool { return settled(s.Stats(), "Delivered", 3) })
-	if err := s.Retry(ctx, ID(0)); !errors.Is(err, spool.ErrDelivered) {
+	if err := s.Retry(ctx, ID(0)); !errors.Is(err, queue.ErrDelivered) {
 		t.Errorf("Retry(delivered) = %v, want ErrDelivered", err)
 	}
 	if err := s.Delete(ctx, ID(0)); err != nil {
@@ -553,8 +570,8 @@ func testOperatorActions(t *testing.T, open Opener) {
 	WaitFor(t, "deliveries", func() bool { return settled(s.Stats(), "Delivered", 4) })
 	Close(t, s)
 
-	s = open(t, spool.Options{})
-	if got := IDs(s.List(spool.StateDelivered, 0)); !slices.Equal(got, []string{ID(1), ID(2), ID(0), ID(3)}) {
+	s = open(t, Options{})
+	if got := IDs(s.List(queue.StateDelivered, 0)); !slices.Equal(got, []string{ID(1), ID(2), ID(0), ID(3)}) {
 		t.Errorf("delivered after reopen: %v", got)
 	}
 	if st := s.Stats(); st.Pending+st.Dead != 0 {
@@ -567,8 +584,8 @@ func testOperatorActions(t *testing.T, open Opener) {
 func testRetryPending(t *testing.T, open Opener) {
 	ctx := context.Background()
 	rec := &Recorder{}
-	rec.SetFail(func(spool.Delivery) error { return errors.New("not yet") })
-	s := open(t, spool.Options{Deliver: rec.Deliver, BackoffMin: time.Hour, BackoffMax: time.Hour})
+	rec.SetFail(func(queue.Delivery) error { return errors.New("not yet") })
+	s := open(t, Options{Deliver: rec.Deliver, BackoffMin: time.Hour, BackoffMax: time.Hour})
 	MustAppend(t, s, Entry(0, 100))
 	MustAppend(t, s, Entry(1, 100))
 	WaitFor(t, "first attempts", func() bool {
@@ -581,13 +598,13 @@ func testRetryPending(t *testing.T, open Opener) {
 		t.Fatal(err)
 	}
 	WaitFor(t, "delivery after retry", func() bool { return settled(s.Stats(), "Delivered", 1) })
-	if in, _ := s.Get(ID(0)); in.State != spool.StateDelivered || in.Attempts != 1 {
+	if in, _ := s.Get(ID(0)); in.State != queue.StateDelivered || in.Attempts != 1 {
 		t.Errorf("after retry: %+v", in)
 	}
-	if in, _ := s.Get(ID(1)); in.State != spool.StatePending || in.Attempts != 1 {
+	if in, _ := s.Get(ID(1)); in.State != queue.StatePending || in.Attempts != 1 {
 		t.Errorf("the other: %+v", in)
 	}
-	if n, err := s.RetryAll(ctx, spool.StatePending); err != nil || n != 1 {
+	if n, err := s.RetryAll(ctx, queue.StatePending); err != nil || n != 1 {
 		t.Errorf("RetryAll(pending) = %d, %v", n, err)
 	}
 	WaitFor(t, "delivery after RetryAll", func() bool { return settled(s.Stats(), "Delivered", 2) })
@@ -599,7 +616,7 @@ func testRetryPending(t *testing.T, open Opener) {
 func testDeliveryTimeoutAndPanic(t *testing.T, open Opener) {
 	obs := &CountingObserver{}
 	var calls atomic.Int64
-	deliver := func(ctx context.Context, d spool.Delivery) error {
+	deliver := func(ctx context.Context, d queue.Delivery) error {
 		switch calls.Add(1) {
 		case 1:
 			<-ctx.Done() // hangs until the timeout
@@ -609,7 +626,7 @@ func testDeliveryTimeoutAndPanic(t *testing.T, open Opener) {
 		}
 		return nil
 	}
-	s := open(t, spool.Options{
+	s := open(t, Options{
 		Deliver: deliver, DeliveryTimeout: 100 * time.Millisecond, BackoffMin: 10 * time.Millisecond,
 		BackoffMax: 10 * time.Millisecond, Concurrency: 1, Observer: obs,
 	})
@@ -618,8 +635,8 @@ func testDeliveryTimeoutAndPanic(t *testing.T, open Opener) {
 	if in, _ := s.Get(ID(0)); in.Attempts != 3 {
 		t.Errorf("attempts = %d, want 3", in.Attempts)
 	}
-	if obs.Outcome(spool.OutcomeTimeout) != 1 || obs.Outcome(spool.OutcomeFailed) != 1 {
-		t.Errorf("outcomes: %d timeout, %d failed", obs.Outcome(spool.OutcomeTimeout), obs.Outcome(spool.OutcomeFailed))
+	if obs.Outcome(queue.OutcomeTimeout) != 1 || obs.Outcome(queue.OutcomeFailed) != 1 {
+		t.Errorf("outcomes: %d timeout, %d failed", obs.Outcome(queue.OutcomeTimeout), obs.Outcome(queue.OutcomeFailed))
 	}
 }
 
@@ -628,13 +645,13 @@ func testDeliveryTimeoutAndPanic(t *testing.T, open Opener) {
 // not count as an attempt.
 func testCloseDrains(t *testing.T, open Opener) {
 	started := make(chan struct{}, 1)
-	block := func(ctx context.Context, d spool.Delivery) error {
+	block := func(ctx context.Context, d queue.Delivery) error {
 		started <- struct{}{}
 		<-ctx.Done()
 		return ctx.Err()
 	}
 	obs := &CountingObserver{}
-	s := open(t, spool.Options{Deliver: block, Observer: obs})
+	s := open(t, Options{Deliver: block, Observer: obs})
 	MustAppend(t, s, Entry(0, 100))
 	<-started
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
@@ -642,19 +659,19 @@ func testCloseDrains(t *testing.T, open Opener) {
 	if err := s.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Close = %v, want a deadline error", err)
 	}
-	if obs.Outcome(spool.OutcomeCanceled) != 1 {
-		t.Errorf("outcomes: canceled %d, timeout %d, failed %d", obs.Outcome(spool.OutcomeCanceled),
-			obs.Outcome(spool.OutcomeTimeout), obs.Outcome(spool.OutcomeFailed))
+	if obs.Outcome(queue.OutcomeCanceled) != 1 {
+		t.Errorf("outcomes: canceled %d, timeout %d, failed %d", obs.Outcome(queue.OutcomeCanceled),
+			obs.Outcome(queue.OutcomeTimeout), obs.Outcome(queue.OutcomeFailed))
 	}
 	if err := s.Close(context.Background()); err != nil {
 		t.Errorf("second Close = %v", err)
 	}
-	if _, err := s.Append(context.Background(), Entry(1, 10)); !errors.Is(err, spool.ErrClosed) {
+	if _, err := s.Append(context.Background(), Entry(1, 10)); !errors.Is(err, queue.ErrClosed) {
 		t.Errorf("Append after Close = %v, want ErrClosed", err)
 	}
 
 	rec := &Recorder{}
-	s = open(t, spool.Options{Deliver: rec.Deliver})
+	s = open(t, Options{Deliver: rec.Deliver})
 	WaitFor(t, "redelivery", func() bool { return settled(s.Stats(), "Delivered", 1) })
 	if ds := rec.Deliveries(); ds[0].Attempt != 1 {
 		t.Errorf("attempt after reopen = %d, want 1", ds[0].Attempt)
@@ -662,18 +679,18 @@ func testCloseDrains(t *testing.T, open Opener) {
 
 	// A delivery that completes within the bound is recorded.
 	release := make(chan struct{})
-	slow := func(ctx context.Context, d spool.Delivery) error {
+	slow := func(ctx context.Context, d queue.Delivery) error {
 		started <- struct{}{}
 		<-release
 		return nil
 	}
 	Close(t, s)
-	s = open(t, spool.Options{Deliver: slow})
+	s = open(t, Options{Deliver: slow})
 	MustAppend(t, s, Entry(1, 100))
 	<-started
 	time.AfterFunc(20*time.Millisecond, func() { close(release) })
 	Close(t, s)
-	s = open(t, spool.Options{})
+	s = open(t, Options{})
 	if st := s.Stats(); st.Delivered != 2 {
 		t.Errorf("after a drained close: %+v", st)
 	}
@@ -682,30 +699,30 @@ func testCloseDrains(t *testing.T, open Opener) {
 // testReopen checks that everything stored survives a close, with its
 // state.
 func testReopen(t *testing.T, open Opener) {
-	rec := &Recorder{fail: func(d spool.Delivery) error {
+	rec := &Recorder{fail: func(d queue.Delivery) error {
 		if d.ID == ID(1) {
 			return errors.New("no")
 		}
 		return nil
 	}}
-	s := open(t, spool.Options{Deliver: rec.Deliver, MaxAttempts: 1})
+	s := open(t, Options{Deliver: rec.Deliver, MaxAttempts: 1})
 	for i := range 3 {
 		MustAppend(t, s, Entry(i, 100))
 	}
 	WaitFor(t, "outcomes", func() bool { st := s.Stats(); return st.Delivered == 2 && st.Dead == 1 })
 	Close(t, s)
-	s = open(t, spool.Options{})
+	s = open(t, Options{})
 	MustAppend(t, s, Entry(3, 100))
 	st := s.Stats()
 	if st.Delivered != 2 || st.Dead != 1 || st.Pending != 1 {
 		t.Errorf("after reopen: %+v", st)
 	}
-	for i, want := range []spool.State{spool.StateDelivered, spool.StateDead, spool.StateDelivered, spool.StatePending} {
+	for i, want := range []queue.State{queue.StateDelivered, queue.StateDead, queue.StateDelivered, queue.StatePending} {
 		if in, ok := s.Get(ID(i)); !ok || in.State != want {
 			t.Errorf("Get(%s) = %+v, want %s", ID(i), in, want)
 		}
 	}
-	if got := IDs(s.List(spool.AnyState, 0)); !slices.Equal(got, []string{ID(0), ID(1), ID(2), ID(3)}) {
+	if got := IDs(s.List(queue.AnyState, 0)); !slices.Equal(got, []string{ID(0), ID(1), ID(2), ID(3)}) {
 		t.Errorf("List(AnyState) = %v", got)
 	}
 	for i := range 4 {
@@ -719,7 +736,7 @@ func testReopen(t *testing.T, open Opener) {
 // the retention window, and accepted again.
 func testRetentionExpires(t *testing.T, open Opener) {
 	rec := &Recorder{}
-	s := open(t, spool.Options{Deliver: rec.Deliver, Retention: time.Second})
+	s := open(t, Options{Deliver: rec.Deliver, Retention: time.Second})
 	MustAppend(t, s, Entry(0, 100))
 	WaitFor(t, "delivery", func() bool { return settled(s.Stats(), "Delivered", 1) })
 	if res := MustAppend(t, s, Entry(0, 100)); !res.Duplicate {
@@ -739,7 +756,7 @@ func testRetentionExpires(t *testing.T, open Opener) {
 // goroutines while they are delivered: each is delivered exactly once.
 func testConcurrentDistinct(t *testing.T, open Opener) {
 	rec := &Recorder{}
-	s := open(t, spool.Options{Deliver: rec.Deliver, Concurrency: 8})
+	s := open(t, Options{Deliver: rec.Deliver, Concurrency: 8})
 	const n, workers = 400, 16
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -769,8 +786,8 @@ func testReconfigureNoGapNoDouble(t *testing.T, open Opener) {
 	counts := make([]atomic.Int64, n)
 	var mu sync.Mutex
 	byB := make(map[string]bool)
-	deliverer := func(mine *atomic.Int64, isB bool) spool.DeliverFunc {
-		return func(ctx context.Context, d spool.Delivery) error {
+	deliverer := func(mine *atomic.Int64, isB bool) queue.DeliverFunc {
+		return func(ctx context.Context, d queue.Delivery) error {
 			mine.Add(1)
 			var i int
 			if _, err := fmt.Sscanf(d.ID, "cb-%04d", &i); err == nil && i < n {
@@ -785,11 +802,11 @@ func testReconfigureNoGapNoDouble(t *testing.T, open Opener) {
 			return nil
 		}
 	}
-	s := open(t, spool.Options{Deliver: deliverer(&a, false)})
+	s := open(t, Options{Deliver: deliverer(&a, false)})
 	for i := range n {
 		MustAppend(t, s, Entry(i, 100))
 		if i == n/2 {
-			if err := s.Reconfigure(spool.Options{Deliver: deliverer(&b, true)}); err != nil {
+			if err := s.Reconfigure(Options{Deliver: deliverer(&b, true)}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -813,7 +830,7 @@ func testReconfigureNoGapNoDouble(t *testing.T, open Opener) {
 // settled reports whether the count of field ("Dead" or "Delivered") is
 // n with no delivery in progress: every outcome recorded, whatever the
 // backend's order of recording.
-func settled(st spool.Stats, field string, n int) bool {
+func settled(st queue.Stats, field string, n int) bool {
 	v := st.Delivered
 	if field == "Dead" {
 		v = st.Dead

@@ -1,4 +1,4 @@
-package spool
+package queue
 
 import (
 	"context"
@@ -78,36 +78,6 @@ func TestHTTPDeliverer(t *testing.T) {
 	defer cancel()
 	if err := h.Deliver(ctx, d); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Deliver past the deadline = %v", err)
-	}
-}
-
-// TestSpoolOverHTTP wires a spool to a receiver that fails, then recovers.
-func TestSpoolOverHTTP(t *testing.T) {
-	ok := make(chan bool, 1)
-	ok <- false
-	received := make(chan string, 10)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		v := <-ok
-		ok <- true
-		if !v {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return
-		}
-		received <- r.Header.Get("X-Atlas-Callback-Id") + " attempt " + r.Header.Get("X-Atlas-Attempt")
-	}))
-	defer srv.Close()
-	s := open(t, t.TempDir(), Options{
-		Deliver:    (&HTTPDeliverer{URL: srv.URL}).Deliver,
-		BackoffMin: time.Millisecond, BackoffMax: time.Millisecond,
-	})
-	mustAppend(t, s, testEntry(0, 100))
-	select {
-	case got := <-received:
-		if got != testID(0)+" attempt 2" {
-			t.Errorf("received %q", got)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no delivery")
 	}
 }
 
