@@ -13,8 +13,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
-	"github.com/caddy-atlas/caddy-atlas/callback"
 	"github.com/caddy-atlas/caddy-atlas/queue"
+	"github.com/caddy-atlas/caddy-atlas/queues"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 )
 
@@ -199,7 +199,7 @@ func (a *AdminAPI) serveItem(w http.ResponseWriter, r *http.Request) error {
 // rules (a body stored before they were set is masked now). Each use is
 // logged: who asked (the remote address), which callback, never the
 // body.
-func (a *AdminAPI) loadBody(r *http.Request, s *callback.OpenQueue, id string, item *adminCallback) error {
+func (a *AdminAPI) loadBody(r *http.Request, s *queues.OpenQueue, id string, item *adminCallback) error {
 	e, err := s.Store.Load(r.Context(), id)
 	if err != nil {
 		return storeError(id, err)
@@ -254,30 +254,30 @@ func (a *AdminAPI) retryAll(w http.ResponseWriter, r *http.Request, stateName, d
 
 // selectSpools returns the open spool in dir, or every open spool when
 // dir is empty.
-func selectSpools(dir string) ([]callback.OpenQueue, error) {
-	all := callback.OpenQueues()
+func selectSpools(dir string) ([]queues.OpenQueue, error) {
+	all := queues.Open()
 	if dir == "" {
 		return all, nil
 	}
-	key, err := callback.SpoolKey(dir)
+	key, err := queues.SpoolKey(dir)
 	if err != nil {
 		key = dir
 	}
 	for _, s := range all {
 		if s.Name == key || s.Name == dir {
-			return []callback.OpenQueue{s}, nil
+			return []queues.OpenQueue{s}, nil
 		}
 	}
 	return nil, adminError(http.StatusNotFound, fmt.Errorf("no open spool in %s", dir))
 }
 
 // findCallback returns the spool holding the callback id and its state.
-func findCallback(id, dir string) (*callback.OpenQueue, queue.Info, error) {
+func findCallback(id, dir string) (*queues.OpenQueue, queue.Info, error) {
 	selected, err := selectSpools(dir)
 	if err != nil {
 		return nil, queue.Info{}, err
 	}
-	var found *callback.OpenQueue
+	var found *queues.OpenQueue
 	var info queue.Info
 	for _, s := range selected {
 		if i, ok := s.Store.Get(id); ok {

@@ -1,12 +1,16 @@
 package caddyatlas
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/queue"
+	_ "github.com/caddy-atlas/caddy-atlas/queues" // the queue backends
 )
 
 func init() {
@@ -37,6 +41,12 @@ type App struct {
 	// block names none.
 	Account
 
+	// The durable queue of the callback routes whose block names none: a
+	// module of the atlas.queues namespace, e.g. {"backend": "spool",
+	// "dir": "/var/lib/caddy/atlas"} or {"backend": "jetstream", "urls":
+	// ["nats://nats-1:4222"]}.
+	QueueRaw json.RawMessage `json:"queue,omitempty" caddy:"namespace=atlas.queues inline_key=backend"`
+
 	ctx    caddy.Context
 	logger *zap.Logger
 
@@ -45,6 +55,8 @@ type App struct {
 	accounts map[string]*account
 	// own is the app's account, nil if the app configures none.
 	own *account
+	// queue is the app's queue, nil if the app configures none.
+	queue queue.Backend
 }
 
 // CaddyModule returns the Caddy module information.
@@ -58,7 +70,9 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // appPlace names the global options in errors.
 const appPlace = "the global atlas options"
 
-// Provision opens the app's account, if it configures one.
+// Provision opens the app's account and loads its queue, if it
+// configures them. The queue opens when the first callback route
+// attaches to it.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
@@ -71,8 +85,22 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 		a.own = acct
 	}
+	if a.QueueRaw != nil {
+		mod, err := ctx.LoadModule(a, "QueueRaw")
+		if err != nil {
+			return fmt.Errorf("loading the queue: %w", err)
+		}
+		b, ok := mod.(queue.Backend)
+		if !ok {
+			return fmt.Errorf("the queue module %T is not a queue backend", mod)
+		}
+		a.queue = b
+	}
 	return nil
 }
+
+// Queue returns the app's queue, nil if it configures none.
+func (a *App) Queue() queue.Backend { return a.queue }
 
 // Start implements caddy.App. The accounts and queues are ready once
 // provisioned, for the routes that were provisioned with them.

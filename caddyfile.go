@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -65,9 +66,13 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		client_id     <id>
 //		client_secret <secret>
 //		token_storage off
+//		queue spool <directory> { ... }   # or: queue jetstream { ... }
 //	}
 //
-// The account is that of every site's atlas handler that names none.
+// The account is that of every site's atlas handler that names none, the
+// queue that of every callback route that names none (see the
+// atlas.queues.spool and atlas.queues.jetstream modules for their
+// blocks).
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume the option name
 	if d.NextArg() {
@@ -88,12 +93,36 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = cfparse.String(d, &a.ClientSecret)
 		case "token_storage":
 			err = unmarshalTokenStorage(d, &a.TokenStorage)
+		case "queue":
+			err = a.unmarshalQueue(d)
 		default:
 			return d.Errf("unrecognized subdirective %q", d.Val())
 		}
 		if err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// unmarshalQueue parses `queue <backend> ...`, d on `queue`.
+func (a *App) unmarshalQueue(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	backend := d.Val()
+	id := "atlas.queues." + backend
+	if _, err := caddy.GetModule(id); err != nil {
+		return d.Errf("queue: unknown backend %q (want spool or jetstream)", backend)
+	}
+	mod, err := caddyfile.UnmarshalModule(d, id)
+	if err != nil {
+		return err
+	}
+	var warnings []caddyconfig.Warning
+	a.QueueRaw = caddyconfig.JSONModuleObject(mod, "backend", backend, &warnings)
+	if len(warnings) > 0 {
+		return d.Errf("queue: %s", warnings[0].Message)
 	}
 	return nil
 }

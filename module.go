@@ -171,6 +171,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.Callback != nil {
 		h.Callback.SetMasker(h.masker)
+		if q := h.app.Queue(); q != nil {
+			h.Callback.UseQueue(q)
+		}
 		if err := h.Callback.Provision(ctx, h.logger); err != nil {
 			return fmt.Errorf("callback: %w", err)
 		}

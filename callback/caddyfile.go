@@ -1,9 +1,8 @@
 package callback
 
 import (
-	"math"
-	"strconv"
-	"time"
+	"encoding/json"
+	"maps"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -29,38 +28,19 @@ import (
 //		jwks_url      <url>
 //		max_body      <size>
 //
-//		# durable mode
-//		spool            <directory>
-//		deliver_to       <url>
-//		max_attempts     <n>
-//		retry_backoff    <first delay> <maximum delay>
-//		delivery_timeout <duration>
-//		concurrency      <n>
-//		retention        <duration>
-//		max_spool_size   <size>
-//		encryption_key   <key>
-//		dead_letter_retention <duration>
-//		purge_delay      <duration>
-//		# or, instead of spool, the queue of a fleet on NATS JetStream
-//		queue jetstream {
-//			url         <nats://host:port>...
-//			stream      <name>
-//			replicas    <n>
-//			ack_wait    <duration>
-//			credentials <creds file or its content>
-//			credentials {
-//				creds    <creds file or its content>
-//				nkey     <nkey seed file>
-//				user     <user>
-//				password <password>
-//			}
-//			tls {
-//				ca          <PEM file>
-//				cert        <PEM file>
-//				key         <PEM file>
-//				server_name <name>
-//			}
+//		# durable mode: stored, then delivered to deliver_to
+//		deliver_to <url>
+//		queue spool <directory> {        # a log on local disk
+//			...                          # see the atlas.queues.spool module
 //		}
+//		queue jetstream {                # a fleet's queue on NATS JetStream
+//			...                          # see the atlas.queues.jetstream module
+//		}
+//		spool <directory>                # short for queue spool <directory>
+//		# the queue's settings, also accepted here beside spool or queue:
+//		max_attempts, retry_backoff, delivery_timeout, concurrency,
+//		retention, encryption_key, max_spool_size, dead_letter_retention,
+//		purge_delay
 //	}
 //
 // Give the secrets as {env.NAME} or {file.path} placeholders: they are
@@ -69,14 +49,16 @@ import (
 // second and later go to client_secrets), previous_signing_key,
 // sign_deliveries and encryption_key, which repeat (the first
 // encryption_key encrypts, all decrypt).
-// `spool` enables durable mode and needs `deliver_to`; the other durable
-// settings have defaults (see Callback).
+// deliver_to enables durable mode, with the block's queue or else the
+// queue of the global atlas options; a queue in the block needs
+// deliver_to.
 func (c *Callback) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	var err error
 	if c.Path, err = cfparse.Arg(d); err != nil {
 		return err
 	}
 	seen := cfparse.Seen{}
+	var q queueBlock
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
 		if !repeatable[name] {
@@ -117,30 +99,20 @@ func (c *Callback) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = cfparse.String(d, &c.JWKSURL)
 		case "max_body":
 			err = cfparse.Size(d, &c.MaxBody, 0, "32MiB")
-		case "spool":
-			err = cfparse.String(d, &c.Spool)
 		case "deliver_to":
 			err = cfparse.String(d, &c.DeliverTo)
-		case "max_attempts":
-			err = cfparse.Count(d, &c.MaxAttempts, 1, math.MaxInt)
-		case "retry_backoff":
-			err = unmarshalRetryBackoff(d, c)
-		case "delivery_timeout":
-			err = cfparse.Duration(d, &c.DeliveryTimeout)
-		case "concurrency":
-			err = cfparse.Count(d, &c.Concurrency, 1, math.MaxInt)
-		case "retention":
-			err = cfparse.Duration(d, &c.Retention)
-		case "max_spool_size":
-			err = cfparse.Size(d, &c.MaxSpoolSize, 0, "4GiB")
-		case "encryption_key":
-			err = cfparse.Append(d, &c.EncryptionKeys)
-		case "dead_letter_retention":
-			err = cfparse.Duration(d, &c.DeadLetterRetention)
-		case "purge_delay":
-			err = cfparse.Duration(d, &c.PurgeDelay)
+		case "spool":
+			// short for queue spool <directory>
+			err = q.module(d, "spool")
 		case "queue":
-			err = unmarshalQueue(d, c)
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			err = q.module(d, d.Val())
+		case "max_attempts", "retry_backoff", "delivery_timeout", "concurrency", "retention", "encryption_key",
+			"max_spool_size", "dead_letter_retention", "purge_delay":
+			// a setting of the queue, written beside it
+			err = q.setting(d)
 		default:
 			return d.Errf("unrecognized subdirective %q", name)
 		}
@@ -148,7 +120,8 @@ func (c *Callback) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
-	return nil
+	c.Queue, err = q.finish()
+	return err
 }
 
 // unmarshalLeeway parses `leeway <duration>`, positive: the JSON's 0
@@ -190,150 +163,118 @@ func appendArg(d *caddyfile.Dispenser, dst *[]string) error {
 	return nil
 }
 
-// unmarshalRetryBackoff parses `retry_backoff <first delay> <maximum
-// delay>`; d is on the subdirective.
-func unmarshalRetryBackoff(d *caddyfile.Dispenser, c *Callback) error {
-	args := d.RemainingArgs()
-	if len(args) != 2 {
-		return d.ArgErr()
-	}
-	var durs [2]caddy.Duration
-	for i, a := range args {
-		dur, err := caddy.ParseDuration(a)
-		if err != nil {
-			return d.Errf("retry_backoff: %v", err)
-		}
-		if dur <= 0 {
-			return d.Errf("retry_backoff delays must be positive, got %s", a)
-		}
-		durs[i] = caddy.Duration(dur)
-	}
-	if durs[0] > durs[1] {
-		return d.Errf("retry_backoff: the first delay %s exceeds the maximum %s", args[0], args[1])
-	}
-	c.RetryBackoffMin, c.RetryBackoffMax = durs[0], durs[1]
-	return nil
-}
-
-// unmarshalQueue parses `queue jetstream { ... }`; d is on the
-// subdirective.
-func unmarshalQueue(d *caddyfile.Dispenser, c *Callback) error {
-	if !d.NextArg() {
-		return d.ArgErr()
-	}
-	if d.Val() != "jetstream" {
-		return d.Errf("queue: unknown backend %q (want jetstream; a local spool is `spool <directory>`)", d.Val())
-	}
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	js := &JetStream{}
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		if seen[name] {
-			return d.Errf("queue jetstream: %s specified more than once", name)
-		}
-		seen[name] = true
-		switch name {
-		case "url":
-			js.URLs = d.RemainingArgs()
-			if len(js.URLs) == 0 {
-				return d.ArgErr()
-			}
-		case "stream":
-			if !d.AllArgs(&js.Stream) {
-				return d.ArgErr()
-			}
-		case "replicas":
-			var val string
-			if !d.AllArgs(&val) {
-				return d.ArgErr()
-			}
-			n, err := strconv.Atoi(val)
-			if err != nil || n < 1 || n > 5 {
-				return d.Errf("queue jetstream: replicas must be 1 to 5, got %s", val)
-			}
-			js.Replicas = n
-		case "ack_wait":
-			var val string
-			if !d.AllArgs(&val) {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(val)
-			if err != nil || dur < 100*time.Millisecond {
-				return d.Errf("queue jetstream: ack_wait must be a duration of at least 100ms, got %s", val)
-			}
-			js.AckWait = caddy.Duration(dur)
-		case "credentials":
-			cr := &JetStreamCredentials{}
-			if args := d.RemainingArgs(); len(args) == 1 {
-				cr.Creds = args[0]
-			} else if len(args) > 1 {
-				return d.ArgErr()
-			}
-			for n := d.Nesting(); d.NextBlock(n); {
-				var dst *string
-				switch d.Val() {
-				case "creds":
-					dst = &cr.Creds
-				case "nkey":
-					dst = &cr.NKey
-				case "user":
-					dst = &cr.User
-				case "password":
-					dst = &cr.Password
-				default:
-					return d.Errf("queue jetstream credentials: unrecognized subdirective %q", d.Val())
-				}
-				if !d.AllArgs(dst) {
-					return d.ArgErr()
-				}
-			}
-			kinds := 0
-			for _, v := range []string{cr.Creds, cr.NKey, cr.User + cr.Password} {
-				if v != "" {
-					kinds++
-				}
-			}
-			if kinds != 1 {
-				return d.Err("queue jetstream credentials: give one of creds, nkey, or user and password")
-			}
-			js.Credentials = cr
-		case "tls":
-			t := &JetStreamTLS{}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			for n := d.Nesting(); d.NextBlock(n); {
-				var dst *string
-				switch d.Val() {
-				case "ca":
-					dst = &t.CA
-				case "cert":
-					dst = &t.Cert
-				case "key":
-					dst = &t.Key
-				case "server_name":
-					dst = &t.ServerName
-				default:
-					return d.Errf("queue jetstream tls: unrecognized subdirective %q", d.Val())
-				}
-				if !d.AllArgs(dst) {
-					return d.ArgErr()
-				}
-			}
-			js.TLS = t
-		default:
-			return d.Errf("queue jetstream: unrecognized subdirective %q", name)
-		}
-	}
-	if len(js.URLs) == 0 {
-		return d.Err("queue jetstream: url is required")
-	}
-	c.Queue = &Queue{JetStream: js}
-	return nil
-}
-
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Callback)(nil)
+
+// queueBlock collects what a callback block says of its queue: the
+// queue (`queue <backend> ...`, or `spool <directory>` for short) and the
+// queue's settings written beside it, before or after it.
+type queueBlock struct {
+	backend  string
+	mod      caddyfile.Unmarshaler
+	settings []caddyfile.Segment
+}
+
+// directiveUnmarshaler is a queue module that parses its block's
+// subdirectives one by one.
+type directiveUnmarshaler interface {
+	UnmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen) error
+}
+
+// module parses the queue of the given backend; d is on the backend's
+// name.
+func (q *queueBlock) module(d *caddyfile.Dispenser, backend string) error {
+	if q.mod != nil {
+		return d.Err("spool and queue are exclusive: durable mode uses either a local spool or a shared queue, once")
+	}
+	id := "atlas.queues." + backend
+	if _, err := caddy.GetModule(id); err != nil {
+		return d.Errf("queue: unknown backend %q (want spool or jetstream)", backend)
+	}
+	mod, err := caddyfile.UnmarshalModule(d, id)
+	if err != nil {
+		return err
+	}
+	q.backend, q.mod = backend, mod
+	return nil
+}
+
+// setting keeps the queue's setting d is on, written beside the queue,
+// checked at once as a spool's (the queue, which may come later, checks
+// it again).
+func (q *queueBlock) setting(d *caddyfile.Dispenser) error {
+	seg := d.NextSegment()
+	info, err := caddy.GetModule("atlas.queues.spool")
+	if err != nil {
+		return err
+	}
+	if du, ok := info.New().(directiveUnmarshaler); ok {
+		sd := caddyfile.NewDispenser(seg)
+		sd.Next()
+		if err := du.UnmarshalDirective(sd, cfparse.Seen{}); err != nil {
+			return err
+		}
+	}
+	q.settings = append(q.settings, seg)
+	return nil
+}
+
+// finish returns the queue's JSON, the settings written beside it
+// included; nil if the block names no queue.
+func (q *queueBlock) finish() (json.RawMessage, error) {
+	if q.mod == nil {
+		if len(q.settings) > 0 {
+			d := caddyfile.NewDispenser(q.settings[0])
+			d.Next()
+			return nil, d.Errf("%s needs spool or queue: it is a setting of the route's own queue (the queue of the global atlas options has its own)", d.Val())
+		}
+		return nil, nil
+	}
+	var merged map[string]any
+	if err := remarshal(q.mod, &merged); err != nil {
+		return nil, err
+	}
+	fromBlock := maps.Clone(merged)
+	info, err := caddy.GetModule("atlas.queues." + q.backend)
+	if err != nil {
+		return nil, err
+	}
+	for _, seg := range q.settings {
+		d := caddyfile.NewDispenser(seg)
+		d.Next()
+		name := d.Val()
+		mod := info.New()
+		du, ok := mod.(directiveUnmarshaler)
+		if !ok {
+			return nil, d.Errf("queue %s takes no setting beside it", q.backend)
+		}
+		if err := du.UnmarshalDirective(d, cfparse.Seen{}); err != nil {
+			return nil, err
+		}
+		var set map[string]any
+		if err := remarshal(mod, &set); err != nil {
+			return nil, err
+		}
+		for k, v := range set {
+			if _, dup := fromBlock[k]; dup {
+				return nil, d.Errf("subdirective %q given more than once: in the queue's block and beside it", name)
+			}
+			if keys, ok := v.([]any); ok {
+				prev, _ := merged[k].([]any)
+				v = append(prev, keys...)
+			}
+			merged[k] = v
+		}
+	}
+	merged["backend"] = q.backend
+	return json.Marshal(merged)
+}
+
+// remarshal copies v into dst through its JSON.
+func remarshal(v any, dst any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(raw, dst)
+}

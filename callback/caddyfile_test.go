@@ -1,6 +1,9 @@
 package callback_test
 
 import (
+	"bytes"
+	"encoding/json"
+	"flag"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -181,6 +184,8 @@ func TestCallbackUnmarshalCaddyfileNested(t *testing.T) {
 	}
 }
 
+var updateGolden = flag.Bool("update", false, "rewrite the expected JSON of testdata/adapt/*.caddyfiletest")
+
 // TestCallbackCaddyfileAdapt runs the golden files of
 // testdata/adapt: a Caddyfile, a line of ten dashes, then the
 // expected JSON or the expected error.
@@ -205,6 +210,20 @@ func TestCallbackCaddyfileAdapt(t *testing.T) {
 			}
 			input, expected := strings.TrimSpace(parts[0])+"\n", strings.TrimSpace(parts[1])
 			if strings.HasPrefix(expected, "{") {
+				if *updateGolden {
+					out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					var pretty bytes.Buffer
+					if err := json.Indent(&pretty, out, "", "\t"); err != nil {
+						t.Fatal(err)
+					}
+					if err := os.WriteFile(file, []byte(input+"----------\n"+pretty.String()+"\n"), 0o644); err != nil {
+						t.Fatal(err)
+					}
+					return
+				}
 				if !caddytest.CompareAdapt(t, file, input, "caddyfile", expected) {
 					t.Errorf("adapting %s did not give the expected JSON", file)
 				}
@@ -237,11 +256,11 @@ func TestDurableUnmarshalCaddyfile(t *testing.T) {
 				retention        7d
 				max_spool_size   2GiB
 			}`,
+			// The queue's settings written beside spool go to the queue.
 			want: callback.Callback{
-				Path: "/hooks/atlas", Spool: "/var/lib/caddy/atlas-spool", DeliverTo: "http://app:8080/hooks/atlas",
-				MaxAttempts: 20, RetryBackoffMin: caddy.Duration(time.Second), RetryBackoffMax: caddy.Duration(10 * time.Minute),
-				DeliveryTimeout: caddy.Duration(30 * time.Second), Concurrency: 4, Retention: caddy.Duration(7 * 24 * time.Hour),
-				MaxSpoolSize: 2 << 30,
+				Path: "/hooks/atlas", DeliverTo: "http://app:8080/hooks/atlas",
+				Queue: json.RawMessage(`{"backend":"spool","concurrency":4,"delivery_timeout":30000000000,"dir":"/var/lib/caddy/atlas-spool",` +
+					`"max_attempts":20,"max_spool_size":2147483648,"retention":604800000000000,"retry_backoff_max":600000000000,"retry_backoff_min":1000000000}`),
 			},
 		},
 		{name: "backoff one value", input: "callback /cb {\n retry_backoff 1s\n}", wantErr: "wrong argument count"},
@@ -265,13 +284,31 @@ func TestDurableUnmarshalCaddyfile(t *testing.T) {
 				encryption_key        {file./etc/caddy/spool-key-old}
 				dead_letter_retention 14d
 				purge_delay           1m
+				spool                 /s
 			}`,
 			want: callback.Callback{
-				Path:                "/cb",
-				EncryptionKeys:      []string{"{file./etc/caddy/spool-key-new}", "{file./etc/caddy/spool-key-old}"},
-				DeadLetterRetention: caddy.Duration(14 * 24 * time.Hour),
-				PurgeDelay:          caddy.Duration(time.Minute),
+				Path: "/cb",
+				Queue: json.RawMessage(`{"backend":"spool","dead_letter_retention":1209600000000000,"dir":"/s",` +
+					`"encryption_keys":["{file./etc/caddy/spool-key-new}","{file./etc/caddy/spool-key-old}"],"purge_delay":60000000000}`),
 			},
+		},
+		{
+			name: "queue spool with its block",
+			input: `callback /cb {
+				queue spool /s {
+					max_attempts 3
+					encryption_key {env.K}
+				}
+				concurrency 2
+			}`,
+			want: callback.Callback{Path: "/cb", Queue: json.RawMessage(`{"backend":"spool","concurrency":2,"dir":"/s","encryption_keys":["{env.K}"],"max_attempts":3}`)},
+		},
+		{name: "a setting in the queue and beside it", input: "callback /cb {\n queue spool /s {\n max_attempts 3\n }\n max_attempts 4\n}",
+			wantErr: `subdirective "max_attempts" given more than once: in the queue's block and beside it, at Testfile:5`},
+		{name: "spool and queue", input: "callback /cb {\n spool /s\n queue jetstream {\n url nats://a\n }\n}", wantErr: "spool and queue are exclusive"},
+		{name: "a setting without a queue", input: "callback /cb {\n max_attempts 4\n}", wantErr: "max_attempts needs spool or queue"},
+		{name: "a spool setting beside a jetstream queue", input: "callback /cb {\n queue jetstream {\n url nats://a\n }\n purge_delay 1m\n}",
+			wantErr: "purge_delay applies to a spool only",
 		},
 		{name: "purge_delay bad", input: "callback /cb {\n purge_delay soon\n}", wantErr: `purge_delay: time: invalid duration "soon"`},
 		{name: "purge_delay zero", input: "callback /cb {\n purge_delay 0s\n}", wantErr: "purge_delay must be positive, got 0s"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -21,7 +22,6 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 	"github.com/caddy-atlas/caddy-atlas/mask"
 	"github.com/caddy-atlas/caddy-atlas/queue"
-	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/body"
@@ -144,81 +144,46 @@ type Callback struct {
 	// answered 413. Default: 32 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
-	// The directory of a durable spool; setting it enables durable mode.
-	// A verified callback is then appended to the spool and fsynced
-	// before Atlas is answered 202 {"status": "accepted", "callback_id":
-	// "..."}, and delivered to DeliverTo, at least once, by a background
-	// worker; the next handler is not called. A callback whose id is
-	// already spooled or delivered within Retention is acknowledged
-	// without being stored or delivered again. If the spool cannot store
-	// a callback (disk full, read-only, MaxSpoolSize reached), Atlas is
-	// answered 503 with Retry-After. Routes and configs naming the same
-	// directory share one spool, and a config reload keeps it.
-	Spool string `json:"spool,omitempty"`
-
-	// The durable queue shared by a fleet of instances, instead of a
-	// local Spool: {"jetstream": {...}} (see JetStream). Durable mode as
-	// with Spool, except that a callback is acknowledged once the
-	// JetStream servers acknowledged its publish (for R3, two of three
-	// hold it), every instance delivers, and a redelivery to any instance
-	// is a duplicate. If NATS cannot store it, Atlas is answered 503 with
-	// Retry-After. MaxSpoolSize does not apply: the streams' limits do.
-	Queue *Queue `json:"queue,omitempty"`
-
-	// Where the spooled callbacks are POSTed: an absolute http(s) URL.
-	// Required with Spool or Queue. Each delivery carries the body as received,
-	// its Content-Type, the X-Atlas-Subject, X-Atlas-Document-Count and
+	// Where the stored callbacks are POSTed: an absolute http(s) URL.
+	// Setting it enables durable mode: a verified callback is stored in
+	// the durable queue (Queue, or else the queue of the global atlas
+	// options) before Atlas is answered 202 {"status": "accepted",
+	// "callback_id": "..."}, and delivered here, at least once, by a
+	// background worker; the next handler is not called. A callback
+	// whose id is already stored or delivered within the queue's
+	// retention is acknowledged without being stored or delivered again.
+	// If the queue cannot store it, Atlas is answered 503 with
+	// Retry-After. Each delivery carries the body as received, its
+	// Content-Type, the X-Atlas-Subject, X-Atlas-Document-Count and
 	// X-Atlas-Callback-Id headers, and X-Atlas-Attempt (from 1). A 2xx
 	// answer marks the callback delivered; redirects are not followed.
 	DeliverTo string `json:"deliver_to,omitempty"`
 
-	// The number of failed delivery attempts after which a callback
-	// becomes a dead letter, kept until retried or deleted through the
-	// admin API. Default: 20.
-	MaxAttempts int `json:"max_attempts,omitempty"`
+	// The durable queue of this route, a module of the atlas.queues
+	// namespace: {"backend": "spool", "dir": "/var/lib/caddy/atlas", ...}
+	// for a log on local disk, {"backend": "jetstream", "urls": [...],
+	// ...} for a fleet's queue on NATS JetStream. Without it, durable
+	// mode uses the queue of the global atlas options. Routes and configs
+	// that name one queue share it, and a config reload keeps it.
+	Queue json.RawMessage `json:"queue,omitempty" caddy:"namespace=atlas.queues inline_key=backend"`
 
-	// The delay after the first failed attempt, doubled after each
-	// further one (less up to 20% of jitter). Default: 1s.
-	RetryBackoffMin caddy.Duration `json:"retry_backoff_min,omitempty"`
-
-	// The longest delay between attempts. Default: 10m.
-	RetryBackoffMax caddy.Duration `json:"retry_backoff_max,omitempty"`
-
-	// The time allowed for one delivery attempt. Default: 30s.
-	DeliveryTimeout caddy.Duration `json:"delivery_timeout,omitempty"`
-
-	// The number of deliveries in parallel. Default: 4.
-	Concurrency int `json:"concurrency,omitempty"`
-
-	// How long the id of a delivered callback is remembered to
-	// deduplicate. Default: 7 days.
-	Retention caddy.Duration `json:"retention,omitempty"`
-
-	// The largest size of the spool on disk, in bytes; beyond it new
-	// callbacks are answered 503. Default: 4 GiB.
-	MaxSpoolSize int64 `json:"max_spool_size,omitempty"`
-
-	// Keys that encrypt the spooled callbacks at rest (AES-256-GCM):
-	// each 32 random bytes in base64 or hex, given as {file.path} or
-	// {env.NAME} placeholders, resolved at provision time. The first
-	// encrypts, all decrypt: to rotate, put a new key first and keep the
-	// old one until the admin API shows no callback under its key id.
-	// Without a key, durable mode stores the payloads unencrypted, and
-	// says so in a warning at provision time.
-	EncryptionKeys []string `json:"encryption_keys,omitempty"`
-
-	// How long a dead letter is kept, body included, after its last
-	// attempt; then it is purged and counted in
-	// caddy_atlas_dead_letters_expired_total. Default: 30 days.
+	// Deprecated spellings of the queue's settings, accepted from JSON
+	// configs written before the queue was a module: Spool is the
+	// directory of a spool queue (`{"backend": "spool", "dir": ...}`),
+	// the others are the settings of the same names of the queue
+	// (MaxSpoolSize is a spool's max_size). Provision moves them into
+	// Queue; the Caddyfile adapter writes Queue.
+	Spool               string         `json:"spool,omitempty"`
+	MaxAttempts         int            `json:"max_attempts,omitempty"`
+	RetryBackoffMin     caddy.Duration `json:"retry_backoff_min,omitempty"`
+	RetryBackoffMax     caddy.Duration `json:"retry_backoff_max,omitempty"`
+	DeliveryTimeout     caddy.Duration `json:"delivery_timeout,omitempty"`
+	Concurrency         int            `json:"concurrency,omitempty"`
+	Retention           caddy.Duration `json:"retention,omitempty"`
+	MaxSpoolSize        int64          `json:"max_spool_size,omitempty"`
+	EncryptionKeys      []string       `json:"encryption_keys,omitempty"`
 	DeadLetterRetention caddy.Duration `json:"dead_letter_retention,omitempty"`
-
-	// How long the body of a callback stays in the spool's files once it
-	// is no longer needed (delivered, deleted, or a purged dead letter):
-	// a compaction starts at the latest this much later and removes the
-	// files that held it. Each compaction rewrites the callbacks still
-	// pending or dead, so a short delay costs disk writes when many are
-	// waiting. Spool only. Default: 10 minutes.
-	PurgeDelay caddy.Duration `json:"purge_delay,omitempty"`
+	PurgeDelay          caddy.Duration `json:"purge_delay,omitempty"`
 
 	// runtime state
 	clientID     string
@@ -242,20 +207,14 @@ type Callback struct {
 	handoffSigner     *whsign.Signer
 
 	// durable mode
-	spoolDir  string
 	deliverTo string
-	durable   durableSettings
-	configKey any
-	spoolKey  string
-	shared    *sharedSpool
+	appQueue  queue.Backend // the atlas app's, if it has one
+	backend   queue.Backend // the queue in use
+	user      *queue.User   // the route, as the queue knows it
 	store     queue.Store
-	keyring   *seal.Keyring
 	// queueName names the durable queue in logs: the spool directory or
 	// jetstream:<stream>.
-	queueName    string
-	jetStreamKey string
-	sharedJS     *sharedJetStream
-	jsAckWait    time.Duration
+	queueName string
 }
 
 // Provision resolves the secrets, applies the defaults, parses the keys,

@@ -1,18 +1,13 @@
 package callback
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -21,386 +16,105 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
-	"github.com/caddy-atlas/caddy-atlas/mask"
 	"github.com/caddy-atlas/caddy-atlas/queue"
-	"github.com/caddy-atlas/caddy-atlas/seal"
-	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
-// Defaults of the callback route's durable mode (see Callback.Spool),
-// beside those of every queue (queue.DefaultMaxAttempts etc.).
 const (
-	DefaultMaxSpoolSize = spool.DefaultMaxDiskBytes
-
-	DefaultDeadLetterRetention = spool.DefaultDeadLetterRetention
-	DefaultPurgeDelay          = spool.DefaultPurgeDelay
-
 	// spoolRetryAfter is the Retry-After, in seconds, of a callback
-	// refused because the spool cannot store it.
+	// refused because the queue cannot store it.
 	spoolRetryAfter = "30"
-	// spoolDrainTimeout bounds how long the last config using a spool
-	// waits for its deliveries in progress when it is unloaded (caddy
-	// stop); cancelled deliveries stay pending and are redelivered at the
-	// next start.
-	spoolDrainTimeout = 10 * time.Second
 	// maxSpooledBody is the largest max_body allowed in durable mode,
 	// below the spool's record bound of 1 GiB.
 	maxSpooledBody = 1<<30 - 1<<20
 	// statusClientClosedRequest is logged when the client went away
 	// before its callback was stored.
 	statusClientClosedRequest = 499
+	// payloadMargin is what a callback's message adds to its body in a
+	// JetStream queue: the envelope with the callback's headers, the
+	// NATS headers, a seal.
+	payloadMargin = 4 << 10
 )
-
-// spools holds the open spools, shared by every config and callback route
-// that names the same directory, so that a config reload keeps the spool
-// and its delivery workers. Keys are spool directories (absolute, clean,
-// symlinks resolved); values are *sharedSpool.
-var spools = caddy.NewUsagePool()
-
-// durableSettings are a callback route's resolved delivery settings.
-type durableSettings struct {
-	deliverTo       string
-	maxAttempts     int
-	backoffMin      time.Duration
-	backoffMax      time.Duration
-	deliveryTimeout time.Duration
-	concurrency     int
-	retention       time.Duration
-	maxSpoolSize    int64
-	deadRetention   time.Duration
-	purgeDelay      time.Duration
-	// keyIDs are the ids of the encryption keys, comma-separated, first
-	// the one that encrypts; "" for none.
-	keyIDs string
-}
-
-// sharedSpool is an open spool in the usage pool, with the HTTP transport
-// its deliveries use and the callback routes that use it (see
-// queueRoutes for whose settings are in effect).
-type sharedSpool struct {
-	dir       string
-	store     *spool.FileSpool
-	transport *http.Transport
-	routes    queueRoutes
-}
-
-// openSharedSpool opens the spool in dir with c's settings.
-func openSharedSpool(dir string, c *Callback) (*sharedSpool, error) {
-	s := &sharedSpool{
-		dir:       dir,
-		transport: outbound.NewTransport(),
-	}
-	st, err := spool.Open(dir, s.options(c))
-	if err != nil {
-		return nil, err
-	}
-	s.store = st
-	return s, nil
-}
-
-// options are the spool options of c's settings.
-func (s *sharedSpool) options(c *Callback) spool.Options {
-	return spool.Options{
-		Deliver:         c.deliverFunc(s.transport),
-		Retention:       c.durable.retention,
-		MaxAttempts:     c.durable.maxAttempts,
-		BackoffMin:      c.durable.backoffMin,
-		BackoffMax:      c.durable.backoffMax,
-		DeliveryTimeout: c.durable.deliveryTimeout,
-		Concurrency:     c.durable.concurrency,
-		MaxDiskBytes:    c.durable.maxSpoolSize,
-		Logger:          c.logger.Named("spool").With(zap.String("spool", s.dir)),
-		Observer:        spoolObserver{registerSpoolMetrics(nil)},
-		Keyring:         c.keyring,
-
-		DeadLetterRetention: c.durable.deadRetention,
-		PurgeDelay:          c.durable.purgeDelay,
-	}
-}
 
 // deliverFunc returns the delivery of c's settings, whichever queue
 // delivers: a POST to deliver_to through transport, each attempt signed
 // (sign_deliveries) and traced (see traceDeliveries).
 func (c *Callback) deliverFunc(transport http.RoundTripper) queue.DeliverFunc {
-	d := &queue.HTTPDeliverer{URL: c.durable.deliverTo, Client: &http.Client{Transport: outbound.Traced(transport)}}
+	d := &queue.HTTPDeliverer{URL: c.deliverTo, Client: &http.Client{Transport: outbound.Traced(transport)}}
 	if c.handoffSigner != nil {
 		d.Header = c.signAttempt
 	}
 	return traceDeliveries(d.Deliver)
 }
 
-// attach adds c to the routes using the spool and applies its settings.
-// Two routes of one config may share a spool only with the same delivery
-// settings: which would win is otherwise undefined.
-func (s *sharedSpool) attach(c *Callback) error {
-	return s.routes.add(c, func(o *Callback) error {
-		if c.configKey != nil && o.configKey == c.configKey && !sameDelivery(o, c) {
-			return fmt.Errorf("spool %s is also used by the callback route %s of this config with other delivery settings; give each route its own spool directory, or the same settings", s.dir, o.Path)
-		}
-		return nil
-	}, func(c *Callback) error { return s.store.Reconfigure(s.options(c)) })
-}
+// UseQueue gives the route the queue of the atlas app, for durable mode
+// when its block names no queue of its own. Call it before Provision.
+func (c *Callback) UseQueue(b queue.Backend) { c.appQueue = b }
 
-// sameDelivery reports whether routes o and c deliver alike: the same
-// settings, and the same sign_deliveries secrets (the delivery of the
-// route provisioned last signs every callback of the queue).
-func sameDelivery(o, c *Callback) bool {
-	return o.durable == c.durable && slices.Equal(o.SignDeliveries, c.SignDeliveries)
-}
-
-// detach removes c from the routes using the spool; if its settings were
-// in effect, those of the last remaining route apply again.
-func (s *sharedSpool) detach(c *Callback) {
-	s.routes.remove(c, func(last *Callback) {
-		if err := s.store.Reconfigure(s.options(last)); err != nil {
-			last.logger.Error("restoring the spool settings", zap.String("spool", s.dir), zap.Error(err))
-		}
-	})
-}
-
-// Destruct closes the spool when the last config using it is unloaded:
-// it waits up to spoolDrainTimeout for the deliveries in progress; those
-// it cancels stay pending and are delivered after the next start.
-func (s *sharedSpool) Destruct() error {
-	ctx, cancel := context.WithTimeout(context.Background(), spoolDrainTimeout)
-	defer cancel()
-	err := s.store.Close(ctx)
-	s.transport.CloseIdleConnections()
-	return err
-}
-
-// OpenQueue is a durable queue in use by callback routes, as the admin
-// API sees it.
-type OpenQueue struct {
-	// Name names the queue: a spool's directory.
-	Name string
-	// Store is the queue.
-	Store queue.Store
-	// Masker is the masker of the route whose settings are in effect
-	// (nil if it masks nothing), for the admin API's ?body=1.
-	Masker *mask.Masker
-	// MaxBytes is a spool's max_spool_size; 0 for other queues.
-	MaxBytes int64
-}
-
-// OpenQueues returns the durable queues in use: the spools sorted by
-// directory, then the JetStream queues (named jetstream:<stream>) sorted
-// by name.
-func OpenQueues() []OpenQueue {
-	var out []OpenQueue
-	for _, s := range liveSpools() {
-		out = append(out, OpenQueue{Name: s.dir, Store: s.store, Masker: s.masker(), MaxBytes: s.maxBytes()})
-	}
-	for _, s := range liveJetStreams() {
-		out = append(out, OpenQueue{Name: s.name, Store: s.store, Masker: s.masker()})
-	}
-	return out
-}
-
-// masker returns the masker of the route whose settings are in effect.
-func (s *sharedSpool) masker() *mask.Masker { return s.routes.masker() }
-
-// liveSpools returns the open spools, sorted by directory.
-func liveSpools() []*sharedSpool {
-	var out []*sharedSpool
-	spools.Range(func(_, v any) bool {
-		if s, ok := v.(*sharedSpool); ok && s != nil {
-			out = append(out, s)
-		}
-		return true
-	})
-	slices.SortFunc(out, func(a, b *sharedSpool) int { return strings.Compare(a.dir, b.dir) })
-	return out
-}
-
-// SpoolKey returns the name of a spool directory among the open queues:
-// absolute, clean, and with symlinks resolved when the directory exists.
-func SpoolKey(dir string) (string, error) {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return "", err
-	}
-	if real, err := filepath.EvalSymlinks(abs); err == nil {
-		return real, nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return "", err
-	}
-	return filepath.Clean(abs), nil
-}
-
-// provisionDurable resolves and checks the durable-mode settings and, if
-// a spool is configured, takes it from the pool (opening it on first
-// use) and applies the route's delivery settings.
+// provisionDurable resolves deliver_to and, if set, takes the route's
+// queue: the one its block names (loaded as a module of the atlas.queues
+// namespace), or the atlas app's; and attaches the route to it, which
+// opens it on first use.
 func (c *Callback) provisionDurable(ctx caddy.Context) error {
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = queue.DefaultMaxAttempts
-	}
-	if c.RetryBackoffMin == 0 {
-		c.RetryBackoffMin = caddy.Duration(queue.DefaultBackoffMin)
-	}
-	if c.RetryBackoffMax == 0 {
-		c.RetryBackoffMax = caddy.Duration(max(queue.DefaultBackoffMax, time.Duration(c.RetryBackoffMin)))
-	}
-	if c.DeliveryTimeout == 0 {
-		c.DeliveryTimeout = caddy.Duration(queue.DefaultDeliveryTimeout)
-	}
-	if c.Concurrency == 0 {
-		c.Concurrency = queue.DefaultConcurrency
-	}
-	if c.Retention == 0 {
-		c.Retention = caddy.Duration(queue.DefaultRetention)
-	}
-	if c.MaxSpoolSize == 0 {
-		c.MaxSpoolSize = DefaultMaxSpoolSize
-	}
-	if c.DeadLetterRetention == 0 && c.Queue == nil {
-		c.DeadLetterRetention = caddy.Duration(DefaultDeadLetterRetention)
-	}
-	if c.PurgeDelay == 0 && c.Queue == nil {
-		c.PurgeDelay = caddy.Duration(DefaultPurgeDelay)
-	}
-	repl := caddy.NewReplacer()
-	if err := c.provisionKeyring(repl); err != nil {
+	if err := c.foldLegacyQueue(); err != nil {
 		return err
 	}
-	c.spoolDir = repl.ReplaceKnown(c.Spool, "")
-	c.deliverTo = repl.ReplaceKnown(c.DeliverTo, "")
-	deliverTo := c.deliverTo
+	c.deliverTo = caddy.NewReplacer().ReplaceKnown(c.DeliverTo, "")
 	if err := c.validateDurable(); err != nil {
 		return err
 	}
-	if c.spoolDir == "" && c.Queue == nil {
+	if c.DeliverTo == "" {
 		return nil
 	}
-
-	c.durable = durableSettings{
-		deliverTo:       deliverTo,
-		maxAttempts:     c.MaxAttempts,
-		backoffMin:      time.Duration(c.RetryBackoffMin),
-		backoffMax:      time.Duration(c.RetryBackoffMax),
-		deliveryTimeout: time.Duration(c.DeliveryTimeout),
-		concurrency:     c.Concurrency,
-		retention:       time.Duration(c.Retention),
-		maxSpoolSize:    c.MaxSpoolSize,
-		deadRetention:   time.Duration(c.DeadLetterRetention),
-		purgeDelay:      time.Duration(c.PurgeDelay),
-		keyIDs:          strings.Join(c.keyring.KeyIDs(), ","),
+	backend := c.appQueue
+	if c.Queue != nil {
+		mod, err := ctx.LoadModule(c, "Queue")
+		if err != nil {
+			return fmt.Errorf("loading the queue: %w", err)
+		}
+		b, ok := mod.(queue.Backend)
+		if !ok {
+			return fmt.Errorf("the queue module %T is not a queue backend", mod)
+		}
+		backend = b
+	}
+	if backend == nil {
+		return errors.New("deliver_to needs spool or queue: give the callback block a spool or a queue, or the global atlas options a queue")
+	}
+	user := &queue.User{
+		Name:        "the callback route " + c.Path,
+		Deliver:     c.deliverFunc,
+		DeliveryKey: c.deliverTo + "\x00" + strings.Join(c.SignDeliveries, "\x00"),
+		Masker:      c.masker,
+		Logger:      c.logger,
 	}
 	if r := ctx.GetMetricsRegistry(); r != nil {
-		c.configKey = r // one registry per loaded config
+		user.Config = r // one registry per loaded config
 	}
-	registerSpoolMetrics(ctx.GetMetricsRegistry())
-	if c.Queue != nil {
-		registerJetStreamMetrics(ctx.GetMetricsRegistry())
-		return c.provisionJetStream()
-	}
-
-	key, err := SpoolKey(c.spoolDir)
+	st, err := backend.Attach(user)
 	if err != nil {
-		return fmt.Errorf("spool %q: %w", c.spoolDir, err)
-	}
-	val, _, err := spools.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return openSharedSpool(key, c)
-	})
-	if err != nil {
-		return fmt.Errorf("opening spool %s: %w", key, err)
-	}
-	c.spoolKey = key
-	shared := val.(*sharedSpool)
-	if err := shared.attach(c); err != nil {
 		return err
 	}
-	c.shared = shared
-	c.store = shared.store
-	c.queueName = shared.dir
-	u, _ := url.Parse(deliverTo)
-	c.logger.Info("callback route in durable mode", zap.String("spool", shared.dir),
-		zap.String("deliver_to", u.Redacted()), zap.Int("concurrency", c.Concurrency),
-		zap.Int("max_attempts", c.MaxAttempts), zap.Strings("encryption_key_ids", c.keyring.KeyIDs()))
-	if c.keyring == nil {
-		c.logger.Warn("durable mode without encryption_key: payloads are stored unencrypted",
-			zap.String("spool", shared.dir))
+	c.backend, c.user, c.store = backend, user, st
+	c.queueName = backend.Name()
+	if mp, ok := st.(interface{ MaxPayload() int64 }); ok && c.MaxBody+payloadMargin > mp.MaxPayload() {
+		c.logger.Warn("the NATS servers' max_payload is below max_body: larger callbacks will be refused; raise max_payload (up to 64MB) or lower max_body",
+			zap.Int64("max_payload", mp.MaxPayload()), zap.Int64("max_body", c.MaxBody))
 	}
+	u, _ := url.Parse(c.deliverTo)
+	c.logger.Info("callback route in durable mode", zap.String("queue", c.queueName), zap.String("deliver_to", u.Redacted()))
 	return nil
 }
 
-// provisionKeyring resolves and parses the encryption keys. Errors name
-// a key by its position, never by its value.
-func (c *Callback) provisionKeyring(repl *caddy.Replacer) error {
-	c.keyring = nil
-	if len(c.EncryptionKeys) == 0 {
-		return nil
-	}
-	keys := make([][]byte, len(c.EncryptionKeys))
-	for i, v := range c.EncryptionKeys {
-		raw := repl.ReplaceKnown(v, "")
-		if strings.TrimSpace(raw) == "" {
-			return fmt.Errorf("encryption_key %d is empty (an unset {env.*} or unreadable {file.*} placeholder?)", i+1)
-		}
-		k, err := seal.ParseKey(raw)
-		if err != nil {
-			return fmt.Errorf("encryption_key %d: %w", i+1, err)
-		}
-		keys[i] = k
-	}
-	kr, err := seal.NewKeyring(keys...)
-	for _, k := range keys {
-		clear(k)
-	}
-	if err != nil {
-		return fmt.Errorf("encryption_key: %w", err)
-	}
-	c.keyring = kr
-	return nil
-}
-
-// validateDurable checks the provisioned durable-mode settings; it
-// changes nothing.
+// validateDurable checks the durable-mode settings that are the route's;
+// it changes nothing. The queue checks its own.
 func (c *Callback) validateDurable() error {
-	switch {
-	case c.Spool != "" && c.Queue != nil:
-		return errors.New("spool and queue are exclusive: durable mode uses either a local spool or a shared queue")
-	case c.Queue != nil && c.Queue.JetStream == nil:
-		return errors.New("queue names no backend (jetstream)")
-	case c.Queue != nil && c.DeadLetterRetention != 0:
-		// The JetStream queue keeps a dead letter until it is retried or
-		// deleted: a retention it would not apply must not be accepted.
-		return errors.New("dead_letter_retention applies to a spool only: a queue jetstream keeps dead letters until they are retried or purged")
-	case c.Queue != nil && c.PurgeDelay != 0:
-		// JetStream deletes what it no longer needs itself.
-		return errors.New("purge_delay applies to a spool only: a queue jetstream deletes delivered messages itself")
-	case c.Spool == "" && c.Queue == nil && c.DeliverTo != "":
-		return errors.New("deliver_to needs spool or queue: durable mode delivers from a spool directory or a shared queue")
-	case c.Spool == "" && c.Queue == nil && len(c.EncryptionKeys) > 0:
-		return errors.New("encryption_key needs spool or queue: it encrypts the stored callbacks")
-	case c.Spool == "" && c.Queue == nil:
+	if c.DeliverTo == "" {
+		if c.Queue != nil {
+			return errors.New("deliver_to is required with spool or queue: where the stored callbacks are delivered")
+		}
 		return nil
-	case c.Queue == nil && c.spoolDir == "":
-		return errors.New("spool is empty (an unset {env.*} placeholder?)")
-	case c.DeliverTo == "":
-		return errors.New("deliver_to is required with spool or queue: where the stored callbacks are delivered")
-	case c.MaxAttempts < 1:
-		return fmt.Errorf("max_attempts must be at least 1, got %d", c.MaxAttempts)
-	case c.RetryBackoffMin <= 0 || c.RetryBackoffMax <= 0:
-		return errors.New("retry_backoff durations must be positive")
-	case c.RetryBackoffMin > c.RetryBackoffMax:
-		return fmt.Errorf("retry_backoff: the first delay %s exceeds the maximum %s",
-			time.Duration(c.RetryBackoffMin), time.Duration(c.RetryBackoffMax))
-	case c.DeliveryTimeout <= 0:
-		return errors.New("delivery_timeout must be positive")
-	case c.Concurrency < 1:
-		return fmt.Errorf("concurrency must be at least 1, got %d", c.Concurrency)
-	case c.Retention <= 0:
-		return errors.New("retention must be positive")
-	case c.MaxSpoolSize <= 0:
-		return errors.New("max_spool_size must be positive")
-	case c.Queue == nil && c.DeadLetterRetention <= 0:
-		return errors.New("dead_letter_retention must be positive")
-	case c.Queue == nil && c.PurgeDelay <= 0:
-		return errors.New("purge_delay must be positive")
-	case len(c.EncryptionKeys) > 0 && c.keyring == nil:
-		return errors.New("encryption_key is not provisioned")
-	case c.MaxBody > maxSpooledBody:
+	}
+	if c.MaxBody > maxSpooledBody {
 		return fmt.Errorf("max_body must be at most %d bytes in durable mode", maxSpooledBody)
 	}
 	u, err := url.Parse(c.deliverTo)
@@ -410,24 +124,16 @@ func (c *Callback) validateDurable() error {
 	return nil
 }
 
-// cleanupDurable releases the route's spool; the last route using it
-// closes it. It leaves c.store alone: requests of the old config may
-// still be served while it is cleaned up, and a closed spool answers them
+// cleanupDurable ends the route's use of its queue; the last user closes
+// it. It leaves c.store alone: requests of the old config may still be
+// served while it is cleaned up, and a closed queue answers them
 // ErrClosed (503).
 func (c *Callback) cleanupDurable() error {
-	if err := c.cleanupJetStream(); err != nil {
-		return err
-	}
-	if c.shared != nil {
-		c.shared.detach(c)
-		c.shared = nil
-	}
-	if c.spoolKey == "" {
+	if c.backend == nil {
 		return nil
 	}
-	key := c.spoolKey
-	c.spoolKey = ""
-	_, err := spools.Delete(key)
+	err := c.backend.Detach(c.user)
+	c.backend, c.user = nil, nil
 	return err
 }
 
@@ -495,5 +201,85 @@ func (c *Callback) spoolCallback(w http.ResponseWriter, r *http.Request, id, sub
 	return nil
 }
 
-// Interface guards
-var _ caddy.Destructor = (*sharedSpool)(nil)
+// foldLegacyQueue moves the deprecated spellings of the queue's settings
+// (Spool, MaxAttempts...) into Queue, and rewrites the queue's former
+// JSON shape, {"jetstream": {...}}, as a module's.
+func (c *Callback) foldLegacyQueue() error {
+	var q map[string]any
+	if c.Queue != nil {
+		if err := json.Unmarshal(c.Queue, &q); err != nil {
+			return fmt.Errorf("queue: %w", err)
+		}
+		if js, ok := q["jetstream"]; ok && q["backend"] == nil {
+			m, ok := js.(map[string]any)
+			if !ok || len(q) != 1 {
+				return errors.New(`queue: {"jetstream": {...}} holds the JetStream settings and nothing beside them`)
+			}
+			q = m
+			q["backend"] = "jetstream"
+		}
+		if len(q) == 0 {
+			return errors.New(`queue names no backend: give {"backend": "spool", ...} or {"backend": "jetstream", ...}`)
+		}
+	}
+	type setting struct {
+		name string // as the Caddyfile spells it
+		json string
+		val  any
+		set  bool
+	}
+	legacy := []setting{
+		{"max_attempts", "max_attempts", c.MaxAttempts, c.MaxAttempts != 0},
+		{"retry_backoff", "retry_backoff_min", c.RetryBackoffMin, c.RetryBackoffMin != 0},
+		{"retry_backoff", "retry_backoff_max", c.RetryBackoffMax, c.RetryBackoffMax != 0},
+		{"delivery_timeout", "delivery_timeout", c.DeliveryTimeout, c.DeliveryTimeout != 0},
+		{"concurrency", "concurrency", c.Concurrency, c.Concurrency != 0},
+		{"retention", "retention", c.Retention, c.Retention != 0},
+		{"encryption_key", "encryption_keys", c.EncryptionKeys, len(c.EncryptionKeys) > 0},
+		{"max_spool_size", "max_spool_size", c.MaxSpoolSize, c.MaxSpoolSize != 0},
+		{"dead_letter_retention", "dead_letter_retention", c.DeadLetterRetention, c.DeadLetterRetention != 0},
+		{"purge_delay", "purge_delay", c.PurgeDelay, c.PurgeDelay != 0},
+	}
+	if c.Spool != "" {
+		if q != nil {
+			return errors.New("spool and queue are exclusive: durable mode uses either a local spool or a shared queue")
+		}
+		q = map[string]any{"backend": "spool", "dir": c.Spool}
+	}
+	for _, s := range legacy {
+		if !s.set {
+			continue
+		}
+		switch {
+		case q == nil && s.name == "encryption_key":
+			return errors.New("encryption_key needs spool or queue: it encrypts the stored callbacks")
+		case q == nil:
+			return fmt.Errorf("%s needs spool or queue: it is a setting of the route's own queue (the queue of the global atlas options has its own)", s.name)
+		case q["backend"] == "jetstream" && s.name == "dead_letter_retention":
+			// The JetStream queue keeps a dead letter until it is retried
+			// or deleted: a retention it would not apply must not be
+			// accepted.
+			return errors.New("dead_letter_retention applies to a spool only: a queue jetstream keeps dead letters until they are retried or purged")
+		case q["backend"] == "jetstream" && s.name == "purge_delay":
+			return errors.New("purge_delay applies to a spool only: a queue jetstream deletes delivered messages itself")
+		case q["backend"] == "jetstream" && s.name == "max_spool_size":
+			continue // never applied to a JetStream queue: its streams' limits do
+		}
+		if _, dup := q[s.json]; dup {
+			return fmt.Errorf("%s is given twice: in the queue and beside it", s.name)
+		}
+		q[s.json] = s.val
+	}
+	c.Spool, c.MaxAttempts, c.RetryBackoffMin, c.RetryBackoffMax = "", 0, 0, 0
+	c.DeliveryTimeout, c.Concurrency, c.Retention, c.EncryptionKeys = 0, 0, 0, nil
+	c.MaxSpoolSize, c.DeadLetterRetention, c.PurgeDelay = 0, 0, 0
+	if q == nil {
+		return nil
+	}
+	raw, err := json.Marshal(q)
+	if err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+	c.Queue = raw
+	return nil
+}

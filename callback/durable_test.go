@@ -26,6 +26,7 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/queue"
+	"github.com/caddy-atlas/caddy-atlas/queues"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
 )
 
@@ -278,28 +279,16 @@ func TestDurableSpoolFull(t *testing.T) {
 func TestDurableProvisionDefaults(t *testing.T) {
 	c := &Callback{Spool: filepath.Join(t.TempDir(), "s"), DeliverTo: "http://127.0.0.1:1/hooks"}
 	provisionTestCallback(t, c)
-	if c.MaxAttempts != 20 || time.Duration(c.RetryBackoffMin) != time.Second || time.Duration(c.RetryBackoffMax) != 10*time.Minute ||
-		time.Duration(c.DeliveryTimeout) != 30*time.Second || c.Concurrency != 4 || time.Duration(c.Retention) != 7*24*time.Hour ||
-		c.MaxSpoolSize != 4<<30 {
-		t.Errorf("defaults: %+v", c)
-	}
 	if c.store == nil {
 		t.Error("no spool")
 	}
-	if _, err := os.Stat(c.Spool); err != nil {
+	if _, err := os.Stat(c.queueName); err != nil {
 		t.Errorf("spool directory: %v", err)
-	}
-
-	// A first delay above the default maximum raises the maximum.
-	c2 := &Callback{Spool: filepath.Join(t.TempDir(), "s"), DeliverTo: "http://127.0.0.1:1/hooks", RetryBackoffMin: caddy.Duration(time.Hour)}
-	provisionTestCallback(t, c2)
-	if time.Duration(c2.RetryBackoffMax) != time.Hour {
-		t.Errorf("retry_backoff_max %s", time.Duration(c2.RetryBackoffMax))
 	}
 
 	syncRoute := &Callback{}
 	provisionTestCallback(t, syncRoute)
-	if syncRoute.store != nil || syncRoute.spoolKey != "" {
+	if syncRoute.store != nil || syncRoute.backend != nil {
 		t.Error("a route without spool has a spool")
 	}
 }
@@ -344,8 +333,8 @@ func TestDurableConfigErrors(t *testing.T) {
 			}
 		})
 	}
-	if len(liveSpools()) != 0 {
-		t.Errorf("failed provisions left %d spools open", len(liveSpools()))
+	if len(queues.Open()) != 0 {
+		t.Errorf("failed provisions left %d spools open", len(queues.Open()))
 	}
 }
 
@@ -427,7 +416,7 @@ func TestDurableSharedSpool(t *testing.T) {
 	if err := cur.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if len(liveSpools()) != 0 {
+	if len(queues.Open()) != 0 {
 		t.Error("the spool is still open")
 	}
 	again, _, cancelAgain := newRoute(b)

@@ -20,6 +20,7 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/queue"
+	"github.com/caddy-atlas/caddy-atlas/queues"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
@@ -116,12 +117,6 @@ func TestDurableUnencryptedWarning(t *testing.T) {
 		if n := logs.FilterMessage("durable mode without encryption_key: payloads are stored unencrypted").Len(); n != tc.want {
 			t.Errorf("keys %v: %d warnings, want %d: %v", tc.keys, n, tc.want, logs.All())
 		}
-		if time.Duration(c.DeadLetterRetention) != 30*24*time.Hour {
-			t.Errorf("dead_letter_retention default %s", time.Duration(c.DeadLetterRetention))
-		}
-		if time.Duration(c.PurgeDelay) != 10*time.Minute {
-			t.Errorf("purge_delay default %s", time.Duration(c.PurgeDelay))
-		}
 	}
 }
 
@@ -174,8 +169,8 @@ func TestDurableEncryptionKeyErrors(t *testing.T) {
 			}
 		})
 	}
-	if len(liveSpools()) != 0 {
-		t.Errorf("failed provisions left %d spools open", len(liveSpools()))
+	if len(queues.Open()) != 0 {
+		t.Errorf("failed provisions left %d spools open", len(queues.Open()))
 	}
 }
 
@@ -225,17 +220,6 @@ func TestDurableKeyRotation(t *testing.T) {
 	}
 }
 
-// TestDeadLetterExpiredMetric: the spool's purge of a dead letter counts
-// in caddy_atlas_dead_letters_expired_total.
-func TestDeadLetterExpiredMetric(t *testing.T) {
-	m := registerSpoolMetrics(nil)
-	before := callbackCounterValue(t, m.deadExpired)
-	spoolObserver{m}.DeadLetterExpired()
-	if got := callbackCounterValue(t, m.deadExpired); got != before+1 {
-		t.Errorf("dead_letters_expired_total %v, want %v", got, before+1)
-	}
-}
-
 // TestJetStreamUnencryptedWarning: the same warning for a JetStream
 // queue, whose payloads the NATS servers' operators could otherwise read.
 func TestJetStreamUnencryptedWarning(t *testing.T) {
@@ -246,7 +230,7 @@ func TestJetStreamUnencryptedWarning(t *testing.T) {
 		want int
 	}{{nil, 1}, {[]string{placeholder}, 0}} {
 		c := &Callback{
-			Queue:     &Queue{JetStream: &JetStream{URLs: []string{node.URL()}, Stream: "WARN" + strconv.Itoa(i), Replicas: 1}},
+			Queue:     jsQueue(t, &queues.JetStream{URLs: []string{node.URL()}, Stream: "WARN" + strconv.Itoa(i), Replicas: 1}),
 			DeliverTo: "http://127.0.0.1:1/hooks", EncryptionKeys: tc.keys,
 		}
 		logs := provisionTestCallback(t, c)

@@ -1,4 +1,4 @@
-package callback
+package queues
 
 import (
 	"sync"
@@ -11,7 +11,7 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
-// spoolMetrics are the collectors of the callback route's durable mode:
+// spoolMetrics are the collectors of the durable queues:
 //
 //	caddy_atlas_spool_callbacks{spool,state}            callbacks in each spool: pending, dead, delivered (within retention)
 //	caddy_atlas_spool_oldest_pending_age_seconds{spool} age of the oldest pending callback (0 if none): the delivery lag
@@ -38,16 +38,16 @@ type spoolMetrics struct {
 }
 
 var (
-	spoolMetricsOnce sync.Once
-	spoolCollectors  *spoolMetrics
+	metricsOnce sync.Once
+	collectors  *spoolMetrics
 )
 
-// registerSpoolMetrics creates the collectors on first use and registers
+// registerMetrics creates the collectors on first use and registers
 // them in registry (when not nil), tolerating an earlier registration.
-func registerSpoolMetrics(registry *prometheus.Registry) *spoolMetrics {
-	spoolMetricsOnce.Do(func() {
+func registerMetrics(registry *prometheus.Registry) *spoolMetrics {
+	metricsOnce.Do(func() {
 		name := func(n string) string { return prometheus.BuildFQName(metricsreg.Namespace, metricsreg.Subsystem, n) }
-		spoolCollectors = &spoolMetrics{
+		collectors = &spoolMetrics{
 			gauges: spoolGaugeCollector{
 				callbacks: prometheus.NewDesc(name("spool_callbacks"),
 					"Callbacks in the spool, by state (pending, dead, delivered within the retention window).",
@@ -92,20 +92,20 @@ func registerSpoolMetrics(registry *prometheus.Registry) *spoolMetrics {
 			}),
 		}
 	})
-	m := spoolCollectors
+	m := collectors
 	for _, c := range []prometheus.Collector{m.gauges, m.deliveryAttempts, m.deliveryDuration, m.deadLetters, m.deadExpired, m.fsyncSeconds, m.commitBatch} {
 		metricsreg.Register(registry, c)
 	}
 	return m
 }
 
-// spoolObserver feeds the spools' events into the metrics.
-type spoolObserver struct {
+// observer feeds the spools' events into the metrics.
+type observer struct {
 	m *spoolMetrics
 }
 
 // FsyncDone implements queue.Observer.
-func (o spoolObserver) FsyncDone(d time.Duration, appends int) {
+func (o observer) FsyncDone(d time.Duration, appends int) {
 	o.m.fsyncSeconds.Observe(d.Seconds())
 	if appends > 0 {
 		o.m.commitBatch.Observe(float64(appends))
@@ -113,16 +113,16 @@ func (o spoolObserver) FsyncDone(d time.Duration, appends int) {
 }
 
 // DeliveryAttempt implements queue.Observer.
-func (o spoolObserver) DeliveryAttempt(outcome queue.Outcome, d time.Duration) {
+func (o observer) DeliveryAttempt(outcome queue.Outcome, d time.Duration) {
 	o.m.deliveryAttempts.WithLabelValues(string(outcome)).Inc()
 	o.m.deliveryDuration.Observe(d.Seconds())
 }
 
 // DeadLettered implements queue.Observer.
-func (o spoolObserver) DeadLettered() { o.m.deadLetters.Inc() }
+func (o observer) DeadLettered() { o.m.deadLetters.Inc() }
 
 // DeadLetterExpired implements spool.RetentionObserver.
-func (o spoolObserver) DeadLetterExpired() { o.m.deadExpired.Inc() }
+func (o observer) DeadLetterExpired() { o.m.deadExpired.Inc() }
 
 // spoolGaugeCollector reports the counts of the live spools when
 // scraped.
@@ -146,7 +146,7 @@ func (c spoolGaugeCollector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c spoolGaugeCollector) Collect(ch chan<- prometheus.Metric) {
 	now := time.Now()
-	for _, s := range OpenQueues() {
+	for _, s := range Open() {
 		st := s.Store.Stats()
 		gauge(ch, c.callbacks, float64(st.Pending), s.Name, "pending")
 		gauge(ch, c.callbacks, float64(st.Dead), s.Name, "dead")
@@ -166,15 +166,6 @@ func (c spoolGaugeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// maxBytes returns the max_spool_size in effect: that of the route
-// provisioned last, 0 if no route uses the spool.
-func (s *sharedSpool) maxBytes() int64 {
-	if c := s.routes.current(); c != nil {
-		return c.durable.maxSpoolSize
-	}
-	return 0
-}
-
 // gauge sends one gauge value.
 func gauge(ch chan<- prometheus.Metric, desc *prometheus.Desc, v float64, labels ...string) {
 	if m, err := prometheus.NewConstMetric(desc, prometheus.GaugeValue, v, labels...); err == nil {
@@ -182,9 +173,53 @@ func gauge(ch chan<- prometheus.Metric, desc *prometheus.Desc, v float64, labels
 	}
 }
 
+// jetStreamMetrics is the collector of the JetStream backend:
+//
+//	caddy_atlas_jetstream_publish_seconds   time from publish to the servers' ack of a callback
+//
+// The delivery metrics (attempts, duration, dead letters) are the
+// spool's, and the queue's gauges are the spool gauges with the queue's
+// name, jetstream:<stream>, as the spool label.
+type jetStreamMetrics struct {
+	publishSeconds prometheus.Histogram
+}
+
+var (
+	jetStreamMetricsOnce sync.Once
+	jetStreamCollectors  *jetStreamMetrics
+)
+
+func registerJetStreamMetrics(registry *prometheus.Registry) *jetStreamMetrics {
+	jetStreamMetricsOnce.Do(func() {
+		jetStreamCollectors = &jetStreamMetrics{
+			publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+				Namespace: metricsreg.Namespace, Subsystem: metricsreg.Subsystem, Name: "jetstream_publish_seconds",
+				Help:    "Time from the publish of a callback to the JetStream servers' ack.",
+				Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+			}),
+		}
+	})
+	metricsreg.Register(registry, jetStreamCollectors.publishSeconds)
+	return jetStreamCollectors
+}
+
+// jetStreamObserver feeds a JetStream queue's events into the metrics:
+// the delivery ones as for a spool, the publish acks into their own
+// histogram (they are no fsyncs).
+type jetStreamObserver struct {
+	observer
+	js *jetStreamMetrics
+}
+
+// FsyncDone implements queue.Observer: for this backend, an ack.
+func (o jetStreamObserver) FsyncDone(d time.Duration, _ int) {
+	o.js.publishSeconds.Observe(d.Seconds())
+}
+
 // Interface guards
 var (
-	_ queue.Observer          = spoolObserver{}
-	_ spool.RetentionObserver = spoolObserver{}
+	_ queue.Observer          = observer{}
+	_ spool.RetentionObserver = observer{}
 	_ prometheus.Collector    = spoolGaugeCollector{}
+	_ queue.Observer          = jetStreamObserver{}
 )
