@@ -98,3 +98,35 @@ func TestAppSharesOneAccount(t *testing.T) {
 		t.Error("a cleaned-up app opened an account")
 	}
 }
+
+// TestAppQueue checks that a callback route without a queue of its own
+// uses the app's, and that one spool directory configured two ways, in
+// the app and in a route, is refused naming both places.
+func TestAppQueue(t *testing.T) {
+	dir := t.TempDir()
+	callback := func(extra string) string {
+		return `{"handler": "atlas", "callback": {"path": "/hooks/atlas", "client_id": "atlas", "client_secret": "s",
+			"signing_key": "0123456789abcdef0123456789abcdef", "deliver_to": "http://127.0.0.1:1/hooks"` + extra + `}}`
+	}
+	app := `{"queue": {"backend": "spool", "dir": "` + dir + `", "max_attempts": 10}}`
+	for _, tc := range []struct {
+		name, config, want string
+	}{
+		{"the app's queue", siteConfig(t, app, callback("")), ""},
+		{"the same queue inline", siteConfig(t, app, callback(`, "queue": {"backend": "spool", "dir": "`+dir+`", "max_attempts": 10}`)), ""},
+		{"another queue inline", siteConfig(t, app, callback(`, "spool": "`+dir+`/other"`)), ""},
+		{"the app's spool, other settings", siteConfig(t, app, callback(`, "spool": "`+dir+`"`)),
+			"queue " + dir + " is configured twice in this config, with a different setting (max_attempts, retry_backoff, delivery_timeout, concurrency, retention, encryption_key, max_spool_size, dead_letter_retention or purge_delay): in the global atlas options and for the callback route /hooks/atlas"},
+		{"no queue anywhere", siteConfig(t, "", callback("")), "deliver_to needs spool or queue: give the callback block a spool or a queue, or the global atlas options a queue"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := validateConfig(t, tc.config)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("config refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("error %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@ package caddyatlas
 import (
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/callback"
 	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
+	"github.com/caddy-atlas/caddy-atlas/jsqueue"
 )
 
 func init() {
@@ -36,6 +38,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 	place := fmt.Sprintf("the atlas block at %s:%d", h.File(), h.Line())
 	if err := checkAccountPlaces(h, m.inlineAccount(), place); err != nil {
 		return nil, h.Errf("%v", err)
+	}
+	if m.Callback != nil && m.Callback.Queue != nil {
+		if err := checkQueuePlaces(h, m.Callback.Queue, place); err != nil {
+			return nil, h.Errf("%v", err)
+		}
 	}
 	return m, nil
 }
@@ -271,3 +278,65 @@ func formatBytes(n int64) string {
 
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Handler)(nil)
+
+// queuePlace is a queue as written in the Caddyfile, and where.
+type queuePlace struct {
+	settings map[string]any
+	place    string
+}
+
+// queuePlacesKey keys, in the adapter's state, the queues the sites of
+// the Caddyfile configure inline, by queueIdentity.
+const queuePlacesKey = "atlas.queues"
+
+// queueIdentity names the queue a module's settings open: its backend
+// and directory, or its stream and servers, as written.
+func queueIdentity(q map[string]any) string {
+	switch q["backend"] {
+	case "spool":
+		return fmt.Sprintf("spool %v", q["dir"])
+	case "jetstream":
+		stream, _ := q["stream"].(string)
+		if stream == "" {
+			stream = jsqueue.DefaultStream
+		}
+		return fmt.Sprintf("jetstream %s on %v", stream, q["urls"])
+	}
+	return ""
+}
+
+// checkQueuePlaces compares the queue a site's callback block names
+// with those of the sites before it and with the global atlas options,
+// as written: one queue must have one set of settings.
+func checkQueuePlaces(h httpcaddyfile.Helper, raw json.RawMessage, place string) error {
+	var q map[string]any
+	if err := json.Unmarshal(raw, &q); err != nil {
+		return err
+	}
+	id := queueIdentity(q)
+	if id == "" {
+		return nil
+	}
+	places, _ := h.State[queuePlacesKey].(map[string]queuePlace)
+	if places == nil {
+		places = make(map[string]queuePlace)
+		if opt, ok := h.Option("atlas").(httpcaddyfile.App); ok {
+			var app App
+			var aq map[string]any
+			if json.Unmarshal(opt.Value, &app) == nil && app.QueueRaw != nil && json.Unmarshal(app.QueueRaw, &aq) == nil {
+				places[queueIdentity(aq)] = queuePlace{aq, appPlace}
+			}
+		}
+		h.State[queuePlacesKey] = places
+	}
+	o, ok := places[id]
+	if !ok {
+		places[id] = queuePlace{q, place}
+		return nil
+	}
+	if !reflect.DeepEqual(o.settings, q) {
+		return fmt.Errorf("queue %s is configured twice, with different settings: in %s and in %s; configure it once (in the global atlas options) or alike in both places",
+			id, o.place, place)
+	}
+	return nil
+}

@@ -75,6 +75,12 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 		if !ok {
 			return fmt.Errorf("the queue module %T is not a queue backend", mod)
 		}
+		if c.appQueue != nil {
+			if diff := c.appQueue.Differs(b); diff != "" {
+				return fmt.Errorf("queue %s is configured twice in this config, with a different %s: in the global atlas options and for the callback route %s; configure it once (in the global atlas options) or alike in both places",
+					b.Name(), diff, c.Path)
+			}
+		}
 		backend = b
 	}
 	if backend == nil {

@@ -26,6 +26,11 @@ type Backend interface {
 	// settings: otherwise Attach returns an error that names both.
 	Attach(u *User) (Store, error)
 
+	// Differs returns the first setting that o configures differently
+	// from this queue if o names the same queue, "" otherwise: one queue
+	// has one set of settings in a config.
+	Differs(o Backend) string
+
 	// Detach ends u's use of the queue: if its delivery was in effect,
 	// that of the user attached last before it applies again; the last
 	// user closes the queue, waiting a while for the deliveries in

@@ -227,6 +227,16 @@ func (j *JetStream) differs(o backend) string {
 // maxBytes is 0: the streams' limits apply.
 func (j *JetStream) maxBytes() int64 { return 0 }
 
+// Differs returns the first setting o configures differently if it
+// names the same queue, "" otherwise (see queue.Backend).
+func (j *JetStream) Differs(o queue.Backend) string {
+	ob, ok := o.(backend)
+	if !ok || ob.poolKey() != j.poolKey() {
+		return ""
+	}
+	return j.differs(ob)
+}
+
 // log is the module's logger.
 func (j *JetStream) log() *zap.Logger { return j.logger }
 

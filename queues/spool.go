@@ -199,6 +199,16 @@ func (s *Spool) differs(o backend) string {
 // maxBytes is the spool's max_spool_size.
 func (s *Spool) maxBytes() int64 { return s.settings.maxSize }
 
+// Differs returns the first setting o configures differently if it
+// names the same queue, "" otherwise (see queue.Backend).
+func (s *Spool) Differs(o queue.Backend) string {
+	ob, ok := o.(backend)
+	if !ok || ob.poolKey() != s.poolKey() {
+		return ""
+	}
+	return s.differs(ob)
+}
+
 // log is the module's logger.
 func (s *Spool) log() *zap.Logger { return s.logger }
 
