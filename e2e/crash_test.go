@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"bytes"
@@ -36,7 +36,7 @@ func buildCaddy(t *testing.T, ctx context.Context) string {
 		gobin = filepath.Join(build.Default.GOROOT, "bin", "go")
 	}
 	bin := filepath.Join(t.TempDir(), "caddy")
-	cmd := exec.CommandContext(ctx, gobin, "build", "-o", bin, "./cmd/caddy")
+	cmd := exec.CommandContext(ctx, gobin, "build", "-o", bin, "../cmd/caddy")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building cmd/caddy: %v\n%s", err, out)
 	}

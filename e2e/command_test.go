@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"strings"

@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"bufio"
@@ -24,10 +24,10 @@ import (
 )
 
 // The files whose PromQL expressions TestMonitoringUsesExportedMetrics
-// checks.
+// checks, from this package's directory.
 const (
-	dashboardFile = "deploy/grafana/caddy-atlas.json"
-	rulesFile     = "deploy/prometheus/caddy-atlas.rules.yml"
+	dashboardFile = "../deploy/grafana/caddy-atlas.json"
+	rulesFile     = "../deploy/prometheus/caddy-atlas.rules.yml"
 )
 
 // TestMonitoringUsesExportedMetrics runs a Caddy with an outbound route

@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"bytes"
@@ -580,7 +580,7 @@ func standardWebhooksVerify(t *testing.T, checks []regCheck) []string {
 	if err != nil {
 		t.Skip("node is not installed")
 	}
-	if _, err := os.Stat(filepath.Join("scripts", "interop", "node_modules", "standardwebhooks")); err != nil {
+	if _, err := os.Stat(filepath.Join("..", "scripts", "interop", "node_modules", "standardwebhooks")); err != nil {
 		t.Skip("scripts/interop/node_modules/standardwebhooks is missing; run `npm ci --prefix scripts/interop`")
 	}
 	type check struct {
@@ -604,7 +604,7 @@ func standardWebhooksVerify(t *testing.T, checks []regCheck) []string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, filepath.Join("scripts", "interop", "webhook-verify.mjs"))
+	cmd := exec.CommandContext(ctx, node, filepath.Join("..", "scripts", "interop", "webhook-verify.mjs"))
 	cmd.Stdin = bytes.NewReader(raw)
 	out, err := cmd.Output()
 	if err != nil {
