@@ -11,14 +11,11 @@ import (
 // a Caddy whose callback route is synchronous: it says so, rather than
 // printing an empty table.
 func TestCLIListWithoutDurableRoute(t *testing.T) {
+	skipShort(t)
 	t.Setenv("CLI_E2E_CLIENT_SECRET", "cli-e2e-callback-secret")
 	t.Setenv("CLI_E2E_SIGNING_KEY", "cli-e2e-signing-key-of-at-least-32-bytes")
 	tester := caddytest.NewTester(t)
-	tester.InitServer(`{
-`+e2eGlobalOptions+`	grace_period 1ns
-}
-http://localhost:9080 {
-	route {
+	tester.InitServer(caddyfile("\tgrace_period 1ns\n", `	route {
 		atlas {
 			callback /hooks/atlas {
 				client_id atlas-cli-e2e
@@ -28,8 +25,7 @@ http://localhost:9080 {
 		}
 		respond "app" 200
 	}
-}
-`, "caddyfile")
+`), "caddyfile")
 
 	out, err := runAtlasCLI(t, "callbacks", "list", "--address", "localhost:2999")
 	if err != nil || !strings.HasPrefix(out, "no durable callback route is configured") || strings.Contains(out, "ID") {

@@ -21,6 +21,7 @@ import (
 // payload is), the admin API and `caddy atlas callbacks list` count them
 // under the key id, and they are delivered byte for byte.
 func TestDurableE2EEncryptedAtRest(t *testing.T) {
+	skipShort(t)
 	k := sha256.Sum256([]byte("e2e spool key"))
 	keyPath := filepath.Join(t.TempDir(), "spool-key")
 	if err := os.WriteFile(keyPath, []byte(base64.StdEncoding.EncodeToString(k[:])+"\n"), 0o600); err != nil {

@@ -37,6 +37,7 @@ const (
 // dashboard and the alerting rules use exists, with the labels they
 // select on.
 func TestMonitoringUsesExportedMetrics(t *testing.T) {
+	skipShort(t)
 	const clientID, clientSecret = "metrics-client", "metrics-secret"
 	const cbID, cbSecret = "atlas-metrics", "atlas-metrics-callback-secret"
 	sim := atlastest.NewServer(t, atlastest.Options{ClientID: clientID, ClientSecret: clientSecret})
@@ -53,11 +54,7 @@ func TestMonitoringUsesExportedMetrics(t *testing.T) {
 	t.Setenv("METRICS_E2E_SIGNING_KEY", "metrics-e2e-signing-key-of-at-least-32-bytes")
 
 	tester := caddytest.NewTester(t)
-	tester.InitServer(fmt.Sprintf(`{
-`+e2eGlobalOptions+`	grace_period 1ns
-}
-http://localhost:9080 {
-	route {
+	tester.InitServer(caddyfile("\tgrace_period 1ns\n", fmt.Sprintf(`	route {
 		atlas {
 			endpoint {env.METRICS_E2E_ENDPOINT}
 			client_id {env.METRICS_E2E_CLIENT_ID}
@@ -72,8 +69,7 @@ http://localhost:9080 {
 		}
 		respond 404
 	}
-}
-`, cbID, filepath.Join(t.TempDir(), "spool"), app.URL+"/hooks/atlas"), "caddyfile")
+`, cbID, filepath.Join(t.TempDir(), "spool"), app.URL+"/hooks/atlas")), "caddyfile")
 
 	// Outbound: a token fetch and an extracts page, then a 401 replay.
 	batch := sim.CreateBatch("metrics-pan", "metrics-gst")

@@ -123,21 +123,17 @@ func storedFiles(t *testing.T, dir string) map[string][]byte {
 // storageConfig is a gateway in front of endpoint whose Caddy storage is
 // a file system at root; extra lines go into the atlas block.
 func storageConfig(endpoint, root, extra string) string {
-	return fmt.Sprintf(`{
-`+e2eGlobalOptions+`	grace_period 1ns
+	return caddyfile(fmt.Sprintf(`	grace_period 1ns
 	storage file_system {
 		root %s
 	}
-}
-http://localhost:9080 {
-	atlas {
+`, root), fmt.Sprintf(`	atlas {
 		endpoint      %s
 		client_id     {env.E2E_ATLAS_CLIENT_ID}
 		client_secret {env.E2E_ATLAS_CLIENT_SECRET}
 		%s
 	}
-}
-`, root, endpoint, extra)
+`, endpoint, extra))
 }
 
 // storedTokens returns the files under root's token prefix.
@@ -153,6 +149,7 @@ func storedTokens(t *testing.T, root string) map[string][]byte {
 }
 
 func TestE2ETokenInCaddyStorage(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	batch := sim.CreateBatch("pan-1")
 	root := t.TempDir()
