@@ -28,18 +28,21 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
-// The callback end-to-end tests run a real Caddy (caddytest, admin on
-// localhost:2999, HTTP on localhost:9080, shared with the other e2e
-// tests: none may run in parallel) with a callback-only atlas handler in
-// front of an httptest app. The Atlas simulator plays Atlas.
+// The callback end-to-end tests run a real Caddy (the in-process one,
+// shared with the other e2e tests: none may run in parallel) with a
+// callback-only atlas handler in front of an httptest app. The Atlas
+// simulator plays Atlas.
 
 const (
 	cbE2EClientID     = "atlas-callback-e2e"
 	cbE2EClientSecret = "cb-secret-never-in-a-log-91c2"
 	cbE2ESigningKey   = "cb-e2e-hmac-signing-key-0123456789abcdef"
-	cbE2EAuthURL      = "http://localhost:9080/hooks/atlas/auth"
-	cbE2ECallbackURL  = "http://localhost:9080/hooks/atlas"
 	cbE2EMaxBody      = 64 << 10
+)
+
+var (
+	cbE2EAuthURL     = gatewayURL + "/hooks/atlas/auth"
+	cbE2ECallbackURL = gatewayURL + "/hooks/atlas"
 )
 
 // post sends a request through the gateway.

@@ -23,12 +23,12 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
-// The durable-mode end-to-end tests run a real Caddy (caddytest, admin on
-// localhost:2999, HTTP on localhost:9080, like the other e2e tests: none
-// may run in parallel) with a callback route in durable mode that
-// delivers to a deduplicating receiver. The Atlas simulator plays Atlas.
+// The durable-mode end-to-end tests run a real Caddy (the in-process
+// one, like the other e2e tests: none may run in parallel) with a
+// callback route in durable mode that delivers to a deduplicating
+// receiver. The Atlas simulator plays Atlas.
 
-const durableAdminURL = "http://localhost:2999/atlas/callbacks"
+var durableAdminURL = adminURL + "/atlas/callbacks"
 
 // deliver plays Atlas delivering a new batch; it checks the 202
 // acknowledgement and returns the callback id and payload.
@@ -209,7 +209,7 @@ func TestDurableE2EAppFailsThenRecovers(t *testing.T) {
 		}
 	}
 
-	resp, err := http.Get("http://localhost:2999/metrics")
+	resp, err := http.Get(adminURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,29 +384,29 @@ func TestDurableE2ECLI(t *testing.T) {
 	b, _ := g.deliver(t, "cli-b")
 	callbacktest.Eventually(t, 5*time.Second, "2 dead letters", func() bool { return len(listCallbacks(t, "dead").Callbacks) == 2 })
 
-	out, err := runAtlasCLI(t, "callbacks", "list", "--state", "dead", "--address", "localhost:2999")
+	out, err := runAtlasCLI(t, "callbacks", "list", "--state", "dead", "--address", adminAddr)
 	if err != nil || !strings.Contains(out, a+"  dead") || !strings.Contains(out, b) ||
 		!strings.Contains(out, "receiver answered 502 Bad Gateway") || !strings.Contains(out, "0 pending, 2 dead, 0 delivered") {
 		t.Errorf("list: %v\n%s", err, out)
 	}
-	if out, err := runAtlasCLI(t, "callbacks", "list", "--json", "--address", "localhost:2999"); err != nil || !json.Valid([]byte(out)) {
+	if out, err := runAtlasCLI(t, "callbacks", "list", "--json", "--address", adminAddr); err != nil || !json.Valid([]byte(out)) {
 		t.Errorf("list --json: %v\n%s", err, out)
 	}
-	if out, err := runAtlasCLI(t, "callbacks", "purge", b, "--address", "localhost:2999"); err != nil || out != "callback "+b+" deleted\n" {
+	if out, err := runAtlasCLI(t, "callbacks", "purge", b, "--address", adminAddr); err != nil || out != "callback "+b+" deleted\n" {
 		t.Errorf("purge: %v %q", err, out)
 	}
 	rc.SetStatus(http.StatusOK)
-	if out, err := runAtlasCLI(t, "callbacks", "retry", "--state", "dead", "--address", "localhost:2999"); err != nil || out != "1 callback(s) due for delivery now\n" {
+	if out, err := runAtlasCLI(t, "callbacks", "retry", "--state", "dead", "--address", adminAddr); err != nil || out != "1 callback(s) due for delivery now\n" {
 		t.Errorf("retry: %v %q", err, out)
 	}
 	rc.WaitDelivered(t, 1, 5*time.Second)
 	if got := rc.Delivered(); len(got) != 1 || got[0] != a {
 		t.Errorf("delivered %v", got)
 	}
-	if _, err := runAtlasCLI(t, "callbacks", "retry", "--address", "localhost:2999"); err == nil {
+	if _, err := runAtlasCLI(t, "callbacks", "retry", "--address", adminAddr); err == nil {
 		t.Error("retry without an id or a state: no error")
 	}
-	if _, err := runAtlasCLI(t, "callbacks", "retry", a, "--address", "localhost:2999"); err == nil || !strings.Contains(err.Error(), "HTTP 409") {
+	if _, err := runAtlasCLI(t, "callbacks", "retry", a, "--address", adminAddr); err == nil || !strings.Contains(err.Error(), "HTTP 409") {
 		t.Errorf("retry of a delivered callback: %v", err)
 	}
 }

@@ -470,7 +470,7 @@ func TestE2EReloadKeepsToken(t *testing.T) {
 	}
 
 	// The metrics say what happened.
-	resp, err := http.Get("http://localhost:2999/metrics")
+	resp, err := http.Get(adminURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -498,11 +498,11 @@ func TestE2EJSONConfig(t *testing.T) {
 	batch := sim.CreateBatch("dl-1")
 	t.Setenv("E2E_ATLAS_CLIENT_ID", e2eClientID)
 	t.Setenv("E2E_ATLAS_CLIENT_SECRET", e2eClientSecret)
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(fmt.Sprintf(`{
-		"admin": {"listen": "localhost:2999"},
-		"apps": {"http": {"http_port": 9080, "https_port": 9443, "grace_period": 1,
-			"servers": {"gw": {"listen": [":9080"], "automatic_https": {"disable": true},
+		"admin": {"listen": %q},
+		"apps": {"http": {"http_port": %d, "https_port": %d, "grace_period": 1,
+			"servers": {"gw": {"listen": [":%d"], "automatic_https": {"disable": true},
 				"routes": [{"handle": [{
 					"handler": "atlas",
 					"endpoint": %q,
@@ -510,7 +510,7 @@ func TestE2EJSONConfig(t *testing.T) {
 					"client_secret": "{env.E2E_ATLAS_CLIENT_SECRET}",
 					"extracts_path": "/v1/extracts",
 					"upload_path": "off"
-				}]}]}}}}}`, sim.URL), "json")
+				}]}]}}}}}`, adminAddr, httpPort, httpsPort, httpPort, sim.URL), "json")
 	resp, body := get(t, tester, "/v1/extracts?batch_id="+batch)
 	if resp.StatusCode != 200 || len(decodePage(t, body).Data) != 1 {
 		t.Fatalf("JSON-configured extracts: %d %s", resp.StatusCode, body)

@@ -68,7 +68,7 @@ func TestDurableE2EEncryptedAtRest(t *testing.T) {
 	if n, _ := keys[keyID].(float64); n != 2 || len(keys) != 1 {
 		t.Errorf("admin API keys %v, want 2 under %s", l.Spools[0]["keys"], keyID)
 	}
-	out, err := runAtlasCLI(t, "callbacks", "list", "--address", "localhost:2999")
+	out, err := runAtlasCLI(t, "callbacks", "list", "--address", adminAddr)
 	if err != nil || !strings.Contains(out, "2 pending, 0 dead, 0 delivered; stored by key id: "+keyID+" 2") {
 		t.Errorf("list: %v\n%s", err, out)
 	}

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"go/build"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -37,18 +39,48 @@ func skipShort(t *testing.T) {
 	}
 }
 
-// The in-process Caddy (caddytest) has its admin API on localhost:2999
-// and HTTP on localhost:9080, in front of the Atlas simulator and
-// httptest apps. The tests that use it must not run in parallel.
-const gatewayURL = "http://localhost:9080"
+// The in-process Caddy (caddytest), in front of the Atlas simulator and
+// httptest apps, listens on loopback ports picked free as this test
+// binary starts: its admin API at adminAddr, HTTP at gatewayURL, and an
+// HTTPS port it serves nothing on. Two runs of these tests on one machine
+// thus have a Caddy each. The tests share it, one at a time: none may run
+// in parallel.
+var (
+	adminPort, httpPort, httpsPort = freeLoopbackPorts()
+
+	adminAddr  = "localhost:" + strconv.Itoa(adminPort)
+	adminURL   = "http://" + adminAddr
+	gatewayURL = "http://localhost:" + strconv.Itoa(httpPort)
+)
+
+// freeLoopbackPorts returns three ports free on 127.0.0.1, each held
+// until all three are picked, so that they differ.
+func freeLoopbackPorts() (admin, plain, tls int) {
+	var ports [3]int
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic("e2e: no free loopback port: " + err.Error())
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports[0], ports[1], ports[2]
+}
+
+// newTester is a caddytest.Tester of the in-process Caddy, whose admin API
+// is on adminPort (caddytest's own default is a fixed port, 2999).
+func newTester(t *testing.T) *caddytest.Tester {
+	t.Helper()
+	return caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
+}
 
 // caddyfile is a Caddyfile of the in-process Caddy: the global options
-// every one of them starts with (the admin endpoint and the HTTP ports
-// of the in-process Caddy, no trust store to install), then global's
-// lines (each Caddyfile has its own grace_period), then the site
-// gatewayURL with site's lines in it.
+// every one of them starts with (its admin endpoint and HTTP ports, no
+// trust store to install), then global's lines (each Caddyfile has its
+// own grace_period), then the site gatewayURL with site's lines in it.
 func caddyfile(global, site string) string {
-	return "{\n\tskip_install_trust\n\tadmin localhost:2999\n\thttp_port 9080\n\thttps_port 9443\n" +
+	return fmt.Sprintf("{\n\tskip_install_trust\n\tadmin %s\n\thttp_port %d\n\thttps_port %d\n", adminAddr, httpPort, httpsPort) +
 		global + "}\n" + gatewayURL + " {\n" + site + "}\n"
 }
 
@@ -98,7 +130,7 @@ func startGateway(t *testing.T, endpoint, extra string) (*caddytest.Tester, *e2e
 	t.Setenv("E2E_ATLAS_CLIENT_ID", e2eClientID)
 	t.Setenv("E2E_ATLAS_CLIENT_SECRET", e2eClientSecret)
 	app := newE2EApp(t)
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(e2eConfig(endpoint, app.Listener.Addr().String(), extra), "caddyfile")
 	return tester, app
 }
@@ -178,7 +210,7 @@ func startFaultGateway(t *testing.T, endpoint, extra string) (*caddytest.Tester,
 	t.Setenv("CB_E2E_CLIENT_SECRET", cbE2EClientSecret)
 	t.Setenv("CB_E2E_SIGNING_KEY", cbE2ESigningKey)
 	app := newSwitchableApp(t)
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(faultConfig(endpoint, app.Listener.Addr().String(), extra), "caddyfile")
 	return tester, app
 }
@@ -248,7 +280,7 @@ func startCallbackGateway(t *testing.T) *callbackE2E {
 	}))
 	t.Cleanup(app.Close)
 
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(caddyfile("\tgrace_period 1ns\n", fmt.Sprintf(`	atlas {
 		callback /hooks/atlas {
 			client_id     {env.CB_E2E_CLIENT_ID}
@@ -301,7 +333,7 @@ func startDurableGateway(t *testing.T, rc *callbacktest.Receiver, extra string) 
 	t.Setenv("CB_E2E_CLIENT_SECRET", cbE2EClientSecret)
 	t.Setenv("CB_E2E_SIGNING_KEY", cbE2ESigningKey)
 	dir := filepath.Join(t.TempDir(), "spool")
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(durableE2EConfig(dir, rc.URL+"/hooks/atlas", extra), "caddyfile")
 	return &durableE2E{
 		callbackE2E: &callbackE2E{tester: tester},

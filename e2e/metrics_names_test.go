@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
@@ -53,7 +52,7 @@ func TestMonitoringUsesExportedMetrics(t *testing.T) {
 	t.Setenv("METRICS_E2E_CB_SECRET", cbSecret)
 	t.Setenv("METRICS_E2E_SIGNING_KEY", "metrics-e2e-signing-key-of-at-least-32-bytes")
 
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(caddyfile("\tgrace_period 1ns\n", fmt.Sprintf(`	route {
 		atlas {
 			endpoint {env.METRICS_E2E_ENDPOINT}
@@ -74,7 +73,7 @@ func TestMonitoringUsesExportedMetrics(t *testing.T) {
 	// Outbound: a token fetch and an extracts page, then a 401 replay.
 	batch := sim.CreateBatch("metrics-pan", "metrics-gst")
 	for range 2 {
-		resp, err := http.Get("http://localhost:9080/atlas/extracts?batch_id=" + batch)
+		resp, err := http.Get(gatewayURL + "/atlas/extracts?batch_id=" + batch)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -87,7 +86,7 @@ func TestMonitoringUsesExportedMetrics(t *testing.T) {
 	}
 	// Callbacks: a refused authentication, a callback without a token,
 	// and one delivered through the spool.
-	req, _ := http.NewRequest(http.MethodPost, "http://localhost:9080/hooks/atlas/auth", nil)
+	req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/hooks/atlas/auth", nil)
 	req.Header.Set("Client-Id", cbID)
 	req.Header.Set("Client-Secret", "wrong")
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
@@ -95,13 +94,13 @@ func TestMonitoringUsesExportedMetrics(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
-	if resp, err := http.Post("http://localhost:9080/hooks/atlas", "application/json", strings.NewReader(`{"data":[]}`)); err != nil || resp.StatusCode != http.StatusUnauthorized {
+	if resp, err := http.Post(gatewayURL+"/hooks/atlas", "application/json", strings.NewReader(`{"data":[]}`)); err != nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("callback without a token: %v %v", err, resp)
 	} else {
 		resp.Body.Close()
 	}
 	d, err := sim.DeliverCallback(context.Background(), atlastest.CallbackTarget{
-		AuthURL: "http://localhost:9080/hooks/atlas/auth", CallbackURL: "http://localhost:9080/hooks/atlas",
+		AuthURL: gatewayURL + "/hooks/atlas/auth", CallbackURL: gatewayURL + "/hooks/atlas",
 		ClientID: cbID, ClientSecret: cbSecret,
 	}, batch)
 	if err != nil || d.CallbackStatus != http.StatusAccepted {
@@ -113,9 +112,9 @@ func TestMonitoringUsesExportedMetrics(t *testing.T) {
 		}
 	}
 
-	exported := scrapeMetrics(t, "http://localhost:2999/metrics")
+	exported := scrapeMetrics(t, adminURL+"/metrics")
 	// The spool's limit is max_spool_size, 4 GiB by default.
-	resp, err := http.Get("http://localhost:2999/metrics")
+	resp, err := http.Get(adminURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,16 +20,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
-
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
 )
 
 // The regulated-data end-to-end tests (issue 12): masking and signing of
 // the callback hand-off, and credential rotation with Atlas calling
-// throughout. Like the other e2e tests they run a real Caddy on
-// localhost:2999 and :9080, one at a time.
+// throughout. Like the other e2e tests they run the in-process Caddy,
+// one at a time.
 
 const (
 	regClientID     = "atlas-regulated-e2e"
@@ -37,12 +35,15 @@ const (
 	regSecretNew    = "reg-client-secret-new-a93e7d"
 	regSigningOld   = "reg-hmac-signing-key-old-0123456789abcdef"
 	regSigningNew   = "reg-hmac-signing-key-new-fedcba9876543210"
-	regAuthURL      = "http://localhost:9080/hooks/atlas/auth"
-	regCallbackURL  = "http://localhost:9080/hooks/atlas"
 	regMaskSettings = `mask aadhaar_number
 		mask pan_number
 		mask name redact
 		mask name_as_per_pan redact`
+)
+
+var (
+	regAuthURL     = gatewayURL + "/hooks/atlas/auth"
+	regCallbackURL = gatewayURL + "/hooks/atlas"
 )
 
 // regApp is the app behind the gateway: it records each delivery and
@@ -188,7 +189,7 @@ func TestE2ECallbackMaskedSigned(t *testing.T) {
 	sec2, file2 := regSecretFile(t)
 	t.Setenv("REG_WHSEC2", sec2)
 	app := newRegApp(t)
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(regConfig(regMaskSettings, fmt.Sprintf(`client_secret {env.REG_SECRET_OLD}
 				signing_key {env.REG_SIGNING_OLD}
 				sign_deliveries {file.%s}
@@ -247,7 +248,7 @@ func TestE2EDurableMaskedSigned(t *testing.T) {
 	app := newRegApp(t)
 	app.status.Store(http.StatusServiceUnavailable)
 	dir := filepath.Join(t.TempDir(), "spool")
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(regConfig(regMaskSettings, fmt.Sprintf(`client_secret {env.REG_SECRET_OLD}
 				signing_key {env.REG_SIGNING_OLD}
 				sign_deliveries {file.%s}
@@ -339,7 +340,7 @@ func TestE2ECallbackRotation(t *testing.T) {
 	skipShort(t)
 	regEnv(t)
 	app := newRegApp(t)
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	load := func(callback string) {
 		t.Helper()
 		tester.InitServer(regConfig("", callback, "reverse_proxy "+app.Listener.Addr().String()), "caddyfile")
@@ -476,7 +477,7 @@ func TestE2EAdminBodyMasked(t *testing.T) {
 	app.status.Store(http.StatusServiceUnavailable)
 	dir := filepath.Join(t.TempDir(), "spool")
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	load := func(atlas string) {
 		t.Helper()
 		cfg := regConfig(atlas, fmt.Sprintf(`client_secret {env.REG_SECRET_OLD}
@@ -496,7 +497,7 @@ func TestE2EAdminBodyMasked(t *testing.T) {
 		t.Fatalf("delivery: %v (%+v)", err, d)
 	}
 	id := sha256ID(payload)
-	admin := "http://localhost:2999/atlas/callbacks"
+	admin := adminURL + "/atlas/callbacks"
 	get := func(url string) []byte {
 		t.Helper()
 		resp, err := http.Get(url)

@@ -21,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/caddyserver/certmagic"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
@@ -155,7 +154,7 @@ func TestE2ETokenInCaddyStorage(t *testing.T) {
 	root := t.TempDir()
 	t.Setenv("E2E_ATLAS_CLIENT_ID", e2eClientID)
 	t.Setenv("E2E_ATLAS_CLIENT_SECRET", e2eClientSecret)
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	extracts := "/atlas/extracts?batch_id=" + batch
 	wantOK := func(when string) {
 		t.Helper()

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
-
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
 )
 
@@ -50,7 +48,7 @@ func TestTracingE2E(t *testing.T) {
 	defer atlas.Close()
 	batch := rec.sim.CreateBatch("pan-1")
 
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(caddyfile("\tgrace_period 1ns\n", fmt.Sprintf(`	tracing {
 		span gateway
 	}
