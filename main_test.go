@@ -10,10 +10,11 @@ import (
 )
 
 // TestMain points Caddy's default storage, where the atlas handler keeps
-// its token (see token_storage.go), at a directory of this run: the
-// in-process gateways of the tests then neither write into the user's Caddy
-// data directory nor find a token stored there by another run (say, for a
-// simulator that had the same port).
+// its token (see token_storage.go), at a directory of this run: a handler
+// a test provisions then neither writes into the user's Caddy data
+// directory nor finds a token stored there by another run. The gateways
+// of the end-to-end tests run in package e2e, which has a TestMain of its
+// own.
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "caddy-atlas-test-storage-")
 	if err != nil {

@@ -3,9 +3,7 @@ package caddyatlas
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io/fs"
-	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -250,105 +247,6 @@ func TestStorageFleetOneLiveToken(t *testing.T) {
 	}
 	if n := sim.Calls(atlastest.EndpointExtracts); n != 300 {
 		t.Errorf("extracts calls = %d, want 300 (no 401, no replay)", n)
-	}
-}
-
-// storageConfig is a gateway in front of endpoint whose Caddy storage is
-// a file system at root; extra lines go into the atlas block.
-func storageConfig(endpoint, root, extra string) string {
-	return fmt.Sprintf(`{
-`+e2eGlobalOptions+`	grace_period 1ns
-	storage file_system {
-		root %s
-	}
-}
-http://localhost:9080 {
-	atlas {
-		endpoint      %s
-		client_id     {env.E2E_ATLAS_CLIENT_ID}
-		client_secret {env.E2E_ATLAS_CLIENT_SECRET}
-		%s
-	}
-}
-`, root, endpoint, extra)
-}
-
-// storedTokens returns the files under root's token prefix.
-func storedTokens(t *testing.T, root string) map[string][]byte {
-	t.Helper()
-	out := map[string][]byte{}
-	for name, data := range storedFiles(t, root) {
-		if strings.HasPrefix(filepath.ToSlash(name), tokenStoragePrefix) {
-			out[name] = data
-		}
-	}
-	return out
-}
-
-func TestE2ETokenInCaddyStorage(t *testing.T) {
-	sim := newSimulator(t)
-	batch := sim.CreateBatch("pan-1")
-	root := t.TempDir()
-	t.Setenv("E2E_ATLAS_CLIENT_ID", e2eClientID)
-	t.Setenv("E2E_ATLAS_CLIENT_SECRET", e2eClientSecret)
-	tester := caddytest.NewTester(t)
-	extracts := "/atlas/extracts?batch_id=" + batch
-	wantOK := func(when string) {
-		t.Helper()
-		if resp, body := get(t, tester, extracts); resp.StatusCode != http.StatusOK {
-			t.Fatalf("%s: %d %s", when, resp.StatusCode, body)
-		}
-	}
-
-	// The token is stored, sealed, in the configured storage.
-	tester.InitServer(storageConfig(sim.URL, root, ""), "caddyfile")
-	wantOK("first request")
-	tokens := storedTokens(t, root)
-	if len(tokens) != 1 {
-		t.Fatalf("stored tokens %v, want one under %s", tokens, tokenStoragePrefix)
-	}
-	for name, data := range tokens {
-		for _, tok := range sim.IssuedTokens() {
-			if bytes.Contains(data, []byte(tok)) {
-				t.Errorf("%s holds the token in the clear", name)
-			}
-		}
-	}
-
-	// token_storage off: a source of its own, in memory only.
-	tester.InitServer(storageConfig(sim.URL, root, "token_storage off"), "caddyfile")
-	wantOK("token_storage off")
-	if n := sim.Calls(atlastest.EndpointAuthToken); n != 2 {
-		t.Errorf("authtoken calls = %d, want 2 (token_storage off fetches its own)", n)
-	}
-	if after := storedTokens(t, root); !maps.EqualFunc(after, tokens, bytes.Equal) {
-		t.Error("token_storage off wrote to the storage")
-	}
-
-	// Back to the storage, with a new token source (the one before was
-	// released with its config): it takes the stored token, as another
-	// instance or a restarted one would.
-	tester.InitServer(storageConfig(sim.URL, root, ""), "caddyfile")
-	wantOK("back on the storage")
-	if n := sim.Calls(atlastest.EndpointAuthToken); n != 2 {
-		t.Errorf("authtoken calls = %d, want still 2: the stored token is taken", n)
-	}
-
-	// A record that does not open with this secret (another run, another
-	// secret) is replaced after one authtoken call.
-	foreign, err := newStorageTokenStore(&certmagic.FileStorage{Path: root}, sim.URL, e2eClientID, "not-this-secret")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := foreign.Store(context.Background(), atlasclient.Token{Value: "foreign", IssuedAt: time.Now(), Expiry: time.Now().Add(time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-	tester.InitServer(storageConfig(sim.URL, root, "token_storage off"), "caddyfile") // release the source
-	tester.InitServer(storageConfig(sim.URL, root, ""), "caddyfile")
-	wantOK("with a foreign record")
-	mine, _ := newStorageTokenStore(&certmagic.FileStorage{Path: root}, sim.URL, e2eClientID, e2eClientSecret)
-	if tok, err := mine.Load(context.Background()); err != nil || tok.Value == "" || tok.Value == "foreign" {
-		t.Errorf("after the foreign record: stored %v, %v; want a token of this secret's", tok, err)
 	}
 }
 

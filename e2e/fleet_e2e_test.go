@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"bytes"
@@ -244,9 +244,7 @@ func runFleet(t *testing.T, ctx context.Context, bin string, shared bool) (cold,
 const revokedWarning = "atlas refused a token early in its life"
 
 func TestFleetSharesOneToken(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs three Caddy binaries")
-	}
+	skipShort(t)
 	if runtime.GOOS == "windows" {
 		t.Skip("needs SIGKILL")
 	}

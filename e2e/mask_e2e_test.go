@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"bytes"
@@ -95,6 +95,7 @@ func checkMaskedFileData(t *testing.T, id string, got, orig json.RawMessage) {
 // all=1 carry the masked values and every other byte of Atlas's
 // documents; no identity value of a masked field reaches the client.
 func TestE2EMaskExtracts(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	ids := make([]string, 0, 120)
 	for _, kind := range []string{"aadhaar", "pan", "passport"} {
@@ -168,6 +169,7 @@ func TestE2EMaskExtracts(t *testing.T) {
 // read is never passed on: a 502, with no byte of it, on a page and as
 // the first page of all=1.
 func TestE2EMaskRefusesUnreadablePage(t *testing.T) {
+	skipShort(t)
 	const partial = `{"data":[{"document_id":"a","file_data":{"aadhaar_number":{"value":"2345 6789 0123"`
 	atlas := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

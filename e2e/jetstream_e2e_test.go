@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"bytes"
@@ -89,9 +89,7 @@ func startJSInstance(t *testing.T, ctx context.Context, bin, work string, i int,
 }
 
 func TestJetStreamFleet(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the Caddy binary")
-	}
+	skipShort(t)
 	if runtime.GOOS == "windows" {
 		t.Skip("needs SIGKILL")
 	}

@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"fmt"
@@ -7,8 +7,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-
-	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
 )
@@ -38,6 +36,7 @@ func (tr *traceparentRecorder) traceparents(path string) []string {
 // calls to Atlas (authtoken, extracts, upload) carry a W3C traceparent of
 // the client's trace, each from a span of its own under the request's.
 func TestTracingE2E(t *testing.T) {
+	skipShort(t)
 	t.Setenv("OTEL_TRACES_EXPORTER", "none")
 	t.Setenv("E2E_ATLAS_CLIENT_ID", e2eClientID)
 	t.Setenv("E2E_ATLAS_CLIENT_SECRET", e2eClientSecret)
@@ -49,12 +48,8 @@ func TestTracingE2E(t *testing.T) {
 	defer atlas.Close()
 	batch := rec.sim.CreateBatch("pan-1")
 
-	tester := caddytest.NewTester(t)
-	tester.InitServer(fmt.Sprintf(`{
-`+e2eGlobalOptions+`	grace_period 1ns
-}
-http://localhost:9080 {
-	tracing {
+	tester := newTester(t)
+	tester.InitServer(caddyfile("\tgrace_period 1ns\n", fmt.Sprintf(`	tracing {
 		span gateway
 	}
 	atlas {
@@ -63,8 +58,7 @@ http://localhost:9080 {
 		client_secret {env.E2E_ATLAS_CLIENT_SECRET}
 		token_storage off
 	}
-}
-`, atlas.URL), "caddyfile")
+`, atlas.URL)), "caddyfile")
 
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 	const clientSpan = "00f067aa0ba902b7"

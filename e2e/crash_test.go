@@ -1,19 +1,16 @@
-package caddyatlas
+package e2e
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"go/build"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -27,92 +24,6 @@ import (
 
 // The crash test runs the real Caddy binary (cmd/caddy) in a process of
 // its own, so that it can be killed with SIGKILL.
-
-// buildCaddy builds cmd/caddy into a temporary directory.
-func buildCaddy(t *testing.T, ctx context.Context) string {
-	t.Helper()
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		gobin = filepath.Join(build.Default.GOROOT, "bin", "go")
-	}
-	bin := filepath.Join(t.TempDir(), "caddy")
-	cmd := exec.CommandContext(ctx, gobin, "build", "-o", bin, "./cmd/caddy")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building cmd/caddy: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// caddyProcess is a running Caddy binary.
-type caddyProcess struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// startCaddyProcess runs bin with the Caddyfile at config and waits until
-// the auth route answers at authURL.
-func startCaddyProcess(t *testing.T, ctx context.Context, bin, config, home, logFile, authURL string) *caddyProcess {
-	t.Helper()
-	env := []string{"CRASH_CLIENT_ID=" + cbE2EClientID, "CRASH_CLIENT_SECRET=" + cbE2EClientSecret, "CRASH_SIGNING_KEY=" + cbE2ESigningKey}
-	// provisioning a JetStream queue waits for the cluster
-	return runCaddy(t, ctx, bin, config, home, logFile, env, 45*time.Second, func() bool {
-		tok, err := crashToken(authURL)
-		return err == nil && tok != ""
-	})
-}
-
-// runCaddy runs bin with the Caddyfile at config, HOME and the XDG
-// directories at home, env added to the environment and its output
-// appended to logFile, and waits (at most within) until ready reports
-// true. The process is killed at the end of the test; if the test
-// failed, its log is printed.
-func runCaddy(t *testing.T, ctx context.Context, bin, config, home, logFile string, env []string, within time.Duration, ready func() bool) *caddyProcess {
-	t.Helper()
-	logs, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logs.Close()
-	cmd := exec.CommandContext(ctx, bin, "run", "--config", config, "--adapter", "caddyfile")
-	cmd.Env = append(append(os.Environ(), "HOME="+home, "XDG_DATA_HOME="+home, "XDG_CONFIG_HOME="+home), env...)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &caddyProcess{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.kill()
-		if t.Failed() {
-			out, _ := os.ReadFile(logFile)
-			t.Logf("%s:\n%s", logFile, out)
-		}
-	})
-	deadline := time.Now().Add(within)
-	for !ready() {
-		select {
-		case <-p.done:
-			out, _ := os.ReadFile(logFile)
-			t.Fatalf("caddy exited:\n%s", out)
-		default:
-		}
-		if time.Now().After(deadline) {
-			out, _ := os.ReadFile(logFile)
-			t.Fatalf("caddy did not start:\n%s", out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return p
-}
-
-// kill sends SIGKILL and waits for the process to be gone.
-func (p *caddyProcess) kill() {
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
 
 // crashToken fetches a callback token.
 func crashToken(authURL string) (string, error) {
@@ -136,9 +47,7 @@ func crashToken(authURL string) (string, error) {
 // restarts it on the same spool, and checks that every callback it
 // acknowledged is delivered.
 func TestCrashKill9LosesNoAcknowledgedCallback(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the Caddy binary")
-	}
+	skipShort(t)
 	if runtime.GOOS == "windows" {
 		t.Skip("needs SIGKILL")
 	}

@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"bufio"
@@ -18,8 +18,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
@@ -49,8 +47,11 @@ const (
 	leakCBClientID        = "leak-callback-client"
 	leakCBClientSecret    = "leak-callback-secret-a07c4e21b9"
 	leakCBSigningKey      = "leak-signing-key-6b2f0e8d4c1a9f7e3b5d"
-	leakAuthURL           = gatewayURL + "/hooks/atlas/auth"
-	leakCallbackURL       = gatewayURL + "/hooks/atlas"
+)
+
+var (
+	leakAuthURL     = gatewayURL + "/hooks/atlas/auth"
+	leakCallbackURL = gatewayURL + "/hooks/atlas"
 )
 
 // leakRawAccessLog runs the audit with a bare access log, which Caddy
@@ -77,16 +78,13 @@ func leakConfig(logDir, endpoint, appAddr, extra string) string {
 	if *leakRawAccessLog {
 		format = "format json"
 	}
-	return fmt.Sprintf(`{
-`+e2eGlobalOptions+`	grace_period 1ns
+	return caddyfile(fmt.Sprintf(`	grace_period 1ns
 	log {
-		output file %[1]s/caddy.log
+		output file %s/caddy.log
 		format json
 		level DEBUG
 	}
-}
-http://localhost:9080 {
-	log {
+`, logDir), fmt.Sprintf(`	log {
 		output file %[1]s/access.log
 		%[5]s
 	}
@@ -115,8 +113,7 @@ http://localhost:9080 {
 		}
 	}
 	reverse_proxy %[3]s
-}
-`, logDir, endpoint, appAddr, extra, format, leakMaskSettings)
+`, logDir, endpoint, appAddr, extra, format, leakMaskSettings))
 }
 
 // leakMaskSettings masks every identity value of the audited payloads:
@@ -211,6 +208,7 @@ type leakNeedle struct {
 }
 
 func TestLeakAudit(t *testing.T) {
+	skipShort(t)
 	logDir := t.TempDir()
 	t.Setenv("LEAK_ATLAS_CLIENT_ID", leakAtlasClientID)
 	t.Setenv("LEAK_ATLAS_CLIENT_SECRET", leakAtlasClientSecret)
@@ -244,7 +242,7 @@ func TestLeakAudit(t *testing.T) {
 		t.Fatalf("%d identity values in the audited batch", len(identities))
 	}
 
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(leakConfig(logDir, sim.URL, app.Listener.Addr().String(), ""), "caddyfile")
 	c := tester.Client
 	requests := 0
@@ -339,7 +337,7 @@ func TestLeakAudit(t *testing.T) {
 	if err := json.Unmarshal(body, &ack); err != nil || ack.CallbackID == "" {
 		t.Fatalf("durable ack %s", body)
 	}
-	admin := "http://localhost:2999/atlas/callbacks"
+	admin := adminURL + "/atlas/callbacks"
 	// The admin endpoint's requests are not in the site's access log.
 	adminGet := func(label, url string) (int, []byte) {
 		t.Helper()
@@ -367,8 +365,8 @@ func TestLeakAudit(t *testing.T) {
 		t.Fatalf("?body=1 shows no masked body: %s", body)
 	}
 	for _, args := range [][]string{
-		{"callbacks", "list", "--address", "localhost:2999"},
-		{"callbacks", "list", "--state", "dead", "--json", "--address", "localhost:2999"},
+		{"callbacks", "list", "--address", adminAddr},
+		{"callbacks", "list", "--state", "dead", "--json", "--address", adminAddr},
 	} {
 		out, err := runAtlasCLI(t, args...)
 		if err != nil {
@@ -376,7 +374,7 @@ func TestLeakAudit(t *testing.T) {
 		}
 		rec.add("CLI: caddy atlas "+strings.Join(args, " "), out)
 	}
-	status, body = adminGet("metrics", "http://localhost:2999/metrics")
+	status, body = adminGet("metrics", adminURL+"/metrics")
 	want("metrics", status, http.StatusOK, body)
 	if !bytes.Contains(body, []byte("caddy_atlas_callbacks_total")) {
 		t.Fatal("the metrics hold no caddy_atlas series")

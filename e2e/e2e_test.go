@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"bytes"
@@ -17,83 +17,13 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
 )
 
-// The end-to-end tests run a real Caddy in this process (caddytest), with
-// its admin API on localhost:2999 and HTTP on localhost:9080, in front of
-// the Atlas simulator and an httptest app. They must not run in parallel.
+// The outbound routes' end-to-end tests: a gateway (startGateway) in
+// front of the Atlas simulator and an httptest app.
 
 const (
 	e2eClientID     = "e2e-client"
 	e2eClientSecret = "e2e-secret-do-not-leak-7f3a"
-	gatewayURL      = "http://localhost:9080"
 )
-
-// e2eConfig is the Caddyfile of a gateway in front of upstream Atlas at
-// endpoint and an app at appAddr; extra lines go into the atlas block.
-// e2eGlobalOptions are the global options every end-to-end Caddyfile of
-// this package starts with: the admin endpoint and the HTTP ports the
-// caddytest tests use (fixed, so these tests do not run in parallel with
-// another Caddy on them), and no trust store to install. Each
-// Caddyfile adds its own grace_period and whatever else it needs.
-const e2eGlobalOptions = "\tskip_install_trust\n\tadmin localhost:2999\n\thttp_port 9080\n\thttps_port 9443\n"
-
-func e2eConfig(endpoint, appAddr, extra string) string {
-	return fmt.Sprintf(`{
-`+e2eGlobalOptions+`	grace_period 1ns
-}
-http://localhost:9080 {
-	atlas {
-		endpoint      %s
-		client_id     {env.E2E_ATLAS_CLIENT_ID}
-		client_secret {env.E2E_ATLAS_CLIENT_SECRET}
-		%s
-	}
-	reverse_proxy %s
-}
-`, endpoint, extra, appAddr)
-}
-
-// e2eApp is the app behind the gateway: it records what reaches it.
-type e2eApp struct {
-	*httptest.Server
-	mu       sync.Mutex
-	requests []*http.Request
-}
-
-func newE2EApp(t *testing.T) *e2eApp {
-	t.Helper()
-	a := new(e2eApp)
-	a.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a.mu.Lock()
-		a.requests = append(a.requests, r.Clone(r.Context()))
-		a.mu.Unlock()
-		_, _ = io.WriteString(w, "app:"+r.URL.Path)
-	}))
-	t.Cleanup(a.Close)
-	return a
-}
-
-func (a *e2eApp) count() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return len(a.requests)
-}
-
-// startGateway loads a gateway config in front of Atlas at endpoint and
-// returns the tester and the app.
-func startGateway(t *testing.T, endpoint, extra string) (*caddytest.Tester, *e2eApp) {
-	t.Helper()
-	t.Setenv("E2E_ATLAS_CLIENT_ID", e2eClientID)
-	t.Setenv("E2E_ATLAS_CLIENT_SECRET", e2eClientSecret)
-	app := newE2EApp(t)
-	tester := caddytest.NewTester(t)
-	tester.InitServer(e2eConfig(endpoint, app.Listener.Addr().String(), extra), "caddyfile")
-	return tester, app
-}
-
-func newSimulator(t *testing.T) *atlastest.Server {
-	t.Helper()
-	return atlastest.NewServer(t, atlastest.Options{ClientID: e2eClientID, ClientSecret: e2eClientSecret})
-}
 
 // get sends a GET through the gateway with optional header pairs.
 func get(t *testing.T, tester *caddytest.Tester, path string, headers ...string) (*http.Response, []byte) {
@@ -178,6 +108,7 @@ func docIDs(prefix string, n int) []string {
 }
 
 func TestE2EExtractsInjectsTokenAndStripsCallerCredentials(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	batch := sim.CreateBatch(docIDs("pan", 3)...)
 	tester, app := startGateway(t, sim.URL, "")
@@ -219,6 +150,7 @@ func TestE2EExtractsInjectsTokenAndStripsCallerCredentials(t *testing.T) {
 }
 
 func TestE2EExtractsQueryValidation(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	batch := sim.CreateBatch(docIDs("doc", 60)...)
 	tester, _ := startGateway(t, sim.URL, "")
@@ -278,6 +210,7 @@ func TestE2EExtractsQueryValidation(t *testing.T) {
 }
 
 func TestE2EReplaysOnceAfterRevocation(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	batch := sim.CreateBatch("pan-1", "aadhaar-2")
 	tester, _ := startGateway(t, sim.URL, "")
@@ -296,6 +229,7 @@ func TestE2EReplaysOnceAfterRevocation(t *testing.T) {
 }
 
 func TestE2ECredentialsRefused(t *testing.T) {
+	skipShort(t)
 	sim := atlastest.NewServer(t, atlastest.Options{ClientID: e2eClientID, ClientSecret: "another-secret"})
 	tester, _ := startGateway(t, sim.URL, "")
 
@@ -307,6 +241,7 @@ func TestE2ECredentialsRefused(t *testing.T) {
 }
 
 func TestE2EAtlasDownAndSlow(t *testing.T) {
+	skipShort(t)
 	// A listener that is closed at once: nothing answers at that address.
 	l := httptest.NewServer(http.NotFoundHandler())
 	deadURL := l.URL
@@ -332,6 +267,7 @@ func TestE2EAtlasDownAndSlow(t *testing.T) {
 }
 
 func TestE2EConcurrentColdStartFetchesOneToken(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	batch := sim.CreateBatch(docIDs("voter", 2)...)
 	tester, _ := startGateway(t, sim.URL, "")
@@ -364,6 +300,7 @@ func TestE2EConcurrentColdStartFetchesOneToken(t *testing.T) {
 }
 
 func TestE2EAllStreamsEveryDocument(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	ids := docIDs("doc", 500)
 	batch := sim.CreateBatch(ids...)
@@ -418,6 +355,7 @@ func TestE2EAllStreamsEveryDocument(t *testing.T) {
 }
 
 func TestE2EUploadThenExtracts(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	tester, app := startGateway(t, sim.URL, "max_upload_body 2KiB")
 
@@ -486,6 +424,7 @@ func TestE2EUploadThenExtracts(t *testing.T) {
 }
 
 func TestE2EUploadReplaysBufferedBodyOn401(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	tester, _ := startGateway(t, sim.URL, "")
 	if resp, body := get(t, tester, "/atlas/extracts?batch_id="+sim.CreateBatch("pan-0")); resp.StatusCode != 200 {
@@ -514,6 +453,7 @@ func TestE2EUploadReplaysBufferedBodyOn401(t *testing.T) {
 }
 
 func TestE2EReloadKeepsToken(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	batch := sim.CreateBatch("gst-1")
 	tester, app := startGateway(t, sim.URL, "")
@@ -530,7 +470,7 @@ func TestE2EReloadKeepsToken(t *testing.T) {
 	}
 
 	// The metrics say what happened.
-	resp, err := http.Get("http://localhost:2999/metrics")
+	resp, err := http.Get(adminURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -553,15 +493,16 @@ func TestE2EReloadKeepsToken(t *testing.T) {
 }
 
 func TestE2EJSONConfig(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	batch := sim.CreateBatch("dl-1")
 	t.Setenv("E2E_ATLAS_CLIENT_ID", e2eClientID)
 	t.Setenv("E2E_ATLAS_CLIENT_SECRET", e2eClientSecret)
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(fmt.Sprintf(`{
-		"admin": {"listen": "localhost:2999"},
-		"apps": {"http": {"http_port": 9080, "https_port": 9443, "grace_period": 1,
-			"servers": {"gw": {"listen": [":9080"], "automatic_https": {"disable": true},
+		"admin": {"listen": %q},
+		"apps": {"http": {"http_port": %d, "https_port": %d, "grace_period": 1,
+			"servers": {"gw": {"listen": [":%d"], "automatic_https": {"disable": true},
 				"routes": [{"handle": [{
 					"handler": "atlas",
 					"endpoint": %q,
@@ -569,7 +510,7 @@ func TestE2EJSONConfig(t *testing.T) {
 					"client_secret": "{env.E2E_ATLAS_CLIENT_SECRET}",
 					"extracts_path": "/v1/extracts",
 					"upload_path": "off"
-				}]}]}}}}}`, sim.URL), "json")
+				}]}]}}}}}`, adminAddr, httpPort, httpsPort, httpPort, sim.URL), "json")
 	resp, body := get(t, tester, "/v1/extracts?batch_id="+batch)
 	if resp.StatusCode != 200 || len(decodePage(t, body).Data) != 1 {
 		t.Fatalf("JSON-configured extracts: %d %s", resp.StatusCode, body)

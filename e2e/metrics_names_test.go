@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"bufio"
@@ -17,17 +17,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
 )
 
 // The files whose PromQL expressions TestMonitoringUsesExportedMetrics
-// checks.
+// checks, from this package's directory.
 const (
-	dashboardFile = "deploy/grafana/caddy-atlas.json"
-	rulesFile     = "deploy/prometheus/caddy-atlas.rules.yml"
+	dashboardFile = "../deploy/grafana/caddy-atlas.json"
+	rulesFile     = "../deploy/prometheus/caddy-atlas.rules.yml"
 )
 
 // TestMonitoringUsesExportedMetrics runs a Caddy with an outbound route
@@ -37,6 +36,7 @@ const (
 // dashboard and the alerting rules use exists, with the labels they
 // select on.
 func TestMonitoringUsesExportedMetrics(t *testing.T) {
+	skipShort(t)
 	const clientID, clientSecret = "metrics-client", "metrics-secret"
 	const cbID, cbSecret = "atlas-metrics", "atlas-metrics-callback-secret"
 	sim := atlastest.NewServer(t, atlastest.Options{ClientID: clientID, ClientSecret: clientSecret})
@@ -52,12 +52,8 @@ func TestMonitoringUsesExportedMetrics(t *testing.T) {
 	t.Setenv("METRICS_E2E_CB_SECRET", cbSecret)
 	t.Setenv("METRICS_E2E_SIGNING_KEY", "metrics-e2e-signing-key-of-at-least-32-bytes")
 
-	tester := caddytest.NewTester(t)
-	tester.InitServer(fmt.Sprintf(`{
-`+e2eGlobalOptions+`	grace_period 1ns
-}
-http://localhost:9080 {
-	route {
+	tester := newTester(t)
+	tester.InitServer(caddyfile("\tgrace_period 1ns\n", fmt.Sprintf(`	route {
 		atlas {
 			endpoint {env.METRICS_E2E_ENDPOINT}
 			client_id {env.METRICS_E2E_CLIENT_ID}
@@ -72,13 +68,12 @@ http://localhost:9080 {
 		}
 		respond 404
 	}
-}
-`, cbID, filepath.Join(t.TempDir(), "spool"), app.URL+"/hooks/atlas"), "caddyfile")
+`, cbID, filepath.Join(t.TempDir(), "spool"), app.URL+"/hooks/atlas")), "caddyfile")
 
 	// Outbound: a token fetch and an extracts page, then a 401 replay.
 	batch := sim.CreateBatch("metrics-pan", "metrics-gst")
 	for range 2 {
-		resp, err := http.Get("http://localhost:9080/atlas/extracts?batch_id=" + batch)
+		resp, err := http.Get(gatewayURL + "/atlas/extracts?batch_id=" + batch)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,7 +86,7 @@ http://localhost:9080 {
 	}
 	// Callbacks: a refused authentication, a callback without a token,
 	// and one delivered through the spool.
-	req, _ := http.NewRequest(http.MethodPost, "http://localhost:9080/hooks/atlas/auth", nil)
+	req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/hooks/atlas/auth", nil)
 	req.Header.Set("Client-Id", cbID)
 	req.Header.Set("Client-Secret", "wrong")
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
@@ -99,13 +94,13 @@ http://localhost:9080 {
 	} else {
 		resp.Body.Close()
 	}
-	if resp, err := http.Post("http://localhost:9080/hooks/atlas", "application/json", strings.NewReader(`{"data":[]}`)); err != nil || resp.StatusCode != http.StatusUnauthorized {
+	if resp, err := http.Post(gatewayURL+"/hooks/atlas", "application/json", strings.NewReader(`{"data":[]}`)); err != nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("callback without a token: %v %v", err, resp)
 	} else {
 		resp.Body.Close()
 	}
 	d, err := sim.DeliverCallback(context.Background(), atlastest.CallbackTarget{
-		AuthURL: "http://localhost:9080/hooks/atlas/auth", CallbackURL: "http://localhost:9080/hooks/atlas",
+		AuthURL: gatewayURL + "/hooks/atlas/auth", CallbackURL: gatewayURL + "/hooks/atlas",
 		ClientID: cbID, ClientSecret: cbSecret,
 	}, batch)
 	if err != nil || d.CallbackStatus != http.StatusAccepted {
@@ -117,9 +112,9 @@ http://localhost:9080 {
 		}
 	}
 
-	exported := scrapeMetrics(t, "http://localhost:2999/metrics")
+	exported := scrapeMetrics(t, adminURL+"/metrics")
 	// The spool's limit is max_spool_size, 4 GiB by default.
-	resp, err := http.Get("http://localhost:2999/metrics")
+	resp, err := http.Get(adminURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

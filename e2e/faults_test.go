@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"context"
@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
-
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
 )
 
@@ -26,88 +24,11 @@ import (
 // failing during callbacks, and reloads under load. Each case asserts an
 // outcome.
 
-// faultConfig is a gateway with both outbound routes and a synchronous
-// callback route in front of endpoint and the app at appAddr.
-func faultConfig(endpoint, appAddr, extra string) string {
-	return faultConfigGrace(endpoint, appAddr, extra, "1ns")
-}
-
-// faultConfigGrace is faultConfig with a grace period for the old
-// servers of a reload.
-func faultConfigGrace(endpoint, appAddr, extra, grace string) string {
-	return fmt.Sprintf(`{
-`+e2eGlobalOptions+`	grace_period %s
-}
-http://localhost:9080 {
-	atlas {
-		endpoint      %s
-		client_id     {env.E2E_ATLAS_CLIENT_ID}
-		client_secret {env.E2E_ATLAS_CLIENT_SECRET}
-		%s
-		callback /hooks/atlas {
-			client_id     {env.CB_E2E_CLIENT_ID}
-			client_secret {env.CB_E2E_CLIENT_SECRET}
-			signing_key   {env.CB_E2E_SIGNING_KEY}
-		}
-	}
-	# No keep-alive to the app: reverse_proxy's idle connections outlive
-	# a reload by design (until they time out), which would hide any
-	# goroutine that the atlas handler leaked.
-	reverse_proxy %s {
-		transport http {
-			keepalive off
-		}
-	}
-}
-`, grace, endpoint, extra, appAddr)
-}
-
-// switchableApp is an app whose answer a test can change: a status, or a
-// delay before answering 200.
-type switchableApp struct {
-	*httptest.Server
-	status atomic.Int32
-	delay  atomic.Int64
-	hits   atomic.Int32
-}
-
-func newSwitchableApp(t *testing.T) *switchableApp {
-	t.Helper()
-	a := new(switchableApp)
-	a.status.Store(http.StatusOK)
-	a.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a.hits.Add(1)
-		_, _ = io.Copy(io.Discard, r.Body)
-		if d := time.Duration(a.delay.Load()); d > 0 {
-			select {
-			case <-time.After(d):
-			case <-r.Context().Done():
-				return
-			}
-		}
-		w.WriteHeader(int(a.status.Load()))
-	}))
-	t.Cleanup(a.Close)
-	return a
-}
-
-func startFaultGateway(t *testing.T, endpoint, extra string) (*caddytest.Tester, *switchableApp) {
-	t.Helper()
-	t.Setenv("E2E_ATLAS_CLIENT_ID", e2eClientID)
-	t.Setenv("E2E_ATLAS_CLIENT_SECRET", e2eClientSecret)
-	t.Setenv("CB_E2E_CLIENT_ID", cbE2EClientID)
-	t.Setenv("CB_E2E_CLIENT_SECRET", cbE2EClientSecret)
-	t.Setenv("CB_E2E_SIGNING_KEY", cbE2ESigningKey)
-	app := newSwitchableApp(t)
-	tester := caddytest.NewTester(t)
-	tester.InitServer(faultConfig(endpoint, app.Listener.Addr().String(), extra), "caddyfile")
-	return tester, app
-}
-
 // TestFaultAuthtokenDownLongerThanTokenLifetime: the gateway serves while
 // its token is valid, answers 502 with a clear error once it has expired,
 // backs off rather than storming authtoken, and recovers by itself.
 func TestFaultAuthtokenDownLongerThanTokenLifetime(t *testing.T) {
+	skipShort(t)
 	sim := atlastest.NewServer(t, atlastest.Options{
 		ClientID: e2eClientID, ClientSecret: e2eClientSecret, TokenLifetime: 4 * time.Second,
 	})
@@ -169,6 +90,7 @@ func TestFaultAuthtokenDownLongerThanTokenLifetime(t *testing.T) {
 // TestFaultRevocationStorm: Atlas revokes every token every 300ms while
 // eight clients hammer the gateway; no request reaches a client as a 401.
 func TestFaultRevocationStorm(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	batch := sim.CreateBatch(docIDs("aadhaar", 3)...)
 	tester, _ := startFaultGateway(t, sim.URL, "")
@@ -224,6 +146,7 @@ func TestFaultRevocationStorm(t *testing.T) {
 // stalls before its headers is a 504; one that stalls mid-body is cut off
 // at the timeout, so the client sees an incomplete response, not a hang.
 func TestFaultResetAndStall(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	batch := sim.CreateBatch("passport-1")
 	tester, _ := startFaultGateway(t, sim.URL, "timeout 1s")
@@ -294,6 +217,7 @@ func TestFaultResetAndStall(t *testing.T) {
 // the app's answer is Atlas's answer, so Atlas knows to redeliver: a down
 // app is a 502, a failing app its 500, a slow app is waited for.
 func TestFaultAppFailingDuringCallbacks(t *testing.T) {
+	skipShort(t)
 	sim := newSimulator(t)
 	batch := sim.CreateBatch(docIDs("gst", 4)...)
 	_, app := startFaultGateway(t, sim.URL, "")
@@ -337,6 +261,7 @@ func TestFaultAppFailingDuringCallbacks(t *testing.T) {
 // use both routes: no request fails, no callback is lost, and goroutines
 // do not pile up.
 func TestFaultReloadLoopUnderLoad(t *testing.T) {
+	skipShort(t)
 	// Atlas here opens a connection per callback: a POST racing the close
 	// of an idle keep-alive connection by a reload would fail on any
 	// server, and is not retried since a POST may have been received.

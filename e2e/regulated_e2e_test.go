@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"bytes"
@@ -20,16 +20,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
-
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
 )
 
 // The regulated-data end-to-end tests (issue 12): masking and signing of
 // the callback hand-off, and credential rotation with Atlas calling
-// throughout. Like the other e2e tests they run a real Caddy on
-// localhost:2999 and :9080, one at a time.
+// throughout. Like the other e2e tests they run the in-process Caddy,
+// one at a time.
 
 const (
 	regClientID     = "atlas-regulated-e2e"
@@ -37,12 +35,15 @@ const (
 	regSecretNew    = "reg-client-secret-new-a93e7d"
 	regSigningOld   = "reg-hmac-signing-key-old-0123456789abcdef"
 	regSigningNew   = "reg-hmac-signing-key-new-fedcba9876543210"
-	regAuthURL      = "http://localhost:9080/hooks/atlas/auth"
-	regCallbackURL  = "http://localhost:9080/hooks/atlas"
 	regMaskSettings = `mask aadhaar_number
 		mask pan_number
 		mask name redact
 		mask name_as_per_pan redact`
+)
+
+var (
+	regAuthURL     = gatewayURL + "/hooks/atlas/auth"
+	regCallbackURL = gatewayURL + "/hooks/atlas"
 )
 
 // regApp is the app behind the gateway: it records each delivery and
@@ -85,11 +86,7 @@ func (a *regApp) deliveries() []regDelivery {
 // callback block, atlas more lines of the atlas block, next the handler
 // after atlas.
 func regConfig(atlas, callback, next string) string {
-	return fmt.Sprintf(`{
-`+e2eGlobalOptions+`	grace_period 5s
-}
-http://localhost:9080 {
-	route {
+	return caddyfile("\tgrace_period 5s\n", fmt.Sprintf(`	route {
 		atlas {
 			%s
 			callback /hooks/atlas {
@@ -99,8 +96,7 @@ http://localhost:9080 {
 		}
 		%s
 	}
-}
-`, atlas, callback, next)
+`, atlas, callback, next))
 }
 
 func regEnv(t *testing.T) {
@@ -187,12 +183,13 @@ func checkSignedMasked(t *testing.T, d regDelivery, payload []byte, numbers []st
 // the masked payload, signed twice, under Atlas's callback id; a
 // client-sent webhook-signature does not reach it.
 func TestE2ECallbackMaskedSigned(t *testing.T) {
+	skipShort(t)
 	regEnv(t)
 	sec1, file1 := regSecretFile(t)
 	sec2, file2 := regSecretFile(t)
 	t.Setenv("REG_WHSEC2", sec2)
 	app := newRegApp(t)
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(regConfig(regMaskSettings, fmt.Sprintf(`client_secret {env.REG_SECRET_OLD}
 				signing_key {env.REG_SIGNING_OLD}
 				sign_deliveries {file.%s}
@@ -245,12 +242,13 @@ func TestE2ECallbackMaskedSigned(t *testing.T) {
 // files never hold an identity number, and each delivery attempt is
 // signed afresh (the app refuses the first).
 func TestE2EDurableMaskedSigned(t *testing.T) {
+	skipShort(t)
 	regEnv(t)
 	sec, file := regSecretFile(t)
 	app := newRegApp(t)
 	app.status.Store(http.StatusServiceUnavailable)
 	dir := filepath.Join(t.TempDir(), "spool")
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	tester.InitServer(regConfig(regMaskSettings, fmt.Sprintf(`client_secret {env.REG_SECRET_OLD}
 				signing_key {env.REG_SIGNING_OLD}
 				sign_deliveries {file.%s}
@@ -339,9 +337,10 @@ func regEventually(t *testing.T, within time.Duration, what string, cond func() 
 // old signing key keeps working while it is the previous_signing_key, and
 // stops once that is removed.
 func TestE2ECallbackRotation(t *testing.T) {
+	skipShort(t)
 	regEnv(t)
 	app := newRegApp(t)
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	load := func(callback string) {
 		t.Helper()
 		tester.InitServer(regConfig("", callback, "reverse_proxy "+app.Listener.Addr().String()), "caddyfile")
@@ -472,12 +471,13 @@ func TestE2ECallbackRotation(t *testing.T) {
 // force, the listing shows no body at all, and each inspection is
 // logged without the body.
 func TestE2EAdminBodyMasked(t *testing.T) {
+	skipShort(t)
 	regEnv(t)
 	app := newRegApp(t)
 	app.status.Store(http.StatusServiceUnavailable)
 	dir := filepath.Join(t.TempDir(), "spool")
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	tester := caddytest.NewTester(t)
+	tester := newTester(t)
 	load := func(atlas string) {
 		t.Helper()
 		cfg := regConfig(atlas, fmt.Sprintf(`client_secret {env.REG_SECRET_OLD}
@@ -497,7 +497,7 @@ func TestE2EAdminBodyMasked(t *testing.T) {
 		t.Fatalf("delivery: %v (%+v)", err, d)
 	}
 	id := sha256ID(payload)
-	admin := "http://localhost:2999/atlas/callbacks"
+	admin := adminURL + "/atlas/callbacks"
 	get := func(url string) []byte {
 		t.Helper()
 		resp, err := http.Get(url)
@@ -580,7 +580,7 @@ func standardWebhooksVerify(t *testing.T, checks []regCheck) []string {
 	if err != nil {
 		t.Skip("node is not installed")
 	}
-	if _, err := os.Stat(filepath.Join("scripts", "interop", "node_modules", "standardwebhooks")); err != nil {
+	if _, err := os.Stat(filepath.Join("..", "scripts", "interop", "node_modules", "standardwebhooks")); err != nil {
 		t.Skip("scripts/interop/node_modules/standardwebhooks is missing; run `npm ci --prefix scripts/interop`")
 	}
 	type check struct {
@@ -604,7 +604,7 @@ func standardWebhooksVerify(t *testing.T, checks []regCheck) []string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, filepath.Join("scripts", "interop", "webhook-verify.mjs"))
+	cmd := exec.CommandContext(ctx, node, filepath.Join("..", "scripts", "interop", "webhook-verify.mjs"))
 	cmd.Stdin = bytes.NewReader(raw)
 	out, err := cmd.Output()
 	if err != nil {

@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"bytes"
@@ -7,14 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
@@ -25,63 +23,12 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
-// The durable-mode end-to-end tests run a real Caddy (caddytest, admin on
-// localhost:2999, HTTP on localhost:9080, like the other e2e tests: none
-// may run in parallel) with a callback route in durable mode that
-// delivers to a deduplicating receiver. The Atlas simulator plays Atlas.
+// The durable-mode end-to-end tests run a real Caddy (the in-process
+// one, like the other e2e tests: none may run in parallel) with a
+// callback route in durable mode that delivers to a deduplicating
+// receiver. The Atlas simulator plays Atlas.
 
-const durableAdminURL = "http://localhost:2999/atlas/callbacks"
-
-// durableE2E is a running durable gateway.
-type durableE2E struct {
-	*callbackE2E
-	sim    *atlastest.Server
-	target atlastest.CallbackTarget
-	dir    string
-}
-
-// durableE2EConfig is the Caddyfile of a durable gateway spooling to dir
-// and delivering to deliverTo; extra lines go into the callback block.
-func durableE2EConfig(dir, deliverTo, extra string) string {
-	return fmt.Sprintf(`{
-`+e2eGlobalOptions+`	grace_period 1ns
-}
-http://localhost:9080 {
-	route {
-		atlas {
-			callback /hooks/atlas {
-				client_id     {env.CB_E2E_CLIENT_ID}
-				client_secret {env.CB_E2E_CLIENT_SECRET}
-				signing_key   {env.CB_E2E_SIGNING_KEY}
-				spool         %s
-				deliver_to    %s
-				retry_backoff 10ms 100ms
-				concurrency   1
-				%s
-			}
-		}
-		respond "the next handler must not run in durable mode" 299
-	}
-}
-`, dir, deliverTo, extra)
-}
-
-// startDurableGateway loads a durable gateway delivering to rc.
-func startDurableGateway(t *testing.T, rc *callbacktest.Receiver, extra string) *durableE2E {
-	t.Helper()
-	t.Setenv("CB_E2E_CLIENT_ID", cbE2EClientID)
-	t.Setenv("CB_E2E_CLIENT_SECRET", cbE2EClientSecret)
-	t.Setenv("CB_E2E_SIGNING_KEY", cbE2ESigningKey)
-	dir := filepath.Join(t.TempDir(), "spool")
-	tester := caddytest.NewTester(t)
-	tester.InitServer(durableE2EConfig(dir, rc.URL+"/hooks/atlas", extra), "caddyfile")
-	return &durableE2E{
-		callbackE2E: &callbackE2E{tester: tester},
-		sim:         atlastest.NewServer(t, atlastest.Options{}),
-		target:      atlastest.CallbackTarget{AuthURL: cbE2EAuthURL, CallbackURL: cbE2ECallbackURL, ClientID: cbE2EClientID, ClientSecret: cbE2EClientSecret},
-		dir:         dir,
-	}
-}
+var durableAdminURL = adminURL + "/atlas/callbacks"
 
 // deliver plays Atlas delivering a new batch; it checks the 202
 // acknowledgement and returns the callback id and payload.
@@ -164,6 +111,7 @@ func listCallbacks(t *testing.T, state string) adminListing {
 // exactly once, byte for byte with the X-Atlas-* headers. A redelivery by
 // Atlas is acknowledged as a duplicate and not delivered again.
 func TestDurableE2EAppDown(t *testing.T) {
+	skipShort(t)
 	rc := callbacktest.NewReceiver(t)
 	rc.SetStatus(http.StatusServiceUnavailable)
 	g := startDurableGateway(t, rc, "max_attempts 1000")
@@ -218,6 +166,7 @@ func TestDurableE2EAppDown(t *testing.T) {
 // request (down but accepting connections), later callbacks queue up;
 // when it answers again they are delivered oldest first, once each.
 func TestDurableE2EAppHungDeliversInOrder(t *testing.T) {
+	skipShort(t)
 	rc := callbacktest.NewReceiver(t)
 	rc.SetGate(true)
 	g := startDurableGateway(t, rc, "delivery_timeout 20s")
@@ -241,6 +190,7 @@ func TestDurableE2EAppHungDeliversInOrder(t *testing.T) {
 // then 200; each callback is delivered once, and the metrics tell the
 // story.
 func TestDurableE2EAppFailsThenRecovers(t *testing.T) {
+	skipShort(t)
 	rc := callbacktest.NewReceiver(t)
 	rc.SetStatus(http.StatusInternalServerError)
 	g := startDurableGateway(t, rc, "")
@@ -259,7 +209,7 @@ func TestDurableE2EAppFailsThenRecovers(t *testing.T) {
 		}
 	}
 
-	resp, err := http.Get("http://localhost:2999/metrics")
+	resp, err := http.Get(adminURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,6 +236,7 @@ func TestDurableE2EAppFailsThenRecovers(t *testing.T) {
 // dead letters, listed by the admin API without their bodies; once the
 // app is back, they are replayed one by id and the rest in bulk.
 func TestDurableE2EDeadLettersReplayed(t *testing.T) {
+	skipShort(t)
 	rc := callbacktest.NewReceiver(t)
 	rc.SetStatus(http.StatusInternalServerError)
 	g := startDurableGateway(t, rc, "max_attempts 3")
@@ -377,6 +328,7 @@ func TestDurableE2EDeadLettersReplayed(t *testing.T) {
 // the spool and its pending callbacks, which go to the new receiver,
 // once each.
 func TestDurableE2EReloadKeepsSpool(t *testing.T) {
+	skipShort(t)
 	oldApp, newApp := callbacktest.NewReceiver(t), callbacktest.NewReceiver(t)
 	oldApp.SetStatus(http.StatusServiceUnavailable)
 	g := startDurableGateway(t, oldApp, "max_attempts 1000")
@@ -424,6 +376,7 @@ func runAtlasCLI(t *testing.T, args ...string) (string, error) {
 
 // TestDurableE2ECLI drives the spool through `caddy atlas callbacks`.
 func TestDurableE2ECLI(t *testing.T) {
+	skipShort(t)
 	rc := callbacktest.NewReceiver(t)
 	rc.SetStatus(http.StatusBadGateway)
 	g := startDurableGateway(t, rc, "max_attempts 1")
@@ -431,29 +384,29 @@ func TestDurableE2ECLI(t *testing.T) {
 	b, _ := g.deliver(t, "cli-b")
 	callbacktest.Eventually(t, 5*time.Second, "2 dead letters", func() bool { return len(listCallbacks(t, "dead").Callbacks) == 2 })
 
-	out, err := runAtlasCLI(t, "callbacks", "list", "--state", "dead", "--address", "localhost:2999")
+	out, err := runAtlasCLI(t, "callbacks", "list", "--state", "dead", "--address", adminAddr)
 	if err != nil || !strings.Contains(out, a+"  dead") || !strings.Contains(out, b) ||
 		!strings.Contains(out, "receiver answered 502 Bad Gateway") || !strings.Contains(out, "0 pending, 2 dead, 0 delivered") {
 		t.Errorf("list: %v\n%s", err, out)
 	}
-	if out, err := runAtlasCLI(t, "callbacks", "list", "--json", "--address", "localhost:2999"); err != nil || !json.Valid([]byte(out)) {
+	if out, err := runAtlasCLI(t, "callbacks", "list", "--json", "--address", adminAddr); err != nil || !json.Valid([]byte(out)) {
 		t.Errorf("list --json: %v\n%s", err, out)
 	}
-	if out, err := runAtlasCLI(t, "callbacks", "purge", b, "--address", "localhost:2999"); err != nil || out != "callback "+b+" deleted\n" {
+	if out, err := runAtlasCLI(t, "callbacks", "purge", b, "--address", adminAddr); err != nil || out != "callback "+b+" deleted\n" {
 		t.Errorf("purge: %v %q", err, out)
 	}
 	rc.SetStatus(http.StatusOK)
-	if out, err := runAtlasCLI(t, "callbacks", "retry", "--state", "dead", "--address", "localhost:2999"); err != nil || out != "1 callback(s) due for delivery now\n" {
+	if out, err := runAtlasCLI(t, "callbacks", "retry", "--state", "dead", "--address", adminAddr); err != nil || out != "1 callback(s) due for delivery now\n" {
 		t.Errorf("retry: %v %q", err, out)
 	}
 	rc.WaitDelivered(t, 1, 5*time.Second)
 	if got := rc.Delivered(); len(got) != 1 || got[0] != a {
 		t.Errorf("delivered %v", got)
 	}
-	if _, err := runAtlasCLI(t, "callbacks", "retry", "--address", "localhost:2999"); err == nil {
+	if _, err := runAtlasCLI(t, "callbacks", "retry", "--address", adminAddr); err == nil {
 		t.Error("retry without an id or a state: no error")
 	}
-	if _, err := runAtlasCLI(t, "callbacks", "retry", a, "--address", "localhost:2999"); err == nil || !strings.Contains(err.Error(), "HTTP 409") {
+	if _, err := runAtlasCLI(t, "callbacks", "retry", a, "--address", adminAddr); err == nil || !strings.Contains(err.Error(), "HTTP 409") {
 		t.Errorf("retry of a delivered callback: %v", err)
 	}
 }

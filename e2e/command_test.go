@@ -1,24 +1,19 @@
-package caddyatlas
+package e2e
 
 import (
 	"strings"
 	"testing"
-
-	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
 // TestCLIListWithoutDurableRoute runs `caddy atlas callbacks list` against
 // a Caddy whose callback route is synchronous: it says so, rather than
 // printing an empty table.
 func TestCLIListWithoutDurableRoute(t *testing.T) {
+	skipShort(t)
 	t.Setenv("CLI_E2E_CLIENT_SECRET", "cli-e2e-callback-secret")
 	t.Setenv("CLI_E2E_SIGNING_KEY", "cli-e2e-signing-key-of-at-least-32-bytes")
-	tester := caddytest.NewTester(t)
-	tester.InitServer(`{
-`+e2eGlobalOptions+`	grace_period 1ns
-}
-http://localhost:9080 {
-	route {
+	tester := newTester(t)
+	tester.InitServer(caddyfile("\tgrace_period 1ns\n", `	route {
 		atlas {
 			callback /hooks/atlas {
 				client_id atlas-cli-e2e
@@ -28,15 +23,14 @@ http://localhost:9080 {
 		}
 		respond "app" 200
 	}
-}
-`, "caddyfile")
+`), "caddyfile")
 
-	out, err := runAtlasCLI(t, "callbacks", "list", "--address", "localhost:2999")
+	out, err := runAtlasCLI(t, "callbacks", "list", "--address", adminAddr)
 	if err != nil || !strings.HasPrefix(out, "no durable callback route is configured") || strings.Contains(out, "ID") {
 		t.Errorf("list: %v\n%s", err, out)
 	}
 	// --json still prints the admin API's answer as it is.
-	if out, err := runAtlasCLI(t, "callbacks", "list", "--json", "--address", "localhost:2999"); err != nil || !strings.Contains(out, `"spools":[]`) {
+	if out, err := runAtlasCLI(t, "callbacks", "list", "--json", "--address", adminAddr); err != nil || !strings.Contains(out, `"spools":[]`) {
 		t.Errorf("list --json: %v\n%s", err, out)
 	}
 }

@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"bytes"
@@ -21,6 +21,7 @@ import (
 // payload is), the admin API and `caddy atlas callbacks list` count them
 // under the key id, and they are delivered byte for byte.
 func TestDurableE2EEncryptedAtRest(t *testing.T) {
+	skipShort(t)
 	k := sha256.Sum256([]byte("e2e spool key"))
 	keyPath := filepath.Join(t.TempDir(), "spool-key")
 	if err := os.WriteFile(keyPath, []byte(base64.StdEncoding.EncodeToString(k[:])+"\n"), 0o600); err != nil {
@@ -67,7 +68,7 @@ func TestDurableE2EEncryptedAtRest(t *testing.T) {
 	if n, _ := keys[keyID].(float64); n != 2 || len(keys) != 1 {
 		t.Errorf("admin API keys %v, want 2 under %s", l.Spools[0]["keys"], keyID)
 	}
-	out, err := runAtlasCLI(t, "callbacks", "list", "--address", "localhost:2999")
+	out, err := runAtlasCLI(t, "callbacks", "list", "--address", adminAddr)
 	if err != nil || !strings.Contains(out, "2 pending, 0 dead, 0 delivered; stored by key id: "+keyID+" 2") {
 		t.Errorf("list: %v\n%s", err, out)
 	}

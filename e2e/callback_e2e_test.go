@@ -1,4 +1,4 @@
-package caddyatlas
+package e2e
 
 import (
 	"bytes"
@@ -8,16 +8,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
@@ -32,106 +28,22 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/callback"
 )
 
-// The callback end-to-end tests run a real Caddy (caddytest, admin on
-// localhost:2999, HTTP on localhost:9080, shared with the other e2e
-// tests: none may run in parallel) with a callback-only atlas handler in
-// front of an httptest app. The Atlas simulator plays Atlas.
+// The callback end-to-end tests run a real Caddy (the in-process one,
+// shared with the other e2e tests: none may run in parallel) with a
+// callback-only atlas handler in front of an httptest app. The Atlas
+// simulator plays Atlas.
 
 const (
 	cbE2EClientID     = "atlas-callback-e2e"
 	cbE2EClientSecret = "cb-secret-never-in-a-log-91c2"
 	cbE2ESigningKey   = "cb-e2e-hmac-signing-key-0123456789abcdef"
-	cbE2EAuthURL      = "http://localhost:9080/hooks/atlas/auth"
-	cbE2ECallbackURL  = "http://localhost:9080/hooks/atlas"
 	cbE2EMaxBody      = 64 << 10
 )
 
-// callbackE2EApp is the app behind the gateway: it records each request
-// that reaches it, with its body, and answers 202; a request with an
-// X-Test-Answer-Early header is answered 202 at once, its body unread and
-// unrecorded.
-type callbackE2EApp struct {
-	*httptest.Server
-	mu   sync.Mutex
-	reqs []callbackE2ERequest
-}
-
-type callbackE2ERequest struct {
-	header http.Header
-	body   []byte
-	query  string
-}
-
-func (a *callbackE2EApp) count() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return len(a.reqs)
-}
-
-func (a *callbackE2EApp) last() callbackE2ERequest {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.reqs[len(a.reqs)-1]
-}
-
-// callbackE2E is a running gateway.
-type callbackE2E struct {
-	tester *caddytest.Tester
-	app    *callbackE2EApp
-	rsa    string // PEM of the RSA verify key's public half
-}
-
-// startCallbackGateway loads a callback gateway: HMAC signing key from the
-// environment, an RSA verify key from a file, max_body 64 KiB, and a
-// header_up on the proxy that shows the placeholders to the app.
-func startCallbackGateway(t *testing.T) *callbackE2E {
-	t.Helper()
-	k := tokentest.Keys(t)
-	rsaPub := tokentest.PEMPublic(t, &k.RSA.PublicKey)
-	keyFile := filepath.Join(t.TempDir(), "idp.pub.pem")
-	if err := os.WriteFile(keyFile, []byte(rsaPub), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("CB_E2E_CLIENT_ID", cbE2EClientID)
-	t.Setenv("CB_E2E_CLIENT_SECRET", cbE2EClientSecret)
-	t.Setenv("CB_E2E_SIGNING_KEY", cbE2ESigningKey)
-
-	app := new(callbackE2EApp)
-	app.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("X-Test-Answer-Early") != "" {
-			w.WriteHeader(http.StatusAccepted)
-			return
-		}
-		body, _ := io.ReadAll(r.Body)
-		app.mu.Lock()
-		app.reqs = append(app.reqs, callbackE2ERequest{header: r.Header.Clone(), body: body, query: r.URL.RawQuery})
-		app.mu.Unlock()
-		w.WriteHeader(http.StatusAccepted)
-		_, _ = io.WriteString(w, `{"stored":true}`)
-	}))
-	t.Cleanup(app.Close)
-
-	tester := caddytest.NewTester(t)
-	tester.InitServer(fmt.Sprintf(`{
-`+e2eGlobalOptions+`	grace_period 1ns
-}
-http://localhost:9080 {
-	atlas {
-		callback /hooks/atlas {
-			client_id     {env.CB_E2E_CLIENT_ID}
-			client_secret {env.CB_E2E_CLIENT_SECRET}
-			signing_key   {env.CB_E2E_SIGNING_KEY}
-			verify_key    {file.%s}
-			max_body      64KiB
-		}
-	}
-	reverse_proxy %s {
-		header_up X-Callback-Placeholders "{http.atlas.callback.id}|{http.atlas.callback.subject}|{http.atlas.callback.document_count}"
-	}
-}
-`, keyFile, app.Listener.Addr()), "caddyfile")
-	return &callbackE2E{tester: tester, app: app, rsa: rsaPub}
-}
+var (
+	cbE2EAuthURL     = gatewayURL + "/hooks/atlas/auth"
+	cbE2ECallbackURL = gatewayURL + "/hooks/atlas"
+)
 
 // post sends a request through the gateway.
 func (g *callbackE2E) post(t *testing.T, url string, body []byte, headers ...string) (*http.Response, []byte) {
@@ -194,6 +106,7 @@ func wantCallbackError(t *testing.T, resp *http.Response, body []byte, status in
 // auth_path, then the callback, which reaches the app byte-for-byte with
 // the managed headers; a redelivery has the same callback id.
 func TestCallbackE2EDelivery(t *testing.T) {
+	skipShort(t)
 	g := startCallbackGateway(t)
 	sim := atlastest.NewServer(t, atlastest.Options{})
 	ids := []string{"loan-1-aadhaar", "loan-1-pan", "loan-1-dl", "loan-1-passport", "loan-1-gst"}
@@ -281,6 +194,7 @@ func TestCallbackE2EDelivery(t *testing.T) {
 // written when the route releases it is TestCallbackBodyCloseDuringWrite's
 // and TestCallbackBodyNotReusedWhileRead's case.
 func TestCallbackE2EConcurrentBodies(t *testing.T) {
+	skipShort(t)
 	g := startCallbackGateway(t)
 	tok := g.token(t)
 	base := string(payloadtest.Realistic(60 << 10))
@@ -341,6 +255,7 @@ func TestCallbackE2EConcurrentBodies(t *testing.T) {
 // TestCallbackE2EAttacks sends the token attack list; each is answered
 // 401 and none reaches the app.
 func TestCallbackE2EAttacks(t *testing.T) {
+	skipShort(t)
 	g := startCallbackGateway(t)
 	payload := payloadtest.Sample(2)
 	now := time.Now()
@@ -423,6 +338,7 @@ func TestCallbackE2EAttacks(t *testing.T) {
 // TestCallbackE2EPayloads sends the bad payload list with a good token;
 // each is refused and none reaches the app.
 func TestCallbackE2EPayloads(t *testing.T) {
+	skipShort(t)
 	g := startCallbackGateway(t)
 	tok := g.token(t)
 	huge := append([]byte(`{"data":[],"pad":"`), bytes.Repeat([]byte("x"), cbE2EMaxBody)...)
@@ -475,6 +391,7 @@ func TestCallbackE2EPayloads(t *testing.T) {
 // TestCallbackE2EAuthEndpoint checks auth_path through Caddy: methods,
 // credential forms, refusals and throttling.
 func TestCallbackE2EAuthEndpoint(t *testing.T) {
+	skipShort(t)
 	g := startCallbackGateway(t)
 	resp, err := g.tester.Client.Get(cbE2EAuthURL)
 	if err != nil {
