@@ -130,3 +130,37 @@ func TestAppQueue(t *testing.T) {
 		})
 	}
 }
+
+// TestAppReloadKeepsAccount checks that a reload, the new config's app
+// provisioned before the old one is cleaned up, keeps the account's
+// token source, and that the last config to go stops it.
+func TestAppReloadKeepsAccount(t *testing.T) {
+	conf := Account{Endpoint: "https://atlas.example.com", ClientID: "reload", ClientSecret: "s", TokenStorage: tokenStorageOff}
+	provision := func() *App {
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+		t.Cleanup(cancel)
+		app := &App{Account: conf}
+		if err := app.Provision(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return app
+	}
+	old := provision()
+	cur := provision()
+	if old.defaultAccount().tokens != cur.defaultAccount().tokens {
+		t.Error("the reload made another token source")
+	}
+	src := cur.defaultAccount().tokens
+	if err := old.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := liveTokenSources.Load(src); !ok {
+		t.Error("the old config's cleanup stopped the token source the new one uses")
+	}
+	if err := cur.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := liveTokenSources.Load(src); ok {
+		t.Error("the token source outlived the last config")
+	}
+}
