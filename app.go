@@ -78,7 +78,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.mu = new(sync.Mutex)
 	a.accounts = make(map[string]*account)
-	if a.Account.configured() || a.TokenStorage != "" {
+	if !a.Account.configured() && a.TokenStorage != "" {
+		return errors.New("token_storage in the global atlas options is a setting of its account: give it endpoint, client_id and client_secret too, or set token_storage in the site that has the account")
+	}
+	if a.Account.configured() {
 		acct, err := a.account(a.Account, appPlace)
 		if err != nil {
 			return err

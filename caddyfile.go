@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -16,6 +17,7 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/callback"
 	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue"
+	"github.com/caddy-atlas/caddy-atlas/queues"
 )
 
 func init() {
@@ -171,7 +173,7 @@ func checkAccountPlaces(h httpcaddyfile.Helper, acct Account, place string) erro
 	}
 	var diff string
 	switch {
-	case o.Endpoint != acct.Endpoint:
+	case strings.TrimRight(o.Endpoint, "/") != strings.TrimRight(acct.Endpoint, "/"):
 		diff = "endpoint " + o.Endpoint + " and " + acct.Endpoint
 	case o.ClientSecret != acct.ClientSecret:
 		diff = "client_secret"
@@ -334,7 +336,7 @@ func checkQueuePlaces(h httpcaddyfile.Helper, raw json.RawMessage, place string)
 		places[id] = queuePlace{q, place}
 		return nil
 	}
-	if !reflect.DeepEqual(o.settings, q) {
+	if !reflect.DeepEqual(queues.WithDefaults(o.settings), queues.WithDefaults(q)) {
 		return fmt.Errorf("queue %s is configured twice, with different settings: in %s and in %s; configure it once (in the global atlas options) or alike in both places",
 			id, o.place, place)
 	}

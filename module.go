@@ -158,10 +158,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 
-	// The outbound routes exist when an account is configured, in the
-	// handler's block or in the app; a callback-only configuration
-	// leaves them out.
-	if !h.inlineAccount().configured() && h.app.defaultAccount() == nil && h.Callback != nil {
+	// A handler with a callback route and no account of its own serves
+	// no outbound route, unless its block names one (extracts_path,
+	// upload_path): the public host of Atlas's callbacks must not become
+	// a proxy with the gateway's Atlas token because the global options
+	// hold an account.
+	if h.Callback != nil && !h.inlineAccount().configured() &&
+		(h.app.defaultAccount() == nil || h.ExtractsPath == "" && h.UploadPath == "") {
 		h.extractsPath, h.uploadPath = "", ""
 	}
 	if h.extractsPath != "" || h.uploadPath != "" {

@@ -120,6 +120,12 @@ func (c *Callback) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
+	if q.mod == nil {
+		// Settings of a queue the block does not name: the JSON's
+		// spellings of the former shape keep them, and Provision says
+		// what becomes of them.
+		return q.settingsInto(c)
+	}
 	c.Queue, err = q.finish()
 	return err
 }
@@ -222,14 +228,6 @@ func (q *queueBlock) setting(d *caddyfile.Dispenser) error {
 // finish returns the queue's JSON, the settings written beside it
 // included; nil if the block names no queue.
 func (q *queueBlock) finish() (json.RawMessage, error) {
-	if q.mod == nil {
-		if len(q.settings) > 0 {
-			d := caddyfile.NewDispenser(q.settings[0])
-			d.Next()
-			return nil, d.Errf("%s needs spool or queue: it is a setting of the route's own queue (the queue of the global atlas options has its own)", d.Val())
-		}
-		return nil, nil
-	}
 	var merged map[string]any
 	if err := remarshal(q.mod, &merged); err != nil {
 		return nil, err
@@ -243,6 +241,11 @@ func (q *queueBlock) finish() (json.RawMessage, error) {
 		d := caddyfile.NewDispenser(seg)
 		d.Next()
 		name := d.Val()
+		if name == "max_spool_size" && q.backend != "spool" {
+			// Beside a queue jetstream it never applied (the streams'
+			// limits do); it is refused only in the queue's own block.
+			continue
+		}
 		mod := info.New()
 		du, ok := mod.(directiveUnmarshaler)
 		if !ok {
@@ -268,6 +271,35 @@ func (q *queueBlock) finish() (json.RawMessage, error) {
 	}
 	merged["backend"] = q.backend
 	return json.Marshal(merged)
+}
+
+// settingsInto sets the queue's settings written in a block that names
+// no queue on c's fields of the same JSON names (Callback.MaxAttempts...).
+func (q *queueBlock) settingsInto(c *Callback) error {
+	info, err := caddy.GetModule("atlas.queues.spool")
+	if err != nil {
+		return err
+	}
+	for _, seg := range q.settings {
+		d := caddyfile.NewDispenser(seg)
+		d.Next()
+		mod := info.New()
+		du, ok := mod.(directiveUnmarshaler)
+		if !ok {
+			return d.Errf("the spool module takes no setting")
+		}
+		if err := du.UnmarshalDirective(d, cfparse.Seen{}); err != nil {
+			return err
+		}
+		keys := c.EncryptionKeys
+		if err := remarshal(mod, c); err != nil {
+			return err
+		}
+		if len(keys) > 0 {
+			c.EncryptionKeys = append(keys, c.EncryptionKeys...)
+		}
+	}
+	return nil
 }
 
 // remarshal copies v into dst through its JSON.

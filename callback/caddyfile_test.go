@@ -306,7 +306,12 @@ func TestDurableUnmarshalCaddyfile(t *testing.T) {
 		{name: "a setting in the queue and beside it", input: "callback /cb {\n queue spool /s {\n max_attempts 3\n }\n max_attempts 4\n}",
 			wantErr: `subdirective "max_attempts" given more than once: in the queue's block and beside it, at Testfile:5`},
 		{name: "spool and queue", input: "callback /cb {\n spool /s\n queue jetstream {\n url nats://a\n }\n}", wantErr: "spool and queue are exclusive"},
-		{name: "a setting without a queue", input: "callback /cb {\n max_attempts 4\n}", wantErr: "max_attempts needs spool or queue"},
+		// As before the queue was a module: kept, and without durable
+		// mode of no effect (Provision warns).
+		{name: "a setting without a queue", input: "callback /cb {\n max_attempts 4\n encryption_key {env.K}\n}",
+			want: callback.Callback{Path: "/cb", MaxAttempts: 4, EncryptionKeys: []string{"{env.K}"}}},
+		{name: "max_spool_size beside a jetstream queue", input: "callback /cb {\n queue jetstream {\n url nats://a\n }\n max_spool_size 1GiB\n}",
+			want: callback.Callback{Path: "/cb", Queue: json.RawMessage(`{"backend":"jetstream","urls":["nats://a"]}`)}},
 		{name: "a spool setting beside a jetstream queue", input: "callback /cb {\n queue jetstream {\n url nats://a\n }\n purge_delay 1m\n}",
 			wantErr: "purge_delay applies to a spool only",
 		},

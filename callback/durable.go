@@ -212,6 +212,9 @@ func (c *Callback) spoolCallback(w http.ResponseWriter, r *http.Request, id, sub
 // JSON shape, {"jetstream": {...}}, as a module's.
 func (c *Callback) foldLegacyQueue() error {
 	var q map[string]any
+	if string(c.Queue) == "null" {
+		c.Queue = nil
+	}
 	if c.Queue != nil {
 		if err := json.Unmarshal(c.Queue, &q); err != nil {
 			return fmt.Errorf("queue: %w", err)
@@ -259,8 +262,13 @@ func (c *Callback) foldLegacyQueue() error {
 		switch {
 		case q == nil && s.name == "encryption_key":
 			return errors.New("encryption_key needs spool or queue: it encrypts the stored callbacks")
+		case q == nil && c.DeliverTo != "":
+			return fmt.Errorf("%s needs spool or queue: it is a setting of the route's own queue; this route uses the queue of the global atlas options, whose block takes it", s.name)
 		case q == nil:
-			return fmt.Errorf("%s needs spool or queue: it is a setting of the route's own queue (the queue of the global atlas options has its own)", s.name)
+			// A route without durable mode never used it.
+			c.logger.Warn("a setting of durable mode has no effect: the callback route has no deliver_to and no queue",
+				zap.String("setting", s.name))
+			continue
 		case q["backend"] == "jetstream" && s.name == "dead_letter_retention":
 			// The JetStream queue keeps a dead letter until it is retried
 			// or deleted: a retention it would not apply must not be

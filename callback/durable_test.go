@@ -426,3 +426,21 @@ func TestDurableSharedSpool(t *testing.T) {
 		t.Errorf("reopened spool: %+v", st)
 	}
 }
+
+// TestDurableSettingWithoutQueue: a setting of the queue on a route in
+// synchronous mode is of no effect, as it always was, and says so; on a
+// route that uses the app's queue it is an error that says where it goes.
+func TestDurableSettingWithoutQueue(t *testing.T) {
+	c := &Callback{MaxAttempts: 4}
+	logs := provisionTestCallback(t, c)
+	if logs.FilterMessage("a setting of durable mode has no effect: the callback route has no deliver_to and no queue").Len() != 1 {
+		t.Errorf("no warning: %v", logs.All())
+	}
+	if c.store != nil {
+		t.Error("a synchronous route has a queue")
+	}
+	app := &Callback{MaxAttempts: 4, DeliverTo: "http://127.0.0.1:1/hooks"}
+	if err := app.foldLegacyQueue(); err == nil || !strings.Contains(err.Error(), "max_attempts needs spool or queue") {
+		t.Errorf("a setting beside the app's queue: %v", err)
+	}
+}

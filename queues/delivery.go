@@ -11,8 +11,10 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
+	"github.com/caddy-atlas/caddy-atlas/jsqueue"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
+	"github.com/caddy-atlas/caddy-atlas/spool"
 )
 
 // Delivery are the settings every backend shares: how the queue delivers
@@ -208,4 +210,40 @@ func keyring(encryptionKeys []string) (*seal.Keyring, error) {
 		return nil, fmt.Errorf("encryption_key: %w", err)
 	}
 	return kr, nil
+}
+
+// WithDefaults returns the JSON settings of a queue module, q as decoded
+// into a map (numbers as float64), with every setting it leaves out set
+// to its default: two queues written differently but alike once
+// resolved compare equal.
+func WithDefaults(q map[string]any) map[string]any {
+	out := make(map[string]any, len(q)+12)
+	for k, v := range q {
+		out[k] = v
+	}
+	def := func(k string, v float64) {
+		if _, ok := out[k]; !ok {
+			out[k] = v
+		}
+	}
+	def("max_attempts", queue.DefaultMaxAttempts)
+	def("retry_backoff_min", float64(queue.DefaultBackoffMin))
+	minBackoff, _ := out["retry_backoff_min"].(float64)
+	def("retry_backoff_max", max(float64(queue.DefaultBackoffMax), minBackoff))
+	def("delivery_timeout", float64(queue.DefaultDeliveryTimeout))
+	def("concurrency", queue.DefaultConcurrency)
+	def("retention", float64(queue.DefaultRetention))
+	switch out["backend"] {
+	case "spool":
+		def("max_spool_size", spool.DefaultMaxDiskBytes)
+		def("dead_letter_retention", float64(spool.DefaultDeadLetterRetention))
+		def("purge_delay", float64(spool.DefaultPurgeDelay))
+	case "jetstream":
+		if s, _ := out["stream"].(string); s == "" {
+			out["stream"] = jsqueue.DefaultStream
+		}
+		def("replicas", jsqueue.DefaultReplicas)
+		def("ack_wait", float64(jsqueue.DefaultAckWait))
+	}
+	return out
 }

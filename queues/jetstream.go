@@ -118,6 +118,7 @@ func (j *JetStream) Provision(ctx caddy.Context) error {
 	}
 	j.settings, j.keyring = r, kr
 	j.pool = &poolRef{metricsRegistry: ctx.GetMetricsRegistry()}
+	registerJetStreamMetrics(ctx.GetMetricsRegistry())
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -185,5 +186,40 @@ func TestQueueCaddyfile(t *testing.T) {
 				t.Errorf("JSON\n %s\nwant\n %s", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestJetStreamMetricsRegistered: a JetStream queue's own histogram is in
+// the registry of the config that provisions it.
+func TestJetStreamMetricsRegistered(t *testing.T) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	j := &JetStream{URLs: []string{"nats://127.0.0.1:4222"}}
+	if err := j.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := ctx.GetMetricsRegistry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "caddy_atlas_jetstream_publish_seconds" {
+			return
+		}
+	}
+	t.Error("caddy_atlas_jetstream_publish_seconds is not registered")
+}
+
+// TestWithDefaults: settings written as their defaults compare equal to
+// settings left out.
+func TestWithDefaults(t *testing.T) {
+	a := WithDefaults(map[string]any{"backend": "spool", "dir": "/d", "max_attempts": float64(20)})
+	b := WithDefaults(map[string]any{"backend": "spool", "dir": "/d"})
+	if !reflect.DeepEqual(a, b) {
+		t.Errorf("%v != %v", a, b)
+	}
+	c := WithDefaults(map[string]any{"backend": "spool", "dir": "/d", "max_attempts": float64(3)})
+	if reflect.DeepEqual(a, c) {
+		t.Error("max_attempts 3 compares equal to the default")
 	}
 }
