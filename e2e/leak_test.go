@@ -57,9 +57,9 @@ var (
 // leakRawAccessLog runs the audit with a bare access log, which Caddy
 // writes with every request header but Authorization and Cookie.
 var leakRawAccessLog = flag.Bool("leak.rawaccesslog", false,
-	"TestLeakAudit: use a site `log` without the filter the README recommends")
+	"TestLeakAudit: use a site `log` without the filter docs/security.md recommends")
 
-// leakAccessLogFormat is the access log format the README recommends:
+// leakAccessLogFormat is the access log format docs/security.md recommends:
 // Caddy logs each request's headers as they arrived, before any handler
 // runs, redacting only Authorization, Proxy-Authorization and Cookie; the
 // credentials Atlas sends in Client-Secret (auth_path) and Token (the

@@ -331,11 +331,11 @@ func regEventually(t *testing.T, within time.Duration, what string, cond func() 
 	}
 }
 
-// TestE2ECallbackRotation runs the README's rotation procedure for the
-// client secret and the signing key, with the simulator delivering
-// callbacks all along: no callback is refused. A token issued under the
-// old signing key keeps working while it is the previous_signing_key, and
-// stops once that is removed.
+// TestE2ECallbackRotation runs the rotation procedure of
+// docs/operations.md for the client secret and the signing key, with the
+// simulator delivering callbacks all along: no callback is refused. A
+// token issued under the old signing key keeps working while it is the
+// previous_signing_key, and stops once that is removed.
 func TestE2ECallbackRotation(t *testing.T) {
 	skipShort(t)
 	regEnv(t)
@@ -352,7 +352,7 @@ func TestE2ECallbackRotation(t *testing.T) {
 	// when a connection failed before any answer came: on Linux, Caddy
 	// hands its listening socket to the new config with SO_REUSEPORT, and
 	// a connection being opened at that instant can be reset by the
-	// kernel (see the README). An answer other than 2xx is a refusal,
+	// kernel (see docs/operations.md). An answer other than 2xx is a refusal,
 	// and there must be none; every delivery must succeed by its third
 	// try, the tries 50 and 100 ms apart (back to back, both could land
 	// in one reload's handover on a loaded machine).

@@ -27,11 +27,12 @@ import (
 )
 
 // tokenStoragePrefix is where the gateway stores its tokens in Caddy's
-// storage (README, "Token storage": atlas/tokens/<digest>).
+// storage (docs/operations.md, "One Atlas token per fleet":
+// atlas/tokens/<digest>).
 const tokenStoragePrefix = "atlas/tokens/"
 
 // tokenRecordKey is the stored token of one endpoint and client id, as
-// the README describes it: at atlas/tokens/<digest>, the digest being
+// docs/security.md describes it: at atlas/tokens/<digest>, the digest being
 // SHA-256 of endpoint and client id, sealed with AES-256-GCM under a key
 // derived from the client secret with HKDF-SHA256, the storage key
 // authenticated. The test writes a record under another secret with it,

@@ -6,7 +6,7 @@
 // contract (docs.helloatlas.in): it shares no code with the client it
 // tests, and it imports nothing of Caddy. The Caddy module
 // github.com/caddy-atlas/caddy-atlas/simulator serves it from a Caddy
-// server for curl and the README demo.
+// server for curl and the README's quick start.
 //
 // THE SIMULATOR IS FOR TESTS AND DEMOS ONLY. Its control endpoints under
 // /_sim/ are unauthenticated, let anyone revoke tokens or inject faults,

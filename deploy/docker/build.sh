@@ -25,7 +25,7 @@ GOBIN=$gobin go install "github.com/caddyserver/xcaddy/cmd/xcaddy@${XCADDY_VERSI
 
 # module@version=dir builds from the checkout and records that version in
 # the binary; a bare module=dir would ask the module proxy for the
-# module's versions (see the README's "Build Caddy with the plugin").
+# module's versions (see docs/operations.md, "Building Caddy with the plugin").
 "$gobin/xcaddy" build "$caddy_version" --output "$out" --with "$module@$version=$src"
 
 # The binary holds the plugin at that version.

@@ -178,7 +178,7 @@ func run(dir string, size int) ([]*server.Server, error) {
 			Port:             ports[i],
 			JetStream:        true,
 			StoreDir:         filepath.Join(dir, fmt.Sprintf("store-%d", i+1)),
-			MaxPayload:       8 << 20, // as the README's nats.conf
+			MaxPayload:       8 << 20, // as the nats.conf of docs/operations.md
 			NoLog:            true,
 			NoSigs:           true,
 			TrustedOperators: []*jwt.OperatorClaims{t.operator},
