@@ -21,6 +21,9 @@ import (
 // (at least once, with its id), none lost. Appends refused during the
 // leader election are retried, as Atlas retries a 503.
 func TestClusterLeaderLoss(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a three-server cluster through a leader loss: not under -short")
+	}
 	nodes := natstest.StartCluster(t, 3)
 	u := natstest.URLs(nodes)
 

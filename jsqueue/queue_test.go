@@ -168,6 +168,9 @@ func TestStreamMismatch(t *testing.T) {
 // works again once the server is back, without reopening the queue;
 // everything acknowledged is delivered.
 func TestNATSDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out reconnects to a stopped server: not under -short")
+	}
 	n := natstest.Start(t)
 	rec := &queuetest.Recorder{}
 	o := testOptions([]string{n.URL()}, newStreamName(), 1, queuetest.Options{Deliver: rec.Deliver})
@@ -270,6 +273,9 @@ func TestSameCallbackTwoInstances(t *testing.T) {
 // TestTakeover kills an instance in the middle of deliveries: the other
 // one delivers them after the ack wait, with the same ids.
 func TestTakeover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out an ack wait: not under -short")
+	}
 	n := natstest.Start(t)
 	stream := newStreamName()
 	started := make(chan string, 16)
