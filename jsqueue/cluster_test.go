@@ -2,6 +2,7 @@ package jsqueue
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -112,4 +113,83 @@ func loadThroughLeaderLoss(t *testing.T, a, b *Queue, rec *queuetest.Recorder, n
 		return true
 	})
 	return leader, refused.Load()
+}
+
+// TestClusterNoRefusals: while two of three servers stand, appends are
+// not refused. Load runs through two instances while the stream leader
+// is shut down, started again (it rejoins), and the new leader shut down
+// and started again in turn: every Append succeeds at its first call
+// (a publish that gets no answer is retried within PublishTimeout), and
+// every callback is delivered.
+func TestClusterNoRefusals(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a three-server cluster through node losses and rejoins: not under -short")
+	}
+	nodes := natstest.StartCluster(t, 3)
+	u := natstest.URLs(nodes)
+	stream := newStreamName()
+	rec := &queuetest.Recorder{}
+	a := openQueue(t, testOptions(u, stream, 3, queuetest.Options{Deliver: rec.Deliver, Concurrency: 8}))
+	b := openQueue(t, testOptions([]string{u[2], u[1], u[0]}, stream, 3, queuetest.Options{Deliver: rec.Deliver, Concurrency: 8}))
+
+	var next, acked atomic.Int64
+	var refusals []string
+	var mu sync.Mutex
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Go(func() {
+			q := a
+			if w%2 == 1 {
+				q = b
+			}
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				i := int(next.Add(1) - 1)
+				start := time.Now()
+				if _, err := q.Append(context.Background(), queuetest.Entry(i, 1024)); err != nil {
+					mu.Lock()
+					refusals = append(refusals, fmt.Sprintf("%s after %s: %v", queuetest.ID(i), time.Since(start).Round(time.Millisecond), err))
+					mu.Unlock()
+					continue
+				}
+				acked.Add(1)
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+	var faults []string
+	for round := range 2 {
+		time.Sleep(time.Second)
+		leader := natstest.StreamLeader(nodes, stream)
+		if leader == nil {
+			t.Fatalf("round %d: no stream leader", round)
+		}
+		leader.Stop()
+		faults = append(faults, "stopped "+leader.Name())
+		time.Sleep(3 * time.Second)
+		leader.Start()
+		faults = append(faults, "started "+leader.Name())
+		time.Sleep(3 * time.Second)
+	}
+	close(done)
+	wg.Wait()
+	t.Logf("%d callbacks acknowledged through %s", acked.Load(), strings.Join(faults, ", "))
+	if len(refusals) > 0 {
+		t.Errorf("%d appends refused while a quorum stood, e.g. %s", len(refusals), refusals[0])
+	}
+	n := int(next.Load())
+	testutil.WaitFor(t, 30*time.Second, "every acknowledged callback delivered", func() bool {
+		delivered := 0
+		for i := range n {
+			if rec.Count(queuetest.ID(i)) > 0 {
+				delivered++
+			}
+		}
+		return delivered >= int(acked.Load())
+	})
 }

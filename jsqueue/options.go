@@ -19,11 +19,17 @@ import (
 // Defaults of Options, beside the delivery defaults of every Store
 // (queue.DefaultRetention etc.), which apply here too.
 const (
-	DefaultStream          = "ATLAS_CALLBACKS"
-	DefaultReplicas        = 3
-	DefaultAckWait         = 10 * time.Second
-	DefaultPublishTimeout  = 5 * time.Second
-	DefaultDuplicateWindow = 2 * time.Minute
+	DefaultStream         = "ATLAS_CALLBACKS"
+	DefaultReplicas       = 3
+	DefaultAckWait        = 10 * time.Second
+	DefaultPublishTimeout = 5 * time.Second
+	// DefaultPublishAttemptTimeout bounds one try of a publish.
+	DefaultPublishAttemptTimeout = time.Second
+	// DefaultPingInterval and DefaultMaxPingsOutstanding notice a frozen
+	// server within about three seconds.
+	DefaultPingInterval        = time.Second
+	DefaultMaxPingsOutstanding = 2
+	DefaultDuplicateWindow     = 2 * time.Minute
 )
 
 // Options configure a Queue. The zero value of a field selects its
@@ -68,9 +74,29 @@ type Options struct {
 	// may exceed it. Default: 10s.
 	AckWait time.Duration
 
-	// PublishTimeout bounds the wait for the servers' ack of an Append
-	// (and of the other writes). Default: 5s.
+	// PublishTimeout bounds an Append (and the other writes): the wait
+	// for the servers' ack, and within it the retries of a publish that
+	// gets no answer from the stream (a leader election, a server
+	// rejoining, a connection to a server gone silent), each try
+	// bounded by PublishAttemptTimeout, against another server once the
+	// client has moved. Only when it runs out is the callback refused
+	// (queue.ErrUnavailable: the route answers 503 with Retry-After).
+	// The callback id as the message id makes a retried publish safe.
+	// Keep it below the route's request deadline and Atlas's timeout.
+	// Default: 5s.
 	PublishTimeout time.Duration
+
+	// PublishAttemptTimeout bounds one try of a publish within
+	// PublishTimeout. Default: 1s.
+	PublishAttemptTimeout time.Duration
+
+	// PingInterval and MaxPingsOutstanding are how often the client pings
+	// its server and how many pings may go unanswered before it drops
+	// the connection and moves to another server: together, how soon a
+	// frozen server (a long pause, a one-way partition) is noticed.
+	// Default: 1s and 2, a frozen server noticed within about 3s.
+	PingInterval        time.Duration
+	MaxPingsOutstanding int
 
 	// DuplicateWindow is the work stream's duplicate window (JetStream's
 	// Nats-Msg-Id de-duplication), used when the stream is created.
@@ -114,6 +140,7 @@ type config struct {
 	replicas        int
 	ackWait         time.Duration
 	publishTimeout  time.Duration
+	attemptTimeout  time.Duration
 	dupWindow       time.Duration
 	keyring         *seal.Keyring
 	deliver         queue.DeliverFunc
@@ -145,6 +172,7 @@ func resolve(o Options) (*config, error) {
 		replicas:        orDefault(o.Replicas, DefaultReplicas),
 		ackWait:         orDefault(o.AckWait, DefaultAckWait),
 		publishTimeout:  orDefault(o.PublishTimeout, DefaultPublishTimeout),
+		attemptTimeout:  orDefault(o.PublishAttemptTimeout, DefaultPublishAttemptTimeout),
 		dupWindow:       orDefault(o.DuplicateWindow, DefaultDuplicateWindow),
 		keyring:         o.Keyring,
 		deliver:         o.Deliver,
@@ -227,6 +255,8 @@ func (c *config) natsOptions() ([]nats.Option, error) {
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.ReconnectBufSize(-1),
 		nats.Timeout(c.publishTimeout),
+		nats.PingInterval(orDefault(o.PingInterval, DefaultPingInterval)),
+		nats.MaxPingsOutstanding(orDefault(o.MaxPingsOutstanding, DefaultMaxPingsOutstanding)),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			c.logger.Warn("NATS connection lost", zap.Error(err))
 		}),

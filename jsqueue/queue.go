@@ -410,16 +410,69 @@ func (q *Queue) Append(ctx context.Context, e queue.Entry) (queue.AppendResult, 
 	}
 	ctx, cancel := withTimeout(ctx, cfg.publishTimeout)
 	defer cancel()
+	// A try that gets no answer from the stream is tried again, until
+	// the publish timeout: a leader election, a server rejoining or a
+	// connection to a frozen server (which the client's pings notice, to
+	// move to another) last seconds, and Atlas should not be refused
+	// while a quorum stands.
+	for attempt := 1; ; attempt++ {
+		actx, acancel := withTimeout(ctx, cfg.attemptTimeout)
+		res, what, err := q.appendOnce(actx, e, cfg)
+		acancel()
+		if err == nil {
+			return res, nil
+		}
+		if !retryable(err) || ctx.Err() != nil {
+			if what == "" {
+				return res, err
+			}
+			return res, unavailable(ctx, what, err)
+		}
+		wait := min(25*time.Millisecond<<min(attempt, 5), 500*time.Millisecond)
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait+10*time.Millisecond {
+			return res, unavailable(ctx, what, err)
+		}
+		cfg.logger.Debug("retrying a publish that got no answer", zap.String("callback_id", e.ID),
+			zap.Int("attempt", attempt), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return res, unavailable(ctx, what, err)
+		case <-time.After(wait):
+		}
+	}
+}
 
+// retryable reports whether a try of an Append failed for want of an
+// answer, which another try may get: no responders (no stream leader),
+// no response in the try's time, a connection between servers, or a
+// JetStream API error with status 503.
+func retryable(err error) bool {
+	var ae *jetstream.APIError
+	switch {
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrDisconnected),
+		errors.Is(err, nats.ErrStaleConnection), errors.Is(err, errNoAnswer):
+		return true
+	case errors.As(err, &ae):
+		return ae.Code == 503
+	}
+	return false
+}
+
+// appendOnce is one try of Append within ctx. On failure, what says
+// what failed ("" for an error to return as it is).
+func (q *Queue) appendOnce(ctx context.Context, e queue.Entry, cfg *config) (queue.AppendResult, string, error) {
+	res := queue.AppendResult{ID: e.ID}
 	rec, err := q.state(ctx, e.ID)
 	if err != nil {
-		return res, unavailable(ctx, "reading callback state", err)
+		return res, "reading callback state", err
 	}
 	msgID := e.ID
 	if rec != nil {
 		if rec.kind != kindDeleted {
 			res.Duplicate = true
-			return res, nil
+			return res, "", nil
 		}
 		// Deleted: JetStream may still hold the id in its duplicate
 		// window, so the new message gets an id of its own, the same for
@@ -432,17 +485,17 @@ func (q *Queue) Append(ctx context.Context, e queue.Entry) (queue.AppendResult, 
 	switch {
 	case isWrongLastSeq(err):
 		res.Duplicate = true // pending in the work stream
-		return res, nil
+		return res, "", nil
 	case errors.Is(err, nats.ErrMaxPayload):
 		// A server with a lower max_payload than the one connected to
 		// first: retrying will not help.
-		return res, fmt.Errorf("%w: %w", queue.ErrTooLarge, err)
+		return res, "", fmt.Errorf("%w: %w", queue.ErrTooLarge, err)
 	case err != nil:
-		return res, unavailable(ctx, "publishing the callback", err)
+		return res, "publishing the callback", err
 	}
 	cfg.obs.FsyncDone(time.Since(start), 1)
 	res.Duplicate = ack.Duplicate
-	return res, nil
+	return res, "", nil
 }
 
 // newMsg makes a work or dead-letter message.

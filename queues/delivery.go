@@ -244,6 +244,7 @@ func WithDefaults(q map[string]any) map[string]any {
 		}
 		def("replicas", jsqueue.DefaultReplicas)
 		def("ack_wait", float64(jsqueue.DefaultAckWait))
+		def("publish_timeout", float64(jsqueue.DefaultPublishTimeout))
 	}
 	return out
 }

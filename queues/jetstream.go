@@ -55,6 +55,12 @@ type JetStream struct {
 	// instance dies. Live deliveries send a heartbeat every third of it.
 	// Default: 10s.
 	AckWait caddy.Duration `json:"ack_wait,omitempty"`
+	// How long a callback's publish may take, retries included: a
+	// publish that gets no answer from the stream (a leader election, a
+	// server rejoining, a frozen server the client moves away from) is
+	// tried again, each try at most 1s, before Atlas is answered 503
+	// with Retry-After. Keep it below Atlas's timeout. Default: 5s.
+	PublishTimeout caddy.Duration `json:"publish_timeout,omitempty"`
 
 	Delivery
 
@@ -219,6 +225,8 @@ func (j *JetStream) differs(o backend) string {
 		return "credentials, tls or replicas"
 	case oj.base.AckWait != j.base.AckWait:
 		return "ack_wait"
+	case oj.base.PublishTimeout != j.base.PublishTimeout:
+		return "publish_timeout"
 	case oj.settings != j.settings:
 		return "setting (max_attempts, retry_backoff, delivery_timeout, concurrency, retention or encryption_key)"
 	}
@@ -269,6 +277,7 @@ func (j *JetStream) options() (jsqueue.Options, error) {
 	o.Stream = repl.ReplaceKnown(j.Stream, "")
 	o.Replicas = j.Replicas
 	o.AckWait = time.Duration(j.AckWait)
+	o.PublishTimeout = time.Duration(j.PublishTimeout)
 	if j.Replicas < 0 || j.Replicas > 5 {
 		return o, fmt.Errorf("queue jetstream: replicas must be 1 to 5, got %d", j.Replicas)
 	}
@@ -330,6 +339,7 @@ func jetStreamKey(o jsqueue.Options) string {
 //		stream      <name>
 //		replicas    <n>
 //		ack_wait    <duration>
+//		publish_timeout <duration>
 //		credentials <creds file or its content>
 //		credentials {
 //			creds    <creds file or its content>
@@ -398,6 +408,17 @@ func (j *JetStream) UnmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen
 			return d.Errf("queue jetstream: ack_wait must be a duration of at least 100ms, got %s", val)
 		}
 		j.AckWait = caddy.Duration(dur)
+		return nil
+	case "publish_timeout":
+		val, err := cfparse.Arg(d)
+		if err != nil {
+			return err
+		}
+		dur, err := caddy.ParseDuration(val)
+		if err != nil || dur < time.Second || dur > time.Minute {
+			return d.Errf("queue jetstream: publish_timeout must be a duration from 1s to 1m, got %s", val)
+		}
+		j.PublishTimeout = caddy.Duration(dur)
 		return nil
 	case "dead_letter_retention":
 		return d.Err("dead_letter_retention applies to a spool only: a queue jetstream keeps dead letters until they are retried or purged")

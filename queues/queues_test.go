@@ -164,8 +164,10 @@ func TestQueueCaddyfile(t *testing.T) {
 			stream S
 			replicas 3
 			ack_wait 5s
+			publish_timeout 3s
 			max_attempts 2
-		}`, want: `{"urls":["nats://a:4222","nats://b:4222"],"stream":"S","replicas":3,"ack_wait":5000000000,"max_attempts":2}`},
+		}`, want: `{"urls":["nats://a:4222","nats://b:4222"],"stream":"S","replicas":3,"ack_wait":5000000000,"publish_timeout":3000000000,"max_attempts":2}`},
+		{name: "jetstream publish_timeout", mod: new(JetStream), input: "jetstream {\n url nats://a\n publish_timeout 2h\n}", wantErr: "publish_timeout must be a duration from 1s to 1m, got 2h"},
 		{name: "jetstream without url", mod: new(JetStream), input: "jetstream {\n stream S\n}", wantErr: "url is required"},
 		{name: "jetstream replicas", mod: new(JetStream), input: "jetstream {\n url nats://a\n replicas 7\n}", wantErr: "replicas must be a whole number from 1 to 5, got 7"},
 		{name: "jetstream dead letters", mod: new(JetStream), input: "jetstream {\n url nats://a\n dead_letter_retention 1d\n}", wantErr: "dead_letter_retention applies to a spool only"},
