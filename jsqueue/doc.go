@@ -59,7 +59,8 @@
 // makes a callback a duplicate that was not stored: a crash or timeout
 // between two steps leaves at worst a callback stored but answered 503,
 // whose retry by Atlas is then a duplicate. If NATS is unreachable, or
-// the ack does not come within Options.PublishTimeout, Append fails with
+// the ack does not come within Options.PublishTimeout (tries that get no
+// answer are tried again within it), Append fails with
 // an error wrapping queue.ErrUnavailable (the route answers 503 with
 // Retry-After); the client reconnects by itself, without a reopen.
 //

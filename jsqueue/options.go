@@ -22,7 +22,7 @@ const (
 	DefaultStream         = "ATLAS_CALLBACKS"
 	DefaultReplicas       = 3
 	DefaultAckWait        = 10 * time.Second
-	DefaultPublishTimeout = 5 * time.Second
+	DefaultPublishTimeout = 10 * time.Second
 	// DefaultPublishAttemptTimeout bounds one try of a publish.
 	DefaultPublishAttemptTimeout = time.Second
 	// DefaultPingInterval and DefaultMaxPingsOutstanding notice a frozen
@@ -83,7 +83,8 @@ type Options struct {
 	// (queue.ErrUnavailable: the route answers 503 with Retry-After).
 	// The callback id as the message id makes a retried publish safe.
 	// Keep it below the route's request deadline and Atlas's timeout.
-	// Default: 5s.
+	// Default: 10s, which covers the 4 to 9 s nats-server takes to elect
+	// a stream's new leader after the old one is lost.
 	PublishTimeout time.Duration
 
 	// PublishAttemptTimeout bounds one try of a publish within
@@ -246,7 +247,9 @@ func sameConnection(a, b *config) error {
 // natsOptions are the connection options: reconnect for ever, and no
 // reconnect buffer, so that a publish while disconnected fails at once
 // (the route answers 503) rather than waiting for its ack timeout.
-func (c *config) natsOptions() ([]nats.Option, error) {
+// onDisconnect and onReconnect are called as the connection drops and
+// comes back.
+func (c *config) natsOptions(onDisconnect, onReconnect func()) ([]nats.Option, error) {
 	o := c.opts
 	opts := []nats.Option{
 		nats.Name(orDefault(o.Name, "caddy-atlas")),
@@ -258,9 +261,11 @@ func (c *config) natsOptions() ([]nats.Option, error) {
 		nats.PingInterval(orDefault(o.PingInterval, DefaultPingInterval)),
 		nats.MaxPingsOutstanding(orDefault(o.MaxPingsOutstanding, DefaultMaxPingsOutstanding)),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			onDisconnect()
 			c.logger.Warn("NATS connection lost", zap.Error(err))
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
+			onReconnect()
 			c.logger.Info("NATS connection restored", zap.String("server", nc.ConnectedUrlRedacted()))
 		}),
 	}

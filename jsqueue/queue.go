@@ -36,6 +36,9 @@ type Queue struct {
 	delivered, deadCount jetstream.Consumer
 	// lastStats is the last complete Stats read from the servers.
 	lastStats atomic.Pointer[queue.Stats]
+	// disconnectedAt is when the connection dropped, in Unix
+	// nanoseconds; 0 while connected.
+	disconnectedAt atomic.Int64
 
 	workSubj, deadSubj, stateSubj string
 
@@ -67,16 +70,7 @@ func Open(opts Options) (*Queue, error) {
 	if err != nil {
 		return nil, err
 	}
-	nopts, err := cfg.natsOptions()
-	if err != nil {
-		return nil, err
-	}
-	nc, err := nats.Connect(joinURLs(cfg.urls), nopts...)
-	if err != nil {
-		return nil, fmt.Errorf("%w: connecting to NATS: %w", queue.ErrUnavailable, err)
-	}
 	q := &Queue{
-		nc:        nc,
 		workSubj:  cfg.stream + ".q.",
 		deadSubj:  cfg.stream + "_DEAD.",
 		stateSubj: cfg.stream + "_STATE.",
@@ -85,6 +79,17 @@ func Open(opts Options) (*Queue, error) {
 		stop:      make(chan struct{}),
 		closed:    make(chan struct{}),
 	}
+	nopts, err := cfg.natsOptions(
+		func() { q.disconnectedAt.Store(time.Now().UnixNano()) },
+		func() { q.disconnectedAt.Store(0) })
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(joinURLs(cfg.urls), nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: connecting to NATS: %w", queue.ErrUnavailable, err)
+	}
+	q.nc = nc
 	q.cfg.Store(cfg)
 	if q.js, err = jetstream.New(nc, jetstream.WithDefaultTimeout(cfg.publishTimeout)); err != nil {
 		nc.Close()
@@ -422,7 +427,7 @@ func (q *Queue) Append(ctx context.Context, e queue.Entry) (queue.AppendResult, 
 		if err == nil {
 			return res, nil
 		}
-		if !retryable(err) || ctx.Err() != nil {
+		if !retryable(err) || ctx.Err() != nil || q.offline() {
 			if what == "" {
 				return res, err
 			}
@@ -440,6 +445,19 @@ func (q *Queue) Append(ctx context.Context, e queue.Entry) (queue.AppendResult, 
 		case <-time.After(wait):
 		}
 	}
+}
+
+// reconnectGrace is how long a dropped connection may take to come back
+// (to the same server or another) before an Append stops waiting for
+// it: beyond it, NATS is taken to be down, and the callback is refused
+// at once rather than at the end of the publish timeout.
+const reconnectGrace = 2 * time.Second
+
+// offline reports whether the connection has been down for longer than
+// reconnectGrace.
+func (q *Queue) offline() bool {
+	at := q.disconnectedAt.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) > reconnectGrace
 }
 
 // retryable reports whether a try of an Append failed for want of an

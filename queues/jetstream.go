@@ -59,7 +59,9 @@ type JetStream struct {
 	// publish that gets no answer from the stream (a leader election, a
 	// server rejoining, a frozen server the client moves away from) is
 	// tried again, each try at most 1s, before Atlas is answered 503
-	// with Retry-After. Keep it below Atlas's timeout. Default: 5s.
+	// with Retry-After. Keep it below Atlas's timeout. Default: 10s,
+	// which covers the 4 to 9 s nats-server takes to elect a stream's
+	// new leader after the old one is lost.
 	PublishTimeout caddy.Duration `json:"publish_timeout,omitempty"`
 
 	Delivery
