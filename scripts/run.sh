@@ -7,7 +7,11 @@
 #
 # The binary is built into .caddy-atlas-demo/bin/caddy, then exec'd: the
 # script's PID is Caddy's, so `kill <pid>` or Ctrl-C stops Caddy and
-# frees every port.
+# frees every port. Everything the demo writes stays in
+# .caddy-atlas-demo: Caddy's data directory (the Atlas token, the local
+# CA) in data/, its config directory (autosave.json) in config/, the
+# spool, the pidfile caddy.pid. Deleting the directory resets the demo.
+# While one demo runs, a second start says so and exits 1.
 #
 # Environment: ATLAS_ENDPOINT, ATLAS_CLIENT_ID, ATLAS_CLIENT_SECRET,
 # ATLAS_CALLBACK_CLIENT_ID, ATLAS_CALLBACK_CLIENT_SECRET,
@@ -17,6 +21,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 demo=$PWD/.caddy-atlas-demo
+pidfile=$demo/caddy.pid
+
+# A second demo would find every port taken. The pidfile is Caddy's (run
+# --pidfile); one left by a demo that was killed -9 names a process that
+# is gone, or one that is not this demo's Caddy, and is ignored.
+if pid=$(cat "$pidfile" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+	if [ -r "/proc/$pid/cmdline" ]; then
+		args=$(tr '\0' ' ' <"/proc/$pid/cmdline")
+	else
+		args=$(ps -p "$pid" -o args= 2>/dev/null || true)
+	fi
+	if [[ $args == *caddy*' run '* ]]; then
+		echo "the demo is already running (PID $pid); stop it with Ctrl-C in its terminal or kill $pid" >&2
+		exit 1
+	fi
+fi
+
 mkdir -p "$demo/bin"
 echo "building Caddy with caddy-atlas into .caddy-atlas-demo/bin/caddy (the first build takes a few minutes)" >&2
 go build -o "$demo/bin/caddy" ./cmd/caddy
@@ -29,6 +50,9 @@ export ATLAS_CALLBACK_CLIENT_SECRET="${ATLAS_CALLBACK_CLIENT_SECRET:-atlas-callb
 # A fresh random HMAC key per run unless one is given.
 export ATLAS_CALLBACK_SIGNING_KEY="${ATLAS_CALLBACK_SIGNING_KEY:-$(head -c 48 /dev/urandom | base64 | tr -d '\n')}"
 export ATLAS_SPOOL_DIR="${ATLAS_SPOOL_DIR:-$demo/spool}"
+# Caddy's data and config directories (caddy.AppDataDir, AppConfigDir):
+# the Atlas token, the local CA and autosave.json, not in $HOME.
+export XDG_DATA_HOME=$demo/data XDG_CONFIG_HOME=$demo/config
 
 # The banner shows the callback credentials only if they are the demo's.
 shown_secret='<your ATLAS_CALLBACK_CLIENT_SECRET>'
@@ -57,4 +81,4 @@ Try, in another shell:
 
 BANNER
 
-exec "$demo/bin/caddy" run --config example.Caddyfile --adapter caddyfile
+exec "$demo/bin/caddy" run --config example.Caddyfile --adapter caddyfile --pidfile "$pidfile"
