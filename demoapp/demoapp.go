@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -22,6 +21,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/demostory"
 )
 
 func init() {
@@ -57,7 +58,8 @@ var history struct {
 
 // App is the stand-in app. A POST carrying X-Atlas-Callback-Id (what the
 // callback route, or a durable delivery, gives the app) is recorded,
-// printed as one line on Caddy's standard output and answered 200; GET
+// told as one line of the demo's story on standard output (package
+// internal/demostory) and answered 200; GET
 // {path} lists what was received (text, or JSON with ?format=json);
 // anything else goes to the next handler.
 //
@@ -133,20 +135,49 @@ func (a *App) take(w http.ResponseWriter, r *http.Request) error {
 	}
 	history.mu.Unlock()
 
-	again := ""
-	if c.Again {
-		again = " (again: deduplicate on the id)"
-	}
-	attempt := ""
-	if c.Attempt != "" {
-		attempt = " attempt " + c.Attempt
-	}
-	fmt.Fprintf(os.Stdout, "app: callback %s from %q: %s documents [%s]%s%s\n",
-		c.ID, c.Subject, c.Count, strings.Join(c.DocumentIDs, ", "), attempt, again)
+	tell(c)
 
 	w.Header().Set("Content-Type", "application/json")
 	_, err = fmt.Fprintf(w, "{\"received\":%q}\n", c.ID)
 	return err
+}
+
+// tell prints what the app got as one line of the demo's story: the
+// callback, its attempt, the batch its documents belong to (from the
+// demo's record of the uploads) and whether that batch is now complete.
+func tell(c received) {
+	delivered := "delivered"
+	if c.Again {
+		delivered = "delivered again"
+	}
+	if c.Attempt != "" {
+		delivered += " (attempt " + c.Attempt + ")"
+	}
+	ids := ""
+	if len(c.DocumentIDs) > 0 {
+		ids = " (" + demostory.List(c.DocumentIDs) + ")"
+	}
+	what := documents(len(c.DocumentIDs)) + ids
+	if batch, total, ok := demostory.BatchOf(c.DocumentIDs); ok {
+		if total == len(c.DocumentIDs) {
+			what = "batch " + batch + " complete, " + what
+		} else {
+			what = fmt.Sprintf("batch %s, %d of its %s%s", batch, len(c.DocumentIDs), documents(total), ids)
+		}
+	}
+	again := ""
+	if c.Again {
+		again = "; the app saw this id before: deduplicate on it"
+	}
+	demostory.Printf("app: callback %s %s: %s%s", demostory.Short(c.ID), delivered, what, again)
+}
+
+// documents is "1 document" or "n documents".
+func documents(n int) string {
+	if n == 1 {
+		return "1 document"
+	}
+	return fmt.Sprintf("%d documents", n)
 }
 
 // list serves what was received, newest first.

@@ -10,6 +10,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/demostory"
 )
 
 func TestAppRecordsAndListsCallbacks(t *testing.T) {
@@ -92,5 +94,31 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		if (err != nil) != wantErr {
 			t.Errorf("%q: err %v, want error %v", in, err, wantErr)
 		}
+	}
+}
+
+// TestTell checks the story line of a delivery: the batch from the
+// demo's record of the uploads, complete or not, and a repeat.
+func TestTell(t *testing.T) {
+	var told strings.Builder
+	demostory.Output = &told
+	t.Cleanup(func() { demostory.Output = nil })
+
+	demostory.Uploaded("BATCH-1", []string{"pan-7", "aadhaar-7"})
+	demostory.Uploaded("BATCH-2", []string{"pan-8", "aadhaar-8", "passport-8"})
+	for _, c := range []received{
+		{ID: "2b461a66a68d0db99304ee6aeba44da3", Attempt: "1", DocumentIDs: []string{"pan-7", "aadhaar-7"}},
+		{ID: "2b461a66a68d0db99304ee6aeba44da3", Attempt: "1", DocumentIDs: []string{"pan-7", "aadhaar-7"}, Again: true},
+		{ID: "5c", Attempt: "3", DocumentIDs: []string{"pan-8"}},
+		{ID: "6d", DocumentIDs: []string{"unknown-1"}},
+	} {
+		tell(c)
+	}
+	want := "app: callback 2b461a66… delivered (attempt 1): batch BATCH-1 complete, 2 documents (pan-7, aadhaar-7)\n" +
+		"app: callback 2b461a66… delivered again (attempt 1): batch BATCH-1 complete, 2 documents (pan-7, aadhaar-7); the app saw this id before: deduplicate on it\n" +
+		"app: callback 5c delivered (attempt 3): batch BATCH-2, 1 of its 3 documents (pan-8)\n" +
+		"app: callback 6d delivered: 1 document (unknown-1)\n"
+	if told.String() != want {
+		t.Errorf("told:\n%s\nwant:\n%s", told.String(), want)
 	}
 }

@@ -64,6 +64,10 @@ export ATLAS_CALLBACK_CLIENT_ID=atlas ATLAS_CALLBACK_CLIENT_SECRET=atlas-callbac
 ATLAS_CALLBACK_SIGNING_KEY=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
 export ATLAS_CALLBACK_SIGNING_KEY
 export ATLAS_SPOOL_DIR=$work/spool
+ATLAS_SPOOL_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64)
+export ATLAS_SPOOL_ENCRYPTION_KEY
+# example.Caddyfile's access log.
+export ATLAS_DEMO_DIR=$work/demo
 export ATLAS_CALLBACK_HOST=callbacks.example.com
 export ATLAS_DELIVER_TO=http://localhost:9000/hooks/atlas
 export CREDENTIALS_DIRECTORY=$work/credentials
@@ -112,7 +116,7 @@ if grep -lq 'queue jetstream' -- "${caddyfiles[@]}" "${embedded[@]}" 2>/dev/null
 	mkdir -p "$work/nats"
 	"$work/natscheck" -dir "$work/nats" 2>"$work/natscheck.log" &
 	nats_pid=$!
-	smoke_pids+=($nats_pid)
+	smoke_pids+=("$nats_pid")
 	for _ in $(seq 150); do
 		[ -f "$work/nats/urls" ] || ! kill -0 "$nats_pid" 2>/dev/null && break
 		sleep 0.1
@@ -192,10 +196,8 @@ fi
 if [ "${SKIP_DOCKER_BUILD:-}" != 1 ]; then
 	if deploy/docker/build.sh "$work/caddy-docker" >"$work/build.out" 2>&1; then
 		echo "ok    deploy/docker/build.sh: $(tail -n 1 "$work/build.out")"
-		for f in deploy/Caddyfile; do
-			"$work/caddy-docker" validate --config "$f" --adapter caddyfile >"$work/validate.out" 2>&1 ||
-				fail "$f does not validate with the binary of deploy/docker/build.sh: $(tail -n 3 "$work/validate.out")"
-		done
+		"$work/caddy-docker" validate --config deploy/Caddyfile --adapter caddyfile >"$work/validate.out" 2>&1 ||
+			fail "deploy/Caddyfile does not validate with the binary of deploy/docker/build.sh: $(tail -n 3 "$work/validate.out")"
 	else
 		tail -n 20 "$work/build.out" >&2
 		fail "deploy/docker/build.sh"
@@ -232,8 +234,8 @@ smoke_run() {
 		ATLAS_CLIENT_ID=smoke-client ATLAS_SPOOL_DIR=$dir/spool ATLAS_DELIVER_TO=http://127.0.0.1:28900/hooks/atlas \
 		"$bin" run --config "$dir/Caddyfile" --adapter caddyfile >"$dir/caddy.log" 2>&1 &
 	smoke_pids+=($!)
-	local i out token batch code
-	for i in $(seq 50); do
+	local out token batch code
+	for _ in $(seq 50); do
 		curl -sf -o /dev/null 127.0.0.1:28180/metrics && curl -s -o /dev/null 127.0.0.1:28900/ && break
 		sleep 0.2
 	done
@@ -249,7 +251,7 @@ smoke_run() {
 	out=$(curl -sk -X POST https://localhost:28443/hooks/atlas -H "Token: $token" -H 'Content-Type: application/json' \
 		-d '{"data": [{"document_id": "smoke-doc-1", "file_data": {}}]}')
 	[[ $out == *'"status":"accepted"'* ]] || { echo "callback: $out" >&2; return 1; }
-	for i in $(seq 50); do
+	for _ in $(seq 50); do
 		out=$(curl -s 127.0.0.1:28900/callbacks)
 		[[ $out == *smoke-doc-1* ]] && break
 		sleep 0.1

@@ -33,11 +33,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    upload_response    array|object
 //	    document_type_form string|object
 //	    one_live_token
+//	    narrate
 //	}
 //
 // The block is optional; without client_id and client_secret the
 // simulator accepts demo-client / demo-secret. one_live_token makes each
-// issued token revoke the client's previous ones. Use {env.X} or
+// issued token revoke the client's previous ones. narrate prints what
+// the simulator does, one plain line each, on standard output. Use {env.X} or
 // {file.path} for credentials you do not want in the adapted JSON.
 // FOR TESTS AND DEMOS ONLY: never serve it to real traffic.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -50,7 +52,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
 		switch sub {
-		case "client_id", "client_secret", "token_lifetime", "upload_response", "document_type_form", "one_live_token":
+		case "client_id", "client_secret", "token_lifetime", "upload_response", "document_type_form", "one_live_token", "narrate":
 		default:
 			return d.Errf("unrecognized subdirective %q", sub)
 		}
@@ -58,11 +60,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 
-		if sub == "one_live_token" {
+		if sub == "one_live_token" || sub == "narrate" {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			h.OneLiveToken = true
+			if sub == "narrate" {
+				h.Narrate = true
+			} else {
+				h.OneLiveToken = true
+			}
 			continue
 		}
 		var arg string

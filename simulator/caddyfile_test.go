@@ -33,6 +33,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				upload_response object
 				document_type_form object
 				one_live_token
+				narrate
 			}`,
 			want: Handler{
 				ClientID:         "demo-client",
@@ -41,6 +42,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				UploadResponse:   "object",
 				DocumentTypeForm: "object",
 				OneLiveToken:     true,
+				Narrate:          true,
 			},
 		},
 		{
@@ -74,6 +76,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "upload_response bad", input: "atlas_simulator {\nupload_response list\n}", wantErr: `upload_response must be "array" or "object"`},
 		{name: "document_type_form bad", input: "atlas_simulator {\ndocument_type_form map\n}", wantErr: `document_type_form must be "string" or "object"`},
 		{name: "one_live_token with a value", input: "atlas_simulator {\none_live_token yes\n}", wantErr: "wrong argument count"},
+		{name: "narrate with a value", input: "atlas_simulator {\nnarrate on\n}", wantErr: "wrong argument count"},
+		{name: "narrate repeated", input: "atlas_simulator {\nnarrate\nnarrate\n}", wantErr: `subdirective "narrate" given more than once`},
 		{name: "one_live_token repeated", input: "atlas_simulator {\none_live_token\none_live_token\n}", wantErr: `subdirective "one_live_token" given more than once`},
 		{name: "upload_response missing value", input: "atlas_simulator {\nupload_response\n}", wantErr: "wrong argument count"},
 	}

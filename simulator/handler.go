@@ -13,6 +13,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if h.sim == nil {
 		return caddyhttp.Error(http.StatusInternalServerError, errors.New("atlas_simulator is not provisioned"))
 	}
-	h.sim.ServeHTTP(w, r)
+	if !h.Narrate {
+		h.sim.ServeHTTP(w, r)
+		return nil
+	}
+	rec := &recorder{ResponseWriter: w}
+	h.sim.ServeHTTP(rec, r)
+	narrate(r, rec)
 	return nil
 }

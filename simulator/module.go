@@ -70,6 +70,13 @@ type Handler struct {
 	// off (every unexpired token is live).
 	OneLiveToken bool `json:"one_live_token,omitempty"`
 
+	// Narrate prints on standard output, one plain line each, what the
+	// simulator does as Atlas: tokens issued, batches uploaded, extracts
+	// sent, and how the gateway answered the callbacks it played (see
+	// package internal/demostory). For the demo (scripts/run.sh).
+	// Default off.
+	Narrate bool `json:"narrate,omitempty"`
+
 	clientID     string
 	clientSecret string
 	key          poolKey
