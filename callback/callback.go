@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 	"github.com/caddy-atlas/caddy-atlas/mask"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
@@ -256,7 +257,7 @@ func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 	for i, v := range c.ClientSecrets {
 		more := repl.ReplaceKnown(v, "")
 		if more == "" {
-			return fmt.Errorf("client_secrets[%d] is empty (an unset {env.*} or unreadable {file.*} placeholder?)", i)
+			return placeholder.Empty(fmt.Sprintf("client_secrets[%d]", i), v)
 		}
 		c.moreSecretDigests = append(c.moreSecretDigests, sha256.Sum256([]byte(more)))
 	}
@@ -278,7 +279,7 @@ func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 	for i, v := range c.VerifyKeys {
 		raw := repl.ReplaceKnown(v, "")
 		if raw == "" {
-			return fmt.Errorf("verify_keys[%d] is empty (an unset {env.*} or unreadable {file.*} placeholder?)", i)
+			return placeholder.Empty(fmt.Sprintf("verify_keys[%d]", i), v)
 		}
 		k, err := token.ParseVerifyKey(raw)
 		if err != nil {
@@ -337,10 +338,16 @@ func (c *Callback) Validate() error {
 		return fmt.Errorf("auth_path %q must start with /", c.AuthPath)
 	case c.AuthPath == c.Path:
 		return fmt.Errorf("auth_path and path are the same path %q", c.Path)
+	case c.clientID == "" && c.ClientID != "":
+		return placeholder.Empty("client_id", c.ClientID)
 	case c.clientID == "":
-		return errors.New("client_id is empty (an unset {env.*} or unreadable {file.*} placeholder?)")
+		return errors.New("client_id is empty")
+	case !c.hasSecret && c.ClientSecret != "":
+		return placeholder.Empty("client_secret", c.ClientSecret)
 	case !c.hasSecret:
 		return errors.New("client_secret is empty; give it as an {env.NAME} or {file.path} placeholder")
+	case c.signer == nil && c.SigningKey != "":
+		return placeholder.Empty("signing_key", c.SigningKey)
 	case c.signer == nil:
 		return errors.New("signing_key is empty; give it as an {env.NAME} or {file.path} placeholder")
 	case c.Issuer == "":

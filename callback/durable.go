@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
@@ -114,6 +115,9 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 // validateDurable checks the durable-mode settings that are the route's;
 // it changes nothing. The queue checks its own.
 func (c *Callback) validateDurable() error {
+	if c.deliverTo == "" && c.DeliverTo != "" {
+		return placeholder.Empty("deliver_to", c.DeliverTo)
+	}
 	if c.DeliverTo == "" {
 		if c.Queue != nil {
 			return errors.New("deliver_to is required with spool or queue: where the stored callbacks are delivered")

@@ -304,10 +304,10 @@ func TestDurableConfigErrors(t *testing.T) {
 	}{
 		{"deliver_to without spool", Callback{DeliverTo: "http://app/hooks"}, "deliver_to needs spool"},
 		{"spool without deliver_to", Callback{Spool: dir}, "deliver_to is required with spool"},
-		{"unset spool placeholder", Callback{Spool: "{env.DURABLE_TEST_UNSET}", DeliverTo: "http://app/"}, "spool is empty"},
+		{"unset spool placeholder", Callback{Spool: "{env.DURABLE_TEST_UNSET}", DeliverTo: "http://app/"}, "spool {env.DURABLE_TEST_UNSET} is empty: DURABLE_TEST_UNSET is not set"},
 		{"relative deliver_to", Callback{Spool: dir, DeliverTo: "/hooks"}, "deliver_to is not an absolute http(s) URL"},
 		{"ftp deliver_to", Callback{Spool: dir, DeliverTo: "ftp://" + marker + "@app/"}, "deliver_to is not an absolute http(s) URL"},
-		{"unset deliver_to placeholder", Callback{Spool: dir, DeliverTo: "{env.DURABLE_TEST_UNSET}"}, "deliver_to is not an absolute"},
+		{"unset deliver_to placeholder", Callback{Spool: dir, DeliverTo: "{env.DURABLE_TEST_UNSET}"}, "deliver_to {env.DURABLE_TEST_UNSET} is empty: DURABLE_TEST_UNSET is not set"},
 		{"negative max_attempts", Callback{Spool: dir, DeliverTo: "http://app/", MaxAttempts: -1}, "max_attempts must be at least 1"},
 		{"negative concurrency", Callback{Spool: dir, DeliverTo: "http://app/", Concurrency: -2}, "concurrency must be at least 1"},
 		{"min above max", Callback{Spool: dir, DeliverTo: "http://app/", RetryBackoffMin: caddy.Duration(time.Minute), RetryBackoffMax: caddy.Duration(time.Second)},

@@ -144,8 +144,8 @@ func TestDurableEncryptionKeyErrors(t *testing.T) {
 	}{
 		{"not a key", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{good, bad}}, "encryption_key 2: seal: key of 50 characters is neither base64 nor hex"},
 		{"short key", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{short}}, "encryption_key 1: seal: key decodes to 16 bytes, want 32"},
-		{"empty file", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{empty}}, "encryption_key 1 is empty"},
-		{"unset env", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{"{env.ENCRYPTION_TEST_UNSET}"}}, "encryption_key 1 is empty"},
+		{"empty file", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{empty}}, "encryption_key 1 " + empty + " is empty: the file " + strings.TrimSuffix(strings.TrimPrefix(empty, "{file."), "}") + " is empty"},
+		{"unset env", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{"{env.ENCRYPTION_TEST_UNSET}"}}, "encryption_key 1 {env.ENCRYPTION_TEST_UNSET} is empty: ENCRYPTION_TEST_UNSET is not set"},
 		{"same key twice", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{good, "hex-" + good}}, ""},
 		{"without spool", Callback{EncryptionKeys: []string{good}}, "encryption_key needs spool"},
 		{"negative dead letter retention", Callback{Spool: spoolDir, DeliverTo: "http://app/", DeadLetterRetention: -1}, "dead_letter_retention must be positive"},

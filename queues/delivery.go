@@ -11,6 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 )
@@ -194,8 +195,8 @@ func keyring(encryptionKeys []string) (*seal.Keyring, error) {
 	}()
 	for i, v := range encryptionKeys {
 		raw := repl.ReplaceKnown(v, "")
-		if strings.TrimSpace(raw) == "" {
-			return nil, fmt.Errorf("encryption_key %d is empty (an unset {env.*} or unreadable {file.*} placeholder?)", i+1)
+		if placeholder.Blank(raw) {
+			return nil, placeholder.Empty(fmt.Sprintf("encryption_key %d", i+1), v)
 		}
 		k, err := seal.ParseKey(raw)
 		if err != nil {

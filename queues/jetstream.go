@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
@@ -248,7 +249,11 @@ func (j *JetStream) options() (jsqueue.Options, error) {
 	repl := caddy.NewReplacer()
 	var o jsqueue.Options
 	for _, u := range j.URLs {
-		o.URLs = append(o.URLs, strings.Fields(repl.ReplaceKnown(u, ""))...)
+		urls := strings.Fields(repl.ReplaceKnown(u, ""))
+		if len(urls) == 0 && u != "" {
+			return o, fmt.Errorf("queue jetstream: %w", placeholder.Empty("url", u))
+		}
+		o.URLs = append(o.URLs, urls...)
 	}
 	if len(o.URLs) == 0 {
 		return o, errors.New("queue jetstream: url is required (an unset {env.*} placeholder?)")
@@ -281,8 +286,13 @@ func (j *JetStream) options() (jsqueue.Options, error) {
 		o.NKeySeedFile = repl.ReplaceKnown(c.NKey, "")
 		o.User = repl.ReplaceKnown(c.User, "")
 		o.Password = repl.ReplaceKnown(c.Password, "")
-		if c.Creds != "" && creds == "" || c.User != "" && o.User == "" || c.NKey != "" && o.NKeySeedFile == "" {
-			return o, errors.New("queue jetstream: credentials are empty (an unset {env.*} or unreadable {file.*} placeholder?)")
+		for _, s := range []struct{ name, raw, val string }{
+			{"creds", c.Creds, creds}, {"nkey", c.NKey, o.NKeySeedFile},
+			{"user", c.User, o.User}, {"password", c.Password, o.Password},
+		} {
+			if s.raw != "" && s.val == "" {
+				return o, fmt.Errorf("queue jetstream: credentials %w", placeholder.Empty(s.name, s.raw))
+			}
 		}
 	}
 	if t := j.TLS; t != nil {

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
@@ -81,7 +82,7 @@ func (s *Spool) Provision(ctx caddy.Context) error {
 	s.logger = ctx.Logger()
 	dir := caddy.NewReplacer().ReplaceKnown(s.Dir, "")
 	if dir == "" {
-		return errors.New("spool is empty (an unset {env.*} placeholder?)")
+		return placeholder.Empty("spool", s.Dir)
 	}
 	key, err := SpoolKey(dir)
 	if err != nil {
