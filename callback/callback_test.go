@@ -19,6 +19,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 	"github.com/caddy-atlas/caddy-atlas/callback/token"
+	"github.com/caddy-atlas/caddy-atlas/internal/cfparse/cfparsetest"
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
@@ -351,4 +352,10 @@ func TestCallbackMetricsRegisterTwice(t *testing.T) {
 			t.Errorf("%s not registered: %v", want, names)
 		}
 	}
+}
+
+// TestSubdirectiveList checks that the list that suggests the nearest
+// name of a misspelt subdirective is the names the parser accepts.
+func TestSubdirectiveList(t *testing.T) {
+	cfparsetest.Check(t, "caddyfile.go", "Callback.UnmarshalCaddyfile", subdirectives)
 }

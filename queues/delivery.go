@@ -3,7 +3,9 @@ package queues
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -64,6 +66,9 @@ var DeliveryDirectives = map[string]bool{
 	"encryption_key":   true,
 }
 
+// deliveryNames are the DeliveryDirectives, sorted.
+func deliveryNames() []string { return slices.Sorted(maps.Keys(DeliveryDirectives)) }
+
 // unmarshalDirective parses the Delivery subdirective d is on; seen
 // refuses a repeat (encryption_key repeats).
 func (s *Delivery) unmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen) error {
@@ -87,7 +92,7 @@ func (s *Delivery) unmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen)
 	case "encryption_key":
 		return cfparse.Append(d, &s.EncryptionKeys)
 	}
-	return d.Errf("unrecognized subdirective %q", name)
+	return cfparse.Unrecognized(d, deliveryNames())
 }
 
 // unmarshalRetryBackoff parses `retry_backoff <first delay> <maximum

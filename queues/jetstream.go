@@ -376,6 +376,16 @@ func (j *JetStream) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// The subdirectives of a queue jetstream block and of its credentials
+// and tls blocks, for the suggestion of a misspelt one (a test checks
+// them against the parsers' switches).
+var (
+	jetStreamSubdirectives = append(deliveryNames(), "url", "stream", "replicas", "ack_wait",
+		"dead_letter_retention", "purge_delay", "max_spool_size", "credentials", "tls")
+	credentialsSubdirectives = []string{"creds", "nkey", "user", "password"}
+	tlsSubdirectives         = []string{"ca", "cert", "key", "server_name"}
+)
+
 // UnmarshalDirective parses one subdirective of the queue's block, d on
 // it; seen refuses a repeat.
 func (j *JetStream) UnmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen) error {
@@ -419,7 +429,7 @@ func (j *JetStream) UnmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen
 	case "tls":
 		return j.unmarshalTLS(d)
 	}
-	return d.Errf("unrecognized subdirective %q", name)
+	return cfparse.Unrecognized(d, jetStreamSubdirectives)
 }
 
 // unmarshalCredentials parses `credentials`, d on it.
@@ -442,7 +452,7 @@ func (j *JetStream) unmarshalCredentials(d *caddyfile.Dispenser) error {
 		case "password":
 			dst = &cr.Password
 		default:
-			return d.Errf("queue jetstream credentials: unrecognized subdirective %q", d.Val())
+			return d.Errf("queue jetstream credentials: unrecognized subdirective %q%s", d.Val(), cfparse.DidYouMean(d.Val(), credentialsSubdirectives))
 		}
 		if !d.AllArgs(dst) {
 			return d.ArgErr()
@@ -479,7 +489,7 @@ func (j *JetStream) unmarshalTLS(d *caddyfile.Dispenser) error {
 		case "server_name":
 			dst = &t.ServerName
 		default:
-			return d.Errf("queue jetstream tls: unrecognized subdirective %q", d.Val())
+			return d.Errf("queue jetstream tls: unrecognized subdirective %q%s", d.Val(), cfparse.DidYouMean(d.Val(), tlsSubdirectives))
 		}
 		if !d.AllArgs(dst) {
 			return d.ArgErr()

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/caddy-atlas/caddy-atlas/internal/cfparse/cfparsetest"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
@@ -158,6 +159,10 @@ func TestQueueCaddyfile(t *testing.T) {
 		{name: "spool without a directory", mod: new(Spool), input: "spool", wantErr: "wrong argument count"},
 		{name: "spool repeat", mod: new(Spool), input: "spool /d {\n concurrency 1\n concurrency 2\n}", wantErr: `subdirective "concurrency" given more than once`},
 		{name: "spool unknown", mod: new(Spool), input: "spool /d {\n url nats://a\n}", wantErr: `unrecognized subdirective "url"`},
+		{name: "spool misspelt", mod: new(Spool), input: "spool /d {\n max_atempts 3\n}", wantErr: `unrecognized subdirective "max_atempts"; did you mean "max_attempts"?, at Testfile:2`},
+		{name: "jetstream misspelt", mod: new(JetStream), input: "jetstream {\n url nats://a\n replica 1\n}", wantErr: `unrecognized subdirective "replica"; did you mean "replicas"?, at Testfile:3`},
+		{name: "jetstream tls misspelt", mod: new(JetStream), input: "jetstream {\n url nats://a\n tls {\n  server-name x\n }\n}", wantErr: `queue jetstream tls: unrecognized subdirective "server-name"; did you mean "server_name"?, at Testfile:4`},
+		{name: "jetstream credentials misspelt", mod: new(JetStream), input: "jetstream {\n url nats://a\n credentials {\n  nkye /k\n }\n}", wantErr: `queue jetstream credentials: unrecognized subdirective "nkye"; did you mean "nkey"?, at Testfile:4`},
 		{name: "jetstream", mod: new(JetStream), input: `jetstream {
 			url nats://a:4222 nats://b:4222
 			stream S
@@ -186,4 +191,14 @@ func TestQueueCaddyfile(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSubdirectiveLists checks that the lists that suggest the nearest
+// name of a misspelt subdirective are the names the parsers accept.
+func TestSubdirectiveLists(t *testing.T) {
+	cfparsetest.Check(t, "delivery.go", "Delivery.unmarshalDirective", deliveryNames())
+	cfparsetest.Check(t, "spool.go", "Spool.UnmarshalDirective", spoolSubdirectives, deliveryNames()...)
+	cfparsetest.Check(t, "jetstream.go", "JetStream.UnmarshalDirective", jetStreamSubdirectives, deliveryNames()...)
+	cfparsetest.Check(t, "jetstream.go", "JetStream.unmarshalCredentials", credentialsSubdirectives)
+	cfparsetest.Check(t, "jetstream.go", "JetStream.unmarshalTLS", tlsSubdirectives)
 }

@@ -245,6 +245,11 @@ func (s *Spool) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// spoolSubdirectives are the subdirectives of a spool's block, for the
+// suggestion of a misspelt one (a test checks them against the parser's
+// switch).
+var spoolSubdirectives = append(deliveryNames(), "max_spool_size", "dead_letter_retention", "purge_delay")
+
 // UnmarshalDirective parses one subdirective of the spool's block, d on
 // it; seen refuses a repeat.
 func (s *Spool) UnmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen) error {
@@ -263,7 +268,7 @@ func (s *Spool) UnmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen) er
 	case "purge_delay":
 		return cfparse.Duration(d, &s.PurgeDelay)
 	}
-	return d.Errf("unrecognized subdirective %q", name)
+	return cfparse.Unrecognized(d, spoolSubdirectives)
 }
 
 // SpoolKey returns the name of a spool directory among the open queues:
