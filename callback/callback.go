@@ -196,6 +196,7 @@ type Callback struct {
 	verifier     *token.Verifier
 	jwks         *token.JWKS
 	limiter      *failureLimiter
+	rejectLog    *rateLog
 	metrics      *callbackMetrics
 	logger       *zap.Logger
 	cancel       context.CancelFunc
@@ -291,6 +292,7 @@ func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 		}
 	}
 	c.limiter = newFailureLimiter()
+	c.rejectLog = &rateLog{every: rejectLogEvery}
 
 	m, err := registerCallbackMetrics(ctx.GetMetricsRegistry())
 	if err != nil {
@@ -382,6 +384,9 @@ func (c *Callback) Cleanup() error {
 // ServeCallback serves the callback_url. The checks run in this order, so
 // that an unauthenticated caller never makes the server read a body:
 // method (405), token (401), content type (415), size (413), payload (400).
+// A request without a token is answered a challenge without an error
+// code, one with a token that does not verify `invalid_token` (RFC 6750,
+// 3.1); see refuseToken.
 // A callback that passes them goes to the next handler, or, in durable
 // mode, to the spool (see spoolCallback).
 func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -394,12 +399,7 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 	c.metrics.verifySeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		c.metrics.callbacks.WithLabelValues(outcomeUnauthorized).Inc()
-		if ce := c.logger.Check(zapcore.DebugLevel, "callback rejected: token"); ce != nil {
-			ce.Write(zap.String("reason", token.FailureReason(err)), zap.Error(err),
-				zap.String("remote_ip", callbackClientIP(r)))
-		}
-		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
-		return httpjson.WriteError(w, http.StatusUnauthorized, "invalid or expired token")
+		return c.refuseToken(w, r, err)
 	}
 
 	if ct := r.Header.Get("Content-Type"); !httpjson.IsJSONMediaType(ct) {

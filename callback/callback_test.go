@@ -136,7 +136,7 @@ func TestCallbackRejections(t *testing.T) {
 		msg         string
 	}{
 		{name: "GET", method: http.MethodGet, token: good, body: valid, status: 405},
-		{name: "no token, bad everything", token: "", contentType: "text/plain", body: big, status: 401, msg: "invalid or expired token"},
+		{name: "no token, bad everything", token: "", contentType: "text/plain", body: big, status: 401, msg: "a token is required"},
 		{name: "expired token", token: expired, body: valid, status: 401, msg: "invalid or expired token"},
 		{name: "garbage token", token: "not-a-jwt", body: valid, status: 401},
 		{name: "token ok, text/plain", token: good, contentType: "text/plain", body: big, status: 415},
@@ -189,14 +189,18 @@ func TestCallbackRejections(t *testing.T) {
 			}
 			switch tc.status {
 			case 401:
-				if got := rec.Header().Get("WWW-Authenticate"); got != `Bearer error="invalid_token"` {
-					t.Errorf("WWW-Authenticate %q", got)
+				want := `Bearer error="invalid_token"`
+				if tc.token == "" {
+					want = `Bearer realm="atlas-callback"` // RFC 6750: no error code without credentials
+				}
+				if got := rec.Header().Get("WWW-Authenticate"); got != want {
+					t.Errorf("WWW-Authenticate %q, want %q", got, want)
 				}
 				if body.n != 0 {
 					t.Errorf("read %d bytes of an unauthenticated body", body.n)
 				}
 				if logs.Len() == 0 {
-					t.Error("no debug log says why")
+					t.Error("no log says why")
 				}
 			case 405:
 				if rec.Header().Get("Allow") != "POST" {
