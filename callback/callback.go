@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -196,11 +197,15 @@ type Callback struct {
 	verifier     *token.Verifier
 	jwks         *token.JWKS
 	limiter      *failureLimiter
-	rejectLog    *rateLog
-	metrics      *callbackMetrics
-	logger       *zap.Logger
-	cancel       context.CancelFunc
-	now          func() time.Time
+	// maxBody is the largest body accepted: MaxBody, or the queue's
+	// limit if lower and MaxBody was left to its default (maxBodySet).
+	maxBody    *atomic.Int64
+	maxBodySet bool
+	rejectLog  *rateLog
+	metrics    *callbackMetrics
+	logger     *zap.Logger
+	cancel     context.CancelFunc
+	now        func() time.Time
 
 	// regulated data (regulated.go): the other accepted client secrets,
 	// the hand-off's masker and signer
@@ -244,9 +249,14 @@ func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 	if c.Leeway == 0 {
 		c.Leeway = caddy.Duration(DefaultCallbackLeeway)
 	}
+	// A max_body left to its default fits the queue's limit, if lower
+	// (see fitMaxBody); one that is set must fit.
+	c.maxBodySet = c.MaxBody != 0
 	if c.MaxBody == 0 {
 		c.MaxBody = DefaultCallbackMaxBody
 	}
+	c.maxBody = new(atomic.Int64)
+	c.maxBody.Store(c.MaxBody)
 
 	repl := caddy.NewReplacer()
 	c.clientID = repl.ReplaceKnown(c.ClientID, "")
@@ -415,10 +425,10 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 		if errors.As(err, new(*http.MaxBytesError)) {
 			c.metrics.callbacks.WithLabelValues(outcomeTooLarge).Inc()
 			if ce := c.logger.Check(zapcore.DebugLevel, "callback rejected: body too large"); ce != nil {
-				ce.Write(zap.Int64("max_body", c.MaxBody), zap.Int64("content_length", r.ContentLength))
+				ce.Write(zap.Int64("max_body", c.maxBody.Load()), zap.Int64("content_length", r.ContentLength))
 			}
 			return httpjson.WriteError(w, http.StatusRequestEntityTooLarge,
-				"the callback body is larger than "+strconv.FormatInt(c.MaxBody, 10)+" bytes")
+				"the callback body is larger than "+strconv.FormatInt(c.maxBody.Load(), 10)+" bytes")
 		}
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading the callback body: %w", err))
 	}
@@ -508,10 +518,11 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 
 // readBody reads the whole body, at most MaxBody bytes, into one buffer.
 func (c *Callback) readBody(w http.ResponseWriter, r *http.Request) (*body.Buffer, error) {
-	if r.ContentLength > c.MaxBody {
-		return nil, &http.MaxBytesError{Limit: c.MaxBody}
+	limit := c.maxBody.Load()
+	if r.ContentLength > limit {
+		return nil, &http.MaxBytesError{Limit: limit}
 	}
-	return body.Read(w, r.Body, r.ContentLength, c.MaxBody)
+	return body.Read(w, r.Body, r.ContentLength, limit)
 }
 
 // ID is the id of a callback: the first 32 hex digits (128 bits)

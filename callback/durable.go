@@ -103,12 +103,33 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	}
 	c.backend, c.user, c.store = backend, user, st
 	c.queueName = backend.Name()
-	if mp, ok := st.(interface{ MaxPayload() int64 }); ok && c.MaxBody+payloadMargin > mp.MaxPayload() {
-		c.logger.Warn("the NATS servers' max_payload is below max_body: larger callbacks will be refused; raise max_payload (up to 64MB) or lower max_body",
-			zap.Int64("max_payload", mp.MaxPayload()), zap.Int64("max_body", c.MaxBody))
+	if err := c.fitMaxBody(st); err != nil {
+		_ = backend.Detach(user)
+		c.backend, c.user, c.store = nil, nil, nil
+		return err
 	}
 	u, _ := url.Parse(c.deliverTo)
 	c.logger.Info("callback route in durable mode", zap.String("queue", c.queueName), zap.String("deliver_to", u.Redacted()))
+	return nil
+}
+
+// fitMaxBody checks max_body against the largest message the queue st
+// takes (a JetStream queue: the NATS servers' max_payload, less what a
+// callback's headers add): a max_body that is set and above it is an
+// error naming both and the fix; the default is lowered to it.
+func (c *Callback) fitMaxBody(st queue.Store) error {
+	mp, ok := st.(interface{ MaxPayload() int64 })
+	if !ok || mp.MaxPayload() <= 0 || c.MaxBody+payloadMargin <= mp.MaxPayload() {
+		return nil
+	}
+	fits := mp.MaxPayload() - payloadMargin
+	if c.maxBodySet {
+		return fmt.Errorf("max_body %d bytes is above what queue %s takes: the NATS servers' max_payload is %d bytes, and a callback adds up to %d bytes of headers; set max_body to at most %d bytes, or raise max_payload in the NATS servers' configuration (up to 64MB)",
+			c.MaxBody, c.queueName, mp.MaxPayload(), payloadMargin, fits)
+	}
+	c.maxBody.Store(fits)
+	c.logger.Info("max_body is lowered from its default to what the NATS servers take (their max_payload less the callback's headers); raise max_payload to take larger callbacks",
+		zap.String("queue", c.queueName), zap.Int64("max_body", fits), zap.Int64("max_payload", mp.MaxPayload()))
 	return nil
 }
 

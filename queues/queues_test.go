@@ -3,7 +3,9 @@ package queues
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -201,4 +203,45 @@ func TestSubdirectiveLists(t *testing.T) {
 	cfparsetest.Check(t, "jetstream.go", "JetStream.UnmarshalDirective", jetStreamSubdirectives, deliveryNames()...)
 	cfparsetest.Check(t, "jetstream.go", "JetStream.unmarshalCredentials", credentialsSubdirectives)
 	cfparsetest.Check(t, "jetstream.go", "JetStream.unmarshalTLS", tlsSubdirectives)
+}
+
+// TestSpoolDirNotWritable checks that a spool directory that can never
+// be created or written fails at provision, naming the path, and that
+// the check creates nothing.
+func TestSpoolDirNotWritable(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ spool, want string }{
+		{filepath.Join(file, "spool"), "spool " + filepath.Join(file, "spool") + ": " + file + " is not a directory"},
+		{file, "spool " + file + ": " + file + " is not a directory"},
+	} {
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		err := (&Spool{Dir: tc.spool}).Provision(ctx)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Provision(spool %s) = %v, want an error containing %q", tc.spool, err, tc.want)
+		}
+	}
+
+	ro := filepath.Join(dir, "ro")
+	if err := os.Mkdir(ro, 0o500); err != nil {
+		t.Fatal(err)
+	}
+	spoolDir := filepath.Join(ro, "a", "spool")
+	err := checkSpoolDir(spoolDir)
+	if os.Getuid() != 0 {
+		want := "spool " + spoolDir + " cannot be written: its parent " + ro + " is not writable by the user Caddy runs as"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("checkSpoolDir = %v, want an error containing %q", err, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(ro, "a")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the check created %s", filepath.Join(ro, "a"))
+	}
+	if err := checkSpoolDir(filepath.Join(dir, "new", "spool")); err != nil {
+		t.Errorf("a spool under a writable directory: %v", err)
+	}
 }

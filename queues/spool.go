@@ -84,6 +84,11 @@ func (s *Spool) Provision(ctx caddy.Context) error {
 	if dir == "" {
 		return placeholder.Empty("spool", s.Dir)
 	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		if err := checkSpoolDir(abs); err != nil {
+			return err
+		}
+	}
 	key, err := SpoolKey(dir)
 	if err != nil {
 		return fmt.Errorf("spool %q: %w", dir, err)
