@@ -218,7 +218,8 @@ type Callback struct {
 	appQueue  queue.Backend // the atlas app's, if it has one
 	backend   queue.Backend // the queue in use
 	user      *queue.User   // the route, as the queue knows it
-	store     queue.Store
+	// store holds the open queue, from Start; non-nil in durable mode.
+	store *atomic.Pointer[storeRef]
 	// queueName names the durable queue in logs: the spool directory or
 	// jetstream:<stream>.
 	queueName string

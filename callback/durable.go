@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -54,7 +55,7 @@ func (c *Callback) UseQueue(b queue.Backend) { c.appQueue = b }
 // provisionDurable resolves deliver_to and, if set, takes the route's
 // queue: the one its block names (loaded as a module of the atlas.queues
 // namespace), or the atlas app's; and attaches the route to it, which
-// opens it on first use.
+// opens nothing: Start opens it.
 func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	if err := c.foldLegacyQueue(); err != nil {
 		return err
@@ -97,19 +98,52 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	if r := ctx.GetMetricsRegistry(); r != nil {
 		user.Config = r // one registry per loaded config
 	}
-	st, err := backend.Attach(user)
+	if err := backend.Attach(user); err != nil {
+		return err
+	}
+	c.backend, c.user = backend, user
+	c.queueName = backend.Name()
+	c.store = new(atomic.Pointer[storeRef])
+	return nil
+}
+
+// storeRef holds the route's open queue.
+type storeRef struct{ queue.Store }
+
+// errNotOpen is the answer of a route whose queue is not open yet.
+var errNotOpen = fmt.Errorf("%w: the queue is not open yet", queue.ErrUnavailable)
+
+// Start opens the route's queue, in durable mode, when its config
+// starts (the atlas app's Start): until then, the route answers
+// callbacks 503 with Retry-After. A config that is only validated never
+// opens it. A max_body the queue cannot take is an error (see
+// fitMaxBody). Without a queue, Start does nothing.
+func (c *Callback) Start() error {
+	if c.backend == nil {
+		return nil
+	}
+	st, err := c.backend.Open(c.user)
 	if err != nil {
 		return err
 	}
-	c.backend, c.user, c.store = backend, user, st
-	c.queueName = backend.Name()
 	if err := c.fitMaxBody(st); err != nil {
-		_ = backend.Detach(user)
-		c.backend, c.user, c.store = nil, nil, nil
 		return err
 	}
+	c.store.Store(&storeRef{st})
 	u, _ := url.Parse(c.deliverTo)
 	c.logger.Info("callback route in durable mode", zap.String("queue", c.queueName), zap.String("deliver_to", u.Redacted()))
+	return nil
+}
+
+// openStore returns the route's open queue, nil if it is not open (or
+// the route is not in durable mode).
+func (c *Callback) openStore() queue.Store {
+	if c.store == nil {
+		return nil
+	}
+	if ref := c.store.Load(); ref != nil {
+		return ref.Store
+	}
 	return nil
 }
 
@@ -189,7 +223,11 @@ func (c *Callback) spoolCallback(w http.ResponseWriter, r *http.Request, id, sub
 	hdr.Set(headerAtlasCallbackID, id)
 	storeTraceContext(r.Context(), hdr)
 
-	res, err := c.store.Append(r.Context(), queue.Entry{ID: id, Header: hdr, Body: body})
+	var res queue.AppendResult
+	err := errNotOpen
+	if st := c.openStore(); st != nil {
+		res, err = st.Append(r.Context(), queue.Entry{ID: id, Header: hdr, Body: body})
+	}
 	if err != nil {
 		switch {
 		case errors.Is(err, queue.ErrTooLarge):

@@ -126,7 +126,7 @@ func TestDurableSpoolsAcksAndDelivers(t *testing.T) {
 	if n := rc.Takes(id); n != 1 || rc.RequestCount() != 1 {
 		t.Errorf("delivered %d times in %d requests, want once", n, rc.RequestCount())
 	}
-	if info, ok := c.store.Get(id); !ok || info.State != queue.StateDelivered || info.Attempts != 1 {
+	if info, ok := c.openStore().Get(id); !ok || info.State != queue.StateDelivered || info.Attempts != 1 {
 		t.Errorf("state %+v", info)
 	}
 }
@@ -146,7 +146,7 @@ func TestDurableRejectsBeforeSpooling(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	if st := c.store.Stats(); st.Pending+st.Delivered+st.Dead != 0 {
+	if st := c.openStore().Stats(); st.Pending+st.Delivered+st.Dead != 0 {
 		t.Errorf("refused callbacks were spooled: %+v", st)
 	}
 }
@@ -178,7 +178,7 @@ func TestDurableSpoolUnavailable(t *testing.T) {
 		queue.ErrFull,
 		queue.ErrClosed,
 	} {
-		c.store = fakeStore{err: err}
+		c.store = testStore(fakeStore{err: err})
 		body := payloadtest.Sample(2)
 		rec, app := serveTestCallback(t, c, callbackTestRequest(c.Path, tok, body))
 		if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") != "30" || app.calls != 0 {
@@ -198,7 +198,7 @@ func TestDurableSpoolUnavailable(t *testing.T) {
 		}
 	}
 
-	c.store = fakeStore{err: errors.New("disk on fire")}
+	c.store = testStore(fakeStore{err: errors.New("disk on fire")})
 	rec := httptest.NewRecorder()
 	err := c.ServeCallback(rec, callbackTestRequest(c.Path, tok, payloadtest.Sample(2)), new(callbackApp))
 	var he caddyhttp.HandlerError
@@ -245,7 +245,7 @@ func TestDurableQueueTooLarge(t *testing.T) {
 	tok := callbackAuthToken(t, c)
 	orig := c.store
 	defer func() { c.store = orig }()
-	c.store = fakeStore{err: fmt.Errorf("%w: body of 2000000 bytes, and the NATS servers' max_payload is 1048576", queue.ErrTooLarge)}
+	c.store = testStore(fakeStore{err: fmt.Errorf("%w: body of 2000000 bytes, and the NATS servers' max_payload is 1048576", queue.ErrTooLarge)})
 
 	body := payloadtest.Sample(2)
 	rec, app := serveTestCallback(t, c, callbackTestRequest(c.Path, tok, body))
@@ -279,7 +279,7 @@ func TestDurableSpoolFull(t *testing.T) {
 func TestDurableProvisionDefaults(t *testing.T) {
 	c := &Callback{Spool: filepath.Join(t.TempDir(), "s"), DeliverTo: "http://127.0.0.1:1/hooks"}
 	provisionTestCallback(t, c)
-	if c.store == nil {
+	if c.openStore() == nil {
 		t.Error("no spool")
 	}
 	if _, err := os.Stat(c.queueName); err != nil {
@@ -353,6 +353,9 @@ func TestDurableSharedSpool(t *testing.T) {
 		if err := c.Provision(ctx, zap.NewNop()); err != nil {
 			t.Fatal(err)
 		}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
 		return c, ctx, cancel
 	}
 	send := func(c *Callback, n int) string {
@@ -370,7 +373,7 @@ func TestDurableSharedSpool(t *testing.T) {
 	// Reload: the new config's route shares the spool.
 	cur, curCtx, cancelCur := newRoute(b)
 	defer cancelCur()
-	if cur.store != old.store {
+	if cur.openStore() != old.openStore() {
 		t.Fatal("the reload opened another spool")
 	}
 	// Another route of the same config, same spool, other deliver_to.
@@ -422,7 +425,46 @@ func TestDurableSharedSpool(t *testing.T) {
 	again, _, cancelAgain := newRoute(b)
 	defer cancelAgain()
 	defer again.Cleanup()
-	if st := again.store.Stats(); st.Delivered != 3 {
+	if st := again.openStore().Stats(); st.Delivered != 3 {
 		t.Errorf("reopened spool: %+v", st)
 	}
+}
+
+// TestDurableOpensAtStart checks that a route's queue opens when its
+// config starts, not when it is provisioned (as `caddy validate` does):
+// until then, nothing is created and callbacks are answered 503 with
+// Retry-After.
+func TestDurableOpensAtStart(t *testing.T) {
+	rc := callbacktest.NewReceiver(t)
+	dir := filepath.Join(t.TempDir(), "spool")
+	c := &Callback{Path: "/hooks/atlas", ClientID: "atlas-client", ClientSecret: "atlas-client-secret", SigningKey: testHMACSecret,
+		Spool: dir, DeliverTo: rc.URL}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := c.Provision(ctx, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Cleanup()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the spool exists before the config starts: %v", err)
+	}
+	body := payloadtest.Sample(1)
+	rec, app := serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), body))
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" || app.calls != 0 {
+		t.Fatalf("before start: %d Retry-After %q, want 503 with Retry-After", rec.Code, rec.Header().Get("Retry-After"))
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("the spool after start: %v", err)
+	}
+	rec, _ = serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), body))
+	if ack := decodeAck(t, rec); ack.CallbackID != ID(body) {
+		t.Errorf("after start: %+v", ack)
+	}
+	rc.WaitDelivered(t, 1, 10*time.Second)
 }

@@ -76,6 +76,9 @@ func TestJetStreamRoute(t *testing.T) {
 		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 		t.Cleanup(cancel)
 		err := c.Provision(ctx, zap.NewNop())
+		if err == nil {
+			err = c.Start()
+		}
 		if err != nil {
 			_ = c.Cleanup()
 		}
@@ -108,7 +111,7 @@ func TestJetStreamRoute(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cur.store != old.store {
+	if cur.openStore() != old.openStore() {
 		t.Fatal("the reload opened another queue")
 	}
 	if _, err := newRoute(b, func(js *queues.JetStream) { js.Credentials = &queues.JetStreamCredentials{User: "u", Password: "p"} }); err == nil ||
@@ -153,6 +156,9 @@ func TestJetStreamMaxBody(t *testing.T) {
 		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 		t.Cleanup(cancel)
 		err := c.Provision(ctx, zap.NewNop())
+		if err == nil {
+			err = c.Start()
+		}
 		t.Cleanup(func() { _ = c.Cleanup() })
 		return c, err
 	}

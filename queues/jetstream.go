@@ -103,7 +103,8 @@ func (JetStream) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision resolves the connection and the settings; the queue opens
-// (and creates or checks its streams) when the first route attaches.
+// (and creates or checks its streams) when the config of the first route
+// that uses it starts.
 func (j *JetStream) Provision(ctx caddy.Context) error {
 	j.logger = ctx.Logger()
 	base, err := j.options()
@@ -125,13 +126,22 @@ func (j *JetStream) Provision(ctx caddy.Context) error {
 // Name names the queue: jetstream:<stream>.
 func (j *JetStream) Name() string { return j.name }
 
-// Attach opens the queue if no route uses it yet and makes u's delivery
-// the one in effect (see queue.Backend).
-func (j *JetStream) Attach(u *queue.User) (queue.Store, error) {
+// Attach adds u to the users of the queue, opening nothing (see
+// queue.Backend).
+func (j *JetStream) Attach(u *queue.User) error {
+	if j.pool == nil {
+		return errNotProvisioned
+	}
+	return j.pool.attach(j, u)
+}
+
+// Open opens the queue if no route has it open yet and makes u's
+// delivery the one in effect (see queue.Backend).
+func (j *JetStream) Open(u *queue.User) (queue.Store, error) {
 	if j.pool == nil {
 		return nil, errNotProvisioned
 	}
-	return j.pool.attach(j, u)
+	return j.pool.open(j, u)
 }
 
 // Detach stops u's use of the queue; the last user closes it.
@@ -139,7 +149,7 @@ func (j *JetStream) Detach(u *queue.User) error {
 	if j.pool == nil {
 		return nil
 	}
-	return j.pool.detach(u)
+	return j.pool.detach(j, u)
 }
 
 // poolKey names the queue in the pool: its stream and servers.

@@ -82,6 +82,15 @@ func testUser(name string, config any, deliveryKey string) *queue.User {
 	}
 }
 
+// attachOpen attaches u to b and opens it, as a route does at its
+// config's provision and start.
+func attachOpen(b queue.Backend, u *queue.User) (queue.Store, error) {
+	if err := b.Attach(u); err != nil {
+		return nil, err
+	}
+	return b.Open(u)
+}
+
 // TestSpoolShared checks that two modules naming one directory share one
 // spool, that two settings for it in one config are refused naming both
 // users, and that the last user closes it.
@@ -93,11 +102,11 @@ func TestSpoolShared(t *testing.T) {
 	b := &Spool{Dir: dir + "/."}
 	provisionSpool(t, b)
 	ua, ub := testUser("route a", config, "k"), testUser("route b", config, "k")
-	sa, err := a.Attach(ua)
+	sa, err := attachOpen(a, ua)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, err := b.Attach(ub)
+	sb, err := attachOpen(b, ub)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,16 +115,16 @@ func TestSpoolShared(t *testing.T) {
 	}
 	other := &Spool{Dir: dir, Delivery: Delivery{MaxAttempts: 3}}
 	provisionSpool(t, other)
-	if _, err := other.Attach(testUser("route c", config, "k")); err == nil ||
+	if err := other.Attach(testUser("route c", config, "k")); err == nil ||
 		!strings.Contains(err.Error(), "is configured twice in this config, with a different setting") ||
 		!strings.Contains(err.Error(), "for route a and for route c") {
 		t.Errorf("two settings for one spool: %v", err)
 	}
-	if _, err := b.Attach(testUser("route d", config, "other")); err == nil || !strings.Contains(err.Error(), "also used by route a of this config with other delivery settings") {
+	if err := b.Attach(testUser("route d", config, "other")); err == nil || !strings.Contains(err.Error(), "also used by route a of this config with other delivery settings") {
 		t.Errorf("two deliveries for one spool: %v", err)
 	}
 	// Another config (a reload) may change the settings.
-	if _, err := other.Attach(testUser("route e", new(int), "k")); err != nil {
+	if _, err := attachOpen(other, testUser("route e", new(int), "k")); err != nil {
 		t.Errorf("a reload with other settings: %v", err)
 	}
 	if n := len(Open()); n != 1 {

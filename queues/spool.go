@@ -77,7 +77,7 @@ func (Spool) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision resolves the directory and the settings; the spool opens when
-// the first route attaches to it.
+// the config of the first route that uses it starts.
 func (s *Spool) Provision(ctx caddy.Context) error {
 	s.logger = ctx.Logger()
 	dir := caddy.NewReplacer().ReplaceKnown(s.Dir, "")
@@ -129,13 +129,22 @@ func (s *Spool) Provision(ctx caddy.Context) error {
 // Name names the spool: its directory.
 func (s *Spool) Name() string { return s.key }
 
-// Attach opens the spool if no route uses it yet and makes u's delivery
-// the one in effect (see queue.Backend).
-func (s *Spool) Attach(u *queue.User) (queue.Store, error) {
+// Attach adds u to the users of the spool, opening nothing (see
+// queue.Backend).
+func (s *Spool) Attach(u *queue.User) error {
+	if s.pool == nil {
+		return errNotProvisioned
+	}
+	return s.pool.attach(s, u)
+}
+
+// Open opens the spool if no route has it open yet and makes u's
+// delivery the one in effect (see queue.Backend).
+func (s *Spool) Open(u *queue.User) (queue.Store, error) {
 	if s.pool == nil {
 		return nil, errNotProvisioned
 	}
-	return s.pool.attach(s, u)
+	return s.pool.open(s, u)
 }
 
 // Detach stops u's use of the spool; the last user closes it.
@@ -143,7 +152,7 @@ func (s *Spool) Detach(u *queue.User) error {
 	if s.pool == nil {
 		return nil
 	}
-	return s.pool.detach(u)
+	return s.pool.detach(s, u)
 }
 
 // poolKey names the spool in the pool: its directory.
