@@ -12,6 +12,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 )
 
 // Account is an Atlas account: the endpoint and the credentials the
@@ -67,6 +69,9 @@ type account struct {
 func resolveAccount(conf Account) (a *account, secret string, err error) {
 	repl := caddy.NewReplacer()
 	endpoint := strings.TrimRight(repl.ReplaceKnown(conf.Endpoint, ""), "/")
+	if endpoint == "" && conf.Endpoint != "" {
+		return nil, "", placeholder.Empty("endpoint", conf.Endpoint)
+	}
 	if endpoint == "" {
 		return nil, "", errors.New("endpoint is required while an outbound route is enabled: set endpoint, client_id and client_secret in the global atlas options or in the site's atlas block (or set extracts_path and upload_path to off for a callback-only gateway)")
 	}
@@ -77,12 +82,14 @@ func resolveAccount(conf Account) (a *account, secret string, err error) {
 	clientID := repl.ReplaceKnown(conf.ClientID, "")
 	secret = repl.ReplaceKnown(conf.ClientSecret, "")
 	switch {
-	case clientID == "" && secret == "":
+	case conf.ClientID == "" && conf.ClientSecret == "":
 		return nil, "", errors.New("client_id and client_secret are empty; give them as {env.NAME} or {file.path} placeholders")
 	case clientID == "":
-		return nil, "", errors.New("client_id is empty")
-	case secret == "":
+		return nil, "", placeholder.Empty("client_id", conf.ClientID)
+	case conf.ClientSecret == "":
 		return nil, "", fmt.Errorf("client_secret is empty (client_id %q); give it as an {env.NAME} or {file.path} placeholder", clientID)
+	case secret == "":
+		return nil, "", fmt.Errorf("%w (client_id %q)", placeholder.Empty("client_secret", conf.ClientSecret), clientID)
 	}
 	if conf.TokenStorage != "" && conf.TokenStorage != tokenStorageOff {
 		return nil, "", fmt.Errorf("token_storage must be empty (Caddy's storage) or %q, got %q", tokenStorageOff, conf.TokenStorage)

@@ -57,6 +57,8 @@ type App struct {
 	own *account
 	// queue is the app's queue, nil if the app configures none.
 	queue queue.Backend
+	// starts open the queues of the config's routes, at Start.
+	starts []func() error
 }
 
 // CaddyModule returns the Caddy module information.
@@ -71,8 +73,8 @@ func (App) CaddyModule() caddy.ModuleInfo {
 const appPlace = "the global atlas options"
 
 // Provision opens the app's account and loads its queue, if it
-// configures them. The queue opens when the first callback route
-// attaches to it.
+// configures them, connecting to nothing and writing nothing. The
+// queues open when the config starts (see Start).
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
@@ -105,9 +107,29 @@ func (a *App) Provision(ctx caddy.Context) error {
 // Queue returns the app's queue, nil if it configures none.
 func (a *App) Queue() queue.Backend { return a.queue }
 
-// Start implements caddy.App. The accounts and queues are ready once
-// provisioned, for the routes that were provisioned with them.
-func (a *App) Start() error { return nil }
+// Start implements caddy.App: it opens the queues of the config's
+// callback routes (creating a spool's directory, connecting to NATS),
+// so that a config that is only validated (caddy validate) has no side
+// effects. A queue that fails to open fails the config's load. Until its
+// queue is open, a route answers callbacks 503 with Retry-After.
+func (a *App) Start() error {
+	a.mu.Lock()
+	starts := a.starts
+	a.mu.Unlock()
+	for _, start := range starts {
+		if err := start(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// onStart adds f to what Start runs.
+func (a *App) onStart(f func() error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.starts = append(a.starts, f)
+}
 
 // Stop implements caddy.App. What the app holds is released at Cleanup,
 // once the config that replaces this one holds it too.
@@ -127,6 +149,7 @@ func (a *App) Cleanup() error {
 	}
 	a.accounts = nil
 	a.own = nil
+	a.starts = nil
 	return errors.Join(errs...)
 }
 

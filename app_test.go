@@ -2,10 +2,15 @@ package caddyatlas
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
+	"github.com/caddy-atlas/caddy-atlas/queues"
 )
 
 // validateConfig provisions a JSON config, as `caddy validate` does, and
@@ -162,5 +167,77 @@ func TestAppReloadKeepsAccount(t *testing.T) {
 	}
 	if _, ok := liveTokenSources.Load(src); ok {
 		t.Error("the token source outlived the last config")
+	}
+}
+
+// TestValidateHasNoSideEffects checks that `caddy validate` of a config
+// with an account (its token in Caddy's storage) and a callback route
+// on a spool creates no directory and writes nothing, and that running
+// the config opens the spool.
+func TestValidateHasNoSideEffects(t *testing.T) {
+	dir := t.TempDir()
+	spoolDir := filepath.Join(dir, "var", "spool")
+	storageDir := filepath.Join(dir, "storage")
+	config := `{"admin": {"disabled": true}, "storage": {"module": "file_system", "root": "` + storageDir + `"},
+		"apps": {
+			"atlas": {"endpoint": "https://atlas.example.com", "client_id": "gw", "client_secret": "s",
+				"queue": {"backend": "spool", "dir": "` + spoolDir + `"}},
+			"http": {"servers": {"s": {"listen": ["127.0.0.1:0"], "routes": [{"handle": [{"handler": "atlas",
+				"callback": {"path": "/hooks/atlas", "client_id": "atlas", "client_secret": "s",
+				"signing_key": "0123456789abcdef0123456789abcdef", "deliver_to": "http://127.0.0.1:1/hooks"}}]}]}}}}}`
+	if err := validateConfig(t, config); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		t.Errorf("caddy validate created %s", filepath.Join(dir, e.Name()))
+	}
+
+	if err := caddy.Load([]byte(config), true); err != nil {
+		t.Fatalf("running the config: %v", err)
+	}
+	defer func() {
+		if err := caddy.Stop(); err != nil {
+			t.Error(err)
+		}
+	}()
+	if fi, err := os.Stat(spoolDir); err != nil || !fi.IsDir() {
+		t.Errorf("the running config did not open its spool: %v", err)
+	}
+	if qs := queues.Open(); len(qs) != 1 || qs[0].Name != spoolDir {
+		t.Errorf("open queues %+v, want the spool %s", qs, spoolDir)
+	}
+}
+
+// TestQueueFailsAtStart checks that a queue that cannot open passes
+// `caddy validate`, which connects to nothing, and fails the config's
+// load when it starts, with the reason.
+func TestQueueFailsAtStart(t *testing.T) {
+	n := natstest.Start(t)
+	config := `{"admin": {"disabled": true}, "storage": {"module": "file_system", "root": "` + t.TempDir() + `"},
+		"apps": {
+			"atlas": {"queue": {"backend": "jetstream", "urls": ["` + n.URL() + `"], "stream": "START_TEST"}},
+			"http": {"servers": {"s": {"listen": ["127.0.0.1:0"], "routes": [{"handle": [{"handler": "atlas",
+				"callback": {"path": "/hooks/atlas", "client_id": "atlas", "client_secret": "s",
+				"signing_key": "0123456789abcdef0123456789abcdef", "deliver_to": "http://127.0.0.1:1/hooks"}}]}]}}}}}`
+	if err := validateConfig(t, config); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	if got := n.Connections(); got != 0 {
+		t.Errorf("caddy validate opened %d connections to NATS", got)
+	}
+	err := caddy.Load([]byte(config), true)
+	if err == nil {
+		_ = caddy.Stop()
+		t.Fatal("a config whose queue cannot open was loaded")
+	}
+	if want := "replicas 3 needs a cluster of at least 3 JetStream servers; this NATS server is not clustered: set replicas 1"; !strings.Contains(err.Error(), want) {
+		t.Errorf("load: %v, want the reason %q", err, want)
+	}
+	if qs := queues.Open(); len(qs) != 0 {
+		t.Errorf("open queues after the failed load: %+v", qs)
 	}
 }

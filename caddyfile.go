@@ -105,13 +105,26 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "queue":
 			err = a.unmarshalQueue(d)
 		default:
-			return d.Errf("unrecognized subdirective %q", d.Val())
+			return cfparse.Unrecognized(d, appSubdirectives)
 		}
 		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// appSubdirectives are the subdirectives of the atlas global option, for
+// the suggestion of a misspelt one (a test checks them against the
+// parser's switch).
+var appSubdirectives = []string{"endpoint", "client_id", "client_secret", "token_storage", "queue"}
+
+// handlerSubdirectives are the subdirectives of a site's atlas block, for
+// the suggestion of a misspelt one (a test checks them against the
+// parser's switch).
+var handlerSubdirectives = []string{
+	"endpoint", "client_id", "client_secret", "extracts_path", "upload_path", "token_header",
+	"token_storage", "timeout", "max_upload_body", "mask", "callback",
 }
 
 // unmarshalQueue parses `queue <backend> ...`, d on `queue`.
@@ -247,7 +260,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Callback = new(callback.Callback)
 			err = h.Callback.UnmarshalCaddyfile(d)
 		default:
-			return d.Errf("unrecognized subdirective %q", sub)
+			return cfparse.Unrecognized(d, handlerSubdirectives)
 		}
 		if err != nil {
 			return err

@@ -16,6 +16,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/cfparse/cfparsetest"
 )
 
 func TestUnmarshalCaddyfile(t *testing.T) {
@@ -66,6 +68,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "no block", input: `atlas`, want: Handler{}},
 		{name: "inline argument", input: `atlas https://x`, wantErr: "wrong argument count or unexpected line ending after 'https://x', at Testfile:1"},
 		{name: "unknown subdirective", input: "atlas {\n endpoint https://x\n client_key abc\n}", wantErr: `unrecognized subdirective "client_key", at Testfile:3`},
+		{name: "misspelt subdirective", input: "atlas {\n endpoint https://x\n extract_path /x\n}", wantErr: `unrecognized subdirective "extract_path"; did you mean "extracts_path"?, at Testfile:3`},
 		{name: "repeated subdirective", input: "atlas {\n endpoint https://x\n endpoint https://y\n}", wantErr: `subdirective "endpoint" given more than once, at Testfile:3`},
 		{name: "missing argument", input: "atlas {\n client_id\n}", wantErr: "wrong argument count or unexpected line ending after 'client_id', at Testfile:2"},
 		{name: "extra argument", input: "atlas {\n client_id a b\n}", wantErr: "wrong argument count or unexpected line ending after 'b', at Testfile:2"},
@@ -176,4 +179,11 @@ func adaptCaddyfile(input string) ([]byte, error) {
 	adapter := caddyfile.Adapter{ServerType: httpcaddyfile.ServerType{}}
 	out, _, err := adapter.Adapt([]byte(input), nil)
 	return out, err
+}
+
+// TestSubdirectiveLists checks that the lists that suggest the nearest
+// name of a misspelt subdirective are the names the parsers accept.
+func TestSubdirectiveLists(t *testing.T) {
+	cfparsetest.Check(t, "caddyfile.go", "App.UnmarshalCaddyfile", appSubdirectives)
+	cfparsetest.Check(t, "caddyfile.go", "Handler.UnmarshalCaddyfile", handlerSubdirectives)
 }

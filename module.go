@@ -180,6 +180,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := h.Callback.Provision(ctx, h.logger); err != nil {
 			return fmt.Errorf("callback: %w", err)
 		}
+		if h.ownApp {
+			// No config (a unit test): nothing will start; open now.
+			if err := h.Callback.Start(); err != nil {
+				return fmt.Errorf("callback: %w", err)
+			}
+		} else {
+			h.app.onStart(h.Callback.Start)
+		}
 	}
 	return nil
 }

@@ -23,7 +23,11 @@ func TestProvisionOutboundErrors(t *testing.T) {
 		{"no endpoint", Handler{ClientID: "id", ClientSecret: "{env.PROVISION_TEST_SECRET}"}, "endpoint is required"},
 		{"relative endpoint", Handler{Endpoint: "atlas.example.com", ClientID: "id", ClientSecret: "x"}, "not an absolute http(s) URL"},
 		{"no credentials", Handler{Endpoint: "https://atlas.example.com"}, "client_id and client_secret are empty"},
-		{"empty secret from env", Handler{Endpoint: "https://atlas.example.com", ClientID: "gw", ClientSecret: "{env.PROVISION_TEST_EMPTY}"}, `client_secret is empty (client_id "gw")`},
+		{"empty secret from env", Handler{Endpoint: "https://atlas.example.com", ClientID: "gw", ClientSecret: "{env.PROVISION_TEST_EMPTY}"}, `client_secret {env.PROVISION_TEST_EMPTY} is empty: PROVISION_TEST_EMPTY is set but empty (client_id "gw")`},
+		{"unset secret env", Handler{Endpoint: "https://atlas.example.com", ClientID: "gw", ClientSecret: "{env.ATLAS_CLIENT_SECRET_UNSET_TEST}"}, "client_secret {env.ATLAS_CLIENT_SECRET_UNSET_TEST} is empty: ATLAS_CLIENT_SECRET_UNSET_TEST is not set"},
+		{"missing secret file", Handler{Endpoint: "https://atlas.example.com", ClientID: "gw", ClientSecret: "{file./nonexistent/atlas-secret}"}, "client_secret {file./nonexistent/atlas-secret} is empty: the file /nonexistent/atlas-secret does not exist"},
+		{"unset id env", Handler{Endpoint: "https://atlas.example.com", ClientID: "{env.PROVISION_TEST_EMPTY}", ClientSecret: "{env.PROVISION_TEST_SECRET}"}, "client_id {env.PROVISION_TEST_EMPTY} is empty: PROVISION_TEST_EMPTY is set but empty"},
+		{"unset endpoint env", Handler{Endpoint: "{env.ATLAS_ENDPOINT_UNSET_TEST}", ClientID: "id", ClientSecret: "{env.PROVISION_TEST_SECRET}"}, "endpoint {env.ATLAS_ENDPOINT_UNSET_TEST} is empty: ATLAS_ENDPOINT_UNSET_TEST is not set"},
 		{"empty id", Handler{Endpoint: "https://atlas.example.com", ClientSecret: "{env.PROVISION_TEST_SECRET}"}, "client_id is empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -196,8 +197,17 @@ func FuzzCallbackToken(f *testing.F) {
 		if rec.Code != http.StatusUnauthorized || app.calls != 0 {
 			t.Fatalf("Token %q Authorization %q: %d, %d calls to the app", tok, authorization, rec.Code, app.calls)
 		}
-		if body := rec.Body.String(); body != `{"error":"invalid or expired token"}`+"\n" {
-			t.Fatalf("401 body %q", body)
+		// RFC 6750: without a token, a challenge without an error code.
+		body, challenge := `{"error":"invalid or expired token"}`+"\n", `Bearer error="invalid_token"`
+		if _, err := token.FromRequest(req); errors.Is(err, token.ErrNoToken) {
+			body = `{"error":"a token is required: send the token issued at ` + c.AuthPath + ` in the Token header or as Authorization: Bearer"}` + "\n"
+			challenge = `Bearer realm="atlas-callback"`
+		}
+		if got := rec.Body.String(); got != body {
+			t.Fatalf("401 body %q, want %q", got, body)
+		}
+		if got := rec.Header().Get("WWW-Authenticate"); got != challenge {
+			t.Fatalf("WWW-Authenticate %q, want %q", got, challenge)
 		}
 	})
 }

@@ -114,7 +114,7 @@ func (c *Callback) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			// a setting of the queue, written beside it
 			err = q.setting(d)
 		default:
-			return d.Errf("unrecognized subdirective %q", name)
+			return cfparse.Unrecognized(d, subdirectives)
 		}
 		if err != nil {
 			return err
@@ -146,6 +146,16 @@ func unmarshalLeeway(d *caddyfile.Dispenser, c *Callback) error {
 	}
 	c.Leeway = caddy.Duration(dur)
 	return nil
+}
+
+// subdirectives are the callback block's subdirectives, for the
+// suggestion of a misspelt one (a test checks them against the parser's
+// switch).
+var subdirectives = []string{
+	"auth_path", "client_id", "client_secret", "signing_key", "previous_signing_key", "sign_deliveries",
+	"issuer", "audience", "token_ttl", "leeway", "verify_key", "jwks_url", "max_body", "deliver_to",
+	"spool", "queue", "max_attempts", "retry_backoff", "delivery_timeout", "concurrency", "retention",
+	"encryption_key", "max_spool_size", "dead_letter_retention", "purge_delay",
 }
 
 // repeatable are the callback block's subdirectives that may be given

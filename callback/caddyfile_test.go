@@ -95,6 +95,7 @@ func TestCallbackUnmarshalCaddyfile(t *testing.T) {
 		{name: "no path with block", input: "callback {\n client_id a\n}", wantErr: "wrong argument count"},
 		{name: "two paths", input: `callback /a /b`, wantErr: "wrong argument count"},
 		{name: "unknown subdirective", input: "callback /cb {\n client_key x\n}", wantErr: `unrecognized subdirective "client_key"`},
+		{name: "misspelt subdirective", input: "callback /cb {\n client_id a\n delivre_to http://app/\n}", wantErr: `unrecognized subdirective "delivre_to"; did you mean "deliver_to"?, at Testfile:3`},
 		{name: "repeated", input: "callback /cb {\n client_id a\n client_id b\n}", wantErr: "subdirective \"client_id\" given more than once"},
 		{name: "repeated duration", input: "callback /cb {\n leeway 1s\n leeway 2s\n}", wantErr: "subdirective \"leeway\" given more than once"},
 		{name: "missing value", input: "callback /cb {\n client_secret\n}", wantErr: "wrong argument count"},

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -20,6 +21,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 	"github.com/caddy-atlas/caddy-atlas/mask"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
@@ -195,10 +197,15 @@ type Callback struct {
 	verifier     *token.Verifier
 	jwks         *token.JWKS
 	limiter      *failureLimiter
-	metrics      *callbackMetrics
-	logger       *zap.Logger
-	cancel       context.CancelFunc
-	now          func() time.Time
+	// maxBody is the largest body accepted: MaxBody, or the queue's
+	// limit if lower and MaxBody was left to its default (maxBodySet).
+	maxBody    *atomic.Int64
+	maxBodySet bool
+	rejectLog  *rateLog
+	metrics    *callbackMetrics
+	logger     *zap.Logger
+	cancel     context.CancelFunc
+	now        func() time.Time
 
 	// regulated data (regulated.go): the other accepted client secrets,
 	// the hand-off's masker and signer
@@ -211,7 +218,8 @@ type Callback struct {
 	appQueue  queue.Backend // the atlas app's, if it has one
 	backend   queue.Backend // the queue in use
 	user      *queue.User   // the route, as the queue knows it
-	store     queue.Store
+	// store holds the open queue, from Start; non-nil in durable mode.
+	store *atomic.Pointer[storeRef]
 	// queueName names the durable queue in logs: the spool directory or
 	// jetstream:<stream>.
 	queueName string
@@ -242,9 +250,14 @@ func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 	if c.Leeway == 0 {
 		c.Leeway = caddy.Duration(DefaultCallbackLeeway)
 	}
+	// A max_body left to its default fits the queue's limit, if lower
+	// (see fitMaxBody); one that is set must fit.
+	c.maxBodySet = c.MaxBody != 0
 	if c.MaxBody == 0 {
 		c.MaxBody = DefaultCallbackMaxBody
 	}
+	c.maxBody = new(atomic.Int64)
+	c.maxBody.Store(c.MaxBody)
 
 	repl := caddy.NewReplacer()
 	c.clientID = repl.ReplaceKnown(c.ClientID, "")
@@ -256,7 +269,7 @@ func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 	for i, v := range c.ClientSecrets {
 		more := repl.ReplaceKnown(v, "")
 		if more == "" {
-			return fmt.Errorf("client_secrets[%d] is empty (an unset {env.*} or unreadable {file.*} placeholder?)", i)
+			return placeholder.Empty(fmt.Sprintf("client_secrets[%d]", i), v)
 		}
 		c.moreSecretDigests = append(c.moreSecretDigests, sha256.Sum256([]byte(more)))
 	}
@@ -278,7 +291,7 @@ func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 	for i, v := range c.VerifyKeys {
 		raw := repl.ReplaceKnown(v, "")
 		if raw == "" {
-			return fmt.Errorf("verify_keys[%d] is empty (an unset {env.*} or unreadable {file.*} placeholder?)", i)
+			return placeholder.Empty(fmt.Sprintf("verify_keys[%d]", i), v)
 		}
 		k, err := token.ParseVerifyKey(raw)
 		if err != nil {
@@ -290,6 +303,7 @@ func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 		}
 	}
 	c.limiter = newFailureLimiter()
+	c.rejectLog = &rateLog{every: rejectLogEvery}
 
 	m, err := registerCallbackMetrics(ctx.GetMetricsRegistry())
 	if err != nil {
@@ -337,10 +351,16 @@ func (c *Callback) Validate() error {
 		return fmt.Errorf("auth_path %q must start with /", c.AuthPath)
 	case c.AuthPath == c.Path:
 		return fmt.Errorf("auth_path and path are the same path %q", c.Path)
+	case c.clientID == "" && c.ClientID != "":
+		return placeholder.Empty("client_id", c.ClientID)
 	case c.clientID == "":
-		return errors.New("client_id is empty (an unset {env.*} or unreadable {file.*} placeholder?)")
+		return errors.New("client_id is empty")
+	case !c.hasSecret && c.ClientSecret != "":
+		return placeholder.Empty("client_secret", c.ClientSecret)
 	case !c.hasSecret:
 		return errors.New("client_secret is empty; give it as an {env.NAME} or {file.path} placeholder")
+	case c.signer == nil && c.SigningKey != "":
+		return placeholder.Empty("signing_key", c.SigningKey)
 	case c.signer == nil:
 		return errors.New("signing_key is empty; give it as an {env.NAME} or {file.path} placeholder")
 	case c.Issuer == "":
@@ -375,6 +395,9 @@ func (c *Callback) Cleanup() error {
 // ServeCallback serves the callback_url. The checks run in this order, so
 // that an unauthenticated caller never makes the server read a body:
 // method (405), token (401), content type (415), size (413), payload (400).
+// A request without a token is answered a challenge without an error
+// code, one with a token that does not verify `invalid_token` (RFC 6750,
+// 3.1); see refuseToken.
 // A callback that passes them goes to the next handler, or, in durable
 // mode, to the spool (see spoolCallback).
 func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -387,12 +410,7 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 	c.metrics.verifySeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		c.metrics.callbacks.WithLabelValues(outcomeUnauthorized).Inc()
-		if ce := c.logger.Check(zapcore.DebugLevel, "callback rejected: token"); ce != nil {
-			ce.Write(zap.String("reason", token.FailureReason(err)), zap.Error(err),
-				zap.String("remote_ip", callbackClientIP(r)))
-		}
-		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
-		return httpjson.WriteError(w, http.StatusUnauthorized, "invalid or expired token")
+		return c.refuseToken(w, r, err)
 	}
 
 	if ct := r.Header.Get("Content-Type"); !httpjson.IsJSONMediaType(ct) {
@@ -408,10 +426,10 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 		if errors.As(err, new(*http.MaxBytesError)) {
 			c.metrics.callbacks.WithLabelValues(outcomeTooLarge).Inc()
 			if ce := c.logger.Check(zapcore.DebugLevel, "callback rejected: body too large"); ce != nil {
-				ce.Write(zap.Int64("max_body", c.MaxBody), zap.Int64("content_length", r.ContentLength))
+				ce.Write(zap.Int64("max_body", c.maxBody.Load()), zap.Int64("content_length", r.ContentLength))
 			}
 			return httpjson.WriteError(w, http.StatusRequestEntityTooLarge,
-				"the callback body is larger than "+strconv.FormatInt(c.MaxBody, 10)+" bytes")
+				"the callback body is larger than "+strconv.FormatInt(c.maxBody.Load(), 10)+" bytes")
 		}
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading the callback body: %w", err))
 	}
@@ -501,10 +519,11 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 
 // readBody reads the whole body, at most MaxBody bytes, into one buffer.
 func (c *Callback) readBody(w http.ResponseWriter, r *http.Request) (*body.Buffer, error) {
-	if r.ContentLength > c.MaxBody {
-		return nil, &http.MaxBytesError{Limit: c.MaxBody}
+	limit := c.maxBody.Load()
+	if r.ContentLength > limit {
+		return nil, &http.MaxBytesError{Limit: limit}
 	}
-	return body.Read(w, r.Body, r.ContentLength, c.MaxBody)
+	return body.Read(w, r.Body, r.ContentLength, limit)
 }
 
 // ID is the id of a callback: the first 32 hex digits (128 bits)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/callback/payload/payloadtest"
 	"github.com/caddy-atlas/caddy-atlas/callback/token"
+	"github.com/caddy-atlas/caddy-atlas/internal/cfparse/cfparsetest"
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
@@ -135,7 +136,7 @@ func TestCallbackRejections(t *testing.T) {
 		msg         string
 	}{
 		{name: "GET", method: http.MethodGet, token: good, body: valid, status: 405},
-		{name: "no token, bad everything", token: "", contentType: "text/plain", body: big, status: 401, msg: "invalid or expired token"},
+		{name: "no token, bad everything", token: "", contentType: "text/plain", body: big, status: 401, msg: "a token is required"},
 		{name: "expired token", token: expired, body: valid, status: 401, msg: "invalid or expired token"},
 		{name: "garbage token", token: "not-a-jwt", body: valid, status: 401},
 		{name: "token ok, text/plain", token: good, contentType: "text/plain", body: big, status: 415},
@@ -188,14 +189,18 @@ func TestCallbackRejections(t *testing.T) {
 			}
 			switch tc.status {
 			case 401:
-				if got := rec.Header().Get("WWW-Authenticate"); got != `Bearer error="invalid_token"` {
-					t.Errorf("WWW-Authenticate %q", got)
+				want := `Bearer error="invalid_token"`
+				if tc.token == "" {
+					want = `Bearer realm="atlas-callback"` // RFC 6750: no error code without credentials
+				}
+				if got := rec.Header().Get("WWW-Authenticate"); got != want {
+					t.Errorf("WWW-Authenticate %q, want %q", got, want)
 				}
 				if body.n != 0 {
 					t.Errorf("read %d bytes of an unauthenticated body", body.n)
 				}
 				if logs.Len() == 0 {
-					t.Error("no debug log says why")
+					t.Error("no log says why")
 				}
 			case 405:
 				if rec.Header().Get("Allow") != "POST" {
@@ -267,10 +272,10 @@ func TestCallbackConfigErrors(t *testing.T) {
 		{"relative path", Callback{Path: "hooks"}, `path "hooks" must start with /`},
 		{"relative auth path", Callback{AuthPath: "auth"}, `auth_path "auth" must start with /`},
 		{"same paths", Callback{AuthPath: "/hooks/atlas"}, "auth_path and path are the same path"},
-		{"empty client id", Callback{ClientID: "{env.CALLBACK_TEST_UNSET}"}, "client_id is empty"},
-		{"empty secret", Callback{ClientSecret: "{env.CALLBACK_TEST_UNSET}"}, "client_secret is empty"},
-		{"empty signing key", Callback{SigningKey: "{env.CALLBACK_TEST_UNSET}"}, "signing_key is empty"},
-		{"unreadable signing key file", Callback{SigningKey: "{file./nonexistent/callback.key}"}, "signing_key is empty"},
+		{"empty client id", Callback{ClientID: "{env.CALLBACK_TEST_UNSET}"}, "client_id {env.CALLBACK_TEST_UNSET} is empty: CALLBACK_TEST_UNSET is not set"},
+		{"empty secret", Callback{ClientSecret: "{env.CALLBACK_TEST_UNSET}"}, "client_secret {env.CALLBACK_TEST_UNSET} is empty: CALLBACK_TEST_UNSET is not set"},
+		{"empty signing key", Callback{SigningKey: "{env.CALLBACK_TEST_UNSET}"}, "signing_key {env.CALLBACK_TEST_UNSET} is empty: CALLBACK_TEST_UNSET is not set"},
+		{"unreadable signing key file", Callback{SigningKey: "{file./nonexistent/callback.key}"}, "signing_key {file./nonexistent/callback.key} is empty: the file /nonexistent/callback.key does not exist"},
 		{"short HMAC", Callback{SigningKey: marker[:31]}, "signing_key: an HMAC secret must be at least 32 bytes, this one has 31"},
 		{"weak RSA", Callback{SigningKey: tokentest.PEMPrivate(t, weakRSA)}, "signing_key: an RSA key must have at least 2048 bits, this one has 1024"},
 		{"weak RSA verify key", Callback{VerifyKeys: []string{tokentest.PEMPublic(t, &weakRSA.PublicKey)}}, "verify_keys[0]: an RSA key must have at least 2048 bits"},
@@ -278,7 +283,7 @@ func TestCallbackConfigErrors(t *testing.T) {
 		{"bad PEM", Callback{SigningKey: "-----BEGIN PRIVATE KEY-----\n" + marker + "\n-----END PRIVATE KEY-----\n"}, "signing_key: no PEM block found"},
 		{"broken key", Callback{SigningKey: "-----BEGIN PRIVATE KEY-----\nU0VDUkVULU1BUktFUg==\n-----END PRIVATE KEY-----\n"}, "signing_key: parsing the PRIVATE KEY PEM block"},
 		{"HMAC verify key", Callback{VerifyKeys: []string{marker}}, "verify_keys[0]: not a PEM public key (HMAC secrets are not accepted as verify keys)"},
-		{"empty verify key", Callback{VerifyKeys: []string{"{env.CALLBACK_TEST_UNSET}"}}, "verify_keys[0] is empty"},
+		{"empty verify key", Callback{VerifyKeys: []string{"{env.CALLBACK_TEST_UNSET}"}}, "verify_keys[0] {env.CALLBACK_TEST_UNSET} is empty: CALLBACK_TEST_UNSET is not set"},
 		{"negative leeway", Callback{Leeway: -1}, "leeway must not be negative"},
 		{"negative ttl", Callback{TokenTTL: -1}, "token_ttl must be positive"},
 		{"negative max_body", Callback{MaxBody: -1}, "max_body must not be negative"},
@@ -351,4 +356,10 @@ func TestCallbackMetricsRegisterTwice(t *testing.T) {
 			t.Errorf("%s not registered: %v", want, names)
 		}
 	}
+}
+
+// TestSubdirectiveList checks that the list that suggests the nearest
+// name of a misspelt subdirective is the names the parser accepts.
+func TestSubdirectiveList(t *testing.T) {
+	cfparsetest.Check(t, "caddyfile.go", "Callback.UnmarshalCaddyfile", subdirectives)
 }

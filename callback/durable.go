@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
@@ -53,7 +55,7 @@ func (c *Callback) UseQueue(b queue.Backend) { c.appQueue = b }
 // provisionDurable resolves deliver_to and, if set, takes the route's
 // queue: the one its block names (loaded as a module of the atlas.queues
 // namespace), or the atlas app's; and attaches the route to it, which
-// opens it on first use.
+// opens nothing: Start opens it.
 func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	if err := c.foldLegacyQueue(); err != nil {
 		return err
@@ -96,24 +98,87 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	if r := ctx.GetMetricsRegistry(); r != nil {
 		user.Config = r // one registry per loaded config
 	}
-	st, err := backend.Attach(user)
+	if err := backend.Attach(user); err != nil {
+		return err
+	}
+	c.backend, c.user = backend, user
+	c.queueName = backend.Name()
+	c.store = new(atomic.Pointer[storeRef])
+	if backend.IsOpen() {
+		// A reload: the queue is open, so the route takes it now and
+		// never answers 503 while its config starts. A config that is
+		// only validated runs in a process where nothing is open.
+		return c.Start()
+	}
+	return nil
+}
+
+// storeRef holds the route's open queue.
+type storeRef struct{ queue.Store }
+
+// errNotOpen is the answer of a route whose queue is not open yet.
+var errNotOpen = fmt.Errorf("%w: the queue is not open yet", queue.ErrUnavailable)
+
+// Start opens the route's queue, in durable mode, when its config
+// starts (the atlas app's Start): until then, the route answers
+// callbacks 503 with Retry-After. A config that is only validated never
+// opens it. A max_body the queue cannot take is an error (see
+// fitMaxBody). Without a queue, Start does nothing.
+func (c *Callback) Start() error {
+	if c.backend == nil || c.openStore() != nil {
+		return nil
+	}
+	st, err := c.backend.Open(c.user)
 	if err != nil {
 		return err
 	}
-	c.backend, c.user, c.store = backend, user, st
-	c.queueName = backend.Name()
-	if mp, ok := st.(interface{ MaxPayload() int64 }); ok && c.MaxBody+payloadMargin > mp.MaxPayload() {
-		c.logger.Warn("the NATS servers' max_payload is below max_body: larger callbacks will be refused; raise max_payload (up to 64MB) or lower max_body",
-			zap.Int64("max_payload", mp.MaxPayload()), zap.Int64("max_body", c.MaxBody))
+	if err := c.fitMaxBody(st); err != nil {
+		return err
 	}
+	c.store.Store(&storeRef{st})
 	u, _ := url.Parse(c.deliverTo)
 	c.logger.Info("callback route in durable mode", zap.String("queue", c.queueName), zap.String("deliver_to", u.Redacted()))
+	return nil
+}
+
+// openStore returns the route's open queue, nil if it is not open (or
+// the route is not in durable mode).
+func (c *Callback) openStore() queue.Store {
+	if c.store == nil {
+		return nil
+	}
+	if ref := c.store.Load(); ref != nil {
+		return ref.Store
+	}
+	return nil
+}
+
+// fitMaxBody checks max_body against the largest message the queue st
+// takes (a JetStream queue: the NATS servers' max_payload, less what a
+// callback's headers add): a max_body that is set and above it is an
+// error naming both and the fix; the default is lowered to it.
+func (c *Callback) fitMaxBody(st queue.Store) error {
+	mp, ok := st.(interface{ MaxPayload() int64 })
+	if !ok || mp.MaxPayload() <= 0 || c.MaxBody+payloadMargin <= mp.MaxPayload() {
+		return nil
+	}
+	fits := mp.MaxPayload() - payloadMargin
+	if c.maxBodySet {
+		return fmt.Errorf("max_body %d bytes is above what queue %s takes: the NATS servers' max_payload is %d bytes, and a callback adds up to %d bytes of headers; set max_body to at most %d bytes, or raise max_payload in the NATS servers' configuration (up to 64MB)",
+			c.MaxBody, c.queueName, mp.MaxPayload(), payloadMargin, fits)
+	}
+	c.maxBody.Store(fits)
+	c.logger.Info("max_body is lowered from its default to what the NATS servers take (their max_payload less the callback's headers); raise max_payload to take larger callbacks",
+		zap.String("queue", c.queueName), zap.Int64("max_body", fits), zap.Int64("max_payload", mp.MaxPayload()))
 	return nil
 }
 
 // validateDurable checks the durable-mode settings that are the route's;
 // it changes nothing. The queue checks its own.
 func (c *Callback) validateDurable() error {
+	if c.deliverTo == "" && c.DeliverTo != "" {
+		return placeholder.Empty("deliver_to", c.DeliverTo)
+	}
 	if c.DeliverTo == "" {
 		if c.Queue != nil {
 			return errors.New("deliver_to is required with spool or queue: where the stored callbacks are delivered")
@@ -164,7 +229,11 @@ func (c *Callback) spoolCallback(w http.ResponseWriter, r *http.Request, id, sub
 	hdr.Set(headerAtlasCallbackID, id)
 	storeTraceContext(r.Context(), hdr)
 
-	res, err := c.store.Append(r.Context(), queue.Entry{ID: id, Header: hdr, Body: body})
+	var res queue.AppendResult
+	err := errNotOpen
+	if st := c.openStore(); st != nil {
+		res, err = st.Append(r.Context(), queue.Entry{ID: id, Header: hdr, Body: body})
+	}
 	if err != nil {
 		switch {
 		case errors.Is(err, queue.ErrTooLarge):

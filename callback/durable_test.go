@@ -126,7 +126,7 @@ func TestDurableSpoolsAcksAndDelivers(t *testing.T) {
 	if n := rc.Takes(id); n != 1 || rc.RequestCount() != 1 {
 		t.Errorf("delivered %d times in %d requests, want once", n, rc.RequestCount())
 	}
-	if info, ok := c.store.Get(id); !ok || info.State != queue.StateDelivered || info.Attempts != 1 {
+	if info, ok := c.openStore().Get(id); !ok || info.State != queue.StateDelivered || info.Attempts != 1 {
 		t.Errorf("state %+v", info)
 	}
 }
@@ -146,7 +146,7 @@ func TestDurableRejectsBeforeSpooling(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	if st := c.store.Stats(); st.Pending+st.Delivered+st.Dead != 0 {
+	if st := c.openStore().Stats(); st.Pending+st.Delivered+st.Dead != 0 {
 		t.Errorf("refused callbacks were spooled: %+v", st)
 	}
 }
@@ -178,7 +178,7 @@ func TestDurableSpoolUnavailable(t *testing.T) {
 		queue.ErrFull,
 		queue.ErrClosed,
 	} {
-		c.store = fakeStore{err: err}
+		c.store = testStore(fakeStore{err: err})
 		body := payloadtest.Sample(2)
 		rec, app := serveTestCallback(t, c, callbackTestRequest(c.Path, tok, body))
 		if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") != "30" || app.calls != 0 {
@@ -198,7 +198,7 @@ func TestDurableSpoolUnavailable(t *testing.T) {
 		}
 	}
 
-	c.store = fakeStore{err: errors.New("disk on fire")}
+	c.store = testStore(fakeStore{err: errors.New("disk on fire")})
 	rec := httptest.NewRecorder()
 	err := c.ServeCallback(rec, callbackTestRequest(c.Path, tok, payloadtest.Sample(2)), new(callbackApp))
 	var he caddyhttp.HandlerError
@@ -245,7 +245,7 @@ func TestDurableQueueTooLarge(t *testing.T) {
 	tok := callbackAuthToken(t, c)
 	orig := c.store
 	defer func() { c.store = orig }()
-	c.store = fakeStore{err: fmt.Errorf("%w: body of 2000000 bytes, and the NATS servers' max_payload is 1048576", queue.ErrTooLarge)}
+	c.store = testStore(fakeStore{err: fmt.Errorf("%w: body of 2000000 bytes, and the NATS servers' max_payload is 1048576", queue.ErrTooLarge)})
 
 	body := payloadtest.Sample(2)
 	rec, app := serveTestCallback(t, c, callbackTestRequest(c.Path, tok, body))
@@ -279,7 +279,7 @@ func TestDurableSpoolFull(t *testing.T) {
 func TestDurableProvisionDefaults(t *testing.T) {
 	c := &Callback{Spool: filepath.Join(t.TempDir(), "s"), DeliverTo: "http://127.0.0.1:1/hooks"}
 	provisionTestCallback(t, c)
-	if c.store == nil {
+	if c.openStore() == nil {
 		t.Error("no spool")
 	}
 	if _, err := os.Stat(c.queueName); err != nil {
@@ -304,10 +304,10 @@ func TestDurableConfigErrors(t *testing.T) {
 	}{
 		{"deliver_to without spool", Callback{DeliverTo: "http://app/hooks"}, "deliver_to needs spool"},
 		{"spool without deliver_to", Callback{Spool: dir}, "deliver_to is required with spool"},
-		{"unset spool placeholder", Callback{Spool: "{env.DURABLE_TEST_UNSET}", DeliverTo: "http://app/"}, "spool is empty"},
+		{"unset spool placeholder", Callback{Spool: "{env.DURABLE_TEST_UNSET}", DeliverTo: "http://app/"}, "spool {env.DURABLE_TEST_UNSET} is empty: DURABLE_TEST_UNSET is not set"},
 		{"relative deliver_to", Callback{Spool: dir, DeliverTo: "/hooks"}, "deliver_to is not an absolute http(s) URL"},
 		{"ftp deliver_to", Callback{Spool: dir, DeliverTo: "ftp://" + marker + "@app/"}, "deliver_to is not an absolute http(s) URL"},
-		{"unset deliver_to placeholder", Callback{Spool: dir, DeliverTo: "{env.DURABLE_TEST_UNSET}"}, "deliver_to is not an absolute"},
+		{"unset deliver_to placeholder", Callback{Spool: dir, DeliverTo: "{env.DURABLE_TEST_UNSET}"}, "deliver_to {env.DURABLE_TEST_UNSET} is empty: DURABLE_TEST_UNSET is not set"},
 		{"negative max_attempts", Callback{Spool: dir, DeliverTo: "http://app/", MaxAttempts: -1}, "max_attempts must be at least 1"},
 		{"negative concurrency", Callback{Spool: dir, DeliverTo: "http://app/", Concurrency: -2}, "concurrency must be at least 1"},
 		{"min above max", Callback{Spool: dir, DeliverTo: "http://app/", RetryBackoffMin: caddy.Duration(time.Minute), RetryBackoffMax: caddy.Duration(time.Second)},
@@ -353,6 +353,9 @@ func TestDurableSharedSpool(t *testing.T) {
 		if err := c.Provision(ctx, zap.NewNop()); err != nil {
 			t.Fatal(err)
 		}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
 		return c, ctx, cancel
 	}
 	send := func(c *Callback, n int) string {
@@ -370,7 +373,7 @@ func TestDurableSharedSpool(t *testing.T) {
 	// Reload: the new config's route shares the spool.
 	cur, curCtx, cancelCur := newRoute(b)
 	defer cancelCur()
-	if cur.store != old.store {
+	if cur.openStore() != old.openStore() {
 		t.Fatal("the reload opened another spool")
 	}
 	// Another route of the same config, same spool, other deliver_to.
@@ -422,7 +425,7 @@ func TestDurableSharedSpool(t *testing.T) {
 	again, _, cancelAgain := newRoute(b)
 	defer cancelAgain()
 	defer again.Cleanup()
-	if st := again.store.Stats(); st.Delivered != 3 {
+	if st := again.openStore().Stats(); st.Delivered != 3 {
 		t.Errorf("reopened spool: %+v", st)
 	}
 }
@@ -443,4 +446,77 @@ func TestDurableSettingWithoutQueue(t *testing.T) {
 	if err := app.foldLegacyQueue(); err == nil || !strings.Contains(err.Error(), "max_attempts needs spool or queue") {
 		t.Errorf("a setting beside the app's queue: %v", err)
 	}
+}
+
+// TestDurableOpensAtStart checks that a route's queue opens when its
+// config starts, not when it is provisioned (as `caddy validate` does):
+// until then, nothing is created and callbacks are answered 503 with
+// Retry-After.
+func TestDurableOpensAtStart(t *testing.T) {
+	rc := callbacktest.NewReceiver(t)
+	dir := filepath.Join(t.TempDir(), "spool")
+	c := &Callback{Path: "/hooks/atlas", ClientID: "atlas-client", ClientSecret: "atlas-client-secret", SigningKey: testHMACSecret,
+		Spool: dir, DeliverTo: rc.URL}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := c.Provision(ctx, zap.NewNop()); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Cleanup()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the spool exists before the config starts: %v", err)
+	}
+	body := payloadtest.Sample(1)
+	rec, app := serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), body))
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" || app.calls != 0 {
+		t.Fatalf("before start: %d Retry-After %q, want 503 with Retry-After", rec.Code, rec.Header().Get("Retry-After"))
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("the spool after start: %v", err)
+	}
+	rec, _ = serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), body))
+	if ack := decodeAck(t, rec); ack.CallbackID != ID(body) {
+		t.Errorf("after start: %+v", ack)
+	}
+	rc.WaitDelivered(t, 1, 10*time.Second)
+}
+
+// TestDurableReloadTakesOpenQueue: on a reload, the new config's route
+// takes its queue, open already, as it is provisioned, so that it never
+// answers 503 while its config starts.
+func TestDurableReloadTakesOpenQueue(t *testing.T) {
+	rc := callbacktest.NewReceiver(t)
+	dir := filepath.Join(t.TempDir(), "spool")
+	route := func() *Callback {
+		c := &Callback{Path: "/hooks/atlas", ClientID: "atlas-client", ClientSecret: "atlas-client-secret", SigningKey: testHMACSecret,
+			Spool: dir, DeliverTo: rc.URL}
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		t.Cleanup(cancel)
+		if err := c.Provision(ctx, zap.NewNop()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Cleanup() })
+		return c
+	}
+	old := route()
+	if old.openStore() != nil {
+		t.Fatal("the first config's queue is open before it starts")
+	}
+	if err := old.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cur := route()
+	if cur.openStore() == nil || cur.openStore() != old.openStore() {
+		t.Fatal("the reload's route has not taken the open queue at provision")
+	}
+	body := payloadtest.Sample(1)
+	rec, _ := serveTestCallback(t, cur, callbackTestRequest(cur.Path, callbackAuthToken(t, cur), body))
+	decodeAck(t, rec)
+	rc.WaitDelivered(t, 1, 10*time.Second)
 }

@@ -86,7 +86,7 @@ func TestDurableEncryptionKey(t *testing.T) {
 		t.Errorf("identity values in the clear on disk: %v", found)
 	}
 	id := seal.KeyID(key)
-	if st := c.store.Stats(); st.Pending != 1 || st.Keys[id] != 1 || len(st.Keys) != 1 {
+	if st := c.openStore().Stats(); st.Pending != 1 || st.Keys[id] != 1 || len(st.Keys) != 1 {
 		t.Errorf("Stats = %+v, want one pending callback under key id %s", st, id)
 	}
 	rc.SetStatus(http.StatusOK)
@@ -144,8 +144,8 @@ func TestDurableEncryptionKeyErrors(t *testing.T) {
 	}{
 		{"not a key", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{good, bad}}, "encryption_key 2: seal: key of 50 characters is neither base64 nor hex"},
 		{"short key", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{short}}, "encryption_key 1: seal: key decodes to 16 bytes, want 32"},
-		{"empty file", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{empty}}, "encryption_key 1 is empty"},
-		{"unset env", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{"{env.ENCRYPTION_TEST_UNSET}"}}, "encryption_key 1 is empty"},
+		{"empty file", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{empty}}, "encryption_key 1 " + empty + " is empty: the file " + strings.TrimSuffix(strings.TrimPrefix(empty, "{file."), "}") + " is empty"},
+		{"unset env", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{"{env.ENCRYPTION_TEST_UNSET}"}}, "encryption_key 1 {env.ENCRYPTION_TEST_UNSET} is empty: ENCRYPTION_TEST_UNSET is not set"},
 		{"same key twice", Callback{Spool: spoolDir, DeliverTo: "http://app/", EncryptionKeys: []string{good, "hex-" + good}}, ""},
 		{"without spool", Callback{EncryptionKeys: []string{good}}, "encryption_key needs spool"},
 		{"negative dead letter retention", Callback{Spool: spoolDir, DeliverTo: "http://app/", DeadLetterRetention: -1}, "dead_letter_retention must be positive"},
@@ -198,7 +198,7 @@ func TestDurableKeyRotation(t *testing.T) {
 	}
 	decodeAck(t, serveTestCallbackRec(t, cur, identityPayload(2)))
 	testutil.WaitFor(t, 5*time.Second, "re-encryption under the new key", func() bool {
-		k := cur.store.Stats().Keys
+		k := cur.openStore().Stats().Keys
 		return k[seal.KeyID(keyB)] == 2 && k[seal.KeyID(keyA)] == 0
 	})
 	if err := cur.Cleanup(); err != nil {
@@ -207,7 +207,7 @@ func TestDurableKeyRotation(t *testing.T) {
 	// The old key retired: both callbacks are delivered.
 	last := route(b)
 	for _, n := range []int{1, 2} {
-		e, err := last.store.Load(context.Background(), ID(identityPayload(n)))
+		e, err := last.openStore().Load(context.Background(), ID(identityPayload(n)))
 		if err != nil || !bytes.Equal(e.Body, identityPayload(n)) {
 			t.Errorf("Load of callback %d after retiring the old key: %v", n, err)
 		}
@@ -215,7 +215,7 @@ func TestDurableKeyRotation(t *testing.T) {
 	if found := spoolFilesHold(t, dir, identityValues...); len(found) > 0 {
 		t.Errorf("identity values in the clear on disk: %v", found)
 	}
-	if st := last.store.Stats(); st.Keys[queue.KeyPlaintext] != 0 {
+	if st := last.openStore().Stats(); st.Keys[queue.KeyPlaintext] != 0 {
 		t.Errorf("plaintext callbacks: %+v", st)
 	}
 }

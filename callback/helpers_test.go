@@ -7,9 +7,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/golang-jwt/jwt/v5"
@@ -65,7 +67,17 @@ func provisionTestCallback(t testing.TB, c *Callback) *observer.ObservedLogs {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("validate: %v", err)
 	}
+	if err := c.Start(); err != nil {
+		t.Fatalf("start: %v", err)
+	}
 	return logs
+}
+
+// testStore is st as the route's open queue.
+func testStore(st queue.Store) *atomic.Pointer[storeRef] {
+	p := new(atomic.Pointer[storeRef])
+	p.Store(&storeRef{st})
+	return p
 }
 
 // callbackClaims returns valid claims for c's tokens at now.

@@ -76,6 +76,9 @@ func TestJetStreamRoute(t *testing.T) {
 		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 		t.Cleanup(cancel)
 		err := c.Provision(ctx, zap.NewNop())
+		if err == nil {
+			err = c.Start()
+		}
 		if err != nil {
 			_ = c.Cleanup()
 		}
@@ -108,7 +111,7 @@ func TestJetStreamRoute(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cur.store != old.store {
+	if cur.openStore() != old.openStore() {
 		t.Fatal("the reload opened another queue")
 	}
 	if _, err := newRoute(b, func(js *queues.JetStream) { js.Credentials = &queues.JetStreamCredentials{User: "u", Password: "p"} }); err == nil ||
@@ -138,5 +141,40 @@ func TestJetStreamRoute(t *testing.T) {
 	}
 	if len(queues.Open()) != 0 {
 		t.Error("the queue is still open")
+	}
+}
+
+// TestJetStreamMaxBody checks max_body against the NATS servers'
+// max_payload (1 MB by default): a max_body set above it fails,
+// naming both sizes and the fix; the default is lowered to it.
+func TestJetStreamMaxBody(t *testing.T) {
+	n := natstest.Start(t)
+	route := func(maxBody int64) (*Callback, error) {
+		js := &queues.JetStream{URLs: []string{n.URL()}, Stream: "MAX_BODY_TEST", Replicas: 1}
+		c := &Callback{Path: "/hooks/atlas", ClientID: "atlas-client", ClientSecret: "atlas-client-secret", SigningKey: testHMACSecret,
+			Queue: jsQueue(t, js), DeliverTo: "http://127.0.0.1:1/hooks", MaxBody: maxBody}
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		t.Cleanup(cancel)
+		err := c.Provision(ctx, zap.NewNop())
+		if err == nil {
+			err = c.Start()
+		}
+		t.Cleanup(func() { _ = c.Cleanup() })
+		return c, err
+	}
+	_, err := route(2 << 20)
+	want := "max_body 2097152 bytes is above what queue jetstream:MAX_BODY_TEST takes: the NATS servers' max_payload is 1048576 bytes, and a callback adds up to 4096 bytes of headers; set max_body to at most 1044480 bytes, or raise max_payload in the NATS servers' configuration (up to 64MB)"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("max_body 2MiB = %v, want an error containing %q", err, want)
+	}
+	c, err := route(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.maxBody.Load(); got != 1044480 {
+		t.Errorf("the default max_body on the queue is %d, want 1044480", got)
+	}
+	if _, err := route(1044480); err != nil {
+		t.Errorf("max_body 1044480: %v", err)
 	}
 }

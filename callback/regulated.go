@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/token"
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 	"github.com/caddy-atlas/caddy-atlas/mask"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
@@ -37,7 +38,7 @@ func (c *Callback) provisionRotation(repl *caddy.Replacer) error {
 	for i, v := range c.PreviousSigningKeys {
 		raw := repl.ReplaceKnown(v, "")
 		if raw == "" {
-			return fmt.Errorf("previous_signing_keys[%d] is empty (an unset {env.*} or unreadable {file.*} placeholder?)", i)
+			return placeholder.Empty(fmt.Sprintf("previous_signing_keys[%d]", i), v)
 		}
 		k, err := token.ParseSigningKey(raw)
 		if err != nil {
@@ -54,7 +55,7 @@ func (c *Callback) provisionRotation(repl *caddy.Replacer) error {
 		for i, v := range c.SignDeliveries {
 			secrets[i] = repl.ReplaceKnown(v, "")
 			if secrets[i] == "" {
-				return fmt.Errorf("sign_deliveries[%d] is empty (an unset {env.*} or unreadable {file.*} placeholder?)", i)
+				return placeholder.Empty(fmt.Sprintf("sign_deliveries[%d]", i), v)
 			}
 		}
 		s, err := whsign.NewSigner(secrets...)

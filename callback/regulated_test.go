@@ -160,10 +160,10 @@ func TestCallbackRegulatedConfigErrors(t *testing.T) {
 		c    Callback
 		want string
 	}{
-		{"empty extra client secret", Callback{ClientSecrets: []string{"{env.REG_UNSET_SECRET}"}}, "client_secrets[0] is empty"},
-		{"empty previous key", Callback{PreviousSigningKeys: []string{"{env.REG_UNSET_KEY}"}}, "previous_signing_keys[0] is empty"},
+		{"empty extra client secret", Callback{ClientSecrets: []string{"{env.REG_UNSET_SECRET}"}}, "client_secrets[0] {env.REG_UNSET_SECRET} is empty: REG_UNSET_SECRET is not set"},
+		{"empty previous key", Callback{PreviousSigningKeys: []string{"{env.REG_UNSET_KEY}"}}, "previous_signing_keys[0] {env.REG_UNSET_KEY} is empty: REG_UNSET_KEY is not set"},
 		{"short previous key", Callback{PreviousSigningKeys: []string{"short"}}, "previous_signing_keys[0]:"},
-		{"empty delivery secret", Callback{SignDeliveries: []string{"{env.REG_UNSET_WHSEC}"}}, "sign_deliveries[0] is empty"},
+		{"empty delivery secret", Callback{SignDeliveries: []string{"{env.REG_UNSET_WHSEC}"}}, "sign_deliveries[0] {env.REG_UNSET_WHSEC} is empty: REG_UNSET_WHSEC is not set"},
 		{"short delivery secret", Callback{SignDeliveries: []string{notASecret}}, "sign_deliveries: webhook secret: the key is 15 bytes, want 24 to 64"},
 		{"second delivery secret", Callback{SignDeliveries: []string{whsign.NewSecret(), "nope-" + notASecret}}, `sign_deliveries: secret 2: webhook secret must start with "whsec_"`},
 	} {

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,8 +14,10 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/token/tokentest"
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/token"
 )
@@ -295,5 +298,76 @@ func callbackDecodeSegment(t *testing.T, seg string, v any) {
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCallbackTokenChallenge checks the answers of RFC 6750 (3.1): a
+// callback without credentials (no token, or another scheme) gets a
+// challenge without an error code and is told a token is required, one
+// with a bad token gets invalid_token; both are 401. The reason is
+// logged at info level, once per reason every rejectLogEvery with the
+// count held back, never with the token.
+func TestCallbackTokenChallenge(t *testing.T) {
+	clock := testutil.NewClock(time.Now())
+	c := &Callback{now: clock.Now}
+	logs := provisionTestCallback(t, c)
+	const forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJmb3JnZWQifQ.Zm9yZ2VkLXNpZ25hdHVyZQ"
+	for _, tc := range []struct {
+		name, header, value string
+		challenge, msg      string
+		reason              string
+	}{
+		{"no token", "", "", `Bearer realm="atlas-callback"`, "a token is required: send the token issued at /hooks/atlas/auth in the Token header or as Authorization: Bearer", "no token"},
+		{"Basic credentials", "Authorization", "Basic YTpi", `Bearer realm="atlas-callback"`, "a token is required", "not a Bearer credential"},
+		{"forged token", "Token", forged, `Bearer error="invalid_token"`, "invalid or expired token", "bad signature or algorithm"},
+		{"forged bearer", "Authorization", "Bearer " + forged, `Bearer error="invalid_token"`, "invalid or expired token", "bad signature or algorithm"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs.TakeAll()
+			req := callbackTestRequest(c.Path, "", []byte(`{"data":[]}`))
+			if tc.header != "" {
+				req.Header.Set(tc.header, tc.value)
+			}
+			rec, _ := serveTestCallback(t, c, req)
+			if rec.Code != http.StatusUnauthorized {
+				t.Fatalf("status %d, want 401", rec.Code)
+			}
+			if got := rec.Header().Get("WWW-Authenticate"); got != tc.challenge {
+				t.Errorf("WWW-Authenticate %q, want %q", got, tc.challenge)
+			}
+			var body struct{ Error string }
+			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || !strings.HasPrefix(body.Error, tc.msg) {
+				t.Errorf("body %q (%v), want an error starting with %q", rec.Body, err, tc.msg)
+			}
+			entries := logs.FilterMessage("callback rejected: token").All()
+			if tc.name == "forged bearer" {
+				// the same reason as the forged token's, within the interval
+				if len(entries) != 0 {
+					t.Errorf("%d log lines for a reason logged a moment ago, want none", len(entries))
+				}
+				return
+			}
+			if len(entries) != 1 || entries[0].Level != zapcore.InfoLevel || entries[0].ContextMap()["reason"] != tc.reason {
+				t.Fatalf("log lines %v, want one at info level with reason %q", entries, tc.reason)
+			}
+			for _, e := range logs.All() {
+				if line := fmt.Sprint(e.Message, e.ContextMap()); strings.Contains(line, forged) {
+					t.Errorf("a log holds the token: %s", line)
+				}
+			}
+		})
+	}
+
+	// After the interval, the next refusal of a reason is logged again,
+	// with the count of those held back.
+	logs.TakeAll()
+	for range 3 {
+		serveTestCallback(t, c, callbackTestRequest(c.Path, forged, []byte(`{}`)))
+	}
+	clock.Advance(rejectLogEvery)
+	serveTestCallback(t, c, callbackTestRequest(c.Path, forged, []byte(`{}`)))
+	entries := logs.FilterMessage("callback rejected: token").All()
+	if len(entries) != 1 || entries[0].ContextMap()["suppressed"] != int64(4) {
+		t.Fatalf("log lines %v, want one saying 4 were suppressed", entries)
 	}
 }

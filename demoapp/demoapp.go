@@ -22,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
 	"github.com/caddy-atlas/caddy-atlas/internal/demostory"
 )
 
@@ -221,7 +222,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	if d.NextBlock(0) {
-		return d.Errf("unrecognized subdirective %q", d.Val())
+		return cfparse.Unrecognized(d, nil) // the block takes none
 	}
 	return nil
 }

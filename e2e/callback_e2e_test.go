@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -321,9 +322,15 @@ func TestCallbackE2EAttacks(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			headers := append([]string{"Content-Type", "application/json"}, tc.headers...)
 			resp, body := g.post(t, tc.url, payload, headers...)
-			wantCallbackError(t, resp, body, http.StatusUnauthorized, "invalid or expired token")
-			if got := resp.Header.Get("WWW-Authenticate"); got != `Bearer error="invalid_token"` {
-				t.Errorf("WWW-Authenticate %q", got)
+			// RFC 6750: a request without Bearer credentials gets a
+			// challenge without an error code, a bad token invalid_token.
+			msg, challenge := "invalid or expired token", `Bearer error="invalid_token"`
+			if !slices.Contains(tc.headers, "Token") {
+				msg, challenge = "a token is required", `Bearer realm="atlas-callback"`
+			}
+			wantCallbackError(t, resp, body, http.StatusUnauthorized, msg)
+			if got := resp.Header.Get("WWW-Authenticate"); got != challenge {
+				t.Errorf("WWW-Authenticate %q, want %q", got, challenge)
 			}
 			if g.app.count() != before {
 				t.Fatal("the request reached the app")

@@ -63,8 +63,12 @@ var _ queue.Store = (*Queue)(nil)
 // consumer if they do not exist, or checks that they match opts if they
 // do, and starts delivering. A stream that exists with other replicas,
 // retention or limits is an error naming the field; Open never changes
-// an existing stream. Open fails with an error wrapping
-// queue.ErrUnavailable if no server can be reached.
+// an existing stream. While no server answers (NATS not up yet, a
+// cluster electing its leaders), Open tries again, logging the reason at
+// warn level, for up to six publish timeouts (at most 30 s); then it fails with an
+// error wrapping queue.ErrUnavailable. What can never work (credentials
+// refused, replicas the servers cannot hold, a stream that differs)
+// fails at once, saying what to change.
 func Open(opts Options) (*Queue, error) {
 	cfg, err := resolve(opts)
 	if err != nil {
@@ -85,9 +89,12 @@ func Open(opts Options) (*Queue, error) {
 	if err != nil {
 		return nil, err
 	}
-	nc, err := nats.Connect(joinURLs(cfg.urls), nopts...)
+	// While no server answers, Open waits up to six publish timeouts,
+	// at most 30 s.
+	deadline := time.Now().Add(min(6*cfg.publishTimeout, 30*time.Second))
+	nc, err := connect(cfg, nopts, deadline)
 	if err != nil {
-		return nil, fmt.Errorf("%w: connecting to NATS: %w", queue.ErrUnavailable, err)
+		return nil, err
 	}
 	q.nc = nc
 	q.cfg.Store(cfg)
@@ -95,7 +102,7 @@ func Open(opts Options) (*Queue, error) {
 		nc.Close()
 		return nil, err
 	}
-	if err := q.setupWithRetry(cfg); err != nil {
+	if err := q.setupWithRetry(cfg, deadline); err != nil {
 		nc.Close()
 		return nil, err
 	}
@@ -106,6 +113,29 @@ func Open(opts Options) (*Queue, error) {
 	cfg.logger.Info("jetstream queue opened", zap.String("stream", cfg.stream), zap.Int("replicas", cfg.replicas),
 		zap.String("server", nc.ConnectedUrlRedacted()))
 	return q, nil
+}
+
+// connect connects to NATS, trying again until deadline while no server
+// can be reached; credentials the servers refuse fail at once.
+func connect(cfg *config, nopts []nats.Option, deadline time.Time) (*nats.Conn, error) {
+	var logged time.Time
+	for attempt := 1; ; attempt++ {
+		nc, err := nats.Connect(joinURLs(cfg.urls), nopts...)
+		switch {
+		case err == nil:
+			return nc, nil
+		case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked):
+			return nil, fmt.Errorf("jsqueue: connecting to NATS: %w: check the queue's credentials", err)
+		case time.Now().After(deadline):
+			return nil, fmt.Errorf("%w: connecting to NATS: %w", queue.ErrUnavailable, err)
+		}
+		if now := time.Now(); now.Sub(logged) >= setupRetryLogEvery {
+			logged = now
+			cfg.logger.Warn("jetstream queue: cannot connect to NATS yet; trying again",
+				zap.Error(err), zap.Int("attempt", attempt), zap.Duration("giving_up_in", time.Until(deadline).Round(time.Second)))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 func joinURLs(urls []string) string {
@@ -153,25 +183,65 @@ func (q *Queue) streamConfigs(cfg *config) []jetstream.StreamConfig {
 	}}
 }
 
-// setup creates or checks the streams and the consumer.
+// setupRetryLogEvery is how often at most a retry of the setup is
+// logged.
+const setupRetryLogEvery = 5 * time.Second
+
 // setupWithRetry runs setup, each attempt bounded by twice the publish
 // timeout, again while it fails for want of an answer (a cluster just
 // formed, or electing the leader of a stream, may leave a request
-// unanswered), for at most six publish timeouts in all. Setup is
-// idempotent. A configuration error (a stream that differs) is returned
-// at once.
-func (q *Queue) setupWithRetry(cfg *config) error {
-	deadline := time.Now().Add(6 * cfg.publishTimeout)
-	for {
+// unanswered), until deadline, logging the
+// reason at warn level (at most every setupRetryLogEvery). Setup is
+// idempotent. A configuration error (a stream that differs, replicas the
+// servers can never hold) is returned at once.
+func (q *Queue) setupWithRetry(cfg *config, deadline time.Time) error {
+	var logged time.Time
+	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*cfg.publishTimeout)
 		err := q.setup(ctx, cfg)
 		cancel()
 		if err == nil || !errors.Is(err, queue.ErrUnavailable) || time.Now().After(deadline) {
 			return err
 		}
-		cfg.logger.Info("jetstream queue: setting up the streams again", zap.Error(err))
+		if now := time.Now(); now.Sub(logged) >= setupRetryLogEvery {
+			logged = now
+			cfg.logger.Warn("jetstream queue: the servers cannot set up the streams yet; trying again",
+				zap.Error(err), zap.Int("attempt", attempt), zap.Duration("giving_up_in", time.Until(deadline).Round(time.Second)))
+		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// JetStream API error codes (nats-server's jetstream_errors_generated.go)
+// of a stream the servers can never hold as configured.
+const (
+	jsClusterNotActive           jetstream.ErrorCode = 10006 // JSClusterNotActiveErr
+	jsInsufficientResources      jetstream.ErrorCode = 10023 // JSInsufficientResourcesErr
+	jsStreamReplicasNotSupported jetstream.ErrorCode = 10074 // JSStreamReplicasNotSupportedErr
+	jsClusterNoPeers             jetstream.ErrorCode = 10005 // JSClusterNoPeersErrF
+)
+
+// setupError returns the error of what setup asked of the servers: if
+// it can never succeed as configured, a configuration error that says
+// what to change; otherwise an error wrapping queue.ErrUnavailable, for
+// a retry.
+func setupError(what string, replicas int, err error) error {
+	var apiErr interface{ APIError() *jetstream.APIError }
+	code := jetstream.ErrorCode(0)
+	if errors.As(err, &apiErr) && apiErr.APIError() != nil {
+		code = apiErr.APIError().ErrorCode
+	}
+	switch code {
+	case jsStreamReplicasNotSupported, jsClusterNotActive:
+		return fmt.Errorf("jsqueue: %s: replicas %d needs a cluster of at least %d JetStream servers; this NATS server is not clustered: set replicas 1 (%w)",
+			what, replicas, replicas, err)
+	case jsInsufficientResources:
+		return fmt.Errorf("jsqueue: %s: the NATS servers lack the resources for it (%w): replicas %d needs as many JetStream servers in the cluster, each with room for the stream: lower replicas to the number of servers, or give them more storage (max_file_store)",
+			what, err, replicas)
+	case jsClusterNoPeers:
+		return fmt.Errorf("%w: %s: %w; replicas %d needs %d JetStream servers up in the NATS cluster", queue.ErrUnavailable, what, err, replicas, replicas)
+	}
+	return fmt.Errorf("%w: %s: %w", queue.ErrUnavailable, what, err)
 }
 
 func (q *Queue) setup(ctx context.Context, cfg *config) error {
@@ -186,7 +256,7 @@ func (q *Queue) setup(ctx context.Context, cfg *config) error {
 				s, err = q.js.Stream(ctx, want.Name)
 			}
 			if err != nil {
-				return fmt.Errorf("%w: creating stream %s: %w", queue.ErrUnavailable, want.Name, err)
+				return setupError("creating stream "+want.Name, want.Replicas, err)
 			}
 			cfg.logger.Info("jetstream stream created", zap.String("stream", want.Name), zap.Int("replicas", want.Replicas))
 		case err != nil:
@@ -209,11 +279,11 @@ func (q *Queue) setup(ctx context.Context, cfg *config) error {
 		MaxAckPending: -1,
 	})
 	if err != nil {
-		return fmt.Errorf("%w: delivery consumer on %s: %w", queue.ErrUnavailable, cfg.stream, err)
+		return setupError("delivery consumer on "+cfg.stream, cfg.replicas, err)
 	}
 	q.cons = cons
 	if err := q.countingConsumer(ctx); err != nil {
-		return fmt.Errorf("%w: counting consumer on %s_STATE: %w", queue.ErrUnavailable, cfg.stream, err)
+		return setupError("counting consumer on "+cfg.stream+"_STATE", cfg.replicas, err)
 	}
 	return nil
 }

@@ -12,6 +12,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
@@ -161,6 +164,61 @@ func TestStreamMismatch(t *testing.T) {
 	}
 	if _, err := Open(Options{URLs: []string{n.URL()}, Stream: "bad.name"}); err == nil {
 		t.Error("Open with a stream name holding a dot succeeded")
+	}
+}
+
+// TestReplicasAboveCluster checks that a queue whose replicas a single
+// server can never hold fails at once, saying to set replicas 1, rather
+// than retrying for the setup's deadline.
+func TestReplicasAboveCluster(t *testing.T) {
+	n := natstest.Start(t)
+	core, logs := observer.New(zapcore.DebugLevel)
+	o := testOptions([]string{n.URL()}, newStreamName(), 3, queuetest.Options{Logger: zap.New(core)})
+	start := time.Now()
+	q, err := Open(o)
+	if err == nil {
+		q.Close(context.Background())
+		t.Fatal("Open with replicas 3 on a single server succeeded")
+	}
+	want := "replicas 3 needs a cluster of at least 3 JetStream servers; this NATS server is not clustered: set replicas 1"
+	if !strings.Contains(err.Error(), want) || errors.Is(err, queue.ErrUnavailable) {
+		t.Errorf("Open = %v, want a configuration error containing %q", err, want)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Open took %v to fail; it retried", d)
+	}
+	if n := logs.FilterMessage("jetstream queue: setting up the streams again").Len(); n != 0 {
+		t.Errorf("%d retries", n)
+	}
+}
+
+// TestOpenWaitsForNATS starts the server a moment after Open: Open
+// tries again, saying why at warn level, and opens the queue.
+func TestOpenWaitsForNATS(t *testing.T) {
+	n := natstest.Start(t)
+	n.Stop()
+	core, logs := observer.New(zapcore.DebugLevel)
+	o := testOptions([]string{n.URL()}, newStreamName(), 1, queuetest.Options{Logger: zap.New(core)})
+	o.PublishTimeout = 2 * time.Second
+	type result struct {
+		q   *Queue
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		q, err := Open(o)
+		done <- result{q, err}
+	}()
+	time.Sleep(time.Second)
+	n.Start()
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("Open = %v, want the queue once NATS is up", r.err)
+	}
+	r.q.Close(context.Background())
+	warn := logs.FilterMessage("jetstream queue: cannot connect to NATS yet; trying again").All()
+	if len(warn) == 0 || warn[0].Level != zapcore.WarnLevel || warn[0].ContextMap()["error"] == nil {
+		t.Errorf("logs %v, want a warning with the reason", logs.All())
 	}
 }
 

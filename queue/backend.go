@@ -18,23 +18,34 @@ type Backend interface {
 	// directory, or jetstream:<stream>.
 	Name() string
 
-	// Attach opens the queue if no user has it open yet, and makes u's
-	// delivery the one in effect: that of the user attached last, so
-	// that a reload applies the new config's at once. Two users of one
-	// config may share a queue only with the same DeliveryKey, and two
-	// modules of one config that name one queue only with the same
+	// Attach adds u to the users of the queue, opening nothing (a
+	// config that is only validated has no side effects). Two users of
+	// one config may share a queue only with the same DeliveryKey, and
+	// two modules of one config that name one queue only with the same
 	// settings: otherwise Attach returns an error that names both.
-	Attach(u *User) (Store, error)
+	Attach(u *User) error
+
+	// Open opens the queue if no user has it open yet (creating a
+	// spool's directory, connecting to NATS), and makes u, attached,
+	// the user whose delivery is in effect: that of the user opened
+	// last, so that a reload applies the new config's at once. The
+	// routes open their queues when their config starts.
+	Open(u *User) (Store, error)
+
+	// IsOpen reports whether the queue is open already, in this
+	// process: on a reload, a route opens it as it is provisioned, so
+	// that it never answers a callback 503 while its config starts.
+	IsOpen() bool
 
 	// Differs returns the first setting that o configures differently
 	// from this queue if o names the same queue, "" otherwise: one queue
 	// has one set of settings in a config.
 	Differs(o Backend) string
 
-	// Detach ends u's use of the queue: if its delivery was in effect,
-	// that of the user attached last before it applies again; the last
-	// user closes the queue, waiting a while for the deliveries in
-	// progress.
+	// Detach ends u's use of the queue, opened or not: if its delivery
+	// was in effect, that of the user opened last before it applies
+	// again; the last user closes the queue, waiting a while for the
+	// deliveries in progress.
 	Detach(u *User) error
 }
 

@@ -3,7 +3,9 @@ package queues
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
@@ -65,6 +68,9 @@ var DeliveryDirectives = map[string]bool{
 	"encryption_key":   true,
 }
 
+// deliveryNames are the DeliveryDirectives, sorted.
+func deliveryNames() []string { return slices.Sorted(maps.Keys(DeliveryDirectives)) }
+
 // unmarshalDirective parses the Delivery subdirective d is on; seen
 // refuses a repeat (encryption_key repeats).
 func (s *Delivery) unmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen) error {
@@ -88,7 +94,7 @@ func (s *Delivery) unmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen)
 	case "encryption_key":
 		return cfparse.Append(d, &s.EncryptionKeys)
 	}
-	return d.Errf("unrecognized subdirective %q", name)
+	return cfparse.Unrecognized(d, deliveryNames())
 }
 
 // unmarshalRetryBackoff parses `retry_backoff <first delay> <maximum
@@ -196,8 +202,8 @@ func keyring(encryptionKeys []string) (*seal.Keyring, error) {
 	}()
 	for i, v := range encryptionKeys {
 		raw := repl.ReplaceKnown(v, "")
-		if strings.TrimSpace(raw) == "" {
-			return nil, fmt.Errorf("encryption_key %d is empty (an unset {env.*} or unreadable {file.*} placeholder?)", i+1)
+		if placeholder.Blank(raw) {
+			return nil, placeholder.Empty(fmt.Sprintf("encryption_key %d", i+1), v)
 		}
 		k, err := seal.ParseKey(raw)
 		if err != nil {

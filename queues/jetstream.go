@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 	"github.com/caddy-atlas/caddy-atlas/jsqueue"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
@@ -110,7 +111,8 @@ func (JetStream) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision resolves the connection and the settings; the queue opens
-// (and creates or checks its streams) when the first route attaches.
+// (and creates or checks its streams) when the config of the first route
+// that uses it starts.
 func (j *JetStream) Provision(ctx caddy.Context) error {
 	j.logger = ctx.Logger()
 	base, err := j.options()
@@ -133,13 +135,22 @@ func (j *JetStream) Provision(ctx caddy.Context) error {
 // Name names the queue: jetstream:<stream>.
 func (j *JetStream) Name() string { return j.name }
 
-// Attach opens the queue if no route uses it yet and makes u's delivery
-// the one in effect (see queue.Backend).
-func (j *JetStream) Attach(u *queue.User) (queue.Store, error) {
+// Attach adds u to the users of the queue, opening nothing (see
+// queue.Backend).
+func (j *JetStream) Attach(u *queue.User) error {
+	if j.pool == nil {
+		return errNotProvisioned
+	}
+	return j.pool.attach(j, u)
+}
+
+// Open opens the queue if no route has it open yet and makes u's
+// delivery the one in effect (see queue.Backend).
+func (j *JetStream) Open(u *queue.User) (queue.Store, error) {
 	if j.pool == nil {
 		return nil, errNotProvisioned
 	}
-	return j.pool.attach(j, u)
+	return j.pool.open(j, u)
 }
 
 // Detach stops u's use of the queue; the last user closes it.
@@ -147,7 +158,7 @@ func (j *JetStream) Detach(u *queue.User) error {
 	if j.pool == nil {
 		return nil
 	}
-	return j.pool.detach(u)
+	return j.pool.detach(j, u)
 }
 
 // poolKey names the queue in the pool: its stream and servers.
@@ -238,6 +249,12 @@ func (j *JetStream) differs(o backend) string {
 // maxBytes is 0: the streams' limits apply.
 func (j *JetStream) maxBytes() int64 { return 0 }
 
+// IsOpen reports whether the queue is open already (see queue.Backend).
+func (j *JetStream) IsOpen() bool {
+	_, ok := pool.References(j.poolKey())
+	return ok
+}
+
 // Differs returns the first setting o configures differently if it
 // names the same queue, "" otherwise (see queue.Backend).
 func (j *JetStream) Differs(o queue.Backend) string {
@@ -259,7 +276,11 @@ func (j *JetStream) options() (jsqueue.Options, error) {
 	repl := caddy.NewReplacer()
 	var o jsqueue.Options
 	for _, u := range j.URLs {
-		o.URLs = append(o.URLs, strings.Fields(repl.ReplaceKnown(u, ""))...)
+		urls := strings.Fields(repl.ReplaceKnown(u, ""))
+		if len(urls) == 0 && u != "" {
+			return o, fmt.Errorf("queue jetstream: %w", placeholder.Empty("url", u))
+		}
+		o.URLs = append(o.URLs, urls...)
 	}
 	if len(o.URLs) == 0 {
 		return o, errors.New("queue jetstream: url is required (an unset {env.*} placeholder?)")
@@ -293,8 +314,13 @@ func (j *JetStream) options() (jsqueue.Options, error) {
 		o.NKeySeedFile = repl.ReplaceKnown(c.NKey, "")
 		o.User = repl.ReplaceKnown(c.User, "")
 		o.Password = repl.ReplaceKnown(c.Password, "")
-		if c.Creds != "" && creds == "" || c.User != "" && o.User == "" || c.NKey != "" && o.NKeySeedFile == "" {
-			return o, errors.New("queue jetstream: credentials are empty (an unset {env.*} or unreadable {file.*} placeholder?)")
+		for _, s := range []struct{ name, raw, val string }{
+			{"creds", c.Creds, creds}, {"nkey", c.NKey, o.NKeySeedFile},
+			{"user", c.User, o.User}, {"password", c.Password, o.Password},
+		} {
+			if s.raw != "" && s.val == "" {
+				return o, fmt.Errorf("queue jetstream: credentials %w", placeholder.Empty(s.name, s.raw))
+			}
 		}
 	}
 	if t := j.TLS; t != nil {
@@ -379,6 +405,16 @@ func (j *JetStream) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// The subdirectives of a queue jetstream block and of its credentials
+// and tls blocks, for the suggestion of a misspelt one (a test checks
+// them against the parsers' switches).
+var (
+	jetStreamSubdirectives = append(deliveryNames(), "url", "stream", "replicas", "ack_wait",
+		"dead_letter_retention", "purge_delay", "max_spool_size", "credentials", "tls")
+	credentialsSubdirectives = []string{"creds", "nkey", "user", "password"}
+	tlsSubdirectives         = []string{"ca", "cert", "key", "server_name"}
+)
+
 // UnmarshalDirective parses one subdirective of the queue's block, d on
 // it; seen refuses a repeat.
 func (j *JetStream) UnmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen) error {
@@ -433,7 +469,7 @@ func (j *JetStream) UnmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen
 	case "tls":
 		return j.unmarshalTLS(d)
 	}
-	return d.Errf("unrecognized subdirective %q", name)
+	return cfparse.Unrecognized(d, jetStreamSubdirectives)
 }
 
 // unmarshalCredentials parses `credentials`, d on it.
@@ -456,7 +492,7 @@ func (j *JetStream) unmarshalCredentials(d *caddyfile.Dispenser) error {
 		case "password":
 			dst = &cr.Password
 		default:
-			return d.Errf("queue jetstream credentials: unrecognized subdirective %q", d.Val())
+			return d.Errf("queue jetstream credentials: unrecognized subdirective %q%s", d.Val(), cfparse.DidYouMean(d.Val(), credentialsSubdirectives))
 		}
 		if !d.AllArgs(dst) {
 			return d.ArgErr()
@@ -493,7 +529,7 @@ func (j *JetStream) unmarshalTLS(d *caddyfile.Dispenser) error {
 		case "server_name":
 			dst = &t.ServerName
 		default:
-			return d.Errf("queue jetstream tls: unrecognized subdirective %q", d.Val())
+			return d.Errf("queue jetstream tls: unrecognized subdirective %q%s", d.Val(), cfparse.DidYouMean(d.Val(), tlsSubdirectives))
 		}
 		if !d.AllArgs(dst) {
 			return d.ArgErr()

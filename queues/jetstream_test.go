@@ -43,13 +43,13 @@ func TestJetStreamOptions(t *testing.T) {
 		want string
 	}{
 		{JetStream{}, "url is required"},
-		{JetStream{URLs: []string{"{env.JS_TEST_UNSET}"}}, "url is required"},
+		{JetStream{URLs: []string{"{env.JS_TEST_UNSET}"}}, "queue jetstream: url {env.JS_TEST_UNSET} is empty: JS_TEST_UNSET is not set"},
 		{JetStream{URLs: []string{"http://a:4222"}}, "not a nats://"},
 		{JetStream{URLs: []string{"nats://user:pass@a:4222"}}, "not in the URL"},
 		{JetStream{URLs: []string{"http://user:pass@a:4222"}}, "not in the URL"},
 		{JetStream{URLs: []string{"nats://user:pass@a:4222/%zz"}}, "url 1 is not"},
 		{JetStream{URLs: []string{"nats://a:4222"}, Replicas: 7}, "replicas"},
-		{JetStream{URLs: []string{"nats://a:4222"}, Credentials: &JetStreamCredentials{Creds: "{env.JS_TEST_UNSET}"}}, "credentials are empty"},
+		{JetStream{URLs: []string{"nats://a:4222"}, Credentials: &JetStreamCredentials{Creds: "{env.JS_TEST_UNSET}"}}, "queue jetstream: credentials creds {env.JS_TEST_UNSET} is empty: JS_TEST_UNSET is not set"},
 		{JetStream{URLs: []string{"nats://a:4222"}, TLS: &JetStreamTLS{Cert: "c.pem"}}, "both cert and key"},
 		{JetStream{URLs: []string{"nats://a:4222"}, TLS: &JetStreamTLS{CA: pem}}, "no PEM certificate"},
 		{JetStream{URLs: []string{"nats://a:4222"}, TLS: &JetStreamTLS{CA: filepath.Join(dir, "missing.pem")}}, "tls ca"},

@@ -67,7 +67,7 @@ type attachment struct {
 }
 
 // shared is an open queue in the pool, with the HTTP transport its
-// deliveries use and its users, in the order they attached: the
+// deliveries use and its users, in the order they opened it: the
 // settings and delivery of the last are in effect.
 type shared struct {
 	key       string
@@ -100,19 +100,80 @@ func (s *shared) current() (attachment, bool) {
 	return s.users[len(s.users)-1], true
 }
 
+// attached are the users attached to each queue (by pool key), open or
+// not yet: those of one config are checked against each other when they
+// attach, before anything opens.
+var attached = struct {
+	sync.Mutex
+	users map[string][]attachment
+}{users: make(map[string][]attachment)}
+
 // poolRef is a module's hold on its queue in the pool.
 type poolRef struct {
 	metricsRegistry *prometheus.Registry
 
 	mu     sync.Mutex
-	shared *shared
-	users  []*queue.User
+	users  []*queue.User           // attached through this module
+	opened map[*queue.User]*shared // those of users that opened the queue
 }
 
-// attach takes b's queue from the pool, opening it with u's delivery on
-// first use, and adds u to its users.
-func (p *poolRef) attach(b backend, u *queue.User) (queue.Store, error) {
+// attach adds u to the users of b's queue, opening nothing: it checks u
+// against the users of the same config.
+func (p *poolRef) attach(b backend, u *queue.User) error {
 	registerMetrics(p.metricsRegistry)
+	a := attachment{u: u, b: b}
+	key := b.poolKey()
+	attached.Lock()
+	if err := conflict(b.Name(), attached.users[key], a); err != nil {
+		attached.Unlock()
+		return err
+	}
+	attached.users[key] = append(attached.users[key], a)
+	attached.Unlock()
+	p.mu.Lock()
+	p.users = append(p.users, u)
+	p.mu.Unlock()
+	if u.Logger != nil && !b.encrypted() {
+		u.Logger.Warn("durable mode without encryption_key: payloads are stored unencrypted", zap.String("queue", b.Name()))
+	}
+	return nil
+}
+
+// conflict checks a against the users of the same config of the queue
+// name: one delivery, and one set of settings.
+func conflict(name string, users []attachment, a attachment) error {
+	for _, o := range users {
+		if a.u.Config == nil || o.u.Config != a.u.Config {
+			continue
+		}
+		if o.u.DeliveryKey != a.u.DeliveryKey {
+			return fmt.Errorf("queue %s is also used by %s of this config with other delivery settings; give each route its own queue, or the same settings",
+				name, o.u.Name)
+		}
+		if o.b != a.b {
+			if diff := o.b.differs(a.b); diff != "" {
+				return fmt.Errorf("queue %s is configured twice in this config, with a different %s: for %s and for %s; configure it once (in the global atlas options) or alike in both places",
+					name, diff, o.u.Name, a.u.Name)
+			}
+		}
+	}
+	return nil
+}
+
+// open takes b's queue from the pool, opening it with u's delivery on
+// first use, and makes u's delivery the one in effect. u must be
+// attached.
+func (p *poolRef) open(b backend, u *queue.User) (queue.Store, error) {
+	p.mu.Lock()
+	s, opened := p.opened[u]
+	ok := slices.Contains(p.users, u)
+	p.mu.Unlock()
+	switch {
+	case opened:
+		return s.store, nil
+	case !ok:
+		return nil, fmt.Errorf("queue %s: %s is not attached", b.Name(), u.Name)
+	}
 	a := attachment{u: u, b: b}
 	key := b.poolKey()
 	val, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
@@ -127,41 +188,24 @@ func (p *poolRef) attach(b backend, u *queue.User) (queue.Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening queue %s: %w", b.Name(), err)
 	}
-	s := val.(*shared)
+	s = val.(*shared)
 	if err := s.add(a); err != nil {
 		_, _ = pool.Delete(key)
 		return nil, err
 	}
 	p.mu.Lock()
-	p.shared = s
-	p.users = append(p.users, u)
-	p.mu.Unlock()
-	if u.Logger != nil && !b.encrypted() {
-		u.Logger.Warn("durable mode without encryption_key: payloads are stored unencrypted", zap.String("queue", s.name))
+	if p.opened == nil {
+		p.opened = make(map[*queue.User]*shared)
 	}
+	p.opened[u] = s
+	p.mu.Unlock()
 	return s.store, nil
 }
 
-// add checks a against the users of the same config, applies its
-// settings and delivery, and adds it.
+// add applies a's settings and delivery and adds it.
 func (s *shared) add(a attachment) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, o := range s.users {
-		if a.u.Config == nil || o.u.Config != a.u.Config {
-			continue
-		}
-		if o.u.DeliveryKey != a.u.DeliveryKey {
-			return fmt.Errorf("queue %s is also used by %s of this config with other delivery settings; give each route its own queue, or the same settings",
-				s.name, o.u.Name)
-		}
-		if o.b != a.b {
-			if diff := o.b.differs(a.b); diff != "" {
-				return fmt.Errorf("queue %s is configured twice in this config, with a different %s: for %s and for %s; configure it once (in the global atlas options) or alike in both places",
-					s.name, diff, o.u.Name, a.u.Name)
-			}
-		}
-	}
 	if err := a.b.reconfigure(s.store, a, s.transport); err != nil {
 		return err
 	}
@@ -171,16 +215,27 @@ func (s *shared) add(a attachment) error {
 
 // detach removes u; if its settings were in effect, those of the last
 // remaining user apply again. The last user closes the queue.
-func (p *poolRef) detach(u *queue.User) error {
+func (p *poolRef) detach(b backend, u *queue.User) error {
 	p.mu.Lock()
-	s := p.shared
 	i := slices.Index(p.users, u)
 	if i >= 0 {
 		p.users = slices.Delete(p.users, i, i+1)
 	}
+	s := p.opened[u]
+	delete(p.opened, u)
 	p.mu.Unlock()
-	if s == nil || i < 0 {
+	if i < 0 {
 		return nil
+	}
+	key := b.poolKey()
+	attached.Lock()
+	attached.users[key] = slices.DeleteFunc(attached.users[key], func(a attachment) bool { return a.u == u })
+	if len(attached.users[key]) == 0 {
+		delete(attached.users, key)
+	}
+	attached.Unlock()
+	if s == nil {
+		return nil // never opened
 	}
 	s.remove(u)
 	_, err := pool.Delete(s.key)

@@ -3,7 +3,9 @@ package queues
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/caddy-atlas/caddy-atlas/internal/cfparse/cfparsetest"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 )
 
@@ -80,6 +83,15 @@ func testUser(name string, config any, deliveryKey string) *queue.User {
 	}
 }
 
+// attachOpen attaches u to b and opens it, as a route does at its
+// config's provision and start.
+func attachOpen(b queue.Backend, u *queue.User) (queue.Store, error) {
+	if err := b.Attach(u); err != nil {
+		return nil, err
+	}
+	return b.Open(u)
+}
+
 // TestSpoolShared checks that two modules naming one directory share one
 // spool, that two settings for it in one config are refused naming both
 // users, and that the last user closes it.
@@ -91,11 +103,11 @@ func TestSpoolShared(t *testing.T) {
 	b := &Spool{Dir: dir + "/."}
 	provisionSpool(t, b)
 	ua, ub := testUser("route a", config, "k"), testUser("route b", config, "k")
-	sa, err := a.Attach(ua)
+	sa, err := attachOpen(a, ua)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, err := b.Attach(ub)
+	sb, err := attachOpen(b, ub)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,16 +116,16 @@ func TestSpoolShared(t *testing.T) {
 	}
 	other := &Spool{Dir: dir, Delivery: Delivery{MaxAttempts: 3}}
 	provisionSpool(t, other)
-	if _, err := other.Attach(testUser("route c", config, "k")); err == nil ||
+	if err := other.Attach(testUser("route c", config, "k")); err == nil ||
 		!strings.Contains(err.Error(), "is configured twice in this config, with a different setting") ||
 		!strings.Contains(err.Error(), "for route a and for route c") {
 		t.Errorf("two settings for one spool: %v", err)
 	}
-	if _, err := b.Attach(testUser("route d", config, "other")); err == nil || !strings.Contains(err.Error(), "also used by route a of this config with other delivery settings") {
+	if err := b.Attach(testUser("route d", config, "other")); err == nil || !strings.Contains(err.Error(), "also used by route a of this config with other delivery settings") {
 		t.Errorf("two deliveries for one spool: %v", err)
 	}
 	// Another config (a reload) may change the settings.
-	if _, err := other.Attach(testUser("route e", new(int), "k")); err != nil {
+	if _, err := attachOpen(other, testUser("route e", new(int), "k")); err != nil {
 		t.Errorf("a reload with other settings: %v", err)
 	}
 	if n := len(Open()); n != 1 {
@@ -159,6 +171,10 @@ func TestQueueCaddyfile(t *testing.T) {
 		{name: "spool without a directory", mod: new(Spool), input: "spool", wantErr: "wrong argument count"},
 		{name: "spool repeat", mod: new(Spool), input: "spool /d {\n concurrency 1\n concurrency 2\n}", wantErr: `subdirective "concurrency" given more than once`},
 		{name: "spool unknown", mod: new(Spool), input: "spool /d {\n url nats://a\n}", wantErr: `unrecognized subdirective "url"`},
+		{name: "spool misspelt", mod: new(Spool), input: "spool /d {\n max_atempts 3\n}", wantErr: `unrecognized subdirective "max_atempts"; did you mean "max_attempts"?, at Testfile:2`},
+		{name: "jetstream misspelt", mod: new(JetStream), input: "jetstream {\n url nats://a\n replica 1\n}", wantErr: `unrecognized subdirective "replica"; did you mean "replicas"?, at Testfile:3`},
+		{name: "jetstream tls misspelt", mod: new(JetStream), input: "jetstream {\n url nats://a\n tls {\n  server-name x\n }\n}", wantErr: `queue jetstream tls: unrecognized subdirective "server-name"; did you mean "server_name"?, at Testfile:4`},
+		{name: "jetstream credentials misspelt", mod: new(JetStream), input: "jetstream {\n url nats://a\n credentials {\n  nkye /k\n }\n}", wantErr: `queue jetstream credentials: unrecognized subdirective "nkye"; did you mean "nkey"?, at Testfile:4`},
 		{name: "jetstream", mod: new(JetStream), input: `jetstream {
 			url nats://a:4222 nats://b:4222
 			stream S
@@ -223,5 +239,56 @@ func TestWithDefaults(t *testing.T) {
 	c := WithDefaults(map[string]any{"backend": "spool", "dir": "/d", "max_attempts": float64(3)})
 	if reflect.DeepEqual(a, c) {
 		t.Error("max_attempts 3 compares equal to the default")
+	}
+}
+
+// TestSubdirectiveLists checks that the lists that suggest the nearest
+// name of a misspelt subdirective are the names the parsers accept.
+func TestSubdirectiveLists(t *testing.T) {
+	cfparsetest.Check(t, "delivery.go", "Delivery.unmarshalDirective", deliveryNames())
+	cfparsetest.Check(t, "spool.go", "Spool.UnmarshalDirective", spoolSubdirectives, deliveryNames()...)
+	cfparsetest.Check(t, "jetstream.go", "JetStream.UnmarshalDirective", jetStreamSubdirectives, deliveryNames()...)
+	cfparsetest.Check(t, "jetstream.go", "JetStream.unmarshalCredentials", credentialsSubdirectives)
+	cfparsetest.Check(t, "jetstream.go", "JetStream.unmarshalTLS", tlsSubdirectives)
+}
+
+// TestSpoolDirNotWritable checks that a spool directory that can never
+// be created or written fails at provision, naming the path, and that
+// the check creates nothing.
+func TestSpoolDirNotWritable(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ spool, want string }{
+		{filepath.Join(file, "spool"), "spool " + filepath.Join(file, "spool") + ": " + file + " is not a directory"},
+		{file, "spool " + file + ": " + file + " is not a directory"},
+	} {
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		err := (&Spool{Dir: tc.spool}).Provision(ctx)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Provision(spool %s) = %v, want an error containing %q", tc.spool, err, tc.want)
+		}
+	}
+
+	ro := filepath.Join(dir, "ro")
+	if err := os.Mkdir(ro, 0o500); err != nil {
+		t.Fatal(err)
+	}
+	spoolDir := filepath.Join(ro, "a", "spool")
+	err := checkSpoolDir(spoolDir)
+	if os.Getuid() != 0 {
+		want := "spool " + spoolDir + " cannot be written: its parent " + ro + " is not writable by the user Caddy runs as"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("checkSpoolDir = %v, want an error containing %q", err, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(ro, "a")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the check created %s", filepath.Join(ro, "a"))
+	}
+	if err := checkSpoolDir(filepath.Join(dir, "new", "spool")); err != nil {
+		t.Errorf("a spool under a writable directory: %v", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/seal"
 	"github.com/caddy-atlas/caddy-atlas/spool"
@@ -76,12 +77,17 @@ func (Spool) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision resolves the directory and the settings; the spool opens when
-// the first route attaches to it.
+// the config of the first route that uses it starts.
 func (s *Spool) Provision(ctx caddy.Context) error {
 	s.logger = ctx.Logger()
 	dir := caddy.NewReplacer().ReplaceKnown(s.Dir, "")
 	if dir == "" {
-		return errors.New("spool is empty (an unset {env.*} placeholder?)")
+		return placeholder.Empty("spool", s.Dir)
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		if err := checkSpoolDir(abs); err != nil {
+			return err
+		}
 	}
 	key, err := SpoolKey(dir)
 	if err != nil {
@@ -123,13 +129,22 @@ func (s *Spool) Provision(ctx caddy.Context) error {
 // Name names the spool: its directory.
 func (s *Spool) Name() string { return s.key }
 
-// Attach opens the spool if no route uses it yet and makes u's delivery
-// the one in effect (see queue.Backend).
-func (s *Spool) Attach(u *queue.User) (queue.Store, error) {
+// Attach adds u to the users of the spool, opening nothing (see
+// queue.Backend).
+func (s *Spool) Attach(u *queue.User) error {
+	if s.pool == nil {
+		return errNotProvisioned
+	}
+	return s.pool.attach(s, u)
+}
+
+// Open opens the spool if no route has it open yet and makes u's
+// delivery the one in effect (see queue.Backend).
+func (s *Spool) Open(u *queue.User) (queue.Store, error) {
 	if s.pool == nil {
 		return nil, errNotProvisioned
 	}
-	return s.pool.attach(s, u)
+	return s.pool.open(s, u)
 }
 
 // Detach stops u's use of the spool; the last user closes it.
@@ -137,7 +152,7 @@ func (s *Spool) Detach(u *queue.User) error {
 	if s.pool == nil {
 		return nil
 	}
-	return s.pool.detach(u)
+	return s.pool.detach(s, u)
 }
 
 // poolKey names the spool in the pool: its directory.
@@ -199,6 +214,12 @@ func (s *Spool) differs(o backend) string {
 // maxBytes is the spool's max_spool_size.
 func (s *Spool) maxBytes() int64 { return s.settings.maxSize }
 
+// IsOpen reports whether the queue is open already (see queue.Backend).
+func (s *Spool) IsOpen() bool {
+	_, ok := pool.References(s.poolKey())
+	return ok
+}
+
 // Differs returns the first setting o configures differently if it
 // names the same queue, "" otherwise (see queue.Backend).
 func (s *Spool) Differs(o queue.Backend) string {
@@ -244,6 +265,11 @@ func (s *Spool) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// spoolSubdirectives are the subdirectives of a spool's block, for the
+// suggestion of a misspelt one (a test checks them against the parser's
+// switch).
+var spoolSubdirectives = append(deliveryNames(), "max_spool_size", "dead_letter_retention", "purge_delay")
+
 // UnmarshalDirective parses one subdirective of the spool's block, d on
 // it; seen refuses a repeat.
 func (s *Spool) UnmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen) error {
@@ -262,7 +288,7 @@ func (s *Spool) UnmarshalDirective(d *caddyfile.Dispenser, seen cfparse.Seen) er
 	case "purge_delay":
 		return cfparse.Duration(d, &s.PurgeDelay)
 	}
-	return d.Errf("unrecognized subdirective %q", name)
+	return cfparse.Unrecognized(d, spoolSubdirectives)
 }
 
 // SpoolKey returns the name of a spool directory among the open queues:

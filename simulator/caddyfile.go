@@ -1,6 +1,8 @@
 package simulator
 
 import (
+	"slices"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -23,6 +25,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 	}
 	return handler, nil
 }
+
+// subdirectives are the simulator block's subdirectives (a test checks
+// them against the parser's switch).
+var subdirectives = []string{"client_id", "client_secret", "token_lifetime", "upload_response", "document_type_form", "one_live_token", "narrate"}
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
@@ -51,16 +57,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := cfparse.Seen{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
-		switch sub {
-		case "client_id", "client_secret", "token_lifetime", "upload_response", "document_type_form", "one_live_token", "narrate":
-		default:
-			return d.Errf("unrecognized subdirective %q", sub)
+		if !slices.Contains(subdirectives, sub) {
+			return cfparse.Unrecognized(d, subdirectives)
 		}
 		if err := seen.Once(d); err != nil {
 			return err
 		}
 
-		if sub == "one_live_token" || sub == "narrate" {
+		switch sub {
+		case "one_live_token", "narrate": // flags: no argument
 			if d.NextArg() {
 				return d.ArgErr()
 			}

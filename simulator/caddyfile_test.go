@@ -13,6 +13,8 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/cfparse/cfparsetest"
 )
 
 func TestUnmarshalCaddyfile(t *testing.T) {
@@ -66,6 +68,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "argument on directive", input: `atlas_simulator foo`, wantErr: "wrong argument count"},
 		{name: "argument before block", input: "atlas_simulator foo {\n}", wantErr: "wrong argument count"},
 		{name: "unknown subdirective", input: "atlas_simulator {\nbase_url http://x\n}", wantErr: `unrecognized subdirective "base_url"`},
+		{name: "misspelt subdirective", input: "atlas_simulator {\nclient_secert x\n}", wantErr: `unrecognized subdirective "client_secert"; did you mean "client_secret"?, at Testfile:2`},
 		{name: "repeated subdirective", input: "atlas_simulator {\nclient_id a\nclient_id b\n}", wantErr: `subdirective "client_id" given more than once`},
 		{name: "client_id missing value", input: "atlas_simulator {\nclient_id\n}", wantErr: "wrong argument count"},
 		{name: "client_secret two values", input: "atlas_simulator {\nclient_secret a b\n}", wantErr: "wrong argument count"},
@@ -176,4 +179,10 @@ func collectHandlers(v any, acc []map[string]any) []map[string]any {
 		}
 	}
 	return acc
+}
+
+// TestSubdirectiveList checks that the list that suggests the nearest
+// name of a misspelt subdirective is the names the parser accepts.
+func TestSubdirectiveList(t *testing.T) {
+	cfparsetest.Check(t, "caddyfile.go", "Handler.UnmarshalCaddyfile", subdirectives)
 }

@@ -10,7 +10,6 @@
 package simulator
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 )
 
 func init() {
@@ -173,10 +173,10 @@ func (h *Handler) Validate() error {
 // secret in its error.
 func (h *Handler) check() error {
 	if h.clientID == "" {
-		return errors.New("client_id is empty (after placeholder resolution)")
+		return placeholder.Empty("client_id", h.ClientID)
 	}
 	if h.clientSecret == "" {
-		return errors.New("client_secret is empty (after placeholder resolution)")
+		return placeholder.Empty("client_secret", h.ClientSecret)
 	}
 	if h.TokenLifetime < 0 {
 		return fmt.Errorf("token_lifetime must not be negative, got %s", time.Duration(h.TokenLifetime))

@@ -102,7 +102,7 @@ func TestProvisionValidate(t *testing.T) {
 	}{
 		{name: "defaults", h: Handler{}, wantID: "demo-client", wantSecret: "demo-secret"},
 		{name: "placeholders", h: Handler{ClientID: "{env.ATLAS_SIM_TEST_ID}", ClientSecret: "{file." + secretFile + "}"}, wantID: "from-env", wantSecret: "from-file"},
-		{name: "unset env is not silently the demo secret", h: Handler{ClientID: "x", ClientSecret: "{env.ATLAS_SIM_TEST_UNSET}"}, wantErr: "client_secret is empty"},
+		{name: "unset env is not silently the demo secret", h: Handler{ClientID: "x", ClientSecret: "{env.ATLAS_SIM_TEST_UNSET}"}, wantErr: "client_secret {env.ATLAS_SIM_TEST_UNSET} is empty: ATLAS_SIM_TEST_UNSET is not set"},
 		{name: "only secret", h: Handler{ClientSecret: "s3cret-value"}, wantErr: "client_id is empty", secretInErrs: "s3cret-value"},
 		{name: "negative lifetime", h: Handler{TokenLifetime: caddy.Duration(-time.Second)}, wantErr: "token_lifetime must not be negative"},
 		{name: "bad upload_response", h: Handler{UploadResponse: "list"}, wantErr: "upload_response must be"},

@@ -21,8 +21,14 @@ import (
 // MaxBytes bounds the size of a token that is parsed.
 const MaxBytes = 8 << 10
 
-// ErrNoToken is a request that carries no token.
+// ErrNoToken is a request that carries no token: no Token header and no
+// Authorization header, or one of another scheme (RFC 6750 counts both as
+// a request without credentials).
 var ErrNoToken = errors.New("no token in the Token or Authorization header")
+
+// errNotBearer is a request whose only credential is an Authorization
+// header of another scheme than Bearer.
+var errNotBearer = fmt.Errorf("%w: the Authorization header is not a Bearer credential", ErrNoToken)
 
 // FromRequest returns the token of a request: the Token header, or the
 // credentials of an `Authorization: Bearer` header. The query string and
@@ -41,6 +47,9 @@ func FromRequest(r *http.Request) (string, error) {
 	case 1:
 		scheme, cred, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
 		if !ok || !strings.EqualFold(scheme, "Bearer") {
+			if tok == "" {
+				return "", errNotBearer
+			}
 			return "", errors.New("the Authorization header is not a Bearer credential")
 		}
 		cred = strings.TrimSpace(cred)
@@ -226,6 +235,8 @@ func Issue(key *Key, c Claims, now time.Time) (string, error) {
 // FailureReason names, for the logs, why a token was refused.
 func FailureReason(err error) string {
 	switch {
+	case errors.Is(err, errNotBearer):
+		return "not a Bearer credential"
 	case errors.Is(err, ErrNoToken):
 		return "no token"
 	case errors.Is(err, jwt.ErrTokenMalformed):

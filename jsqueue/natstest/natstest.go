@@ -148,6 +148,17 @@ func (n *Node) Running() bool { return n.srv != nil }
 // Name returns the server name.
 func (n *Node) Name() string { return n.opts.ServerName }
 
+// Connections returns the number of client connections the node has
+// taken since it started.
+func (n *Node) Connections() uint64 {
+	n.t.Helper()
+	v, err := n.srv.Varz(nil)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return v.TotalConnections
+}
+
 // URL returns the client URL.
 func (n *Node) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.opts.Port) }
 
