@@ -409,7 +409,7 @@ func (j *JetStream) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // and tls blocks, for the suggestion of a misspelt one (a test checks
 // them against the parsers' switches).
 var (
-	jetStreamSubdirectives = append(deliveryNames(), "url", "stream", "replicas", "ack_wait",
+	jetStreamSubdirectives = append(deliveryNames(), "url", "stream", "replicas", "ack_wait", "publish_timeout",
 		"dead_letter_retention", "purge_delay", "max_spool_size", "credentials", "tls")
 	credentialsSubdirectives = []string{"creds", "nkey", "user", "password"}
 	tlsSubdirectives         = []string{"ca", "cert", "key", "server_name"}
