@@ -422,3 +422,121 @@ func goroutineSummary(stacks []byte) string {
 	}
 	return b.String()
 }
+
+// TestFaultAtlasFailingUnderLoad: 32 clients call extracts through the
+// gateway while Atlas answers 503, then stalls past the route's timeout,
+// then resets connections, then recovers. Each request reaches Atlas at
+// most once (no retry storm: a 5xx or a stall is not retried), the
+// clients get Atlas's 5xx, 504 or 502 with a JSON error, the gateway's
+// goroutines and heap come back to where they were, and the first
+// requests after Atlas recovers succeed.
+func TestFaultAtlasFailingUnderLoad(t *testing.T) {
+	skipShort(t)
+	sim := newSimulator(t)
+	batch := sim.CreateBatch("pan-load", "gst-load")
+	tester, _ := startFaultGateway(t, sim.URL, "timeout 1s")
+	url := gatewayURL + "/atlas/extracts?batch_id=" + batch
+	if resp, body := get(t, tester, "/atlas/extracts?batch_id="+batch); resp.StatusCode != 200 {
+		t.Fatalf("warm-up: %d %s", resp.StatusCode, body)
+	}
+	settle := func() (int, uint64) {
+		var g int
+		var m runtime.MemStats
+		for range 20 {
+			runtime.GC()
+			g = runtime.NumGoroutine()
+			time.Sleep(50 * time.Millisecond)
+		}
+		runtime.ReadMemStats(&m)
+		return g, m.HeapInuse
+	}
+	baseG, baseHeap := settle()
+
+	// load runs 32 clients for d and returns the statuses they got, and
+	// the first answer that was neither want nor a JSON error.
+	load := func(d time.Duration, want int) (map[int]int, int, string) {
+		var mu sync.Mutex
+		statuses := map[int]int{}
+		var odd string
+		total := 0
+		var wg sync.WaitGroup
+		end := time.Now().Add(d)
+		client := &http.Client{Timeout: 10 * time.Second}
+		for range 32 {
+			wg.Go(func() {
+				for time.Now().Before(end) {
+					resp, err := client.Get(url)
+					code, body := 0, ""
+					if err == nil {
+						b, _ := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						code, body = resp.StatusCode, string(b)
+					}
+					mu.Lock()
+					total++
+					statuses[code]++
+					if code != want || (want != 200 && !strings.HasPrefix(body, `{"error"`)) {
+						if odd == "" {
+							odd = fmt.Sprintf("%d %v %.200s", code, err, body)
+						}
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		return statuses, total, odd
+	}
+
+	for _, phase := range []struct {
+		name  string
+		fault func()
+		want  int
+	}{
+		{"Atlas answers 503", func() { sim.FailNext("extracts", 1_000_000, http.StatusServiceUnavailable) }, http.StatusServiceUnavailable},
+		{"Atlas stalls past the timeout", func() { sim.DelayNext("extracts", 1_000_000, 5*time.Second) }, http.StatusGatewayTimeout},
+		{"Atlas resets connections", func() { sim.FailNext("extracts", 1_000_000, 0) }, http.StatusBadGateway},
+	} {
+		sim.ResetCounters()
+		phase.fault()
+		statuses, total, odd := load(3*time.Second, phase.want)
+		sim.FailNext("extracts", 0, 0)
+		sim.DelayNext("extracts", 0, 0)
+		calls := sim.Calls("extracts")
+		t.Logf("%s: %d requests %v, %d reached Atlas's extracts", phase.name, total, statuses, calls)
+		if odd != "" {
+			t.Errorf("%s: an answer other than %d with a JSON error: %s", phase.name, phase.want, odd)
+		}
+		// A reset GET is retried once by Go's transport on a fresh
+		// connection; nothing else is retried.
+		limit := total
+		if phase.want == http.StatusBadGateway {
+			limit = 2 * total
+		}
+		if calls > limit {
+			t.Errorf("%s: %d calls reached Atlas for %d requests: a retry storm", phase.name, calls, total)
+		}
+		if n := sim.Calls("authtoken"); n > 2 {
+			t.Errorf("%s: %d authtoken calls: the token was dropped", phase.name, n)
+		}
+	}
+
+	// Back to where it was: no goroutine or heap left behind by the
+	// stalled and failed exchanges (the stalled ones end with the
+	// simulator's 5s delay at the latest).
+	time.Sleep(5 * time.Second)
+	g, heap := settle()
+	t.Logf("goroutines %d -> %d, heap in use %d KiB -> %d KiB", baseG, g, baseHeap>>10, heap>>10)
+	if g > baseG+20 {
+		t.Errorf("goroutines grew from %d to %d after the faults", baseG, g)
+	}
+	if heap > baseHeap+64<<20 {
+		t.Errorf("heap in use grew from %d to %d bytes after the faults", baseHeap, heap)
+	}
+
+	// Recovery: at once.
+	statuses, total, odd := load(time.Second, http.StatusOK)
+	if odd != "" || statuses[200] != total {
+		t.Errorf("after Atlas recovered: %v of %d; first other answer: %s", statuses, total, odd)
+	}
+}
