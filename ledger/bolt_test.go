@@ -1,0 +1,75 @@
+package ledger_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
+
+	"github.com/caddy-atlas/caddy-atlas/ledger"
+	"github.com/caddy-atlas/caddy-atlas/ledger/ledgertest"
+)
+
+// TestConformance runs the Store suite shared with the other
+// implementations.
+func TestConformance(t *testing.T) {
+	ledgertest.Run(t, func(t *testing.T) ledgertest.Opener {
+		dir := t.TempDir()
+		return func(t *testing.T, o ledgertest.Options) ledger.Store {
+			s, err := ledger.Open(dir, ledger.Options{Policy: o.Policy, Now: o.Now})
+			if err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		}
+	})
+}
+
+// TestOpenTwice: a ledger file open elsewhere is refused after
+// LockTimeout, saying so, and opens once released.
+func TestOpenTwice(t *testing.T) {
+	dir := t.TempDir()
+	s, err := ledger.Open(dir, ledger.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ledger.Open(dir, ledger.Options{LockTimeout: 50 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "open in another process") {
+		t.Fatalf("second Open: %v", err)
+	}
+	s.Close()
+	s, err = ledger.Open(dir, ledger.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := os.Stat(filepath.Join(dir, ledger.FileName)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestWatchGoroutinesEnd: the goroutines of watches whose context is
+// never done end when the store closes.
+func TestWatchGoroutinesEnd(t *testing.T) {
+	s, err := ledger.Open(t.TempDir(), ledger.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create(context.Background(), &ledger.Batch{ID: "B", Documents: []ledger.Document{{ID: "a"}}}); err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	for range 50 {
+		if _, err := s.Watch(context.Background(), "B"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	testutil.WaitFor(t, 5*time.Second, "the watch goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
+}

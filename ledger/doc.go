@@ -1,0 +1,116 @@
+// Package ledger is the gateway's record of the uploads Atlas accepted:
+// each batch and its documents, followed to their results whichever
+// channel brings them (a callback, or a poll of extracts), so that the
+// app gets each document's result exactly once and the gateway can say
+// whether a batch is done. It also keeps the Idempotency-Key records of
+// the upload route. It knows nothing of Caddy.
+//
+// Store is the interface; BoltStore (Open) keeps the ledger in one bbolt
+// file, FileName, in the spool's directory; a JetStream key-value store
+// will implement the same interface, with the shared rules of this
+// package (Batch.Settle, Batch.ApplyClaim, TakeLease, ReleaseLease,
+// BeginIdem) inside its compare-and-set loop. Package ledgertest is the
+// behavioural suite both run.
+//
+// The ledger holds ids, states and times: never field values, never file
+// URLs. An idempotency record holds the answer given to the app, which
+// carries ids only.
+//
+// # Life of a batch
+//
+// The upload route records a batch (Create) once Atlas has accepted it
+// and before it answers the app: every document pending, the batch
+// processing, its first poll due PollAfter after the upload. A result
+// (from a callback, or a poll) is claimed (Claim), which marks the
+// document received, or failed with Atlas's error_code. Once no document
+// is pending the batch is complete. The reconciler lists the batches due
+// (Due), takes a batch's lease (TakeLease), polls extracts, claims what
+// it found, and releases the lease (ReleaseLease), which schedules the
+// next poll PollEvery later, or expires the batch if it is GiveUpAfter
+// old with documents still pending (its last poll comes at GiveUpAfter
+// at the latest). A batch is overdue while processing PollAfter after
+// its upload. Finished batches (complete or expired) are purged
+// Retention after they finished (Purge). Without polling configured the
+// reconciler still runs the Due, TakeLease, ReleaseLease loop, without
+// the poll, so that batches expire.
+//
+// # Invariants
+//
+//  1. A document's state goes from pending to received or failed, once;
+//     its Source, At, ErrorCode and DeliveryID are set in the same write
+//     and never change after. The only way back is the batch's purge.
+//  2. A claim is a compare-and-set of one batch: every document of a
+//     claim that was pending at the write is won by it, atomically, and
+//     a concurrent claim of another delivery finds it taken. Of any
+//     number of concurrent claims with distinct delivery ids, exactly
+//     one wins each document.
+//  3. A claim with the DeliveryID that won a document wins it again
+//     (changing nothing). So the router claims, then appends the won
+//     results to the queue under that delivery id, then acknowledges
+//     Atlas: if it dies in between, Atlas's retry of the same callback
+//     (same delivery id, derived from what Atlas sent) wins the same
+//     documents and appends them, and the queue's deduplication on the
+//     id keeps a retry that follows a completed append from being
+//     delivered twice. A result whose document was won by another
+//     delivery is acknowledged to Atlas and not queued.
+//  4. So each document's result is queued at most once per delivery id,
+//     and only under the delivery id that won it: exactly once to the
+//     app, given the queue's at-least-once delivery and the app's
+//     deduplication on X-Atlas-Callback-Id.
+//  5. A batch's State follows its documents: processing while one is
+//     pending (or expired, if it was given up on), complete once none
+//     is; a finished batch has Finished set, no next poll and no lease.
+//     Every store applies Batch.Settle after each change.
+//  6. Every write increases the batch's Revision; an Update whose batch
+//     changed between its read and its write is redone on the new state
+//     (bbolt: the read-write transaction excludes that; JetStream
+//     key-value: update on the entry's revision, retried).
+//  7. A lease is held by one owner until LeaseUntil: TakeLease by
+//     another owner fails with ErrLeaseHeld until then, so that two
+//     polls of one batch are never in flight as long as a poll lasts
+//     less than its lease. A taken batch is due again at LeaseUntil, so
+//     a dead owner's batch is taken over. Claims do not need the lease:
+//     a poll whose lease expired may still claim, and loses the
+//     documents another delivery won.
+//  8. The document index (Lookup) holds, for every document of every
+//     batch kept, its batch, its state and its delivery id, in step
+//     with the batch (same transaction in bbolt).
+//  9. No operation loads every batch: Due and List read a page from
+//     indexes sorted by time; Lookup reads the batches of one document
+//     id; Purge deletes in bounded transactions.
+//  10. An Idempotency-Key is owned by at most one request at a time:
+//     Begin returns IdemNew (with a token) to exactly one of concurrent
+//     requests; the others see IdemInFlight (same body) or IdemMismatch
+//     (another body). Only the token's holder may Finish or Abandon,
+//     and only while the record is in flight: after InFlightTimeout a
+//     repeat takes the key over with a new token, and the old holder's
+//     Finish fails with ErrNotOwner. Records are kept IdempotencyWindow
+//     from the first request.
+//
+// # Matching a callback
+//
+// A callback carries document ids, and no batch id, and the caller's
+// document ids may repeat across batches. MatchClaims maps a callback's
+// results onto batches: for each document, the batch where this delivery
+// id already won it (a retry), else the newest batch where it is pending;
+// a document pending nowhere was delivered before (Taken) or is unknown.
+//
+// # Watching
+//
+// Watch signals every committed change of a batch: the wait endpoint
+// watches, reads the batch, and waits for a signal or its deadline. In
+// BoltStore the signal is sent in-process right after the commit; a
+// shared store signals changes made by any instance.
+//
+// # bbolt layout
+//
+// One bucket holds the batches (id -> JSON); the others are indexes
+// whose keys end with the batch id: due (next poll time), uploaded
+// (inverted upload time: newest first), processing/complete/expired
+// (same, by state), finished (finish time, for Purge), docs (document
+// id, length-prefixed, then inverted upload time, then batch id -> the
+// document's state and delivery id); idem (key -> record) and idemexp
+// (expiry time, key). Times are big-endian Unix nanoseconds. Each change
+// is one read-write transaction, fsynced on commit (bbolt's default), so
+// a batch whose Create returned survives a kill -9.
+package ledger
