@@ -28,7 +28,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 
 // subdirectives are the simulator block's subdirectives (a test checks
 // them against the parser's switch).
-var subdirectives = []string{"client_id", "client_secret", "token_lifetime", "upload_response", "document_type_form", "one_live_token", "narrate"}
+var subdirectives = []string{"client_id", "client_secret", "token_lifetime", "upload_response", "document_type_form", "one_live_token", "narrate", "processing_delay", "pending_documents"}
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
@@ -40,12 +40,17 @@ var subdirectives = []string{"client_id", "client_secret", "token_lifetime", "up
 //	    document_type_form string|object
 //	    one_live_token
 //	    narrate
+//	    processing_delay   <duration> [<max duration>]
+//	    pending_documents  listed|empty|omitted
 //	}
 //
 // The block is optional; without client_id and client_secret the
 // simulator accepts demo-client / demo-secret. one_live_token makes each
 // issued token revoke the client's previous ones. narrate prints what
-// the simulator does, one plain line each, on standard output. Use {env.X} or
+// the simulator does, one plain line each, on standard output.
+// processing_delay keeps each uploaded document processing that long (a
+// value in the range, per document, when a maximum is given), during
+// which extracts shows it as pending_documents says. Use {env.X} or
 // {file.path} for credentials you do not want in the adapted JSON.
 // FOR TESTS AND DEMOS ONLY: never serve it to real traffic.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -73,6 +78,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Narrate = true
 			} else {
 				h.OneLiveToken = true
+			}
+			continue
+		case "processing_delay": // one or two durations
+			if err := parseProcessingDelay(d, h); err != nil {
+				return err
 			}
 			continue
 		}
@@ -108,7 +118,42 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("document_type_form must be %q or %q, got %q", atlastest.DocumentTypeString, atlastest.DocumentTypeObject, arg)
 			}
 			h.DocumentTypeForm = arg
+		case "pending_documents":
+			switch arg {
+			case atlastest.PendingListed, atlastest.PendingEmpty, atlastest.PendingOmitted:
+			default:
+				return d.Errf("pending_documents must be %q, %q or %q, got %q", atlastest.PendingListed, atlastest.PendingEmpty, atlastest.PendingOmitted, arg)
+			}
+			h.PendingDocuments = arg
 		}
+	}
+	return nil
+}
+
+// parseProcessingDelay parses the arguments of processing_delay: a
+// duration and an optional maximum not below it.
+func parseProcessingDelay(d *caddyfile.Dispenser, h *Handler) error {
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return d.ArgErr()
+	}
+	var durs []caddy.Duration
+	for _, a := range args {
+		dur, err := caddy.ParseDuration(a)
+		if err != nil {
+			return d.Errf("parsing processing_delay: %v", err)
+		}
+		if dur < 0 {
+			return d.Errf("processing_delay must not be negative, got %s", a)
+		}
+		durs = append(durs, caddy.Duration(dur))
+	}
+	h.ProcessingDelay = durs[0]
+	if len(durs) == 2 {
+		if durs[1] < durs[0] {
+			return d.Errf("processing_delay's maximum %s is below its minimum %s", args[1], args[0])
+		}
+		h.ProcessingDelayMax = durs[1]
 	}
 	return nil
 }

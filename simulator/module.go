@@ -77,6 +77,21 @@ type Handler struct {
 	// Default off.
 	Narrate bool `json:"narrate,omitempty"`
 
+	// ProcessingDelay is how long each uploaded document takes to
+	// process; extracts shows it pending until then. Default 0 (at
+	// once).
+	ProcessingDelay caddy.Duration `json:"processing_delay,omitempty"`
+
+	// ProcessingDelayMax, when above ProcessingDelay, makes each
+	// document's delay a value in [ProcessingDelay, ProcessingDelayMax]
+	// derived from its document id.
+	ProcessingDelayMax caddy.Duration `json:"processing_delay_max,omitempty"`
+
+	// PendingDocuments is how extracts shows a document still
+	// processing: "listed" (default; {"document_id"} without file_data),
+	// "empty" ("file_data": {}) or "omitted" (left out of data).
+	PendingDocuments string `json:"pending_documents,omitempty"`
+
 	clientID     string
 	clientSecret string
 	key          poolKey
@@ -92,6 +107,9 @@ type poolKey struct {
 	uploadResponse         string
 	documentTypeForm       string
 	oneLiveToken           bool
+	processingDelay        time.Duration
+	processingDelayMax     time.Duration
+	pendingDocuments       string
 }
 
 // poolEntry is a pooled simulator.
@@ -137,7 +155,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		uploadResponse:   orDefault(h.UploadResponse, atlastest.UploadResponseArray),
 		documentTypeForm: orDefault(h.DocumentTypeForm, atlastest.DocumentTypeString),
 		oneLiveToken:     h.OneLiveToken,
+		processingDelay:  time.Duration(h.ProcessingDelay),
+		pendingDocuments: orDefault(h.PendingDocuments, atlastest.PendingListed),
 	}
+	h.key.processingDelayMax = max(time.Duration(h.ProcessingDelayMax), h.key.processingDelay)
 	val, loaded, err := simulators.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		return poolEntry{sim: atlastest.New(atlastest.Options{
 			ClientID:            h.key.clientID,
@@ -146,6 +167,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			UploadResponseShape: h.key.uploadResponse,
 			DocumentTypeForm:    h.key.documentTypeForm,
 			OneLiveToken:        h.key.oneLiveToken,
+			ProcessingDelay:     h.key.processingDelay,
+			ProcessingDelayMax:  h.key.processingDelayMax,
+			PendingDocuments:    h.key.pendingDocuments,
 		})}, nil
 	})
 	if err != nil {
@@ -160,6 +184,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		zap.String("upload_response", h.key.uploadResponse),
 		zap.String("document_type_form", h.key.documentTypeForm),
 		zap.Bool("one_live_token", h.key.oneLiveToken),
+		zap.Duration("processing_delay", h.key.processingDelay),
+		zap.Duration("processing_delay_max", h.key.processingDelayMax),
+		zap.String("pending_documents", h.key.pendingDocuments),
 	)
 	return nil
 }
@@ -190,6 +217,14 @@ func (h *Handler) check() error {
 	case "", atlastest.DocumentTypeString, atlastest.DocumentTypeObject:
 	default:
 		return fmt.Errorf("document_type_form must be %q or %q, got %q", atlastest.DocumentTypeString, atlastest.DocumentTypeObject, h.DocumentTypeForm)
+	}
+	if h.ProcessingDelay < 0 || h.ProcessingDelayMax < 0 {
+		return fmt.Errorf("processing_delay must not be negative, got %s %s", time.Duration(h.ProcessingDelay), time.Duration(h.ProcessingDelayMax))
+	}
+	switch h.PendingDocuments {
+	case "", atlastest.PendingListed, atlastest.PendingEmpty, atlastest.PendingOmitted:
+	default:
+		return fmt.Errorf("pending_documents must be %q, %q or %q, got %q", atlastest.PendingListed, atlastest.PendingEmpty, atlastest.PendingOmitted, h.PendingDocuments)
 	}
 	return nil
 }

@@ -30,7 +30,8 @@ func (s *Simulator) serveControl(w http.ResponseWriter, r *http.Request) {
 		method = http.MethodGet
 	}
 	switch name {
-	case "revoke", "fail", "delay", "counters", "reset", "token-lifetime", "one-live-token", "callback", "deliveries":
+	case "revoke", "fail", "delay", "counters", "reset", "token-lifetime", "one-live-token", "callback", "deliveries",
+		"processing-delay", "pending-documents":
 	default:
 		writeError(w, http.StatusNotFound, "unknown control endpoint")
 		return
@@ -77,6 +78,30 @@ func (s *Simulator) serveControl(w http.ResponseWriter, r *http.Request) {
 		}
 		s.SetOneLiveToken(on)
 		writeOK(w)
+	case "processing-delay":
+		lo, err := strconv.Atoi(q.Get("ms"))
+		if err != nil || lo < 0 {
+			writeError(w, http.StatusBadRequest, "ms must be a non-negative integer")
+			return
+		}
+		hi := lo
+		if v := q.Get("max_ms"); v != "" {
+			hi, err = strconv.Atoi(v)
+			if err != nil || hi < lo {
+				writeError(w, http.StatusBadRequest, "max_ms must be an integer not below ms")
+				return
+			}
+		}
+		s.SetProcessingDelay(time.Duration(lo)*time.Millisecond, time.Duration(hi)*time.Millisecond)
+		writeOK(w)
+	case "pending-documents":
+		switch form := q.Get("form"); form {
+		case PendingListed, PendingEmpty, PendingOmitted:
+			s.SetPendingDocuments(form)
+			writeOK(w)
+		default:
+			writeError(w, http.StatusBadRequest, "form must be listed, empty or omitted")
+		}
 	case "fail":
 		endpoint, n, ok := endpointAndCount(w, q.Get("endpoint"), q.Get("n"))
 		if !ok {

@@ -40,8 +40,22 @@
 //
 // Behaviour the Atlas documentation leaves open, and what the simulator
 // does:
-//   - Every batch is fully processed the moment it is created; there is no
-//     "still processing" state.
+//   - A batch's documents are processed the moment it is created, unless
+//     a processing delay is set (Options.ProcessingDelay,
+//     SetProcessingDelay): then each document ends processing that long
+//     after its upload on the simulator's clock (Options.Now), so a test
+//     with a fake clock steps through it. A range gives each document its
+//     own delay, derived from its document id (ProcessingDelayFor);
+//     ReadyAt tells when a batch's last document is done.
+//   - While a batch is processing, extracts answers every document that
+//     is done with its file_data (an unclassifiable one with its
+//     error_code inside file_data) and shows the others by
+//     Options.PendingDocuments: {"document_id"} with no file_data
+//     (PendingListed, the default), {"document_id", "file_data": {}}
+//     (PendingEmpty), or not at all (PendingOmitted). total_items and
+//     total_pages always count every document, so a client knows a
+//     batch is complete when every document it uploaded has a non-empty
+//     file_data or an error_code. Atlas does not document this state.
 //   - page defaults to 1 and per_page to 50; per_page above 50 is capped at
 //     50 and the response reports the effective per_page; a page past the
 //     end has empty data and correct totals; total_pages is 0 for an
@@ -68,9 +82,11 @@
 //	POST /_sim/fail?endpoint=&n=&status=         FailNext (status 0 resets the connection)
 //	POST /_sim/delay?endpoint=&n=&ms=            DelayNext
 //	GET  /_sim/counters                          {"authtoken": n, "multiupload": n, "extracts": n}
-//	POST /_sim/reset                             Reset (counters, faults, delays, deliveries, token lifetime, one live token)
+//	POST /_sim/reset                             Reset (counters, faults, delays, deliveries, and the knobs set since start)
 //	POST /_sim/token-lifetime?seconds=           SetTokenLifetime
 //	POST /_sim/one-live-token?enabled=true|false SetOneLiveToken (issuing a token revokes the client's previous ones)
+//	POST /_sim/processing-delay?ms=&max_ms=      SetProcessingDelay (max_ms omitted: a fixed delay)
+//	POST /_sim/pending-documents?form=listed|empty|omitted  SetPendingDocuments
 //	POST /_sim/callback                          DeliverCallback; body
 //	     {"auth_url", "callback_url", "client_id", "client_secret", "batch_id"}
 //	     answers the Delivery: 200 if delivered, 502 if not

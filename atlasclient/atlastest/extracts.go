@@ -28,7 +28,7 @@ type extractsPage struct {
 
 type extractItem struct {
 	DocumentID string          `json:"document_id"`
-	FileData   json.RawMessage `json:"file_data"`
+	FileData   json.RawMessage `json:"file_data,omitempty"` // nil for a pending document listed without it
 }
 
 // serveExtracts answers GET /v1/docstream/extracts.
@@ -76,8 +76,10 @@ func positiveParam(v string, def int) (int, bool) {
 
 // page builds one page of a batch's extraction.
 func (s *Simulator) page(b *batch, page, perPage int) extractsPage {
+	now := s.now()
 	s.mu.Lock()
 	objectType := s.docTypeForm == DocumentTypeObject
+	pending := s.pending
 	s.mu.Unlock()
 
 	total := len(b.docs)
@@ -97,6 +99,16 @@ func (s *Simulator) page(b *batch, page, perPage int) extractsPage {
 	start := (page - 1) * perPage
 	end := min(start+perPage, total)
 	for _, d := range b.docs[start:end] {
+		if now.Before(d.readyAt) {
+			switch pending {
+			case PendingOmitted:
+			case PendingEmpty:
+				p.Data = append(p.Data, extractItem{DocumentID: d.documentID, FileData: json.RawMessage(`{}`)})
+			default:
+				p.Data = append(p.Data, extractItem{DocumentID: d.documentID})
+			}
+			continue
+		}
 		p.Data = append(p.Data, extractItem{DocumentID: d.documentID, FileData: fileData(d.documentID, objectType)})
 	}
 	return p
@@ -113,7 +125,8 @@ func (s *Simulator) FileData(documentID string) json.RawMessage {
 }
 
 // BatchPayload returns the exact JSON a callback for batchID carries: an
-// extracts response holding every document of the batch on page 1.
+// extracts response holding every document of the batch on page 1 (those
+// still processing as extracts shows them).
 func (s *Simulator) BatchPayload(batchID string) ([]byte, error) {
 	b, ok := s.batch(batchID)
 	if !ok {

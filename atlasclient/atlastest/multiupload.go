@@ -2,6 +2,8 @@ package atlastest
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +12,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"time"
 )
 
 // uploadRequest is the multiupload request body.
@@ -107,14 +110,20 @@ func (s *Simulator) CreateBatch(documentIDs ...string) string {
 // addBatch stores a new batch of files, forgetting the least recently
 // used batch when there are too many.
 func (s *Simulator) addBatch(files []uploadFile) *batch {
-	docs := make([]batchDoc, len(files))
-	for i, f := range files {
-		docs[i] = batchDoc{documentID: f.DocumentID, fileURL: f.FileURL, fileUUID: newUUID()}
-	}
-	stamp := s.now().UTC().Format("20060102150405")
+	now := s.now()
+	stamp := now.UTC().Format("20060102150405")
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	docs := make([]batchDoc, len(files))
+	for i, f := range files {
+		docs[i] = batchDoc{
+			documentID: f.DocumentID,
+			fileURL:    f.FileURL,
+			fileUUID:   newUUID(),
+			readyAt:    now.Add(processingDelay(s.procMin, s.procMax, f.DocumentID)),
+		}
+	}
 	b := &batch{docs: docs}
 	for {
 		b.id = fmt.Sprintf("BATCH-%05d-%s-%s", mrand.IntN(100000), randomLetters(5), stamp)
@@ -141,6 +150,32 @@ func (s *Simulator) batch(id string) (*batch, bool) {
 		s.batchOrder.MoveToBack(b.use)
 	}
 	return b, ok
+}
+
+// ReadyAt returns when, on the simulator's clock, the last document of
+// batchID ends processing: from then on extracts answers every document
+// with its file_data (or error_code).
+func (s *Simulator) ReadyAt(batchID string) (time.Time, error) {
+	b, ok := s.batch(batchID)
+	if !ok {
+		return time.Time{}, ErrUnknownBatch
+	}
+	var last time.Time
+	for _, d := range b.docs {
+		if d.readyAt.After(last) {
+			last = d.readyAt
+		}
+	}
+	return last, nil
+}
+
+// processingDelay is the delay of documentID for the range [lo, hi].
+func processingDelay(lo, hi time.Duration, documentID string) time.Duration {
+	if hi <= lo {
+		return lo
+	}
+	sum := sha256.Sum256([]byte("delay:" + documentID))
+	return lo + time.Duration(binary.BigEndian.Uint64(sum[:8])%uint64(hi-lo+1))
 }
 
 func randomLetters(n int) string {

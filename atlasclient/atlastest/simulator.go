@@ -37,6 +37,20 @@ const (
 	DocumentTypeObject = "object"
 )
 
+// Forms of a document still processing in an extracts answer
+// (Options.PendingDocuments).
+const (
+	// PendingListed lists a document still processing as
+	// {"document_id": "..."} with no file_data key. The default.
+	PendingListed = "listed"
+	// PendingEmpty lists it as {"document_id": "...", "file_data": {}}.
+	PendingEmpty = "empty"
+	// PendingOmitted leaves it out of data: a page then holds fewer than
+	// per_page items, while total_items and total_pages still count every
+	// document of the batch.
+	PendingOmitted = "omitted"
+)
+
 // Defaults.
 const (
 	DefaultClientID      = "demo-client"
@@ -87,6 +101,20 @@ type Options struct {
 	// fleet of gateways that each fetch their own token would revoke
 	// each other's.
 	OneLiveToken bool
+
+	// ProcessingDelay is how long, on the clock Now, a document takes to
+	// process after its upload: until then extracts lists it as pending
+	// (see PendingDocuments) and it has no file_data. When
+	// ProcessingDelayMax is above it, each document takes a value in
+	// [ProcessingDelay, ProcessingDelayMax] derived from its document id
+	// (see ProcessingDelayFor). Zero (the default) processes every
+	// document the moment it is uploaded.
+	ProcessingDelay, ProcessingDelayMax time.Duration
+
+	// PendingDocuments is how extracts shows a document still
+	// processing: PendingListed (default), PendingEmpty or
+	// PendingOmitted. Other values mean the default.
+	PendingDocuments string
 }
 
 // Simulator is an http.Handler simulating the Atlas Docstream API. All its
@@ -98,6 +126,9 @@ type Simulator struct {
 	key                    []byte
 	defaultLifetime        time.Duration
 	defaultOneLive         bool
+	defaultProcMin         time.Duration
+	defaultProcMax         time.Duration
+	defaultPending         string
 	done                   chan struct{}
 	closeOnce              sync.Once
 
@@ -107,6 +138,9 @@ type Simulator struct {
 	docTypeForm string
 	generation  int64
 	oneLive     bool
+	procMin     time.Duration
+	procMax     time.Duration
+	pending     string
 	latest      map[string]string // client id -> jti of its last token
 	calls       map[string]int
 	lastHeaders map[string]http.Header
@@ -137,6 +171,7 @@ type batch struct {
 
 type batchDoc struct {
 	documentID, fileURL, fileUUID string
+	readyAt                       time.Time // when its processing ends, on the simulator's clock
 }
 
 // New returns a simulator configured by opts.
@@ -175,6 +210,10 @@ func New(opts Options) *Simulator {
 	s.oneLive = opts.OneLiveToken
 	s.uploadShape = normalizeUploadShape(opts.UploadResponseShape)
 	s.docTypeForm = normalizeDocTypeForm(opts.DocumentTypeForm)
+	s.defaultProcMin, s.defaultProcMax = normalizeProcessingDelay(opts.ProcessingDelay, opts.ProcessingDelayMax)
+	s.procMin, s.procMax = s.defaultProcMin, s.defaultProcMax
+	s.defaultPending = normalizePending(opts.PendingDocuments)
+	s.pending = s.defaultPending
 	_, _ = rand.Read(s.key) // never fails since Go 1.24
 	return s
 }
@@ -191,6 +230,21 @@ func normalizeDocTypeForm(form string) string {
 		return form
 	}
 	return DocumentTypeString
+}
+
+func normalizePending(form string) string {
+	switch form {
+	case PendingEmpty, PendingOmitted:
+		return form
+	}
+	return PendingListed
+}
+
+// normalizeProcessingDelay makes a negative delay zero and a maximum
+// below the minimum the minimum.
+func normalizeProcessingDelay(lo, hi time.Duration) (time.Duration, time.Duration) {
+	lo = max(lo, 0)
+	return lo, max(hi, lo)
 }
 
 // endpointForPath maps a request path to an Atlas endpoint name.
@@ -382,6 +436,35 @@ func (s *Simulator) SetDocumentTypeForm(form string) {
 	s.docTypeForm = normalizeDocTypeForm(form)
 }
 
+// SetProcessingDelay sets the processing delay of documents uploaded from
+// now on (see Options.ProcessingDelay): lo when hi <= lo, else a
+// per-document value in [lo, hi]. Documents already uploaded keep
+// theirs. SetProcessingDelay(0, 0) processes documents at once.
+func (s *Simulator) SetProcessingDelay(lo, hi time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.procMin, s.procMax = normalizeProcessingDelay(lo, hi)
+}
+
+// SetPendingDocuments switches how extracts shows documents still
+// processing (PendingListed, PendingEmpty or PendingOmitted; anything
+// else means PendingListed).
+func (s *Simulator) SetPendingDocuments(form string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pending = normalizePending(form)
+}
+
+// ProcessingDelayFor returns the processing delay a document with
+// documentID uploaded now would get. Within a range it is the same for
+// the same id in every process: min + sha256("delay:"+id) mod (max-min),
+// to the nanosecond.
+func (s *Simulator) ProcessingDelayFor(documentID string) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return processingDelay(s.procMin, s.procMax, documentID)
+}
+
 // RevokeAll invalidates every token issued so far: they answer 401
 // Invalid or expired token. Tokens issued afterwards are valid.
 func (s *Simulator) RevokeAll() {
@@ -472,7 +555,9 @@ func (s *Simulator) ResetCounters() {
 
 // Reset zeroes the call counters and forgets recorded headers, pending
 // faults and delays and recorded deliveries, and restores the configured
-// token lifetime and one-live-token knob. Batches and tokens survive.
+// token lifetime, one-live-token knob, processing delay and form of
+// pending documents. Batches (with their documents' processing times)
+// and tokens survive.
 func (s *Simulator) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -484,6 +569,8 @@ func (s *Simulator) Reset() {
 	s.deliveries = nil
 	s.lifetime = s.defaultLifetime
 	s.oneLive = s.defaultOneLive
+	s.procMin, s.procMax = s.defaultProcMin, s.defaultProcMax
+	s.pending = s.defaultPending
 }
 
 // IssuedTokens returns the access tokens issued so far, oldest first (the
