@@ -2,6 +2,7 @@ package simulator
 
 import (
 	"slices"
+	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -28,7 +29,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 
 // subdirectives are the simulator block's subdirectives (a test checks
 // them against the parser's switch).
-var subdirectives = []string{"client_id", "client_secret", "token_lifetime", "upload_response", "document_type_form", "one_live_token", "narrate", "processing_delay", "pending_documents"}
+var subdirectives = []string{"client_id", "client_secret", "token_lifetime", "upload_response", "document_type_form", "one_live_token", "narrate", "processing_delay", "pending_documents", "auto_callback"}
+
+// autoCallbackSubdirectives are the auto_callback block's subdirectives.
+var autoCallbackSubdirectives = []string{"auth_url", "callback_url", "client_id", "client_secret", "per", "delay", "drop", "drop_nth", "repeat", "repeat_nth", "seed"}
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
@@ -42,6 +46,19 @@ var subdirectives = []string{"client_id", "client_secret", "token_lifetime", "up
 //	    narrate
 //	    processing_delay   <duration> [<max duration>]
 //	    pending_documents  listed|empty|omitted
+//	    auto_callback {
+//	        auth_url      <url>
+//	        callback_url  <url>
+//	        client_id     <id>
+//	        client_secret <secret>
+//	        per           batch|document
+//	        delay         <duration>
+//	        drop          <fraction>
+//	        drop_nth      <n>...
+//	        repeat        <fraction>
+//	        repeat_nth    <n>...
+//	        seed          <n>
+//	    }
 //	}
 //
 // The block is optional; without client_id and client_secret the
@@ -50,7 +67,9 @@ var subdirectives = []string{"client_id", "client_secret", "token_lifetime", "up
 // the simulator does, one plain line each, on standard output.
 // processing_delay keeps each uploaded document processing that long (a
 // value in the range, per document, when a maximum is given), during
-// which extracts shows it as pending_documents says. Use {env.X} or
+// which extracts shows it as pending_documents says. auto_callback makes
+// the simulator deliver callbacks by itself when documents are done. Use
+// {env.X} or
 // {file.path} for credentials you do not want in the adapted JSON.
 // FOR TESTS AND DEMOS ONLY: never serve it to real traffic.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -84,6 +103,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := parseProcessingDelay(d, h); err != nil {
 				return err
 			}
+			continue
+		case "auto_callback": // a block
+			auto, err := parseAutoCallback(d)
+			if err != nil {
+				return err
+			}
+			h.AutoCallback = auto
 			continue
 		}
 		var arg string
@@ -156,4 +182,91 @@ func parseProcessingDelay(d *caddyfile.Dispenser, h *Handler) error {
 		h.ProcessingDelayMax = durs[1]
 	}
 	return nil
+}
+
+// parseAutoCallback parses the auto_callback block.
+func parseAutoCallback(d *caddyfile.Dispenser) (*AutoCallbackConfig, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	c := new(AutoCallbackConfig)
+	seen := cfparse.Seen{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if !slices.Contains(autoCallbackSubdirectives, sub) {
+			return nil, cfparse.Unrecognized(d, autoCallbackSubdirectives)
+		}
+		if err := seen.Once(d); err != nil {
+			return nil, err
+		}
+		switch sub {
+		case "drop_nth", "repeat_nth": // one or more sequence numbers
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return nil, d.ArgErr()
+			}
+			var nth []int
+			for _, a := range args {
+				n, err := strconv.Atoi(a)
+				if err != nil || n < 1 {
+					return nil, d.Errf("%s takes sequence numbers from 1, got %q", sub, a)
+				}
+				nth = append(nth, n)
+			}
+			if sub == "drop_nth" {
+				c.DropNth = nth
+			} else {
+				c.RepeatNth = nth
+			}
+			continue
+		}
+		var arg string
+		if !d.Args(&arg) {
+			return nil, d.ArgErr()
+		}
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+		switch sub {
+		case "auth_url":
+			c.AuthURL = arg
+		case "callback_url":
+			c.CallbackURL = arg
+		case "client_id":
+			c.ClientID = arg
+		case "client_secret":
+			c.ClientSecret = arg
+		case "per":
+			if arg != atlastest.CallbackPerBatch && arg != atlastest.CallbackPerDocument {
+				return nil, d.Errf("per must be %q or %q, got %q", atlastest.CallbackPerBatch, atlastest.CallbackPerDocument, arg)
+			}
+			c.Per = arg
+		case "delay":
+			dur, err := caddy.ParseDuration(arg)
+			if err != nil || dur < 0 {
+				return nil, d.Errf("delay must be a non-negative duration, got %q", arg)
+			}
+			c.Delay = caddy.Duration(dur)
+		case "drop", "repeat":
+			f, err := strconv.ParseFloat(arg, 64)
+			if err != nil || !(f >= 0 && f <= 1) {
+				return nil, d.Errf("%s must be a fraction in [0, 1], got %q", sub, arg)
+			}
+			if sub == "drop" {
+				c.Drop = f
+			} else {
+				c.Repeat = f
+			}
+		case "seed":
+			n, err := strconv.ParseUint(arg, 10, 64)
+			if err != nil {
+				return nil, d.Errf("seed must be a non-negative integer, got %q", arg)
+			}
+			c.Seed = n
+		}
+	}
+	if c.CallbackURL == "" {
+		return nil, d.Err("auto_callback needs a callback_url")
+	}
+	return c, nil
 }

@@ -2,9 +2,12 @@ package simulator
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +15,9 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/caddy-atlas/caddy-atlas/internal/cfparse/cfparsetest"
+	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 )
 
 // serve provisions h and serves it on a local test server.
@@ -76,6 +82,40 @@ func TestUnmarshalCaddyfileKnobs(t *testing.T) {
 		{name: "processing_delay repeated", input: "atlas_simulator {\nprocessing_delay 1s\nprocessing_delay 2s\n}", wantErr: `subdirective "processing_delay" given more than once`},
 		{name: "pending_documents bad", input: "atlas_simulator {\npending_documents hidden\n}", wantErr: `pending_documents must be "listed", "empty" or "omitted"`},
 		{name: "pending_documents missing value", input: "atlas_simulator {\npending_documents\n}", wantErr: "wrong argument count"},
+		{name: "auto_callback everything", input: `atlas_simulator {
+				auto_callback {
+					auth_url      http://127.0.0.1:8080/atlas/auth
+					callback_url  http://127.0.0.1:8080/atlas/callback
+					client_id     atlas
+					client_secret {env.CB_SECRET}
+					per           document
+					delay         2s
+					drop          0.25
+					drop_nth      1 4
+					repeat        0.5
+					repeat_nth    2
+					seed          42
+				}
+			}`,
+			want: Handler{AutoCallback: &AutoCallbackConfig{
+				AuthURL: "http://127.0.0.1:8080/atlas/auth", CallbackURL: "http://127.0.0.1:8080/atlas/callback",
+				ClientID: "atlas", ClientSecret: "{env.CB_SECRET}", Per: "document", Delay: caddy.Duration(2 * time.Second),
+				Drop: 0.25, DropNth: []int{1, 4}, Repeat: 0.5, RepeatNth: []int{2}, Seed: 42,
+			}}},
+		{name: "auto_callback minimal", input: "atlas_simulator {\nauto_callback {\ncallback_url http://x/cb\n}\n}",
+			want: Handler{AutoCallback: &AutoCallbackConfig{CallbackURL: "http://x/cb"}}},
+		{name: "auto_callback without callback_url", input: "atlas_simulator {\nauto_callback {\nper batch\n}\n}", wantErr: "auto_callback needs a callback_url"},
+		{name: "auto_callback argument", input: "atlas_simulator {\nauto_callback http://x {\n}\n}", wantErr: "wrong argument count"},
+		{name: "auto_callback misspelt", input: "atlas_simulator {\nauto_callback {\ncallback_ur http://x\n}\n}", wantErr: `did you mean "callback_url"?`},
+		{name: "auto_callback repeated subdirective", input: "atlas_simulator {\nauto_callback {\nseed 1\nseed 2\n}\n}", wantErr: `subdirective "seed" given more than once`},
+		{name: "auto_callback bad per", input: "atlas_simulator {\nauto_callback {\nper page\n}\n}", wantErr: `per must be "batch" or "document"`},
+		{name: "auto_callback bad drop", input: "atlas_simulator {\nauto_callback {\ndrop 2\n}\n}", wantErr: "drop must be a fraction in [0, 1]"},
+		{name: "auto_callback bad repeat", input: "atlas_simulator {\nauto_callback {\nrepeat half\n}\n}", wantErr: "repeat must be a fraction in [0, 1]"},
+		{name: "auto_callback bad drop_nth", input: "atlas_simulator {\nauto_callback {\ndrop_nth 1 0\n}\n}", wantErr: "drop_nth takes sequence numbers from 1"},
+		{name: "auto_callback empty repeat_nth", input: "atlas_simulator {\nauto_callback {\nrepeat_nth\n}\n}", wantErr: "wrong argument count"},
+		{name: "auto_callback bad delay", input: "atlas_simulator {\nauto_callback {\ndelay -1s\n}\n}", wantErr: "delay must be a non-negative duration"},
+		{name: "auto_callback bad seed", input: "atlas_simulator {\nauto_callback {\nseed -3\n}\n}", wantErr: "seed must be a non-negative integer"},
+		{name: "auto_callback two urls", input: "atlas_simulator {\nauto_callback {\ncallback_url a b\n}\n}", wantErr: "wrong argument count"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -128,10 +168,65 @@ func TestValidateKnobs(t *testing.T) {
 		{Handler{ProcessingDelay: caddy.Duration(-time.Second)}, "processing_delay must not be negative"},
 		{Handler{ProcessingDelayMax: caddy.Duration(-time.Second)}, "processing_delay must not be negative"},
 		{Handler{PendingDocuments: "hidden"}, "pending_documents must be"},
+		{Handler{AutoCallback: &AutoCallbackConfig{}}, "auto_callback: callback_url is required"},
+		{Handler{AutoCallback: &AutoCallbackConfig{CallbackURL: "/cb"}}, "auto_callback: callback_url must be an absolute http(s) URL"},
+		{Handler{AutoCallback: &AutoCallbackConfig{CallbackURL: "http://x/", Per: "page"}}, "auto_callback: per must be"},
+		{Handler{AutoCallback: &AutoCallbackConfig{CallbackURL: "http://x/", Drop: 3}}, "auto_callback: drop and repeat must be fractions"},
 	} {
 		h := tt.h
 		if err := provision(t, &h); err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 			t.Errorf("%+v: err = %v, want it to contain %q", tt.h, err, tt.wantErr)
 		}
+	}
+}
+
+func TestAutoCallbackSubdirectiveList(t *testing.T) {
+	cfparsetest.Check(t, "caddyfile.go", "parseAutoCallback", autoCallbackSubdirectives)
+}
+
+func TestAutoCallbackThroughHandler(t *testing.T) {
+	var mu sync.Mutex
+	var tokens []string
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/auth" {
+			if r.Header.Get("Client-Secret") != "from-env" {
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			_, _ = io.WriteString(w, `{"access_token":"t-1"}`)
+			return
+		}
+		mu.Lock()
+		tokens = append(tokens, r.Header.Get("Token"))
+		mu.Unlock()
+	}))
+	t.Cleanup(sink.Close)
+	t.Setenv("ATLAS_SIM_TEST_CB_SECRET", "from-env")
+
+	h := Handler{AutoCallback: &AutoCallbackConfig{
+		AuthURL: sink.URL + "/auth", CallbackURL: sink.URL + "/cb", ClientID: "atlas",
+		ClientSecret: "{env.ATLAS_SIM_TEST_CB_SECRET}", Per: "document", RepeatNth: []int{1},
+	}}
+	serve(t, &h)
+	h.sim.CreateBatch("pan-1")
+	testutil.WaitFor(t, 5*time.Second, "the repeated callback", func() bool {
+		return h.sim.CallbackCounts().Delivered == 2
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(tokens, []string{"t-1", "t-1"}) {
+		t.Errorf("callbacks carried tokens %v", tokens)
+	}
+
+	// The setting is part of the simulator's identity.
+	other := Handler{AutoCallback: &AutoCallbackConfig{CallbackURL: sink.URL + "/cb"}}
+	if err := provision(t, &other); err != nil {
+		t.Fatal(err)
+	}
+	if other.sim == h.sim {
+		t.Error("a config with another auto_callback shares the simulator")
+	}
+	if b, _ := json.Marshal(other); string(b) != `{"auto_callback":{"callback_url":"`+sink.URL+`/cb"}}` {
+		t.Errorf("JSON: %s", b)
 	}
 }

@@ -10,6 +10,8 @@
 package simulator
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -92,12 +94,80 @@ type Handler struct {
 	// "empty" ("file_data": {}) or "omitted" (left out of data).
 	PendingDocuments string `json:"pending_documents,omitempty"`
 
+	// AutoCallback, when set, makes the simulator deliver callbacks by
+	// itself, as Atlas does, when a docstream batch's documents are done.
+	AutoCallback *AutoCallbackConfig `json:"auto_callback,omitempty"`
+
 	clientID     string
 	clientSecret string
 	key          poolKey
 	provisioned  bool
 	sim          *atlastest.Simulator
 	logger       *zap.Logger
+}
+
+// AutoCallbackConfig is where and how the simulator delivers callbacks by
+// itself (see atlastest.AutoCallback).
+type AutoCallbackConfig struct {
+	// AuthURL is POSTed with Client-Id and Client-Secret for a token
+	// before each callback. Empty: callbacks carry no Token.
+	AuthURL string `json:"auth_url,omitempty"`
+	// CallbackURL receives the callbacks. Required.
+	CallbackURL string `json:"callback_url,omitempty"`
+	// ClientID and ClientSecret are presented at AuthURL. Accept {env.*}
+	// and {file.*} placeholders.
+	ClientID     string `json:"client_id,omitempty"`
+	ClientSecret string `json:"client_secret,omitempty"`
+	// Per is "batch" (default: one callback with every document when the
+	// last is done) or "document" (one per document when it is done).
+	Per string `json:"per,omitempty"`
+	// Delay is how long after the documents are done a callback is sent.
+	Delay caddy.Duration `json:"delay,omitempty"`
+	// Drop is the fraction of callbacks never sent, DropNth the sequence
+	// numbers (from 1) of more.
+	Drop    float64 `json:"drop,omitempty"`
+	DropNth []int   `json:"drop_nth,omitempty"`
+	// Repeat is the fraction of callbacks sent twice, RepeatNth the
+	// sequence numbers of more.
+	Repeat    float64 `json:"repeat,omitempty"`
+	RepeatNth []int   `json:"repeat_nth,omitempty"`
+	// Seed varies which callbacks Drop and Repeat choose.
+	Seed uint64 `json:"seed,omitempty"`
+}
+
+// resolve returns the simulator's setting for c, placeholders replaced,
+// or what is wrong with it.
+func (c *AutoCallbackConfig) resolve(repl *caddy.Replacer) (*atlastest.AutoCallback, error) {
+	if c == nil {
+		return nil, nil
+	}
+	if c.CallbackURL == "" {
+		return nil, errors.New("auto_callback: callback_url is required")
+	}
+	switch c.Per {
+	case "", atlastest.CallbackPerBatch, atlastest.CallbackPerDocument:
+	default:
+		return nil, fmt.Errorf("auto_callback: per must be %q or %q, got %q", atlastest.CallbackPerBatch, atlastest.CallbackPerDocument, c.Per)
+	}
+	a := &atlastest.AutoCallback{
+		Target: atlastest.CallbackTarget{
+			AuthURL:      c.AuthURL,
+			CallbackURL:  c.CallbackURL,
+			ClientID:     repl.ReplaceKnown(c.ClientID, ""),
+			ClientSecret: repl.ReplaceKnown(c.ClientSecret, ""),
+		},
+		PerDocument: c.Per == atlastest.CallbackPerDocument,
+		Delay:       time.Duration(c.Delay),
+		Drop:        c.Drop,
+		DropNth:     c.DropNth,
+		Repeat:      c.Repeat,
+		RepeatNth:   c.RepeatNth,
+		Seed:        c.Seed,
+	}
+	if msg := atlastest.AutoCallbackProblem(a); msg != "" {
+		return nil, errors.New("auto_callback: " + msg)
+	}
+	return a, nil
 }
 
 // poolKey identifies a simulator configuration in the usage pool.
@@ -110,6 +180,7 @@ type poolKey struct {
 	processingDelay        time.Duration
 	processingDelayMax     time.Duration
 	pendingDocuments       string
+	autoCallback           string // JSON of the resolved setting
 }
 
 // poolEntry is a pooled simulator.
@@ -117,9 +188,12 @@ type poolEntry struct {
 	sim *atlastest.Simulator
 }
 
-// Destruct implements caddy.Destructor. A simulator holds no resources
-// beyond memory.
-func (poolEntry) Destruct() error { return nil }
+// Destruct implements caddy.Destructor: it stops the simulator's
+// automatic callbacks.
+func (e poolEntry) Destruct() error {
+	e.sim.Close()
+	return nil
+}
 
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
@@ -143,6 +217,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.check(); err != nil {
 		return err
 	}
+	auto, err := h.AutoCallback.resolve(repl)
+	if err != nil {
+		return err
+	}
 
 	lifetime := time.Duration(h.TokenLifetime)
 	if lifetime == 0 {
@@ -159,6 +237,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		pendingDocuments: orDefault(h.PendingDocuments, atlastest.PendingListed),
 	}
 	h.key.processingDelayMax = max(time.Duration(h.ProcessingDelayMax), h.key.processingDelay)
+	if auto != nil {
+		b, _ := json.Marshal(auto)
+		h.key.autoCallback = string(b)
+	}
 	val, loaded, err := simulators.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		return poolEntry{sim: atlastest.New(atlastest.Options{
 			ClientID:            h.key.clientID,
@@ -170,6 +252,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			ProcessingDelay:     h.key.processingDelay,
 			ProcessingDelayMax:  h.key.processingDelayMax,
 			PendingDocuments:    h.key.pendingDocuments,
+			AutoCallback:        auto,
 		})}, nil
 	})
 	if err != nil {
@@ -187,6 +270,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		zap.Duration("processing_delay", h.key.processingDelay),
 		zap.Duration("processing_delay_max", h.key.processingDelayMax),
 		zap.String("pending_documents", h.key.pendingDocuments),
+		zap.Bool("auto_callback", auto != nil),
 	)
 	return nil
 }

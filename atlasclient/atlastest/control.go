@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -26,12 +27,12 @@ type callbackRequest struct {
 func (s *Simulator) serveControl(w http.ResponseWriter, r *http.Request) {
 	name := r.URL.Path[len(ControlPrefix):]
 	method := http.MethodPost
-	if name == "counters" || name == "deliveries" {
+	if name == "counters" || name == "deliveries" || name == "callbacks" {
 		method = http.MethodGet
 	}
 	switch name {
 	case "revoke", "fail", "delay", "counters", "reset", "token-lifetime", "one-live-token", "callback", "deliveries",
-		"processing-delay", "pending-documents":
+		"processing-delay", "pending-documents", "auto-callback", "callbacks":
 	default:
 		writeError(w, http.StatusNotFound, "unknown control endpoint")
 		return
@@ -128,6 +129,11 @@ func (s *Simulator) serveControl(w http.ResponseWriter, r *http.Request) {
 		writeOK(w)
 	case "callback":
 		s.serveControlCallback(w, r)
+	case "auto-callback":
+		s.serveControlAutoCallback(w, r)
+	case "callbacks":
+		ev := s.Callbacks()
+		writeJSON(w, http.StatusOK, map[string]any{"counts": s.CallbackCounts(), "callbacks": ev})
 	}
 }
 
@@ -186,4 +192,93 @@ func (s *Simulator) serveControlCallback(w http.ResponseWriter, r *http.Request)
 
 func writeOK(w http.ResponseWriter) {
 	writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+}
+
+// autoCallbackRequest is the body of POST /_sim/auto-callback.
+type autoCallbackRequest struct {
+	AuthURL      string  `json:"auth_url"`
+	CallbackURL  string  `json:"callback_url"`
+	ClientID     string  `json:"client_id"`
+	ClientSecret string  `json:"client_secret"`
+	Per          string  `json:"per"`
+	DelayMS      int64   `json:"delay_ms"`
+	Drop         float64 `json:"drop"`
+	DropNth      []int   `json:"drop_nth"`
+	Repeat       float64 `json:"repeat"`
+	RepeatNth    []int   `json:"repeat_nth"`
+	Seed         uint64  `json:"seed"`
+}
+
+// Callback granularities, as /_sim/auto-callback's per and the Caddy
+// module name them.
+const (
+	CallbackPerBatch    = "batch"
+	CallbackPerDocument = "document"
+)
+
+// AutoCallbackProblem reports what is wrong with a, or "" if nothing is.
+// A nil a, or one without Target.CallbackURL, is fine: it means off.
+func AutoCallbackProblem(a *AutoCallback) string {
+	if a == nil || a.Target.CallbackURL == "" {
+		return ""
+	}
+	if err := checkURL("callback_url", a.Target.CallbackURL); err != nil {
+		return err.Error()
+	}
+	if a.Target.AuthURL != "" {
+		if err := checkURL("auth_url", a.Target.AuthURL); err != nil {
+			return err.Error()
+		}
+	}
+	if a.Delay < 0 {
+		return "delay must not be negative"
+	}
+	if !(a.Drop >= 0 && a.Drop <= 1) || !(a.Repeat >= 0 && a.Repeat <= 1) {
+		return "drop and repeat must be fractions in [0, 1]"
+	}
+	for _, n := range append(slices.Clone(a.DropNth), a.RepeatNth...) {
+		if n < 1 {
+			return "drop_nth and repeat_nth must be sequence numbers from 1"
+		}
+	}
+	return ""
+}
+
+// serveControlAutoCallback answers POST /_sim/auto-callback.
+func (s *Simulator) serveControlAutoCallback(w http.ResponseWriter, r *http.Request) {
+	var req autoCallbackRequest
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, "request body too large")
+		return
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid JSON body")
+		return
+	}
+	if req.Per != "" && req.Per != CallbackPerBatch && req.Per != CallbackPerDocument {
+		writeError(w, http.StatusBadRequest, "per must be batch or document")
+		return
+	}
+	a := &AutoCallback{
+		Target: CallbackTarget{
+			AuthURL:      req.AuthURL,
+			CallbackURL:  req.CallbackURL,
+			ClientID:     req.ClientID,
+			ClientSecret: req.ClientSecret,
+		},
+		PerDocument: req.Per == CallbackPerDocument,
+		Delay:       time.Duration(req.DelayMS) * time.Millisecond,
+		Drop:        req.Drop,
+		DropNth:     req.DropNth,
+		Repeat:      req.Repeat,
+		RepeatNth:   req.RepeatNth,
+		Seed:        req.Seed,
+	}
+	if msg := AutoCallbackProblem(a); msg != "" {
+		writeError(w, http.StatusBadRequest, msg)
+		return
+	}
+	s.SetAutoCallback(a)
+	writeOK(w)
 }

@@ -91,6 +91,11 @@
 //	     {"auth_url", "callback_url", "client_id", "client_secret", "batch_id"}
 //	     answers the Delivery: 200 if delivered, 502 if not
 //	GET  /_sim/deliveries                        Deliveries
+//	POST /_sim/auto-callback                     SetAutoCallback; body
+//	     {"auth_url", "callback_url", "client_id", "client_secret",
+//	      "per": "batch"|"document", "delay_ms", "drop", "drop_nth": [n],
+//	      "repeat", "repeat_nth": [n], "seed"}; no callback_url switches them off
+//	GET  /_sim/callbacks                         {"counts": CallbackCounts, "callbacks": Callbacks}
 //
 // endpoint is one of authtoken, multiupload, extracts, or empty for any.
 //
@@ -101,4 +106,17 @@
 // access_token from the JSON answer, then POSTs the batch's extraction
 // payload (the shape of an extracts response holding every document on
 // page 1) to callback_url with the header Token: <access_token>.
+//
+// With Options.AutoCallback (or SetAutoCallback) the simulator delivers
+// callbacks by itself, as Atlas does for an account with callbacks
+// enabled: when a docstream batch's documents are done, on the
+// simulator's clock, it delivers the batch (or, per document, each
+// document alone as page 1 of 1) to the target, after an optional
+// delay. Callbacks are numbered from 1 in the order they fall due; a
+// fraction or a list of them is dropped, or sent twice in a row, chosen
+// by number and seed, so every run of a test sees the same ones.
+// Callbacks and CallbackCounts tell what was sent, delivered, failed,
+// dropped and repeated. The simulator looks for due callbacks every 10ms
+// of real time; a test stepping a fake clock calls FlushCallbacks to
+// have them sent before it goes on. A failed delivery is not retried.
 package atlastest

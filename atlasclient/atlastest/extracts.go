@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 )
 
 const (
@@ -98,20 +99,27 @@ func (s *Simulator) page(b *batch, page, perPage int) extractsPage {
 	}
 	start := (page - 1) * perPage
 	end := min(start+perPage, total)
-	for _, d := range b.docs[start:end] {
+	p.Data = appendItems(p.Data, b.docs[start:end], now, pending, objectType)
+	return p
+}
+
+// appendItems appends the extracts items of docs at now: those done with
+// their file_data, the others as pending says.
+func appendItems(data []extractItem, docs []batchDoc, now time.Time, pending string, objectType bool) []extractItem {
+	for _, d := range docs {
 		if now.Before(d.readyAt) {
 			switch pending {
 			case PendingOmitted:
 			case PendingEmpty:
-				p.Data = append(p.Data, extractItem{DocumentID: d.documentID, FileData: json.RawMessage(`{}`)})
+				data = append(data, extractItem{DocumentID: d.documentID, FileData: json.RawMessage(`{}`)})
 			default:
-				p.Data = append(p.Data, extractItem{DocumentID: d.documentID})
+				data = append(data, extractItem{DocumentID: d.documentID})
 			}
 			continue
 		}
-		p.Data = append(p.Data, extractItem{DocumentID: d.documentID, FileData: fileData(d.documentID, objectType)})
+		data = append(data, extractItem{DocumentID: d.documentID, FileData: fileData(d.documentID, objectType)})
 	}
-	return p
+	return data
 }
 
 // FileData returns the file_data the simulator extracts for documentID, in

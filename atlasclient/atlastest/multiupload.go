@@ -132,6 +132,7 @@ func (s *Simulator) addBatch(files []uploadFile) *batch {
 		}
 	}
 	s.batches[b.id] = b
+	s.scheduleCallbacks(b)
 	b.use = s.batchOrder.PushBack(b.id)
 	if s.batchOrder.Len() > maxBatches {
 		oldest := s.batchOrder.Front()

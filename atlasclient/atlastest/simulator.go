@@ -2,6 +2,7 @@ package atlastest
 
 import (
 	"container/list"
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"net"
@@ -115,6 +116,12 @@ type Options struct {
 	// processing: PendingListed (default), PendingEmpty or
 	// PendingOmitted. Other values mean the default.
 	PendingDocuments string
+
+	// AutoCallback, when set with a Target.CallbackURL, makes the
+	// simulator deliver callbacks by itself when a batch's documents are
+	// done (see AutoCallback). A Simulator made by New must then be
+	// closed (Close) to stop delivering.
+	AutoCallback *AutoCallback
 }
 
 // Simulator is an http.Handler simulating the Atlas Docstream API. All its
@@ -131,6 +138,10 @@ type Simulator struct {
 	defaultPending         string
 	done                   chan struct{}
 	closeOnce              sync.Once
+	ctx                    context.Context // ends at Close
+	cancel                 context.CancelFunc
+	defaultAuto            *AutoCallback
+	cbMu                   sync.Mutex // serializes FlushCallbacks
 
 	mu          sync.Mutex
 	lifetime    time.Duration
@@ -151,6 +162,15 @@ type Simulator struct {
 	batchOrder  *list.List // of batch ids, least recently used first
 	deliveries  []Delivery
 	issued      []string
+
+	auto      *AutoCallback // nil: no automatic callbacks
+	scheduled []*scheduledCallback
+	cbOrder   uint64 // of scheduled callbacks, for ties
+	cbSeq     int    // the last callback's sequence number
+	cbGen     int    // bumped by Reset
+	cbRunning bool   // callbackLoop is running
+	events    []CallbackEvent
+	cbCounts  CallbackCounts
 }
 
 type fault struct {
@@ -214,6 +234,9 @@ func New(opts Options) *Simulator {
 	s.procMin, s.procMax = s.defaultProcMin, s.defaultProcMax
 	s.defaultPending = normalizePending(opts.PendingDocuments)
 	s.pending = s.defaultPending
+	s.defaultAuto = copyAutoCallback(opts.AutoCallback)
+	s.auto = copyAutoCallback(s.defaultAuto)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	_, _ = rand.Read(s.key) // never fails since Go 1.24
 	return s
 }
@@ -554,10 +577,12 @@ func (s *Simulator) ResetCounters() {
 }
 
 // Reset zeroes the call counters and forgets recorded headers, pending
-// faults and delays and recorded deliveries, and restores the configured
-// token lifetime, one-live-token knob, processing delay and form of
-// pending documents. Batches (with their documents' processing times)
-// and tokens survive.
+// faults and delays and recorded deliveries, forgets the automatic
+// callbacks (those scheduled and not yet sent too: they never will be,
+// and sequence numbers start again at 1), and restores the configured
+// token lifetime, one-live-token knob, processing delay, form of pending
+// documents and automatic callbacks. Batches (with their documents'
+// processing times) and tokens survive.
 func (s *Simulator) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -571,6 +596,7 @@ func (s *Simulator) Reset() {
 	s.oneLive = s.defaultOneLive
 	s.procMin, s.procMax = s.defaultProcMin, s.defaultProcMax
 	s.pending = s.defaultPending
+	s.resetCallbacks()
 }
 
 // IssuedTokens returns the access tokens issued so far, oldest first (the
@@ -606,9 +632,12 @@ func (s *Simulator) LastQuery(endpoint string) url.Values {
 	return out
 }
 
-// close aborts pending delays (they answer 503).
+// close aborts pending delays (they answer 503) and automatic callbacks.
 func (s *Simulator) close() {
-	s.closeOnce.Do(func() { close(s.done) })
+	s.closeOnce.Do(func() {
+		close(s.done)
+		s.cancel()
+	})
 }
 
 // writeJSON writes v as a JSON response with status.
