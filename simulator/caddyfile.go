@@ -29,7 +29,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 
 // subdirectives are the simulator block's subdirectives (a test checks
 // them against the parser's switch).
-var subdirectives = []string{"client_id", "client_secret", "token_lifetime", "upload_response", "document_type_form", "one_live_token", "narrate", "processing_delay", "pending_documents", "auto_callback"}
+var subdirectives = []string{"client_id", "client_secret", "token_lifetime", "upload_response", "document_type_form", "one_live_token", "narrate", "processing_delay", "pending_documents", "auto_callback", "rate_limit"}
 
 // autoCallbackSubdirectives are the auto_callback block's subdirectives.
 var autoCallbackSubdirectives = []string{"auth_url", "callback_url", "client_id", "client_secret", "per", "delay", "drop", "drop_nth", "repeat", "repeat_nth", "seed"}
@@ -46,6 +46,7 @@ var autoCallbackSubdirectives = []string{"auth_url", "callback_url", "client_id"
 //	    narrate
 //	    processing_delay   <duration> [<max duration>]
 //	    pending_documents  listed|empty|omitted
+//	    rate_limit         <requests per second> [<endpoint>...]
 //	    auto_callback {
 //	        auth_url      <url>
 //	        callback_url  <url>
@@ -68,7 +69,9 @@ var autoCallbackSubdirectives = []string{"auth_url", "callback_url", "client_id"
 // processing_delay keeps each uploaded document processing that long (a
 // value in the range, per document, when a maximum is given), during
 // which extracts shows it as pending_documents says. auto_callback makes
-// the simulator deliver callbacks by itself when documents are done. Use
+// the simulator deliver callbacks by itself when documents are done.
+// rate_limit answers 429 to a client's requests to the endpoints named
+// (each separately; none named: all together) above the rate. Use
 // {env.X} or
 // {file.path} for credentials you do not want in the adapted JSON.
 // FOR TESTS AND DEMOS ONLY: never serve it to real traffic.
@@ -101,6 +104,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		case "processing_delay": // one or two durations
 			if err := parseProcessingDelay(d, h); err != nil {
+				return err
+			}
+			continue
+		case "rate_limit": // a rate and endpoint names
+			if err := parseRateLimit(d, h); err != nil {
 				return err
 			}
 			continue
@@ -269,4 +277,29 @@ func parseAutoCallback(d *caddyfile.Dispenser) (*AutoCallbackConfig, error) {
 		return nil, d.Err("auto_callback needs a callback_url")
 	}
 	return c, nil
+}
+
+// parseRateLimit parses the arguments of rate_limit: requests per second
+// and the endpoints they apply to.
+func parseRateLimit(d *caddyfile.Dispenser, h *Handler) error {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.ArgErr()
+	}
+	n, err := strconv.Atoi(args[0])
+	if err != nil || n < 1 {
+		return d.Errf("rate_limit must be a positive number of requests per second, got %q", args[0])
+	}
+	endpoints := args[1:]
+	if len(endpoints) == 0 {
+		endpoints = []string{""}
+	}
+	h.RateLimits = map[string]int{}
+	for _, e := range endpoints {
+		if e != "" && !atlastest.KnownEndpoint(e) {
+			return d.Errf("rate_limit: unknown endpoint %q (authtoken, multiupload or extracts)", e)
+		}
+		h.RateLimits[e] = n
+	}
+	return nil
 }

@@ -82,6 +82,12 @@ func TestUnmarshalCaddyfileKnobs(t *testing.T) {
 		{name: "processing_delay repeated", input: "atlas_simulator {\nprocessing_delay 1s\nprocessing_delay 2s\n}", wantErr: `subdirective "processing_delay" given more than once`},
 		{name: "pending_documents bad", input: "atlas_simulator {\npending_documents hidden\n}", wantErr: `pending_documents must be "listed", "empty" or "omitted"`},
 		{name: "pending_documents missing value", input: "atlas_simulator {\npending_documents\n}", wantErr: "wrong argument count"},
+		{name: "rate_limit on endpoints", input: "atlas_simulator {\nrate_limit 5 extracts multiupload\n}",
+			want: Handler{RateLimits: map[string]int{"extracts": 5, "multiupload": 5}}},
+		{name: "rate_limit on all", input: "atlas_simulator {\nrate_limit 2\n}", want: Handler{RateLimits: map[string]int{"": 2}}},
+		{name: "rate_limit missing value", input: "atlas_simulator {\nrate_limit\n}", wantErr: "wrong argument count"},
+		{name: "rate_limit zero", input: "atlas_simulator {\nrate_limit 0\n}", wantErr: "rate_limit must be a positive number"},
+		{name: "rate_limit unknown endpoint", input: "atlas_simulator {\nrate_limit 1 extract\n}", wantErr: `rate_limit: unknown endpoint "extract"`},
 		{name: "auto_callback everything", input: `atlas_simulator {
 				auto_callback {
 					auth_url      http://127.0.0.1:8080/atlas/auth
@@ -169,6 +175,8 @@ func TestValidateKnobs(t *testing.T) {
 		{Handler{ProcessingDelayMax: caddy.Duration(-time.Second)}, "processing_delay must not be negative"},
 		{Handler{PendingDocuments: "hidden"}, "pending_documents must be"},
 		{Handler{AutoCallback: &AutoCallbackConfig{}}, "auto_callback: callback_url is required"},
+		{Handler{RateLimits: map[string]int{"extract": 1}}, `rate_limits: unknown endpoint "extract"`},
+		{Handler{RateLimits: map[string]int{"extracts": 0}}, `rate_limits: "extracts" must be a positive number`},
 		{Handler{AutoCallback: &AutoCallbackConfig{CallbackURL: "/cb"}}, "auto_callback: callback_url must be an absolute http(s) URL"},
 		{Handler{AutoCallback: &AutoCallbackConfig{CallbackURL: "http://x/", Per: "page"}}, "auto_callback: per must be"},
 		{Handler{AutoCallback: &AutoCallbackConfig{CallbackURL: "http://x/", Drop: 3}}, "auto_callback: drop and repeat must be fractions"},
@@ -228,5 +236,38 @@ func TestAutoCallbackThroughHandler(t *testing.T) {
 	}
 	if b, _ := json.Marshal(other); string(b) != `{"auto_callback":{"callback_url":"`+sink.URL+`/cb"}}` {
 		t.Errorf("JSON: %s", b)
+	}
+}
+
+func TestRateLimitThroughHandler(t *testing.T) {
+	h := Handler{RateLimits: map[string]int{"extracts": 1}}
+	srv := serve(t, &h)
+	tok := demoToken(t, srv, "/v1/docstream/authtoken")
+	batch := h.sim.CreateBatch("pan-1")
+	var got []string
+	for range 2 {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v1/docstream/extracts?batch_id="+batch, nil)
+		req.Header.Set("Token", tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		got = append(got, resp.Status+" "+resp.Header.Get("Retry-After"))
+	}
+	if want := []string{"200 OK ", "429 Too Many Requests 1"}; !slices.Equal(got, want) {
+		t.Errorf("answers %q, want %q", got, want)
+	}
+	if n := h.sim.PeakRate("extracts", "", time.Second); n != 2 {
+		t.Errorf("PeakRate = %d, want 2", n)
+	}
+
+	// The limits are part of the simulator's identity.
+	other := Handler{RateLimits: map[string]int{"extracts": 2}}
+	if err := provision(t, &other); err != nil {
+		t.Fatal(err)
+	}
+	if other.sim == h.sim {
+		t.Error("a config with another rate_limit shares the simulator")
 	}
 }

@@ -98,6 +98,11 @@ type Handler struct {
 	// itself, as Atlas does, when a docstream batch's documents are done.
 	AutoCallback *AutoCallbackConfig `json:"auto_callback,omitempty"`
 
+	// RateLimits limits each client's requests per second, by endpoint
+	// name ("authtoken", "multiupload", "extracts"; "" for every
+	// endpoint together): requests over it answer 429 with Retry-After.
+	RateLimits map[string]int `json:"rate_limits,omitempty"`
+
 	clientID     string
 	clientSecret string
 	key          poolKey
@@ -181,6 +186,7 @@ type poolKey struct {
 	processingDelayMax     time.Duration
 	pendingDocuments       string
 	autoCallback           string // JSON of the resolved setting
+	rateLimits             string // JSON of RateLimits, keys sorted
 }
 
 // poolEntry is a pooled simulator.
@@ -241,6 +247,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		b, _ := json.Marshal(auto)
 		h.key.autoCallback = string(b)
 	}
+	if len(h.RateLimits) > 0 {
+		b, _ := json.Marshal(h.RateLimits) // encoding/json sorts map keys
+		h.key.rateLimits = string(b)
+	}
 	val, loaded, err := simulators.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		return poolEntry{sim: atlastest.New(atlastest.Options{
 			ClientID:            h.key.clientID,
@@ -253,6 +263,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			ProcessingDelayMax:  h.key.processingDelayMax,
 			PendingDocuments:    h.key.pendingDocuments,
 			AutoCallback:        auto,
+			RateLimits:          h.RateLimits,
 		})}, nil
 	})
 	if err != nil {
@@ -271,6 +282,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		zap.Duration("processing_delay_max", h.key.processingDelayMax),
 		zap.String("pending_documents", h.key.pendingDocuments),
 		zap.Bool("auto_callback", auto != nil),
+		zap.Any("rate_limits", h.RateLimits),
 	)
 	return nil
 }
@@ -304,6 +316,14 @@ func (h *Handler) check() error {
 	}
 	if h.ProcessingDelay < 0 || h.ProcessingDelayMax < 0 {
 		return fmt.Errorf("processing_delay must not be negative, got %s %s", time.Duration(h.ProcessingDelay), time.Duration(h.ProcessingDelayMax))
+	}
+	for endpoint, n := range h.RateLimits {
+		if endpoint != "" && !atlastest.KnownEndpoint(endpoint) {
+			return fmt.Errorf("rate_limits: unknown endpoint %q", endpoint)
+		}
+		if n < 1 {
+			return fmt.Errorf("rate_limits: %q must be a positive number of requests per second, got %d", endpoint, n)
+		}
 	}
 	switch h.PendingDocuments {
 	case "", atlastest.PendingListed, atlastest.PendingEmpty, atlastest.PendingOmitted:

@@ -27,12 +27,13 @@ type callbackRequest struct {
 func (s *Simulator) serveControl(w http.ResponseWriter, r *http.Request) {
 	name := r.URL.Path[len(ControlPrefix):]
 	method := http.MethodPost
-	if name == "counters" || name == "deliveries" || name == "callbacks" {
+	if name == "counters" || name == "deliveries" || name == "callbacks" || name == "requests" {
 		method = http.MethodGet
 	}
 	switch name {
 	case "revoke", "fail", "delay", "counters", "reset", "token-lifetime", "one-live-token", "callback", "deliveries",
-		"processing-delay", "pending-documents", "auto-callback", "callbacks":
+		"processing-delay", "pending-documents", "auto-callback", "callbacks",
+		"throttle", "rate-limit", "requests":
 	default:
 		writeError(w, http.StatusNotFound, "unknown control endpoint")
 		return
@@ -127,6 +128,59 @@ func (s *Simulator) serveControl(w http.ResponseWriter, r *http.Request) {
 		}
 		s.DelayNext(endpoint, n, time.Duration(ms)*time.Millisecond)
 		writeOK(w)
+	case "throttle":
+		endpoint, n, ok := endpointAndCount(w, q.Get("endpoint"), q.Get("n"))
+		if !ok {
+			return
+		}
+		secs := 1
+		if v := q.Get("retry_after"); v != "" {
+			var err error
+			if secs, err = strconv.Atoi(v); err != nil || secs < 1 {
+				writeError(w, http.StatusBadRequest, "retry_after must be a positive number of seconds")
+				return
+			}
+		}
+		s.ThrottleNext(endpoint, n, time.Duration(secs)*time.Second)
+		writeOK(w)
+	case "rate-limit":
+		endpoint, _, ok := endpointAndCount(w, q.Get("endpoint"), "0")
+		if !ok {
+			return
+		}
+		n, err := strconv.Atoi(q.Get("per_second"))
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, "per_second must be a non-negative integer (0 lifts the limit)")
+			return
+		}
+		s.SetRateLimit(endpoint, n)
+		writeOK(w)
+	case "requests":
+		endpoint, _, ok := endpointAndCount(w, q.Get("endpoint"), "0")
+		if !ok {
+			return
+		}
+		window := time.Second
+		if v := q.Get("window_ms"); v != "" {
+			ms, err := strconv.Atoi(v)
+			if err != nil || ms < 1 {
+				writeError(w, http.StatusBadRequest, "window_ms must be a positive integer")
+				return
+			}
+			window = time.Duration(ms) * time.Millisecond
+		}
+		client := q.Get("client")
+		reqs := []RequestRecord{}
+		for _, r := range s.Requests(endpoint) {
+			if client == "" || r.Client == client {
+				reqs = append(reqs, r)
+			}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{
+			"requests":  reqs,
+			"peak":      s.PeakRate(endpoint, client, window),
+			"window_ms": window.Milliseconds(),
+		})
 	case "callback":
 		s.serveControlCallback(w, r)
 	case "auto-callback":
@@ -140,9 +194,7 @@ func (s *Simulator) serveControl(w http.ResponseWriter, r *http.Request) {
 // endpointAndCount parses the endpoint and n parameters of fail and delay,
 // answering 400 when they are bad.
 func endpointAndCount(w http.ResponseWriter, endpoint, count string) (string, int, bool) {
-	switch endpoint {
-	case "", EndpointAuthToken, EndpointMultiUpload, EndpointExtracts:
-	default:
+	if endpoint != "" && !KnownEndpoint(endpoint) {
 		writeError(w, http.StatusBadRequest, "endpoint must be authtoken, multiupload, extracts or empty")
 		return "", 0, false
 	}

@@ -37,6 +37,12 @@
 //	  404 {"error": "batch not found"}   (undocumented by Atlas)
 //
 // Unknown paths answer 404 and wrong methods 405, both with {"error": ...}.
+// Any endpoint answers 429 {"error": "Too many requests"} with
+// Retry-After (whole seconds) to a client over a rate limit
+// (Options.RateLimits, SetRateLimit); ThrottleNext makes the next calls
+// answer 429 regardless. Every request is logged with its time on the
+// simulator's clock and its client (Requests), so a test can check how
+// fast a client polls (PeakRate). Atlas documents no rate limits.
 //
 // Behaviour the Atlas documentation leaves open, and what the simulator
 // does:
@@ -91,6 +97,9 @@
 //	     {"auth_url", "callback_url", "client_id", "client_secret", "batch_id"}
 //	     answers the Delivery: 200 if delivered, 502 if not
 //	GET  /_sim/deliveries                        Deliveries
+//	POST /_sim/throttle?endpoint=&n=&retry_after= ThrottleNext: 429 with Retry-After (seconds, default 1)
+//	POST /_sim/rate-limit?endpoint=&per_second=  SetRateLimit (0 lifts it; endpoint empty: all together)
+//	GET  /_sim/requests?endpoint=&client=&window_ms=  {"requests": Requests, "peak": PeakRate, "window_ms"}
 //	POST /_sim/auto-callback                     SetAutoCallback; body
 //	     {"auth_url", "callback_url", "client_id", "client_secret",
 //	      "per": "batch"|"document", "delay_ms", "drop", "drop_nth": [n],

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -117,6 +118,16 @@ type Options struct {
 	// PendingOmitted. Other values mean the default.
 	PendingDocuments string
 
+	// RateLimits limits the requests a client may make in any second of
+	// the clock Now, by endpoint name; the key "" limits the requests to
+	// every endpoint together. A request over the limit answers 429
+	// {"error": "Too many requests"} with Retry-After in whole seconds
+	// (at least 1) until the window admits it. A client is the Client-Id
+	// of an authtoken request and the subject of the Token elsewhere;
+	// requests over the limit do not count towards it. Atlas does not
+	// document its limits.
+	RateLimits map[string]int
+
 	// AutoCallback, when set with a Target.CallbackURL, makes the
 	// simulator deliver callbacks by itself when a batch's documents are
 	// done (see AutoCallback). A Simulator made by New must then be
@@ -141,6 +152,7 @@ type Simulator struct {
 	ctx                    context.Context // ends at Close
 	cancel                 context.CancelFunc
 	defaultAuto            *AutoCallback
+	defaultRateLimits      map[string]int
 	cbMu                   sync.Mutex // serializes FlushCallbacks
 
 	mu          sync.Mutex
@@ -171,11 +183,16 @@ type Simulator struct {
 	cbRunning bool   // callbackLoop is running
 	events    []CallbackEvent
 	cbCounts  CallbackCounts
+
+	rateLimits map[string]int             // endpoint ("" for all) -> requests per second per client
+	admitted   map[rateKey][]time.Time    // admitted requests within the last second
+	requests   map[string][]RequestRecord // endpoint -> the last maxRequests requests
 }
 
 type fault struct {
-	n      int
-	status int
+	n          int
+	status     int
+	retryAfter time.Duration // sent as Retry-After when positive
 }
 
 type delay struct {
@@ -237,6 +254,10 @@ func New(opts Options) *Simulator {
 	s.defaultAuto = copyAutoCallback(opts.AutoCallback)
 	s.auto = copyAutoCallback(s.defaultAuto)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.defaultRateLimits = maps.Clone(opts.RateLimits)
+	s.rateLimits = maps.Clone(opts.RateLimits)
+	s.admitted = map[rateKey][]time.Time{}
+	s.requests = map[string][]RequestRecord{}
 	_, _ = rand.Read(s.key) // never fails since Go 1.24
 	return s
 }
@@ -270,6 +291,16 @@ func normalizeProcessingDelay(lo, hi time.Duration) (time.Duration, time.Duratio
 	return lo, max(hi, lo)
 }
 
+// KnownEndpoint reports whether name is an endpoint name (EndpointAuthToken,
+// EndpointMultiUpload or EndpointExtracts).
+func KnownEndpoint(name string) bool {
+	switch name {
+	case EndpointAuthToken, EndpointMultiUpload, EndpointExtracts:
+		return true
+	}
+	return false
+}
+
 // endpointForPath maps a request path to an Atlas endpoint name.
 func endpointForPath(path string) (string, bool) {
 	name, ok := strings.CutPrefix(path, APIPrefix)
@@ -300,7 +331,15 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if f != nil {
+		if f.retryAfter > 0 {
+			w.Header().Set("Retry-After", retryAfterSeconds(f.retryAfter))
+		}
 		s.fail(w, endpoint, f.status)
+		return
+	}
+	if wait, ok := s.admit(endpoint, r); !ok {
+		w.Header().Set("Retry-After", retryAfterSeconds(wait))
+		writeError(w, http.StatusTooManyRequests, msgRateLimited)
 		return
 	}
 
@@ -330,6 +369,7 @@ func (s *Simulator) begin(endpoint string, r *http.Request) (time.Duration, *fau
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls[endpoint]++
+	s.logRequest(endpoint, r)
 	s.lastHeaders[endpoint] = r.Header.Clone()
 	s.lastQueries[endpoint] = r.URL.Query()
 
@@ -576,12 +616,12 @@ func (s *Simulator) ResetCounters() {
 	clear(s.calls)
 }
 
-// Reset zeroes the call counters and forgets recorded headers, pending
+// Reset zeroes the call counters, forgets the request log and recorded headers, pending
 // faults and delays and recorded deliveries, forgets the automatic
 // callbacks (those scheduled and not yet sent too: they never will be,
 // and sequence numbers start again at 1), and restores the configured
 // token lifetime, one-live-token knob, processing delay, form of pending
-// documents and automatic callbacks. Batches (with their documents'
+// documents, automatic callbacks and rate limits. Batches (with their documents'
 // processing times) and tokens survive.
 func (s *Simulator) Reset() {
 	s.mu.Lock()
@@ -597,6 +637,9 @@ func (s *Simulator) Reset() {
 	s.procMin, s.procMax = s.defaultProcMin, s.defaultProcMax
 	s.pending = s.defaultPending
 	s.resetCallbacks()
+	s.rateLimits = maps.Clone(s.defaultRateLimits)
+	clear(s.admitted)
+	clear(s.requests)
 }
 
 // IssuedTokens returns the access tokens issued so far, oldest first (the
@@ -630,6 +673,20 @@ func (s *Simulator) LastQuery(endpoint string) url.Values {
 		out[k] = append([]string(nil), v...)
 	}
 	return out
+}
+
+// ThrottleNext makes the next n calls to endpoint ("" for any) answer
+// 429 {"error": "simulated failure: Too Many Requests"} with Retry-After
+// set to retryAfter in whole seconds (at least 1). It is FailNext with a
+// Retry-After, in the same queue.
+func (s *Simulator) ThrottleNext(endpoint string, n int, retryAfter time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n <= 0 {
+		delete(s.faults, endpoint)
+		return
+	}
+	s.faults[endpoint] = append(s.faults[endpoint], fault{n: n, status: http.StatusTooManyRequests, retryAfter: max(retryAfter, time.Second)})
 }
 
 // close aborts pending delays (they answer 503) and automatic callbacks.
