@@ -297,7 +297,7 @@ func parseRateLimit(d *caddyfile.Dispenser, h *Handler) error {
 	h.RateLimits = map[string]int{}
 	for _, e := range endpoints {
 		if e != "" && !atlastest.KnownEndpoint(e) {
-			return d.Errf("rate_limit: unknown endpoint %q (authtoken, multiupload or extracts)", e)
+			return d.Errf("rate_limit: unknown endpoint %q (authtoken, multiupload, extracts or their bulk/ twins)", e)
 		}
 		h.RateLimits[e] = n
 	}

@@ -271,3 +271,17 @@ func TestRateLimitThroughHandler(t *testing.T) {
 		t.Error("a config with another rate_limit shares the simulator")
 	}
 }
+
+func TestBulkThroughHandler(t *testing.T) {
+	h := Handler{}
+	srv := serve(t, &h)
+	tok := demoToken(t, srv, "/v1/bulk/authtoken")
+	batch := h.sim.CreateBulkBatch("pan-1")
+	if items := rawExtracts(t, srv, "/v1/bulk/extracts?batch_id="+batch, tok); len(items) != 1 {
+		t.Errorf("bulk extracts: %v", items)
+	}
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v1/docstream/extracts?batch_id="+batch, nil)
+	req.Header.Set("Token", tok)
+	var body map[string]any
+	mustJSON(t, req, http.StatusUnauthorized, &body)
+}

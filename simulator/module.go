@@ -34,7 +34,8 @@ func init() {
 var simulators = caddy.NewUsagePool()
 
 // Handler is an HTTP handler simulating the Atlas Docstream API: the
-// /v1/docstream/authtoken, /multiupload and /extracts endpoints, and the
+// /v1/docstream/authtoken, /multiupload and /extracts endpoints, their
+// bulk-service twins under /v1/bulk/ (no callbacks), and the
 // unauthenticated /_sim/ control endpoints (see package atlastest). It is
 // a terminal handler: it answers every request itself and never calls the
 // next handler.
@@ -99,8 +100,8 @@ type Handler struct {
 	AutoCallback *AutoCallbackConfig `json:"auto_callback,omitempty"`
 
 	// RateLimits limits each client's requests per second, by endpoint
-	// name ("authtoken", "multiupload", "extracts"; "" for every
-	// endpoint together): requests over it answer 429 with Retry-After.
+	// name ("authtoken", "multiupload", "extracts", "bulk/authtoken",
+	// "bulk/multiupload", "bulk/extracts"; "" for every endpoint together): requests over it answer 429 with Retry-After.
 	RateLimits map[string]int `json:"rate_limits,omitempty"`
 
 	clientID     string

@@ -136,7 +136,7 @@ func (s *Simulator) SetAutoCallback(a *AutoCallback) {
 // scheduleCallbacks schedules the automatic callbacks of a new docstream
 // batch. s.mu is held.
 func (s *Simulator) scheduleCallbacks(b *batch) {
-	if s.auto == nil {
+	if s.auto == nil || b.service != serviceDocstream {
 		return
 	}
 	add := func(docs []batchDoc) {

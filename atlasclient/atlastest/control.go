@@ -53,11 +53,20 @@ func (s *Simulator) serveControl(w http.ResponseWriter, r *http.Request) {
 		s.Reset()
 		writeOK(w)
 	case "counters":
-		writeJSON(w, http.StatusOK, map[string]int{
-			EndpointAuthToken:   s.Calls(EndpointAuthToken),
-			EndpointMultiUpload: s.Calls(EndpointMultiUpload),
-			EndpointExtracts:    s.Calls(EndpointExtracts),
-		})
+		endpoints := []string{EndpointAuthToken, EndpointMultiUpload, EndpointExtracts}
+		switch q.Get("service") {
+		case "", serviceDocstream:
+		case serviceBulk:
+			endpoints = []string{EndpointBulkAuthToken, EndpointBulkMultiUpload, EndpointBulkExtracts}
+		default:
+			writeError(w, http.StatusBadRequest, "service must be docstream or bulk")
+			return
+		}
+		counts := map[string]int{}
+		for _, e := range endpoints {
+			counts[e] = s.Calls(e)
+		}
+		writeJSON(w, http.StatusOK, counts)
 	case "deliveries":
 		d := s.Deliveries()
 		if d == nil {
@@ -195,7 +204,7 @@ func (s *Simulator) serveControl(w http.ResponseWriter, r *http.Request) {
 // answering 400 when they are bad.
 func endpointAndCount(w http.ResponseWriter, endpoint, count string) (string, int, bool) {
 	if endpoint != "" && !KnownEndpoint(endpoint) {
-		writeError(w, http.StatusBadRequest, "endpoint must be authtoken, multiupload, extracts or empty")
+		writeError(w, http.StatusBadRequest, "endpoint must be authtoken, multiupload, extracts, bulk/authtoken, bulk/multiupload, bulk/extracts or empty")
 		return "", 0, false
 	}
 	n, err := strconv.Atoi(count)

@@ -1,4 +1,5 @@
-// Package atlastest simulates the Atlas Docstream API for tests and demos.
+// Package atlastest simulates the Atlas Docstream API, and Atlas's bulk
+// service, for tests and demos.
 //
 // Atlas itself is unreachable from development machines, so every test of
 // the Atlas client and of the caddy-atlas plugin runs against this
@@ -35,6 +36,9 @@
 //	  400 {"error": "batch_id is required"}, or a bad page/per_page
 //	  401 {"error": "Invalid or expired token"}
 //	  404 {"error": "batch not found"}   (undocumented by Atlas)
+//
+//	POST /v1/bulk/authtoken, POST /v1/bulk/multiupload, GET /v1/bulk/extracts
+//	  the bulk service: the same requests and answers as above
 //
 // Unknown paths answer 404 and wrong methods 405, both with {"error": ...}.
 // Any endpoint answers 429 {"error": "Too many requests"} with
@@ -77,6 +81,15 @@
 //     error_message.
 //   - document_type is a plain string (DocumentTypeString) or a
 //     {value, confidence_score} object (DocumentTypeObject).
+//   - The bulk service takes the same credentials but issues its own
+//     tokens: a docstream token answers 401 at bulk and a bulk token 401
+//     at docstream (the documentation is silent; a token carries a
+//     private "svc" claim). One-live-token holds per client per service.
+//     A batch is read only at the service that took it (404 at the
+//     other; CreateBulkBatch makes a bulk one), and bulk batches never
+//     get automatic callbacks: polling is their only channel. Their
+//     endpoint names, for the knobs, are bulk/authtoken,
+//     bulk/multiupload and bulk/extracts.
 //   - At most 10000 batches are kept; the least recently used are forgotten first.
 //
 // # Control endpoints
@@ -106,7 +119,10 @@
 //	      "repeat", "repeat_nth": [n], "seed"}; no callback_url switches them off
 //	GET  /_sim/callbacks                         {"counts": CallbackCounts, "callbacks": Callbacks}
 //
-// endpoint is one of authtoken, multiupload, extracts, or empty for any.
+// endpoint is one of authtoken, multiupload, extracts, bulk/authtoken,
+// bulk/multiupload, bulk/extracts, or empty for any. /_sim/counters
+// counts docstream's endpoints, /_sim/counters?service=bulk the bulk
+// service's.
 //
 // # Callbacks
 //

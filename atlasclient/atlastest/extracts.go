@@ -32,9 +32,9 @@ type extractItem struct {
 	FileData   json.RawMessage `json:"file_data,omitempty"` // nil for a pending document listed without it
 }
 
-// serveExtracts answers GET /v1/docstream/extracts.
-func (s *Simulator) serveExtracts(w http.ResponseWriter, r *http.Request) {
-	if !s.authorized(w, r) {
+// serveExtracts answers GET /v1/docstream/extracts and /v1/bulk/extracts.
+func (s *Simulator) serveExtracts(w http.ResponseWriter, r *http.Request, service string) {
+	if !s.authorized(w, r, service) {
 		return
 	}
 	q := r.URL.Query()
@@ -56,7 +56,7 @@ func (s *Simulator) serveExtracts(w http.ResponseWriter, r *http.Request) {
 	perPage = min(perPage, maxPerPage)
 
 	b, ok := s.batch(batchID)
-	if !ok {
+	if !ok || b.service != service {
 		writeError(w, http.StatusNotFound, "batch not found")
 		return
 	}

@@ -33,9 +33,10 @@ type uploadResult struct {
 	FileUUID   string `json:"file_uuid"`
 }
 
-// serveMultiUpload answers POST /v1/docstream/multiupload.
-func (s *Simulator) serveMultiUpload(w http.ResponseWriter, r *http.Request) {
-	if !s.authorized(w, r) {
+// serveMultiUpload answers POST /v1/docstream/multiupload and
+// /v1/bulk/multiupload.
+func (s *Simulator) serveMultiUpload(w http.ResponseWriter, r *http.Request, service string) {
+	if !s.authorized(w, r, service) {
 		return
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
@@ -62,7 +63,7 @@ func (s *Simulator) serveMultiUpload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	b := s.addBatch(req.FileURLs)
+	b := s.addBatch(req.FileURLs, service)
 	s.mu.Lock()
 	shape := s.uploadShape
 	s.mu.Unlock()
@@ -104,12 +105,23 @@ func (s *Simulator) CreateBatch(documentIDs ...string) string {
 	for i, id := range documentIDs {
 		files[i] = uploadFile{FileURL: "https://files.sim.invalid/" + url.PathEscape(id), DocumentID: id}
 	}
-	return s.addBatch(files).id
+	return s.addBatch(files, serviceDocstream).id
+}
+
+// CreateBulkBatch creates a batch of the bulk service holding
+// documentIDs, as a successful /v1/bulk/multiupload would, and returns its
+// batch id. Only /v1/bulk/extracts reads it, and it gets no callbacks.
+func (s *Simulator) CreateBulkBatch(documentIDs ...string) string {
+	files := make([]uploadFile, len(documentIDs))
+	for i, id := range documentIDs {
+		files[i] = uploadFile{FileURL: "https://files.sim.invalid/" + url.PathEscape(id), DocumentID: id}
+	}
+	return s.addBatch(files, serviceBulk).id
 }
 
 // addBatch stores a new batch of files, forgetting the least recently
 // used batch when there are too many.
-func (s *Simulator) addBatch(files []uploadFile) *batch {
+func (s *Simulator) addBatch(files []uploadFile, service string) *batch {
 	now := s.now()
 	stamp := now.UTC().Format("20060102150405")
 
@@ -124,7 +136,7 @@ func (s *Simulator) addBatch(files []uploadFile) *batch {
 			readyAt:    now.Add(processingDelay(s.procMin, s.procMax, f.DocumentID)),
 		}
 	}
-	b := &batch{docs: docs}
+	b := &batch{docs: docs, service: service}
 	for {
 		b.id = fmt.Sprintf("BATCH-%05d-%s-%s", mrand.IntN(100000), randomLetters(5), stamp)
 		if _, taken := s.batches[b.id]; !taken {

@@ -49,7 +49,7 @@ func (s *Simulator) SetRateLimit(endpoint string, perSecond int) {
 
 // client names the client of r at endpoint.
 func (s *Simulator) client(endpoint string, r *http.Request) string {
-	if endpoint == EndpointAuthToken {
+	if endpoint == EndpointAuthToken || endpoint == EndpointBulkAuthToken {
 		return r.Header.Get("Client-Id")
 	}
 	var claims tokenClaims

@@ -19,6 +19,18 @@ const (
 	EndpointAuthToken   = "authtoken"
 	EndpointMultiUpload = "multiupload"
 	EndpointExtracts    = "extracts"
+
+	// The bulk service's endpoints, under BulkPrefix.
+	EndpointBulkAuthToken   = "bulk/authtoken"
+	EndpointBulkMultiUpload = "bulk/multiupload"
+	EndpointBulkExtracts    = "bulk/extracts"
+)
+
+// Services: the docstream API, with callbacks, and the bulk service, with
+// polling only.
+const (
+	serviceDocstream = "docstream"
+	serviceBulk      = "bulk"
 )
 
 // Upload response shapes (Options.UploadResponseShape).
@@ -62,6 +74,9 @@ const (
 
 // APIPrefix is the path prefix of the Atlas endpoints.
 const APIPrefix = "/v1/docstream/"
+
+// BulkPrefix is the path prefix of the bulk service's endpoints.
+const BulkPrefix = "/v1/bulk/"
 
 const (
 	maxBatches    = 10000
@@ -201,9 +216,10 @@ type delay struct {
 }
 
 type batch struct {
-	id   string
-	docs []batchDoc
-	use  *list.Element // in Simulator.batchOrder
+	id      string
+	service string // serviceDocstream or serviceBulk
+	docs    []batchDoc
+	use     *list.Element // in Simulator.batchOrder
 }
 
 type batchDoc struct {
@@ -292,17 +308,35 @@ func normalizeProcessingDelay(lo, hi time.Duration) (time.Duration, time.Duratio
 }
 
 // KnownEndpoint reports whether name is an endpoint name (EndpointAuthToken,
-// EndpointMultiUpload or EndpointExtracts).
+// EndpointMultiUpload, EndpointExtracts or their bulk twins).
 func KnownEndpoint(name string) bool {
 	switch name {
-	case EndpointAuthToken, EndpointMultiUpload, EndpointExtracts:
+	case EndpointAuthToken, EndpointMultiUpload, EndpointExtracts,
+		EndpointBulkAuthToken, EndpointBulkMultiUpload, EndpointBulkExtracts:
 		return true
 	}
 	return false
 }
 
+// allEndpoints are the endpoint names, docstream's first.
+var allEndpoints = []string{EndpointAuthToken, EndpointMultiUpload, EndpointExtracts,
+	EndpointBulkAuthToken, EndpointBulkMultiUpload, EndpointBulkExtracts}
+
+// serviceOf splits an endpoint name into its service and its operation
+// (authtoken, multiupload or extracts).
+func serviceOf(endpoint string) (service, op string) {
+	if op, ok := strings.CutPrefix(endpoint, serviceBulk+"/"); ok {
+		return serviceBulk, op
+	}
+	return serviceDocstream, endpoint
+}
+
 // endpointForPath maps a request path to an Atlas endpoint name.
 func endpointForPath(path string) (string, bool) {
+	if name, ok := strings.CutPrefix(path, BulkPrefix); ok {
+		name = serviceBulk + "/" + name
+		return name, KnownEndpoint(name)
+	}
 	name, ok := strings.CutPrefix(path, APIPrefix)
 	if !ok {
 		return "", false
@@ -343,8 +377,9 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	service, op := serviceOf(endpoint)
 	method := http.MethodPost
-	if endpoint == EndpointExtracts {
+	if op == EndpointExtracts {
 		method = http.MethodGet
 	}
 	if r.Method != method {
@@ -353,13 +388,13 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	switch endpoint {
+	switch op {
 	case EndpointAuthToken:
-		s.serveAuthToken(w, r)
+		s.serveAuthToken(w, r, service)
 	case EndpointMultiUpload:
-		s.serveMultiUpload(w, r)
+		s.serveMultiUpload(w, r, service)
 	case EndpointExtracts:
-		s.serveExtracts(w, r)
+		s.serveExtracts(w, r, service)
 	}
 }
 
@@ -419,7 +454,7 @@ func (s *Simulator) fail(w http.ResponseWriter, endpoint string, status int) {
 	switch {
 	case status == 0:
 		resetConnection(w)
-	case status == http.StatusUnauthorized && endpoint == EndpointAuthToken:
+	case status == http.StatusUnauthorized && (endpoint == EndpointAuthToken || endpoint == EndpointBulkAuthToken):
 		writeJSON(w, status, map[string]string{"error_code": "401", "error_message": "Invalid client credentials"})
 	case status == http.StatusUnauthorized:
 		writeError(w, status, msgInvalidToken)
@@ -543,7 +578,7 @@ func (s *Simulator) FailAuth(n int, status int) {
 }
 
 // FailNext makes the next n calls to endpoint (EndpointAuthToken,
-// EndpointMultiUpload, EndpointExtracts, or "" for any) answer status
+// EndpointMultiUpload, EndpointExtracts, a bulk twin, or "" for any) answer status
 // instead of being served. status 0 resets the connection without a
 // response; a status net/http cannot write means 500. Bodies:
 // 401 on authtoken uses {"error_code": "401", "error_message": ...},
@@ -599,12 +634,16 @@ func (s *Simulator) DelayNext(endpoint string, n int, d time.Duration) {
 
 // Calls returns how many requests reached endpoint since the last reset,
 // including failed, delayed and rejected ones. Calls("") is the total over
-// all three endpoints.
+// every endpoint, the bulk service's included.
 func (s *Simulator) Calls(endpoint string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if endpoint == "" {
-		return s.calls[EndpointAuthToken] + s.calls[EndpointMultiUpload] + s.calls[EndpointExtracts]
+		n := 0
+		for _, e := range allEndpoints {
+			n += s.calls[e]
+		}
+		return n
 	}
 	return s.calls[endpoint]
 }
