@@ -10,6 +10,8 @@
 package simulator
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -32,7 +34,8 @@ func init() {
 var simulators = caddy.NewUsagePool()
 
 // Handler is an HTTP handler simulating the Atlas Docstream API: the
-// /v1/docstream/authtoken, /multiupload and /extracts endpoints, and the
+// /v1/docstream/authtoken, /multiupload and /extracts endpoints, their
+// bulk-service twins under /v1/bulk/ (no callbacks), and the
 // unauthenticated /_sim/ control endpoints (see package atlastest). It is
 // a terminal handler: it answers every request itself and never calls the
 // next handler.
@@ -77,12 +80,100 @@ type Handler struct {
 	// Default off.
 	Narrate bool `json:"narrate,omitempty"`
 
+	// ProcessingDelay is how long each uploaded document takes to
+	// process; extracts shows it pending until then. Default 0 (at
+	// once).
+	ProcessingDelay caddy.Duration `json:"processing_delay,omitempty"`
+
+	// ProcessingDelayMax, when above ProcessingDelay, makes each
+	// document's delay a value in [ProcessingDelay, ProcessingDelayMax]
+	// derived from its document id.
+	ProcessingDelayMax caddy.Duration `json:"processing_delay_max,omitempty"`
+
+	// PendingDocuments is how extracts shows a document still
+	// processing: "listed" (default; {"document_id"} without file_data),
+	// "empty" ("file_data": {}) or "omitted" (left out of data).
+	PendingDocuments string `json:"pending_documents,omitempty"`
+
+	// AutoCallback, when set, makes the simulator deliver callbacks by
+	// itself, as Atlas does, when a docstream batch's documents are done.
+	AutoCallback *AutoCallbackConfig `json:"auto_callback,omitempty"`
+
+	// RateLimits limits each client's requests per second, by endpoint
+	// name ("authtoken", "multiupload", "extracts", "bulk/authtoken",
+	// "bulk/multiupload", "bulk/extracts"; "" for every endpoint together): requests over it answer 429 with Retry-After.
+	RateLimits map[string]int `json:"rate_limits,omitempty"`
+
 	clientID     string
 	clientSecret string
 	key          poolKey
 	provisioned  bool
 	sim          *atlastest.Simulator
 	logger       *zap.Logger
+}
+
+// AutoCallbackConfig is where and how the simulator delivers callbacks by
+// itself (see atlastest.AutoCallback).
+type AutoCallbackConfig struct {
+	// AuthURL is POSTed with Client-Id and Client-Secret for a token
+	// before each callback. Empty: callbacks carry no Token.
+	AuthURL string `json:"auth_url,omitempty"`
+	// CallbackURL receives the callbacks. Required.
+	CallbackURL string `json:"callback_url,omitempty"`
+	// ClientID and ClientSecret are presented at AuthURL. Accept {env.*}
+	// and {file.*} placeholders.
+	ClientID     string `json:"client_id,omitempty"`
+	ClientSecret string `json:"client_secret,omitempty"`
+	// Per is "batch" (default: one callback with every document when the
+	// last is done) or "document" (one per document when it is done).
+	Per string `json:"per,omitempty"`
+	// Delay is how long after the documents are done a callback is sent.
+	Delay caddy.Duration `json:"delay,omitempty"`
+	// Drop is the fraction of callbacks never sent, DropNth the sequence
+	// numbers (from 1) of more.
+	Drop    float64 `json:"drop,omitempty"`
+	DropNth []int   `json:"drop_nth,omitempty"`
+	// Repeat is the fraction of callbacks sent twice, RepeatNth the
+	// sequence numbers of more.
+	Repeat    float64 `json:"repeat,omitempty"`
+	RepeatNth []int   `json:"repeat_nth,omitempty"`
+	// Seed varies which callbacks Drop and Repeat choose.
+	Seed uint64 `json:"seed,omitempty"`
+}
+
+// resolve returns the simulator's setting for c, placeholders replaced,
+// or what is wrong with it.
+func (c *AutoCallbackConfig) resolve(repl *caddy.Replacer) (*atlastest.AutoCallback, error) {
+	if c == nil {
+		return nil, nil
+	}
+	if c.CallbackURL == "" {
+		return nil, errors.New("auto_callback: callback_url is required")
+	}
+	switch c.Per {
+	case "", atlastest.CallbackPerBatch, atlastest.CallbackPerDocument:
+	default:
+		return nil, fmt.Errorf("auto_callback: per must be %q or %q, got %q", atlastest.CallbackPerBatch, atlastest.CallbackPerDocument, c.Per)
+	}
+	a := &atlastest.AutoCallback{
+		Target: atlastest.CallbackTarget{
+			AuthURL:      c.AuthURL,
+			CallbackURL:  c.CallbackURL,
+			ClientID:     repl.ReplaceKnown(c.ClientID, ""),
+			ClientSecret: repl.ReplaceKnown(c.ClientSecret, ""),
+		},
+		PerDocument: c.Per == atlastest.CallbackPerDocument,
+		Delay:       time.Duration(c.Delay),
+		Drop:        c.Drop,
+		DropNth:     c.DropNth,
+		Repeat:      c.Repeat,
+		RepeatNth:   c.RepeatNth,
+		Seed:        c.Seed,
+	}
+	if msg := atlastest.AutoCallbackProblem(a); msg != "" {
+		return nil, errors.New("auto_callback: " + msg)
+	}
+	return a, nil
 }
 
 // poolKey identifies a simulator configuration in the usage pool.
@@ -92,6 +183,11 @@ type poolKey struct {
 	uploadResponse         string
 	documentTypeForm       string
 	oneLiveToken           bool
+	processingDelay        time.Duration
+	processingDelayMax     time.Duration
+	pendingDocuments       string
+	autoCallback           string // JSON of the resolved setting
+	rateLimits             string // JSON of RateLimits, keys sorted
 }
 
 // poolEntry is a pooled simulator.
@@ -99,9 +195,12 @@ type poolEntry struct {
 	sim *atlastest.Simulator
 }
 
-// Destruct implements caddy.Destructor. A simulator holds no resources
-// beyond memory.
-func (poolEntry) Destruct() error { return nil }
+// Destruct implements caddy.Destructor: it stops the simulator's
+// automatic callbacks.
+func (e poolEntry) Destruct() error {
+	e.sim.Close()
+	return nil
+}
 
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
@@ -125,6 +224,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.check(); err != nil {
 		return err
 	}
+	auto, err := h.AutoCallback.resolve(repl)
+	if err != nil {
+		return err
+	}
 
 	lifetime := time.Duration(h.TokenLifetime)
 	if lifetime == 0 {
@@ -137,6 +240,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		uploadResponse:   orDefault(h.UploadResponse, atlastest.UploadResponseArray),
 		documentTypeForm: orDefault(h.DocumentTypeForm, atlastest.DocumentTypeString),
 		oneLiveToken:     h.OneLiveToken,
+		processingDelay:  time.Duration(h.ProcessingDelay),
+		pendingDocuments: orDefault(h.PendingDocuments, atlastest.PendingListed),
+	}
+	h.key.processingDelayMax = max(time.Duration(h.ProcessingDelayMax), h.key.processingDelay)
+	if auto != nil {
+		b, _ := json.Marshal(auto)
+		h.key.autoCallback = string(b)
+	}
+	if len(h.RateLimits) > 0 {
+		b, _ := json.Marshal(h.RateLimits) // encoding/json sorts map keys
+		h.key.rateLimits = string(b)
 	}
 	val, loaded, err := simulators.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		return poolEntry{sim: atlastest.New(atlastest.Options{
@@ -146,6 +260,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			UploadResponseShape: h.key.uploadResponse,
 			DocumentTypeForm:    h.key.documentTypeForm,
 			OneLiveToken:        h.key.oneLiveToken,
+			ProcessingDelay:     h.key.processingDelay,
+			ProcessingDelayMax:  h.key.processingDelayMax,
+			PendingDocuments:    h.key.pendingDocuments,
+			AutoCallback:        auto,
+			RateLimits:          h.RateLimits,
 		})}, nil
 	})
 	if err != nil {
@@ -160,6 +279,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		zap.String("upload_response", h.key.uploadResponse),
 		zap.String("document_type_form", h.key.documentTypeForm),
 		zap.Bool("one_live_token", h.key.oneLiveToken),
+		zap.Duration("processing_delay", h.key.processingDelay),
+		zap.Duration("processing_delay_max", h.key.processingDelayMax),
+		zap.String("pending_documents", h.key.pendingDocuments),
+		zap.Bool("auto_callback", auto != nil),
+		zap.Any("rate_limits", h.RateLimits),
 	)
 	return nil
 }
@@ -190,6 +314,22 @@ func (h *Handler) check() error {
 	case "", atlastest.DocumentTypeString, atlastest.DocumentTypeObject:
 	default:
 		return fmt.Errorf("document_type_form must be %q or %q, got %q", atlastest.DocumentTypeString, atlastest.DocumentTypeObject, h.DocumentTypeForm)
+	}
+	if h.ProcessingDelay < 0 || h.ProcessingDelayMax < 0 {
+		return fmt.Errorf("processing_delay must not be negative, got %s %s", time.Duration(h.ProcessingDelay), time.Duration(h.ProcessingDelayMax))
+	}
+	for endpoint, n := range h.RateLimits {
+		if endpoint != "" && !atlastest.KnownEndpoint(endpoint) {
+			return fmt.Errorf("rate_limits: unknown endpoint %q", endpoint)
+		}
+		if n < 1 {
+			return fmt.Errorf("rate_limits: %q must be a positive number of requests per second, got %d", endpoint, n)
+		}
+	}
+	switch h.PendingDocuments {
+	case "", atlastest.PendingListed, atlastest.PendingEmpty, atlastest.PendingOmitted:
+	default:
+		return fmt.Errorf("pending_documents must be %q, %q or %q, got %q", atlastest.PendingListed, atlastest.PendingEmpty, atlastest.PendingOmitted, h.PendingDocuments)
 	}
 	return nil
 }

@@ -21,12 +21,14 @@ const (
 // tokenClaims are the claims of an access token. Generation is compared
 // with the simulator's revocation generation: RevokeAll bumps it.
 type tokenClaims struct {
-	Generation int64 `json:"gen"`
+	Generation int64  `json:"gen"`
+	Service    string `json:"svc"` // docstream or bulk: a token is good at its own service only
 	jwt.RegisteredClaims
 }
 
-// serveAuthToken answers POST /v1/docstream/authtoken.
-func (s *Simulator) serveAuthToken(w http.ResponseWriter, r *http.Request) {
+// serveAuthToken answers POST /v1/docstream/authtoken and
+// /v1/bulk/authtoken.
+func (s *Simulator) serveAuthToken(w http.ResponseWriter, r *http.Request, service string) {
 	id, secret := r.Header.Get("Client-Id"), r.Header.Get("Client-Secret")
 	if id == "" || secret == "" {
 		writeError(w, http.StatusBadRequest, msgMissingCredentials)
@@ -38,7 +40,7 @@ func (s *Simulator) serveAuthToken(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error_code": "401", "error_message": msgInvalidCredentials})
 		return
 	}
-	token, expiresIn, err := s.issueToken(id)
+	token, expiresIn, err := s.issueToken(id, service)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, "signing token")
 		return
@@ -46,9 +48,9 @@ func (s *Simulator) serveAuthToken(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"access_token": token, "expires_in": expiresIn})
 }
 
-// issueToken signs a new access token for subject and returns it with its
-// lifetime in whole seconds.
-func (s *Simulator) issueToken(subject string) (string, int64, error) {
+// issueToken signs a new access token of service for subject and returns
+// it with its lifetime in whole seconds.
+func (s *Simulator) issueToken(subject, service string) (string, int64, error) {
 	s.mu.Lock()
 	lifetime, gen := s.lifetime, s.generation
 	s.mu.Unlock()
@@ -58,6 +60,7 @@ func (s *Simulator) issueToken(subject string) (string, int64, error) {
 	now := s.now()
 	claims := tokenClaims{
 		Generation: gen,
+		Service:    service,
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer:    tokenIssuer,
 			Subject:   subject,
@@ -71,7 +74,7 @@ func (s *Simulator) issueToken(subject string) (string, int64, error) {
 		return "", 0, err
 	}
 	s.mu.Lock()
-	s.latest[subject] = claims.ID
+	s.latest[service+"/"+subject] = claims.ID
 	s.issued = append(s.issued, signed)
 	if len(s.issued) > maxIssued {
 		s.issued = s.issued[len(s.issued)-maxIssued:]
@@ -80,11 +83,11 @@ func (s *Simulator) issueToken(subject string) (string, int64, error) {
 	return signed, int64(lifetime.Seconds()), nil
 }
 
-// tokenValid reports whether raw is a token this simulator issued that has
+// tokenValid reports whether raw is a token this simulator issued for service that has
 // neither expired (per the simulator's clock) nor been revoked, by
 // RevokeAll or, with the one-live-token knob, by a later token of its
 // client.
-func (s *Simulator) tokenValid(raw string) bool {
+func (s *Simulator) tokenValid(raw, service string) bool {
 	raw = strings.TrimSpace(raw)
 	if raw == "" {
 		return false
@@ -102,7 +105,10 @@ func (s *Simulator) tokenValid(raw string) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.oneLive && s.latest[claims.Subject] != claims.ID {
+	if claims.Service != service {
+		return false
+	}
+	if s.oneLive && s.latest[service+"/"+claims.Subject] != claims.ID {
 		return false
 	}
 	return claims.Generation == s.generation
@@ -110,8 +116,8 @@ func (s *Simulator) tokenValid(raw string) bool {
 
 // authorized checks the Token header, answering 401 when it is missing,
 // invalid, expired or revoked.
-func (s *Simulator) authorized(w http.ResponseWriter, r *http.Request) bool {
-	if !s.tokenValid(r.Header.Get("Token")) {
+func (s *Simulator) authorized(w http.ResponseWriter, r *http.Request, service string) bool {
+	if !s.tokenValid(r.Header.Get("Token"), service) {
 		writeError(w, http.StatusUnauthorized, msgInvalidToken)
 		return false
 	}

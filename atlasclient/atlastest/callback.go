@@ -85,6 +85,12 @@ func (s *Simulator) deliver(ctx context.Context, t CallbackTarget, d *Delivery) 
 	if err != nil {
 		return err
 	}
+	return s.post(ctx, t, payload, d)
+}
+
+// post delivers payload to t as DeliverCallback does.
+func (s *Simulator) post(ctx context.Context, t CallbackTarget, payload []byte, d *Delivery) error {
+	var err error
 	if err := checkURL("callback_url", t.CallbackURL); err != nil {
 		return err
 	}

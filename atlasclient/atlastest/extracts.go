@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 )
 
 const (
@@ -28,12 +29,12 @@ type extractsPage struct {
 
 type extractItem struct {
 	DocumentID string          `json:"document_id"`
-	FileData   json.RawMessage `json:"file_data"`
+	FileData   json.RawMessage `json:"file_data,omitempty"` // nil for a pending document listed without it
 }
 
-// serveExtracts answers GET /v1/docstream/extracts.
-func (s *Simulator) serveExtracts(w http.ResponseWriter, r *http.Request) {
-	if !s.authorized(w, r) {
+// serveExtracts answers GET /v1/docstream/extracts and /v1/bulk/extracts.
+func (s *Simulator) serveExtracts(w http.ResponseWriter, r *http.Request, service string) {
+	if !s.authorized(w, r, service) {
 		return
 	}
 	q := r.URL.Query()
@@ -55,7 +56,7 @@ func (s *Simulator) serveExtracts(w http.ResponseWriter, r *http.Request) {
 	perPage = min(perPage, maxPerPage)
 
 	b, ok := s.batch(batchID)
-	if !ok {
+	if !ok || b.service != service {
 		writeError(w, http.StatusNotFound, "batch not found")
 		return
 	}
@@ -76,8 +77,10 @@ func positiveParam(v string, def int) (int, bool) {
 
 // page builds one page of a batch's extraction.
 func (s *Simulator) page(b *batch, page, perPage int) extractsPage {
+	now := s.now()
 	s.mu.Lock()
 	objectType := s.docTypeForm == DocumentTypeObject
+	pending := s.pending
 	s.mu.Unlock()
 
 	total := len(b.docs)
@@ -96,10 +99,27 @@ func (s *Simulator) page(b *batch, page, perPage int) extractsPage {
 	}
 	start := (page - 1) * perPage
 	end := min(start+perPage, total)
-	for _, d := range b.docs[start:end] {
-		p.Data = append(p.Data, extractItem{DocumentID: d.documentID, FileData: fileData(d.documentID, objectType)})
-	}
+	p.Data = appendItems(p.Data, b.docs[start:end], now, pending, objectType)
 	return p
+}
+
+// appendItems appends the extracts items of docs at now: those done with
+// their file_data, the others as pending says.
+func appendItems(data []extractItem, docs []batchDoc, now time.Time, pending string, objectType bool) []extractItem {
+	for _, d := range docs {
+		if now.Before(d.readyAt) {
+			switch pending {
+			case PendingOmitted:
+			case PendingEmpty:
+				data = append(data, extractItem{DocumentID: d.documentID, FileData: json.RawMessage(`{}`)})
+			default:
+				data = append(data, extractItem{DocumentID: d.documentID})
+			}
+			continue
+		}
+		data = append(data, extractItem{DocumentID: d.documentID, FileData: fileData(d.documentID, objectType)})
+	}
+	return data
 }
 
 // FileData returns the file_data the simulator extracts for documentID, in
@@ -113,7 +133,8 @@ func (s *Simulator) FileData(documentID string) json.RawMessage {
 }
 
 // BatchPayload returns the exact JSON a callback for batchID carries: an
-// extracts response holding every document of the batch on page 1.
+// extracts response holding every document of the batch on page 1 (those
+// still processing as extracts shows them).
 func (s *Simulator) BatchPayload(batchID string) ([]byte, error) {
 	b, ok := s.batch(batchID)
 	if !ok {

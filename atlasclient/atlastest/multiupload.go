@@ -2,6 +2,8 @@ package atlastest
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +12,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"time"
 )
 
 // uploadRequest is the multiupload request body.
@@ -30,9 +33,10 @@ type uploadResult struct {
 	FileUUID   string `json:"file_uuid"`
 }
 
-// serveMultiUpload answers POST /v1/docstream/multiupload.
-func (s *Simulator) serveMultiUpload(w http.ResponseWriter, r *http.Request) {
-	if !s.authorized(w, r) {
+// serveMultiUpload answers POST /v1/docstream/multiupload and
+// /v1/bulk/multiupload.
+func (s *Simulator) serveMultiUpload(w http.ResponseWriter, r *http.Request, service string) {
+	if !s.authorized(w, r, service) {
 		return
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
@@ -59,7 +63,7 @@ func (s *Simulator) serveMultiUpload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	b := s.addBatch(req.FileURLs)
+	b := s.addBatch(req.FileURLs, service)
 	s.mu.Lock()
 	shape := s.uploadShape
 	s.mu.Unlock()
@@ -101,21 +105,38 @@ func (s *Simulator) CreateBatch(documentIDs ...string) string {
 	for i, id := range documentIDs {
 		files[i] = uploadFile{FileURL: "https://files.sim.invalid/" + url.PathEscape(id), DocumentID: id}
 	}
-	return s.addBatch(files).id
+	return s.addBatch(files, serviceDocstream).id
+}
+
+// CreateBulkBatch creates a batch of the bulk service holding
+// documentIDs, as a successful /v1/bulk/multiupload would, and returns its
+// batch id. Only /v1/bulk/extracts reads it, and it gets no callbacks.
+func (s *Simulator) CreateBulkBatch(documentIDs ...string) string {
+	files := make([]uploadFile, len(documentIDs))
+	for i, id := range documentIDs {
+		files[i] = uploadFile{FileURL: "https://files.sim.invalid/" + url.PathEscape(id), DocumentID: id}
+	}
+	return s.addBatch(files, serviceBulk).id
 }
 
 // addBatch stores a new batch of files, forgetting the least recently
 // used batch when there are too many.
-func (s *Simulator) addBatch(files []uploadFile) *batch {
-	docs := make([]batchDoc, len(files))
-	for i, f := range files {
-		docs[i] = batchDoc{documentID: f.DocumentID, fileURL: f.FileURL, fileUUID: newUUID()}
-	}
-	stamp := s.now().UTC().Format("20060102150405")
+func (s *Simulator) addBatch(files []uploadFile, service string) *batch {
+	now := s.now()
+	stamp := now.UTC().Format("20060102150405")
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	b := &batch{docs: docs}
+	docs := make([]batchDoc, len(files))
+	for i, f := range files {
+		docs[i] = batchDoc{
+			documentID: f.DocumentID,
+			fileURL:    f.FileURL,
+			fileUUID:   newUUID(),
+			readyAt:    now.Add(processingDelay(s.procMin, s.procMax, f.DocumentID)),
+		}
+	}
+	b := &batch{docs: docs, service: service}
 	for {
 		b.id = fmt.Sprintf("BATCH-%05d-%s-%s", mrand.IntN(100000), randomLetters(5), stamp)
 		if _, taken := s.batches[b.id]; !taken {
@@ -123,6 +144,7 @@ func (s *Simulator) addBatch(files []uploadFile) *batch {
 		}
 	}
 	s.batches[b.id] = b
+	s.scheduleCallbacks(b)
 	b.use = s.batchOrder.PushBack(b.id)
 	if s.batchOrder.Len() > maxBatches {
 		oldest := s.batchOrder.Front()
@@ -141,6 +163,32 @@ func (s *Simulator) batch(id string) (*batch, bool) {
 		s.batchOrder.MoveToBack(b.use)
 	}
 	return b, ok
+}
+
+// ReadyAt returns when, on the simulator's clock, the last document of
+// batchID ends processing: from then on extracts answers every document
+// with its file_data (or error_code).
+func (s *Simulator) ReadyAt(batchID string) (time.Time, error) {
+	b, ok := s.batch(batchID)
+	if !ok {
+		return time.Time{}, ErrUnknownBatch
+	}
+	var last time.Time
+	for _, d := range b.docs {
+		if d.readyAt.After(last) {
+			last = d.readyAt
+		}
+	}
+	return last, nil
+}
+
+// processingDelay is the delay of documentID for the range [lo, hi].
+func processingDelay(lo, hi time.Duration, documentID string) time.Duration {
+	if hi <= lo {
+		return lo
+	}
+	sum := sha256.Sum256([]byte("delay:" + documentID))
+	return lo + time.Duration(binary.BigEndian.Uint64(sum[:8])%uint64(hi-lo+1))
 }
 
 func randomLetters(n int) string {

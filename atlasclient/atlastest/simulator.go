@@ -2,8 +2,10 @@ package atlastest
 
 import (
 	"container/list"
+	"context"
 	"crypto/rand"
 	"encoding/json"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -17,6 +19,18 @@ const (
 	EndpointAuthToken   = "authtoken"
 	EndpointMultiUpload = "multiupload"
 	EndpointExtracts    = "extracts"
+
+	// The bulk service's endpoints, under BulkPrefix.
+	EndpointBulkAuthToken   = "bulk/authtoken"
+	EndpointBulkMultiUpload = "bulk/multiupload"
+	EndpointBulkExtracts    = "bulk/extracts"
+)
+
+// Services: the docstream API, with callbacks, and the bulk service, with
+// polling only.
+const (
+	serviceDocstream = "docstream"
+	serviceBulk      = "bulk"
 )
 
 // Upload response shapes (Options.UploadResponseShape).
@@ -37,6 +51,20 @@ const (
 	DocumentTypeObject = "object"
 )
 
+// Forms of a document still processing in an extracts answer
+// (Options.PendingDocuments).
+const (
+	// PendingListed lists a document still processing as
+	// {"document_id": "..."} with no file_data key. The default.
+	PendingListed = "listed"
+	// PendingEmpty lists it as {"document_id": "...", "file_data": {}}.
+	PendingEmpty = "empty"
+	// PendingOmitted leaves it out of data: a page then holds fewer than
+	// per_page items, while total_items and total_pages still count every
+	// document of the batch.
+	PendingOmitted = "omitted"
+)
+
 // Defaults.
 const (
 	DefaultClientID      = "demo-client"
@@ -46,6 +74,9 @@ const (
 
 // APIPrefix is the path prefix of the Atlas endpoints.
 const APIPrefix = "/v1/docstream/"
+
+// BulkPrefix is the path prefix of the bulk service's endpoints.
+const BulkPrefix = "/v1/bulk/"
 
 const (
 	maxBatches    = 10000
@@ -87,6 +118,36 @@ type Options struct {
 	// fleet of gateways that each fetch their own token would revoke
 	// each other's.
 	OneLiveToken bool
+
+	// ProcessingDelay is how long, on the clock Now, a document takes to
+	// process after its upload: until then extracts lists it as pending
+	// (see PendingDocuments) and it has no file_data. When
+	// ProcessingDelayMax is above it, each document takes a value in
+	// [ProcessingDelay, ProcessingDelayMax] derived from its document id
+	// (see ProcessingDelayFor). Zero (the default) processes every
+	// document the moment it is uploaded.
+	ProcessingDelay, ProcessingDelayMax time.Duration
+
+	// PendingDocuments is how extracts shows a document still
+	// processing: PendingListed (default), PendingEmpty or
+	// PendingOmitted. Other values mean the default.
+	PendingDocuments string
+
+	// RateLimits limits the requests a client may make in any second of
+	// the clock Now, by endpoint name; the key "" limits the requests to
+	// every endpoint together. A request over the limit answers 429
+	// {"error": "Too many requests"} with Retry-After in whole seconds
+	// (at least 1) until the window admits it. A client is the Client-Id
+	// of an authtoken request and the subject of the Token elsewhere;
+	// requests over the limit do not count towards it. Atlas does not
+	// document its limits.
+	RateLimits map[string]int
+
+	// AutoCallback, when set with a Target.CallbackURL, makes the
+	// simulator deliver callbacks by itself when a batch's documents are
+	// done (see AutoCallback). A Simulator made by New must then be
+	// closed (Close) to stop delivering.
+	AutoCallback *AutoCallback
 }
 
 // Simulator is an http.Handler simulating the Atlas Docstream API. All its
@@ -98,8 +159,16 @@ type Simulator struct {
 	key                    []byte
 	defaultLifetime        time.Duration
 	defaultOneLive         bool
+	defaultProcMin         time.Duration
+	defaultProcMax         time.Duration
+	defaultPending         string
 	done                   chan struct{}
 	closeOnce              sync.Once
+	ctx                    context.Context // ends at Close
+	cancel                 context.CancelFunc
+	defaultAuto            *AutoCallback
+	defaultRateLimits      map[string]int
+	cbMu                   sync.Mutex // serializes FlushCallbacks
 
 	mu          sync.Mutex
 	lifetime    time.Duration
@@ -107,6 +176,9 @@ type Simulator struct {
 	docTypeForm string
 	generation  int64
 	oneLive     bool
+	procMin     time.Duration
+	procMax     time.Duration
+	pending     string
 	latest      map[string]string // client id -> jti of its last token
 	calls       map[string]int
 	lastHeaders map[string]http.Header
@@ -117,11 +189,25 @@ type Simulator struct {
 	batchOrder  *list.List // of batch ids, least recently used first
 	deliveries  []Delivery
 	issued      []string
+
+	auto      *AutoCallback // nil: no automatic callbacks
+	scheduled []*scheduledCallback
+	cbOrder   uint64 // of scheduled callbacks, for ties
+	cbSeq     int    // the last callback's sequence number
+	cbGen     int    // bumped by Reset
+	cbRunning bool   // callbackLoop is running
+	events    []CallbackEvent
+	cbCounts  CallbackCounts
+
+	rateLimits map[string]int             // endpoint ("" for all) -> requests per second per client
+	admitted   map[rateKey][]time.Time    // admitted requests within the last second
+	requests   map[string][]RequestRecord // endpoint -> the last maxRequests requests
 }
 
 type fault struct {
-	n      int
-	status int
+	n          int
+	status     int
+	retryAfter time.Duration // sent as Retry-After when positive
 }
 
 type delay struct {
@@ -130,13 +216,15 @@ type delay struct {
 }
 
 type batch struct {
-	id   string
-	docs []batchDoc
-	use  *list.Element // in Simulator.batchOrder
+	id      string
+	service string // serviceDocstream or serviceBulk
+	docs    []batchDoc
+	use     *list.Element // in Simulator.batchOrder
 }
 
 type batchDoc struct {
 	documentID, fileURL, fileUUID string
+	readyAt                       time.Time // when its processing ends, on the simulator's clock
 }
 
 // New returns a simulator configured by opts.
@@ -175,6 +263,17 @@ func New(opts Options) *Simulator {
 	s.oneLive = opts.OneLiveToken
 	s.uploadShape = normalizeUploadShape(opts.UploadResponseShape)
 	s.docTypeForm = normalizeDocTypeForm(opts.DocumentTypeForm)
+	s.defaultProcMin, s.defaultProcMax = normalizeProcessingDelay(opts.ProcessingDelay, opts.ProcessingDelayMax)
+	s.procMin, s.procMax = s.defaultProcMin, s.defaultProcMax
+	s.defaultPending = normalizePending(opts.PendingDocuments)
+	s.pending = s.defaultPending
+	s.defaultAuto = copyAutoCallback(opts.AutoCallback)
+	s.auto = copyAutoCallback(s.defaultAuto)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.defaultRateLimits = maps.Clone(opts.RateLimits)
+	s.rateLimits = maps.Clone(opts.RateLimits)
+	s.admitted = map[rateKey][]time.Time{}
+	s.requests = map[string][]RequestRecord{}
 	_, _ = rand.Read(s.key) // never fails since Go 1.24
 	return s
 }
@@ -193,8 +292,51 @@ func normalizeDocTypeForm(form string) string {
 	return DocumentTypeString
 }
 
+func normalizePending(form string) string {
+	switch form {
+	case PendingEmpty, PendingOmitted:
+		return form
+	}
+	return PendingListed
+}
+
+// normalizeProcessingDelay makes a negative delay zero and a maximum
+// below the minimum the minimum.
+func normalizeProcessingDelay(lo, hi time.Duration) (time.Duration, time.Duration) {
+	lo = max(lo, 0)
+	return lo, max(hi, lo)
+}
+
+// KnownEndpoint reports whether name is an endpoint name (EndpointAuthToken,
+// EndpointMultiUpload, EndpointExtracts or their bulk twins).
+func KnownEndpoint(name string) bool {
+	switch name {
+	case EndpointAuthToken, EndpointMultiUpload, EndpointExtracts,
+		EndpointBulkAuthToken, EndpointBulkMultiUpload, EndpointBulkExtracts:
+		return true
+	}
+	return false
+}
+
+// allEndpoints are the endpoint names, docstream's first.
+var allEndpoints = []string{EndpointAuthToken, EndpointMultiUpload, EndpointExtracts,
+	EndpointBulkAuthToken, EndpointBulkMultiUpload, EndpointBulkExtracts}
+
+// serviceOf splits an endpoint name into its service and its operation
+// (authtoken, multiupload or extracts).
+func serviceOf(endpoint string) (service, op string) {
+	if op, ok := strings.CutPrefix(endpoint, serviceBulk+"/"); ok {
+		return serviceBulk, op
+	}
+	return serviceDocstream, endpoint
+}
+
 // endpointForPath maps a request path to an Atlas endpoint name.
 func endpointForPath(path string) (string, bool) {
+	if name, ok := strings.CutPrefix(path, BulkPrefix); ok {
+		name = serviceBulk + "/" + name
+		return name, KnownEndpoint(name)
+	}
 	name, ok := strings.CutPrefix(path, APIPrefix)
 	if !ok {
 		return "", false
@@ -223,12 +365,21 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if f != nil {
+		if f.retryAfter > 0 {
+			w.Header().Set("Retry-After", retryAfterSeconds(f.retryAfter))
+		}
 		s.fail(w, endpoint, f.status)
 		return
 	}
+	if wait, ok := s.admit(endpoint, r); !ok {
+		w.Header().Set("Retry-After", retryAfterSeconds(wait))
+		writeError(w, http.StatusTooManyRequests, msgRateLimited)
+		return
+	}
 
+	service, op := serviceOf(endpoint)
 	method := http.MethodPost
-	if endpoint == EndpointExtracts {
+	if op == EndpointExtracts {
 		method = http.MethodGet
 	}
 	if r.Method != method {
@@ -237,13 +388,13 @@ func (s *Simulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	switch endpoint {
+	switch op {
 	case EndpointAuthToken:
-		s.serveAuthToken(w, r)
+		s.serveAuthToken(w, r, service)
 	case EndpointMultiUpload:
-		s.serveMultiUpload(w, r)
+		s.serveMultiUpload(w, r, service)
 	case EndpointExtracts:
-		s.serveExtracts(w, r)
+		s.serveExtracts(w, r, service)
 	}
 }
 
@@ -253,6 +404,7 @@ func (s *Simulator) begin(endpoint string, r *http.Request) (time.Duration, *fau
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls[endpoint]++
+	s.logRequest(endpoint, r)
 	s.lastHeaders[endpoint] = r.Header.Clone()
 	s.lastQueries[endpoint] = r.URL.Query()
 
@@ -302,7 +454,7 @@ func (s *Simulator) fail(w http.ResponseWriter, endpoint string, status int) {
 	switch {
 	case status == 0:
 		resetConnection(w)
-	case status == http.StatusUnauthorized && endpoint == EndpointAuthToken:
+	case status == http.StatusUnauthorized && (endpoint == EndpointAuthToken || endpoint == EndpointBulkAuthToken):
 		writeJSON(w, status, map[string]string{"error_code": "401", "error_message": "Invalid client credentials"})
 	case status == http.StatusUnauthorized:
 		writeError(w, status, msgInvalidToken)
@@ -382,6 +534,35 @@ func (s *Simulator) SetDocumentTypeForm(form string) {
 	s.docTypeForm = normalizeDocTypeForm(form)
 }
 
+// SetProcessingDelay sets the processing delay of documents uploaded from
+// now on (see Options.ProcessingDelay): lo when hi <= lo, else a
+// per-document value in [lo, hi]. Documents already uploaded keep
+// theirs. SetProcessingDelay(0, 0) processes documents at once.
+func (s *Simulator) SetProcessingDelay(lo, hi time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.procMin, s.procMax = normalizeProcessingDelay(lo, hi)
+}
+
+// SetPendingDocuments switches how extracts shows documents still
+// processing (PendingListed, PendingEmpty or PendingOmitted; anything
+// else means PendingListed).
+func (s *Simulator) SetPendingDocuments(form string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pending = normalizePending(form)
+}
+
+// ProcessingDelayFor returns the processing delay a document with
+// documentID uploaded now would get. Within a range it is the same for
+// the same id in every process: min + sha256("delay:"+id) mod (max-min),
+// to the nanosecond.
+func (s *Simulator) ProcessingDelayFor(documentID string) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return processingDelay(s.procMin, s.procMax, documentID)
+}
+
 // RevokeAll invalidates every token issued so far: they answer 401
 // Invalid or expired token. Tokens issued afterwards are valid.
 func (s *Simulator) RevokeAll() {
@@ -397,7 +578,7 @@ func (s *Simulator) FailAuth(n int, status int) {
 }
 
 // FailNext makes the next n calls to endpoint (EndpointAuthToken,
-// EndpointMultiUpload, EndpointExtracts, or "" for any) answer status
+// EndpointMultiUpload, EndpointExtracts, a bulk twin, or "" for any) answer status
 // instead of being served. status 0 resets the connection without a
 // response; a status net/http cannot write means 500. Bodies:
 // 401 on authtoken uses {"error_code": "401", "error_message": ...},
@@ -453,12 +634,16 @@ func (s *Simulator) DelayNext(endpoint string, n int, d time.Duration) {
 
 // Calls returns how many requests reached endpoint since the last reset,
 // including failed, delayed and rejected ones. Calls("") is the total over
-// all three endpoints.
+// every endpoint, the bulk service's included.
 func (s *Simulator) Calls(endpoint string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if endpoint == "" {
-		return s.calls[EndpointAuthToken] + s.calls[EndpointMultiUpload] + s.calls[EndpointExtracts]
+		n := 0
+		for _, e := range allEndpoints {
+			n += s.calls[e]
+		}
+		return n
 	}
 	return s.calls[endpoint]
 }
@@ -470,9 +655,13 @@ func (s *Simulator) ResetCounters() {
 	clear(s.calls)
 }
 
-// Reset zeroes the call counters and forgets recorded headers, pending
-// faults and delays and recorded deliveries, and restores the configured
-// token lifetime and one-live-token knob. Batches and tokens survive.
+// Reset zeroes the call counters, forgets the request log and recorded headers, pending
+// faults and delays and recorded deliveries, forgets the automatic
+// callbacks (those scheduled and not yet sent too: they never will be,
+// and sequence numbers start again at 1), and restores the configured
+// token lifetime, one-live-token knob, processing delay, form of pending
+// documents, automatic callbacks and rate limits. Batches (with their documents'
+// processing times) and tokens survive.
 func (s *Simulator) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -484,6 +673,12 @@ func (s *Simulator) Reset() {
 	s.deliveries = nil
 	s.lifetime = s.defaultLifetime
 	s.oneLive = s.defaultOneLive
+	s.procMin, s.procMax = s.defaultProcMin, s.defaultProcMax
+	s.pending = s.defaultPending
+	s.resetCallbacks()
+	s.rateLimits = maps.Clone(s.defaultRateLimits)
+	clear(s.admitted)
+	clear(s.requests)
 }
 
 // IssuedTokens returns the access tokens issued so far, oldest first (the
@@ -519,9 +714,26 @@ func (s *Simulator) LastQuery(endpoint string) url.Values {
 	return out
 }
 
-// close aborts pending delays (they answer 503).
+// ThrottleNext makes the next n calls to endpoint ("" for any) answer
+// 429 {"error": "simulated failure: Too Many Requests"} with Retry-After
+// set to retryAfter in whole seconds (at least 1). It is FailNext with a
+// Retry-After, in the same queue.
+func (s *Simulator) ThrottleNext(endpoint string, n int, retryAfter time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n <= 0 {
+		delete(s.faults, endpoint)
+		return
+	}
+	s.faults[endpoint] = append(s.faults[endpoint], fault{n: n, status: http.StatusTooManyRequests, retryAfter: max(retryAfter, time.Second)})
+}
+
+// close aborts pending delays (they answer 503) and automatic callbacks.
 func (s *Simulator) close() {
-	s.closeOnce.Do(func() { close(s.done) })
+	s.closeOnce.Do(func() {
+		close(s.done)
+		s.cancel()
+	})
 }
 
 // writeJSON writes v as a JSON response with status.
