@@ -581,7 +581,7 @@ type Policy struct {
 	// PollEvery is the time between two polls of a batch. Default 5m.
 	PollEvery time.Duration
 	// GiveUpAfter is how long after the upload a batch with documents
-	// still pending expires. Default 24h.
+	// still pending expires. Default 72h.
 	GiveUpAfter time.Duration
 	// Retention is how long a finished batch is kept. Default 30 days.
 	Retention time.Duration
@@ -598,7 +598,7 @@ type Policy struct {
 const (
 	DefaultPollAfter         = 15 * time.Minute
 	DefaultPollEvery         = 5 * time.Minute
-	DefaultGiveUpAfter       = 24 * time.Hour
+	DefaultGiveUpAfter       = 72 * time.Hour
 	DefaultRetention         = 30 * 24 * time.Hour
 	DefaultIdempotencyWindow = 24 * time.Hour
 	DefaultInFlightTimeout   = 10 * time.Minute
