@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -252,5 +253,215 @@ func TestCompactionConcurrent(t *testing.T) {
 		if got[i].ID != want[i].ID || got[i].State != want[i].State || got[i].Attempts != want[i].Attempts {
 			t.Errorf("callback %d: after reopen %+v, before %+v", i, got[i], want[i])
 		}
+	}
+}
+
+// bigMarkedEntry is markedEntry with a 4 KiB body.
+func bigMarkedEntry(i int) queue.Entry {
+	e := markedEntry(i)
+	e.Body = []byte(fmt.Sprintf(`{"marker":%q,"pad":"%04000d"}`, bodyMarker(i), 0))
+	return e
+}
+
+// fileIDs returns the identity (inode) of each file in paths.
+func fileIDs(t *testing.T, paths []string) map[string]os.FileInfo {
+	t.Helper()
+	m := map[string]os.FileInfo{}
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m[p] = fi
+	}
+	return m
+}
+
+// TestStandingDeadLettersNotRewritten: the compactions that purge the
+// bodies of a stream of delivered callbacks leave the segment holding a
+// backlog of dead letters as it is, the same file; the delivered bodies
+// still leave the disk within PurgeDelay.
+func TestStandingDeadLettersNotRewritten(t *testing.T) {
+	const purgeDelay = 200 * time.Millisecond
+	dir := t.TempDir()
+	rec := &recorder{fail: func(d queue.Delivery) error {
+		if d.ID < testID(100) {
+			return errors.New("rejected")
+		}
+		return nil
+	}}
+	s := open(t, dir, Options{Deliver: rec.Deliver, MaxAttempts: 1, PurgeDelay: purgeDelay, SegmentSize: 64 << 10})
+	for i := range 40 {
+		mustAppend(t, s, bigMarkedEntry(i))
+	}
+	testutil.WaitFor(t, 10*time.Second, "dead letters", func() bool { return s.Stats().Dead == 40 && s.Stats().InFlight == 0 })
+	// One segment of dead letters, then the one being written.
+	if err := s.Compact(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	standing := segmentFiles(t, dir)
+	standing = standing[:len(standing)-1]
+	before := fileIDs(t, standing)
+	content := map[string][]byte{}
+	for _, p := range standing {
+		content[p], _ = os.ReadFile(p)
+	}
+
+	for round := range 3 {
+		for i := range 30 {
+			mustAppend(t, s, bigMarkedEntry(100+30*round+i))
+		}
+		testutil.WaitFor(t, 10*time.Second, "deliveries", func() bool { return s.Stats().Delivered == 30*(round+1) })
+		delivered := time.Now()
+		testutil.WaitFor(t, 10*time.Second, "delivered bodies gone from disk", func() bool {
+			for i := range 30 {
+				if onDisk(t, dir, 100+30*round+i) {
+					return false
+				}
+			}
+			return true
+		})
+		if took := time.Since(delivered); took > purgeDelay+5*time.Second {
+			t.Errorf("round %d: bodies gone %v after delivery, want within the purge delay %v", round, took, purgeDelay)
+		}
+	}
+	for p, fi := range before {
+		now, err := os.Stat(p)
+		if err != nil {
+			t.Fatalf("standing segment %s: %v", filepath.Base(p), err)
+		}
+		if b, _ := os.ReadFile(p); !os.SameFile(fi, now) || !bytes.Equal(b, content[p]) {
+			t.Errorf("standing segment %s rewritten", filepath.Base(p))
+		}
+	}
+	closeSpool(t, s)
+	s = open(t, dir, Options{})
+	if st := s.Stats(); st.Dead != 40 || st.Delivered != 90 || st.SkippedRecords != 0 {
+		t.Errorf("after reopen: %+v", st)
+	}
+	for i := range 40 {
+		if e, err := s.Load(context.Background(), testID(i)); err != nil || !bytes.Equal(e.Body, bigMarkedEntry(i).Body) {
+			t.Errorf("Load(%s) after reopen: %v", testID(i), err)
+		}
+	}
+}
+
+// TestPurgeRewritesOnlyItsSegment: a dead letter deleted from the oldest
+// of several segments of dead letters leaves the disk within PurgeDelay,
+// by a rewrite of that segment alone.
+func TestPurgeRewritesOnlyItsSegment(t *testing.T) {
+	const purgeDelay = 200 * time.Millisecond
+	dir := t.TempDir()
+	rec := &recorder{fail: func(queue.Delivery) error { return errors.New("rejected") }}
+	s := open(t, dir, Options{Deliver: rec.Deliver, MaxAttempts: 1, PurgeDelay: purgeDelay, SegmentSize: 32 << 10})
+	for i := range 30 {
+		mustAppend(t, s, bigMarkedEntry(i))
+	}
+	testutil.WaitFor(t, 10*time.Second, "dead letters", func() bool { return s.Stats().Dead == 30 && s.Stats().InFlight == 0 })
+	segs := segmentFiles(t, dir)
+	if len(segs) < 4 {
+		t.Fatalf("%d segments, want at least 4", len(segs))
+	}
+	before := fileIDs(t, segs)
+	if err := s.Delete(context.Background(), testID(1)); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	testutil.WaitFor(t, 10*time.Second, "the deleted body gone from disk", func() bool { return !onDisk(t, dir, 1) })
+	if took := time.Since(deleted); took > purgeDelay+5*time.Second {
+		t.Errorf("body gone %v after the delete, want within the purge delay %v", took, purgeDelay)
+	}
+	after := fileIDs(t, segs[:len(segs)-1])
+	if os.SameFile(before[segs[0]], after[segs[0]]) {
+		t.Error("the segment of the deleted body was not rewritten")
+	}
+	for _, p := range segs[1 : len(segs)-1] {
+		if !os.SameFile(before[p], after[p]) {
+			t.Errorf("segment %s rewritten too", filepath.Base(p))
+		}
+	}
+	closeSpool(t, s)
+	s = open(t, dir, Options{})
+	if _, ok := s.Get(testID(1)); ok {
+		t.Error("the deleted callback is back after a reopen")
+	}
+	if st := s.Stats(); st.Dead != 29 || st.SkippedRecords != 0 {
+		t.Errorf("after reopen: %+v", st)
+	}
+}
+
+// compactSegment compacts the sealed segment id alone, as a purge would.
+func compactSegment(t *testing.T, s *FileSpool, id uint64) {
+	t.Helper()
+	s.compactMu.Lock()
+	defer s.compactMu.Unlock()
+	s.segMu.Lock()
+	seg := s.segs[id]
+	lowest := true
+	for other := range s.segs {
+		lowest = lowest && other >= id
+	}
+	s.segMu.Unlock()
+	if seg == nil {
+		t.Fatalf("no segment %d", id)
+	}
+	if err := s.compactRun(context.Background(), s.config(), run{segs: []*segment{seg}, base: lowest}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSegmentCompactionKeepsDeletes: compacting the segment holding a
+// delete record before the one holding the deleted body keeps the delete
+// (the callback stays deleted across a reopen); once the body's segment
+// is rewritten too, the delete record goes at the next compaction.
+func TestSegmentCompactionKeepsDeletes(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{SegmentSize: 32 << 10})
+	for i := range 8 {
+		mustAppend(t, s, bigMarkedEntry(i))
+	}
+	if err := s.Delete(context.Background(), testID(0)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 8; i < 20; i++ {
+		mustAppend(t, s, bigMarkedEntry(i))
+	}
+	ids, _ := listSegments(dir)
+	if len(ids) < 3 {
+		t.Fatalf("%d segments, want 3", len(ids))
+	}
+	// The delete record is in the second segment, the body in the first.
+	compactSegment(t, s, ids[1])
+	closeSpool(t, s)
+	s = open(t, dir, Options{SegmentSize: 32 << 10})
+	if _, ok := s.Get(testID(0)); ok {
+		t.Fatal("deleted callback back after its delete record's segment was compacted alone")
+	}
+	if !onDisk(t, dir, 0) {
+		t.Fatal("the body is gone already; the test would not see the delete kept")
+	}
+	compactSegment(t, s, ids[0])
+	compactSegment(t, s, ids[1])
+	if n := len(s.ghosts); n != 0 {
+		t.Errorf("%d ghosts left after both segments were rewritten", n)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, segmentName(ids[1])))
+	for off := 0; off < len(b); {
+		r, n, err := DecodeRecord(b[off:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Type == RecordDelete {
+			t.Errorf("delete record of %s kept", r.ID)
+		}
+		off += n
+	}
+	closeSpool(t, s)
+	s = open(t, dir, Options{})
+	if _, ok := s.Get(testID(0)); ok || onDisk(t, dir, 0) {
+		t.Error("deleted callback back after both segments were compacted")
+	}
+	if st := s.Stats(); st.Pending != 19 || st.SkippedRecords != 0 {
+		t.Errorf("after reopen: %+v", st)
 	}
 }

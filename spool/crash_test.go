@@ -27,16 +27,33 @@ const crashChildEnv = "SPOOL_CRASH_CHILD_DIR"
 // from the previous kill.
 func TestKillDuringAppends(t *testing.T) {
 	if dir := os.Getenv(crashChildEnv); dir != "" {
-		crashChild(dir)
+		crashChild(dir, false)
 		return
 	}
+	killRounds(t, "TestKillDuringAppends")
+}
+
+// TestKillDuringSegmentCompaction is TestKillDuringAppends with the
+// compactions the spool makes by itself, segment by segment (bodies let
+// go due to leave the disk at once, small segments), instead of Compact.
+func TestKillDuringSegmentCompaction(t *testing.T) {
+	if dir := os.Getenv(crashChildEnv); dir != "" {
+		crashChild(dir, true)
+		return
+	}
+	killRounds(t, "TestKillDuringSegmentCompaction")
+}
+
+// killRounds runs the child of test name four times on one directory,
+// killing it each time, and checks that nothing acknowledged is lost.
+func killRounds(t *testing.T, name string) {
 	if testing.Short() {
 		t.Skip("spawns processes")
 	}
 	dir := t.TempDir()
 	acked := map[string]bool{}
 	for round := range 4 {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestKillDuringAppends$")
+		cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$")
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, fmt.Sprintf("SPOOL_CRASH_ROUND=%d", round))
 		out, err := cmd.StdoutPipe()
 		if err != nil {
@@ -101,11 +118,16 @@ func TestKillDuringAppends(t *testing.T) {
 }
 
 // crashChild appends callbacks from 8 goroutines, printing "ack <id>"
-// for each acknowledged one, while delivering some and compacting, until
-// it is killed.
-func crashChild(dir string) {
+// for each acknowledged one, while delivering some and compacting (all of
+// it, or segment by segment), until it is killed.
+func crashChild(dir string, segments bool) {
 	round := os.Getenv("SPOOL_CRASH_ROUND")
+	purgeDelay, segmentSize := time.Duration(0), int64(256<<10)
+	if segments {
+		purgeDelay, segmentSize = time.Millisecond, 64<<10
+	}
 	s, err := Open(dir, Options{
+		PurgeDelay: purgeDelay,
 		Deliver: func(ctx context.Context, d queue.Delivery) error {
 			time.Sleep(time.Millisecond)
 			if d.ID[len(d.ID)-1]%2 == 0 {
@@ -114,7 +136,7 @@ func crashChild(dir string) {
 			return nil
 		},
 		BackoffMin: time.Millisecond, BackoffMax: 10 * time.Millisecond, MaxAttempts: 3,
-		SegmentSize: 256 << 10,
+		SegmentSize: segmentSize,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child: open:", err)
@@ -124,7 +146,11 @@ func crashChild(dir string) {
 	go func() {
 		for {
 			time.Sleep(5 * time.Millisecond)
-			if err := s.Compact(context.Background()); err != nil {
+			compact := s.Compact
+			if segments {
+				compact = func(ctx context.Context) error { return s.compact(ctx, false) }
+			}
+			if err := compact(context.Background()); err != nil {
 				fmt.Fprintln(os.Stderr, "child: compact:", err)
 			}
 		}

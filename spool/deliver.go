@@ -175,7 +175,7 @@ func (s *FileSpool) finish(e *entry, attempt int, outcome queue.Outcome, err err
 		s.logState(&Record{
 			Type: RecordDelivered, ID: e.id, Time: now, Received: e.received, Size: e.size, Attempts: e.attempts,
 		})
-		s.letGo(now, cfg)
+		s.letGo(e.seg, now, cfg)
 	default:
 		e.attempts++
 		e.lastErr, e.lastAttempt = truncate(err.Error(), maxErrLen), now

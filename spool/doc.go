@@ -99,17 +99,39 @@
 // Options.DeadLetterRetention (30 days) after its last attempt, then
 // purged: a delete record, a warning naming it, and
 // RetentionObserver.DeadLetterExpired. A body no longer needed
-// (delivered, deleted, purged) leaves the disk at the next compaction,
-// which starts at the latest Options.PurgeDelay (10 minutes) after it
-// was let go: so such a body is in no spool file after PurgeDelay plus
-// the time of one compaction, unless compactions fail (then they are
-// retried every minute). Compaction removes the files; it does not
-// overwrite the freed blocks, which is what encryption at rest is for.
+// (delivered, deleted, purged) sets a deadline, Options.PurgeDelay (10
+// minutes) later, on the segment holding it, by which a compaction of
+// that segment starts: so such a body is in no spool file after
+// PurgeDelay plus the time of one compaction, unless compactions fail
+// (then they are retried every minute). Compaction removes the files; it
+// does not overwrite the freed blocks, which is what encryption at rest
+// is for.
 //
-// Compaction writes the state of the sealed segments (pending and dead
-// callbacks with their bodies, delivered ones within the retention
-// window as delivered records) to a temporary file behind a base record,
-// fsyncs it, renames it over the newest sealed segment, fsyncs the
-// directory, and removes the older segments. Open removes the segments
-// below a base record that a crash during compaction left behind.
+// # Compaction
+//
+// The spool compacts segment by segment, so that what stands (a backlog
+// of dead letters, pending callbacks) is not rewritten again and again:
+// a sealed segment is compacted when it holds a body due to leave the
+// disk, or when at least half of it is garbage (and the log's garbage
+// exceeds both its live data and 16 MiB). Adjacent segments are compacted
+// together, up to Options.SegmentSize, and so is a neighbour no larger
+// than what they keep, so that small segments merge. The segment being
+// written is sealed first only if it holds a body due to leave. Compact,
+// a spool nearly full, and records to rewrite under the keyring's first
+// key compact all the sealed segments into one.
+//
+// A run of segments is replaced by one numbered as its last, holding,
+// for each callback with a record in them: if homed there, its enqueue
+// record and its attempt and dead records, or its delivered record
+// within the retention window; if homed in an older segment, the records
+// of its current state; if gone, a delete record while an older segment,
+// not rewritten since it went, may hold a record that would bring it
+// back. It is written to a temporary file, fsynced, renamed over the
+// last segment of the run, and the directory fsynced, before the others
+// are removed. A run that starts at the oldest segment begins with a
+// base record: Open removes the segments below it that a crash during
+// compaction left behind; the others left behind are replayed before
+// the new segment, which is harmless (what it holds of a callback is
+// newer, and its delete records cover theirs), and compacted later. A
+// run that would keep nothing is removed.
 package spool

@@ -23,6 +23,11 @@ type entry struct {
 	seg *segment
 	off int64
 	n   int64
+	// floor is the lowest segment that may still hold records of an
+	// earlier callback of the same id (one this one replaced), 0 if
+	// none: their enqueue records would bring it back if this one were
+	// forgotten without a delete record after them.
+	floor uint64
 	// key is the id of the key sealing the enqueue record, "" if it is
 	// plaintext. unsealable is set when compaction could not open it
 	// to rewrite it under the first key.
@@ -180,20 +185,32 @@ func expired(e *entry, now time.Time, retention time.Duration) bool {
 	return e.state == queue.StateDelivered && now.Sub(e.delivered) >= retention
 }
 
+// lowest is the lowest segment that may hold records of e or of the
+// callbacks of its id that it replaced: its records are in its home
+// segment or after it.
+func (e *entry) lowest() uint64 {
+	if e.floor != 0 && e.floor < e.seg.id {
+		return e.floor
+	}
+	return e.seg.id
+}
+
 // apply replays one log record into the index. Records are absolute, so
 // replaying one whose effect is already in the index changes nothing.
 func (s *FileSpool) apply(r *Record, seg *segment, off, n int64) {
 	e := s.entries[r.ID]
 	switch r.Type {
 	case RecordEnqueue, RecordSealedEnqueue:
+		var floor uint64
 		if e != nil {
 			s.remove(e)
-			s.letGoAtOpen = s.letGoAtOpen || e.n > 0
+			floor = e.lowest()
+			e.seg.letGoAtOpen = e.seg.letGoAtOpen || e.n > 0
 		}
 		s.seq++
 		s.entries[r.ID] = &entry{
 			id: r.ID, seq: s.seq, state: queue.StatePending, received: r.Time,
-			size: r.bodySize(), seg: seg, off: off, n: n, key: s.internKey(keyOf(r)), hidx: -1,
+			size: r.bodySize(), seg: seg, off: off, n: n, key: s.internKey(keyOf(r)), hidx: -1, floor: floor,
 		}
 	case RecordAttempt:
 		if e != nil && e.state != queue.StateDelivered {
@@ -205,7 +222,7 @@ func (s *FileSpool) apply(r *Record, seg *segment, off, n int64) {
 			e = &entry{id: r.ID, seq: s.seq, received: r.Received, size: r.Size, seg: seg, hidx: -1}
 			s.entries[r.ID] = e
 		}
-		s.letGoAtOpen = s.letGoAtOpen || e.n > 0
+		e.seg.letGoAtOpen = e.seg.letGoAtOpen || e.n > 0
 		e.state, e.delivered, e.attempts = queue.StateDelivered, r.Time, r.Attempts
 	case RecordDead:
 		if e != nil && e.state == queue.StatePending {
@@ -218,7 +235,8 @@ func (s *FileSpool) apply(r *Record, seg *segment, off, n int64) {
 	case RecordDelete:
 		if e != nil {
 			s.remove(e)
-			s.letGoAtOpen = s.letGoAtOpen || e.n > 0
+			s.addGhost(e.id, e.lowest(), s.epoch)
+			e.seg.letGoAtOpen = e.seg.letGoAtOpen || e.n > 0
 		}
 	}
 }

@@ -9,43 +9,54 @@ import (
 )
 
 // Retention. A body leaves the disk only when compaction rewrites the
-// segments holding it and removes them. So that it does within a bounded
-// time, the moment a body stops being needed (its callback delivered,
-// deleted, or purged as an expired dead letter) sets a deadline,
-// PurgeDelay later, by which a compaction starts, unless one is already
-// due. A compaction clears the deadline when it seals the segment being
-// written: every body let go before that is in a sealed segment, which
-// it rewrites without the body; a body let go later sets a new deadline.
+// segment holding it without it. So that it does within a bounded time,
+// the moment a body stops being needed (its callback delivered, deleted,
+// or purged as an expired dead letter) sets a deadline on its segment,
+// PurgeDelay later, by which a compaction of that segment starts, unless
+// one is already due. A compaction clears the deadline of the segments
+// it rewrites when it takes its snapshot: the bodies let go before that
+// are not in what it writes; a body let go later sets a new deadline, on
+// the segment that compaction writes.
 
-// letGo notes that a body on disk is no longer needed. The caller holds
+// letGo notes that a body in seg is no longer needed. The caller holds
 // s.mu.
-func (s *FileSpool) letGo(now time.Time, cfg *config) {
-	if s.purgeDue.IsZero() {
-		s.purgeDue = now.Add(cfg.purgeDelay)
+func (s *FileSpool) letGo(seg *segment, now time.Time, cfg *config) {
+	if seg.purgeDue.IsZero() {
+		seg.purgeDue = now.Add(cfg.purgeDelay)
 		s.kickMaintenance()
 	}
 }
 
 // purgeDeadline returns when a compaction must start to purge bodies let
-// go, zero if none is waiting.
+// go, the earliest deadline of a segment; zero if none is waiting.
 func (s *FileSpool) purgeDeadline() time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.purgeDue
+	var due time.Time
+	s.segMu.Lock()
+	for _, seg := range s.segs {
+		if !seg.purgeDue.IsZero() && (due.IsZero() || seg.purgeDue.Before(due)) {
+			due = seg.purgeDue
+		}
+	}
+	s.segMu.Unlock()
+	return due
 }
 
-// purgeFailed sets the deadline again after a compaction that had
-// cleared it (prev) failed: the next try is soon, within a minute. The
-// bound of PurgeDelay holds only while compactions succeed.
-func (s *FileSpool) purgeFailed(prev time.Time, cfg *config) {
-	if prev.IsZero() {
-		return
-	}
-	retry := cfg.now().Add(min(cfg.purgeDelay, maintainInterval))
+// purgeFailed moves the deadlines that have passed after a compaction
+// failed: the next try is soon, within a minute. The bound of PurgeDelay
+// holds only while compactions succeed.
+func (s *FileSpool) purgeFailed(cfg *config) {
+	now := cfg.now()
+	retry := now.Add(min(cfg.purgeDelay, maintainInterval))
 	s.mu.Lock()
-	if s.purgeDue.IsZero() || retry.Before(s.purgeDue) {
-		s.purgeDue = retry
+	s.segMu.Lock()
+	for _, seg := range s.segs {
+		if !seg.purgeDue.IsZero() && !seg.purgeDue.After(now) {
+			seg.purgeDue = retry
+		}
 	}
+	s.segMu.Unlock()
 	s.mu.Unlock()
 }
 
@@ -82,11 +93,14 @@ func (s *FileSpool) expireDeadLetters(cfg *config) time.Time {
 		}
 		recs = append(recs, &Record{Type: RecordDelete, ID: e.id, Time: now})
 		s.remove(e)
+		s.addGhost(e.id, e.lowest(), s.epoch)
+		if e.n > 0 {
+			s.letGo(e.seg, now, cfg)
+		}
 	}
 	if len(recs) > 0 {
 		// Not waited for: if a crash loses them, they expire again.
 		s.logState(recs...)
-		s.letGo(now, cfg)
 	}
 	s.mu.Unlock()
 	ro, _ := cfg.obs.(RetentionObserver)
@@ -100,10 +114,11 @@ func (s *FileSpool) expireDeadLetters(cfg *config) time.Time {
 	return next
 }
 
-// maintain purges expired dead letters, and compacts the log when bodies
-// let go are due to leave the disk, when its garbage (bodies of
-// delivered and deleted callbacks, superseded state records, expired
-// tombstones) exceeds both the live data and compactMinBytes, when the
+// maintain purges expired dead letters, and compacts the log: the
+// segments holding bodies let go that are due to leave the disk, and
+// those mostly garbage (bodies of delivered and deleted callbacks,
+// superseded state records, expired tombstones) once the log's garbage
+// exceeds both the live data and compactMinBytes; all of it when the
 // spool is nearly full, or when records are to be rewritten under the
 // keyring's first key.
 func (s *FileSpool) maintain() {
@@ -125,8 +140,9 @@ func (s *FileSpool) maintain() {
 		cfg := s.config()
 		nextDead := s.expireDeadLetters(cfg)
 		due := s.purgeDeadline()
-		if !due.IsZero() && !due.After(cfg.now()) || s.needsCompaction() {
-			if err := s.compact(s.bgCtx); err != nil && s.bgCtx.Err() == nil {
+		full, garbage := s.needsCompaction()
+		if full || garbage || !due.IsZero() && !due.After(cfg.now()) {
+			if err := s.compact(s.bgCtx, full); err != nil && s.bgCtx.Err() == nil {
 				cfg.logger.Warn("spool compaction failed", zap.Error(err))
 			}
 			due = s.purgeDeadline()

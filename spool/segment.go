@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 const (
@@ -33,6 +34,18 @@ type segment struct {
 	// when the last one is done. Both are guarded by FileSpool.segMu.
 	refs    int
 	dropped bool
+
+	// The fields below are guarded by FileSpool.mu.
+	//
+	// purgeDue is when the segment must be compacted, because it holds
+	// a body let go (retention.go); zero if it holds none.
+	purgeDue time.Time
+	// clean is the epoch of the compaction that wrote the segment, 0 for
+	// one the writer wrote: a segment whose clean is at least a ghost's
+	// epoch holds no record that could bring its callback back.
+	clean uint64
+	// letGoAtOpen is set by a replay that finds a body let go in it.
+	letGoAtOpen bool
 }
 
 func segmentName(id uint64) string {

@@ -56,11 +56,11 @@ type FileSpool struct {
 	skipped      int
 	// keyNames interns the entries' key ids.
 	keyNames map[string]string
-	// purgeDue is when a compaction must start to take bodies let go
-	// off the disk (retention.go); zero if none is waiting. letGoAtOpen
-	// is set by a replay that finds such bodies.
-	purgeDue    time.Time
-	letGoAtOpen bool
+	// ghosts are the callbacks gone from the index whose records may
+	// still be in segments that compaction has not rewritten since
+	// (compact.go); epoch counts the compactions' snapshots.
+	ghosts map[string]ghost
+	epoch  uint64
 
 	// segMu guards segs and the segments' reader counts. It may be taken
 	// while holding mu, never the other way round.
@@ -147,6 +147,8 @@ func Open(dir string, opts Options) (*FileSpool, error) {
 		jobs:       make(chan deliveryJob),
 		memLimit:   memRecordBytes,
 		closed:     make(chan struct{}),
+		ghosts:     make(map[string]ghost),
+		epoch:      1,
 	}
 	s.cfg.Store(cfg)
 	s.w = newWriter(s)
@@ -266,8 +268,10 @@ func (s *FileSpool) load(cfg *config) error {
 	for _, e := range s.entries {
 		s.schedule(e, now)
 	}
-	if s.letGoAtOpen {
-		s.purgeDue = now.Add(cfg.purgeDelay)
+	for _, seg := range s.segs {
+		if seg.letGoAtOpen {
+			seg.purgeDue = now.Add(cfg.purgeDelay)
+		}
 	}
 	return nil
 }
@@ -377,12 +381,14 @@ func (s *FileSpool) Append(ctx context.Context, e queue.Entry) (queue.AppendResu
 	s.reserved -= size
 	c.err = wr.err
 	if wr.err == nil {
+		var floor uint64
 		if old := s.entries[e.ID]; old != nil {
 			s.remove(old) // an expired tombstone
+			floor = old.lowest()
 		}
 		en := &entry{
 			id: e.ID, seq: seq, state: queue.StatePending, received: e.Received, size: int64(len(e.Body)),
-			seg: wr.seg, off: wr.off, n: size, key: s.internKey(key), next: e.Received, hidx: -1,
+			seg: wr.seg, off: wr.off, n: size, key: s.internKey(key), next: e.Received, hidx: -1, floor: floor,
 		}
 		if s.memBytes+size <= s.memLimit {
 			// rec is the record as written, and nothing changes it now:
@@ -646,8 +652,9 @@ func (s *FileSpool) Delete(ctx context.Context, id string) error {
 		return err
 	}
 	s.remove(e)
+	s.addGhost(e.id, e.lowest(), s.epoch)
 	if e.n > 0 {
-		s.letGo(cfg.now(), cfg)
+		s.letGo(e.seg, cfg.now(), cfg)
 	}
 	s.mu.Unlock()
 	return s.awaitDurable(done, "delete", 1)
