@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -220,6 +221,12 @@ type Callback struct {
 	user      *queue.User   // the route, as the queue knows it
 	// store holds the open queue, from Start; non-nil in durable mode.
 	store *atomic.Pointer[storeRef]
+	// jwksCtx is the context of the JWKS fetcher, which Start starts.
+	jwksCtx  context.Context
+	jwksOnce *sync.Once
+	// ready is closed once store holds the open queue.
+	ready     chan struct{}
+	readyOnce *sync.Once
 	// queueName names the durable queue in logs: the spool directory or
 	// jetstream:<stream>.
 	queueName string
@@ -326,7 +333,9 @@ func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 			m.jwksFetches.WithLabelValues(result).Inc()
 		})
 		c.jwks.SetClock(func() time.Time { return c.now() })
-		c.jwks.Start(fctx)
+		// Fetched from Start: a config that is only validated connects
+		// to nothing.
+		c.jwksCtx, c.jwksOnce = fctx, new(sync.Once)
 	}
 	c.verifier = &token.Verifier{
 		Issuer:   c.Issuer,

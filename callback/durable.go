@@ -1,6 +1,7 @@
 package callback
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,7 +9,9 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -104,6 +107,7 @@ func (c *Callback) provisionDurable(ctx caddy.Context) error {
 	c.backend, c.user = backend, user
 	c.queueName = backend.Name()
 	c.store = new(atomic.Pointer[storeRef])
+	c.ready, c.readyOnce = make(chan struct{}), new(sync.Once)
 	if backend.IsOpen() {
 		// A reload: the queue is open, so the route takes it now and
 		// never answers 503 while its config starts. A config that is
@@ -119,12 +123,15 @@ type storeRef struct{ queue.Store }
 // errNotOpen is the answer of a route whose queue is not open yet.
 var errNotOpen = fmt.Errorf("%w: the queue is not open yet", queue.ErrUnavailable)
 
-// Start opens the route's queue, in durable mode, when its config
-// starts (the atlas app's Start): until then, the route answers
+// Start starts the JWKS fetcher, if any, and opens the route's queue,
+// in durable mode, when its config starts (the atlas app's Start): until then, the route answers
 // callbacks 503 with Retry-After. A config that is only validated never
 // opens it. A max_body the queue cannot take is an error (see
 // fitMaxBody). Without a queue, Start does nothing.
 func (c *Callback) Start() error {
+	if c.jwks != nil && c.jwksOnce != nil {
+		c.jwksOnce.Do(func() { c.jwks.Start(c.jwksCtx) })
+	}
 	if c.backend == nil || c.openStore() != nil {
 		return nil
 	}
@@ -136,9 +143,33 @@ func (c *Callback) Start() error {
 		return err
 	}
 	c.store.Store(&storeRef{st})
+	c.readyOnce.Do(func() { close(c.ready) })
 	u, _ := url.Parse(c.deliverTo)
 	c.logger.Info("callback route in durable mode", zap.String("queue", c.queueName), zap.String("deliver_to", u.Redacted()))
 	return nil
+}
+
+// openWait bounds how long a callback waits for its route's queue to
+// open as the config starts: Caddy starts its apps in no set order, so
+// the server may take callbacks a moment before the atlas app has opened
+// the queues.
+const openWait = 10 * time.Second
+
+// waitOpen returns the route's open queue, waiting up to openWait (or
+// until ctx is done) for the config to open it; nil if it is still not
+// open.
+func (c *Callback) waitOpen(ctx context.Context) queue.Store {
+	if st := c.openStore(); st != nil || c.ready == nil {
+		return st
+	}
+	t := time.NewTimer(openWait)
+	defer t.Stop()
+	select {
+	case <-c.ready:
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return c.openStore()
 }
 
 // openStore returns the route's open queue, nil if it is not open (or
@@ -231,7 +262,7 @@ func (c *Callback) spoolCallback(w http.ResponseWriter, r *http.Request, id, sub
 
 	var res queue.AppendResult
 	err := errNotOpen
-	if st := c.openStore(); st != nil {
+	if st := c.waitOpen(r.Context()); st != nil {
 		res, err = st.Append(r.Context(), queue.Entry{ID: id, Header: hdr, Body: body})
 	}
 	if err != nil {

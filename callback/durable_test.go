@@ -450,8 +450,9 @@ func TestDurableSettingWithoutQueue(t *testing.T) {
 
 // TestDurableOpensAtStart checks that a route's queue opens when its
 // config starts, not when it is provisioned (as `caddy validate` does):
-// until then, nothing is created and callbacks are answered 503 with
-// Retry-After.
+// until then nothing is created; a callback that comes meanwhile waits
+// for the queue (Caddy starts its apps in no set order), and one whose
+// request ends first is answered 503 with Retry-After.
 func TestDurableOpensAtStart(t *testing.T) {
 	rc := callbacktest.NewReceiver(t)
 	dir := filepath.Join(t.TempDir(), "spool")
@@ -470,19 +471,28 @@ func TestDurableOpensAtStart(t *testing.T) {
 		t.Fatalf("the spool exists before the config starts: %v", err)
 	}
 	body := payloadtest.Sample(1)
-	rec, app := serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), body))
+	short, cancelShort := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancelShort()
+	rec, app := serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), body).WithContext(short))
 	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" || app.calls != 0 {
-		t.Fatalf("before start: %d Retry-After %q, want 503 with Retry-After", rec.Code, rec.Header().Get("Retry-After"))
+		t.Fatalf("before start, the request ending first: %d Retry-After %q, want 503 with Retry-After", rec.Code, rec.Header().Get("Retry-After"))
 	}
+	waited := make(chan *httptest.ResponseRecorder, 1)
+	req := callbackTestRequest(c.Path, callbackAuthToken(t, c), body)
+	go func() {
+		rec := httptest.NewRecorder()
+		_ = c.ServeCallback(rec, req, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil }))
+		waited <- rec
+	}()
+	time.Sleep(100 * time.Millisecond)
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(dir); err != nil {
 		t.Fatalf("the spool after start: %v", err)
 	}
-	rec, _ = serveTestCallback(t, c, callbackTestRequest(c.Path, callbackAuthToken(t, c), body))
-	if ack := decodeAck(t, rec); ack.CallbackID != ID(body) {
-		t.Errorf("after start: %+v", ack)
+	if ack := decodeAck(t, <-waited); ack.CallbackID != ID(body) {
+		t.Errorf("a callback that came before start: %+v", ack)
 	}
 	rc.WaitDelivered(t, 1, 10*time.Second)
 }

@@ -257,7 +257,9 @@ func (c *config) natsOptions(onDisconnect, onReconnect func()) ([]nats.Option, e
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.ReconnectBufSize(-1),
-		nats.Timeout(c.publishTimeout),
+		// The time to connect to one server; a publish's time is
+		// publishTimeout.
+		nats.Timeout(min(c.publishTimeout, 5*time.Second)),
 		nats.PingInterval(orDefault(o.PingInterval, DefaultPingInterval)),
 		nats.MaxPingsOutstanding(orDefault(o.MaxPingsOutstanding, DefaultMaxPingsOutstanding)),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {

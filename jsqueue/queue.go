@@ -197,7 +197,7 @@ const setupRetryLogEvery = 5 * time.Second
 func (q *Queue) setupWithRetry(cfg *config, deadline time.Time) error {
 	var logged time.Time
 	for attempt := 1; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*cfg.publishTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), max(min(2*cfg.publishTimeout, time.Until(deadline)), time.Second))
 		err := q.setup(ctx, cfg)
 		cancel()
 		if err == nil || !errors.Is(err, queue.ErrUnavailable) || time.Now().After(deadline) {
@@ -490,12 +490,21 @@ func (q *Queue) Append(ctx context.Context, e queue.Entry) (queue.AppendResult, 
 	// connection to a frozen server (which the client's pings notice, to
 	// move to another) last seconds, and Atlas should not be refused
 	// while a quorum stands.
+	published := false // an earlier try sent the message; its ack may be lost
 	for attempt := 1; ; attempt++ {
 		actx, acancel := withTimeout(ctx, cfg.attemptTimeout)
 		res, what, err := q.appendOnce(actx, e, cfg)
 		acancel()
 		if err == nil {
+			if published {
+				// The duplicate is likely this Append's own earlier
+				// try, whose ack was lost: it was stored, once.
+				res.Duplicate = false
+			}
 			return res, nil
+		}
+		if what == "publishing the callback" {
+			published = true
 		}
 		if !retryable(err) || ctx.Err() != nil || q.offline() {
 			if what == "" {
@@ -521,7 +530,7 @@ func (q *Queue) Append(ctx context.Context, e queue.Entry) (queue.AppendResult, 
 // (to the same server or another) before an Append stops waiting for
 // it: beyond it, NATS is taken to be down, and the callback is refused
 // at once rather than at the end of the publish timeout.
-const reconnectGrace = 2 * time.Second
+const reconnectGrace = time.Second
 
 // offline reports whether the connection has been down for longer than
 // reconnectGrace.
@@ -540,6 +549,7 @@ func retryable(err error) bool {
 	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
 		errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrDisconnected),
+		errors.Is(err, nats.ErrReconnectBufExceeded), // the client reconnects, and buffers nothing
 		errors.Is(err, nats.ErrStaleConnection), errors.Is(err, errNoAnswer):
 		return true
 	case errors.As(err, &ae):

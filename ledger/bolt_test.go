@@ -73,3 +73,38 @@ func TestWatchGoroutinesEnd(t *testing.T) {
 	s.Close()
 	testutil.WaitFor(t, 5*time.Second, "the watch goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
 }
+
+// TestLeaseNearGiveUp: a lease taken shortly before the batch's give-up
+// time keeps it out of Due until the lease ends (invariant 7), rather
+// than listing a batch whose lease is held.
+func TestLeaseNearGiveUp(t *testing.T) {
+	ctx := context.Background()
+	clock := testutil.NewClock(time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC))
+	s, err := ledger.Open(t.TempDir(), ledger.Options{
+		Policy: ledger.Policy{PollAfter: time.Minute, PollEvery: time.Minute, GiveUpAfter: time.Hour},
+		Now:    clock.Now, NoSync: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Create(ctx, &ledger.Batch{ID: "BATCH-1", Documents: []ledger.Document{{ID: "pan-1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Hour - time.Minute) // a minute before giving up
+	if _, err := s.TakeLease(ctx, "BATCH-1", "owner-1", 5*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(2 * time.Minute) // past give-up, the lease still held
+	due, err := s.Due(ctx, 10, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(due) != 0 {
+		t.Errorf("Due lists %v while its lease is held", due)
+	}
+	clock.Advance(4 * time.Minute) // the lease has ended
+	if due, _ := s.Due(ctx, 10, ""); len(due) != 1 {
+		t.Errorf("Due after the lease ended: %v, want the batch", due)
+	}
+}

@@ -337,7 +337,14 @@ func (b *Batch) Settle(now time.Time, p Policy) {
 		b.State = StateComplete
 		b.Finished = now
 	case pending > 0 && b.State == StateProcessing:
-		if giveUp := b.Uploaded.Add(p.GiveUpAfter); b.NextPoll.IsZero() || b.NextPoll.After(giveUp) {
+		giveUp := b.Uploaded.Add(p.GiveUpAfter)
+		if b.LeaseOwner != "" && b.LeaseUntil.After(giveUp) {
+			// Leased: due again when the lease ends, even past the
+			// give-up time (invariant 7), so that Due does not list a
+			// batch whose lease is held.
+			giveUp = b.LeaseUntil
+		}
+		if b.NextPoll.IsZero() || b.NextPoll.After(giveUp) {
 			b.NextPoll = giveUp
 		}
 	}

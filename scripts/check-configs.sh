@@ -106,9 +106,9 @@ fi
 
 mapfile -t caddyfiles < <(files '*Caddyfile' '*.caddyfile' | grep -v '^testdata/')
 
-# The Caddyfiles with `queue jetstream` connect to NATS when they are
-# validated (Caddy creates or checks the streams at provision): they get
-# a real cluster of 3 JetStream servers on loopback, in operator (JWT)
+# The Caddyfiles with `queue jetstream` connect to NATS when they run
+# (Caddy creates or checks the streams as the config starts; `caddy
+# validate` connects to nothing): they get a real cluster of 3 JetStream servers on loopback, in operator (JWT)
 # mode, run by scripts/natscheck, whose URLs become ATLAS_NATS_URLS and
 # whose user's credentials become nats.creds.
 if grep -lq 'queue jetstream' -- "${caddyfiles[@]}" "${embedded[@]}" 2>/dev/null; then
@@ -306,7 +306,7 @@ for f in "${embedded[@]}"; do
 	fi
 done
 if [ -n "${nats_pid:-}" ]; then
-	kill "$nats_pid" 2>/dev/null
+	kill "$nats_pid" 2>/dev/null || true
 	wait "$nats_pid" 2>/dev/null || true
 	smoke_pids=()
 fi

@@ -160,6 +160,7 @@ func (s *Simulator) scheduleCallbacks(b *batch) {
 	}
 	if !s.cbRunning {
 		s.cbRunning = true
+		s.loops.Add(1)
 		go s.callbackLoop()
 	}
 }
@@ -167,6 +168,7 @@ func (s *Simulator) scheduleCallbacks(b *batch) {
 // callbackLoop sends the automatic callbacks as they fall due, until
 // none is scheduled or the simulator closes.
 func (s *Simulator) callbackLoop() {
+	defer s.loops.Done()
 	t := time.NewTicker(callbackTick)
 	defer t.Stop()
 	for {
@@ -335,8 +337,9 @@ func (s *Simulator) resetCallbacks() {
 	s.auto = copyAutoCallback(s.defaultAuto)
 }
 
-// Close stops the simulator's automatic callbacks and aborts pending
-// delays (they answer 503). Server.Close calls it.
+// Close stops the simulator's automatic callbacks, waiting for their
+// loop to end, and aborts pending delays (they answer 503). Server.Close
+// calls it.
 func (s *Simulator) Close() {
 	s.close()
 }

@@ -164,11 +164,13 @@ type Simulator struct {
 	defaultPending         string
 	done                   chan struct{}
 	closeOnce              sync.Once
-	ctx                    context.Context // ends at Close
-	cancel                 context.CancelFunc
-	defaultAuto            *AutoCallback
-	defaultRateLimits      map[string]int
-	cbMu                   sync.Mutex // serializes FlushCallbacks
+	// loops counts the callback loops running, for close to wait for.
+	loops             sync.WaitGroup
+	ctx               context.Context // ends at Close
+	cancel            context.CancelFunc
+	defaultAuto       *AutoCallback
+	defaultRateLimits map[string]int
+	cbMu              sync.Mutex // serializes FlushCallbacks
 
 	mu          sync.Mutex
 	lifetime    time.Duration
@@ -734,6 +736,7 @@ func (s *Simulator) close() {
 		close(s.done)
 		s.cancel()
 	})
+	s.loops.Wait()
 }
 
 // writeJSON writes v as a JSON response with status.
