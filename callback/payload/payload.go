@@ -1,6 +1,8 @@
 // Package payload checks that a callback body is an Atlas extraction
-// payload, in one pass and without building a tree of it. It knows
-// nothing of Caddy or HTTP.
+// payload, in one pass and without building a tree of it (Validate),
+// lists its documents with their places in the body (Documents), and
+// rewrites a body by bytes to hold only some of them (Filter), or one
+// body per group of them (Split). It knows nothing of Caddy or HTTP.
 package payload
 
 import (
@@ -56,6 +58,12 @@ type payloadScanner struct {
 	pos   int
 	depth int
 	path  []payloadPathElem
+
+	// collect says that Documents runs the scan: the elements of data
+	// are read by element, which gathers them in docs, instead of
+	// document.
+	collect bool
+	docs    []Document
 }
 
 // payloadPathElem is a step of a JSON path: an array index, or an object
@@ -176,7 +184,12 @@ func (s *payloadScanner) data() (int, error) {
 			return n, nil
 		}
 		s.path = append(s.path, payloadPathElem{index: n})
-		if err := s.document(); err != nil {
+		if s.collect {
+			err = s.element()
+		} else {
+			err = s.document()
+		}
+		if err != nil {
 			return 0, err
 		}
 		s.pop()
