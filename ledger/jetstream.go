@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -60,6 +61,8 @@ var bucketName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,200}$`)
 // their consistency.
 type JetStreamStore struct {
 	kv     jetstream.KeyValue
+	stream jetstream.Stream
+	pre    string // $KV.<bucket>.
 	policy Policy
 	now    func() time.Time
 	skew   time.Duration
@@ -100,7 +103,7 @@ func OpenJetStream(ctx context.Context, js jetstream.JetStream, o JetStreamOptio
 		Name:              "KV_" + bucket,
 		Description:       "caddy-atlas: the ledger of batches and idempotency records",
 		Subjects:          []string{"$KV." + bucket + ".>"},
-		MaxMsgsPerSubject: 1,
+		MaxMsgsPerSubject: 2, // see listKeys
 		MaxBytes:          -1,
 		MaxMsgSize:        -1,
 		MaxMsgs:           -1,
@@ -123,8 +126,8 @@ func OpenJetStream(ctx context.Context, js jetstream.JetStream, o JetStreamOptio
 	case got.Replicas != replicas:
 		return nil, fmt.Errorf("ledger: bucket %s has %d replicas, the configuration says %d: set replicas %d, or move the bucket (nats stream edit KV_%s --replicas)",
 			bucket, got.Replicas, replicas, got.Replicas, bucket)
-	case got.MaxMsgsPerSubject != 1 || !got.AllowRollup || !got.AllowMsgTTL || got.AllowDirect:
-		return nil, fmt.Errorf("ledger: bucket %s was not made by caddy-atlas (history 1, rollup, message TTLs, no direct get): use another bucket name", bucket)
+	case got.MaxMsgsPerSubject != 2 || !got.AllowRollup || !got.AllowMsgTTL || got.AllowDirect:
+		return nil, fmt.Errorf("ledger: bucket %s was not made by caddy-atlas (history 2, rollup, message TTLs, no direct get): use another bucket name", bucket)
 	}
 	kv, err := js.KeyValue(ctx, bucket)
 	if err != nil {
@@ -132,6 +135,8 @@ func OpenJetStream(ctx context.Context, js jetstream.JetStream, o JetStreamOptio
 	}
 	s := &JetStreamStore{
 		kv:       kv,
+		stream:   st,
+		pre:      "$KV." + bucket + ".",
 		policy:   o.Policy.WithDefaults(),
 		now:      o.Now,
 		skew:     cmp.Or(o.MaxClockSkew, DefaultMaxClockSkew),
@@ -583,21 +588,91 @@ func (s *JetStreamStore) listBuckets(ctx context.Context, prefix string, from, t
 }
 
 // listKeys lists the keys matching filters (the current ones, not the
-// deleted), calling fn for each until it returns false.
+// deleted), calling fn for each until it returns false. It reads them
+// with an ephemeral pull consumer, headers only, last per subject: the
+// servers find the subjects in their subject index and send those
+// entries, and nothing more. (This is why the bucket keeps 2 revisions
+// per key: with 1, nats-server takes last-per-subject for deliver-all
+// and walks the whole stream for the filter, a cost that grows with the
+// batches kept. A push watcher would also go on scanning the rest of the
+// stream for new entries until stopped.)
 func (s *JetStreamStore) listKeys(ctx context.Context, filters []string, fn func(key string) bool) error {
-	lctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	kl, err := s.kv.ListKeysFiltered(lctx, slices.Clone(filters)...)
+	subjects := make([]string, len(filters))
+	for i, f := range filters {
+		subjects[i] = s.pre + f
+	}
+	cfg := jetstream.ConsumerConfig{
+		DeliverPolicy:     jetstream.DeliverLastPerSubjectPolicy,
+		AckPolicy:         jetstream.AckNonePolicy,
+		HeadersOnly:       true,
+		InactiveThreshold: time.Minute,
+		MemoryStorage:     true,
+		Replicas:          1,
+	}
+	if len(subjects) == 1 {
+		cfg.FilterSubject = subjects[0]
+	} else {
+		cfg.FilterSubjects = subjects
+	}
+	cons, err := s.stream.CreateConsumer(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	defer kl.Stop()
-	for k := range kl.Keys() {
-		if !fn(k) {
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.stream.DeleteConsumer(dctx, cons.CachedInfo().Name)
+	}()
+	pending := cons.CachedInfo().NumPending
+	for pending > 0 {
+		batch, err := s.fetch(ctx, cons, int(min(pending, 1000)))
+		if err != nil {
+			return err
+		}
+		n := 0
+		stop := false
+		for _, m := range batch {
+			n++
+			if stop {
+				continue
+			}
+			if op := m.Headers().Get("KV-Operation"); op == "DEL" || op == "PURGE" || m.Headers().Get(jetstream.MarkerReasonHeader) != "" {
+				continue
+			}
+			if !fn(strings.TrimPrefix(m.Subject(), s.pre)) {
+				stop = true
+			}
+		}
+		if stop || n == 0 {
 			return nil
 		}
+		pending -= uint64(min(uint64(n), pending))
 	}
 	return ctx.Err()
+}
+
+// fetch reads up to n available messages of cons. In a cluster, the
+// consumer just created may not be reachable from every server yet
+// ("no responders"): it tries again for up to a second.
+func (s *JetStreamStore) fetch(ctx context.Context, cons jetstream.Consumer, n int) ([]jetstream.Msg, error) {
+	for attempt := 0; ; attempt++ {
+		batch, err := cons.FetchNoWait(n)
+		var msgs []jetstream.Msg
+		if err == nil {
+			for m := range batch.Messages() {
+				msgs = append(msgs, m)
+			}
+			err = batch.Error()
+		}
+		if err == nil || !errors.Is(err, nats.ErrNoResponders) || attempt >= 50 || len(msgs) > 0 {
+			return msgs, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // cand is an entry of a time index: its order, its record's id, its key.

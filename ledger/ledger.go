@@ -9,8 +9,8 @@ import (
 
 // Store is the ledger of batches and idempotency records. BoltStore
 // (Open) is the single-node implementation, in a file beside the spool;
-// a JetStream key-value implementation will satisfy the same interface
-// and run the same suite (package ledgertest).
+// JetStreamStore (OpenJetStream) is the fleet's, in a JetStream
+// key-value bucket; both run the same suite (package ledgertest).
 //
 // Every time a Store sets (Created, received times, leases, expiries) is
 // read from its clock (Options.Now). Implementations are safe for

@@ -1,6 +1,6 @@
 // Package ledgertest is the behavioural test suite of a ledger.Store:
-// the same tests run against every implementation (ledger.BoltStore, and
-// the JetStream key-value store to come), so that the routes see the
+// the same tests run against every implementation (ledger.BoltStore and
+// ledger.JetStreamStore), so that the routes see the
 // same semantics whichever is configured. Only tests import it.
 package ledgertest
 
