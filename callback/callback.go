@@ -23,6 +23,7 @@ import (
 
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
+	"github.com/caddy-atlas/caddy-atlas/ledger"
 	"github.com/caddy-atlas/caddy-atlas/mask"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/whsign"
@@ -224,6 +225,9 @@ type Callback struct {
 	// jwksCtx is the context of the JWKS fetcher, which Start starts.
 	jwksCtx  context.Context
 	jwksOnce *sync.Once
+	// ledgerOf returns the ledger of batches, when the atlas app keeps
+	// one (nil before it opens).
+	ledgerOf func() ledger.Store
 	// ready is closed once store holds the open queue.
 	ready     chan struct{}
 	readyOnce *sync.Once
@@ -499,6 +503,9 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 	}
 
 	if c.store != nil {
+		if c.ledgerOf != nil {
+			return c.spoolWithLedger(w, r, id, subject, count, body)
+		}
 		return c.spoolCallback(w, r, id, subject, count, body)
 	}
 

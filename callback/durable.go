@@ -266,26 +266,7 @@ func (c *Callback) spoolCallback(w http.ResponseWriter, r *http.Request, id, sub
 		res, err = st.Append(r.Context(), queue.Entry{ID: id, Header: hdr, Body: body})
 	}
 	if err != nil {
-		switch {
-		case errors.Is(err, queue.ErrTooLarge):
-			// Atlas would retry a 5xx for ever; the operator can raise
-			// the store's limit (the NATS servers' max_payload) or lower
-			// max_body, which provisioning warned about.
-			c.metrics.callbacks.WithLabelValues(outcomeTooLarge).Inc()
-			c.logger.Warn("callback refused: too large for the queue", zap.String("callback_id", id),
-				zap.String("spool", c.queueName), zap.Int("bytes", len(body)), zap.Error(err))
-			return httpjson.WriteError(w, http.StatusRequestEntityTooLarge,
-				"the callback body ("+strconv.Itoa(len(body))+" bytes) is larger than the queue takes")
-		case errors.Is(err, queue.ErrUnavailable), errors.Is(err, queue.ErrClosed):
-			c.metrics.callbacks.WithLabelValues(outcomeUnavailable).Inc()
-			c.logger.Error("callback refused: the spool cannot store it", zap.String("callback_id", id),
-				zap.String("spool", c.queueName), zap.Int("bytes", len(body)), zap.Error(err))
-			w.Header().Set("Retry-After", spoolRetryAfter)
-			return httpjson.WriteError(w, http.StatusServiceUnavailable, "the callback cannot be stored right now; retry later")
-		case r.Context().Err() != nil:
-			return caddyhttp.Error(statusClientClosedRequest, fmt.Errorf("spooling callback %s: %w", id, err))
-		}
-		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("spooling callback %s: %w", id, err))
+		return c.refuse(w, r, id, body, err)
 	}
 
 	outcome := outcomeAccepted
@@ -297,7 +278,39 @@ func (c *Callback) spoolCallback(w http.ResponseWriter, r *http.Request, id, sub
 		ce.Write(zap.String("callback_id", id), zap.String("subject", subject),
 			zap.Bool("duplicate", res.Duplicate), zap.Int("bytes", len(body)))
 	}
-	ack, _ := json.Marshal(spoolAck{Status: "accepted", CallbackID: id, Duplicate: res.Duplicate})
+	return writeAck(w, id, res.Duplicate)
+}
+
+// refuse answers a callback that the queue did not store: 413 for one
+// too large for it, 503 with Retry-After when it cannot store, never a
+// 2xx.
+func (c *Callback) refuse(w http.ResponseWriter, r *http.Request, id string, body []byte, err error) error {
+	switch {
+	case errors.Is(err, queue.ErrTooLarge):
+		// Atlas would retry a 5xx for ever; the operator can raise
+		// the store's limit (the NATS servers' max_payload) or lower
+		// max_body, which provisioning warned about.
+		c.metrics.callbacks.WithLabelValues(outcomeTooLarge).Inc()
+		c.logger.Warn("callback refused: too large for the queue", zap.String("callback_id", id),
+			zap.String("spool", c.queueName), zap.Int("bytes", len(body)), zap.Error(err))
+		return httpjson.WriteError(w, http.StatusRequestEntityTooLarge,
+			"the callback body ("+strconv.Itoa(len(body))+" bytes) is larger than the queue takes")
+	case errors.Is(err, queue.ErrUnavailable), errors.Is(err, queue.ErrClosed):
+		c.metrics.callbacks.WithLabelValues(outcomeUnavailable).Inc()
+		c.logger.Error("callback refused: the spool cannot store it", zap.String("callback_id", id),
+			zap.String("spool", c.queueName), zap.Int("bytes", len(body)), zap.Error(err))
+		w.Header().Set("Retry-After", spoolRetryAfter)
+		return httpjson.WriteError(w, http.StatusServiceUnavailable, "the callback cannot be stored right now; retry later")
+	case r.Context().Err() != nil:
+		return caddyhttp.Error(statusClientClosedRequest, fmt.Errorf("spooling callback %s: %w", id, err))
+	}
+	return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("spooling callback %s: %w", id, err))
+}
+
+// writeAck answers a stored callback 202 {"status": "accepted",
+// "callback_id": id}, with "duplicate": true for one stored before.
+func writeAck(w http.ResponseWriter, id string, duplicate bool) error {
+	ack, _ := json.Marshal(spoolAck{Status: "accepted", CallbackID: id, Duplicate: duplicate})
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Content-Type-Options", "nosniff")

@@ -16,6 +16,8 @@ import (
 //	caddy_atlas_callback_payload_bytes                sizes of the authenticated callback bodies read
 //	caddy_atlas_callback_verify_seconds               time to verify a callback's token
 //	caddy_atlas_callback_jwks_fetches_total{result}   JWKS fetches: ok, error
+//	caddy_atlas_batch_late_duplicates_total           documents of known batches a callback brought again, acknowledged, not delivered
+//	caddy_atlas_batch_unmatched_documents_total       documents of callbacks that the ledger of batches does not know
 //
 // A 415 counts as invalid. They are created once for the process and
 // registered in each config's registry.
@@ -26,6 +28,9 @@ type callbackMetrics struct {
 	payloadBytes  prometheus.Histogram
 	verifySeconds prometheus.Histogram
 	jwksFetches   *prometheus.CounterVec
+	// With the ledger of batches.
+	lateDuplicates prometheus.Counter
+	unmatched      prometheus.Counter
 }
 
 var (
@@ -66,13 +71,21 @@ func registerCallbackMetrics(registry *prometheus.Registry) (*callbackMetrics, e
 				Namespace: ns, Subsystem: sub, Name: "callback_jwks_fetches_total",
 				Help: "Fetches of the callback jwks_url, by result.",
 			}, []string{"result"}),
+			lateDuplicates: prometheus.NewCounter(prometheus.CounterOpts{
+				Namespace: ns, Subsystem: sub, Name: "batch_late_duplicates_total",
+				Help: "Documents of known batches that a callback brought again after another delivery took them: acknowledged, not delivered.",
+			}),
+			unmatched: prometheus.NewCounter(prometheus.CounterOpts{
+				Namespace: ns, Subsystem: sub, Name: "batch_unmatched_documents_total",
+				Help: "Documents of callbacks that the ledger of batches does not know (uploaded around the gateway, or before the ledger): delivered as before.",
+			}),
 		}
 	})
 	m := callbackCollectors
 	if registry == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.tokensIssued, m.authFailures, m.callbacks, m.payloadBytes, m.verifySeconds, m.jwksFetches} {
+	for _, c := range []prometheus.Collector{m.tokensIssued, m.authFailures, m.callbacks, m.payloadBytes, m.verifySeconds, m.jwksFetches, m.lateDuplicates, m.unmatched} {
 		if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 			return nil, err
 		}

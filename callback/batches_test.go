@@ -1,0 +1,119 @@
+package callback
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
+	"github.com/caddy-atlas/caddy-atlas/ledger"
+)
+
+// batchCallback is a callback body with the given documents, each with
+// fields.
+func batchCallback(ids ...string) []byte {
+	var els []string
+	for _, id := range ids {
+		els = append(els, fmt.Sprintf(`{"document_id": %q, "file_data": {"document_type": "PAN", "name": {"value": "A %s", "confidence_score": 0.9}}}`, id, id))
+	}
+	return []byte(`{"data": [` + strings.Join(els, ", ") + `], "page": 1, "per_page": 50, "total_pages": 1, "total_items": ` + fmt.Sprint(len(ids)) + `}`)
+}
+
+// TestDurableBatches checks the durable route with a ledger of batches:
+// a callback's documents are claimed in their batches and delivered once
+// per batch, named; a later callback that brings them again is
+// acknowledged and not delivered; documents the ledger does not know are
+// delivered as before; a callback that mixes new and delivered documents
+// delivers only the new ones.
+func TestDurableBatches(t *testing.T) {
+	rc := callbacktest.NewReceiver(t)
+	store, err := ledger.Open(t.TempDir(), ledger.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx := context.Background()
+	for _, b := range []*ledger.Batch{
+		{ID: "BATCH-A", Documents: []ledger.Document{{ID: "a1"}, {ID: "a2"}}},
+		{ID: "BATCH-B", Documents: []ledger.Document{{ID: "b1"}, {ID: "b2"}}},
+	} {
+		if _, err := store.Create(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, _ := durableTestCallback(t, rc, func(c *Callback) {
+		c.UseLedger(func() ledger.Store { return store })
+	})
+
+	// a1 and b1 (two batches) and an unknown document: three deliveries.
+	first := batchCallback("a1", "b1", "x1")
+	if ack := decodeAck(t, serveTestCallbackRec(t, c, first)); ack.Duplicate || ack.CallbackID != ID(first) {
+		t.Fatalf("first callback: %+v", ack)
+	}
+	rc.WaitDelivered(t, 3, 5*time.Second)
+	// The same documents again, in another callback: nothing delivered;
+	// the unknown one's part is a duplicate of the first's, by its body.
+	if ack := decodeAck(t, serveTestCallbackRec(t, c, batchCallback("b1", "a1", "x1"))); !ack.Duplicate {
+		t.Errorf("a callback with nothing new: %+v, want a duplicate", ack)
+	}
+	// A mix: a2 new, a1 delivered already.
+	decodeAck(t, serveTestCallbackRec(t, c, batchCallback("a1", "a2")))
+	rc.WaitDelivered(t, 4, 5*time.Second)
+	time.Sleep(200 * time.Millisecond)
+
+	docs := map[string]int{}
+	batches := map[string]string{}
+	for _, id := range rc.Delivered() {
+		var body struct {
+			Data []struct {
+				DocumentID string `json:"document_id"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal(rc.Body(id), &body); err != nil {
+			t.Fatalf("delivery %s: %v", id, err)
+		}
+		h := rc.Header(id)
+		for _, d := range body.Data {
+			docs[d.DocumentID]++
+			batches[d.DocumentID] = h.Get("X-Atlas-Batch-Id") + "/" + h.Get("X-Atlas-Result-Source")
+		}
+		if n := h.Get("X-Atlas-Document-Count"); n != fmt.Sprint(len(body.Data)) {
+			t.Errorf("delivery %s: X-Atlas-Document-Count %s for %d documents", id, n, len(body.Data))
+		}
+	}
+	for _, id := range []string{"a1", "a2", "b1", "x1"} {
+		if docs[id] != 1 {
+			t.Errorf("document %s delivered %d times, want once", id, docs[id])
+		}
+	}
+	if batches["a1"] != "BATCH-A/callback" || batches["a2"] != "BATCH-A/callback" || batches["b1"] != "BATCH-B/callback" || batches["x1"] != "/" {
+		t.Errorf("batches named: %v", batches)
+	}
+	b, err := store.Get(ctx, "BATCH-A")
+	if err != nil || b.State != ledger.StateComplete {
+		t.Errorf("batch A after its documents: %+v %v", b, err)
+	}
+}
+
+// TestEnqueuePolled checks that polled results go through the route's
+// queue and delivery, named as polled.
+func TestEnqueuePolled(t *testing.T) {
+	rc := callbacktest.NewReceiver(t)
+	c, _ := durableTestCallback(t, rc, nil)
+	if err := c.EnqueuePolled(context.Background(), "poll-1", "BATCH-P", 1, batchCallback("p1")); err != nil {
+		t.Fatal(err)
+	}
+	rc.WaitDelivered(t, 1, 5*time.Second)
+	h := rc.Header("poll-1")
+	if h.Get("X-Atlas-Batch-Id") != "BATCH-P" || h.Get("X-Atlas-Result-Source") != "poll" || h.Get("Content-Type") != "application/json" {
+		t.Errorf("headers %v", h)
+	}
+	if got := rc.Header("poll-1").Get("X-Atlas-Callback-Id"); got != "poll-1" {
+		t.Errorf("callback id %q", got)
+	}
+	_ = http.StatusOK
+}
