@@ -47,6 +47,11 @@ type App struct {
 	// ["nats://nats-1:4222"]}.
 	QueueRaw json.RawMessage `json:"queue,omitempty" caddy:"namespace=atlas.queues inline_key=backend"`
 
+	// The ledger of batches: with it, the upload routes record what
+	// Atlas accepted, and {batches_path} answers whether a batch is
+	// done. Needs a spool queue here. See Batches.
+	Batches *Batches `json:"batches,omitempty"`
+
 	ctx    caddy.Context
 	logger *zap.Logger
 
@@ -57,6 +62,10 @@ type App struct {
 	own *account
 	// queue is the app's queue, nil if the app configures none.
 	queue queue.Backend
+	// ledger is the ledger of batches, nil without batches; poll its
+	// reconciler.
+	ledger *ledgerHolder
+	poll   *poller
 	// starts open the queues of the config's routes, at Start.
 	starts []func() error
 }
@@ -101,7 +110,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 		a.queue = b
 	}
-	return nil
+	return a.provisionBatches()
 }
 
 // Queue returns the app's queue, nil if it configures none.
@@ -133,7 +142,7 @@ func (a *App) onStart(f func() error) {
 
 // Stop implements caddy.App. What the app holds is released at Cleanup,
 // once the config that replaces this one holds it too.
-func (a *App) Stop() error { return nil }
+func (a *App) Stop() error { return a.stopReconciler() }
 
 // Cleanup releases the accounts: their token sources stop when no
 // config uses them any more.
@@ -150,6 +159,7 @@ func (a *App) Cleanup() error {
 	a.accounts = nil
 	a.own = nil
 	a.starts = nil
+	errs = append(errs, a.releaseLedger())
 	return errors.Join(errs...)
 }
 

@@ -2,6 +2,7 @@ package caddyatlas
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -239,5 +240,35 @@ func TestQueueFailsAtStart(t *testing.T) {
 	}
 	if qs := queues.Open(); len(qs) != 0 {
 		t.Errorf("open queues after the failed load: %+v", qs)
+	}
+}
+
+// TestAppBatches checks the configurations of the ledger of batches.
+func TestAppBatches(t *testing.T) {
+	dir := t.TempDir()
+	const account = `"endpoint": "https://atlas.example.com", "client_id": "gw", "client_secret": "s"`
+	for _, tc := range []struct {
+		name, config, want string
+	}{
+		{"batches with a spool", siteConfig(t, `{`+account+`, "queue": {"backend": "spool", "dir": "`+dir+`"}, "batches": {"poll_after": 0}}`, `{"handler": "atlas"}`), ""},
+		{"batches without a queue", siteConfig(t, `{`+account+`, "batches": {}}`, `{"handler": "atlas"}`),
+			"batches needs the queue of the global atlas options, a spool"},
+		{"batches_path without batches", siteConfig(t, `{`+account+`}`, `{"handler": "atlas", "batches_path": "/b"}`),
+			"batches_path needs a ledger of batches"},
+		{"a negative poll_every", siteConfig(t, `{`+account+`, "queue": {"backend": "spool", "dir": "`+dir+`"}, "batches": {"poll_every": -1}}`, `{"handler": "atlas"}`),
+			"batches: poll_every must not be negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := validateConfig(t, tc.config)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("config refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("error %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ledger.db")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("validating a config created the ledger: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -104,6 +105,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = unmarshalTokenStorage(d, &a.TokenStorage)
 		case "queue":
 			err = a.unmarshalQueue(d)
+		case "batches":
+			a.Batches = new(Batches)
+			err = a.Batches.UnmarshalCaddyfile(d)
 		default:
 			return cfparse.Unrecognized(d, appSubdirectives)
 		}
@@ -117,14 +121,14 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // appSubdirectives are the subdirectives of the atlas global option, for
 // the suggestion of a misspelt one (a test checks them against the
 // parser's switch).
-var appSubdirectives = []string{"endpoint", "client_id", "client_secret", "token_storage", "queue"}
+var appSubdirectives = []string{"endpoint", "client_id", "client_secret", "token_storage", "queue", "batches"}
 
 // handlerSubdirectives are the subdirectives of a site's atlas block, for
 // the suggestion of a misspelt one (a test checks them against the
 // parser's switch).
 var handlerSubdirectives = []string{
 	"endpoint", "client_id", "client_secret", "extracts_path", "upload_path", "token_header",
-	"token_storage", "timeout", "max_upload_body", "mask", "callback",
+	"token_storage", "timeout", "max_upload_body", "mask", "callback", "batches_path",
 }
 
 // unmarshalQueue parses `queue <backend> ...`, d on `queue`.
@@ -246,6 +250,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = cfparse.String(d, &h.ExtractsPath)
 		case "upload_path":
 			err = cfparse.String(d, &h.UploadPath)
+		case "batches_path":
+			err = cfparse.String(d, &h.BatchesPath)
 		case "token_header":
 			err = cfparse.String(d, &h.TokenHeader)
 		case "token_storage":
@@ -352,6 +358,72 @@ func checkQueuePlaces(h httpcaddyfile.Helper, raw json.RawMessage, place string)
 	if !reflect.DeepEqual(queues.WithDefaults(o.settings), queues.WithDefaults(q)) {
 		return fmt.Errorf("queue %s is configured twice, with different settings: in %s and in %s; configure it once (in the global atlas options) or alike in both places",
 			id, o.place, place)
+	}
+	return nil
+}
+
+// batchesSubdirectives are the subdirectives of the batches block, for
+// the suggestion of a misspelt one.
+var batchesSubdirectives = []string{"poll_after", "poll_every", "give_up_after", "poll_rate", "max_wait", "retention", "idempotency_window"}
+
+// UnmarshalCaddyfile sets up the batches from the `batches` block of the
+// atlas global option (d is on `batches`). Syntax:
+//
+//	batches {
+//		poll_after         <duration>   # 0: poll every batch from its upload on
+//		poll_every         <duration>
+//		give_up_after      <duration>
+//		poll_rate          <requests per second>
+//		max_wait           <duration>
+//		retention          <duration>
+//		idempotency_window <duration>
+//	}
+func (b *Batches) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := cfparse.Seen{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if err := seen.Once(d); err != nil {
+			return err
+		}
+		var err error
+		switch d.Val() {
+		case "poll_after":
+			var v string
+			if v, err = cfparse.Arg(d); err == nil {
+				var dur time.Duration
+				if dur, err = caddy.ParseDuration(v); err != nil || dur < 0 {
+					return d.Errf("poll_after must be a duration, 0 for poll-only, got %s", v)
+				}
+				cd := caddy.Duration(dur)
+				b.PollAfter = &cd
+			}
+		case "poll_every":
+			err = cfparse.Duration(d, &b.PollEvery)
+		case "give_up_after":
+			err = cfparse.Duration(d, &b.GiveUpAfter)
+		case "poll_rate":
+			var v string
+			if v, err = cfparse.Arg(d); err == nil {
+				r, perr := strconv.ParseFloat(v, 64)
+				if perr != nil || r <= 0 || r > 1000 {
+					return d.Errf("poll_rate must be a number of requests per second above 0, at most 1000, got %s", v)
+				}
+				b.PollRate = r
+			}
+		case "max_wait":
+			err = cfparse.Duration(d, &b.MaxWait)
+		case "retention":
+			err = cfparse.Duration(d, &b.Retention)
+		case "idempotency_window":
+			err = cfparse.Duration(d, &b.IdempotencyWindow)
+		default:
+			return cfparse.Unrecognized(d, batchesSubdirectives)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }

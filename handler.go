@@ -2,6 +2,7 @@ package caddyatlas
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
@@ -25,6 +26,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveExtracts(w, r)
 	case h.uploadPath != "" && path == h.uploadPath:
 		return h.serveUpload(w, r)
+	case h.batchesPath != "" && (path == h.batchesPath || strings.HasPrefix(path, h.batchesPath+"/")):
+		return h.serveBatches(w, r)
 	}
 	return next.ServeHTTP(w, r)
 }

@@ -87,6 +87,13 @@ type Handler struct {
 	// disables the route.
 	UploadPath string `json:"upload_path,omitempty"`
 
+	// The path of the batch status endpoint, served when the global
+	// atlas options keep a ledger of batches (batches): GET
+	// {batches_path}/{batch_id}[?wait=30s] and GET
+	// {batches_path}?state=...&limit=N. Default: /atlas/batches; "off"
+	// disables it.
+	BatchesPath string `json:"batches_path,omitempty"`
+
 	// The request header that carries the Atlas token upstream.
 	// Default: Token.
 	TokenHeader string `json:"token_header,omitempty"`
@@ -120,6 +127,7 @@ type Handler struct {
 	clientID     string
 	extractsPath string
 	uploadPath   string
+	batchesPath  string
 	upstream     *http.Client
 	metrics      *outboundMetrics
 	masker       *mask.Masker
@@ -172,13 +180,28 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
+	switch {
+	case h.app.batchesOn() && h.extractsPath != "":
+		// On the internal side, beside the outbound routes.
+		h.batchesPath = routePath(h.BatchesPath, DefaultBatchesPath)
+	case h.BatchesPath != "" && h.BatchesPath != routeOff && !h.app.batchesOn():
+		return errors.New("batches_path needs a ledger of batches: add batches { ... } to the global atlas options")
+	case h.BatchesPath != "" && h.BatchesPath != routeOff:
+		h.batchesPath = h.BatchesPath
+	}
 	if h.Callback != nil {
 		h.Callback.SetMasker(h.masker)
 		if q := h.app.Queue(); q != nil {
 			h.Callback.UseQueue(q)
 		}
+		if h.app.batchesOn() {
+			h.Callback.UseLedger(h.app.Ledger)
+		}
 		if err := h.Callback.Provision(ctx, h.logger); err != nil {
 			return fmt.Errorf("callback: %w", err)
+		}
+		if h.app.batchesOn() {
+			h.app.usePollTarget(h.Callback)
 		}
 		if h.ownApp {
 			// No config (a unit test): nothing will start; open now.
@@ -263,13 +286,16 @@ func routePath(configured, def string) string {
 
 // Validate checks the configuration; it changes nothing.
 func (h *Handler) Validate() error {
-	for name, p := range map[string]string{"extracts_path": h.extractsPath, "upload_path": h.uploadPath} {
+	for name, p := range map[string]string{"extracts_path": h.extractsPath, "upload_path": h.uploadPath, "batches_path": h.batchesPath} {
 		if p != "" && !strings.HasPrefix(p, "/") {
 			return fmt.Errorf("%s %q must start with /", name, p)
 		}
 	}
 	if h.extractsPath != "" && h.extractsPath == h.uploadPath {
 		return fmt.Errorf("extracts_path and upload_path are the same path %q", h.extractsPath)
+	}
+	if h.batchesPath != "" && (h.batchesPath == h.extractsPath || h.batchesPath == h.uploadPath) {
+		return fmt.Errorf("batches_path %q is also an outbound route's path", h.batchesPath)
 	}
 	if h.Timeout < 0 {
 		return errors.New("timeout must not be negative")

@@ -39,6 +39,9 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request) error {
 	if err := validateUpload(body); err != nil {
 		return writeError(w, http.StatusBadRequest, err.Error())
 	}
+	if h.app.batchesOn() {
+		return h.serveRecordedUpload(w, r, body)
+	}
 
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
 	defer cancel()

@@ -129,6 +129,10 @@ func (s *Spool) Provision(ctx caddy.Context) error {
 // Name names the spool: its directory.
 func (s *Spool) Name() string { return s.key }
 
+// Directory returns the spool's directory (absolute, clean), where the
+// ledger of batches is kept beside it.
+func (s *Spool) Directory() string { return s.key }
+
 // Attach adds u to the users of the spool, opening nothing (see
 // queue.Backend).
 func (s *Spool) Attach(u *queue.User) error {

@@ -1,0 +1,184 @@
+package caddyatlas
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/ledger"
+)
+
+// Defaults of the batches' settings beside the ledger's own (see
+// ledger.Policy).
+const (
+	DefaultBatchesPath = "/atlas/batches"
+	DefaultMaxWait     = 60 * time.Second
+	DefaultPollRate    = 2.0
+)
+
+// Batches configures the ledger of batches: the gateway records every
+// upload Atlas accepts and follows each document to its result, so that
+// the app can ask whether a batch is done (GET {batches_path}/{id}).
+// It needs the app's queue, a spool: the ledger is a file (ledger.db)
+// in the spool's directory.
+type Batches struct {
+	// How long after the upload a batch with documents still pending is
+	// polled, and reported overdue. 0 polls every batch from its upload
+	// on (for accounts without callbacks). Default: 15m.
+	PollAfter *caddy.Duration `json:"poll_after,omitempty"`
+
+	// The time between two polls of a batch. Default: 5m.
+	PollEvery caddy.Duration `json:"poll_every,omitempty"`
+
+	// How long after the upload a batch with documents still pending is
+	// given up: expired. Default: 72h.
+	GiveUpAfter caddy.Duration `json:"give_up_after,omitempty"`
+
+	// At most this many extracts requests per second for polling.
+	// Default: 2.
+	PollRate float64 `json:"poll_rate,omitempty"`
+
+	// The longest ?wait= of the batch status endpoint. Default: 60s.
+	MaxWait caddy.Duration `json:"max_wait,omitempty"`
+
+	// How long a finished batch is kept. Default: 720h (30 days).
+	Retention caddy.Duration `json:"retention,omitempty"`
+
+	// How long an upload's Idempotency-Key is remembered. Default: 24h.
+	IdempotencyWindow caddy.Duration `json:"idempotency_window,omitempty"`
+}
+
+// policy returns the ledger policy of the settings.
+func (b *Batches) policy() ledger.Policy {
+	p := ledger.Policy{
+		PollEvery:         time.Duration(b.PollEvery),
+		GiveUpAfter:       time.Duration(b.GiveUpAfter),
+		Retention:         time.Duration(b.Retention),
+		IdempotencyWindow: time.Duration(b.IdempotencyWindow),
+	}
+	switch {
+	case b.PollAfter == nil:
+	case *b.PollAfter == 0:
+		// Poll-only: every batch is due from its upload on.
+		p.PollAfter = time.Nanosecond
+	default:
+		p.PollAfter = time.Duration(*b.PollAfter)
+	}
+	return p.WithDefaults()
+}
+
+// validate checks the settings.
+func (b *Batches) validate() error {
+	for name, d := range map[string]caddy.Duration{
+		"poll_every": b.PollEvery, "give_up_after": b.GiveUpAfter, "max_wait": b.MaxWait,
+		"retention": b.Retention, "idempotency_window": b.IdempotencyWindow,
+	} {
+		if d < 0 {
+			return fmt.Errorf("batches: %s must not be negative", name)
+		}
+	}
+	if b.PollAfter != nil && *b.PollAfter < 0 {
+		return errors.New("batches: poll_after must not be negative")
+	}
+	if b.PollRate < 0 {
+		return errors.New("batches: poll_rate must not be negative")
+	}
+	return nil
+}
+
+// maxWait is the longest wait of the status endpoint.
+func (b *Batches) maxWait() time.Duration {
+	if b.MaxWait > 0 {
+		return time.Duration(b.MaxWait)
+	}
+	return DefaultMaxWait
+}
+
+// ledgers holds the open ledgers, shared across reloads by directory
+// (bbolt locks its file: a reload must not open it twice).
+var ledgers = caddy.NewUsagePool()
+
+// sharedLedger is an open ledger in the pool.
+type sharedLedger struct {
+	store *ledger.BoltStore
+}
+
+// Destruct closes the ledger when the last config using it is unloaded.
+func (l *sharedLedger) Destruct() error { return l.store.Close() }
+
+// ledgerHolder is the app's hold on its ledger: set when the config
+// starts, so that a config that is only validated opens nothing.
+type ledgerHolder struct {
+	dir   string
+	store atomic.Pointer[ledger.BoltStore]
+}
+
+// provisionBatches checks the batches' settings and where the ledger
+// goes: the directory of the app's spool.
+func (a *App) provisionBatches() error {
+	if a.Batches == nil {
+		return nil
+	}
+	if err := a.Batches.validate(); err != nil {
+		return err
+	}
+	d, ok := a.queue.(interface{ Directory() string })
+	if a.queue == nil || !ok {
+		return errors.New("batches needs the queue of the global atlas options, a spool (queue spool <dir>): the ledger is kept in the spool's directory")
+	}
+	a.ledger = &ledgerHolder{dir: d.Directory()}
+	a.poll = new(poller)
+	a.onStart(a.openLedger)
+	a.onStart(a.startReconciler)
+	return nil
+}
+
+// openLedger opens the ledger, or takes it from the pool on a reload.
+func (a *App) openLedger() error {
+	h := a.ledger
+	policy := a.Batches.policy()
+	val, _, err := ledgers.LoadOrNew(h.dir, func() (caddy.Destructor, error) {
+		st, err := ledger.Open(h.dir, ledger.Options{Policy: policy})
+		if err != nil {
+			return nil, err
+		}
+		a.logger.Info("ledger of batches open", zap.String("dir", h.dir))
+		return &sharedLedger{store: st}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("opening the ledger of batches in %s: %w", h.dir, err)
+	}
+	h.store.Store(val.(*sharedLedger).store)
+	return nil
+}
+
+// releaseLedger gives the ledger back to the pool.
+func (a *App) releaseLedger() error {
+	if a.ledger == nil || a.ledger.store.Load() == nil {
+		return nil
+	}
+	_, err := ledgers.Delete(a.ledger.dir)
+	return err
+}
+
+// Ledger returns the app's ledger of batches, nil without batches or
+// before the config starts.
+func (a *App) Ledger() ledger.Store {
+	if a.ledger == nil {
+		return nil
+	}
+	if st := a.ledger.store.Load(); st != nil {
+		return st
+	}
+	return nil
+}
+
+// batchesOn reports whether the app keeps a ledger of batches.
+func (a *App) batchesOn() bool { return a.Batches != nil }
+
+// Interface guard
+var _ caddy.Destructor = (*sharedLedger)(nil)

@@ -1,0 +1,181 @@
+package caddyatlas
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/caddy-atlas/caddy-atlas/atlasclient"
+	"github.com/caddy-atlas/caddy-atlas/callback"
+	"github.com/caddy-atlas/caddy-atlas/internal/metricsreg"
+	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
+	"github.com/caddy-atlas/caddy-atlas/reconcile"
+)
+
+// poller is the app's reconciler and what it delivers through.
+type poller struct {
+	mu     sync.Mutex
+	target *callback.Callback // the durable callback route polled results go through
+	rec    *reconcile.Reconciler
+	cancel context.CancelFunc
+}
+
+// usePollTarget makes cb the route that polled results are delivered
+// through, if none is yet: the first durable callback route of the
+// config that uses the ledger.
+func (a *App) usePollTarget(cb *callback.Callback) {
+	if a.poll == nil || !cb.Durable() {
+		return
+	}
+	a.poll.mu.Lock()
+	defer a.poll.mu.Unlock()
+	if a.poll.target == nil {
+		a.poll.target = cb
+	}
+}
+
+// startReconciler starts polling the batches the ledger says are due,
+// with the app's account, delivering through the poll target; without
+// one, it only expires the batches that Atlas never finished.
+func (a *App) startReconciler() error {
+	st := a.Ledger()
+	if st == nil {
+		return errors.New("the ledger of batches is not open")
+	}
+	o := reconcile.Options{
+		Store:    st,
+		Policy:   a.Batches.policy(),
+		Rate:     a.Batches.PollRate,
+		Observer: pollObserver{logger: a.logger, m: registerBatchMetrics(a.ctx.GetMetricsRegistry())},
+	}
+	if o.Rate == 0 {
+		o.Rate = DefaultPollRate
+	}
+	a.poll.mu.Lock()
+	target := a.poll.target
+	a.poll.mu.Unlock()
+	switch acct := a.defaultAccount(); {
+	case target == nil:
+		a.logger.Warn("batches: no durable callback route uses the ledger, so results found by polling have nowhere to go: batches are recorded and expire, but are not polled")
+	case acct == nil:
+		a.logger.Warn("batches: the global atlas options have no account to poll extracts with: batches are recorded and expire, but are not polled")
+	default:
+		client := &http.Client{
+			Transport: &atlasclient.Transport{
+				Source: acct.tokens.source,
+				Base:   outbound.Traced(acct.transport()),
+				Header: DefaultTokenHeader,
+			},
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+		o.Fetcher = &reconcile.HTTPFetcher{Endpoint: acct.endpoint.String(), Client: client}
+		o.Enqueuer = reconcile.EnqueueFunc(func(ctx context.Context, d reconcile.Delivery) error {
+			return target.EnqueuePolled(ctx, d.ID, d.BatchID, len(d.DocumentIDs), d.Body)
+		})
+	}
+	r, err := reconcile.New(o)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := r.Start(ctx); err != nil {
+		cancel()
+		return err
+	}
+	a.poll.mu.Lock()
+	a.poll.rec, a.poll.cancel = r, cancel
+	a.poll.mu.Unlock()
+	return nil
+}
+
+// stopReconciler stops polling; a poll in progress keeps its lease,
+// which another instance, or the next config, takes over when it ends.
+func (a *App) stopReconciler() error {
+	if a.poll == nil {
+		return nil
+	}
+	a.poll.mu.Lock()
+	r, cancel := a.poll.rec, a.poll.cancel
+	a.poll.rec, a.poll.cancel = nil, nil
+	a.poll.mu.Unlock()
+	if r == nil {
+		return nil
+	}
+	cancel()
+	return r.Close()
+}
+
+// batchMetrics are the collectors of the ledger of batches:
+//
+//	caddy_atlas_batch_polls_total{outcome}          polls of batches: ok, throttled, failed, expired
+//	caddy_atlas_batch_documents_polled_total        documents found by polling and queued for the app
+//	caddy_atlas_batches_expired_total               batches given up with documents still pending
+type batchMetrics struct {
+	polls   *prometheus.CounterVec
+	polled  prometheus.Counter
+	expired prometheus.Counter
+}
+
+var (
+	batchMetricsOnce sync.Once
+	batchCollectors  *batchMetrics
+)
+
+func registerBatchMetrics(registry *prometheus.Registry) *batchMetrics {
+	batchMetricsOnce.Do(func() {
+		ns, sub := metricsreg.Namespace, metricsreg.Subsystem
+		batchCollectors = &batchMetrics{
+			polls: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "batch_polls_total",
+				Help: "Polls of the extracts of batches with documents pending, by outcome (ok, throttled, failed, expired)."}, []string{"outcome"}),
+			polled: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "batch_documents_polled_total",
+				Help: "Documents that polling found and queued for the app."}),
+			expired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "batches_expired_total",
+				Help: "Batches given up with documents still pending after give_up_after."}),
+		}
+	})
+	m := batchCollectors
+	for _, c := range []prometheus.Collector{m.polls, m.polled, m.expired} {
+		metricsreg.Register(registry, c)
+	}
+	return m
+}
+
+// pollObserver logs and counts the reconciler's polls.
+type pollObserver struct {
+	logger *zap.Logger
+	m      *batchMetrics
+}
+
+// PollStart implements reconcile.Observer.
+func (o pollObserver) PollStart(ctx context.Context, _ string) context.Context { return ctx }
+
+// PollEnd implements reconcile.Observer.
+func (o pollObserver) PollEnd(_ context.Context, r reconcile.PollReport) {
+	o.m.polls.WithLabelValues(string(r.Outcome)).Inc()
+	o.m.polled.Add(float64(r.Delivered))
+	switch r.Outcome {
+	case reconcile.OutcomeExpired:
+		o.m.expired.Inc()
+		o.logger.Warn("batch expired with documents still pending", zap.String("batch_id", r.BatchID),
+			zap.Strings("missing", r.Missing))
+	case reconcile.OutcomeFailed, reconcile.OutcomeThrottled:
+		o.logger.Info("batch poll", zap.String("batch_id", r.BatchID), zap.String("outcome", string(r.Outcome)), zap.Error(r.Err))
+	}
+}
+
+// DeliveryFailed implements reconcile.Observer.
+func (o pollObserver) DeliveryFailed(d reconcile.Delivery, err error, dropped bool) {
+	if dropped {
+		o.logger.Error("polled results dropped: the queue refused them too long; their documents will not reach the app",
+			zap.String("batch_id", d.BatchID), zap.Strings("documents", d.DocumentIDs), zap.Error(err))
+		return
+	}
+	o.logger.Warn("polled results not queued yet; retrying", zap.String("batch_id", d.BatchID), zap.Error(err))
+}
+
+// Interface guard
+var _ reconcile.Observer = pollObserver{}
