@@ -1,0 +1,203 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
+	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
+)
+
+// batchStatus is the answer of GET /atlas/batches/{id}.
+type batchStatus struct {
+	BatchID   string `json:"batch_id"`
+	State     string `json:"state"`
+	Documents []struct {
+		DocumentID string `json:"document_id"`
+		State      string `json:"state"`
+		Source     string `json:"source"`
+	} `json:"documents"`
+}
+
+// startBatchesGateway runs a gateway with the ledger of batches: the
+// account, a spool queue and batches in the global options, the
+// callback route delivering to rc, in front of sim.
+func startBatchesGateway(t *testing.T, sim *atlastest.Server, rc *callbacktest.Receiver, pollAfter string) {
+	t.Helper()
+	t.Setenv("E2E_ATLAS_CLIENT_ID", e2eClientID)
+	t.Setenv("E2E_ATLAS_CLIENT_SECRET", e2eClientSecret)
+	t.Setenv("CB_E2E_CLIENT_ID", cbE2EClientID)
+	t.Setenv("CB_E2E_CLIENT_SECRET", cbE2EClientSecret)
+	t.Setenv("CB_E2E_SIGNING_KEY", cbE2ESigningKey)
+	dir := filepath.Join(t.TempDir(), "spool")
+	config := fmt.Sprintf(`{
+	skip_install_trust
+	admin %s
+	http_port %d
+	https_port %d
+	grace_period 1ns
+	atlas {
+		endpoint      %s
+		client_id     {env.E2E_ATLAS_CLIENT_ID}
+		client_secret {env.E2E_ATLAS_CLIENT_SECRET}
+		queue spool %s {
+			retry_backoff 10ms 100ms
+		}
+		batches {
+			poll_after %s
+			poll_every 1s
+		}
+	}
+}
+%s {
+	route {
+		atlas {
+			callback /hooks/atlas {
+				client_id     {env.CB_E2E_CLIENT_ID}
+				client_secret {env.CB_E2E_CLIENT_SECRET}
+				signing_key   {env.CB_E2E_SIGNING_KEY}
+				deliver_to    %s/hooks/atlas
+			}
+			extracts_path /atlas/extracts
+			upload_path   /atlas/multiupload
+		}
+		respond "the next handler" 299
+	}
+}
+`, adminAddr, httpPort, httpsPort, sim.URL, dir, pollAfter, gatewayURL, rc.URL)
+	tester := newTester(t)
+	tester.InitServer(config, "caddyfile")
+}
+
+// upload uploads documents through the gateway and returns the batch id.
+func upload(t *testing.T, key string, docs ...string) string {
+	t.Helper()
+	var files []string
+	for _, d := range docs {
+		files = append(files, fmt.Sprintf(`{"file_url": "https://files.example.com/%s.pdf", "document_id": %q}`, d, d))
+	}
+	req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/atlas/multiupload",
+		strings.NewReader(`{"product_type": "LOAN_APP", "file_urls": [`+strings.Join(files, ",")+`]}`))
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var items []struct {
+		BatchID string `json:"batch_id"`
+	}
+	if resp.StatusCode/100 != 2 || json.Unmarshal(body, &items) != nil || len(items) == 0 {
+		t.Fatalf("upload: %d %s", resp.StatusCode, body)
+	}
+	return items[0].BatchID
+}
+
+// waitBatch asks for the batch's status, waiting up to wait.
+func waitBatch(t *testing.T, id, wait string) batchStatus {
+	t.Helper()
+	resp, err := http.Get(gatewayURL + "/atlas/batches/" + id + "?wait=" + wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var st batchStatus
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &st) != nil {
+		t.Fatalf("batch status: %d %s", resp.StatusCode, body)
+	}
+	return st
+}
+
+// TestE2EBatchDroppedCallbackRecoveredByPoll: Atlas's callback for one
+// of two batches never comes; the gateway polls extracts for it and
+// delivers its documents once, with X-Atlas-Result-Source: poll; the
+// other batch's callback is delivered with its batch named; a late
+// callback for the polled batch is acknowledged and not delivered
+// again; GET /atlas/batches/{id}?wait= answers once each is complete.
+func TestE2EBatchDroppedCallbackRecoveredByPoll(t *testing.T) {
+	skipShort(t)
+	sim := atlastest.NewServer(t, atlastest.Options{ClientID: e2eClientID, ClientSecret: e2eClientSecret, ProcessingDelay: 200 * time.Millisecond})
+	rc := callbacktest.NewReceiver(t)
+	startBatchesGateway(t, sim, rc, "2s")
+	sim.SetAutoCallback(&atlastest.AutoCallback{
+		Target:  atlastest.CallbackTarget{AuthURL: cbE2EAuthURL, CallbackURL: cbE2ECallbackURL, ClientID: cbE2EClientID, ClientSecret: cbE2EClientSecret},
+		DropNth: []int{1},
+	})
+
+	dropped := upload(t, "", "pan-dropped", "gst-dropped")
+	time.Sleep(300 * time.Millisecond) // the first callback falls due first
+	called := upload(t, "", "pan-called")
+
+	if st := waitBatch(t, called, "20s"); st.State != "complete" || st.Documents[0].Source != "callback" {
+		t.Errorf("the batch whose callback came: %+v", st)
+	}
+	st := waitBatch(t, dropped, "30s")
+	if st.State != "complete" {
+		t.Fatalf("the batch whose callback was dropped: %+v", st)
+	}
+	for _, d := range st.Documents {
+		if d.Source != "poll" || d.State != "received" {
+			t.Errorf("document %+v, want received by poll", d)
+		}
+	}
+	rc.WaitDelivered(t, 2, 10*time.Second)
+	// A late callback for the polled batch: acknowledged, not delivered.
+	d, err := sim.DeliverCallback(t.Context(), atlastest.CallbackTarget{AuthURL: cbE2EAuthURL, CallbackURL: cbE2ECallbackURL,
+		ClientID: cbE2EClientID, ClientSecret: cbE2EClientSecret}, dropped)
+	if err != nil || d.CallbackStatus != http.StatusAccepted {
+		t.Fatalf("late callback: %v %+v", err, d)
+	}
+	time.Sleep(500 * time.Millisecond)
+	bySource := map[string]int{}
+	for _, id := range rc.Delivered() {
+		h := rc.Header(id)
+		bySource[h.Get("X-Atlas-Result-Source")+" "+h.Get("X-Atlas-Batch-Id")]++
+	}
+	if len(rc.Delivered()) != 2 || bySource["poll "+dropped] != 1 || bySource["callback "+called] != 1 {
+		t.Errorf("deliveries by source and batch: %v", bySource)
+	}
+}
+
+// TestE2EBatchIdempotentUpload: a repeat of an upload with the same
+// Idempotency-Key gets the first answer without a second call to Atlas;
+// the same key with another body gets 422.
+func TestE2EBatchIdempotentUpload(t *testing.T) {
+	skipShort(t)
+	sim := atlastest.NewServer(t, atlastest.Options{ClientID: e2eClientID, ClientSecret: e2eClientSecret})
+	rc := callbacktest.NewReceiver(t)
+	startBatchesGateway(t, sim, rc, "15m")
+	sim.ResetCounters()
+	first := upload(t, "key-1", "pan-idem")
+	if again := upload(t, "key-1", "pan-idem"); again != first {
+		t.Errorf("the repeat got batch %s, want %s", again, first)
+	}
+	if n := sim.Calls("multiupload"); n != 1 {
+		t.Errorf("Atlas's multiupload was called %d times, want once", n)
+	}
+	req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/atlas/multiupload",
+		strings.NewReader(`{"product_type": "LOAN_APP", "file_urls": [{"file_url": "https://f/x", "document_id": "other"}]}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", "key-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnprocessableEntity {
+		t.Errorf("the same key with another body: %d, want 422", resp.StatusCode)
+	}
+	if st := waitBatch(t, first, "0s"); st.State != "processing" || len(st.Documents) != 1 || st.Documents[0].State != "pending" {
+		t.Errorf("the recorded batch: %+v", st)
+	}
+}
