@@ -1,8 +1,10 @@
 package caddyatlas
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -115,6 +117,9 @@ func (l *sharedLedger) Destruct() error { return l.store.Close() }
 type ledgerHolder struct {
 	dir   string
 	store atomic.Pointer[ledger.BoltStore]
+	// ready is closed once store is set.
+	ready     chan struct{}
+	readyOnce sync.Once
 }
 
 // provisionBatches checks the batches' settings and where the ledger
@@ -130,7 +135,7 @@ func (a *App) provisionBatches() error {
 	if a.queue == nil || !ok {
 		return errors.New("batches needs the queue of the global atlas options, a spool (queue spool <dir>): the ledger is kept in the spool's directory")
 	}
-	a.ledger = &ledgerHolder{dir: d.Directory()}
+	a.ledger = &ledgerHolder{dir: d.Directory(), ready: make(chan struct{})}
 	a.poll = new(poller)
 	a.onStart(a.openLedger)
 	a.onStart(a.startReconciler)
@@ -152,12 +157,36 @@ func (a *App) openLedger() error {
 	if err != nil {
 		return fmt.Errorf("opening the ledger of batches in %s: %w", h.dir, err)
 	}
-	h.store.Store(val.(*sharedLedger).store)
+	st := val.(*sharedLedger).store
+	st.SetPolicy(policy) // a reload's settings apply to the open ledger
+	h.store.Store(st)
+	h.readyOnce.Do(func() { close(h.ready) })
 	return nil
 }
 
-// releaseLedger gives the ledger back to the pool.
+// waitLedger returns the ledger, waiting up to 10 s (or until ctx is
+// done) for the config to open it: Caddy starts its apps in no set
+// order, so a request may come a moment before the ledger is open.
+func (a *App) waitLedger(ctx context.Context) ledger.Store {
+	if st := a.Ledger(); st != nil || a.ledger == nil {
+		return st
+	}
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	select {
+	case <-a.ledger.ready:
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return a.Ledger()
+}
+
+// releaseLedger stops the reconciler and gives the ledger back to the
+// pool.
 func (a *App) releaseLedger() error {
+	if err := a.stopReconciler(); err != nil {
+		a.logger.Warn("stopping the reconciler of batches", zap.Error(err))
+	}
 	if a.ledger == nil || a.ledger.store.Load() == nil {
 		return nil
 	}

@@ -3,8 +3,10 @@ package caddyatlas
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -27,15 +29,17 @@ type poller struct {
 // usePollTarget makes cb the route that polled results are delivered
 // through, if none is yet: the first durable callback route of the
 // config that uses the ledger.
-func (a *App) usePollTarget(cb *callback.Callback) {
+func (a *App) usePollTarget(cb *callback.Callback) error {
 	if a.poll == nil || !cb.Durable() {
-		return
+		return nil
 	}
 	a.poll.mu.Lock()
 	defer a.poll.mu.Unlock()
-	if a.poll.target == nil {
-		a.poll.target = cb
+	if a.poll.target != nil && a.poll.target != cb {
+		return fmt.Errorf("batches deliver the results found by polling through one durable callback route, and this config has two (%s and %s): keep one", a.poll.target.Path, cb.Path)
 	}
+	a.poll.target = cb
+	return nil
 }
 
 // startReconciler starts polling the batches the ledger says are due,
@@ -74,6 +78,10 @@ func (a *App) startReconciler() error {
 		}
 		o.Fetcher = &reconcile.HTTPFetcher{Endpoint: acct.endpoint.String(), Client: client}
 		o.Enqueuer = reconcile.EnqueueFunc(func(ctx context.Context, d reconcile.Delivery) error {
+			// Not cut short by a reload's stop: the documents are
+			// claimed already.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
 			return target.EnqueuePolled(ctx, d.ID, d.BatchID, len(d.DocumentIDs), d.Body)
 		})
 	}

@@ -78,7 +78,7 @@ func (h *Handler) serveBatches(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return methodNotAllowed(w, "GET, HEAD")
 	}
-	store := h.app.Ledger()
+	store := h.app.waitLedger(r.Context())
 	if store == nil {
 		w.Header().Set("Retry-After", "1")
 		return writeError(w, http.StatusServiceUnavailable, "the ledger of batches is not open yet; retry in a moment")

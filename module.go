@@ -180,6 +180,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
+	if h.app.batchesOn() && h.inlineAccount().configured() {
+		return errors.New("batches follow the uploads of the account of the global atlas options, which they poll with: a site with an account of its own cannot be used beside them; configure the account in the global options only")
+	}
 	switch {
 	case h.app.batchesOn() && h.extractsPath != "":
 		// On the internal side, beside the outbound routes.
@@ -201,7 +204,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("callback: %w", err)
 		}
 		if h.app.batchesOn() {
-			h.app.usePollTarget(h.Callback)
+			if err := h.app.usePollTarget(h.Callback); err != nil {
+				return err
+			}
 		}
 		if h.ownApp {
 			// No config (a unit test): nothing will start; open now.
@@ -293,6 +298,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.extractsPath != "" && h.extractsPath == h.uploadPath {
 		return fmt.Errorf("extracts_path and upload_path are the same path %q", h.extractsPath)
+	}
+	if h.batchesPath != "" && strings.HasSuffix(h.batchesPath, "/") {
+		return fmt.Errorf("batches_path %q must not end with /", h.batchesPath)
 	}
 	if h.batchesPath != "" && (h.batchesPath == h.extractsPath || h.batchesPath == h.uploadPath) {
 		return fmt.Errorf("batches_path %q is also an outbound route's path", h.batchesPath)

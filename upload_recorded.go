@@ -8,12 +8,14 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-atlas/caddy-atlas/atlasclient"
 	"github.com/caddy-atlas/caddy-atlas/ledger"
 )
 
@@ -26,7 +28,7 @@ const maxUploadAnswer = 4 << 20
 // the app, and an Idempotency-Key makes a repeat get the first answer
 // without calling Atlas again (which bills per document).
 func (h *Handler) serveRecordedUpload(w http.ResponseWriter, r *http.Request, body []byte) error {
-	store := h.app.Ledger()
+	store := h.app.waitLedger(r.Context())
 	if store == nil {
 		w.Header().Set("Retry-After", "1")
 		return writeError(w, http.StatusServiceUnavailable, "the ledger of batches is not open yet; retry in a moment")
@@ -38,7 +40,7 @@ func (h *Handler) serveRecordedUpload(w http.ResponseWriter, r *http.Request, bo
 			return writeError(w, http.StatusBadRequest, "Idempotency-Key must be 1 to 255 printable ASCII characters")
 		}
 		sum := sha256.Sum256(append([]byte(h.clientID+"\x00"), body...))
-		res, err := store.Begin(r.Context(), h.clientID+"\x00"+key, hex.EncodeToString(sum[:]))
+		res, err := store.Begin(r.Context(), h.idemKey(key), hex.EncodeToString(sum[:]))
 		if err != nil {
 			return h.ledgerError(w, r, err)
 		}
@@ -65,7 +67,7 @@ func (h *Handler) serveRecordedUpload(w http.ResponseWriter, r *http.Request, bo
 		if token != "" {
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
 			defer cancel()
-			if err := store.Abandon(ctx, h.clientID+"\x00"+key, token); err != nil {
+			if err := store.Abandon(ctx, h.idemKey(key), token); err != nil {
 				h.logger.Warn("releasing an Idempotency-Key", zap.Error(err))
 			}
 		}
@@ -83,13 +85,18 @@ func (h *Handler) serveRecordedUpload(w http.ResponseWriter, r *http.Request, bo
 	req.Header.Set("Accept", "application/json")
 	resp, err := h.exchange(ctx, r, routeUpload, req)
 	if err != nil {
-		abandon()
+		if notSent(err) {
+			abandon()
+		}
+		// Otherwise Atlas may have accepted the upload: the key stays in
+		// flight (a repeat gets 409) until the ledger's in-flight
+		// timeout, rather than a repeat uploading, and billing, twice.
 		return h.writeExchangeError(ctx, w, r, err)
 	}
 	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxUploadAnswer+1))
 	resp.Body.Close()
 	if err != nil || len(answer) > maxUploadAnswer {
-		abandon()
+		// The key stays in flight: Atlas may have accepted the upload.
 		if err == nil {
 			err = errors.New("the answer is larger than 4 MiB")
 		}
@@ -100,12 +107,12 @@ func (h *Handler) serveRecordedUpload(w http.ResponseWriter, r *http.Request, bo
 		h.recordUpload(r.Context(), store, key, body, answer)
 	}
 	if token != "" {
-		if resp.StatusCode >= 500 {
+		if !repeatable(resp.StatusCode) {
 			abandon()
 		} else {
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
 			a := ledger.Answer{Status: resp.StatusCode, ContentType: resp.Header.Get("Content-Type"), Body: answer}
-			if err := store.Finish(ctx, h.clientID+"\x00"+key, token, a); err != nil {
+			if err := store.Finish(ctx, h.idemKey(key), token, a); err != nil {
 				h.logger.Warn("storing the answer of an Idempotency-Key", zap.Error(err))
 			}
 			cancel()
@@ -178,10 +185,46 @@ func (h *Handler) recordUpload(ctx context.Context, store ledger.Store, key stri
 	}
 }
 
+// idemKey is the ledger's key of an Idempotency-Key: scoped to the
+// account, of a fixed length whatever the key's.
+func (h *Handler) idemKey(key string) string {
+	sum := sha256.Sum256([]byte(h.clientID + "\x00" + key))
+	return hex.EncodeToString(sum[:])
+}
+
+// repeatable reports whether an upload's answer is stored for the
+// repeats of its Idempotency-Key: a success, or a refusal that a repeat
+// would get again; not one that asks to try again later (401 and 403 of
+// the gateway's token, 408, 425, 429, 5xx), which frees the key.
+func repeatable(status int) bool {
+	switch {
+	case status >= 500:
+		return false
+	case status == http.StatusUnauthorized, status == http.StatusForbidden, status == http.StatusRequestTimeout,
+		status == http.StatusTooEarly, status == http.StatusTooManyRequests:
+		return false
+	}
+	return true
+}
+
+// notSent reports whether an exchange failed before its request could
+// reach Atlas: no connection, or no token.
+func notSent(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	var creds *atlasclient.CredentialsError
+	return errors.As(err, &creds) || errors.Is(err, errTokenRefused)
+}
+
 // ledgerError answers a failure of the ledger.
 func (h *Handler) ledgerError(w http.ResponseWriter, r *http.Request, err error) error {
 	if r.Context().Err() != nil {
 		return nil
+	}
+	if errors.Is(err, ledger.ErrInvalid) {
+		return writeError(w, http.StatusBadRequest, "the Idempotency-Key is not one the gateway takes")
 	}
 	h.logger.Error("ledger of batches", zap.Error(err))
 	w.Header().Set("Retry-After", "1")

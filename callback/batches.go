@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -34,13 +35,21 @@ func (c *Callback) UseLedger(ledgerOf func() ledger.Store) { c.ledgerOf = ledger
 // this callback won, named by X-Atlas-Batch-Id; documents another
 // delivery took already are acknowledged and not delivered again;
 // documents the ledger does not know go in one delivery of their own,
-// deduplicated by its body as before. body is the body the app gets (masked); id is
-// the callback's id, that of the body as Atlas sent it, and the claims'
-// delivery id, so that Atlas's retry claims the same documents again.
-func (c *Callback) spoolBatches(w http.ResponseWriter, r *http.Request, store ledger.Store, id, subject string, body []byte) error {
+// deduplicated by the body Atlas sent, as a callback is. raw is the
+// body as Atlas sent it, body the one the app gets (masked: the same
+// elements, in the same order); id is the callback's id, that of raw,
+// and the claims' delivery id, so that Atlas's retry claims the same
+// documents again. A delivery the queue does not take releases its
+// claims (ledger.Unclaim) before Atlas is refused: its documents are
+// pending again, for Atlas's retry or a poll.
+func (c *Callback) spoolBatches(w http.ResponseWriter, r *http.Request, store ledger.Store, id, subject string, raw, body []byte) error {
 	docs, err := payload.Documents(body)
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("reading the documents of callback %s: %w", id, err))
+	}
+	rawDocs, err := payload.Documents(raw)
+	if err != nil || len(rawDocs) != len(docs) {
+		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("reading the documents of callback %s as Atlas sent it: %v", id, err))
 	}
 	var results []ledger.Result
 	for _, d := range docs {
@@ -71,7 +80,7 @@ func (c *Callback) spoolBatches(w http.ResponseWriter, r *http.Request, store le
 		taken[doc] = true
 	}
 	const unknown = ""
-	groups := payload.Split(body, docs, func(_ int, d payload.Document) (string, bool) {
+	key := func(_ int, d payload.Document) (string, bool) {
 		if b, ok := won[d.ID]; ok {
 			return b, true
 		}
@@ -79,7 +88,9 @@ func (c *Callback) spoolBatches(w http.ResponseWriter, r *http.Request, store le
 			return "", false // delivered already, by another delivery
 		}
 		return unknown, true // unknown to the ledger, or still pending at Atlas
-	})
+	}
+	groups := payload.Split(body, docs, key)
+	rawGroups := payload.Split(raw, rawDocs, key)
 	if len(taken) > 0 {
 		c.metrics.lateDuplicates.Add(float64(len(taken)))
 	}
@@ -88,15 +99,15 @@ func (c *Callback) spoolBatches(w http.ResponseWriter, r *http.Request, store le
 		return writeAck(w, id, true)
 	}
 	duplicate := true
-	for _, g := range groups {
+	for gi, g := range groups {
 		entryID := id
 		switch {
 		case len(groups) == 1 && len(g.Indexes) == len(docs):
 			// The whole callback: its own id.
 		case g.Key == unknown:
 			// Documents the ledger does not know: deduplicated by their
-			// body, as a whole callback is.
-			entryID = ID(g.Body)
+			// body as Atlas sent it, as a whole callback is.
+			entryID = ID(rawGroups[gi].Body)
 		default:
 			// A batch's part of the callback: an id of its own, the same
 			// for Atlas's retry of the same callback.
@@ -117,12 +128,13 @@ func (c *Callback) spoolBatches(w http.ResponseWriter, r *http.Request, store le
 			c.metrics.unmatched.Add(float64(len(g.Indexes)))
 		}
 		storeTraceContext(r.Context(), hdr)
-		st := c.waitOpen(r.Context())
-		if st == nil {
-			return c.refuse(w, r, entryID, body, errNotOpen)
+		err := errNotOpen
+		var res queue.AppendResult
+		if st := c.waitOpen(r.Context()); st != nil {
+			res, err = st.Append(r.Context(), queue.Entry{ID: entryID, Header: hdr, Body: g.Body})
 		}
-		res, err := st.Append(r.Context(), queue.Entry{ID: entryID, Header: hdr, Body: g.Body})
 		if err != nil {
+			c.unclaim(r, store, id, groups[gi:])
 			return c.refuse(w, r, entryID, g.Body, err)
 		}
 		duplicate = duplicate && res.Duplicate
@@ -135,9 +147,25 @@ func (c *Callback) spoolBatches(w http.ResponseWriter, r *http.Request, store le
 	return writeAck(w, id, duplicate)
 }
 
+// unclaim releases the claims of the callback id for the batches of
+// groups, whose deliveries were not stored.
+func (c *Callback) unclaim(r *http.Request, store ledger.Store, id string, groups []payload.Group[string]) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
+	defer cancel()
+	for _, g := range groups {
+		if g.Key == "" {
+			continue
+		}
+		if err := ledger.Unclaim(ctx, store, g.Key, id); err != nil {
+			c.logger.Error("releasing the claims of a callback the queue did not take: its documents stay received until a poll",
+				zap.String("callback_id", id), zap.String("batch_id", g.Key), zap.Error(err))
+		}
+	}
+}
+
 // spoolWithLedger stores a callback with the ledger of batches, once it
 // is open: it opens as the config starts, before the routes' queues.
-func (c *Callback) spoolWithLedger(w http.ResponseWriter, r *http.Request, id, subject, count string, body []byte) error {
+func (c *Callback) spoolWithLedger(w http.ResponseWriter, r *http.Request, id, subject string, raw, body []byte) error {
 	store := c.ledgerOf()
 	if store == nil && c.waitOpen(r.Context()) != nil {
 		store = c.ledgerOf()
@@ -145,7 +173,7 @@ func (c *Callback) spoolWithLedger(w http.ResponseWriter, r *http.Request, id, s
 	if store == nil {
 		return c.refuse(w, r, id, body, fmt.Errorf("%w: the ledger of batches is not open yet", queue.ErrUnavailable))
 	}
-	return c.spoolBatches(w, r, store, id, subject, body)
+	return c.spoolBatches(w, r, store, id, subject, raw, body)
 }
 
 // EnqueuePolled stores documents that polling found (their elements of

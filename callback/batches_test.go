@@ -117,3 +117,31 @@ func TestEnqueuePolled(t *testing.T) {
 	}
 	_ = http.StatusOK
 }
+
+// TestDurableBatchesQueueRefuses: a callback whose delivery the queue
+// does not take is refused 503, and its claims are released: the
+// documents are pending again, for Atlas's retry or a poll.
+func TestDurableBatchesQueueRefuses(t *testing.T) {
+	rc := callbacktest.NewReceiver(t)
+	store, err := ledger.Open(t.TempDir(), ledger.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx := context.Background()
+	if _, err := store.Create(ctx, &ledger.Batch{ID: "BATCH-F", Documents: []ledger.Document{{ID: "f1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := durableTestCallback(t, rc, func(c *Callback) {
+		c.MaxSpoolSize = 1 // every append refused: the spool is full
+		c.UseLedger(func() ledger.Store { return store })
+	})
+	rec := serveTestCallbackRec(t, c, batchCallback("f1"))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("status %d, want 503", rec.Code)
+	}
+	b, err := store.Get(ctx, "BATCH-F")
+	if err != nil || b.Documents[0].State != ledger.DocPending || b.State != ledger.StateProcessing {
+		t.Errorf("after the refusal: %+v %v", b, err)
+	}
+}

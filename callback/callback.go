@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
+	"github.com/caddy-atlas/caddy-atlas/internal/metricsreg"
 	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 	"github.com/caddy-atlas/caddy-atlas/ledger"
 	"github.com/caddy-atlas/caddy-atlas/mask"
@@ -320,6 +321,11 @@ func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	if r := ctx.GetMetricsRegistry(); r != nil && c.ledgerOf != nil {
+		// Only with a ledger of batches.
+		metricsreg.Register(r, m.lateDuplicates)
+		metricsreg.Register(r, m.unmatched)
+	}
 	c.metrics = m
 
 	if c.JWKSURL != "" {
@@ -464,6 +470,7 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 
 	// The id is that of the body as Atlas sent it; the app sees it
 	// masked, if the handler masks fields.
+	raw := body
 	body, releaseMasked, err := c.maskBody(body)
 	defer func() { releaseMasked() }()
 	if err != nil {
@@ -504,7 +511,7 @@ func (c *Callback) ServeCallback(w http.ResponseWriter, r *http.Request, next ca
 
 	if c.store != nil {
 		if c.ledgerOf != nil {
-			return c.spoolWithLedger(w, r, id, subject, count, body)
+			return c.spoolWithLedger(w, r, id, subject, raw, body)
 		}
 		return c.spoolCallback(w, r, id, subject, count, body)
 	}

@@ -85,7 +85,7 @@ func registerCallbackMetrics(registry *prometheus.Registry) (*callbackMetrics, e
 	if registry == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.tokensIssued, m.authFailures, m.callbacks, m.payloadBytes, m.verifySeconds, m.jwksFetches, m.lateDuplicates, m.unmatched} {
+	for _, c := range []prometheus.Collector{m.tokensIssued, m.authFailures, m.callbacks, m.payloadBytes, m.verifySeconds, m.jwksFetches} {
 		if err := registry.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
 			return nil, err
 		}

@@ -129,7 +129,7 @@ func TestE2EBatchDroppedCallbackRecoveredByPoll(t *testing.T) {
 	skipShort(t)
 	sim := atlastest.NewServer(t, atlastest.Options{ClientID: e2eClientID, ClientSecret: e2eClientSecret, ProcessingDelay: 200 * time.Millisecond})
 	rc := callbacktest.NewReceiver(t)
-	startBatchesGateway(t, sim, rc, "2s")
+	startBatchesGateway(t, sim, rc, "5s")
 	sim.SetAutoCallback(&atlastest.AutoCallback{
 		Target:  atlastest.CallbackTarget{AuthURL: cbE2EAuthURL, CallbackURL: cbE2ECallbackURL, ClientID: cbE2EClientID, ClientSecret: cbE2EClientSecret},
 		DropNth: []int{1},

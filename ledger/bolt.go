@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -64,7 +65,7 @@ const purgeChunk = 500
 // operation holds every batch in memory.
 type BoltStore struct {
 	db     *bolt.DB
-	policy Policy
+	policy atomic.Pointer[Policy]
 	now    func() time.Time
 
 	mu       sync.RWMutex // held for reading by operations, for writing by Close
@@ -103,7 +104,8 @@ func Open(dir string, o Options) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("ledger: init %s: %w", path, err)
 	}
-	s := &BoltStore{db: db, policy: o.Policy.WithDefaults(), now: o.Now, done: make(chan struct{}), watchers: map[string]map[chan struct{}]struct{}{}}
+	s := &BoltStore{db: db, now: o.Now, done: make(chan struct{}), watchers: map[string]map[chan struct{}]struct{}{}}
+	s.SetPolicy(o.Policy)
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -111,7 +113,14 @@ func Open(dir string, o Options) (*BoltStore, error) {
 }
 
 // Policy returns the store's policy, defaults applied.
-func (s *BoltStore) Policy() Policy { return s.policy }
+func (s *BoltStore) Policy() Policy { return *s.policy.Load() }
+
+// SetPolicy changes the store's policy (a config reload that changes
+// the durations): it applies to the writes after it.
+func (s *BoltStore) SetPolicy(p Policy) {
+	p = p.WithDefaults()
+	s.policy.Store(&p)
+}
 
 func (s *BoltStore) clock() time.Time { return s.now().Round(0) }
 
@@ -339,8 +348,8 @@ func (s *BoltStore) Create(ctx context.Context, in *Batch) (*Batch, error) {
 		seen[d.ID] = true
 		b.Documents = append(b.Documents, Document{ID: d.ID, FileUUID: d.FileUUID, State: DocPending})
 	}
-	b.NextPoll = b.Uploaded.Add(s.policy.PollAfter)
-	b.Settle(now, s.policy)
+	b.NextPoll = b.Uploaded.Add(s.Policy().PollAfter)
+	b.Settle(now, s.Policy())
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bktBatches).Get([]byte(b.ID)) != nil {
 			return fmt.Errorf("%w: %q", ErrExists, b.ID)
@@ -403,7 +412,7 @@ func (s *BoltStore) update(ctx context.Context, id string, fn func(b *Batch, now
 				return fmt.Errorf("%w: an update changed a document's id", ErrInvalid)
 			}
 		}
-		nb.Settle(now, s.policy)
+		nb.Settle(now, s.Policy())
 		nb.Revision = old.Revision + 1
 		nb.Updated = now
 		out = nb
@@ -540,7 +549,7 @@ func (s *BoltStore) TakeLease(ctx context.Context, id, owner string, ttl time.Du
 // ReleaseLease implements Store.
 func (s *BoltStore) ReleaseLease(ctx context.Context, id, owner string) (*Batch, error) {
 	return s.update(ctx, id, func(b *Batch, now time.Time) (bool, error) {
-		return ReleaseLease(b, owner, now, s.policy)
+		return ReleaseLease(b, owner, now, s.Policy())
 	})
 }
 
@@ -594,7 +603,7 @@ func (s *BoltStore) List(ctx context.Context, q ListQuery) (Page, error) {
 		bkt = stateBuckets[q.State]
 	case StateOverdue:
 		bkt = bktProc
-		floor = inv64(s.clock().Add(-s.policy.PollAfter))
+		floor = inv64(s.clock().Add(-s.Policy().PollAfter))
 	default:
 		return Page{}, fmt.Errorf("%w: batch state %d", ErrInvalid, q.State)
 	}
@@ -712,7 +721,7 @@ func (s *BoltStore) Begin(ctx context.Context, key, digest string) (IdemResult, 
 			return err
 		}
 		var rec *IdemRecord
-		res, rec = BeginIdem(old, key, digest, hex.EncodeToString(tok[:]), now, s.policy)
+		res, rec = BeginIdem(old, key, digest, hex.EncodeToString(tok[:]), now, s.Policy())
 		if rec == nil {
 			return nil
 		}
@@ -803,7 +812,7 @@ func (s *BoltStore) Purge(ctx context.Context) (PurgeResult, error) {
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			ids = ids[:0]
 			n = 0
-			cutoff := now.Add(-s.policy.Retention)
+			cutoff := now.Add(-s.Policy().Retention)
 			c := tx.Bucket(bktFinished).Cursor()
 			var keys [][]byte
 			for k, _ := c.First(); k != nil && len(keys) < purgeChunk; k, _ = c.Next() {

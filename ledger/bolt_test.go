@@ -108,3 +108,43 @@ func TestLeaseNearGiveUp(t *testing.T) {
 		t.Errorf("Due after the lease ended: %v, want the batch", due)
 	}
 }
+
+// TestUnclaim: the documents a delivery claimed are pending again, and
+// the batch due, once the delivery is released; another delivery's
+// claims stand.
+func TestUnclaim(t *testing.T) {
+	ctx := context.Background()
+	s, err := ledger.Open(t.TempDir(), ledger.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Create(ctx, &ledger.Batch{ID: "B", Documents: []ledger.Document{{ID: "d1"}, {ID: "d2"}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []ledger.Claim{
+		{Source: ledger.SourceCallback, DeliveryID: "cb-1", Results: []ledger.Result{{DocumentID: "d1"}}},
+		{Source: ledger.SourcePoll, DeliveryID: "poll-1", Results: []ledger.Result{{DocumentID: "d2"}}},
+	} {
+		if _, err := s.Claim(ctx, "B", c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, _ := s.Get(ctx, "B"); b.State != ledger.StateComplete {
+		t.Fatalf("before: %+v", b)
+	}
+	if err := ledger.Unclaim(ctx, s, "B", "cb-1"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := s.Get(ctx, "B")
+	if b.State != ledger.StateProcessing || b.Documents[0].State != ledger.DocPending || b.Documents[1].State != ledger.DocReceived {
+		t.Errorf("after: %+v", b)
+	}
+	if due, _ := s.Due(ctx, 10, ""); len(due) != 1 {
+		t.Errorf("the released batch is not due: %v", due)
+	}
+	// A claim by another delivery now wins d1.
+	if r, err := s.Claim(ctx, "B", ledger.Claim{Source: ledger.SourcePoll, DeliveryID: "poll-2", Results: []ledger.Result{{DocumentID: "d1"}}}); err != nil || len(r.Won) != 1 {
+		t.Errorf("claim after unclaim: %+v %v", r, err)
+	}
+}

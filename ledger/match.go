@@ -3,6 +3,7 @@ package ledger
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // Matched is the outcome of MatchClaims.
@@ -125,4 +126,28 @@ func resultOf(rs []Result, doc string) Result {
 		}
 	}
 	return Result{DocumentID: doc}
+}
+
+// Unclaim releases the documents of a batch that delivery deliveryID
+// claimed, when the delivery could not be queued: they are pending
+// again, the batch processing, and due for a poll at once, so that a
+// poll, or Atlas's retry of the callback, brings their results again.
+// Documents another delivery claimed are left alone.
+func Unclaim(ctx context.Context, s Store, batchID, deliveryID string) error {
+	_, err := s.Update(ctx, batchID, func(b *Batch) (bool, error) {
+		changed := false
+		for i := range b.Documents {
+			d := &b.Documents[i]
+			if d.DeliveryID == deliveryID && d.State != DocPending {
+				*d = Document{ID: d.ID, FileUUID: d.FileUUID, State: DocPending}
+				changed = true
+			}
+		}
+		if changed {
+			b.State, b.Finished = StateProcessing, time.Time{}
+			b.NextPoll = b.Uploaded // due now
+		}
+		return changed, nil
+	})
+	return err
 }
