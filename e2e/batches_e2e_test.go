@@ -30,6 +30,13 @@ type batchStatus struct {
 // callback route delivering to rc, in front of sim.
 func startBatchesGateway(t *testing.T, sim *atlastest.Server, rc *callbacktest.Receiver, pollAfter string) {
 	t.Helper()
+	startBatchesGatewayWith(t, sim, rc, "poll_after "+pollAfter+"\n\t\t\tpoll_every 1s")
+}
+
+// startBatchesGatewayWith is startBatchesGateway with the lines of the
+// batches block.
+func startBatchesGatewayWith(t *testing.T, sim *atlastest.Server, rc *callbacktest.Receiver, batches string) {
+	t.Helper()
 	t.Setenv("E2E_ATLAS_CLIENT_ID", e2eClientID)
 	t.Setenv("E2E_ATLAS_CLIENT_SECRET", e2eClientSecret)
 	t.Setenv("CB_E2E_CLIENT_ID", cbE2EClientID)
@@ -50,8 +57,7 @@ func startBatchesGateway(t *testing.T, sim *atlastest.Server, rc *callbacktest.R
 			retry_backoff 10ms 100ms
 		}
 		batches {
-			poll_after %s
-			poll_every 1s
+			%s
 		}
 	}
 }
@@ -70,7 +76,7 @@ func startBatchesGateway(t *testing.T, sim *atlastest.Server, rc *callbacktest.R
 		respond "the next handler" 299
 	}
 }
-`, adminAddr, httpPort, httpsPort, sim.URL, dir, pollAfter, gatewayURL, rc.URL)
+`, adminAddr, httpPort, httpsPort, sim.URL, dir, batches, gatewayURL, rc.URL)
 	tester := newTester(t)
 	tester.InitServer(config, "caddyfile")
 }
@@ -199,5 +205,64 @@ func TestE2EBatchIdempotentUpload(t *testing.T) {
 	}
 	if st := waitBatch(t, first, "0s"); st.State != "processing" || len(st.Documents) != 1 || st.Documents[0].State != "pending" {
 		t.Errorf("the recorded batch: %+v", st)
+	}
+}
+
+// TestE2EBatchExpires: a batch whose documents Atlas never finishes is
+// polled until give_up_after, then expired, its pending documents
+// listed; the status endpoint says so.
+func TestE2EBatchExpires(t *testing.T) {
+	skipShort(t)
+	sim := atlastest.NewServer(t, atlastest.Options{ClientID: e2eClientID, ClientSecret: e2eClientSecret, ProcessingDelay: time.Hour})
+	rc := callbacktest.NewReceiver(t)
+	startBatchesGatewayWith(t, sim, rc, "poll_after 1s\n\t\t\tpoll_every 1s\n\t\t\tgive_up_after 4s")
+	id := upload(t, "", "never-done")
+	st := waitBatch(t, id, "30s")
+	if st.State != "expired" || len(st.Documents) != 1 || st.Documents[0].State != "pending" {
+		t.Errorf("the batch Atlas never finished: %+v", st)
+	}
+	if n := sim.Calls("extracts"); n < 1 {
+		t.Errorf("%d polls before giving up, want at least one", n)
+	}
+	if len(rc.Delivered()) != 0 {
+		t.Errorf("deliveries for a batch never finished: %v", rc.Delivered())
+	}
+}
+
+// TestE2EBatchPollOnlyAndRate: with poll_after 0 every batch is polled
+// from its upload on, its documents delivered once by poll, and the
+// polls keep to poll_rate extracts requests per second, counted at the
+// simulator.
+func TestE2EBatchPollOnlyAndRate(t *testing.T) {
+	skipShort(t)
+	sim := atlastest.NewServer(t, atlastest.Options{ClientID: e2eClientID, ClientSecret: e2eClientSecret, ProcessingDelay: 2 * time.Second})
+	rc := callbacktest.NewReceiver(t)
+	startBatchesGatewayWith(t, sim, rc, "poll_after 0\n\t\t\tpoll_every 1s\n\t\t\tpoll_rate 2")
+	var ids []string
+	for i := range 6 {
+		ids = append(ids, upload(t, "", fmt.Sprintf("po-%d", i)))
+	}
+	for _, id := range ids {
+		if st := waitBatch(t, id, "60s"); st.State != "complete" || st.Documents[0].Source != "poll" {
+			t.Errorf("batch %s: %+v", id, st)
+		}
+	}
+	rc.WaitDelivered(t, len(ids), 10*time.Second)
+	time.Sleep(500 * time.Millisecond)
+	if n := len(rc.Delivered()); n != len(ids) {
+		t.Errorf("%d deliveries for %d documents", n, len(ids))
+	}
+	reqs := sim.Requests("extracts")
+	peak := 0
+	for i := range reqs {
+		n := 0
+		for j := i; j < len(reqs) && reqs[j].Time.Sub(reqs[i].Time) < time.Second; j++ {
+			n++
+		}
+		peak = max(peak, n)
+	}
+	t.Logf("%d extracts requests for %d batches, at most %d in a second", len(reqs), len(ids), peak)
+	if peak > 3 {
+		t.Errorf("%d extracts requests within a second, above poll_rate 2 (and its burst of 1)", peak)
 	}
 }
