@@ -13,7 +13,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-atlas/caddy-atlas/atlasclient"
 	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
+	"github.com/caddy-atlas/caddy-atlas/reconcile"
 )
 
 // Account is an Atlas account: the endpoint and the credentials the
@@ -38,6 +40,44 @@ type Account struct {
 	// sharing that storage shares one token, fetched by one of them under
 	// the storage's lock. "off": in memory only, one token per instance.
 	TokenStorage string `json:"token_storage,omitempty"`
+
+	// The Atlas service the account speaks to: "docstream" (the
+	// default), the API under /v1/docstream/ with callbacks, or "bulk",
+	// Atlas's bulk service under /v1/bulk/, which has the same requests
+	// and answers and no callbacks: polling extracts (batches) is its
+	// only channel. Its token, upload and extracts routes and the
+	// reconciler's polls all go to the service's paths.
+	Service string `json:"service,omitempty"`
+}
+
+// The Atlas services an account may speak to.
+const (
+	ServiceDocstream = "docstream"
+	ServiceBulk      = "bulk"
+)
+
+// atlasService is the paths of one Atlas service.
+type atlasService struct {
+	name                        string
+	authToken, upload, extracts string
+	reconcileExtracts           string
+}
+
+var atlasServices = map[string]atlasService{
+	ServiceDocstream: {ServiceDocstream, atlasclient.DocstreamAuthTokenPath, "/v1/docstream/multiupload", "/v1/docstream/extracts", reconcile.DocstreamExtracts},
+	ServiceBulk:      {ServiceBulk, atlasclient.BulkAuthTokenPath, "/v1/bulk/multiupload", "/v1/bulk/extracts", reconcile.BulkExtracts},
+}
+
+// serviceName returns the service s names ("" is docstream), or an
+// error for another value.
+func serviceName(s string) (string, error) {
+	switch s {
+	case "":
+		return ServiceDocstream, nil
+	case ServiceDocstream, ServiceBulk:
+		return s, nil
+	}
+	return "", fmt.Errorf("service must be %q (the default) or %q, got %q", ServiceDocstream, ServiceBulk, s)
 }
 
 // configured reports whether any setting of the account is given.
@@ -58,6 +98,8 @@ type account struct {
 	clientID     string
 	secretDigest string
 	tokenStorage string
+	// service is the Atlas service's paths.
+	service atlasService
 
 	poolKey    string
 	tokens     *sharedTokenSource
@@ -94,8 +136,13 @@ func resolveAccount(conf Account) (a *account, secret string, err error) {
 	if conf.TokenStorage != "" && conf.TokenStorage != tokenStorageOff {
 		return nil, "", fmt.Errorf("token_storage must be empty (Caddy's storage) or %q, got %q", tokenStorageOff, conf.TokenStorage)
 	}
+	service, err := serviceName(conf.Service)
+	if err != nil {
+		return nil, "", err
+	}
 	digest := sha256.Sum256([]byte(secret))
 	return &account{
+		service:      atlasServices[service],
 		endpoint:     u,
 		clientID:     clientID,
 		secretDigest: hex.EncodeToString(digest[:]),
@@ -113,6 +160,8 @@ func (a *account) differs(o *account) string {
 		return "client_secret"
 	case a.tokenStorage != o.tokenStorage:
 		return "token_storage " + strconv.Quote(a.tokenStorage) + " and " + strconv.Quote(o.tokenStorage)
+	case a.service.name != o.service.name:
+		return "service " + a.service.name + " and " + o.service.name
 	}
 	return ""
 }
@@ -130,9 +179,10 @@ func (a *account) open(ctx caddy.Context, secret string, logger *zap.Logger) err
 	endpoint := a.endpoint.String()
 	storage := contextStorage(ctx)
 	shared := a.tokenStorage != tokenStorageOff && storage != nil
-	poolKey := endpoint + "\x00" + a.clientID + "\x00" + a.secretDigest + "\x00" + strconv.FormatBool(shared)
+	// A token is good at its own service only: one source per service.
+	poolKey := endpoint + "\x00" + a.clientID + "\x00" + a.secretDigest + "\x00" + strconv.FormatBool(shared) + "\x00" + a.service.name
 	val, _, err := tokenSources.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
-		return newSharedTokenSource(endpoint, a.clientID, secret, shared, a.metrics, logger)
+		return newSharedTokenSource(endpoint, a.service.authToken, a.clientID, secret, shared, a.metrics, logger)
 	})
 	if err != nil {
 		return err
@@ -141,7 +191,7 @@ func (a *account) open(ctx caddy.Context, secret string, logger *zap.Logger) err
 	a.tokens = val.(*sharedTokenSource)
 	if shared {
 		// The token is shared through this config's storage.
-		st, err := newStorageTokenStore(storage, endpoint, a.clientID, secret)
+		st, err := newStorageTokenStore(storage, a.storageEndpoint(), a.clientID, secret)
 		if err != nil {
 			return err
 		}
@@ -149,6 +199,17 @@ func (a *account) open(ctx caddy.Context, secret string, logger *zap.Logger) err
 		a.tokens.stores.attach(st)
 	}
 	return nil
+}
+
+// storageEndpoint names the account's endpoint in the key of its stored
+// token: the endpoint for docstream (as before there were services), the
+// endpoint and the service otherwise, so that the two services' tokens
+// are kept apart.
+func (a *account) storageEndpoint() string {
+	if a.service.name == ServiceDocstream {
+		return a.endpoint.String()
+	}
+	return a.endpoint.String() + "\x00" + a.service.name
 }
 
 // release gives the token source back to the pool; the last config using

@@ -92,6 +92,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if !a.Account.configured() && a.TokenStorage != "" {
 		return errors.New("token_storage in the global atlas options is a setting of its account: give it endpoint, client_id and client_secret too, or set token_storage in the site that has the account")
 	}
+	if !a.Account.configured() && a.Service != "" {
+		return errors.New("service in the global atlas options is a setting of its account: give it endpoint, client_id and client_secret too, or set service in the site that has the account")
+	}
 	if a.Account.configured() {
 		acct, err := a.account(a.Account, appPlace)
 		if err != nil {

@@ -64,6 +64,16 @@ func TestAppAccount(t *testing.T) {
 		{"token_storage off beside the app's account", siteConfig(t, `{`+account+`}`, `{"handler": "atlas", "token_storage": "off"}`),
 			`token_storage "off" differs from the account's in the global atlas options`},
 		{"a bad app account", siteConfig(t, `{"endpoint": "atlas.example.com", "client_id": "gw", "client_secret": "x"}`, `{"handler": "atlas"}`), "not an absolute http(s) URL"},
+		{"the bulk service", siteConfig(t, `{`+account+`, "service": "bulk"}`, `{"handler": "atlas"}`, `{"handler": "atlas", "extracts_path": "/x", "upload_path": "/y", "service": "bulk"}`), ""},
+		{"inline, the docstream service named", siteConfig(t, `{`+account+`}`, `{"handler": "atlas", "service": "docstream", `+account+`}`), ""},
+		{"an unknown service", siteConfig(t, `{`+account+`, "service": "stream"}`, `{"handler": "atlas"}`),
+			`service must be "docstream" (the default) or "bulk", got "stream"`},
+		{"inline, another service than the app's", siteConfig(t, `{`+account+`}`, `{"handler": "atlas", "service": "bulk", `+account+`}`),
+			`client_id "gw" is configured twice, with a different service docstream and bulk: in the global atlas options and in the atlas handler of extracts_path /atlas/extracts, upload_path /atlas/multiupload`},
+		{"service beside the app's account", siteConfig(t, `{`+account+`}`, `{"handler": "atlas", "service": "bulk"}`),
+			`service "bulk" differs from the account's (docstream) in the global atlas options`},
+		{"service without an app account", siteConfig(t, `{"service": "bulk"}`, `{"handler": "atlas", `+account+`}`),
+			"service in the global atlas options is a setting of its account"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := validateConfig(t, tc.config)
@@ -246,7 +256,12 @@ func TestQueueFailsAtStart(t *testing.T) {
 // TestAppBatches checks the configurations of the ledger of batches.
 func TestAppBatches(t *testing.T) {
 	dir := t.TempDir()
-	const account = `"endpoint": "https://atlas.example.com", "client_id": "gw", "client_secret": "s"`
+	const (
+		account       = `"endpoint": "https://atlas.example.com", "client_id": "gw", "client_secret": "s"`
+		bulk          = account + `, "service": "bulk"`
+		callbackRoute = `{"handler": "atlas", "extracts_path": "off", "upload_path": "off", "callback": {"path": "/hooks/atlas", "client_id": "atlas", "client_secret": "s",
+			"signing_key": "0123456789abcdef0123456789abcdef", "deliver_to": "http://127.0.0.1:1/hooks"}}`
+	)
 	for _, tc := range []struct {
 		name, config, want string
 	}{
@@ -257,6 +272,18 @@ func TestAppBatches(t *testing.T) {
 			"batches_path needs a ledger of batches"},
 		{"a negative poll_every", siteConfig(t, `{`+account+`, "queue": {"backend": "spool", "dir": "`+dir+`"}, "batches": {"poll_every": -1}}`, `{"handler": "atlas"}`),
 			"batches: poll_every must not be negative"},
+		{"the bulk service, poll-only to deliver_to", siteConfig(t, `{`+bulk+`, "queue": {"backend": "spool", "dir": "`+dir+`"}, "batches": {"poll_after": 0, "deliver_to": "http://127.0.0.1:1/results"}}`, `{"handler": "atlas"}`), ""},
+		{"the bulk service without deliver_to", siteConfig(t, `{`+bulk+`, "queue": {"backend": "spool", "dir": "`+dir+`"}, "batches": {"poll_after": 0}}`, `{"handler": "atlas"}`),
+			"batches: service bulk needs deliver_to in batches"},
+		{"the bulk service without a queue", siteConfig(t, `{`+bulk+`, "batches": {"deliver_to": "http://127.0.0.1:1/results"}}`, `{"handler": "atlas"}`),
+			"batches needs the queue of the global atlas options, a spool"},
+		{"deliver_to not a URL", siteConfig(t, `{`+account+`, "queue": {"backend": "spool", "dir": "`+dir+`"}, "batches": {"deliver_to": "app:9000/results"}}`, `{"handler": "atlas"}`),
+			"batches: deliver_to is not an absolute http(s) URL"},
+		{"deliver_to an empty placeholder", siteConfig(t, `{`+account+`, "queue": {"backend": "spool", "dir": "`+dir+`"}, "batches": {"deliver_to": "{env.APP_TEST_UNSET_DELIVER_TO}"}}`, `{"handler": "atlas"}`),
+			"deliver_to"},
+		{"deliver_to the callback route's", siteConfig(t, `{`+account+`, "queue": {"backend": "spool", "dir": "`+dir+`"}, "batches": {"deliver_to": "http://127.0.0.1:1/hooks"}}`, `{"handler": "atlas"}`, callbackRoute), ""},
+		{"deliver_to another than the callback route's", siteConfig(t, `{`+account+`, "queue": {"backend": "spool", "dir": "`+dir+`"}, "batches": {"deliver_to": "http://127.0.0.1:1/results"}}`, `{"handler": "atlas"}`, callbackRoute),
+			"batches' deliver_to http://127.0.0.1:1/results and the deliver_to http://127.0.0.1:1/hooks of the callback route /hooks/atlas differ"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := validateConfig(t, tc.config)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
 	"github.com/caddy-atlas/caddy-atlas/ledger"
 )
 
@@ -52,6 +54,16 @@ type Batches struct {
 
 	// How long an upload's Idempotency-Key is remembered. Default: 24h.
 	IdempotencyWindow caddy.Duration `json:"idempotency_window,omitempty"`
+
+	// Where the results found by polling are POSTed when no durable
+	// callback route takes them: stored in the app's queue and delivered
+	// from it, with X-Atlas-Batch-Id and X-Atlas-Result-Source: poll,
+	// neither masked nor signed. Required with service bulk (which has
+	// no callbacks). Beside a durable callback route, the results go
+	// through that route (masked and signed as its callbacks), and this,
+	// if set, must be the route's deliver_to. Placeholders are resolved
+	// at provision time.
+	DeliverTo string `json:"deliver_to,omitempty"`
 }
 
 // policy returns the ledger policy of the settings.
@@ -90,6 +102,23 @@ func (b *Batches) validate() error {
 		return errors.New("batches: poll_rate must not be negative")
 	}
 	return nil
+}
+
+// resolveDeliverTo resolves deliver_to's placeholders and checks it:
+// "" if unset, else an absolute http(s) URL.
+func (b *Batches) resolveDeliverTo() (string, error) {
+	if b.DeliverTo == "" {
+		return "", nil
+	}
+	v := caddy.NewReplacer().ReplaceKnown(b.DeliverTo, "")
+	if v == "" {
+		return "", fmt.Errorf("batches: %w", placeholder.Empty("deliver_to", b.DeliverTo))
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", errors.New("batches: deliver_to is not an absolute http(s) URL")
+	}
+	return v, nil
 }
 
 // maxWait is the longest wait of the status endpoint.
@@ -133,10 +162,17 @@ func (a *App) provisionBatches() error {
 	}
 	d, ok := a.queue.(interface{ Directory() string })
 	if a.queue == nil || !ok {
-		return errors.New("batches needs the queue of the global atlas options, a spool (queue spool <dir>): the ledger is kept in the spool's directory")
+		return errors.New("batches needs the queue of the global atlas options, a spool (queue spool <dir>): the ledger is kept in the spool's directory, and the results found by polling are queued there for deliver_to")
+	}
+	deliverTo, err := a.Batches.resolveDeliverTo()
+	if err != nil {
+		return err
+	}
+	if a.own != nil && a.own.service.name == ServiceBulk && deliverTo == "" {
+		return errors.New("batches: service bulk needs deliver_to in batches: Atlas's bulk service has no callbacks, so the results found by polling are pushed to the app at batches' deliver_to, through the queue of the global atlas options")
 	}
 	a.ledger = &ledgerHolder{dir: d.Directory(), ready: make(chan struct{})}
-	a.poll = new(poller)
+	a.poll = &poller{deliverTo: deliverTo}
 	a.onStart(a.openLedger)
 	a.onStart(a.startReconciler)
 	return nil
@@ -186,6 +222,9 @@ func (a *App) waitLedger(ctx context.Context) ledger.Store {
 func (a *App) releaseLedger() error {
 	if err := a.stopReconciler(); err != nil {
 		a.logger.Warn("stopping the reconciler of batches", zap.Error(err))
+	}
+	if err := a.detachPollQueue(); err != nil {
+		a.logger.Warn("detaching the batches' deliver_to from the queue", zap.Error(err))
 	}
 	if a.ledger == nil || a.ledger.store.Load() == nil {
 		return nil

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
+	"strconv"
 	"sync"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -15,13 +19,22 @@ import (
 	"github.com/caddy-atlas/caddy-atlas/callback"
 	"github.com/caddy-atlas/caddy-atlas/internal/metricsreg"
 	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
+	"github.com/caddy-atlas/caddy-atlas/ledger"
+	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/reconcile"
 )
 
 // poller is the app's reconciler and what it delivers through.
 type poller struct {
+	// deliverTo is batches' deliver_to, resolved ("" if unset).
+	deliverTo string
+
 	mu     sync.Mutex
 	target *callback.Callback // the durable callback route polled results go through
+	// user and store are the app's own use of its queue, to deliver to
+	// deliverTo, when no callback route is the target.
+	user   *queue.User
+	store  queue.Store
 	rec    *reconcile.Reconciler
 	cancel context.CancelFunc
 }
@@ -32,6 +45,12 @@ type poller struct {
 func (a *App) usePollTarget(cb *callback.Callback) error {
 	if a.poll == nil || !cb.Durable() {
 		return nil
+	}
+	if to := a.poll.deliverTo; to != "" {
+		if cbTo := caddy.NewReplacer().ReplaceKnown(cb.DeliverTo, ""); cbTo != to {
+			return fmt.Errorf("batches' deliver_to %s and the deliver_to %s of the callback route %s differ: the results found by polling go through the durable callback route, to its deliver_to; remove deliver_to from batches, or make the two the same",
+				redactURL(to), redactURL(cbTo), cb.Path)
+		}
 	}
 	a.poll.mu.Lock()
 	defer a.poll.mu.Unlock()
@@ -62,9 +81,16 @@ func (a *App) startReconciler() error {
 	a.poll.mu.Lock()
 	target := a.poll.target
 	a.poll.mu.Unlock()
+	var store queue.Store
+	if target == nil && a.poll.deliverTo != "" {
+		var err error
+		if store, err = a.attachPollQueue(); err != nil {
+			return err
+		}
+	}
 	switch acct := a.defaultAccount(); {
-	case target == nil:
-		a.logger.Warn("batches: no durable callback route uses the ledger, so results found by polling have nowhere to go: batches are recorded and expire, but are not polled")
+	case target == nil && store == nil:
+		a.logger.Warn("batches: no durable callback route uses the ledger, and batches have no deliver_to, so results found by polling have nowhere to go: batches are recorded and expire, but are not polled")
 	case acct == nil:
 		a.logger.Warn("batches: the global atlas options have no account to poll extracts with: batches are recorded and expire, but are not polled")
 	default:
@@ -76,12 +102,15 @@ func (a *App) startReconciler() error {
 			},
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
-		o.Fetcher = &reconcile.HTTPFetcher{Endpoint: acct.endpoint.String(), Client: client}
+		o.Fetcher = &reconcile.HTTPFetcher{Endpoint: acct.endpoint.String(), Path: acct.service.reconcileExtracts, Client: client}
 		o.Enqueuer = reconcile.EnqueueFunc(func(ctx context.Context, d reconcile.Delivery) error {
 			// Not cut short by a reload's stop: the documents are
 			// claimed already.
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			defer cancel()
+			if target == nil {
+				return enqueuePolled(ctx, store, d)
+			}
 			return target.EnqueuePolled(ctx, d.ID, d.BatchID, len(d.DocumentIDs), d.Body)
 		})
 	}
@@ -98,6 +127,80 @@ func (a *App) startReconciler() error {
 	a.poll.rec, a.poll.cancel = r, cancel
 	a.poll.mu.Unlock()
 	return nil
+}
+
+// attachPollQueue attaches the app to its own queue as the user that
+// delivers polled results to batches' deliver_to, and opens it (the
+// queue is open already when a callback route of the config, or the
+// config a reload replaces, uses it). It runs at Start: only then is it
+// known that no durable callback route takes the results.
+func (a *App) attachPollQueue() (queue.Store, error) {
+	to := a.poll.deliverTo
+	user := &queue.User{
+		Name: "the deliver_to of batches",
+		Deliver: func(transport http.RoundTripper) queue.DeliverFunc {
+			d := &queue.HTTPDeliverer{URL: to, Client: &http.Client{Transport: outbound.Traced(transport)}}
+			return d.Deliver
+		},
+		// A callback route's key with the same deliver_to and no
+		// signing.
+		DeliveryKey: to + "\x00",
+		Logger:      a.logger,
+	}
+	if r := a.ctx.GetMetricsRegistry(); r != nil {
+		user.Config = r // one registry per loaded config
+	}
+	if err := a.queue.Attach(user); err != nil {
+		return nil, fmt.Errorf("batches: deliver_to: %w", err)
+	}
+	st, err := a.queue.Open(user)
+	if err != nil {
+		_ = a.queue.Detach(user)
+		return nil, fmt.Errorf("batches: deliver_to: opening queue %s: %w", a.queue.Name(), err)
+	}
+	a.poll.mu.Lock()
+	a.poll.user, a.poll.store = user, st
+	a.poll.mu.Unlock()
+	a.logger.Info("batches: results found by polling are delivered to deliver_to", zap.String("queue", a.queue.Name()), zap.String("deliver_to", redactURL(to)))
+	return st, nil
+}
+
+// detachPollQueue ends the app's use of its queue for deliver_to, if it
+// has one; the last user closes the queue.
+func (a *App) detachPollQueue() error {
+	if a.poll == nil {
+		return nil
+	}
+	a.poll.mu.Lock()
+	user := a.poll.user
+	a.poll.user, a.poll.store = nil, nil
+	a.poll.mu.Unlock()
+	if user == nil {
+		return nil
+	}
+	return a.queue.Detach(user)
+}
+
+// enqueuePolled stores polled results in st for batches' deliver_to:
+// the body as polled ({"data":[...]}), unmasked and unsigned, with the
+// headers a callback route's polled delivery has.
+func enqueuePolled(ctx context.Context, st queue.Store, d reconcile.Delivery) error {
+	hdr := make(http.Header, 5)
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("X-Atlas-Document-Count", strconv.Itoa(len(d.DocumentIDs)))
+	hdr.Set(queue.HeaderCallbackID, d.ID)
+	hdr.Set("X-Atlas-Batch-Id", d.BatchID)
+	hdr.Set("X-Atlas-Result-Source", string(ledger.SourcePoll))
+	_, err := st.Append(ctx, queue.Entry{ID: d.ID, Header: hdr, Body: d.Body})
+	return err
+}
+
+// redactURL is u with its password, if any, redacted.
+func redactURL(u string) string {
+	if p, err := url.Parse(u); err == nil {
+		return p.Redacted()
+	}
+	return u
 }
 
 // stopReconciler stops polling; a poll in progress keeps its lease,

@@ -76,6 +76,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		client_id     <id>
 //		client_secret <secret>
 //		token_storage off
+//		service       docstream|bulk
 //		queue spool <directory> { ... }   # or: queue jetstream { ... }
 //	}
 //
@@ -103,6 +104,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = cfparse.String(d, &a.ClientSecret)
 		case "token_storage":
 			err = unmarshalTokenStorage(d, &a.TokenStorage)
+		case "service":
+			err = unmarshalService(d, &a.Service)
 		case "queue":
 			err = a.unmarshalQueue(d)
 		case "batches":
@@ -121,14 +124,14 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // appSubdirectives are the subdirectives of the atlas global option, for
 // the suggestion of a misspelt one (a test checks them against the
 // parser's switch).
-var appSubdirectives = []string{"endpoint", "client_id", "client_secret", "token_storage", "queue", "batches"}
+var appSubdirectives = []string{"endpoint", "client_id", "client_secret", "token_storage", "service", "queue", "batches"}
 
 // handlerSubdirectives are the subdirectives of a site's atlas block, for
 // the suggestion of a misspelt one (a test checks them against the
 // parser's switch).
 var handlerSubdirectives = []string{
 	"endpoint", "client_id", "client_secret", "extracts_path", "upload_path", "token_header",
-	"token_storage", "timeout", "max_upload_body", "mask", "callback", "batches_path",
+	"token_storage", "service", "timeout", "max_upload_body", "mask", "callback", "batches_path",
 }
 
 // unmarshalQueue parses `queue <backend> ...`, d on `queue`.
@@ -196,6 +199,8 @@ func checkAccountPlaces(h httpcaddyfile.Helper, acct Account, place string) erro
 		diff = "client_secret"
 	case o.TokenStorage != acct.TokenStorage:
 		diff = "token_storage"
+	case serviceOrDefault(o.Service) != serviceOrDefault(acct.Service):
+		diff = "service " + serviceOrDefault(o.Service) + " and " + serviceOrDefault(acct.Service)
 	default:
 		return nil
 	}
@@ -215,6 +220,7 @@ func checkAccountPlaces(h httpcaddyfile.Helper, acct Account, place string) erro
 //		timeout          <duration>
 //		max_upload_body  <size>
 //		token_storage    off
+//		service          docstream|bulk
 //		mask             <field> [last4|redact]   # repeatable
 //		callback <path> {
 //			...
@@ -256,6 +262,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = cfparse.String(d, &h.TokenHeader)
 		case "token_storage":
 			err = unmarshalTokenStorage(d, &h.TokenStorage)
+		case "service":
+			err = unmarshalService(d, &h.Service)
 		case "timeout":
 			err = cfparse.Duration(d, &h.Timeout)
 		case "max_upload_body":
@@ -287,6 +295,28 @@ func unmarshalTokenStorage(d *caddyfile.Dispenser, dst *string) error {
 	}
 	*dst = val
 	return nil
+}
+
+// unmarshalService parses `service docstream|bulk`.
+func unmarshalService(d *caddyfile.Dispenser, dst *string) error {
+	val, err := cfparse.Arg(d)
+	if err != nil {
+		return err
+	}
+	if _, err := serviceName(val); err != nil || val == "" {
+		return d.Errf("service must be %q (the default) or %q, got %q", ServiceDocstream, ServiceBulk, val)
+	}
+	*dst = val
+	return nil
+}
+
+// serviceOrDefault is the service s names, as written: docstream when
+// empty.
+func serviceOrDefault(s string) string {
+	if s == "" {
+		return ServiceDocstream
+	}
+	return s
 }
 
 // formatBytes renders a byte count for error messages, e.g. "1 MiB".
@@ -364,7 +394,7 @@ func checkQueuePlaces(h httpcaddyfile.Helper, raw json.RawMessage, place string)
 
 // batchesSubdirectives are the subdirectives of the batches block, for
 // the suggestion of a misspelt one.
-var batchesSubdirectives = []string{"poll_after", "poll_every", "give_up_after", "poll_rate", "max_wait", "retention", "idempotency_window"}
+var batchesSubdirectives = []string{"poll_after", "poll_every", "give_up_after", "poll_rate", "max_wait", "retention", "idempotency_window", "deliver_to"}
 
 // UnmarshalCaddyfile sets up the batches from the `batches` block of the
 // atlas global option (d is on `batches`). Syntax:
@@ -377,6 +407,7 @@ var batchesSubdirectives = []string{"poll_after", "poll_every", "give_up_after",
 //		max_wait           <duration>
 //		retention          <duration>
 //		idempotency_window <duration>
+//		deliver_to         <url>        # where polled results go without a durable callback route
 //	}
 func (b *Batches) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
@@ -418,6 +449,8 @@ func (b *Batches) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = cfparse.Duration(d, &b.Retention)
 		case "idempotency_window":
 			err = cfparse.Duration(d, &b.IdempotencyWindow)
+		case "deliver_to":
+			err = cfparse.String(d, &b.DeliverTo)
 		default:
 			return cfparse.Unrecognized(d, batchesSubdirectives)
 		}

@@ -80,6 +80,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "token_storage off", input: "atlas {\n token_storage off\n}", want: Handler{TokenStorage: "off"}},
 		{name: "token_storage other", input: "atlas {\n token_storage redis\n}", wantErr: `token_storage must be "off"`},
 		{name: "token_storage bare", input: "atlas {\n token_storage\n}", wantErr: "wrong argument count"},
+		{name: "service bulk", input: "atlas {\n service bulk\n}", want: Handler{Service: "bulk"}},
+		{name: "service docstream", input: "atlas {\n service docstream\n}", want: Handler{Service: "docstream"}},
+		{name: "service other", input: "atlas {\n service stream\n}", wantErr: `service must be "docstream" (the default) or "bulk", got "stream"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h Handler

@@ -183,7 +183,7 @@ func parseExtractsQuery(rawQuery string) (extractsQuery, error) {
 // built as a struct, not a string to parse again; its query is what
 // url.Values.Encode would give (keys sorted, values escaped).
 func (h *Handler) extractsRequest(ctx context.Context, q extractsQuery) *http.Request {
-	u := h.apiURL("/v1/docstream/extracts")
+	u := h.apiURL(h.service.extracts)
 	var b strings.Builder
 	b.Grow(len("batch_id=&page=&per_page=") + len(q.batchID) + 8)
 	b.WriteString("batch_id=")

@@ -14,22 +14,29 @@ func TestExtractsRequestURL(t *testing.T) {
 		endpoint string
 		q        extractsQuery
 		want     string
+		service  string
 	}{
-		{"http://atlas.test", extractsQuery{batchID: "B-1"}, "http://atlas.test/v1/docstream/extracts?batch_id=B-1"},
+		{"http://atlas.test", extractsQuery{batchID: "B-1"}, "http://atlas.test/v1/docstream/extracts?batch_id=B-1", ""},
 		{"https://atlas.test:8443/prefix", extractsQuery{batchID: "a b&c=d/é", page: 3, perPage: 50},
-			"https://atlas.test:8443/prefix/v1/docstream/extracts?batch_id=a+b%26c%3Dd%2F%C3%A9&page=3&per_page=50"},
-		{"http://atlas.test/a%2Fb", extractsQuery{batchID: "x", perPage: 6}, "http://atlas.test/a%2Fb/v1/docstream/extracts?batch_id=x&per_page=6"},
+			"https://atlas.test:8443/prefix/v1/docstream/extracts?batch_id=a+b%26c%3Dd%2F%C3%A9&page=3&per_page=50", ""},
+		{"http://atlas.test/a%2Fb", extractsQuery{batchID: "x", perPage: 6}, "http://atlas.test/a%2Fb/v1/docstream/extracts?batch_id=x&per_page=6", ""},
+		{"https://atlas.test/prefix/", extractsQuery{batchID: "B-2", page: 3, perPage: 50},
+			"https://atlas.test/prefix/v1/bulk/extracts?batch_id=B-2&page=3&per_page=50", ServiceBulk},
 	} {
 		u, err := url.Parse(tc.endpoint)
 		if err != nil {
 			t.Fatal(err)
 		}
-		h := &Handler{endpoint: u}
+		svc, err := serviceName(tc.service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := &Handler{endpoint: u, service: atlasServices[svc]}
 		req := h.extractsRequest(context.Background(), tc.q)
 		if got := req.URL.String(); got != tc.want {
 			t.Errorf("%s: got %s, want %s", tc.endpoint, got, tc.want)
 		}
-		ref := u.JoinPath("/v1/docstream/extracts")
+		ref := u.JoinPath(h.service.extracts)
 		vals := url.Values{"batch_id": {tc.q.batchID}}
 		if tc.q.page > 0 {
 			vals.Set("page", "3")

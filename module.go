@@ -45,10 +45,10 @@ const (
 // passes every other request to the next handler untouched:
 //
 //   - GET {extracts_path}: proxied to Atlas's GET /v1/docstream/extracts
-//     with the gateway's managed Atlas token injected. With `all=1`, every
+//     (/v1/bulk/extracts with service bulk) with the gateway's managed Atlas token injected. With `all=1`, every
 //     document of the batch is streamed in one response.
-//   - POST {upload_path}: proxied to Atlas's POST /v1/docstream/multiupload,
-//     validated and size-capped first.
+//   - POST {upload_path}: proxied to Atlas's POST /v1/docstream/multiupload
+//     (/v1/bulk/multiupload with service bulk), validated and size-capped first.
 //   - POST {callback.auth_path}: Atlas's auth_url; issues Atlas a short-lived
 //     JWT for its callbacks.
 //   - POST {callback.path}: Atlas's callback_url; verifies the JWT and the
@@ -112,6 +112,12 @@ type Handler struct {
 	// the storage's lock. "off": in memory only, one token per instance.
 	TokenStorage string `json:"token_storage,omitempty"`
 
+	// The Atlas service of this handler's account: "docstream" (the
+	// default) or "bulk" (Atlas's bulk service, under /v1/bulk/, without
+	// callbacks). With the account of the global atlas options, it must
+	// be that account's, or empty. See Account.
+	Service string `json:"service,omitempty"`
+
 	// Fields the apps see masked, in both directions: extracts pages
 	// (and all=1), callback hand-offs (synchronous and durable) and the
 	// admin API's ?body=1. Without it, payloads pass unchanged.
@@ -125,6 +131,7 @@ type Handler struct {
 	ownApp       bool // app is this handler's own, made outside a config load
 	endpoint     *url.URL
 	clientID     string
+	service      atlasService
 	extractsPath string
 	uploadPath   string
 	batchesPath  string
@@ -236,12 +243,16 @@ func (h *Handler) provisionOutbound() error {
 		if h.TokenStorage != "" && h.TokenStorage != acct.tokenStorage {
 			return fmt.Errorf("token_storage %q differs from the account's in %s: set token_storage where the account is configured", h.TokenStorage, acct.place)
 		}
+		if h.Service != "" && h.Service != acct.service.name {
+			return fmt.Errorf("service %q differs from the account's (%s) in %s: set service where the account is configured", h.Service, acct.service.name, acct.place)
+		}
 	default:
 		_, _, err := resolveAccount(inline) // says what is missing
 		return err
 	}
 	h.endpoint = acct.endpoint
 	h.clientID = acct.clientID
+	h.service = acct.service
 	h.metrics = acct.metrics
 	h.upstream = &http.Client{
 		Transport: &atlasclient.Transport{
@@ -259,7 +270,7 @@ func (h *Handler) provisionOutbound() error {
 
 // inlineAccount is the account written in the handler's own block.
 func (h *Handler) inlineAccount() Account {
-	return Account{Endpoint: h.Endpoint, ClientID: h.ClientID, ClientSecret: h.ClientSecret, TokenStorage: h.TokenStorage}
+	return Account{Endpoint: h.Endpoint, ClientID: h.ClientID, ClientSecret: h.ClientSecret, TokenStorage: h.TokenStorage, Service: h.Service}
 }
 
 // place names the handler in errors, by the routes it serves.
@@ -386,7 +397,7 @@ type sharedTokenSource struct {
 // is logged.
 const revokedWarningEvery = time.Minute
 
-func newSharedTokenSource(endpoint, clientID, secret string, shared bool, m *outboundMetrics, logger *zap.Logger) (*sharedTokenSource, error) {
+func newSharedTokenSource(endpoint, authTokenPath, clientID, secret string, shared bool, m *outboundMetrics, logger *zap.Logger) (*sharedTokenSource, error) {
 	s := &sharedTokenSource{
 		clientID:  clientID,
 		metrics:   m,
@@ -394,11 +405,12 @@ func newSharedTokenSource(endpoint, clientID, secret string, shared bool, m *out
 		transport: outbound.NewTransport(),
 	}
 	opts := atlasclient.TokenOptions{
-		Endpoint:     endpoint,
-		ClientID:     clientID,
-		ClientSecret: secret,
-		HTTPClient:   &http.Client{Transport: outbound.Traced(s.transport), Timeout: atlasclient.DefaultHTTPTimeout},
-		Observer:     s,
+		Endpoint:      endpoint,
+		AuthTokenPath: authTokenPath,
+		ClientID:      clientID,
+		ClientSecret:  secret,
+		HTTPClient:    &http.Client{Transport: outbound.Traced(s.transport), Timeout: atlasclient.DefaultHTTPTimeout},
+		Observer:      s,
 	}
 	if shared {
 		s.stores = new(tokenStores)

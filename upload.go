@@ -45,7 +45,7 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request) error {
 
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
 	defer cancel()
-	u := h.endpoint.JoinPath("/v1/docstream/multiupload")
+	u := h.endpoint.JoinPath(h.service.upload)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(body))
 	if err != nil {
 		return err

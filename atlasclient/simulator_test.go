@@ -212,3 +212,53 @@ func TestSimulatorConcurrentCallersShareOneToken(t *testing.T) {
 		t.Errorf("authtoken calls = %d after the refresh window, want 2", n)
 	}
 }
+
+// TestSimulatorBulkToken: a source with BulkAuthTokenPath fetches its
+// token from the bulk service, where it is good and a docstream token is
+// not; a bad path is refused.
+func TestSimulatorBulkToken(t *testing.T) {
+	srv := atlastest.NewServer(t, atlastest.Options{})
+	batch := srv.CreateBulkBatch("bulk-a", "bulk-b")
+	extracts := func(src *atlasclient.TokenSource) int {
+		t.Helper()
+		hc := &http.Client{Transport: &atlasclient.Transport{Source: src}}
+		resp, err := hc.Get(srv.URL + "/v1/bulk/extracts?batch_id=" + batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	source := func(path string) *atlasclient.TokenSource {
+		t.Helper()
+		src, err := atlasclient.NewTokenSource(atlasclient.TokenOptions{
+			Endpoint: srv.URL, AuthTokenPath: path,
+			ClientID: atlastest.DefaultClientID, ClientSecret: atlastest.DefaultClientSecret,
+			MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(src.Close)
+		return src
+	}
+	if got := extracts(source(atlasclient.BulkAuthTokenPath)); got != http.StatusOK {
+		t.Errorf("bulk extracts with a bulk token: %d, want 200", got)
+	}
+	if a, d := srv.Calls(atlastest.EndpointBulkAuthToken), srv.Calls(atlastest.EndpointAuthToken); a != 1 || d != 0 {
+		t.Errorf("bulk authtoken calls %d, docstream %d; want 1 and 0", a, d)
+	}
+	// The default path is docstream's: its token is refused at bulk
+	// (and replayed once with a fresh docstream token, refused again).
+	if got := extracts(source("")); got != http.StatusUnauthorized {
+		t.Errorf("bulk extracts with a docstream token: %d, want 401", got)
+	}
+	if d := srv.Calls(atlastest.EndpointAuthToken); d == 0 {
+		t.Error("the default source did not call /v1/docstream/authtoken")
+	}
+	for _, bad := range []string{"v1/bulk/authtoken", "/v1/bulk/authtoken?x=1"} {
+		if _, err := atlasclient.NewTokenSource(atlasclient.TokenOptions{Endpoint: srv.URL, AuthTokenPath: bad, ClientID: "c", ClientSecret: "s"}); err == nil {
+			t.Errorf("authtoken path %q accepted", bad)
+		}
+	}
+}

@@ -26,6 +26,14 @@ const (
 	DefaultHTTPTimeout   = 30 * time.Second
 )
 
+// The authtoken paths of Atlas's two services: the docstream API (the
+// default) and the bulk service, whose tokens are good at their own
+// service only.
+const (
+	DocstreamAuthTokenPath = "/v1/docstream/authtoken"
+	BulkAuthTokenPath      = "/v1/bulk/authtoken"
+)
+
 // fetchAttempts bounds the authtoken calls of one refresh.
 const fetchAttempts = 3
 
@@ -45,6 +53,10 @@ type TokenOptions struct {
 	// https://docstream.dev.kreditmind.com. A trailing slash and a path
 	// prefix are tolerated; user info, a query or a fragment are not.
 	Endpoint string
+	// AuthTokenPath is the path of the authtoken endpoint under
+	// Endpoint: DocstreamAuthTokenPath (the default) or
+	// BulkAuthTokenPath.
+	AuthTokenPath string
 	// ClientID and ClientSecret are the credentials sent to authtoken.
 	ClientID     string
 	ClientSecret string
@@ -178,8 +190,15 @@ func NewTokenSource(opts TokenOptions) (*TokenSource, error) {
 	if opts.ClientSecret == "" {
 		return nil, errors.New("atlas: client secret is empty")
 	}
+	path := opts.AuthTokenPath
+	if path == "" {
+		path = DocstreamAuthTokenPath
+	}
+	if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, "?#") {
+		return nil, fmt.Errorf("atlas: authtoken path %q must be an absolute path without a query", path)
+	}
 	s := &TokenSource{
-		url:           endpointURL(base, "/v1/docstream/authtoken", nil),
+		url:           endpointURL(base, path, nil),
 		clientID:      opts.ClientID,
 		secret:        opts.ClientSecret,
 		hc:            opts.HTTPClient,

@@ -266,3 +266,139 @@ func TestE2EBatchPollOnlyAndRate(t *testing.T) {
 		t.Errorf("%d extracts requests within a second, above poll_rate 2 (and its burst of 1)", peak)
 	}
 }
+
+// TestE2EBatchBulkPollOnly: the bulk service in poll-only mode, every
+// document pushed to the app once. The account speaks to Atlas's bulk
+// service (service bulk), which has no callbacks; there is no callback
+// route: batches { poll_after 0, deliver_to } make the gateway poll
+// /v1/bulk/extracts from the upload on and push each document, through
+// the app's queue, to the receiver once, with X-Atlas-Result-Source:
+// poll; the status endpoint says complete.
+func TestE2EBatchBulkPollOnly(t *testing.T) {
+	skipShort(t)
+	// The documents of a batch come over several polls.
+	sim := atlastest.NewServer(t, atlastest.Options{ClientID: e2eClientID, ClientSecret: e2eClientSecret,
+		ProcessingDelay: 100 * time.Millisecond, ProcessingDelayMax: 1500 * time.Millisecond})
+	rc := callbacktest.NewReceiver(t)
+	t.Setenv("E2E_ATLAS_CLIENT_ID", e2eClientID)
+	t.Setenv("E2E_ATLAS_CLIENT_SECRET", e2eClientSecret)
+	dir := filepath.Join(t.TempDir(), "spool")
+	config := fmt.Sprintf(`{
+	skip_install_trust
+	admin %s
+	http_port %d
+	https_port %d
+	grace_period 1ns
+	atlas {
+		endpoint      %s
+		client_id     {env.E2E_ATLAS_CLIENT_ID}
+		client_secret {env.E2E_ATLAS_CLIENT_SECRET}
+		service       bulk
+		queue spool %s {
+			retry_backoff 10ms 100ms
+		}
+		batches {
+			poll_after 0
+			poll_every 300ms
+			deliver_to %s/results
+		}
+	}
+}
+%s {
+	atlas
+}
+`, adminAddr, httpPort, httpsPort, sim.URL, dir, rc.URL, gatewayURL)
+	tester := newTester(t)
+	tester.InitServer(config, "caddyfile")
+
+	docs := []string{"bulk-pan-1", "bulk-gst-2", "bulk-aadhaar-3", "bulk-dl-4"}
+	first := upload(t, "", docs[:3]...)
+	second := upload(t, "", docs[3:]...)
+	for _, id := range []string{first, second} {
+		st := waitBatch(t, id, "30s")
+		if st.State != "complete" {
+			t.Fatalf("batch %s: %+v", id, st)
+		}
+		for _, d := range st.Documents {
+			if d.State != "received" || d.Source != "poll" {
+				t.Errorf("batch %s, document %+v, want received by poll", id, d)
+			}
+		}
+	}
+
+	// Every document reaches the receiver once, each delivery naming its
+	// batch and the poll as its source.
+	deadline := time.Now().Add(10 * time.Second)
+	var got map[string]int
+	for {
+		got = map[string]int{}
+		for _, id := range rc.Delivered() {
+			h := rc.Header(id)
+			if src := h.Get("X-Atlas-Result-Source"); src != "poll" {
+				t.Errorf("delivery %s: X-Atlas-Result-Source %q, want poll", id, src)
+			}
+			batch := h.Get("X-Atlas-Batch-Id")
+			var body struct {
+				Data []struct {
+					DocumentID string `json:"document_id"`
+				} `json:"data"`
+			}
+			if err := json.Unmarshal(rc.Body(id), &body); err != nil {
+				t.Fatalf("delivery %s: %v: %s", id, err, rc.Body(id))
+			}
+			for _, d := range body.Data {
+				if want := map[bool]string{true: second, false: first}[d.DocumentID == docs[3]]; batch != want {
+					t.Errorf("document %s delivered with X-Atlas-Batch-Id %q, want %q", d.DocumentID, batch, want)
+				}
+				got[d.DocumentID]++
+			}
+			if n := rc.Takes(id); n != 1 {
+				t.Errorf("delivery %s taken %d times", id, n)
+			}
+		}
+		if len(got) == len(docs) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // a few more polls: nothing more is delivered
+	total := 0
+	for _, id := range rc.Delivered() {
+		var body struct {
+			Data []json.RawMessage `json:"data"`
+		}
+		_ = json.Unmarshal(rc.Body(id), &body)
+		total += len(body.Data)
+	}
+	for _, d := range docs {
+		if got[d] != 1 {
+			t.Errorf("document %s delivered %d times, want once (all: %v)", d, got[d], got)
+		}
+	}
+	if total != len(docs) {
+		t.Errorf("%d documents delivered in all, want %d", total, len(docs))
+	}
+
+	// The gateway spoke to the bulk service only.
+	for endpoint, want := range map[string]bool{
+		atlastest.EndpointBulkAuthToken: true, atlastest.EndpointBulkMultiUpload: true, atlastest.EndpointBulkExtracts: true,
+		atlastest.EndpointAuthToken: false, atlastest.EndpointMultiUpload: false, atlastest.EndpointExtracts: false,
+	} {
+		if n := sim.Calls(endpoint); (n > 0) != want {
+			t.Errorf("%d calls to %s", n, endpoint)
+		}
+	}
+	if n := sim.Calls(atlastest.EndpointBulkMultiUpload); n != 2 {
+		t.Errorf("%d calls to %s, want 2", n, atlastest.EndpointBulkMultiUpload)
+	}
+	// The extracts route goes to /v1/bulk/extracts too.
+	resp, err := http.Get(gatewayURL + "/atlas/extracts?batch_id=" + first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), docs[0]) {
+		t.Errorf("extracts through the gateway: %d %s", resp.StatusCode, body)
+	}
+}
