@@ -364,7 +364,7 @@ func checkQueuePlaces(h httpcaddyfile.Helper, raw json.RawMessage, place string)
 
 // batchesSubdirectives are the subdirectives of the batches block, for
 // the suggestion of a misspelt one.
-var batchesSubdirectives = []string{"poll_after", "poll_every", "give_up_after", "poll_rate", "max_wait", "retention", "idempotency_window"}
+var batchesSubdirectives = []string{"poll_after", "poll_every", "give_up_after", "poll_rate", "max_wait", "retention", "idempotency_window", "lease_ttl"}
 
 // UnmarshalCaddyfile sets up the batches from the `batches` block of the
 // atlas global option (d is on `batches`). Syntax:
@@ -377,6 +377,7 @@ var batchesSubdirectives = []string{"poll_after", "poll_every", "give_up_after",
 //		max_wait           <duration>
 //		retention          <duration>
 //		idempotency_window <duration>
+//		lease_ttl          <duration>
 //	}
 func (b *Batches) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
@@ -418,6 +419,8 @@ func (b *Batches) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = cfparse.Duration(d, &b.Retention)
 		case "idempotency_window":
 			err = cfparse.Duration(d, &b.IdempotencyWindow)
+		case "lease_ttl":
+			err = cfparse.Duration(d, &b.LeaseTTL)
 		default:
 			return cfparse.Unrecognized(d, batchesSubdirectives)
 		}
