@@ -49,7 +49,7 @@ type App struct {
 
 	// The ledger of batches: with it, the upload routes record what
 	// Atlas accepted, and {batches_path} answers whether a batch is
-	// done. Needs a spool queue here. See Batches.
+	// done. Needs a spool or jetstream queue here. See Batches.
 	Batches *Batches `json:"batches,omitempty"`
 
 	ctx    caddy.Context

@@ -284,6 +284,10 @@ func TestAppBatches(t *testing.T) {
 		{"deliver_to the callback route's", siteConfig(t, `{`+account+`, "queue": {"backend": "spool", "dir": "`+dir+`"}, "batches": {"deliver_to": "http://127.0.0.1:1/hooks"}}`, `{"handler": "atlas"}`, callbackRoute), ""},
 		{"deliver_to another than the callback route's", siteConfig(t, `{`+account+`, "queue": {"backend": "spool", "dir": "`+dir+`"}, "batches": {"deliver_to": "http://127.0.0.1:1/results"}}`, `{"handler": "atlas"}`, callbackRoute),
 			"batches' deliver_to http://127.0.0.1:1/results and the deliver_to http://127.0.0.1:1/hooks of the callback route /hooks/atlas differ"},
+		// Validating connects to nothing: no server listens there.
+		{"batches with a jetstream queue", siteConfig(t, `{`+account+`, "queue": {"backend": "jetstream", "urls": ["nats://127.0.0.1:1"], "stream": "FLEET_A"}, "batches": {"lease_ttl": 10000000000}}`, `{"handler": "atlas"}`), ""},
+		{"a negative lease_ttl", siteConfig(t, `{`+account+`, "queue": {"backend": "spool", "dir": "`+dir+`"}, "batches": {"lease_ttl": -1}}`, `{"handler": "atlas"}`),
+			"batches: lease_ttl must not be negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := validateConfig(t, tc.config)
@@ -297,5 +301,12 @@ func TestAppBatches(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "ledger.db")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("validating a config created the ledger: %v", err)
+	}
+	// The ledger's bucket beside a queue's stream: two fleets on one
+	// cluster, each with its own stream, do not share it.
+	for stream, want := range map[string]string{"": "ATLAS_LEDGER", "ATLAS_CALLBACKS": "ATLAS_LEDGER", "FLEET_A": "FLEET_A_LEDGER"} {
+		if got := LedgerBucket(stream); got != want {
+			t.Errorf("LedgerBucket(%q) = %q, want %q", stream, got, want)
+		}
 	}
 }

@@ -10,10 +10,14 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
+	"github.com/caddy-atlas/caddy-atlas/jsqueue"
 	"github.com/caddy-atlas/caddy-atlas/ledger"
+	"github.com/caddy-atlas/caddy-atlas/queues"
 )
 
 // Defaults of the batches' settings beside the ledger's own (see
@@ -22,13 +26,15 @@ const (
 	DefaultBatchesPath = "/atlas/batches"
 	DefaultMaxWait     = 60 * time.Second
 	DefaultPollRate    = 2.0
+	DefaultLeaseTTL    = 2 * time.Minute
 )
 
 // Batches configures the ledger of batches: the gateway records every
 // upload Atlas accepts and follows each document to its result, so that
 // the app can ask whether a batch is done (GET {batches_path}/{id}).
-// It needs the app's queue, a spool: the ledger is a file (ledger.db)
-// in the spool's directory.
+// It needs the app's queue: with a spool, the ledger is a file
+// (ledger.db) in the spool's directory; with a jetstream queue, a
+// key-value bucket on its servers (LedgerBucket), shared by the fleet.
 type Batches struct {
 	// How long after the upload a batch with documents still pending is
 	// polled, and reported overdue. 0 polls every batch from its upload
@@ -64,6 +70,12 @@ type Batches struct {
 	// if set, must be the route's deliver_to. Placeholders are resolved
 	// at provision time.
 	DeliverTo string `json:"deliver_to,omitempty"`
+
+	// A poll's lease on its batch, renewed between pages while the poll
+	// runs: if the instance polling dies, another takes the batch over
+	// once it expires. Keep it above the longest page of extracts plus
+	// the instances' clock skew (30s). Default: 2m.
+	LeaseTTL caddy.Duration `json:"lease_ttl,omitempty"`
 }
 
 // policy returns the ledger policy of the settings.
@@ -89,7 +101,7 @@ func (b *Batches) policy() ledger.Policy {
 func (b *Batches) validate() error {
 	for name, d := range map[string]caddy.Duration{
 		"poll_every": b.PollEvery, "give_up_after": b.GiveUpAfter, "max_wait": b.MaxWait,
-		"retention": b.Retention, "idempotency_window": b.IdempotencyWindow,
+		"retention": b.Retention, "idempotency_window": b.IdempotencyWindow, "lease_ttl": b.LeaseTTL,
 	} {
 		if d < 0 {
 			return fmt.Errorf("batches: %s must not be negative", name)
@@ -121,6 +133,14 @@ func (b *Batches) resolveDeliverTo() (string, error) {
 	return v, nil
 }
 
+// leaseTTL is a poll's lease.
+func (b *Batches) leaseTTL() time.Duration {
+	if b.LeaseTTL > 0 {
+		return time.Duration(b.LeaseTTL)
+	}
+	return DefaultLeaseTTL
+}
+
 // maxWait is the longest wait of the status endpoint.
 func (b *Batches) maxWait() time.Duration {
 	if b.MaxWait > 0 {
@@ -129,30 +149,66 @@ func (b *Batches) maxWait() time.Duration {
 	return DefaultMaxWait
 }
 
-// ledgers holds the open ledgers, shared across reloads by directory
-// (bbolt locks its file: a reload must not open it twice).
+// ledgers holds the open ledgers, shared across reloads: a bbolt file
+// by directory (bbolt locks its file: a reload must not open it twice),
+// a JetStream bucket by bucket and servers (one connection and one
+// watcher per process).
 var ledgers = caddy.NewUsagePool()
+
+// ledgerStore is an open ledger: a BoltStore or a JetStreamStore.
+type ledgerStore interface {
+	ledger.Store
+	SetPolicy(ledger.Policy)
+}
 
 // sharedLedger is an open ledger in the pool.
 type sharedLedger struct {
-	store *ledger.BoltStore
+	store ledgerStore
+	// conn is the JetStream ledger's own connection, nil for bbolt.
+	conn *nats.Conn
 }
 
-// Destruct closes the ledger when the last config using it is unloaded.
-func (l *sharedLedger) Destruct() error { return l.store.Close() }
+// Destruct closes the ledger (and its connection) when the last config
+// using it is unloaded.
+func (l *sharedLedger) Destruct() error {
+	err := l.store.Close()
+	if l.conn != nil {
+		l.conn.Close()
+	}
+	return err
+}
 
 // ledgerHolder is the app's hold on its ledger: set when the config
 // starts, so that a config that is only validated opens nothing.
 type ledgerHolder struct {
-	dir   string
-	store atomic.Pointer[ledger.BoltStore]
+	key   string // the pool's key
+	where string // where the ledger is, for logs and errors
+	open  func(ledger.Policy) (*sharedLedger, error)
+	store atomic.Pointer[sharedLedger]
 	// ready is closed once store is set.
 	ready     chan struct{}
 	readyOnce sync.Once
 }
 
+// The time JetStream is given to open the ledger's bucket when the
+// config starts (a cluster just formed elects the stream's leader).
+const ledgerOpenTimeout = 30 * time.Second
+
+// LedgerBucket is the JetStream key-value bucket of the ledger of
+// batches beside the queue's stream: ATLAS_LEDGER beside the default
+// stream (ATLAS_CALLBACKS), <stream>_LEDGER beside any other, so that
+// two fleets on one cluster, each with its own stream, do not share
+// their batches.
+func LedgerBucket(stream string) string {
+	if stream == "" || stream == jsqueue.DefaultStream {
+		return ledger.DefaultBucket
+	}
+	return stream + "_LEDGER"
+}
+
 // provisionBatches checks the batches' settings and where the ledger
-// goes: the directory of the app's spool.
+// goes: the directory of the app's spool, or a key-value bucket on the
+// servers of its JetStream queue. It connects to nothing.
 func (a *App) provisionBatches() error {
 	if a.Batches == nil {
 		return nil
@@ -160,9 +216,45 @@ func (a *App) provisionBatches() error {
 	if err := a.Batches.validate(); err != nil {
 		return err
 	}
-	d, ok := a.queue.(interface{ Directory() string })
-	if a.queue == nil || !ok {
-		return errors.New("batches needs the queue of the global atlas options, a spool (queue spool <dir>): the ledger is kept in the spool's directory, and the results found by polling are queued there for deliver_to")
+	h := &ledgerHolder{ready: make(chan struct{})}
+	switch q := a.queue.(type) {
+	case interface{ Directory() string }:
+		dir := q.Directory()
+		h.key, h.where = "bolt:"+dir, dir
+		h.open = func(p ledger.Policy) (*sharedLedger, error) {
+			st, err := ledger.Open(dir, ledger.Options{Policy: p})
+			if err != nil {
+				return nil, err
+			}
+			return &sharedLedger{store: st}, nil
+		}
+	case interface{ NATS() queues.NATS }:
+		n := q.NATS()
+		bucket := LedgerBucket(n.Stream)
+		h.key = "jetstream:" + bucket + " on " + n.Key
+		h.where = "JetStream bucket " + bucket
+		logger := a.logger
+		h.open = func(p ledger.Policy) (*sharedLedger, error) {
+			nc, err := n.Connect("caddy-atlas ledger", logger.With(zap.String("ledger", bucket)))
+			if err != nil {
+				return nil, err
+			}
+			js, err := jetstream.New(nc)
+			if err != nil {
+				nc.Close()
+				return nil, err
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), ledgerOpenTimeout)
+			defer cancel()
+			st, err := ledger.OpenJetStream(ctx, js, ledger.JetStreamOptions{Policy: p, Bucket: bucket, Replicas: n.Replicas})
+			if err != nil {
+				nc.Close()
+				return nil, err
+			}
+			return &sharedLedger{store: st, conn: nc}, nil
+		}
+	default:
+		return errors.New("batches needs the queue of the global atlas options, a spool (queue spool <dir>: the ledger is kept in the spool's directory) or a jetstream queue (the ledger is a key-value bucket on its servers)")
 	}
 	deliverTo, err := a.Batches.resolveDeliverTo()
 	if err != nil {
@@ -171,7 +263,7 @@ func (a *App) provisionBatches() error {
 	if a.own != nil && a.own.service.name == ServiceBulk && deliverTo == "" {
 		return errors.New("batches: service bulk needs deliver_to in batches: Atlas's bulk service has no callbacks, so the results found by polling are pushed to the app at batches' deliver_to, through the queue of the global atlas options")
 	}
-	a.ledger = &ledgerHolder{dir: d.Directory(), ready: make(chan struct{})}
+	a.ledger = h
 	a.poll = &poller{deliverTo: deliverTo}
 	a.onStart(a.openLedger)
 	a.onStart(a.startReconciler)
@@ -182,20 +274,20 @@ func (a *App) provisionBatches() error {
 func (a *App) openLedger() error {
 	h := a.ledger
 	policy := a.Batches.policy()
-	val, _, err := ledgers.LoadOrNew(h.dir, func() (caddy.Destructor, error) {
-		st, err := ledger.Open(h.dir, ledger.Options{Policy: policy})
+	val, _, err := ledgers.LoadOrNew(h.key, func() (caddy.Destructor, error) {
+		l, err := h.open(policy)
 		if err != nil {
 			return nil, err
 		}
-		a.logger.Info("ledger of batches open", zap.String("dir", h.dir))
-		return &sharedLedger{store: st}, nil
+		a.logger.Info("ledger of batches open", zap.String("where", h.where))
+		return l, nil
 	})
 	if err != nil {
-		return fmt.Errorf("opening the ledger of batches in %s: %w", h.dir, err)
+		return fmt.Errorf("opening the ledger of batches (%s): %w", h.where, err)
 	}
-	st := val.(*sharedLedger).store
-	st.SetPolicy(policy) // a reload's settings apply to the open ledger
-	h.store.Store(st)
+	l := val.(*sharedLedger)
+	l.store.SetPolicy(policy) // a reload's settings apply to the open ledger
+	h.store.Store(l)
 	h.readyOnce.Do(func() { close(h.ready) })
 	return nil
 }
@@ -229,7 +321,7 @@ func (a *App) releaseLedger() error {
 	if a.ledger == nil || a.ledger.store.Load() == nil {
 		return nil
 	}
-	_, err := ledgers.Delete(a.ledger.dir)
+	_, err := ledgers.Delete(a.ledger.key)
 	return err
 }
 
@@ -239,8 +331,8 @@ func (a *App) Ledger() ledger.Store {
 	if a.ledger == nil {
 		return nil
 	}
-	if st := a.ledger.store.Load(); st != nil {
-		return st
+	if l := a.ledger.store.Load(); l != nil {
+		return l.store
 	}
 	return nil
 }

@@ -73,6 +73,7 @@ func (a *App) startReconciler() error {
 		Store:    st,
 		Policy:   a.Batches.policy(),
 		Rate:     a.Batches.PollRate,
+		LeaseTTL: a.Batches.leaseTTL(),
 		Observer: pollObserver{logger: a.logger, m: registerBatchMetrics(a.ctx.GetMetricsRegistry())},
 	}
 	if o.Rate == 0 {

@@ -394,7 +394,7 @@ func checkQueuePlaces(h httpcaddyfile.Helper, raw json.RawMessage, place string)
 
 // batchesSubdirectives are the subdirectives of the batches block, for
 // the suggestion of a misspelt one.
-var batchesSubdirectives = []string{"poll_after", "poll_every", "give_up_after", "poll_rate", "max_wait", "retention", "idempotency_window", "deliver_to"}
+var batchesSubdirectives = []string{"poll_after", "poll_every", "give_up_after", "poll_rate", "max_wait", "retention", "idempotency_window", "deliver_to", "lease_ttl"}
 
 // UnmarshalCaddyfile sets up the batches from the `batches` block of the
 // atlas global option (d is on `batches`). Syntax:
@@ -408,6 +408,7 @@ var batchesSubdirectives = []string{"poll_after", "poll_every", "give_up_after",
 //		retention          <duration>
 //		idempotency_window <duration>
 //		deliver_to         <url>        # where polled results go without a durable callback route
+//		lease_ttl          <duration>
 //	}
 func (b *Batches) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
@@ -451,6 +452,8 @@ func (b *Batches) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = cfparse.Duration(d, &b.IdempotencyWindow)
 		case "deliver_to":
 			err = cfparse.String(d, &b.DeliverTo)
+		case "lease_ttl":
+			err = cfparse.Duration(d, &b.LeaseTTL)
 		default:
 			return cfparse.Unrecognized(d, batchesSubdirectives)
 		}

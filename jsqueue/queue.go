@@ -1153,3 +1153,20 @@ func copyMsg(subject string, m *jetstream.RawStreamMsg) *nats.Msg {
 	nm.Data = m.Data
 	return nm
 }
+
+// Connect connects to the NATS servers of opts as Open does (the same
+// URLs, credentials, TLS and reconnect rules), for another store of the
+// fleet on the same servers (the ledger of batches). While no server
+// answers it tries again, for up to six publish timeouts (at most 30 s).
+// The connection is the caller's to close.
+func Connect(opts Options) (*nats.Conn, error) {
+	cfg, err := resolve(opts)
+	if err != nil {
+		return nil, err
+	}
+	nopts, err := cfg.natsOptions(func() {}, func() {})
+	if err != nil {
+		return nil, err
+	}
+	return connect(cfg, nopts, time.Now().Add(min(6*cfg.publishTimeout, 30*time.Second)))
+}

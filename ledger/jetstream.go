@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -63,7 +64,7 @@ type JetStreamStore struct {
 	kv     jetstream.KeyValue
 	stream jetstream.Stream
 	pre    string // $KV.<bucket>.
-	policy Policy
+	policy atomic.Pointer[Policy]
 	now    func() time.Time
 	skew   time.Duration
 	grace  time.Duration
@@ -137,7 +138,6 @@ func OpenJetStream(ctx context.Context, js jetstream.JetStream, o JetStreamOptio
 		kv:       kv,
 		stream:   st,
 		pre:      "$KV." + bucket + ".",
-		policy:   o.Policy.WithDefaults(),
 		now:      o.Now,
 		skew:     cmp.Or(o.MaxClockSkew, DefaultMaxClockSkew),
 		grace:    cmp.Or(o.OrphanGrace, DefaultOrphanGrace),
@@ -145,6 +145,7 @@ func OpenJetStream(ctx context.Context, js jetstream.JetStream, o JetStreamOptio
 		watchers: map[string]map[chan struct{}]struct{}{},
 		seen:     map[string]uint64{},
 	}
+	s.SetPolicy(o.Policy)
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -192,7 +193,14 @@ func setupStream(ctx context.Context, js jetstream.JetStream, want jetstream.Str
 }
 
 // Policy returns the store's policy, defaults applied.
-func (s *JetStreamStore) Policy() Policy { return s.policy }
+func (s *JetStreamStore) Policy() Policy { return *s.policy.Load() }
+
+// SetPolicy changes the store's policy (a config reload that changes
+// the durations): it applies to the writes after it.
+func (s *JetStreamStore) SetPolicy(p Policy) {
+	p = p.WithDefaults()
+	s.policy.Store(&p)
+}
 
 func (s *JetStreamStore) clock() time.Time { return s.now().Round(0) }
 
@@ -286,7 +294,7 @@ func (k *ixKind) bucket(t time.Time) int64 {
 func (s *JetStreamStore) raiseLimit(k *ixKind, now time.Time) int64 {
 	switch k {
 	case kindFin, kindList:
-		return k.bucket(now.Add(-s.policy.Retention))
+		return k.bucket(now.Add(-s.Policy().Retention))
 	default:
 		return k.bucket(now)
 	}
@@ -812,8 +820,8 @@ func (s *JetStreamStore) Create(ctx context.Context, in *Batch) (*Batch, error) 
 		seen[d.ID] = true
 		b.Documents = append(b.Documents, Document{ID: d.ID, FileUUID: d.FileUUID, State: DocPending})
 	}
-	b.NextPoll = b.Uploaded.Add(s.policy.PollAfter)
-	b.Settle(now, s.policy)
+	b.NextPoll = b.Uploaded.Add(s.Policy().PollAfter)
+	b.Settle(now, s.Policy())
 	val, err := encodeBatch(b)
 	if err != nil {
 		return nil, err
@@ -896,7 +904,7 @@ func (s *JetStreamStore) update(ctx context.Context, id string, fn func(b *Batch
 				return nil, fmt.Errorf("%w: an update changed a document's id", ErrInvalid)
 			}
 		}
-		nb.Settle(now, s.policy)
+		nb.Settle(now, s.Policy())
 		nb.Updated = now
 		val, err := encodeBatch(nb)
 		if err != nil {
@@ -950,7 +958,7 @@ func (s *JetStreamStore) TakeLease(ctx context.Context, id, owner string, ttl ti
 // ReleaseLease implements Store.
 func (s *JetStreamStore) ReleaseLease(ctx context.Context, id, owner string) (*Batch, error) {
 	return s.update(ctx, id, func(b *Batch, now time.Time) (bool, error) {
-		return ReleaseLease(b, owner, now, s.policy)
+		return ReleaseLease(b, owner, now, s.Policy())
 	})
 }
 
@@ -1134,7 +1142,7 @@ func (s *JetStreamStore) List(ctx context.Context, q ListQuery) (Page, error) {
 	case StateAny, StateProcessing, StateComplete, StateExpired:
 	case StateOverdue:
 		prefix = listPrefix[StateProcessing]
-		floorInv = ^ord(now.Add(-s.policy.PollAfter))
+		floorInv = ^ord(now.Add(-s.Policy().PollAfter))
 	default:
 		return Page{}, fmt.Errorf("%w: batch state %d", ErrInvalid, q.State)
 	}
@@ -1189,7 +1197,7 @@ func (s *JetStreamStore) List(ctx context.Context, q ListQuery) (Page, error) {
 			case StateAny:
 				return true
 			case StateOverdue:
-				return b.Overdue(now, s.policy.PollAfter)
+				return b.Overdue(now, s.Policy().PollAfter)
 			}
 			return b.State == q.State
 		})
@@ -1388,7 +1396,7 @@ func (s *JetStreamStore) Begin(ctx context.Context, key, digest string) (res Ide
 		if old == nil {
 			rev = 0
 		}
-		res, rec := BeginIdem(old, key, digest, hex.EncodeToString(tok[:]), s.clock(), s.policy)
+		res, rec := BeginIdem(old, key, digest, hex.EncodeToString(tok[:]), s.clock(), s.Policy())
 		if rec == nil {
 			return res, nil
 		}
@@ -1476,7 +1484,7 @@ func (s *JetStreamStore) Purge(ctx context.Context) (PurgeResult, error) {
 	defer s.leave()
 	now := s.clock()
 	var res PurgeResult
-	cutoff := now.Add(-s.policy.Retention)
+	cutoff := now.Add(-s.Policy().Retention)
 	n, err := s.purgeIndex(ctx, kindFin, cutoff, func(c cand) bool {
 		b, rev, err := s.loadBatch(ctx, c.id)
 		switch {

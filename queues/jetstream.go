@@ -16,6 +16,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/internal/cfparse"
@@ -349,6 +350,42 @@ func (j *JetStream) options() (jsqueue.Options, error) {
 		o.TLS = cfg
 	}
 	return o, nil
+}
+
+// NATS is what another store of the queue's fleet (the ledger of
+// batches) needs of a JetStream queue: its servers, stream and replicas,
+// and a connection made as the queue's is.
+type NATS struct {
+	// Key names the servers and the stream: the queue's key in the pool.
+	Key string
+	// Stream is the queue's work stream, resolved.
+	Stream string
+	// Replicas is the queue's replicas, resolved.
+	Replicas int
+
+	opts jsqueue.Options
+}
+
+// NATS returns how to reach the queue's servers, connecting to nothing.
+// Call it after Provision.
+func (j *JetStream) NATS() NATS {
+	return NATS{
+		Key:      j.key,
+		Stream:   cmp.Or(j.base.Stream, jsqueue.DefaultStream),
+		Replicas: cmp.Or(j.base.Replicas, jsqueue.DefaultReplicas),
+		opts:     j.base,
+	}
+}
+
+// Connect connects to the queue's servers with its URLs, credentials
+// and TLS, as name (the connection's name at the servers), logging its
+// losses with logger; it waits for a server as the queue does when it
+// opens. The connection is the caller's to close.
+func (n NATS) Connect(name string, logger *zap.Logger) (*nats.Conn, error) {
+	o := n.opts
+	o.Name = name
+	o.Logger = logger
+	return jsqueue.Connect(o)
 }
 
 // jetStreamKey names a queue in the pool: the same stream on the same
