@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient"
@@ -213,17 +216,51 @@ func (c batchStatesCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// pollObserver logs and counts the reconciler's polls.
+// pollObserver logs, counts and traces the reconciler's polls.
 type pollObserver struct {
 	logger *zap.Logger
 	m      *batchMetrics
+	// tp records the polls' spans; nil: the deliveries' tracer provider
+	// (callback.TracerProvider).
+	tp trace.TracerProvider
 }
 
-// PollStart implements reconcile.Observer.
-func (o pollObserver) PollStart(ctx context.Context, _ string) context.Context { return ctx }
+// pollTracerName names the tracer of the polls' spans.
+const pollTracerName = "github.com/caddy-atlas/caddy-atlas"
 
-// PollEnd implements reconcile.Observer.
-func (o pollObserver) PollEnd(_ context.Context, r reconcile.PollReport) {
+// PollStart implements reconcile.Observer: a poll is a span, "atlas
+// batch poll", the root of a trace of its own, in which its extracts
+// requests are client spans and its deliveries, stored with the poll's
+// context (callback.EnqueuePolled), are delivered.
+func (o pollObserver) PollStart(ctx context.Context, batchID string) context.Context {
+	tp := o.tp
+	if tp == nil {
+		tp = callback.TracerProvider()
+	}
+	ctx, _ = tp.Tracer(pollTracerName).Start(ctx, "atlas batch poll",
+		trace.WithNewRoot(),
+		trace.WithSpanKind(trace.SpanKindInternal),
+		trace.WithAttributes(attribute.String("atlas.batch.id", batchID)))
+	return ctx
+}
+
+// PollEnd implements reconcile.Observer: it counts and logs the poll,
+// and ends its span with its outcome. The span's attributes are counts
+// and the outcome, never a document's content; its status says only
+// that the poll failed (the error may name the endpoint).
+func (o pollObserver) PollEnd(ctx context.Context, r reconcile.PollReport) {
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.SetAttributes(
+			attribute.String("atlas.poll.outcome", string(r.Outcome)),
+			attribute.Int("atlas.poll.requests", r.Requests),
+			attribute.Int("atlas.poll.documents_delivered", r.Delivered),
+			attribute.Bool("atlas.poll.batch_complete", r.Completed),
+		)
+		if r.Outcome == reconcile.OutcomeFailed || r.Outcome == reconcile.OutcomeThrottled {
+			span.SetStatus(codes.Error, "poll "+string(r.Outcome))
+		}
+		span.End()
+	}
 	o.m.polls.WithLabelValues(string(r.Outcome)).Inc()
 	o.m.polled.Add(float64(r.Delivered))
 	batchmetrics.Received(ledger.SourcePoll, r.Claimed)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
 	"github.com/caddy-atlas/caddy-atlas/internal/batchmetrics"
@@ -155,6 +157,23 @@ func TestEnqueuePolled(t *testing.T) {
 	}
 	if got := rc.Header("poll-1").Get("X-Atlas-Callback-Id"); got != "poll-1" {
 		t.Errorf("callback id %q", got)
+	}
+	if tp := h.Get("Traceparent"); tp != "" {
+		t.Errorf("a poll outside a trace delivered with traceparent %q", tp)
+	}
+
+	// Within a poll's span: the delivery carries the poll's trace.
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	ctx, span := tp.Tracer("test").Start(context.Background(), "atlas batch poll")
+	if err := c.EnqueuePolled(ctx, "poll-2", "BATCH-P", 1, batchCallback("p2")); err != nil {
+		t.Fatal(err)
+	}
+	span.End()
+	rc.WaitDelivered(t, 2, 5*time.Second)
+	if got := rc.Header("poll-2").Get("Traceparent"); !strings.HasPrefix(got, "00-"+span.SpanContext().TraceID().String()+"-") {
+		t.Errorf("the polled delivery's traceparent %q, want one of the poll's trace %s", got, span.SpanContext().TraceID())
 	}
 	_ = http.StatusOK
 }
