@@ -1,6 +1,7 @@
 package caddyatlas
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -9,9 +10,15 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/jsqueue/natstest"
 	"github.com/caddy-atlas/caddy-atlas/queues"
+	"github.com/caddy-atlas/caddy-atlas/reconcile"
 )
 
 // validateConfig provisions a JSON config, as `caddy validate` does, and
@@ -307,6 +314,43 @@ func TestAppBatches(t *testing.T) {
 	for stream, want := range map[string]string{"": "ATLAS_LEDGER", "ATLAS_CALLBACKS": "ATLAS_LEDGER", "FLEET_A": "FLEET_A_LEDGER"} {
 		if got := LedgerBucket(stream); got != want {
 			t.Errorf("LedgerBucket(%q) = %q, want %q", stream, got, want)
+		}
+	}
+}
+
+// TestPollObserverSpan checks that a poll is a span, "atlas batch poll",
+// whose context PollStart returns (the context of the poll's extracts
+// requests and deliveries), ended by PollEnd with the outcome and
+// counts, and an error status when the poll failed.
+func TestPollObserverSpan(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	o := pollObserver{logger: zap.NewNop(), m: registerBatchMetrics(nil), tp: tp}
+
+	for _, outcome := range []reconcile.Outcome{reconcile.OutcomeOK, reconcile.OutcomeFailed} {
+		ctx := o.PollStart(context.Background(), "BATCH-T")
+		sc := trace.SpanContextFromContext(ctx)
+		if !sc.IsValid() {
+			t.Fatal("PollStart returned a context without a span")
+		}
+		o.PollEnd(ctx, reconcile.PollReport{BatchID: "BATCH-T", Outcome: outcome, Requests: 2, Delivered: 3, Completed: true,
+			Err: map[bool]error{true: errors.New("atlas answered 502")}[outcome == reconcile.OutcomeFailed]})
+		ended := rec.Ended()
+		s := ended[len(ended)-1]
+		if s.Name() != "atlas batch poll" || s.SpanContext().SpanID() != sc.SpanID() {
+			t.Fatalf("span %q %v, want the poll's", s.Name(), s.SpanContext().SpanID())
+		}
+		attrs := map[string]string{}
+		for _, a := range s.Attributes() {
+			attrs[string(a.Key)] = a.Value.String()
+		}
+		if attrs["atlas.batch.id"] != "BATCH-T" || attrs["atlas.poll.outcome"] != string(outcome) ||
+			attrs["atlas.poll.requests"] != "2" || attrs["atlas.poll.documents_delivered"] != "3" {
+			t.Errorf("%s: attributes %v", outcome, attrs)
+		}
+		if failed := s.Status().Code == codes.Error; failed != (outcome == reconcile.OutcomeFailed) || strings.Contains(s.Status().Description, "502") {
+			t.Errorf("%s: status %+v", outcome, s.Status())
 		}
 	}
 }

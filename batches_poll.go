@@ -13,10 +13,14 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/atlasclient"
 	"github.com/caddy-atlas/caddy-atlas/callback"
+	"github.com/caddy-atlas/caddy-atlas/internal/batchmetrics"
 	"github.com/caddy-atlas/caddy-atlas/internal/metricsreg"
 	"github.com/caddy-atlas/caddy-atlas/internal/outbound"
 	"github.com/caddy-atlas/caddy-atlas/ledger"
@@ -226,10 +230,16 @@ func (a *App) stopReconciler() error {
 //	caddy_atlas_batch_polls_total{outcome}          polls of batches: ok, throttled, failed, expired
 //	caddy_atlas_batch_documents_polled_total        documents found by polling and queued for the app
 //	caddy_atlas_batches_expired_total               batches given up with documents still pending
+//	caddy_atlas_batches{state}                      batches in the ledger: processing, complete, expired, and overdue
+//	                                                (those of processing uploaded poll_after ago or more), read at scrape
+//
+// and those of package internal/batchmetrics, which the callback route
+// feeds too (documents received by source, upload to complete).
 type batchMetrics struct {
 	polls   *prometheus.CounterVec
 	polled  prometheus.Counter
 	expired prometheus.Counter
+	states  prometheus.Collector
 }
 
 var (
@@ -247,28 +257,119 @@ func registerBatchMetrics(registry *prometheus.Registry) *batchMetrics {
 				Help: "Documents that polling found and queued for the app."}),
 			expired: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "batches_expired_total",
 				Help: "Batches given up with documents still pending after give_up_after."}),
+			states: batchStatesCollector{desc: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "batches"),
+				"Batches in the ledger, by state: processing, complete, expired (kept for retention), and overdue (processing, uploaded poll_after ago or more).",
+				[]string{"state"}, nil)},
+		}
+		// Every outcome has a series from the start, so that rates and
+		// alerts see zeros rather than nothing.
+		for _, o := range []reconcile.Outcome{reconcile.OutcomeOK, reconcile.OutcomeThrottled, reconcile.OutcomeFailed, reconcile.OutcomeExpired} {
+			batchCollectors.polls.WithLabelValues(string(o))
 		}
 	})
 	m := batchCollectors
-	for _, c := range []prometheus.Collector{m.polls, m.polled, m.expired} {
+	for _, c := range []prometheus.Collector{m.polls, m.polled, m.expired, m.states} {
 		metricsreg.Register(registry, c)
 	}
+	batchmetrics.Register(registry)
 	return m
 }
 
-// pollObserver logs and counts the reconciler's polls.
+// batchStatesCollector reports the batches of the open ledgers by state,
+// counted by ledger.Store.Stats at each scrape.
+type batchStatesCollector struct {
+	desc *prometheus.Desc
+}
+
+// Describe implements prometheus.Collector.
+func (c batchStatesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c batchStatesCollector) Collect(ch chan<- prometheus.Metric) {
+	var sum ledger.Stats
+	open := false
+	ledgers.Range(func(_, v any) bool {
+		l, ok := v.(*sharedLedger)
+		if !ok {
+			return true
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := l.store.Stats(ctx)
+		cancel()
+		if err != nil {
+			return true // closed, or failing: no series rather than a wrong one
+		}
+		open = true
+		sum.Processing += st.Processing
+		sum.Complete += st.Complete
+		sum.Expired += st.Expired
+		sum.Overdue += st.Overdue
+		return true
+	})
+	if !open {
+		return
+	}
+	for _, s := range []struct {
+		state string
+		n     int
+	}{{"processing", sum.Processing}, {"complete", sum.Complete}, {"expired", sum.Expired}, {"overdue", sum.Overdue}} {
+		if m, err := prometheus.NewConstMetric(c.desc, prometheus.GaugeValue, float64(s.n), s.state); err == nil {
+			ch <- m
+		}
+	}
+}
+
+// pollObserver logs, counts and traces the reconciler's polls.
 type pollObserver struct {
 	logger *zap.Logger
 	m      *batchMetrics
+	// tp records the polls' spans; nil: the deliveries' tracer provider
+	// (callback.TracerProvider).
+	tp trace.TracerProvider
 }
 
-// PollStart implements reconcile.Observer.
-func (o pollObserver) PollStart(ctx context.Context, _ string) context.Context { return ctx }
+// pollTracerName names the tracer of the polls' spans.
+const pollTracerName = "github.com/caddy-atlas/caddy-atlas"
 
-// PollEnd implements reconcile.Observer.
-func (o pollObserver) PollEnd(_ context.Context, r reconcile.PollReport) {
+// PollStart implements reconcile.Observer: a poll is a span, "atlas
+// batch poll", the root of a trace of its own, in which its extracts
+// requests are client spans and its deliveries, stored with the poll's
+// context (callback.EnqueuePolled), are delivered.
+func (o pollObserver) PollStart(ctx context.Context, batchID string) context.Context {
+	tp := o.tp
+	if tp == nil {
+		tp = callback.TracerProvider()
+	}
+	ctx, _ = tp.Tracer(pollTracerName).Start(ctx, "atlas batch poll",
+		trace.WithNewRoot(),
+		trace.WithSpanKind(trace.SpanKindInternal),
+		trace.WithAttributes(attribute.String("atlas.batch.id", batchID)))
+	return ctx
+}
+
+// PollEnd implements reconcile.Observer: it counts and logs the poll,
+// and ends its span with its outcome. The span's attributes are counts
+// and the outcome, never a document's content; its status says only
+// that the poll failed (the error may name the endpoint).
+func (o pollObserver) PollEnd(ctx context.Context, r reconcile.PollReport) {
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.SetAttributes(
+			attribute.String("atlas.poll.outcome", string(r.Outcome)),
+			attribute.Int("atlas.poll.requests", r.Requests),
+			attribute.Int("atlas.poll.documents_delivered", r.Delivered),
+			attribute.Bool("atlas.poll.batch_complete", r.Completed),
+		)
+		if r.Outcome == reconcile.OutcomeFailed || r.Outcome == reconcile.OutcomeThrottled {
+			span.SetStatus(codes.Error, "poll "+string(r.Outcome))
+		}
+		span.End()
+	}
 	o.m.polls.WithLabelValues(string(r.Outcome)).Inc()
 	o.m.polled.Add(float64(r.Delivered))
+	batchmetrics.Received(ledger.SourcePoll, r.Claimed)
+	if r.Completed {
+		batchmetrics.Completed(r.UploadToComplete)
+	}
 	switch r.Outcome {
 	case reconcile.OutcomeExpired:
 		o.m.expired.Inc()

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-atlas/caddy-atlas/callback/payload"
+	"github.com/caddy-atlas/caddy-atlas/internal/batchmetrics"
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 	"github.com/caddy-atlas/caddy-atlas/ledger"
 	"github.com/caddy-atlas/caddy-atlas/queue"
@@ -70,7 +71,9 @@ func (c *Callback) spoolBatches(w http.ResponseWriter, r *http.Request, store le
 		}
 	}
 	won := make(map[string]string, m.Won()) // document id -> batch id
+	claims := make(map[string]ledger.ClaimResult, len(m.Claims))
 	for _, cr := range m.Claims {
+		claims[cr.Batch.ID] = cr
 		for _, doc := range cr.Won {
 			won[doc] = cr.Batch.ID
 		}
@@ -138,6 +141,9 @@ func (c *Callback) spoolBatches(w http.ResponseWriter, r *http.Request, store le
 			return c.refuse(w, r, entryID, g.Body, err)
 		}
 		duplicate = duplicate && res.Duplicate
+		if g.Key != unknown {
+			batchmetrics.Claimed(ledger.SourceCallback, claims[g.Key])
+		}
 	}
 	outcome := outcomeAccepted
 	if duplicate {

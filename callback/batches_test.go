@@ -9,7 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
 	"github.com/caddy-atlas/caddy-atlas/callback/callbacktest"
+	"github.com/caddy-atlas/caddy-atlas/internal/batchmetrics"
 	"github.com/caddy-atlas/caddy-atlas/ledger"
 )
 
@@ -48,6 +53,10 @@ func TestDurableBatches(t *testing.T) {
 	c, _ := durableTestCallback(t, rc, func(c *Callback) {
 		c.UseLedger(func() ledger.Store { return store })
 	})
+	reg := prometheus.NewRegistry()
+	batchmetrics.Register(reg)
+	received0, completed0 := gatherValue(t, reg, "caddy_atlas_batch_documents_received_total", "callback"),
+		gatherValue(t, reg, "caddy_atlas_batch_upload_to_complete_seconds", "")
 
 	// a1 and b1 (two batches) and an unknown document: three deliveries.
 	first := batchCallback("a1", "b1", "x1")
@@ -97,6 +106,40 @@ func TestDurableBatches(t *testing.T) {
 	if err != nil || b.State != ledger.StateComplete {
 		t.Errorf("batch A after its documents: %+v %v", b, err)
 	}
+	// a1, b1, a2 received by callback; batch A completed.
+	if n := gatherValue(t, reg, "caddy_atlas_batch_documents_received_total", "callback") - received0; n != 3 {
+		t.Errorf("documents received by callback: %v, want 3", n)
+	}
+	if n := gatherValue(t, reg, "caddy_atlas_batch_upload_to_complete_seconds", "") - completed0; n != 1 {
+		t.Errorf("batches completed: %v, want 1", n)
+	}
+}
+
+// gatherValue returns the value of the counter name{source=source} in
+// reg, or the sample count of the histogram name.
+func gatherValue(t *testing.T, reg *prometheus.Registry, name, source string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if h := m.GetHistogram(); h != nil {
+				return float64(h.GetSampleCount())
+			}
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "source" && l.GetValue() == source {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{source=%q} in the registry", name, source)
+	return 0
 }
 
 // TestEnqueuePolled checks that polled results go through the route's
@@ -114,6 +157,23 @@ func TestEnqueuePolled(t *testing.T) {
 	}
 	if got := rc.Header("poll-1").Get("X-Atlas-Callback-Id"); got != "poll-1" {
 		t.Errorf("callback id %q", got)
+	}
+	if tp := h.Get("Traceparent"); tp != "" {
+		t.Errorf("a poll outside a trace delivered with traceparent %q", tp)
+	}
+
+	// Within a poll's span: the delivery carries the poll's trace.
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	ctx, span := tp.Tracer("test").Start(context.Background(), "atlas batch poll")
+	if err := c.EnqueuePolled(ctx, "poll-2", "BATCH-P", 1, batchCallback("p2")); err != nil {
+		t.Fatal(err)
+	}
+	span.End()
+	rc.WaitDelivered(t, 2, 5*time.Second)
+	if got := rc.Header("poll-2").Get("Traceparent"); !strings.HasPrefix(got, "00-"+span.SpanContext().TraceID().String()+"-") {
+		t.Errorf("the polled delivery's traceparent %q, want one of the poll's trace %s", got, span.SpanContext().TraceID())
 	}
 	_ = http.StatusOK
 }

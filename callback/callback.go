@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/caddy-atlas/caddy-atlas/internal/batchmetrics"
 	"github.com/caddy-atlas/caddy-atlas/internal/httpjson"
 	"github.com/caddy-atlas/caddy-atlas/internal/metricsreg"
 	"github.com/caddy-atlas/caddy-atlas/internal/placeholder"
@@ -325,6 +326,7 @@ func (c *Callback) Provision(ctx caddy.Context, logger *zap.Logger) error {
 		// Only with a ledger of batches.
 		metricsreg.Register(r, m.lateDuplicates)
 		metricsreg.Register(r, m.unmatched)
+		batchmetrics.Register(r)
 	}
 	c.metrics = m
 

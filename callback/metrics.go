@@ -19,6 +19,9 @@ import (
 //	caddy_atlas_batch_late_duplicates_total           documents of known batches a callback brought again, acknowledged, not delivered
 //	caddy_atlas_batch_unmatched_documents_total       documents of callbacks that the ledger of batches does not know
 //
+// With a ledger, the route also feeds the collectors of package
+// internal/batchmetrics (documents received by source, upload to
+// complete).
 // A 415 counts as invalid. They are created once for the process and
 // registered in each config's registry.
 type callbackMetrics struct {

@@ -29,6 +29,17 @@ var deliveryTracerProvider atomic.Pointer[tracerProviderBox]
 
 type tracerProviderBox struct{ trace.TracerProvider }
 
+// TracerProvider returns the tracer provider that deliveries, and the
+// reconciler's polls, are recorded with: that of Caddy's `tracing`,
+// learnt from the latest traced callback this process stored, else
+// otel's global one (which records nothing unless set).
+func TracerProvider() trace.TracerProvider {
+	if b := deliveryTracerProvider.Load(); b != nil {
+		return b.TracerProvider
+	}
+	return otel.GetTracerProvider()
+}
+
 // storeTraceContext adds the trace context of the span in ctx, if any, to
 // the headers a durable callback is stored with, so that its deliveries,
 // however much later and from whichever instance, continue that trace.
@@ -55,11 +66,7 @@ func traceDeliveries(deliver queue.DeliverFunc) queue.DeliverFunc {
 		if !stored.IsValid() {
 			return deliver(ctx, d)
 		}
-		var tp trace.TracerProvider = otel.GetTracerProvider()
-		if b := deliveryTracerProvider.Load(); b != nil {
-			tp = b.TracerProvider
-		}
-		ctx, span := tp.Tracer(tracerName).Start(trace.ContextWithRemoteSpanContext(ctx, stored),
+		ctx, span := TracerProvider().Tracer(tracerName).Start(trace.ContextWithRemoteSpanContext(ctx, stored),
 			"atlas callback delivery",
 			trace.WithSpanKind(trace.SpanKindProducer),
 			trace.WithLinks(trace.Link{SpanContext: stored}),

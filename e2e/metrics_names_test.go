@@ -29,8 +29,9 @@ const (
 	rulesFile     = "../deploy/prometheus/caddy-atlas.rules.yml"
 )
 
-// TestMonitoringUsesExportedMetrics runs a Caddy with an outbound route
-// and a durable callback route against the simulator, drives every route
+// TestMonitoringUsesExportedMetrics runs a Caddy with an outbound route,
+// a durable callback route and the ledger of batches against the
+// simulator, drives every route
 // so that each metric family has a series, scrapes the admin endpoint's
 // /metrics and checks that every caddy_atlas_* metric the Grafana
 // dashboard and the alerting rules use exists, with the labels they
@@ -53,22 +54,29 @@ func TestMonitoringUsesExportedMetrics(t *testing.T) {
 	t.Setenv("METRICS_E2E_SIGNING_KEY", "metrics-e2e-signing-key-of-at-least-32-bytes")
 
 	tester := newTester(t)
-	tester.InitServer(caddyfile("\tgrace_period 1ns\n", fmt.Sprintf(`	route {
+	// The account, the spool and the ledger of batches in the global
+	// options, so that the batch metrics are exported too.
+	tester.InitServer(caddyfile(fmt.Sprintf(`	grace_period 1ns
+	atlas {
+		endpoint {env.METRICS_E2E_ENDPOINT}
+		client_id {env.METRICS_E2E_CLIENT_ID}
+		client_secret {env.METRICS_E2E_CLIENT_SECRET}
+		queue spool %s
+		batches
+	}
+`, filepath.Join(t.TempDir(), "spool")), fmt.Sprintf(`	route {
 		atlas {
-			endpoint {env.METRICS_E2E_ENDPOINT}
-			client_id {env.METRICS_E2E_CLIENT_ID}
-			client_secret {env.METRICS_E2E_CLIENT_SECRET}
 			callback /hooks/atlas {
 				client_id %s
 				client_secret {env.METRICS_E2E_CB_SECRET}
 				signing_key {env.METRICS_E2E_SIGNING_KEY}
-				spool %s
 				deliver_to %s
 			}
+			extracts_path /atlas/extracts
 		}
 		respond 404
 	}
-`, cbID, filepath.Join(t.TempDir(), "spool"), app.URL+"/hooks/atlas")), "caddyfile")
+`, cbID, app.URL+"/hooks/atlas")), "caddyfile")
 
 	// Outbound: a token fetch and an extracts page, then a 401 replay.
 	batch := sim.CreateBatch("metrics-pan", "metrics-gst")

@@ -899,6 +899,12 @@ func (s *BoltStore) Stats(ctx context.Context) (Stats, error) {
 	var st Stats
 	err := s.db.View(func(tx *bolt.Tx) error {
 		st.Processing = tx.Bucket(bktProc).Stats().KeyN
+		// The processing index is ordered newest first: the overdue
+		// batches are the keys from the cutoff on.
+		c := tx.Bucket(bktProc).Cursor()
+		for k, _ := c.Seek(inv64(s.clock().Add(-s.Policy().PollAfter))); k != nil; k, _ = c.Next() {
+			st.Overdue++
+		}
 		st.Complete = tx.Bucket(bktComplete).Stats().KeyN
 		st.Expired = tx.Bucket(bktExpired).Stats().KeyN
 		st.Idempotency = tx.Bucket(bktIdem).Stats().KeyN

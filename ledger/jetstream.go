@@ -1599,6 +1599,8 @@ func (s *JetStreamStore) Stats(ctx context.Context) (Stats, error) {
 	}
 	defer s.leave()
 	var st Stats
+	procPrefix := listPrefix[StateProcessing] + "."
+	floorInv := ^ord(s.clock().Add(-s.Policy().PollAfter))
 	for _, c := range []struct {
 		filter string
 		n      *int
@@ -1608,7 +1610,19 @@ func (s *JetStreamStore) Stats(ctx context.Context) (Stats, error) {
 		{listPrefix[StateExpired] + ".>", &st.Expired},
 		{"i.*", &st.Idempotency},
 	} {
-		if err := s.listKeys(ctx, []string{c.filter}, func(string) bool { *c.n++; return true }); err != nil {
+		err := s.listKeys(ctx, []string{c.filter}, func(key string) bool {
+			*c.n++
+			if rest, ok := strings.CutPrefix(key, procPrefix); ok {
+				// l.p.<hour>.<inverted upload time>.<batch>
+				if _, rest, ok := strings.Cut(rest, "."); ok {
+					if o, _, ok := parseRest(rest); ok && o >= floorInv {
+						st.Overdue++
+					}
+				}
+			}
+			return true
+		})
+		if err != nil {
 			return Stats{}, s.fail(ctx, err)
 		}
 	}

@@ -390,6 +390,14 @@ type ClaimResult struct {
 	Unknown []string
 	// Batch is the batch after the claim.
 	Batch *Batch
+	// Claimed counts the documents of Won that this claim took from
+	// pending (not those a retry of the same delivery won again): the
+	// documents received through the claim's source.
+	Claimed int
+	// Completed is true when this claim received the batch's last
+	// pending document: the claim completed the batch (Batch.Finished
+	// is its completion).
+	Completed bool
 }
 
 // ApplyClaim applies c to b at now and reports which documents it won;
@@ -417,12 +425,17 @@ func (b *Batch) ApplyClaim(c Claim, now time.Time) (r ClaimResult, changed bool)
 				d.State = DocFailed
 			}
 			r.Won = append(r.Won, res.DocumentID)
+			r.Claimed++
 			changed = true
 		case b.Documents[i].DeliveryID == c.DeliveryID:
 			r.Won = append(r.Won, res.DocumentID)
 		default:
 			r.Taken = append(r.Taken, res.DocumentID)
 		}
+	}
+	if changed {
+		pending, _, _ := b.Counts()
+		r.Completed = pending == 0 // Settle makes the batch complete
 	}
 	return r, changed
 }
@@ -574,9 +587,12 @@ type PurgeResult struct {
 
 // Stats are counts of a ledger.
 type Stats struct {
-	Processing  int `json:"processing"`
-	Complete    int `json:"complete"`
-	Expired     int `json:"expired"`
+	Processing int `json:"processing"`
+	Complete   int `json:"complete"`
+	Expired    int `json:"expired"`
+	// Overdue counts the processing batches uploaded PollAfter ago or
+	// more (see Batch.Overdue).
+	Overdue     int `json:"overdue"`
 	Idempotency int `json:"idempotency"`
 }
 

@@ -38,6 +38,15 @@ type PollReport struct {
 	// handed to the queue (won by this poll's claims, or re-queued by a
 	// repair), Taken those another delivery had won already.
 	Available, Delivered, Taken int
+	// Claimed counts the documents this poll's claims took from pending:
+	// the documents received by polling (Delivered also counts those a
+	// repair queued again).
+	Claimed int
+	// Completed is true when this poll's claims received the batch's
+	// last pending document; UploadToComplete is then the time from the
+	// batch's upload to its completion, on the ledger's clock.
+	Completed        bool
+	UploadToComplete time.Duration
 	// Deliveries are the ids of the deliveries handed to the queue.
 	Deliveries []string
 	// Repair is true when the batch's previous poll left its lease

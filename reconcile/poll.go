@@ -321,6 +321,10 @@ func (p *poll) deliver(id string, docs []document) error {
 	}
 	p.b = cr.Batch
 	p.rep.Taken += len(cr.Taken)
+	p.rep.Claimed += cr.Claimed
+	if cr.Completed {
+		p.rep.Completed, p.rep.UploadToComplete = true, cr.Batch.Finished.Sub(cr.Batch.Uploaded)
+	}
 	won := make(map[string]bool, len(cr.Won))
 	for _, w := range cr.Won {
 		won[w] = true

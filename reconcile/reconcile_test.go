@@ -53,10 +53,21 @@ func TestAvailableOverTime(t *testing.T) {
 			if got := e.q.stored(); got < 2 {
 				t.Errorf("%d deliveries: documents were not delivered as they became available", got)
 			}
+			claimed, completed := 0, 0
 			for _, rep := range obs.all() {
 				if rep.Outcome != OutcomeOK || rep.Requests != 3 {
 					t.Errorf("poll %+v, want ok with 3 requests", rep)
 				}
+				claimed += rep.Claimed
+				if rep.Completed {
+					completed++
+					if b := e.batch(id); rep.UploadToComplete != b.Finished.Sub(b.Uploaded) || rep.UploadToComplete <= 0 {
+						t.Errorf("UploadToComplete %v, want %v", rep.UploadToComplete, b.Finished.Sub(b.Uploaded))
+					}
+				}
+			}
+			if claimed != len(docs) || completed != 1 {
+				t.Errorf("the polls claimed %d documents and completed the batch %d times, want %d and once", claimed, completed, len(docs))
 			}
 			// Complete: never polled again.
 			calls := e.sim.Calls(atlastest.EndpointExtracts)

@@ -231,6 +231,7 @@ func testClaim(t *testing.T, e *env) {
 	eqSlice(t, "Won", r.Won, []string{"d-0", "d-1"})
 	eqSlice(t, "Unknown", r.Unknown, []string{"zz"})
 	eqSlice(t, "Taken", r.Taken, nil)
+	eq(t, "Claimed", r.Claimed, 2)
 	eq(t, "state", r.Batch.State, ledger.StateProcessing)
 	d := r.Batch.Documents[0]
 	eq(t, "d-0 state", d.State, ledger.DocReceived)
@@ -244,10 +245,13 @@ func testClaim(t *testing.T, e *env) {
 	e.clock.Advance(time.Minute)
 	r = e.claim("B", ledger.SourceCallback, "cb-1", "d-1", "d-0")
 	eqSlice(t, "Won on retry", r.Won, []string{"d-1", "d-0"})
+	eq(t, "Claimed on retry", r.Claimed, 0)
 	eq(t, "Revision after a retry", r.Batch.Revision, rev)
 	eqTime(t, "d-0 at after a retry", r.Batch.Documents[0].At, testutil.Epoch.Add(time.Minute))
 	r = e.claim("B", ledger.SourcePoll, "poll-1", "d-0", "d-2")
 	eqSlice(t, "Won by the poll", r.Won, []string{"d-2"})
+	eq(t, "Claimed by the poll", r.Claimed, 1)
+	eq(t, "Completed by the poll", r.Completed, false)
 	eqSlice(t, "Taken from the poll", r.Taken, []string{"d-0"})
 	eq(t, "d-0 delivery after the poll", r.Batch.Documents[0].DeliveryID, "cb-1")
 	eq(t, "d-2 source", r.Batch.Documents[2].Source, ledger.SourcePoll)
@@ -258,6 +262,7 @@ func testClaim(t *testing.T, e *env) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	eq(t, "Completed by the last claim", r.Completed, true)
 	d = r.Batch.Documents[3]
 	eq(t, "d-3 state", d.State, ledger.DocFailed)
 	eq(t, "d-3 error_code", d.ErrorCode, "UNRECOGNISED")
@@ -1087,4 +1092,13 @@ func testStats(t *testing.T, e *env) {
 		t.Fatal(err)
 	}
 	eq(t, "stats", st, ledger.Stats{Processing: 3, Complete: 1, Idempotency: 1})
+
+	// Overdue: the processing batches uploaded PollAfter ago or more.
+	e.clock.Advance(Policy.PollAfter / 2)
+	e.create("B4", docs("e", 1)...)
+	e.clock.Advance(Policy.PollAfter / 2)
+	if st, err = e.s.Stats(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "stats at PollAfter", st, ledger.Stats{Processing: 4, Complete: 1, Overdue: 3, Idempotency: 1})
 }
