@@ -9,10 +9,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-atlas/caddy-atlas/ledger"
 	"github.com/caddy-atlas/caddy-atlas/queue"
 	"github.com/caddy-atlas/caddy-atlas/queues"
 	"github.com/caddy-atlas/caddy-atlas/seal"
@@ -73,7 +75,35 @@ func (a *AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/atlas/callbacks", Handler: caddy.AdminHandlerFunc(a.serveList)},
 		{Pattern: "/atlas/callbacks/", Handler: caddy.AdminHandlerFunc(a.serveItem)},
+		{Pattern: "/atlas/batches", Handler: caddy.AdminHandlerFunc(a.serveBatches)},
+		{Pattern: "/atlas/batches/", Handler: caddy.AdminHandlerFunc(a.serveBatches)},
 	}
+}
+
+// serveBatches serves GET /atlas/batches[?state=...&limit=N&cursor=...]
+// and GET /atlas/batches/{batch_id}: what the batches_path of a site
+// answers, from the open ledger of batches.
+func (a *AdminAPI) serveBatches(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return adminMethodNotAllowed(w, http.MethodGet)
+	}
+	store := openLedger()
+	if store == nil {
+		return adminError(http.StatusNotFound, errors.New("no ledger of batches is open: add batches { ... } to the global atlas options"))
+	}
+	pollAfter := store.Policy().PollAfter
+	id := strings.TrimPrefix(strings.TrimPrefix(r.URL.Path, "/atlas/batches"), "/")
+	if id == "" {
+		return serveBatchPage(w, r, store, pollAfter)
+	}
+	b, err := store.Get(r.Context(), id)
+	if errors.Is(err, ledger.ErrNotFound) {
+		return adminError(http.StatusNotFound, fmt.Errorf("no such batch: %s", id))
+	}
+	if err != nil {
+		return adminError(http.StatusInternalServerError, err)
+	}
+	return writeJSON(w, http.StatusOK, answerOf(b, time.Now(), pollAfter))
 }
 
 // adminCallback is a callback as the admin API shows it.

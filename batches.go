@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -158,6 +159,7 @@ var ledgers = caddy.NewUsagePool()
 // ledgerStore is an open ledger: a BoltStore or a JetStreamStore.
 type ledgerStore interface {
 	ledger.Store
+	Policy() ledger.Policy
 	SetPolicy(ledger.Policy)
 }
 
@@ -342,3 +344,23 @@ func (a *App) batchesOn() bool { return a.Batches != nil }
 
 // Interface guard
 var _ caddy.Destructor = (*sharedLedger)(nil)
+
+// openLedger returns an open ledger of batches of this process, nil if
+// none is open: the one a config's atlas app keeps (a reload shares it).
+func openLedger() ledgerStore {
+	var keys []string
+	found := map[string]ledgerStore{}
+	ledgers.Range(func(k, v any) bool {
+		if l, ok := v.(*sharedLedger); ok && l != nil && l.store != nil {
+			key := fmt.Sprint(k)
+			keys = append(keys, key)
+			found[key] = l.store
+		}
+		return true
+	})
+	if len(keys) == 0 {
+		return nil
+	}
+	slices.Sort(keys)
+	return found[keys[0]]
+}

@@ -46,11 +46,17 @@ type documentAnswer struct {
 
 // answerOf is b as the status endpoint answers it, at now.
 func (h *Handler) answerOf(b *ledger.Batch, now time.Time) batchAnswer {
+	return answerOf(b, now, h.app.Batches.policy().PollAfter)
+}
+
+// answerOf is b as the status endpoint and the admin API answer it, at
+// now, overdue past pollAfter.
+func answerOf(b *ledger.Batch, now time.Time, pollAfter time.Duration) batchAnswer {
 	pending, received, failed := b.Counts()
 	a := batchAnswer{
 		BatchID:     b.ID,
 		State:       b.State.String(),
-		Overdue:     b.Overdue(now, h.app.Batches.policy().PollAfter),
+		Overdue:     b.Overdue(now, pollAfter),
 		ProductType: b.ProductType,
 		UploadedAt:  b.Uploaded,
 		Counts:      batchCounts{Pending: pending, Received: received, Failed: failed},
@@ -147,6 +153,12 @@ type batchList struct {
 
 // serveBatchList serves a page of batches.
 func (h *Handler) serveBatchList(w http.ResponseWriter, r *http.Request, store ledger.Store) error {
+	return serveBatchPage(w, r, store, h.app.Batches.policy().PollAfter)
+}
+
+// serveBatchPage answers a page of the batches of store, selected by the
+// query's state, limit and cursor, newest first.
+func serveBatchPage(w http.ResponseWriter, r *http.Request, store ledger.Store, pollAfter time.Duration) error {
 	q := r.URL.Query()
 	var state ledger.State
 	switch s := q.Get("state"); s {
@@ -181,7 +193,7 @@ func (h *Handler) serveBatchList(w http.ResponseWriter, r *http.Request, store l
 	now := time.Now()
 	out := batchList{Batches: make([]batchAnswer, 0, len(page.Batches)), Next: page.Next}
 	for _, b := range page.Batches {
-		out.Batches = append(out.Batches, h.answerOf(b, now))
+		out.Batches = append(out.Batches, answerOf(b, now, pollAfter))
 	}
 	return writeJSON(w, http.StatusOK, out)
 }

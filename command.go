@@ -20,8 +20,8 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "atlas",
-		Usage: "callbacks list|retry|purge [--address <interface>]",
-		Short: "Lists, retries and purges the spooled Atlas callbacks of a running Caddy",
+		Usage: "callbacks list|retry|purge | batches list|show [--address <interface>]",
+		Short: "Lists, retries and purges the spooled Atlas callbacks of a running Caddy, and shows its batches",
 		Long: `
 Acts on the callbacks spooled by the atlas callback route in durable mode,
 through the admin API of a running Caddy (the admin.api.atlas module).
@@ -29,6 +29,8 @@ through the admin API of a running Caddy (the admin.api.atlas module).
   caddy atlas callbacks list  [--state pending|dead|delivered] [--limit N] [--json]
   caddy atlas callbacks retry <id> | --state dead|pending
   caddy atlas callbacks purge <id>
+  caddy atlas batches list [--state processing|complete|expired|overdue] [--limit N] [--json]
+  caddy atlas batches show <batch_id> [--json]
 
 The admin endpoint is --address, else the one of --config (with
 --adapter), else localhost:2019. With several spools, --spool <dir> selects
@@ -70,7 +72,32 @@ one.
 				RunE:  cmdAtlasPurge,
 			}
 			callbacks.AddCommand(list, retry, purge)
-			cmd.AddCommand(callbacks)
+
+			batches := &cobra.Command{
+				Use:   "batches",
+				Short: "Shows the batches of the ledger of batches",
+			}
+			bf := batches.PersistentFlags()
+			bf.StringP("address", "", "", "The address of the admin endpoint")
+			bf.StringP("config", "c", "", "Configuration file, to find the admin endpoint")
+			bf.StringP("adapter", "a", "", "Name of the config adapter of --config")
+			bf.BoolP("json", "", false, "Print the admin API's JSON answer")
+			blist := &cobra.Command{
+				Use:   "list [--state processing|complete|expired|overdue] [--limit N] [--json]",
+				Short: "Lists batches, newest first",
+				Args:  cobra.NoArgs,
+				RunE:  cmdAtlasBatchesList,
+			}
+			blist.Flags().StringP("state", "s", "", "Only batches in this state: processing, complete, expired or overdue")
+			blist.Flags().IntP("limit", "n", 50, "At most this many batches")
+			bshow := &cobra.Command{
+				Use:   "show <batch_id> [--json]",
+				Short: "Shows a batch and its documents",
+				Args:  cobra.ExactArgs(1),
+				RunE:  cmdAtlasBatchesShow,
+			}
+			batches.AddCommand(blist, bshow)
+			cmd.AddCommand(callbacks, batches)
 		},
 	})
 }
@@ -216,4 +243,81 @@ func atlasAdminRequest(cmd *cobra.Command, method, path string, q url.Values) ([
 		return nil, err
 	}
 	return body, nil
+}
+
+// cmdAtlasBatchesList runs `caddy atlas batches list`.
+func cmdAtlasBatchesList(cmd *cobra.Command, _ []string) error {
+	fl := cmd.Flags()
+	state, _ := fl.GetString("state")
+	limit, _ := fl.GetInt("limit")
+	raw, _ := fl.GetBool("json")
+	q := url.Values{}
+	if state != "" {
+		q.Set("state", state)
+	}
+	q.Set("limit", fmt.Sprint(limit))
+	body, err := atlasAdminRequest(cmd, http.MethodGet, "/atlas/batches", q)
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	if raw {
+		_, err := out.Write(body)
+		return err
+	}
+	var l batchList
+	if err := json.Unmarshal(body, &l); err != nil {
+		return fmt.Errorf("decoding the admin API's answer: %v", err)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "BATCH\tSTATE\tUPLOADED\tPENDING\tRECEIVED\tFAILED")
+	for _, b := range l.Batches {
+		st := b.State
+		if b.Overdue {
+			st += " (overdue)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\n", b.BatchID, st, b.UploadedAt.UTC().Format(time.RFC3339),
+			b.Counts.Pending, b.Counts.Received, b.Counts.Failed)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if l.Next != "" {
+		fmt.Fprintln(out, "more: --json shows the cursor of the next page")
+	}
+	return nil
+}
+
+// cmdAtlasBatchesShow runs `caddy atlas batches show`.
+func cmdAtlasBatchesShow(cmd *cobra.Command, args []string) error {
+	raw, _ := cmd.Flags().GetBool("json")
+	body, err := atlasAdminRequest(cmd, http.MethodGet, "/atlas/batches/"+url.PathEscape(args[0]), nil)
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	if raw {
+		_, err := out.Write(body)
+		return err
+	}
+	var b batchAnswer
+	if err := json.Unmarshal(body, &b); err != nil {
+		return fmt.Errorf("decoding the admin API's answer: %v", err)
+	}
+	st := b.State
+	if b.Overdue {
+		st += " (overdue)"
+	}
+	fmt.Fprintf(out, "batch %s: %s; %d pending, %d received, %d failed; uploaded %s\n", b.BatchID, st,
+		b.Counts.Pending, b.Counts.Received, b.Counts.Failed, b.UploadedAt.UTC().Format(time.RFC3339))
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DOCUMENT\tSTATE\tSOURCE\tRECEIVED\tERROR CODE")
+	for _, d := range b.Documents {
+		at := ""
+		if d.ReceivedAt != nil {
+			at = d.ReceivedAt.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.DocumentID, d.State, d.Source, at, d.ErrorCode)
+	}
+	return tw.Flush()
 }

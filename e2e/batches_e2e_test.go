@@ -402,3 +402,39 @@ func TestE2EBatchBulkPollOnly(t *testing.T) {
 		t.Errorf("extracts through the gateway: %d %s", resp.StatusCode, body)
 	}
 }
+
+// TestE2EBatchAdminAndCLI: the admin API and `caddy atlas batches
+// list|show` answer what the status endpoint answers.
+func TestE2EBatchAdminAndCLI(t *testing.T) {
+	skipShort(t)
+	sim := atlastest.NewServer(t, atlastest.Options{ClientID: e2eClientID, ClientSecret: e2eClientSecret})
+	rc := callbacktest.NewReceiver(t)
+	startBatchesGateway(t, sim, rc, "15m")
+	id := upload(t, "", "cli-pan", "cli-gst")
+
+	resp, err := http.Get(adminURL + "/atlas/batches/" + id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var st batchStatus
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &st) != nil || st.BatchID != id || len(st.Documents) != 2 {
+		t.Fatalf("admin API: %d %s", resp.StatusCode, body)
+	}
+	if resp, _ := http.Get(adminURL + "/atlas/batches/BATCH-UNKNOWN"); resp == nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("an unknown batch at the admin API: %v", resp)
+	}
+
+	out, err := runAtlasCLI(t, "batches", "list", "--address", adminAddr)
+	if err != nil || !strings.Contains(out, id) || !strings.Contains(out, "processing") {
+		t.Errorf("batches list: %v\n%s", err, out)
+	}
+	out, err = runAtlasCLI(t, "batches", "show", id, "--address", adminAddr)
+	if err != nil || !strings.Contains(out, "cli-pan") || !strings.Contains(out, "cli-gst") || !strings.Contains(out, "pending") {
+		t.Errorf("batches show: %v\n%s", err, out)
+	}
+	if _, err := runAtlasCLI(t, "batches", "list", "--state", "bogus", "--address", adminAddr); err == nil {
+		t.Error("batches list --state bogus succeeded")
+	}
+}
