@@ -438,3 +438,42 @@ func TestE2EBatchAdminAndCLI(t *testing.T) {
 		t.Error("batches list --state bogus succeeded")
 	}
 }
+
+// TestE2EBatchIdempotentConcurrentRepeat: a repeat of an upload while
+// the first is still at Atlas gets 409; Atlas sees one upload.
+func TestE2EBatchIdempotentConcurrentRepeat(t *testing.T) {
+	skipShort(t)
+	sim := atlastest.NewServer(t, atlastest.Options{ClientID: e2eClientID, ClientSecret: e2eClientSecret})
+	rc := callbacktest.NewReceiver(t)
+	startBatchesGateway(t, sim, rc, "15m")
+	sim.ResetCounters()
+	sim.DelayNext("multiupload", 1, time.Second)
+	post := func() int {
+		req, _ := http.NewRequest(http.MethodPost, gatewayURL+"/atlas/multiupload",
+			strings.NewReader(`{"product_type": "LOAN_APP", "file_urls": [{"file_url": "https://f/c", "document_id": "concurrent-1"}]}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", "key-concurrent")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	first := make(chan int, 1)
+	go func() { first <- post() }()
+	time.Sleep(300 * time.Millisecond) // the first is at Atlas
+	if code := post(); code != http.StatusConflict {
+		t.Errorf("a repeat while the first is in flight: %d, want 409", code)
+	}
+	if code := <-first; code/100 != 2 {
+		t.Errorf("the first: %d", code)
+	}
+	if code := post(); code/100 != 2 {
+		t.Errorf("a repeat after the first was answered: %d, want its answer", code)
+	}
+	if n := sim.Calls("multiupload"); n != 1 {
+		t.Errorf("Atlas's multiupload called %d times, want once", n)
+	}
+}
