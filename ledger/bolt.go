@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -64,13 +63,9 @@ const purgeChunk = 500
 // commit, with every index a bucket keyed for range scans, so that no
 // operation holds every batch in memory.
 type BoltStore struct {
-	db     *bolt.DB
-	policy atomic.Pointer[Policy]
-	now    func() time.Time
+	core
+	db *bolt.DB
 
-	mu       sync.RWMutex // held for reading by operations, for writing by Close
-	closed   bool
-	done     chan struct{} // closed by Close
 	watchMu  sync.Mutex
 	watchers map[string]map[chan struct{}]struct{}
 }
@@ -104,41 +99,10 @@ func Open(dir string, o Options) (*BoltStore, error) {
 		db.Close()
 		return nil, fmt.Errorf("ledger: init %s: %w", path, err)
 	}
-	s := &BoltStore{db: db, now: o.Now, done: make(chan struct{}), watchers: map[string]map[chan struct{}]struct{}{}}
-	s.SetPolicy(o.Policy)
-	if s.now == nil {
-		s.now = time.Now
-	}
+	s := &BoltStore{db: db, watchers: map[string]map[chan struct{}]struct{}{}}
+	s.init(o.Now, o.Policy)
 	return s, nil
 }
-
-// Policy returns the store's policy, defaults applied.
-func (s *BoltStore) Policy() Policy { return *s.policy.Load() }
-
-// SetPolicy changes the store's policy (a config reload that changes
-// the durations): it applies to the writes after it.
-func (s *BoltStore) SetPolicy(p Policy) {
-	p = p.WithDefaults()
-	s.policy.Store(&p)
-}
-
-func (s *BoltStore) clock() time.Time { return s.now().Round(0) }
-
-// enter starts an operation: ErrClosed once Close began, ctx's error
-// once it is done.
-func (s *BoltStore) enter(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return ErrClosed
-	}
-	return nil
-}
-
-func (s *BoltStore) leave() { s.mu.RUnlock() }
 
 // ledgerErrors are the errors of ours, which leave a transaction as
 // they are.
@@ -438,19 +402,7 @@ func (s *BoltStore) Update(ctx context.Context, id string, fn func(*Batch) (bool
 
 // Claim implements Store.
 func (s *BoltStore) Claim(ctx context.Context, id string, c Claim) (ClaimResult, error) {
-	if err := CheckClaim(c); err != nil {
-		return ClaimResult{}, err
-	}
-	var r ClaimResult
-	b, err := s.update(ctx, id, func(b *Batch, now time.Time) (changed bool, _ error) {
-		r, changed = b.ApplyClaim(c, now)
-		return changed, nil
-	})
-	if err != nil {
-		return ClaimResult{}, err
-	}
-	r.Batch = b
-	return r, nil
+	return claimWith(ctx, s.update, id, c)
 }
 
 // Lookup implements Store.
@@ -538,19 +490,12 @@ func seekAfter(c *bolt.Cursor, start []byte) ([]byte, []byte) {
 
 // TakeLease implements Store.
 func (s *BoltStore) TakeLease(ctx context.Context, id, owner string, ttl time.Duration) (*Batch, error) {
-	if owner == "" || ttl <= 0 {
-		return nil, fmt.Errorf("%w: a lease needs an owner and a positive ttl", ErrInvalid)
-	}
-	return s.update(ctx, id, func(b *Batch, now time.Time) (bool, error) {
-		return TakeLease(b, owner, ttl, now)
-	})
+	return takeLeaseWith(ctx, s.update, id, owner, ttl)
 }
 
 // ReleaseLease implements Store.
 func (s *BoltStore) ReleaseLease(ctx context.Context, id, owner string) (*Batch, error) {
-	return s.update(ctx, id, func(b *Batch, now time.Time) (bool, error) {
-		return ReleaseLease(b, owner, now, s.Policy())
-	})
+	return releaseLeaseWith(ctx, s.update, id, owner, s.Policy)
 }
 
 // TakeLease applies Store.TakeLease's rules to b at now.

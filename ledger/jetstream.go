@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -64,15 +63,10 @@ type JetStreamStore struct {
 	kv     jetstream.KeyValue
 	stream jetstream.Stream
 	pre    string // $KV.<bucket>.
-	policy atomic.Pointer[Policy]
-	now    func() time.Time
 	skew   time.Duration
 	grace  time.Duration
 
-	mu     sync.RWMutex // held for reading by operations, for writing by Close
-	closed bool
-	done   chan struct{}
-
+	core
 	watchMu  sync.Mutex
 	watchers map[string]map[chan struct{}]struct{} // nil once closed
 	seen     map[string]uint64                     // batch id -> the latest revision signalled
@@ -138,17 +132,12 @@ func OpenJetStream(ctx context.Context, js jetstream.JetStream, o JetStreamOptio
 		kv:       kv,
 		stream:   st,
 		pre:      "$KV." + bucket + ".",
-		now:      o.Now,
 		skew:     cmp.Or(o.MaxClockSkew, DefaultMaxClockSkew),
 		grace:    cmp.Or(o.OrphanGrace, DefaultOrphanGrace),
-		done:     make(chan struct{}),
 		watchers: map[string]map[chan struct{}]struct{}{},
 		seen:     map[string]uint64{},
 	}
-	s.SetPolicy(o.Policy)
-	if s.now == nil {
-		s.now = time.Now
-	}
+	s.init(o.Now, o.Policy)
 	return s, nil
 }
 
@@ -191,32 +180,6 @@ func setupStream(ctx context.Context, js jetstream.JetStream, want jetstream.Str
 		}
 	}
 }
-
-// Policy returns the store's policy, defaults applied.
-func (s *JetStreamStore) Policy() Policy { return *s.policy.Load() }
-
-// SetPolicy changes the store's policy (a config reload that changes
-// the durations): it applies to the writes after it.
-func (s *JetStreamStore) SetPolicy(p Policy) {
-	p = p.WithDefaults()
-	s.policy.Store(&p)
-}
-
-func (s *JetStreamStore) clock() time.Time { return s.now().Round(0) }
-
-func (s *JetStreamStore) enter(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return ErrClosed
-	}
-	return nil
-}
-
-func (s *JetStreamStore) leave() { s.mu.RUnlock() }
 
 // fail maps an error of the servers onto the Store's errors.
 func (s *JetStreamStore) fail(ctx context.Context, err error) error {
@@ -930,36 +893,17 @@ func (s *JetStreamStore) Update(ctx context.Context, id string, fn func(*Batch) 
 
 // Claim implements Store.
 func (s *JetStreamStore) Claim(ctx context.Context, id string, c Claim) (ClaimResult, error) {
-	if err := CheckClaim(c); err != nil {
-		return ClaimResult{}, err
-	}
-	var r ClaimResult
-	b, err := s.update(ctx, id, func(b *Batch, now time.Time) (changed bool, _ error) {
-		r, changed = b.ApplyClaim(c, now)
-		return changed, nil
-	})
-	if err != nil {
-		return ClaimResult{}, err
-	}
-	r.Batch = b
-	return r, nil
+	return claimWith(ctx, s.update, id, c)
 }
 
 // TakeLease implements Store.
 func (s *JetStreamStore) TakeLease(ctx context.Context, id, owner string, ttl time.Duration) (*Batch, error) {
-	if owner == "" || ttl <= 0 {
-		return nil, fmt.Errorf("%w: a lease needs an owner and a positive ttl", ErrInvalid)
-	}
-	return s.update(ctx, id, func(b *Batch, now time.Time) (bool, error) {
-		return TakeLease(b, owner, ttl, now)
-	})
+	return takeLeaseWith(ctx, s.update, id, owner, ttl)
 }
 
 // ReleaseLease implements Store.
 func (s *JetStreamStore) ReleaseLease(ctx context.Context, id, owner string) (*Batch, error) {
-	return s.update(ctx, id, func(b *Batch, now time.Time) (bool, error) {
-		return ReleaseLease(b, owner, now, s.Policy())
-	})
+	return releaseLeaseWith(ctx, s.update, id, owner, s.Policy)
 }
 
 // verify reads the batches of cands, at most 16 at a time, and returns
