@@ -104,24 +104,11 @@ one.
 
 // cmdAtlasList runs `caddy atlas callbacks list`.
 func cmdAtlasList(cmd *cobra.Command, _ []string) error {
-	fl := cmd.Flags()
-	state, _ := fl.GetString("state")
-	limit, _ := fl.GetInt("limit")
-	raw, _ := fl.GetBool("json")
-	q := url.Values{}
-	if state != "" {
-		q.Set("state", state)
-	}
-	q.Set("limit", fmt.Sprint(limit))
-	body, err := atlasAdminRequest(cmd, http.MethodGet, "/atlas/callbacks", q)
-	if err != nil {
+	body, raw, err := atlasAdminList(cmd, "/atlas/callbacks")
+	if err != nil || raw {
 		return err
 	}
 	out := cmd.OutOrStdout()
-	if raw {
-		_, err := out.Write(body)
-		return err
-	}
 	var l struct {
 		Spools []struct {
 			Dir       string         `json:"dir"`
@@ -172,6 +159,7 @@ func cmdAtlasList(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	if l.Truncated {
+		limit, _ := cmd.Flags().GetInt("limit")
 		fmt.Fprintf(out, "(more than %d; raise --limit)\n", limit)
 	}
 	return nil
@@ -245,26 +233,34 @@ func atlasAdminRequest(cmd *cobra.Command, method, path string, q url.Values) ([
 	return body, nil
 }
 
-// cmdAtlasBatchesList runs `caddy atlas batches list`.
-func cmdAtlasBatchesList(cmd *cobra.Command, _ []string) error {
+// atlasAdminList asks the admin API for the list at path, with the
+// command's --state and --limit; with --json it prints the answer as it
+// came and reports raw.
+func atlasAdminList(cmd *cobra.Command, path string) (body []byte, raw bool, err error) {
 	fl := cmd.Flags()
 	state, _ := fl.GetString("state")
 	limit, _ := fl.GetInt("limit")
-	raw, _ := fl.GetBool("json")
+	raw, _ = fl.GetBool("json")
 	q := url.Values{}
 	if state != "" {
 		q.Set("state", state)
 	}
 	q.Set("limit", fmt.Sprint(limit))
-	body, err := atlasAdminRequest(cmd, http.MethodGet, "/atlas/batches", q)
-	if err != nil {
+	body, err = atlasAdminRequest(cmd, http.MethodGet, path, q)
+	if err != nil || !raw {
+		return body, false, err
+	}
+	_, err = cmd.OutOrStdout().Write(body)
+	return body, true, err
+}
+
+// cmdAtlasBatchesList runs `caddy atlas batches list`.
+func cmdAtlasBatchesList(cmd *cobra.Command, _ []string) error {
+	body, raw, err := atlasAdminList(cmd, "/atlas/batches")
+	if err != nil || raw {
 		return err
 	}
 	out := cmd.OutOrStdout()
-	if raw {
-		_, err := out.Write(body)
-		return err
-	}
 	var l batchList
 	if err := json.Unmarshal(body, &l); err != nil {
 		return fmt.Errorf("decoding the admin API's answer: %v", err)
