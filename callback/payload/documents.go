@@ -84,19 +84,9 @@ func (s *payloadScanner) element() error {
 		}
 		switch {
 		case key == payloadKeyDocumentID:
-			s.ws()
-			if s.pos >= len(s.buf) {
-				return s.truncated()
-			}
-			if s.buf[s.pos] != '"' {
-				return s.typeError("must be a non-empty string, not %s")
-			}
-			raw, escaped, err := s.str()
+			raw, escaped, err := s.documentID()
 			if err != nil {
 				return err
-			}
-			if len(raw) == 0 {
-				return s.errorf("must be a non-empty string")
 			}
 			if escaped {
 				d.ID = unescapePayloadKey(raw)

@@ -223,19 +223,8 @@ func (s *payloadScanner) document() error {
 		}
 		switch key {
 		case payloadKeyDocumentID:
-			s.ws()
-			if s.pos >= len(s.buf) {
-				return s.truncated()
-			}
-			if s.buf[s.pos] != '"' {
-				return s.typeError("must be a non-empty string, not %s")
-			}
-			raw, _, err := s.str()
-			if err != nil {
+			if _, _, err := s.documentID(); err != nil {
 				return err
-			}
-			if len(raw) == 0 {
-				return s.errorf("must be a non-empty string")
 			}
 		case payloadKeyFileData:
 			s.ws()
@@ -651,6 +640,26 @@ func scanNumber(b []byte, i int) (end int, bad string) {
 		}
 	}
 	return i, ""
+}
+
+// documentID reads a document_id's value, which must be a non-empty
+// string, and returns its raw content and whether it holds escapes.
+func (s *payloadScanner) documentID() ([]byte, bool, error) {
+	s.ws()
+	if s.pos >= len(s.buf) {
+		return nil, false, s.truncated()
+	}
+	if s.buf[s.pos] != '"' {
+		return nil, false, s.typeError("must be a non-empty string, not %s")
+	}
+	raw, escaped, err := s.str()
+	if err != nil {
+		return nil, false, err
+	}
+	if len(raw) == 0 {
+		return nil, false, s.errorf("must be a non-empty string")
+	}
+	return raw, escaped, nil
 }
 
 // str reads a string whose opening quote is at pos and returns its raw
