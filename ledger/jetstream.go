@@ -714,37 +714,54 @@ func parseJSCursor(c string) (uint64, string, error) {
 
 // Records.
 
-// loadBatch reads a batch: its revision, or ErrNotFound (with its
-// delete marker's revision, if one is left).
-func (s *JetStreamStore) loadBatch(ctx context.Context, id string) (*Batch, uint64, error) {
-	e, err := s.kv.Get(ctx, batchKey(id))
+// loadEntry reads the record at key of the bucket, what naming it in
+// errors: its revision, or ErrNotFound (with its delete marker's
+// revision, if one is left).
+func loadEntry[T any](ctx context.Context, kv jetstream.KeyValue, key, what string) (*T, uint64, error) {
+	e, err := kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyDeleted) && e != nil {
-		return nil, e.Revision(), fmt.Errorf("%w: batch %q", ErrNotFound, id)
+		return nil, e.Revision(), fmt.Errorf("%w: %s", ErrNotFound, what)
 	}
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return nil, 0, fmt.Errorf("%w: batch %q", ErrNotFound, id)
+		return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, what)
 	}
 	if err != nil {
 		return nil, 0, err
 	}
-	b := new(Batch)
-	if err := json.Unmarshal(e.Value(), b); err != nil {
-		return nil, 0, fmt.Errorf("ledger: batch %q: %w", id, err)
+	v := new(T)
+	if err := json.Unmarshal(e.Value(), v); err != nil {
+		return nil, 0, fmt.Errorf("ledger: %s: %w", what, err)
 	}
-	b.Revision = e.Revision()
-	return b, e.Revision(), nil
+	return v, e.Revision(), nil
+}
+
+// ownerAt is the state for drop of a record that loadEntry read as v,
+// rev and err, whose index keys are keys(v); false if it could not be
+// read.
+func ownerAt[T any](v *T, rev uint64, err error, keys func(*T) []ikey) (owner, bool) {
+	switch {
+	case err == nil:
+		return owner{keys: keySet(keys(v)), rev: rev}, true
+	case errors.Is(err, ErrNotFound):
+		return owner{rev: rev, missing: true}, true
+	}
+	return owner{}, false
+}
+
+// loadBatch reads a batch: its revision, or ErrNotFound (with its
+// delete marker's revision, if one is left).
+func (s *JetStreamStore) loadBatch(ctx context.Context, id string) (*Batch, uint64, error) {
+	b, rev, err := loadEntry[Batch](ctx, s.kv, batchKey(id), fmt.Sprintf("batch %q", id))
+	if b != nil {
+		b.Revision = rev
+	}
+	return b, rev, err
 }
 
 // batchOwner reads the state of batch id for drop.
 func (s *JetStreamStore) batchOwner(ctx context.Context, id string) (owner, bool) {
 	b, rev, err := s.loadBatch(ctx, id)
-	switch {
-	case err == nil:
-		return owner{keys: keySet(batchKeys(b)), rev: rev}, true
-	case errors.Is(err, ErrNotFound):
-		return owner{rev: rev, missing: true}, true
-	}
-	return owner{}, false
+	return ownerAt(b, rev, err, batchKeys)
 }
 
 func ownerOf(b *Batch) owner { return owner{keys: keySet(batchKeys(b)), rev: b.Revision} }
@@ -1278,33 +1295,15 @@ func (s *JetStreamStore) signal(id string) {
 
 // Idempotency records.
 
+// loadIdem reads an idempotency record, as loadBatch a batch.
 func (s *JetStreamStore) loadIdem(ctx context.Context, key string) (*IdemRecord, uint64, error) {
-	e, err := s.kv.Get(ctx, idemKey(key))
-	if errors.Is(err, jetstream.ErrKeyDeleted) && e != nil {
-		return nil, e.Revision(), fmt.Errorf("%w: idempotency key", ErrNotFound)
-	}
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return nil, 0, fmt.Errorf("%w: idempotency key", ErrNotFound)
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	r := new(IdemRecord)
-	if err := json.Unmarshal(e.Value(), r); err != nil {
-		return nil, 0, fmt.Errorf("ledger: idempotency record: %w", err)
-	}
-	return r, e.Revision(), nil
+	return loadEntry[IdemRecord](ctx, s.kv, idemKey(key), "idempotency key")
 }
 
+// idemOwner reads the state of the idempotency record key for drop.
 func (s *JetStreamStore) idemOwner(ctx context.Context, key string) (owner, bool) {
 	r, rev, err := s.loadIdem(ctx, key)
-	switch {
-	case err == nil:
-		return owner{keys: keySet(idemKeys(r)), rev: rev}, true
-	case errors.Is(err, ErrNotFound):
-		return owner{rev: rev, missing: true}, true
-	}
-	return owner{}, false
+	return ownerAt(r, rev, err, idemKeys)
 }
 
 // Begin implements Store.
