@@ -380,15 +380,5 @@ func (o pollObserver) PollEnd(ctx context.Context, r reconcile.PollReport) {
 	}
 }
 
-// DeliveryFailed implements reconcile.Observer.
-func (o pollObserver) DeliveryFailed(d reconcile.Delivery, err error, dropped bool) {
-	if dropped {
-		o.logger.Error("polled results dropped: the queue refused them too long; their documents will not reach the app",
-			zap.String("batch_id", d.BatchID), zap.Strings("documents", d.DocumentIDs), zap.Error(err))
-		return
-	}
-	o.logger.Warn("polled results not queued yet; retrying", zap.String("batch_id", d.BatchID), zap.Error(err))
-}
-
 // Interface guard
 var _ reconcile.Observer = pollObserver{}

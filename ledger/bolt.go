@@ -501,7 +501,9 @@ func (s *BoltStore) ReleaseLease(ctx context.Context, id, owner string) (*Batch,
 // TakeLease applies Store.TakeLease's rules to b at now.
 func TakeLease(b *Batch, owner string, ttl time.Duration, now time.Time) (bool, error) {
 	switch {
-	case b.State != StateProcessing:
+	case b.State != StateProcessing && b.LeaseOwner == "":
+		// A finished batch is taken only while a lease is left on it:
+		// to repair what its poll may not have queued.
 		return false, fmt.Errorf("%w: %q is %s", ErrNotDue, b.ID, b.State)
 	case b.LeaseOwner != "" && b.LeaseOwner != owner && now.Before(b.LeaseUntil):
 		return false, fmt.Errorf("%w: %q until %s", ErrLeaseHeld, b.ID, b.LeaseUntil.Format(time.RFC3339))
@@ -519,15 +521,20 @@ func TakeLease(b *Batch, owner string, ttl time.Duration, now time.Time) (bool, 
 func ReleaseLease(b *Batch, owner string, now time.Time, p Policy) (bool, error) {
 	if b.LeaseOwner != owner || owner == "" {
 		if b.State != StateProcessing && owner != "" {
-			return false, nil // finished meanwhile: the lease went with it
+			// Finished, and the lease released already, or taken over
+			// by a poll that repairs the batch: nothing of owner's.
+			return false, nil
 		}
 		return false, fmt.Errorf("%w: lease of %q", ErrNotOwner, b.ID)
 	}
 	b.LeaseOwner, b.LeaseUntil = "", time.Time{}
 	b.Polls++
-	if b.State == StateProcessing && !now.Before(b.Uploaded.Add(p.GiveUpAfter)) {
+	switch {
+	case b.State != StateProcessing:
+		b.NextPoll = time.Time{} // finished: due no more
+	case !now.Before(b.Uploaded.Add(p.GiveUpAfter)):
 		b.State, b.Finished = StateExpired, now
-	} else {
+	default:
 		b.NextPoll = now.Add(p.PollEvery)
 	}
 	return true, nil

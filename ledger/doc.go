@@ -60,8 +60,13 @@
 //     deduplication on X-Atlas-Callback-Id.
 //  5. A batch's State follows its documents: processing while one is
 //     pending (or expired, if it was given up on), complete once none
-//     is; a finished batch has Finished set, no next poll and no lease.
-//     Every store applies Batch.Settle after each change.
+//     is; a finished batch has Finished set, and no next poll unless a
+//     lease is still on it: a poll's claim that finishes a batch keeps
+//     the poll's lease until the poll has queued what it claimed and
+//     released it, so that, should the poll die in between, the batch
+//     is due again when the lease ends, and the next poll repairs it
+//     (TakeLease admits a finished batch with a lease). Every store
+//     applies Batch.Settle after each change.
 //  6. Every write increases the batch's Revision; an Update whose batch
 //     changed between its read and its write is redone on the new state
 //     (bbolt: the read-write transaction excludes that; JetStream

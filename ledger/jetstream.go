@@ -1054,7 +1054,7 @@ func (s *JetStreamStore) Due(ctx context.Context, limit int, cursor string) ([]D
 			continue
 		}
 		bs, err := s.verify(ctx, top.c, func(c cand, b *Batch) bool {
-			return b.State == StateProcessing && ord(b.NextPoll) == c.ord && !b.NextPoll.After(now)
+			return (b.State == StateProcessing || b.LeaseOwner != "") && ord(b.NextPoll) == c.ord && !b.NextPoll.After(now)
 		})
 		if err != nil {
 			return nil, s.fail(ctx, err)

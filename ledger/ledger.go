@@ -61,12 +61,15 @@ type Store interface {
 	Due(ctx context.Context, limit int, cursor string) ([]Due, error)
 
 	// TakeLease gives owner the right to poll a batch for ttl: it
-	// succeeds if the batch is processing, its poll is due, and no other
-	// owner holds an unexpired lease on it (owner's own lease is
-	// renewed). The batch's next poll moves to the lease's end, so that
-	// Due does not list it while leased, and lists it again if its owner
-	// dies. It returns the batch, ErrLeaseHeld, ErrNotDue (the batch is
-	// finished or not due yet), or ErrNotFound. An owner string must
+	// succeeds if the batch is processing (or finished with a lease
+	// still on it: a poll that finished it and did not release its
+	// lease may not have queued what it claimed), its poll is due, and
+	// no other owner holds an unexpired lease on it (owner's own lease
+	// is renewed). The batch's next poll moves to the lease's end, so
+	// that Due does not list it while leased, and lists it again if its
+	// owner dies. It returns the batch, ErrLeaseHeld, ErrNotDue (the
+	// batch is finished without a lease, or not due yet), or
+	// ErrNotFound. An owner string must
 	// be unique to one poll in progress (an instance id and a counter),
 	// so that two polls of one batch are never in flight.
 	TakeLease(ctx context.Context, batchID, owner string, ttl time.Duration) (*Batch, error)
@@ -74,7 +77,8 @@ type Store interface {
 	// ReleaseLease ends owner's lease after a poll and schedules the
 	// next: now + PollEvery, or, once the batch is GiveUpAfter old, no
 	// later than that; a batch still pending at its give-up time when a
-	// lease is released expires. ErrNotOwner if owner does not hold the
+	// lease is released expires; a finished batch is due no more.
+	// ErrNotOwner if owner does not hold the
 	// lease (it expired, and another owner may have taken it: the poll's
 	// claims stand, they are compare-and-set), ErrNotFound.
 	ReleaseLease(ctx context.Context, batchID, owner string) (*Batch, error)
@@ -325,11 +329,13 @@ func (b *Batch) doc(id string) int {
 
 // Settle brings the batch's derived fields in line with its documents,
 // at now, with policy p: a processing batch with no pending document is
-// complete; a finished batch has Finished set, no next poll and no
-// lease; a processing batch is due no later than its give-up time. An
-// expired batch whose last pending document gets a result becomes
-// complete. Every store calls it after each change, so that the state
-// rules live in one place.
+// complete; a finished batch has Finished set, and no next poll unless
+// it still has a lease: then it is due again when the lease ends, so
+// that the poll holding it, should it die before its deliveries reach
+// the queue, is repaired (see invariant 5); a processing batch is due
+// no later than its give-up time. An expired batch whose last pending
+// document gets a result becomes complete. Every store calls it after
+// each change, so that the state rules live in one place.
 func (b *Batch) Settle(now time.Time, p Policy) {
 	pending, _, _ := b.Counts()
 	switch {
@@ -349,8 +355,10 @@ func (b *Batch) Settle(now time.Time, p Policy) {
 		}
 	}
 	if b.State != StateProcessing {
-		b.NextPoll = time.Time{}
-		b.LeaseOwner, b.LeaseUntil = "", time.Time{}
+		b.NextPoll = b.LeaseUntil
+		if b.LeaseOwner == "" {
+			b.NextPoll, b.LeaseUntil = time.Time{}, time.Time{}
+		}
 	}
 }
 

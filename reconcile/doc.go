@@ -50,23 +50,16 @@
 // ids for longer than GiveUpAfter (the spool's retention, 7 days by
 // default, does).
 //
-// What the ledger lacks for this to be complete:
+// A claim that wins a batch's last pending documents completes it, and
+// a release at the give-up time expires it; the ledger keeps the poll's
+// lease on a batch so finished (ledger.Batch.Settle) until the poll
+// releases it, after its appends. A poll that dies before that leaves
+// the finished batch due when its lease ends, and TakeLease admits it:
+// the next poll repairs it as above. A refusal by the queue holds a
+// finished batch under "~requeue" as it does a processing one.
 //
-//   - A claim that wins a batch's last pending documents completes it
-//     (Batch.Settle clears NextPoll and the lease), and a release at the
-//     give-up time expires it: neither is due again, so nothing brings a
-//     poll back to repair it. A refused delivery of such a batch is kept
-//     in memory and retried (bounded: MaxRetained, MaxRetainedBytes;
-//     Observer.DeliveryFailed says when one is dropped), but if the
-//     instance dies between that claim and its append, those documents
-//     are lost. The fix belongs to the ledger: a claim that leaves
-//     deliveries to confirm, e.g. Batch.Unqueued (delivery ids claimed
-//     and not yet confirmed by a Store.Confirm(batchID, deliveryID)
-//     after the append), with Settle keeping a batch that has any due
-//     at a short grace (and TakeLease admitting it) until they are
-//     confirmed. The reconciler would then repair exactly the
-//     unconfirmed deliveries instead of every poll delivery, and the
-//     callback route could use the same mark.
+// What the ledger lacks:
+//
 //   - Policy.WithDefaults turns PollAfter 0 into 15m, so poll_after 0
 //     (poll-only: every batch polled from its upload) cannot be said;
 //     the nearest is a PollAfter of a nanosecond. The ledger needs a

@@ -255,7 +255,6 @@ func (q *fakeQueue) callsOf(id string) int {
 type recorder struct {
 	mu      sync.Mutex
 	reports []PollReport
-	failed  []Delivery
 	started int
 }
 
@@ -274,12 +273,6 @@ func (o *recorder) PollEnd(ctx context.Context, r PollReport) {
 	}
 	o.mu.Lock()
 	o.reports = append(o.reports, r)
-	o.mu.Unlock()
-}
-
-func (o *recorder) DeliveryFailed(d Delivery, _ error, _ bool) {
-	o.mu.Lock()
-	o.failed = append(o.failed, d)
 	o.mu.Unlock()
 }
 

@@ -77,12 +77,6 @@ type Observer interface {
 	// PollEnd is called with the poll's context once it is over (its
 	// lease released or held), and ends the span.
 	PollEnd(ctx context.Context, r PollReport)
-	// DeliveryFailed is called when a delivery of a batch that is
-	// finished could not be queued: it is retried from memory
-	// (dropped false), or dropped because too many wait already
-	// (dropped true: its documents are claimed and will not reach the
-	// app; see the package documentation).
-	DeliveryFailed(d Delivery, err error, dropped bool)
 }
 
 // NopObserver observes nothing.
@@ -93,6 +87,3 @@ func (NopObserver) PollStart(ctx context.Context, _ string) context.Context { re
 
 // PollEnd does nothing.
 func (NopObserver) PollEnd(context.Context, PollReport) {}
-
-// DeliveryFailed does nothing.
-func (NopObserver) DeliveryFailed(Delivery, error, bool) {}

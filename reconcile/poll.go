@@ -39,7 +39,7 @@ func (r *Reconciler) Poll(ctx context.Context, batchID string) PollReport {
 	if err != nil {
 		return PollReport{BatchID: batchID, Err: err}
 	}
-	if prev.State != ledger.StateProcessing {
+	if prev.State != ledger.StateProcessing && prev.LeaseOwner == "" {
 		return PollReport{BatchID: batchID, Err: ledger.ErrNotDue}
 	}
 	owner := r.owner()
@@ -56,7 +56,10 @@ func (r *Reconciler) Poll(ctx context.Context, batchID string) PollReport {
 	rep := PollReport{BatchID: batchID, Owner: owner, Repair: repair}
 	p := &poll{r: r, ctx: pctx, b: b, owner: owner, rep: &rep, leaseUntil: b.LeaseUntil, repair: repair}
 	var fetchErr error
-	if r.opts.Fetcher != nil {
+	// A finished batch is taken only to repair it (a backoff's lease
+	// left on a batch that a callback finished has nothing to repair:
+	// it is released).
+	if r.opts.Fetcher != nil && (b.State == ledger.StateProcessing || repair) {
 		fetchErr = p.run()
 	}
 	r.finish(p, fetchErr)
@@ -133,35 +136,35 @@ func (r *Reconciler) finish(p *poll, fetchErr error) {
 	if b != nil {
 		rep.NextPoll = b.NextPoll
 	}
-	// A batch that the poll finished (its claims completed it, or its
-	// release expired it) is never due again: what the queue refused
-	// is retried from memory.
-	if len(p.unqueued) > 0 && (b == nil || b.State != ledger.StateProcessing) && !errors.Is(fetchErr, errLeaseLost) {
-		for _, d := range p.unqueued {
-			r.retain(d, p.enqueueErr)
-		}
-	}
 }
 
 // hold keeps the lease on the batch until now+d under the owner's name
-// with suffix, so that no poll takes it before then; at its give-up
-// time the lease is released instead, which expires the batch.
+// with suffix, so that no poll takes it before then. A backoff does not
+// outlast the batch: at its give-up time the lease is released instead,
+// which expires the batch. A requeue holds a batch whatever its state,
+// finished included (the ledger keeps a finished batch's lease, see
+// ledger.Batch.Settle): the poll that takes it when the hold ends
+// repairs it, queuing what this one could not.
 func (r *Reconciler) hold(p *poll, suffix string, d time.Duration) (*ledger.Batch, error) {
 	ctx := context.WithoutCancel(p.ctx)
 	now := r.now()
-	giveUp := p.b.Uploaded.Add(r.opts.Policy.GiveUpAfter)
-	if !now.Before(giveUp) {
-		return r.store.ReleaseLease(ctx, p.b.ID, p.owner)
-	}
 	until := now.Add(d)
-	if until.After(giveUp) {
-		until = giveUp
+	if suffix == holdBackoff {
+		giveUp := p.b.Uploaded.Add(r.opts.Policy.GiveUpAfter)
+		if !now.Before(giveUp) {
+			return r.store.ReleaseLease(ctx, p.b.ID, p.owner)
+		}
+		if until.After(giveUp) {
+			until = giveUp
+		}
 	}
 	return r.store.Update(ctx, p.b.ID, func(b *ledger.Batch) (bool, error) {
-		if b.State != ledger.StateProcessing {
-			return false, nil // finished meanwhile: the lease went with it
-		}
 		if b.LeaseOwner != p.owner {
+			if b.State != ledger.StateProcessing {
+				// Finished, and a repairing poll took the expired lease
+				// over: it queues what this one claimed.
+				return false, nil
+			}
 			return false, fmt.Errorf("%w: lease of %q", ledger.ErrNotOwner, b.ID)
 		}
 		b.LeaseOwner, b.LeaseUntil, b.NextPoll = p.owner+suffix, until, until

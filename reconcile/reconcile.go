@@ -77,11 +77,6 @@ type Options struct {
 	// poll after consecutive failures without Retry-After. Defaults 1s
 	// and 5m.
 	BackoffMin, BackoffMax time.Duration
-	// MaxRetained and MaxRetainedBytes bound the deliveries of finished
-	// batches that the queue refused, kept in memory to be retried.
-	// Defaults 1000 and 64 MiB.
-	MaxRetained      int
-	MaxRetainedBytes int
 	// Observer receives metrics and tracing hooks. Default NopObserver.
 	Observer Observer
 	// Now is the clock; default time.Now. Tick is the longest real
@@ -105,17 +100,8 @@ type Reconciler struct {
 	started  bool
 	cancel   context.CancelFunc
 	inFlight map[string]bool // batches dispatched, bounded by Concurrency
-	retained []retained
-	retBytes int
 
 	wg sync.WaitGroup
-}
-
-// retained is a delivery of a finished batch that the queue refused.
-type retained struct {
-	d    Delivery
-	next time.Time
-	n    int
 }
 
 // New returns a reconciler; Start runs it.
@@ -158,12 +144,6 @@ func New(o Options) (*Reconciler, error) {
 	}
 	if o.MaxPages <= 0 {
 		o.MaxPages = 1000
-	}
-	if o.MaxRetained <= 0 {
-		o.MaxRetained = 1000
-	}
-	if o.MaxRetainedBytes <= 0 {
-		o.MaxRetainedBytes = 64 << 20
 	}
 	if o.Observer == nil {
 		o.Observer = NopObserver{}
@@ -215,7 +195,6 @@ func (r *Reconciler) Close() error {
 func (r *Reconciler) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		start := r.now()
-		r.retryRetained(ctx)
 		r.Scan(ctx)
 		if r.sleepUntil(ctx, start.Add(r.opts.ScanEvery)) != nil {
 			return
@@ -283,65 +262,6 @@ func (r *Reconciler) Wait() {
 		}
 		time.Sleep(time.Millisecond)
 	}
-}
-
-// retain keeps a refused delivery of a finished batch, to retry it.
-func (r *Reconciler) retain(d Delivery, err error) {
-	r.mu.Lock()
-	dropped := len(r.retained) >= r.opts.MaxRetained || r.retBytes+len(d.Body) > r.opts.MaxRetainedBytes
-	if !dropped {
-		r.retained = append(r.retained, retained{d: d, next: r.now().Add(r.backoff(1)), n: 1})
-		r.retBytes += len(d.Body)
-	}
-	r.mu.Unlock()
-	r.obs.DeliveryFailed(d, err, dropped)
-}
-
-// retryRetained hands the retained deliveries that are due to the queue
-// again.
-func (r *Reconciler) retryRetained(ctx context.Context) {
-	r.mu.Lock()
-	var due []retained
-	keep := r.retained[:0]
-	now := r.now()
-	for _, x := range r.retained {
-		if now.Before(x.next) {
-			keep = append(keep, x)
-		} else {
-			due = append(due, x)
-			r.retBytes -= len(x.d.Body)
-		}
-	}
-	r.retained = keep
-	r.mu.Unlock()
-	for i, x := range due {
-		if ctx.Err() != nil {
-			r.requeueRetained(due[i:])
-			return
-		}
-		if err := r.opts.Enqueuer.Enqueue(ctx, x.d); err != nil {
-			x.n++
-			x.next = r.now().Add(r.backoff(x.n))
-			r.requeueRetained([]retained{x})
-			r.obs.DeliveryFailed(x.d, err, false)
-		}
-	}
-}
-
-func (r *Reconciler) requeueRetained(xs []retained) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, x := range xs {
-		r.retained = append(r.retained, x)
-		r.retBytes += len(x.d.Body)
-	}
-}
-
-// Retained returns how many refused deliveries wait in memory.
-func (r *Reconciler) Retained() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.retained)
 }
 
 // owner returns a lease owner unique to one poll.

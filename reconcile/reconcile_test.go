@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -508,26 +509,93 @@ func TestCrashBetweenClaimAndEnqueue(t *testing.T) {
 	e.checkDelivered(id, docs...)
 }
 
-// A refused delivery that completed its batch is retried from memory.
+// A refused delivery that completed its batch holds the finished batch
+// under a requeue lease, and the poll that takes it when the hold ends
+// (here another instance's) queues it again under the same id; the
+// batch is then due no more.
 func TestEnqueueRefusedFinishedBatch(t *testing.T) {
 	e := newEnv(t, atlastest.Options{}, testPolicy)
-	obs := &recorder{}
-	r := e.reconciler(Options{Fetcher: e.fetcher(0), Observer: obs})
+	r := e.reconciler(Options{Fetcher: e.fetcher(0), Instance: "first"})
 	id := e.upload(false, "f-a", "f-b")
 	e.clock.Advance(testPolicy.PollAfter)
 	e.q.refuseNext(1)
-	rep := r.Poll(context.Background(), id)
-	if rep.Outcome != OutcomeFailed || e.batch(id).State != ledger.StateComplete || r.Retained() != 1 {
-		t.Fatalf("%+v, retained %d", rep, r.Retained())
+	ctx := context.Background()
+	rep := r.Poll(ctx, id)
+	b := e.batch(id)
+	if rep.Outcome != OutcomeFailed || b.State != ledger.StateComplete || !strings.HasSuffix(b.LeaseOwner, holdRequeue) {
+		t.Fatalf("%+v, batch %s leased by %q", rep, b.State, b.LeaseOwner)
 	}
-	e.clock.Advance(2 * time.Second)
-	r.retryRetained(context.Background())
-	if r.Retained() != 0 {
-		t.Fatal("still retained")
+	refused := b.Documents[0].DeliveryID
+	other := e.reconciler(Options{Fetcher: e.fetcher(0), Instance: "second"})
+	if rep := other.Poll(ctx, id); rep.Outcome != "" {
+		t.Fatalf("polled during the hold: %+v", rep)
+	}
+	e.clock.Advance(testPolicy.PollEvery)
+	rep = other.Poll(ctx, id)
+	if rep.Outcome != OutcomeOK || !rep.Repair || !slices.Contains(rep.Deliveries, refused) {
+		t.Fatalf("%+v: want the refused delivery %s queued again", rep, refused)
 	}
 	e.checkDelivered(id, "f-a", "f-b")
-	if len(obs.failed) != 1 || obs.failed[0].ID != e.q.docs("f-a")[0].del.ID {
-		t.Fatal("the retry changed the delivery id")
+	if b := e.batch(id); b.LeaseOwner != "" || !b.NextPoll.IsZero() {
+		t.Fatalf("after the repair: lease %q, next poll %v", b.LeaseOwner, b.NextPoll)
+	}
+	e.clock.Advance(time.Hour)
+	if rep := other.Poll(ctx, id); !errors.Is(rep.Err, ledger.ErrNotDue) {
+		t.Fatalf("polled again: %+v", rep)
+	}
+}
+
+// A poll that dies between the claim that completes its batch and the
+// append (the claim made by hand, the lease left to expire) is repaired
+// by the next poll of any instance, although the batch is complete: the
+// same delivery id, the same documents.
+func TestCrashAfterClaimThatCompletes(t *testing.T) {
+	e := newEnv(t, atlastest.Options{}, testPolicy)
+	docs := []string{"k-0", "k-1"}
+	id := e.upload(false, docs...)
+	e.clock.Advance(testPolicy.PollAfter)
+	ctx := context.Background()
+	if _, err := e.store.TakeLease(ctx, id, "dead-1", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	page, err := e.fetcher(0).Page(ctx, id, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var avail []document
+	for _, raw := range page.Data {
+		if d, ok := inspect(raw); ok {
+			avail = append(avail, d)
+		}
+	}
+	if len(avail) != len(docs) {
+		t.Fatalf("%d available", len(avail))
+	}
+	lost := deliveryID(id, avail)
+	c := ledger.Claim{Source: ledger.SourcePoll, DeliveryID: lost}
+	for _, d := range avail {
+		c.Results = append(c.Results, ledger.Result{DocumentID: d.id, ErrorCode: d.code})
+	}
+	cr, err := e.store.Claim(ctx, id, c)
+	if err != nil || !cr.Completed {
+		t.Fatalf("claim: %+v, %v", cr, err)
+	}
+
+	r := e.reconciler(Options{Fetcher: e.fetcher(0), Instance: "alive"})
+	e.scan(r)
+	if n := e.q.callsOf(lost); n != 0 {
+		t.Fatalf("queued under the dead lease: %d", n)
+	}
+	e.clock.Advance(time.Minute)
+	e.scan(r)
+	if n := e.q.callsOf(lost); n != 1 {
+		t.Fatalf("%d appends of the lost delivery %s", n, lost)
+	}
+	e.checkDelivered(id, docs...)
+	e.clock.Advance(time.Hour)
+	e.scan(r)
+	if n := e.q.callsOf(lost); n != 1 {
+		t.Fatalf("%d appends of %s after the repair", n, lost)
 	}
 }
 

@@ -60,6 +60,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Opener) {
 		{"DueAndLeases", testDueAndLeases},
 		{"LeaseExpiry", testLeaseExpiry},
 		{"LeaseConcurrent", testLeaseConcurrent},
+		{"LeaseOfFinishedBatch", testLeaseOfFinishedBatch},
 		{"GiveUp", testGiveUp},
 		{"List", testList},
 		{"Purge", testPurge},
@@ -685,6 +686,55 @@ func testLeaseConcurrent(t *testing.T, e *env) {
 	}
 	wg.Wait()
 	eq(t, "leases taken", int(wins.Load()), 1)
+}
+
+// testLeaseOfFinishedBatch: a poll's claim that completes a batch keeps
+// the poll's lease, so that the batch is due again when the lease ends
+// should the poll die before releasing it (its deliveries may not have
+// reached the queue); a release ends that.
+func testLeaseOfFinishedBatch(t *testing.T, e *env) {
+	e.create("A", docs("a", 1)...)
+	e.create("B", docs("b", 1)...)
+	e.clock.Advance(Policy.PollAfter)
+	for _, id := range []string{"A", "B"} {
+		lease(t, e, id, "dead-"+id)
+	}
+	for _, id := range []string{"A", "B"} {
+		r := e.claim(id, ledger.SourcePoll, "poll-"+id, map[string]string{"A": "a-0", "B": "b-0"}[id])
+		eq(t, "completed "+id, r.Completed, true)
+		eq(t, "state "+id, r.Batch.State, ledger.StateComplete)
+		eq(t, "lease owner "+id, r.Batch.LeaseOwner, "dead-"+id)
+		eqTime(t, "NextPoll "+id, r.Batch.NextPoll, r.Batch.LeaseUntil)
+	}
+	// A's poll releases its lease: A is due no more.
+	b, err := e.s.ReleaseLease(ctx, "A", "dead-A")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "A's lease after release", b.LeaseOwner, "")
+	eqTime(t, "A's NextPoll after release", b.NextPoll, time.Time{})
+	// B's poll dies: B is due when its lease ends, to a repairing poll.
+	ids, _ := e.due(10, "")
+	eqSlice(t, "due while leased", ids, nil)
+	e.clock.Advance(time.Minute)
+	ids, _ = e.due(10, "")
+	eqSlice(t, "due at the lease's end", ids, []string{"B"})
+	_, err = e.s.TakeLease(ctx, "A", "r2", time.Minute)
+	wantErr(t, "TakeLease of a finished batch without a lease", err, ledger.ErrNotDue)
+	b = lease(t, e, "B", "r2")
+	eq(t, "B's state when repaired", b.State, ledger.StateComplete)
+	_, err = e.s.ReleaseLease(ctx, "B", "dead-B")
+	if err != nil {
+		t.Fatalf("release by the dead owner of a finished batch: %v", err)
+	}
+	if b, err = e.s.ReleaseLease(ctx, "B", "r2"); err != nil {
+		t.Fatal(err)
+	}
+	eq(t, "B's lease after the repair", b.LeaseOwner, "")
+	eqTime(t, "B's NextPoll after the repair", b.NextPoll, time.Time{})
+	e.clock.Advance(time.Hour)
+	ids, _ = e.due(10, "")
+	eqSlice(t, "due after the repair", ids, nil)
 }
 
 func testGiveUp(t *testing.T, e *env) {
