@@ -100,18 +100,6 @@ cat >"$work/Caddyfile" <<CADDY
 }
 CADDY
 
-# start_caddy BINARY CADDYFILE ADMIN_PORT starts a Caddy and waits for its
-# admin API.
-start_caddy() {
-	HOME="$work" XDG_DATA_HOME="$work" XDG_CONFIG_HOME="$work" \
-		"$1" run --config "$2" --adapter caddyfile >"$2.log" 2>&1 &
-	for _ in $(seq 100); do
-		curl -fs -o /dev/null "localhost:$3/config/" && return
-		sleep 0.1
-	done
-	cat "$2.log" >&2
-	exit 1
-}
 start_caddy "$work/caddy" "$work/Caddyfile" 12029
 caddy_pid=$!
 ports="18183 18184"
@@ -147,76 +135,11 @@ fsync_stats() {
 		END {print n + 0, s + 0, c + 0}'
 }
 
-# spool_backlog ADMIN_PORT prints the durable route's pending and in-flight
-# callbacks.
-spool_backlog() {
-	curl -fs "localhost:$1/atlas/callbacks?state=pending&limit=1" |
-		sed -E 's/.*"pending":([0-9]+).*"in_flight":([0-9]+).*/\1 \2/'
-}
-# drain ADMIN_PORT: waits until that Caddy's backlog is empty (at most
-# 120 s) and prints the seconds it took.
-drain() {
-	local start now p f
-	start=$(date +%s.%N)
-	while :; do
-		read -r p f <<<"$(spool_backlog "$1")"
-		[ "$p" -gt 0 ] || [ "$f" -gt 0 ] || break
-		now=$(date +%s.%N)
-		if awk -v a="$start" -v b="$now" 'BEGIN {exit !(b - a > 120)}'; then
-			echo "the backlog did not drain in 120 s: $p pending, $f in flight" >&2
-			exit 1
-		fi
-		sleep 0.05
-	done
-	awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}'
-}
-
 echo "caddy-atlas durable-mode benchmark: ${duration}s per run, connections $conn_list, $rounds rounds, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "payload: $payload_size bytes, distinct per request; app: bench/upstream, out of process; spool on $(df -P "$spool_dir" | awk 'NR == 2 {print $1}') ($spool_parent)"
 admins="12029"
 [ -z "$base_rev" ] || admins+=" 12129"
 [ -z "$base_rev" ] || echo "before: the durable route at $base_rev ($(git rev-parse --short "$base_rev")), side \"before\""
-# cpu_ticks PID prints the CPU time, user and system, that the process has
-# used, in clock ticks.
-cpu_ticks() {
-	awk '{print $14 + $15}' "/proc/$1/stat"
-}
-
-# settle ADMIN_PORT: waits (at most 60 s) until that Caddy's spool has
-# stopped changing size on disk: a compaction that follows a run (the
-# delivered bodies are garbage) rewrites what is live and deletes the old
-# segments, disk work that would otherwise fall on the next side.
-settle() {
-	local last="" now same=0
-	for _ in $(seq 200); do
-		now="$(curl -fs "localhost:$1/atlas/callbacks?limit=1" | sed -E 's/.*"disk_bytes":([0-9]+).*"segments":([0-9]+).*/\1 \2/')"
-		if [ "$now" = "$last" ]; then
-			same=$((same + 1))
-			[ "$same" -lt 3 ] || return 0
-		else
-			same=0
-		fi
-		last=$now
-		sleep 0.3
-	done
-}
-
-# disk_idle: waits (at most 30 s) until the spools' disk has been idle
-# for half a second: the discards of deleted segments (a filesystem
-# mounted with -o discard issues them after the delete) and the writeback
-# go on after the files are gone.
-disk_stat="/sys/class/block/$(basename "$(df -P "$spool_dir" | awk 'NR == 2 {print $1}')")/stat"
-disk_idle() {
-	[ -r "$disk_stat" ] || return 0
-	local t0 t1
-	for _ in $(seq 60); do
-		t0=$(awk '{print $10}' "$disk_stat")
-		sleep 0.5
-		t1=$(awk '{print $10}' "$disk_stat")
-		[ $((t1 - t0)) -ge 10 ] || return 0
-	done
-}
-
 # drain_all drains every Caddy's backlog, waits for its spool to settle,
 # writes the page cache's dirty pages out (the spools' last run) and waits
 # for the disk to be idle, so that no side pays for the compaction, the
@@ -227,7 +150,7 @@ drain_all() {
 		settle "$a"
 	done
 	sync
-	disk_idle
+	disk_idle "$spool_dir"
 }
 sides="sync durable"
 [ -z "$base_rev" ] || sides="sync durable before"
