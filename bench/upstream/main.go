@@ -10,9 +10,14 @@
 //	                               or 50 documents from the simulator's
 //	                               generator; the Token header must carry
 //	                               the issued token (else 401)
+//	POST /v1/docstream/multiupload an upload's answer as Atlas gives it
+//	                               (201, [{batch_id, document_id,
+//	                               file_uuid}]), a new batch id each
+//	                               time; counts uploads and document ids
 //	GET  /_payload?docs=N          a callback payload of N documents (an
 //	                               extracts page holding the whole batch)
-//	GET  /_counts                  the callback sink's counts, as JSON
+//	GET  /_counts                  the callback sink's and the uploads'
+//	                               counts, as JSON
 //	POST /_reset                   zeroes them
 //	POST anything else             the callback sink: reads the body,
 //	                               counts the request, its bytes and its

@@ -35,6 +35,11 @@ type Server struct {
 	requests, bytes atomic.Int64
 	idsMu           sync.Mutex
 	ids             map[string]struct{}
+
+	uploads   atomic.Int64 // multiupload requests accepted
+	uploadSeq atomic.Int64 // batch ids
+	uploadMu  sync.Mutex
+	uploaded  map[string]struct{} // document ids of accepted uploads
 }
 
 // New returns the upstream's handler, accepting clientID and clientSecret
@@ -48,6 +53,7 @@ func New(clientID, clientSecret string) (*Server, error) {
 		pages:    map[string][]byte{},
 		payloads: map[int][]byte{},
 		ids:      map[string]struct{}{},
+		uploaded: map[string]struct{}{},
 		sim:      sim,
 	}
 	// The token: the simulator's own authtoken answer, a real JWT.
@@ -111,6 +117,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeBytes(w, http.StatusOK, page)
+	case "/v1/docstream/multiupload":
+		s.upload(w, r)
 	case "/_payload":
 		n, err := strconv.Atoi(r.URL.Query().Get("docs"))
 		if err != nil || n < 1 || n > 1000 {
@@ -133,8 +141,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.idsMu.Lock()
 		distinct := len(s.ids)
 		s.idsMu.Unlock()
+		s.uploadMu.Lock()
+		uploadedDocs := len(s.uploaded)
+		s.uploadMu.Unlock()
 		body, _ := json.Marshal(map[string]int64{
 			"requests": s.requests.Load(), "bytes": s.bytes.Load(), "distinct_ids": int64(distinct),
+			"uploads": s.uploads.Load(), "uploaded_documents": int64(uploadedDocs),
 		})
 		writeBytes(w, http.StatusOK, body)
 	case "/_reset":
@@ -143,6 +155,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.idsMu.Lock()
 		clear(s.ids)
 		s.idsMu.Unlock()
+		s.uploads.Store(0)
+		s.uploadMu.Lock()
+		clear(s.uploaded)
+		s.uploadMu.Unlock()
 		writeBytes(w, http.StatusOK, []byte(`{}`))
 	default:
 		if r.Method != http.MethodPost {
@@ -159,6 +175,46 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		writeBytes(w, http.StatusOK, []byte("ok"))
 	}
+}
+
+// upload answers a multiupload as Atlas does (201, one element per file
+// with the batch id, the document id and a file_uuid), with a batch id
+// of its own per request, and counts the upload and its document ids.
+func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	if r.Header.Get("Token") != s.token {
+		writeBytes(w, http.StatusUnauthorized, []byte(`{"error":"Invalid or expired token"}`))
+		return
+	}
+	var req struct {
+		FileURLs []struct {
+			DocumentID string `json:"document_id"`
+		} `json:"file_urls"`
+	}
+	if err := json.NewDecoder(io.LimitReader(r.Body, 8<<20)).Decode(&req); err != nil || len(req.FileURLs) == 0 {
+		writeBytes(w, http.StatusBadRequest, []byte(`{"error":"file_urls is required"}`))
+		return
+	}
+	n := s.uploadSeq.Add(1)
+	batch := "BATCH-" + strconv.FormatInt(n, 10) + "-BENCH-20260309081408"
+	type item struct {
+		BatchID    string `json:"batch_id"`
+		DocumentID string `json:"document_id"`
+		FileUUID   string `json:"file_uuid"`
+	}
+	items := make([]item, len(req.FileURLs))
+	s.uploadMu.Lock()
+	for i, f := range req.FileURLs {
+		items[i] = item{BatchID: batch, DocumentID: f.DocumentID, FileUUID: fmt.Sprintf("%08d-%04d", n, i)}
+		s.uploaded[f.DocumentID] = struct{}{}
+	}
+	s.uploadMu.Unlock()
+	s.uploads.Add(1)
+	body, _ := json.Marshal(items)
+	writeBytes(w, http.StatusCreated, body)
 }
 
 func writeBytes(w http.ResponseWriter, status int, body []byte) {
