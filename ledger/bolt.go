@@ -58,13 +58,17 @@ var (
 // purgeChunk bounds the deletions of one Purge transaction.
 const purgeChunk = 500
 
-// BoltStore is the ledger in a bbolt file: one read-write transaction
-// per change (so compare-and-set is trivially atomic), fsynced on
-// commit, with every index a bucket keyed for range scans, so that no
-// operation holds every batch in memory.
+// BoltStore is the ledger in a bbolt file: each change a read-modify-
+// write within a read-write transaction (so compare-and-set is
+// trivially atomic), the changes that come in together committed and
+// fsynced together (boltcommit.go), with every index a bucket keyed
+// for range scans, so that no operation holds every batch in memory.
 type BoltStore struct {
 	core
 	db *bolt.DB
+
+	changes       chan *change  // to the committer (boltcommit.go)
+	committerDone chan struct{} // closed when the committer returns
 
 	watchMu  sync.Mutex
 	watchers map[string]map[chan struct{}]struct{}
@@ -101,6 +105,7 @@ func Open(dir string, o Options) (*BoltStore, error) {
 	}
 	s := &BoltStore{db: db, watchers: map[string]map[chan struct{}]struct{}{}}
 	s.init(o.Now, o.Policy)
+	s.startCommitter()
 	return s, nil
 }
 
@@ -314,11 +319,11 @@ func (s *BoltStore) Create(ctx context.Context, in *Batch) (*Batch, error) {
 	}
 	b.NextPoll = b.Uploaded.Add(s.Policy().PollAfter)
 	b.Settle(now, s.Policy())
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.write(func(tx *bolt.Tx) error {
 		if tx.Bucket(bktBatches).Get([]byte(b.ID)) != nil {
 			return fmt.Errorf("%w: %q", ErrExists, b.ID)
 		}
-		return putBatch(tx, nil, b)
+		return abort(putBatch(tx, nil, b))
 	})
 	if err != nil {
 		return nil, wrap(err)
@@ -354,7 +359,8 @@ func (s *BoltStore) update(ctx context.Context, id string, fn func(b *Batch, now
 		changed bool
 	)
 	now := s.clock()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.write(func(tx *bolt.Tx) error {
+		fnErr = nil
 		old, err := getBatch(tx, id)
 		if err != nil {
 			return err
@@ -380,7 +386,7 @@ func (s *BoltStore) update(ctx context.Context, id string, fn func(b *Batch, now
 		nb.Revision = old.Revision + 1
 		nb.Updated = now
 		out = nb
-		return putBatch(tx, old, nb)
+		return abort(putBatch(tx, old, nb))
 	})
 	if fnErr != nil {
 		return nil, fnErr
@@ -395,7 +401,8 @@ func (s *BoltStore) update(ctx context.Context, id string, fn func(b *Batch, now
 }
 
 // Update implements Store. In bbolt the transaction is the
-// compare-and-set: fn runs exactly once.
+// compare-and-set: fn runs once, unless another change committed with
+// it fails to write (see boltcommit.go).
 func (s *BoltStore) Update(ctx context.Context, id string, fn func(*Batch) (bool, error)) (*Batch, error) {
 	return s.update(ctx, id, func(b *Batch, _ time.Time) (bool, error) { return fn(b) })
 }
@@ -667,7 +674,7 @@ func (s *BoltStore) Begin(ctx context.Context, key, digest string) (IdemResult, 
 	rand.Read(tok[:])
 	now := s.clock()
 	var res IdemResult
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.write(func(tx *bolt.Tx) error {
 		old, err := getIdem(tx, key)
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return err
@@ -677,7 +684,7 @@ func (s *BoltStore) Begin(ctx context.Context, key, digest string) (IdemResult, 
 		if rec == nil {
 			return nil
 		}
-		return putIdem(tx, old, rec)
+		return abort(putIdem(tx, old, rec))
 	})
 	return res, wrap(err)
 }
@@ -716,7 +723,7 @@ func (s *BoltStore) ownIdem(ctx context.Context, key, token string, fn func(tx *
 		return err
 	}
 	defer s.leave()
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.write(func(tx *bolt.Tx) error {
 		r, err := getIdem(tx, key)
 		if err != nil {
 			return err
@@ -724,7 +731,7 @@ func (s *BoltStore) ownIdem(ctx context.Context, key, token string, fn func(tx *
 		if r.Token != token || r.Done {
 			return fmt.Errorf("%w: idempotency key", ErrNotOwner)
 		}
-		return fn(tx, r)
+		return abort(fn(tx, r))
 	})
 	return wrap(err)
 }
@@ -876,6 +883,9 @@ func (s *BoltStore) Close() error {
 	s.closed = true
 	close(s.done)
 	s.mu.Unlock()
+	// No change is in flight (each holds the read lock until answered).
+	close(s.changes)
+	<-s.committerDone
 	s.watchMu.Lock()
 	for id, m := range s.watchers {
 		for ch := range m {

@@ -1,0 +1,91 @@
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// A change whose write fails is rolled back alone: the changes
+// committed with it run again and are committed; a change's own refusal
+// leaves the others as they are.
+func TestGroupCommitAbort(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	put := func(key string) func(*bolt.Tx) error {
+		return func(tx *bolt.Tx) error { return abort(tx.Bucket(bktBatches).Put([]byte(key), []byte("v"))) }
+	}
+	writeFailed := errors.New("disk on fire")
+	refused := fmt.Errorf("%w: refused", ErrNotFound)
+	runs := map[string]int{}
+	count := func(key string, fn func(*bolt.Tx) error) func(*bolt.Tx) error {
+		return func(tx *bolt.Tx) error { runs[key]++; return fn(tx) }
+	}
+	done := make([]chan error, 4)
+	group := []*change{
+		{fn: count("a", put("a"))},
+		{fn: count("bad", func(tx *bolt.Tx) error {
+			if err := tx.Bucket(bktBatches).Put([]byte("bad"), []byte("v")); err != nil {
+				return abort(err)
+			}
+			return abort(writeFailed)
+		})},
+		{fn: count("no", func(*bolt.Tx) error { return refused })},
+		{fn: count("c", put("c"))},
+	}
+	for i, c := range group {
+		done[i] = make(chan error, 1)
+		c.done = done[i]
+	}
+	s.commit(group)
+	for i, want := range []error{nil, writeFailed, refused, nil} {
+		if err := <-done[i]; !errors.Is(err, want) || (want == nil && err != nil) {
+			t.Errorf("change %d: %v, want %v", i, err, want)
+		}
+	}
+	if runs["a"] != 2 || runs["bad"] != 1 || runs["c"] != 1 {
+		t.Errorf("runs %v: want a twice (before and after the rollback), bad and c once", runs)
+	}
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bktBatches)
+		if b.Get([]byte("a")) == nil || b.Get([]byte("c")) == nil || b.Get([]byte("bad")) != nil {
+			return errors.New("want a and c written, bad rolled back")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Concurrent creates are committed together and all recorded.
+func TestGroupCommitConcurrent(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := range 64 {
+		wg.Go(func() {
+			if _, err := s.Create(ctx, &Batch{ID: fmt.Sprintf("B%d", i), Documents: []Document{{ID: fmt.Sprintf("d%d", i)}}}); err != nil {
+				t.Error(err)
+			}
+			if _, err := s.Create(ctx, &Batch{ID: fmt.Sprintf("B%d", i), Documents: []Document{{ID: "x"}}}); !errors.Is(err, ErrExists) {
+				t.Errorf("second create of B%d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	st, err := s.Stats(ctx)
+	if err != nil || st.Processing != 64 {
+		t.Fatalf("%+v, %v: want 64 processing", st, err)
+	}
+}
