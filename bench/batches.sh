@@ -222,11 +222,11 @@ for round in $(seq "$rounds"); do
 	[ $((round % 2)) -eq 1 ] || order="ledger plain"
 	# The preload, not timed: the batches this round's callbacks on the
 	# ledger side complete, uploaded through the ledger side for
-	# PRELOAD_FACTOR (default 3) times a run's duration on 64 connections,
+	# PRELOAD_FACTOR (default 5) times a run's duration on 64 connections,
 	# from the callbacks' next sequence number on.
 	if [[ " $kinds " == *" callback "* ]]; then
 		saved="$duration $conns"
-		duration=$((duration * ${PRELOAD_FACTOR:-3})) conns=64
+		duration=$((duration * ${PRELOAD_FACTOR:-5})) conns=64
 		START=${next[callback]} PREFIX=c wrk_run preload "http://localhost:${port[ledger]}" -s "$work/upload-${port[ledger]}.lua" >/dev/null
 		read -r duration conns <<<"$saved"
 		preloaded=$(next_start preload)
