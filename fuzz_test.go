@@ -1,6 +1,7 @@
 package caddyatlas
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -61,9 +62,12 @@ func FuzzValidateUpload(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		err := validateUpload(body)
+		up, err := validateUpload(body)
 		if err == nil && !strings.Contains(string(body), "product_type") {
 			t.Fatalf("accepted a body without product_type: %q", body)
+		}
+		if err == nil && (up.ProductType == "" || len(up.DocumentIDs) == 0 || slices.Contains(up.DocumentIDs, "")) {
+			t.Fatalf("accepted %q as %+v", body, up)
 		}
 	})
 }

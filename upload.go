@@ -36,11 +36,12 @@ func (h *Handler) serveUpload(w http.ResponseWriter, r *http.Request) error {
 		}
 		return writeError(w, http.StatusBadRequest, "the body could not be read")
 	}
-	if err := validateUpload(body); err != nil {
+	up, err := validateUpload(body)
+	if err != nil {
 		return writeError(w, http.StatusBadRequest, err.Error())
 	}
 	if h.app.batchesOn() {
-		return h.serveRecordedUpload(w, r, body)
+		return h.serveRecordedUpload(w, r, body, up)
 	}
 
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.Timeout))
@@ -73,56 +74,67 @@ type uploadFile struct {
 	DocumentID json.RawMessage `json:"document_id"`
 }
 
+// validatedUpload is what the ledger records of a valid upload body.
+type validatedUpload struct {
+	ProductType string
+	DocumentIDs []string // of file_urls, in order
+}
+
 // validateUpload checks that body is a JSON object with a non-empty
 // string product_type and a non-empty file_urls array whose entries each
-// have a non-empty file_url and document_id. The error names what is wrong.
-func validateUpload(body []byte) error {
+// have a non-empty file_url and document_id, and returns the
+// product_type and the document ids. The error names what is wrong.
+func validateUpload(body []byte) (validatedUpload, error) {
+	var up validatedUpload
 	if !json.Valid(body) {
-		return errors.New("the body is not valid JSON")
+		return up, errors.New("the body is not valid JSON")
 	}
 	var req uploadRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		var typeErr *json.UnmarshalTypeError
 		if errors.As(err, &typeErr) && typeErr.Field == "" {
-			return errors.New("the body must be a JSON object")
+			return up, errors.New("the body must be a JSON object")
 		}
 		if errors.As(err, &typeErr) {
-			return fmt.Errorf("%s must be an array", typeErr.Field)
+			return up, fmt.Errorf("%s must be an array", typeErr.Field)
 		}
-		return errors.New("the body must be a JSON object")
+		return up, errors.New("the body must be a JSON object")
 	}
-	if err := requireString("product_type", req.ProductType); err != nil {
-		return err
+	var err error
+	if up.ProductType, err = requireString("product_type", req.ProductType); err != nil {
+		return up, err
 	}
 	if len(req.FileURLs) == 0 {
-		return errors.New("file_urls is required and must be a non-empty array")
+		return up, errors.New("file_urls is required and must be a non-empty array")
 	}
+	up.DocumentIDs = make([]string, len(req.FileURLs))
 	for i, raw := range req.FileURLs {
 		var f uploadFile
 		if err := json.Unmarshal(raw, &f); err != nil {
-			return fmt.Errorf("file_urls[%d] must be an object", i)
+			return up, fmt.Errorf("file_urls[%d] must be an object", i)
 		}
-		if err := requireString(fmt.Sprintf("file_urls[%d].file_url", i), f.FileURL); err != nil {
-			return err
+		if _, err := requireString(fmt.Sprintf("file_urls[%d].file_url", i), f.FileURL); err != nil {
+			return up, err
 		}
-		if err := requireString(fmt.Sprintf("file_urls[%d].document_id", i), f.DocumentID); err != nil {
-			return err
+		if up.DocumentIDs[i], err = requireString(fmt.Sprintf("file_urls[%d].document_id", i), f.DocumentID); err != nil {
+			return up, err
 		}
 	}
-	return nil
+	return up, nil
 }
 
-// requireString checks that raw is a non-blank JSON string.
-func requireString(name string, raw json.RawMessage) error {
+// requireString checks that raw is a non-blank JSON string, and returns
+// it.
+func requireString(name string, raw json.RawMessage) (string, error) {
 	if len(raw) == 0 || string(raw) == "null" {
-		return fmt.Errorf("%s is required", name)
+		return "", fmt.Errorf("%s is required", name)
 	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
-		return fmt.Errorf("%s must be a string", name)
+		return "", fmt.Errorf("%s must be a string", name)
 	}
 	if strings.TrimSpace(s) == "" {
-		return fmt.Errorf("%s must not be empty", name)
+		return "", fmt.Errorf("%s must not be empty", name)
 	}
-	return nil
+	return s, nil
 }

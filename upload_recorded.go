@@ -27,7 +27,7 @@ const maxUploadAnswer = 4 << 20
 // upload that Atlas accepts is recorded before its answer goes back to
 // the app, and an Idempotency-Key makes a repeat get the first answer
 // without calling Atlas again (which bills per document).
-func (h *Handler) serveRecordedUpload(w http.ResponseWriter, r *http.Request, body []byte) error {
+func (h *Handler) serveRecordedUpload(w http.ResponseWriter, r *http.Request, body []byte, up validatedUpload) error {
 	store := h.app.waitLedger(r.Context())
 	if store == nil {
 		w.Header().Set("Retry-After", "1")
@@ -104,7 +104,7 @@ func (h *Handler) serveRecordedUpload(w http.ResponseWriter, r *http.Request, bo
 		return writeError(w, http.StatusBadGateway, "atlas's answer to the upload could not be read; the upload may have been accepted: check before sending it again")
 	}
 	if resp.StatusCode/100 == 2 {
-		h.recordUpload(r.Context(), store, key, body, answer)
+		h.recordUpload(r.Context(), store, key, up, answer)
 	}
 	if token != "" {
 		if !repeatable(resp.StatusCode) {
@@ -142,14 +142,7 @@ type uploadAnswerItem struct {
 // id (and file_uuid when Atlas gave one), the product_type and the
 // Idempotency-Key; never a file URL. A failure is logged and counted:
 // the upload was accepted, and its answer still goes to the app.
-func (h *Handler) recordUpload(ctx context.Context, store ledger.Store, key string, body, answer []byte) {
-	var req struct {
-		ProductType string `json:"product_type"`
-		FileURLs    []struct {
-			DocumentID string `json:"document_id"`
-		} `json:"file_urls"`
-	}
-	_ = json.Unmarshal(body, &req) // validated before it was sent
+func (h *Handler) recordUpload(ctx context.Context, store ledger.Store, key string, up validatedUpload, answer []byte) {
 	var items []uploadAnswerItem
 	if err := json.Unmarshal(answer, &items); err != nil {
 		var one uploadAnswerItem
@@ -157,8 +150,8 @@ func (h *Handler) recordUpload(ctx context.Context, store ledger.Store, key stri
 			h.logger.Error("atlas accepted an upload with an answer that names no batch: it is not recorded", zap.Int("bytes", len(answer)))
 			return
 		}
-		for _, f := range req.FileURLs {
-			items = append(items, uploadAnswerItem{BatchID: one.BatchID, DocumentID: f.DocumentID})
+		for _, id := range up.DocumentIDs {
+			items = append(items, uploadAnswerItem{BatchID: one.BatchID, DocumentID: id})
 		}
 	}
 	batches := map[string]*ledger.Batch{}
@@ -169,7 +162,7 @@ func (h *Handler) recordUpload(ctx context.Context, store ledger.Store, key stri
 		}
 		b := batches[it.BatchID]
 		if b == nil {
-			b = &ledger.Batch{ID: it.BatchID, ProductType: req.ProductType, IdempotencyKey: key}
+			b = &ledger.Batch{ID: it.BatchID, ProductType: up.ProductType, IdempotencyKey: key}
 			batches[it.BatchID] = b
 			order = append(order, it.BatchID)
 		}

@@ -48,9 +48,14 @@ func (c *Callback) spoolBatches(w http.ResponseWriter, r *http.Request, store le
 	if err != nil {
 		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("reading the documents of callback %s: %w", id, err))
 	}
-	rawDocs, err := payload.Documents(raw)
-	if err != nil || len(rawDocs) != len(docs) {
-		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("reading the documents of callback %s as Atlas sent it: %v", id, err))
+	// Unmasked, body is raw: read once.
+	same := len(raw) == len(body) && (len(raw) == 0 || &raw[0] == &body[0])
+	rawDocs := docs
+	if !same {
+		rawDocs, err = payload.Documents(raw)
+		if err != nil || len(rawDocs) != len(docs) {
+			return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("reading the documents of callback %s as Atlas sent it: %v", id, err))
+		}
 	}
 	var results []ledger.Result
 	for _, d := range docs {
@@ -93,7 +98,10 @@ func (c *Callback) spoolBatches(w http.ResponseWriter, r *http.Request, store le
 		return unknown, true // unknown to the ledger, or still pending at Atlas
 	}
 	groups := payload.Split(body, docs, key)
-	rawGroups := payload.Split(raw, rawDocs, key)
+	rawGroups := groups
+	if !same {
+		rawGroups = payload.Split(raw, rawDocs, key)
+	}
 	if len(taken) > 0 {
 		c.metrics.lateDuplicates.Add(float64(len(taken)))
 	}

@@ -211,3 +211,67 @@ func BenchmarkCreate(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkMatchClaims claims the 35 documents of a callback, as the
+// callback route does (MatchClaims: a Lookup per document, then a Claim
+// of their batch), from 16 goroutines, each callback completing a
+// distinct batch of a ledger of 20k batches of 35 documents, fsynced.
+//
+//	go test -run xxx -bench BenchmarkMatchClaims -benchmem ./ledger/
+func BenchmarkMatchClaims(b *testing.B) {
+	const batches = 20_000
+	dir := b.TempDir()
+	s, err := Open(dir, Options{Policy: benchPolicy, NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	results := make([][]Result, batches)
+	var wg sync.WaitGroup
+	for w := range 16 { // 16 writers: their creates share commits
+		wg.Go(func() {
+			for i := w; i < batches; i += 16 {
+				ds := make([]Document, 35)
+				results[i] = make([]Result, 35)
+				for j := range ds {
+					ds[j] = Document{ID: fmt.Sprintf("m%d-%s-%04d", i, []string{"pan", "aadhaar", "passport", "gstin", "dl"}[j%5], j)}
+					results[i][j] = Result{DocumentID: ds[j].ID}
+				}
+				if _, err := s.Create(ctx, &Batch{ID: fmt.Sprintf("BATCH-%d-BENCH-20260309081408", i), ProductType: "LOAN_APP", Documents: ds}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	s.Close()
+	if s, err = Open(dir, Options{Policy: benchPolicy}); err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	var mu sync.Mutex
+	n := 0
+	next := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		n++
+		return n - 1
+	}
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := next()
+			if i >= batches {
+				b.Error("ran out of batches")
+				return
+			}
+			m, err := MatchClaims(ctx, s, Claim{Source: SourceCallback, DeliveryID: fmt.Sprintf("cb-%d", i), Results: results[i]})
+			if err != nil || len(m.Claims) != 1 || !m.Claims[0].Completed {
+				b.Errorf("callback %d: %+v, %v", i, m, err)
+				return
+			}
+		}
+	})
+}

@@ -150,10 +150,33 @@ func docKey(docID string, uploaded time.Time, batchID string) []byte {
 	return append(k, batchID...)
 }
 
-// docEntry is the value of a docs index key.
+// docEntry is the value of a docs index key: the document's state and
+// delivery id. It is written as one byte of state followed by the
+// delivery id; a ledger written before that holds JSON
+// ({"s":"pending","d":"..."}), which is read as well.
 type docEntry struct {
 	State      DocState `json:"s"`
 	DeliveryID string   `json:"d,omitempty"`
+}
+
+// docEntryBinary is the first byte of a docEntry in the binary form:
+// never '{'.
+const docEntryBinary = 0x01
+
+func (e docEntry) encode() []byte {
+	v := make([]byte, 0, 2+len(e.DeliveryID))
+	return append(append(v, docEntryBinary, byte(e.State)), e.DeliveryID...)
+}
+
+func decodeDocEntry(v []byte) (docEntry, error) {
+	if len(v) >= 2 && v[0] == docEntryBinary {
+		return docEntry{State: DocState(v[1]), DeliveryID: string(v[2:])}, nil
+	}
+	var e docEntry
+	if err := json.Unmarshal(v, &e); err != nil {
+		return docEntry{}, fmt.Errorf("ledger: document index entry: %w", err)
+	}
+	return e, nil
 }
 
 func encodeCursor(k []byte) string { return base64.RawURLEncoding.EncodeToString(k) }
@@ -242,10 +265,7 @@ func putBatch(tx *bolt.Tx, old, nb *Batch) error {
 				return err
 			}
 		}
-		v, err := json.Marshal(docEntry{State: d.State, DeliveryID: d.DeliveryID})
-		if err != nil {
-			return err
-		}
+		v := docEntry{State: d.State, DeliveryID: d.DeliveryID}.encode()
 		if err := docs.Put(docKey(d.ID, nb.Uploaded, nb.ID), v); err != nil {
 			return err
 		}
@@ -414,41 +434,55 @@ func (s *BoltStore) Claim(ctx context.Context, id string, c Claim) (ClaimResult,
 
 // Lookup implements Store.
 func (s *BoltStore) Lookup(ctx context.Context, docID string) ([]DocRef, error) {
+	refs, err := s.LookupEach(ctx, []string{docID})
+	if err != nil {
+		return nil, err
+	}
+	return refs[0], nil
+}
+
+// LookupEach is Lookup of each document id, in one read transaction:
+// refs[i] is where docIDs[i] is recorded.
+func (s *BoltStore) LookupEach(ctx context.Context, docIDs []string) (refs [][]DocRef, _ error) {
 	if err := s.enter(ctx); err != nil {
 		return nil, err
 	}
 	defer s.leave()
-	var pending, other []DocRef
 	err := s.db.View(func(tx *bolt.Tx) error {
-		p := docPrefix(docID)
+		refs = make([][]DocRef, len(docIDs))
 		c := tx.Bucket(bktDocs).Cursor()
-		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
-			rest := k[len(p):]
-			if len(rest) < 8 {
-				continue
+		for i, docID := range docIDs {
+			var pending, other []DocRef
+			p := docPrefix(docID)
+			for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+				rest := k[len(p):]
+				if len(rest) < 8 {
+					continue
+				}
+				e, err := decodeDocEntry(v)
+				if err != nil {
+					return err
+				}
+				r := DocRef{
+					BatchID:    string(rest[8:]),
+					Uploaded:   time.Unix(0, int64(^binary.BigEndian.Uint64(rest[:8]))),
+					State:      e.State,
+					DeliveryID: e.DeliveryID,
+				}
+				if e.State == DocPending {
+					pending = append(pending, r)
+				} else {
+					other = append(other, r)
+				}
 			}
-			var e docEntry
-			if err := json.Unmarshal(v, &e); err != nil {
-				return err
-			}
-			r := DocRef{
-				BatchID:    string(rest[8:]),
-				Uploaded:   time.Unix(0, int64(^binary.BigEndian.Uint64(rest[:8]))),
-				State:      e.State,
-				DeliveryID: e.DeliveryID,
-			}
-			if e.State == DocPending {
-				pending = append(pending, r)
-			} else {
-				other = append(other, r)
-			}
+			refs[i] = append(pending, other...)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, wrap(err)
 	}
-	return append(pending, other...), nil
+	return refs, nil
 }
 
 // Due implements Store.

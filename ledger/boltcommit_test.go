@@ -89,3 +89,51 @@ func TestGroupCommitConcurrent(t *testing.T) {
 		t.Fatalf("%+v, %v: want 64 processing", st, err)
 	}
 }
+
+// A document index entry written as JSON (by a ledger before the
+// binary form) is read as before, and rewritten in the binary form by
+// the next change of its batch.
+func TestDocEntryJSON(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	b, err := s.Create(ctx, &Batch{ID: "B", Documents: []Document{{ID: "d1"}, {ID: "d2"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		docs := tx.Bucket(bktDocs)
+		if err := docs.Put(docKey("d1", b.Uploaded, "B"), []byte(`{"s":"received","d":"cb-old"}`)); err != nil {
+			return err
+		}
+		return docs.Put(docKey("d2", b.Uploaded, "B"), []byte(`{"s":"pending"}`))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	refs, err := s.LookupEach(ctx, []string{"d1", "d2", "d3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(refs[0]) != 1 || refs[0][0].State != DocReceived || refs[0][0].DeliveryID != "cb-old" ||
+		len(refs[1]) != 1 || refs[1][0].State != DocPending || refs[1][0].BatchID != "B" || len(refs[2]) != 0 {
+		t.Fatalf("%+v", refs)
+	}
+	if _, err := s.Claim(ctx, "B", Claim{Source: SourceCallback, DeliveryID: "cb-new", Results: []Result{{DocumentID: "d2"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bktDocs).Get(docKey("d2", b.Uploaded, "B")); len(v) == 0 || v[0] != docEntryBinary {
+			return fmt.Errorf("d2's entry after the claim: %q", v)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	refs, err = s.LookupEach(ctx, []string{"d2"})
+	if err != nil || refs[0][0].State != DocReceived || refs[0][0].DeliveryID != "cb-new" {
+		t.Fatalf("%+v, %v", refs, err)
+	}
+}

@@ -46,11 +46,12 @@ func MatchClaims(ctx context.Context, s Store, c Claim) (Matched, error) {
 	for len(results) > 0 {
 		byBatch := map[string][]Result{}
 		var order []string
-		for _, r := range results {
-			refs, err := s.Lookup(ctx, r.DocumentID)
-			if err != nil {
-				return m, err
-			}
+		all, err := lookupEach(ctx, s, results)
+		if err != nil {
+			return m, err
+		}
+		for i, r := range results {
+			refs := all[i]
 			target := ""
 			for _, ref := range refs {
 				if ref.DeliveryID == c.DeliveryID && ref.State != DocPending {
@@ -105,6 +106,29 @@ func MatchClaims(ctx context.Context, s Store, c Claim) (Matched, error) {
 		}
 	}
 	return m, nil
+}
+
+// lookupEach looks up the documents of rs: in one read with a store
+// that can (BoltStore.LookupEach), else one Lookup each.
+func lookupEach(ctx context.Context, s Store, rs []Result) ([][]DocRef, error) {
+	ids := make([]string, len(rs))
+	for i, r := range rs {
+		ids[i] = r.DocumentID
+	}
+	if le, ok := s.(interface {
+		LookupEach(context.Context, []string) ([][]DocRef, error)
+	}); ok {
+		return le.LookupEach(ctx, ids)
+	}
+	all := make([][]DocRef, len(ids))
+	for i, id := range ids {
+		refs, err := s.Lookup(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		all[i] = refs
+	}
+	return all, nil
 }
 
 func dedupeResults(rs []Result) []Result {
