@@ -123,9 +123,11 @@
 // Options.Retention shrinks both. The Caddy instances keep nothing per
 // callback but their deliveries in progress.
 //
-// List and RetryAll read every callback of the state asked for (a
-// request per pending callback, a consumer over the state records), so
-// they suit an operator, not a hot path; Get, Load, Retry and Delete
-// take a few requests, and Stats a few, whatever the number of
-// callbacks.
+// List with a limit reads the limit oldest pending callbacks, two
+// requests each (the message and its state), whatever the backlog; the
+// dead and delivered ones, and every callback for RetryAll or a List
+// without a limit, are read in full (a request per pending callback, a
+// consumer over the state records), so those suit an operator, not a
+// hot path. Get, Load, Retry and Delete take a few requests, and Stats
+// a few, whatever the number of callbacks.
 package jsqueue

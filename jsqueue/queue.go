@@ -770,13 +770,16 @@ func (q *Queue) records(ctx context.Context, kind string) (map[string]*record, e
 
 // List implements queue.Store: pending callbacks from the work stream
 // (with their failed attempts from the state records), dead and
-// delivered ones from the state records, oldest received first. It
-// reads every callback of the state asked for, so it costs a message
-// per callback; the limit only shortens the answer.
+// delivered ones from the state records, oldest received first. With a
+// limit, the pending callbacks read are the limit oldest in the work
+// stream, each with one request for the message and one for its
+// state: a page of the admin API costs in proportion to the page,
+// whatever the backlog. Dead and delivered ones are read from the state
+// stream by a consumer, in batches.
 func (q *Queue) List(state queue.State, limit int) []queue.Info {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*q.config().publishTimeout)
 	defer cancel()
-	out, err := q.list(ctx, state)
+	out, err := q.list(ctx, state, limit)
 	if err != nil {
 		q.config().logger.Warn("jetstream queue: listing callbacks", zap.Stringer("state", state), zap.Error(err))
 	}
@@ -787,7 +790,7 @@ func (q *Queue) List(state queue.State, limit int) []queue.Info {
 	return out
 }
 
-func (q *Queue) list(ctx context.Context, state queue.State) ([]queue.Info, error) {
+func (q *Queue) list(ctx context.Context, state queue.State, limit int) ([]queue.Info, error) {
 	var out []queue.Info
 	for _, kind := range []string{kindDead, kindDelivered} {
 		if state != queue.AnyState && kindState(kind) != state {
@@ -806,9 +809,12 @@ func (q *Queue) list(ctx context.Context, state queue.State) ([]queue.Info, erro
 	if state != queue.AnyState && state != queue.StatePending {
 		return out, nil
 	}
-	fails, err := q.records(ctx, kindPending)
-	if err != nil {
-		return out, err
+	var fails map[string]*record
+	if limit <= 0 {
+		var err error
+		if fails, err = q.records(ctx, kindPending); err != nil {
+			return out, err
+		}
 	}
 	q.mu.Lock()
 	inflight := make(map[uint64]bool, len(q.inflight))
@@ -817,28 +823,38 @@ func (q *Queue) list(ctx context.Context, state queue.State) ([]queue.Info, erro
 	}
 	q.mu.Unlock()
 	var pending []queue.Info
-	err = q.scanWork(ctx, func(m *jetstream.RawStreamMsg) {
+	err := q.scanWork(ctx, limit, func(m *jetstream.RawStreamMsg) error {
 		in := queue.Info{State: queue.StatePending, InFlight: inflight[m.Sequence]}
 		in.ID, in.Received, in.Size = msgInfo(m.Header)
 		in.NextAttempt = in.Received
-		if r := fails[in.ID]; r != nil && r.Seq == m.Sequence {
+		r := fails[in.ID]
+		if limit > 0 {
+			var err error
+			if r, err = q.state(ctx, in.ID); err != nil {
+				return err
+			}
+		}
+		if r != nil && r.kind == kindPending && r.Seq == m.Sequence {
 			in.Attempts, in.LastError, in.LastAttempt, in.NextAttempt = r.Attempts, r.LastError, r.LastAttempt, r.NextAttempt
 		}
 		pending = append(pending, in)
+		return nil
 	})
 	return append(out, pending...), err
 }
 
-// scanWork calls fn with every message of the work stream, oldest
-// first. A work-queue stream admits no second consumer on the subjects
+// scanWork calls fn with the messages of the work stream, oldest first,
+// at most limit of them (all for limit <= 0), until fn returns an
+// error. A work-queue stream admits no second consumer on the subjects
 // of the delivery one, so it reads message by message: a request per
 // pending callback.
-func (q *Queue) scanWork(ctx context.Context, fn func(*jetstream.RawStreamMsg)) error {
+func (q *Queue) scanWork(ctx context.Context, limit int, fn func(*jetstream.RawStreamMsg) error) error {
 	info, err := q.work.Info(ctx)
 	if err != nil {
 		return err
 	}
-	for seq, last := info.State.FirstSeq, info.State.LastSeq; seq <= last && seq > 0; {
+	n := 0
+	for seq, last := info.State.FirstSeq, info.State.LastSeq; seq <= last && seq > 0 && (limit <= 0 || n < limit); n++ {
 		m, err := q.work.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(q.workSubj+"*"))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil
@@ -849,7 +865,9 @@ func (q *Queue) scanWork(ctx context.Context, fn func(*jetstream.RawStreamMsg)) 
 		if m.Sequence > last {
 			return nil
 		}
-		fn(m)
+		if err := fn(m); err != nil {
+			return err
+		}
 		seq = m.Sequence + 1
 	}
 	return nil
@@ -939,7 +957,7 @@ func (q *Queue) RetryAll(ctx context.Context, state queue.State) (int, error) {
 		return 0, queue.ErrClosed
 	}
 	lctx, cancel := withTimeout(ctx, 4*q.config().publishTimeout)
-	ins, err := q.list(lctx, state)
+	ins, err := q.list(lctx, state, 0)
 	cancel()
 	if err != nil {
 		return 0, unavailable(ctx, "listing callbacks", err)

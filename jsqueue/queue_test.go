@@ -446,3 +446,32 @@ func TestTooLarge(t *testing.T) {
 	queuetest.MustAppend(t, q, queuetest.Entry(1, 100))
 	testutil.WaitFor(t, 20*time.Second, "the next callback delivered", func() bool { return q.Stats().Delivered == 1 })
 }
+
+// TestListCostBounded: a page of pending callbacks costs requests in
+// proportion to the page, not to the backlog.
+func TestListCostBounded(t *testing.T) {
+	n := natstest.Start(t)
+	q := openQueue(t, testOptions([]string{n.URL()}, newStreamName(), 1, queuetest.Options{}))
+	const backlog, page = 300, 10
+	for i := range backlog {
+		queuetest.MustAppend(t, q, queuetest.Entry(i, 100))
+	}
+	requests := func(fn func()) uint64 {
+		before := q.nc.Stats().OutMsgs
+		fn()
+		return q.nc.Stats().OutMsgs - before
+	}
+	var got []queue.Info
+	paged := requests(func() { got = q.List(queue.StatePending, page) })
+	if len(got) != page || got[0].ID != queuetest.ID(0) || got[page-1].ID != queuetest.ID(page-1) {
+		t.Fatalf("the page: %v", queuetest.IDs(got))
+	}
+	all := requests(func() { got = q.List(queue.StatePending, 0) })
+	if len(got) != backlog {
+		t.Fatalf("%d listed, want %d", len(got), backlog)
+	}
+	t.Logf("requests: %d for a page of %d, %d for all %d", paged, page, all, backlog)
+	if paged > 2*page+4 {
+		t.Errorf("a page of %d cost %d requests with %d pending; want at most %d", page, paged, backlog, 2*page+4)
+	}
+}

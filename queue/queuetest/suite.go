@@ -241,6 +241,9 @@ func testAppendGetLoadList(t *testing.T, open Opener) {
 	if got := IDs(s.List(queue.AnyState, 3)); !slices.Equal(got, want[:3]) {
 		t.Errorf("List(AnyState, 3) = %v", got)
 	}
+	if got := IDs(s.List(queue.StatePending, 4)); !slices.Equal(got, want[:4]) {
+		t.Errorf("List(StatePending, 4) = %v", got)
+	}
 	if got := s.List(queue.StateDead, 0); len(got) != 0 {
 		t.Errorf("dead = %v", got)
 	}
@@ -432,9 +435,11 @@ func testNoHeadOfLineBlocking(t *testing.T, open Opener) {
 		in.NextAttempt.Before(time.Now().Add(30*time.Minute)) || in.LastAttempt.IsZero() {
 		t.Errorf("failing callback: %+v", in)
 	}
-	ps := s.List(queue.StatePending, 0)
-	if len(ps) != 1 || ps[0].ID != ID(0) || ps[0].Attempts != 1 || !strings.Contains(ps[0].LastError, "rejects") {
-		t.Errorf("pending list: %+v", ps)
+	for _, limit := range []int{0, 1, 100} {
+		ps := s.List(queue.StatePending, limit)
+		if len(ps) != 1 || ps[0].ID != ID(0) || ps[0].Attempts != 1 || !strings.Contains(ps[0].LastError, "rejects") {
+			t.Errorf("pending list, limit %d: %+v", limit, ps)
+		}
 	}
 }
 
