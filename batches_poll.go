@@ -370,6 +370,10 @@ func (o pollObserver) PollEnd(ctx context.Context, r reconcile.PollReport) {
 	if r.Completed {
 		batchmetrics.Completed(r.UploadToComplete)
 	}
+	if len(r.Dropped) > 0 {
+		o.logger.Error("polled results dropped: claimed, but not queued for the app after twice give_up_after; their documents will not reach the app",
+			zap.String("batch_id", r.BatchID), zap.Strings("deliveries", r.Dropped), zap.Error(r.Err))
+	}
 	switch r.Outcome {
 	case reconcile.OutcomeExpired:
 		o.m.expired.Inc()

@@ -256,7 +256,7 @@ type Batch struct {
 	// Finished is when the batch became complete or expired.
 	Finished time.Time `json:"finished,omitzero"`
 	// NextPoll is when the reconciler polls the batch next (zero once it
-	// is finished).
+	// is finished, unless a lease is still on it: see Settle).
 	NextPoll time.Time `json:"next_poll,omitzero"`
 	// Polls counts the leases released after a poll.
 	Polls int `json:"polls,omitempty"`
@@ -661,7 +661,8 @@ var (
 	ErrInvalid = errors.New("ledger: invalid")
 	// ErrLeaseHeld: another owner holds the batch's unexpired lease.
 	ErrLeaseHeld = errors.New("ledger: lease held by another owner")
-	// ErrNotDue: TakeLease of a batch that is finished or not due yet.
+	// ErrNotDue: TakeLease of a batch that is finished (without a
+	// lease) or not due yet.
 	ErrNotDue = errors.New("ledger: batch not due")
 	// ErrNotOwner: a lease or idempotency record that the caller no
 	// longer holds.

@@ -47,8 +47,13 @@
 // nothing changes) and handed to the queue under it, grouped as it was
 // claimed, with the bytes read now. A delivery that had reached the
 // queue is deduplicated there; so the queue must remember delivered
-// ids for longer than GiveUpAfter (the spool's retention, 7 days by
-// default, does).
+// ids for longer than twice GiveUpAfter (the spool's retention, 7 days
+// by default, does for the default 72h). A repair that fails before it
+// is done (Atlas unreachable) holds the batch under "~requeue" too.
+// Repairs go on until twice GiveUpAfter after the upload; then the
+// lease is released, and the report lists the deliveries given up on
+// (PollReport.Dropped: their documents are received in the ledger and
+// will not reach the app; the plugin logs them as an error).
 //
 // A claim that wins a batch's last pending documents completes it, and
 // a release at the give-up time expires it; the ledger keeps the poll's

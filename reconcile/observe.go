@@ -56,7 +56,13 @@ type PollReport struct {
 	// Missing lists the documents still pending of a batch this poll
 	// expired.
 	Missing []string
-	// NextPoll is when the batch is due next (zero once finished).
+	// Dropped lists the deliveries given up on: claimed by a poll (this
+	// one, or the one it repaired) and still not queued twice
+	// GiveUpAfter after the upload. Their documents are received in the
+	// ledger and will not reach the app.
+	Dropped []string
+	// NextPoll is when the batch is due next (zero once finished and
+	// released).
 	NextPoll time.Time
 	// Err is the poll's error, nil for OutcomeOK and OutcomeExpired
 	// (unless the expiry came with an error).

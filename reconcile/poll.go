@@ -98,7 +98,10 @@ func (r *Reconciler) finish(p *poll, fetchErr error) {
 		delay = r.lim.fail(0) // network, or an answer that would not decode
 	}
 	rep.Err = fetchErr
-	requeue := len(p.unqueued) > 0 || (fetchErr != nil && len(p.groups) > 0)
+	// Held back to be repaired: a refused delivery, and a repair that did
+	// not finish (what the poll it repairs claimed may still be
+	// unqueued).
+	requeue := len(p.unqueued) > 0 || (fetchErr != nil && (p.repair || len(p.groups) > 0))
 	if rep.Err == nil && len(p.unqueued) > 0 {
 		rep.Err = p.enqueueErr
 	}
@@ -108,6 +111,12 @@ func (r *Reconciler) finish(p *poll, fetchErr error) {
 	switch {
 	case errors.Is(fetchErr, errLeaseLost):
 		// Another poll has the batch: nothing of ours to release.
+	case requeue && !r.now().Before(p.b.Uploaded.Add(2*r.opts.Policy.GiveUpAfter)):
+		// Repaired for as long again as the batch was followed: give up
+		// on what could not be queued (the queue may not remember the
+		// deliveries made meanwhile any more, and would take them again).
+		rep.Dropped = p.undelivered()
+		b, err = r.store.ReleaseLease(context.WithoutCancel(p.ctx), p.b.ID, p.owner)
 	case requeue:
 		b, err = r.hold(p, holdRequeue, max(delay, r.opts.Policy.PollEvery))
 	case delay > r.opts.Policy.PollEvery:
@@ -349,6 +358,23 @@ func (p *poll) deliver(id string, docs []document) error {
 	p.rep.Delivered += len(docs)
 	p.rep.Deliveries = append(p.rep.Deliveries, id)
 	return nil
+}
+
+// undelivered returns the ids of the deliveries that this poll claimed
+// and did not queue, and, for a repair, those it was to queue again and
+// did not.
+func (p *poll) undelivered() []string {
+	var ids []string
+	for _, d := range p.unqueued {
+		ids = append(ids, d.ID)
+	}
+	for id := range p.expect {
+		if !slices.Contains(p.rep.Deliveries, id) && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // body returns {"data":[...]} of the documents' elements, verbatim.

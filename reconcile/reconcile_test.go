@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-atlas/caddy-atlas/atlasclient"
 	"github.com/caddy-atlas/caddy-atlas/atlasclient/atlastest"
 	"github.com/caddy-atlas/caddy-atlas/internal/testutil"
 	"github.com/caddy-atlas/caddy-atlas/ledger"
@@ -596,6 +597,76 @@ func TestCrashAfterClaimThatCompletes(t *testing.T) {
 	e.scan(r)
 	if n := e.q.callsOf(lost); n != 1 {
 		t.Fatalf("%d appends of %s after the repair", n, lost)
+	}
+}
+
+// A repair that fails before it is done (Atlas answering 503) does not
+// release the batch: it is held back, and the next repair queues what
+// the dead poll claimed.
+func TestRepairFailsThenRetries(t *testing.T) {
+	e := newEnv(t, atlastest.Options{}, testPolicy)
+	docs := []string{"r-0", "r-1"}
+	id := e.upload(false, docs...)
+	e.clock.Advance(testPolicy.PollAfter)
+	ctx := context.Background()
+	dead := e.reconciler(Options{Fetcher: e.fetcher(0), Instance: "dead"})
+	e.q.refuseNext(1) // the dead poll's append never happens
+	if rep := dead.Poll(ctx, id); !rep.Completed {
+		t.Fatalf("%+v", rep)
+	}
+	lost := e.batch(id).Documents[0].DeliveryID
+	// Its hold runs out; the repair finds Atlas failing.
+	e.clock.Advance(testPolicy.PollEvery)
+	failing := FetcherFunc(func(context.Context, string, int) (PageResult, error) {
+		return PageResult{}, &StatusError{API: &atlasclient.APIError{StatusCode: http.StatusServiceUnavailable}}
+	})
+	r := e.reconciler(Options{Fetcher: failing, Instance: "alive"})
+	if rep := r.Poll(ctx, id); !rep.Repair || rep.Outcome != OutcomeFailed {
+		t.Fatalf("the failing repair: %+v", rep)
+	}
+	if b := e.batch(id); !strings.HasSuffix(b.LeaseOwner, holdRequeue) {
+		t.Fatalf("after the failing repair: lease %q, next poll %v", b.LeaseOwner, b.NextPoll)
+	}
+	e.clock.Advance(time.Hour)
+	r = e.reconciler(Options{Fetcher: e.fetcher(0), Instance: "alive-2"})
+	e.scan(r)
+	if e.q.callsOf(lost) != 2 {
+		t.Fatalf("%d appends of the lost delivery %s", e.q.callsOf(lost), lost)
+	}
+	e.checkDelivered(id, docs...)
+}
+
+// A delivery the queue never takes is retried for twice GiveUpAfter
+// from the upload, then dropped and said so in the report: polls of the
+// batch do not go on for ever.
+func TestRequeueGivesUp(t *testing.T) {
+	e := newEnv(t, atlastest.Options{}, testPolicy)
+	id := e.upload(false, "g-0", "g-1")
+	e.q.refuseNext(1 << 30)
+	obs := &recorder{}
+	r := e.reconciler(Options{Fetcher: e.fetcher(0), Observer: obs})
+	e.clock.Advance(testPolicy.PollAfter)
+	e.scan(r)
+	for polls := 0; e.batch(id).LeaseOwner != ""; polls++ {
+		if polls > 200 {
+			t.Fatalf("still held after %d polls: %+v", polls, e.batch(id))
+		}
+		e.clock.Advance(testPolicy.PollEvery)
+		e.scan(r)
+	}
+	var dropped []string
+	for _, rep := range obs.reports {
+		dropped = append(dropped, rep.Dropped...)
+	}
+	b := e.batch(id)
+	if b.State != ledger.StateComplete || !b.NextPoll.IsZero() || len(dropped) != 1 || dropped[0] != b.Documents[0].DeliveryID {
+		t.Fatalf("%s, next poll %v, dropped %v", b.State, b.NextPoll, dropped)
+	}
+	if now := e.clock.Now(); now.Before(b.Uploaded.Add(2 * testPolicy.GiveUpAfter)) {
+		t.Fatalf("given up %v after the upload, before twice GiveUpAfter", now.Sub(b.Uploaded))
+	}
+	if n := e.q.callsOf(dropped[0]); n < 10 {
+		t.Fatalf("%d tries of the refused delivery", n)
 	}
 }
 
