@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"errors"
+	"fmt"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -22,7 +23,8 @@ import (
 // transaction. A change whose write fails (wrapped by abort) leaves the
 // transaction in an unknown state: it is rolled back, that change
 // answered its error, and the others run again in a new transaction;
-// a failed commit answers its error to every change in it.
+// a failed commit answers its error to every change in it. A change
+// that panics is treated as a failed write, and its caller panics.
 
 // maxGroup bounds the changes of one transaction.
 const maxGroup = 256
@@ -64,7 +66,29 @@ func (s *BoltStore) startCommitter() {
 func (s *BoltStore) write(fn func(*bolt.Tx) error) error {
 	c := &change{fn: fn, done: make(chan error, 1)}
 	s.changes <- c
-	return <-c.done
+	err := <-c.done
+	var p panicError
+	if errors.As(err, &p) {
+		panic(p.v) // in the caller's goroutine, where it belongs
+	}
+	return err
+}
+
+// panicError carries a change's panic from the committer back to its
+// caller.
+type panicError struct{ v any }
+
+func (e panicError) Error() string { return fmt.Sprintf("ledger: a change panicked: %v", e.v) }
+
+// run runs c in tx; a panic aborts the transaction, as a failed write
+// does, and goes back to c's caller.
+func (c *change) run(tx *bolt.Tx) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = abortError{panicError{v}}
+		}
+	}()
+	return c.fn(tx)
 }
 
 func (s *BoltStore) committer() {
@@ -99,7 +123,7 @@ func (s *BoltStore) commit(group []*change) {
 		failed := -1
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			for i, c := range group {
-				err := c.fn(tx)
+				err := c.run(tx)
 				var ae abortError
 				if errors.As(err, &ae) {
 					failed = i

@@ -137,3 +137,30 @@ func TestDocEntryJSON(t *testing.T) {
 		t.Fatalf("%+v, %v", refs, err)
 	}
 }
+
+// A change that panics panics in its caller's goroutine; the committer
+// and the changes committed with it carry on.
+func TestGroupCommitPanic(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if _, err := s.Create(ctx, &Batch{ID: "B", Documents: []Document{{ID: "d"}}}); err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		defer func() {
+			if v := recover(); v != "boom" {
+				t.Errorf("recovered %v, want boom", v)
+			}
+		}()
+		_, _ = s.Update(ctx, "B", func(*Batch) (bool, error) { panic("boom") })
+		t.Error("Update returned")
+	}()
+	b, err := s.Update(ctx, "B", func(b *Batch) (bool, error) { b.Polls = 7; return true, nil })
+	if err != nil || b.Polls != 7 {
+		t.Fatalf("the next change: %+v, %v", b, err)
+	}
+}
