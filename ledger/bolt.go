@@ -196,8 +196,8 @@ func getBatch(tx *bolt.Tx, id string) (*Batch, error) {
 	if v == nil {
 		return nil, fmt.Errorf("%w: batch %q", ErrNotFound, id)
 	}
-	b := new(Batch)
-	if err := json.Unmarshal(v, b); err != nil {
+	b, err := decodeBoltBatch(v)
+	if err != nil {
 		return nil, fmt.Errorf("ledger: batch %q: %w", id, err)
 	}
 	return b, nil
@@ -206,11 +206,7 @@ func getBatch(tx *bolt.Tx, id string) (*Batch, error) {
 // putBatch writes nb, whose previous state is old (nil for a new
 // batch), and moves its index keys.
 func putBatch(tx *bolt.Tx, old, nb *Batch) error {
-	v, err := json.Marshal(nb)
-	if err != nil {
-		return err
-	}
-	if err := tx.Bucket(bktBatches).Put([]byte(nb.ID), v); err != nil {
+	if err := tx.Bucket(bktBatches).Put([]byte(nb.ID), encodeBoltBatch(nb)); err != nil {
 		return err
 	}
 	type idx struct {
