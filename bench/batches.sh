@@ -31,6 +31,7 @@
 # ledger run is saved there. Installs wrk from Debian's packages when it
 # is missing.
 set -euo pipefail
+shopt -s inherit_errexit # a failure in $(...) ends the script too
 cd "$(dirname "$0")/.."
 
 duration="${1:-5}"
@@ -134,9 +135,17 @@ function request()
 	return wrk.format("POST", "/atlas/multiupload", headers, '{"product_type":"LOAN_APP","file_urls":[' .. table.concat(files, ",") .. ']}')
 end
 function done()
-	local k = 0
-	for _, t in ipairs(threads) do k = math.max(k, t:get("n")) end
+	local k, low = 0, math.huge
+	for _, t in ipairs(threads) do
+		k = math.max(k, t:get("n"))
+		low = math.min(low, t:get("n"))
+	end
 	print("NEXT_START " .. (start + 2 * k))
+	-- Every sequence number below this was uploaded: the requests a
+	-- thread had in flight when wrk stopped (one per connection) may not
+	-- have been.
+	local inflight = math.ceil(tonumber(os.getenv("CONNS") or "0") / #threads)
+	print("UPLOADED_BELOW " .. (start + 2 * math.max(0, low - inflight)))
 end
 LUA
 	cat >"$work/callback-$port.lua" <<LUA
@@ -173,7 +182,8 @@ metric() {
 processing() { metric "${admin[ledger]}" 'caddy_atlas_batches{state="processing"}'; }
 complete() { metric "${admin[ledger]}" 'caddy_atlas_batches{state="complete"}'; }
 unmatched() { metric "${admin[ledger]}" caddy_atlas_batch_unmatched_documents_total; }
-uploads() { curl -fs "localhost:$up/_counts" | sed -E 's/.*"uploads":([0-9]+).*/\1/'; }
+# uploads prints the upstream's counts: "uploads distinct_documents".
+uploads() { curl -fs "localhost:$up/_counts" | sed -E 's/.*"uploaded_documents":([0-9]+).*"uploads":([0-9]+).*/\2 \1/'; }
 
 drain_all() {
 	for side in plain ledger; do
@@ -196,7 +206,7 @@ echo "uploads: 35 documents each, a new batch each; callbacks: $payload_size byt
 
 declare -A next=([upload]=0 [callback]=0) ratios cpus
 # run SIDE KIND PREFIX: one timed run; prints "rps p50 p99 acked cpu_us"
-# and advances next[KIND].
+# (the caller advances next[KIND]).
 run() {
 	local side=$1 kind=$2 prefix=$3 cpu0 r acked
 	cpu0=$(cpu_ticks "${pid[$side]}")
@@ -205,8 +215,8 @@ run() {
 		curl -fs -o "$PROFILE_DIR/cpu-$kind-$round.pprof" \
 			"localhost:${admin[$side]}/debug/pprof/profile?seconds=$((duration > 2 ? duration - 2 : 1))" &
 	fi
-	r=$(START=${next[$kind]} PREFIX=$prefix wrk_run "$side-$kind" "http://localhost:${port[$side]}" -s "$work/$kind-${port[$side]}.lua")
-	wait # the profile, if any (run runs in a subshell: its own jobs only)
+	r=$(START=${next[$kind]} PREFIX=$prefix CONNS=$conns wrk_run "$side-$kind" "http://localhost:${port[$side]}" -s "$work/$kind-${port[$side]}.lua")
+	wait || echo "the CPU profile of $side $kind failed" >&2 # run runs in a subshell: its own jobs only
 	acked=$(awk '/requests in/ {print $1}' "$work/wrk-$side-$kind.txt")
 	[ "$kind" = upload ] || drain "${admin[$side]}" >/dev/null
 	echo "$r $acked $(awk -v t="$(($(cpu_ticks "${pid[$side]}") - cpu0))" -v hz="$(getconf CLK_TCK)" -v n="$acked" 'BEGIN {printf "%.0f", (n > 0 ? t / hz * 1e6 / n : 0)}')"
@@ -227,9 +237,9 @@ for round in $(seq "$rounds"); do
 	if [[ " $kinds " == *" callback "* ]]; then
 		saved="$duration $conns"
 		duration=$((duration * ${PRELOAD_FACTOR:-5})) conns=64
-		START=${next[callback]} PREFIX=c wrk_run preload "http://localhost:${port[ledger]}" -s "$work/upload-${port[ledger]}.lua" >/dev/null
+		START=${next[callback]} PREFIX=c CONNS=$conns wrk_run preload "http://localhost:${port[ledger]}" -s "$work/upload-${port[ledger]}.lua" >/dev/null
 		read -r duration conns <<<"$saved"
-		preloaded=$(next_start preload)
+		preloaded=$(awk '$1 == "UPLOADED_BELOW" {print $2}' "$work/wrk-preload.txt")
 	fi
 	drain_all
 	for kind in $kinds; do
@@ -242,13 +252,15 @@ for round in $(seq "$rounds"); do
 			# Each side's uploads have sequence numbers of their own (the
 			# two ledgers are apart anyway); the callbacks of both sides
 			# use the preloaded ones, which the plain side does not know.
-			read -r rps p50 p99 acked cpu <<<"$(run "$side" "$kind" "$prefix")"
+			out=$(run "$side" "$kind" "$prefix")
+			read -r rps p50 p99 acked cpu <<<"$out"
 			next[$kind]=$(next_start "$side-$kind")
 			check=
 			if [ "$kind" = upload ]; then
-				got=$(uploads)
+				read -r got docs <<<"$(uploads)"
 				[ "$got" -ge "$acked" ] || fail "$side: wrk saw $acked uploads answered, the upstream accepted $got"
-				check="upstream accepted $got"
+				[ "$docs" -ge $((35 * acked)) ] || fail "$side: $acked uploads answered, the upstream saw $docs distinct documents"
+				check="upstream accepted $got ($docs distinct documents)"
 				if [ "$side" = ledger ]; then
 					rec=$(($(processing) - p0))
 					[ "$rec" -ge "$acked" ] || fail "ledger: $acked uploads answered, $rec batches recorded"
