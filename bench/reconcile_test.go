@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -158,4 +159,33 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkReconcilerIdleScan is a scan that finds nothing due among
+// 100k open batches: what the reconciler costs between polls.
+//
+//	go test -run xxx -bench BenchmarkReconcilerIdleScan -benchmem ./bench/
+func BenchmarkReconcilerIdleScan(b *testing.B) {
+	dir := openBatches(b, 100_000)
+	at := reconcileNow.Add(-2 * time.Hour) // before anything is due
+	s, err := ledger.Open(dir, ledger.Options{Policy: reconcilePolicy, Now: func() time.Time { return at }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	r, err := reconcile.New(reconcile.Options{Store: s,
+		Fetcher: reconcile.FetcherFunc(func(context.Context, string, int) (reconcile.PageResult, error) {
+			return reconcile.PageResult{}, errors.New("polled a batch that is not due")
+		}),
+		Enqueuer: reconcile.EnqueueFunc(func(context.Context, reconcile.Delivery) error { return nil })})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if got, err := r.Scan(ctx); err != nil || got != 0 {
+			b.Fatal(got, err)
+		}
+	}
 }

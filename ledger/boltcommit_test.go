@@ -10,15 +10,23 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// A change whose write fails is rolled back alone: the changes
-// committed with it run again and are committed; a change's own refusal
-// leaves the others as they are.
-func TestGroupCommitAbort(t *testing.T) {
+// openTestBolt opens a ledger in a temporary directory, without fsync,
+// closed at the test's end.
+func openTestBolt(t *testing.T) *BoltStore {
+	t.Helper()
 	s, err := Open(t.TempDir(), Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// A change whose write fails is rolled back alone: the changes
+// committed with it run again and are committed; a change's own refusal
+// leaves the others as they are.
+func TestGroupCommitAbort(t *testing.T) {
+	s := openTestBolt(t)
 	put := func(key string) func(*bolt.Tx) error {
 		return func(tx *bolt.Tx) error { return abort(tx.Bucket(bktBatches).Put([]byte(key), []byte("v"))) }
 	}
@@ -66,11 +74,7 @@ func TestGroupCommitAbort(t *testing.T) {
 
 // Concurrent creates are committed together and all recorded.
 func TestGroupCommitConcurrent(t *testing.T) {
-	s, err := Open(t.TempDir(), Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openTestBolt(t)
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	for i := range 64 {
@@ -94,11 +98,7 @@ func TestGroupCommitConcurrent(t *testing.T) {
 // binary form) is read as before, and rewritten in the binary form by
 // the next change of its batch.
 func TestDocEntryJSON(t *testing.T) {
-	s, err := Open(t.TempDir(), Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openTestBolt(t)
 	ctx := context.Background()
 	b, err := s.Create(ctx, &Batch{ID: "B", Documents: []Document{{ID: "d1"}, {ID: "d2"}}})
 	if err != nil {
@@ -141,11 +141,7 @@ func TestDocEntryJSON(t *testing.T) {
 // A change that panics panics in its caller's goroutine; the committer
 // and the changes committed with it carry on.
 func TestGroupCommitPanic(t *testing.T) {
-	s, err := Open(t.TempDir(), Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openTestBolt(t)
 	ctx := context.Background()
 	if _, err := s.Create(ctx, &Batch{ID: "B", Documents: []Document{{ID: "d"}}}); err != nil {
 		t.Fatal(err)

@@ -59,11 +59,7 @@ func TestBoltBatchRecord(t *testing.T) {
 // A ledger's JSON batch record is claimed as a binary one is, and
 // rewritten in the binary form.
 func TestBoltBatchRecordJSONClaimed(t *testing.T) {
-	s, err := Open(t.TempDir(), Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openTestBolt(t)
 	ctx := context.Background()
 	b, err := s.Create(ctx, &Batch{ID: "B", Documents: []Document{{ID: "d1"}, {ID: "d2"}}})
 	if err != nil {

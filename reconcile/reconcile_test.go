@@ -459,20 +459,17 @@ func TestEnqueueRefusedRetried(t *testing.T) {
 	e.checkDelivered(id, docs...)
 }
 
-// A poll that dies between its claim and its append (here: the claim
-// made by hand, the lease left to expire) is repaired by the next poll
-// of any instance: the same delivery id, the same documents.
-func TestCrashBetweenClaimAndEnqueue(t *testing.T) {
-	e := newEnv(t, atlastest.Options{ProcessingDelay: time.Minute, ProcessingDelayMax: 20 * time.Minute}, testPolicy)
-	docs := []string{"c-0", "c-1", "c-2", "c-3", "c-4", "c-5"}
-	id := e.upload(false, docs...)
-	e.clock.Advance(testPolicy.PollAfter + 5*time.Minute)
+// deadPoll is the poll of an instance that dies after its claim: it
+// takes the lease of batchID, reads the first extracts page and claims
+// the documents available there, and does nothing after. It returns the
+// delivery id claimed, which never reached the queue, and the claim.
+func deadPoll(t *testing.T, e *env, batchID string) (string, ledger.ClaimResult) {
+	t.Helper()
 	ctx := context.Background()
-	// The dead instance's poll: lease, page, claim, and nothing after.
-	if _, err := e.store.TakeLease(ctx, id, "dead-1", time.Minute); err != nil {
+	if _, err := e.store.TakeLease(ctx, batchID, "dead-1", time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	page, err := e.fetcher(0).Page(ctx, id, 1)
+	page, err := e.fetcher(0).Page(ctx, batchID, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,16 +479,30 @@ func TestCrashBetweenClaimAndEnqueue(t *testing.T) {
 			avail = append(avail, d)
 		}
 	}
-	if len(avail) == 0 || len(avail) == len(docs) {
-		t.Fatalf("%d available", len(avail))
-	}
-	lost := deliveryID(id, avail)
+	lost := deliveryID(batchID, avail)
 	c := ledger.Claim{Source: ledger.SourcePoll, DeliveryID: lost}
 	for _, d := range avail {
 		c.Results = append(c.Results, ledger.Result{DocumentID: d.id, ErrorCode: d.code})
 	}
-	if _, err := e.store.Claim(ctx, id, c); err != nil {
+	cr, err := e.store.Claim(ctx, batchID, c)
+	if err != nil {
 		t.Fatal(err)
+	}
+	return lost, cr
+}
+
+// A poll that dies between its claim and its append (here: the claim
+// made by hand, the lease left to expire) is repaired by the next poll
+// of any instance: the same delivery id, the same documents.
+func TestCrashBetweenClaimAndEnqueue(t *testing.T) {
+	e := newEnv(t, atlastest.Options{ProcessingDelay: time.Minute, ProcessingDelayMax: 20 * time.Minute}, testPolicy)
+	docs := []string{"c-0", "c-1", "c-2", "c-3", "c-4", "c-5"}
+	id := e.upload(false, docs...)
+	e.clock.Advance(testPolicy.PollAfter + 5*time.Minute)
+	ctx := context.Background()
+	lost, cr := deadPoll(t, e, id)
+	if n := len(cr.Won); n == 0 || n == len(docs) {
+		t.Fatalf("%d available", n)
 	}
 
 	r := e.reconciler(Options{Fetcher: e.fetcher(0), Instance: "alive"})
@@ -555,31 +566,9 @@ func TestCrashAfterClaimThatCompletes(t *testing.T) {
 	docs := []string{"k-0", "k-1"}
 	id := e.upload(false, docs...)
 	e.clock.Advance(testPolicy.PollAfter)
-	ctx := context.Background()
-	if _, err := e.store.TakeLease(ctx, id, "dead-1", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	page, err := e.fetcher(0).Page(ctx, id, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var avail []document
-	for _, raw := range page.Data {
-		if d, ok := inspect(raw); ok {
-			avail = append(avail, d)
-		}
-	}
-	if len(avail) != len(docs) {
-		t.Fatalf("%d available", len(avail))
-	}
-	lost := deliveryID(id, avail)
-	c := ledger.Claim{Source: ledger.SourcePoll, DeliveryID: lost}
-	for _, d := range avail {
-		c.Results = append(c.Results, ledger.Result{DocumentID: d.id, ErrorCode: d.code})
-	}
-	cr, err := e.store.Claim(ctx, id, c)
-	if err != nil || !cr.Completed {
-		t.Fatalf("claim: %+v, %v", cr, err)
+	lost, cr := deadPoll(t, e, id)
+	if !cr.Completed {
+		t.Fatalf("claim: %+v", cr)
 	}
 
 	r := e.reconciler(Options{Fetcher: e.fetcher(0), Instance: "alive"})
