@@ -109,22 +109,44 @@ callback_payload "$up"
 # prints the next free START. An upload's documents and a callback's are
 # "<prefix><seq>-" and the 35 document ids of payload.json: the callback
 # of sequence number s carries the results of the upload of s.
-for port in "${port[@]}"; do
-	cat >"$work/upload-$port.lua" <<LUA
+# lua_common writes what both wrk scripts share: the payload's text
+# (tmpl), START and PREFIX, the threads, the request counter n, and a
+# done() that prints the next free START and, for the uploads, the
+# sequence numbers known to be uploaded: those below UPLOADED_BELOW (the
+# requests a thread had in flight when wrk stopped, one per connection,
+# may not have been).
+lua_common() {
+	cat <<LUA
 local f = io.open("$work/payload.json", "rb")
 local tmpl = f:read("*a")
 f:close()
-local docs = {}
-for id in tmpl:gmatch('"document_id":"([^"]+)"') do docs[#docs + 1] = id end
-local headers = {["Content-Type"] = "application/json"}
 local start = tonumber(os.getenv("START") or "0")
-local prefix = os.getenv("PREFIX") or "u"
+local prefix = os.getenv("PREFIX") or "x"
 local threads = {}
 function setup(thread)
 	threads[#threads + 1] = thread
 	thread:set("tid", #threads)
 end
 n = 0
+function done()
+	local k, low = 0, math.huge
+	for _, t in ipairs(threads) do
+		k = math.max(k, t:get("n"))
+		low = math.min(low, t:get("n"))
+	end
+	print("NEXT_START " .. (start + 2 * k))
+	local inflight = math.ceil(tonumber(os.getenv("CONNS") or "0") / #threads)
+	print("UPLOADED_BELOW " .. (start + 2 * math.max(0, low - inflight)))
+end
+LUA
+}
+for port in "${port[@]}"; do
+	{
+		lua_common
+		cat <<'LUA'
+local docs = {}
+for id in tmpl:gmatch('"document_id":"([^"]+)"') do docs[#docs + 1] = id end
+local headers = {["Content-Type"] = "application/json"}
 function request()
 	n = n + 1
 	local seq = start + 2 * (n - 1) + tid
@@ -134,45 +156,20 @@ function request()
 	end
 	return wrk.format("POST", "/atlas/multiupload", headers, '{"product_type":"LOAN_APP","file_urls":[' .. table.concat(files, ",") .. ']}')
 end
-function done()
-	local k, low = 0, math.huge
-	for _, t in ipairs(threads) do
-		k = math.max(k, t:get("n"))
-		low = math.min(low, t:get("n"))
-	end
-	print("NEXT_START " .. (start + 2 * k))
-	-- Every sequence number below this was uploaded: the requests a
-	-- thread had in flight when wrk stopped (one per connection) may not
-	-- have been.
-	local inflight = math.ceil(tonumber(os.getenv("CONNS") or "0") / #threads)
-	print("UPLOADED_BELOW " .. (start + 2 * math.max(0, low - inflight)))
-end
 LUA
-	cat >"$work/callback-$port.lua" <<LUA
-local f = io.open("$work/payload.json", "rb")
-local tmpl = f:read("*a")
-f:close()
+	} >"$work/upload-$port.lua"
+	{
+		lua_common
+		cat <<LUA
 local headers = {["Content-Type"] = "application/json", ["Token"] = "$(callback_token "$port")"}
-local start = tonumber(os.getenv("START") or "0")
-local prefix = os.getenv("PREFIX") or "c"
-local threads = {}
-function setup(thread)
-	threads[#threads + 1] = thread
-	thread:set("tid", #threads)
-end
-n = 0
 function request()
 	n = n + 1
 	local seq = start + 2 * (n - 1) + tid
 	local body = tmpl:gsub('"document_id":"', '"document_id":"' .. prefix .. seq .. '-')
 	return wrk.format("POST", "/hooks/atlas", headers, body)
 end
-function done()
-	local k = 0
-	for _, t in ipairs(threads) do k = math.max(k, t:get("n")) end
-	print("NEXT_START " .. (start + 2 * k))
-end
 LUA
+	} >"$work/callback-$port.lua"
 done
 
 # metric ADMIN NAME_AND_LABELS prints a metric's value (0 if absent).
