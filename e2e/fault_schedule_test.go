@@ -191,9 +191,16 @@ type faultFleet struct {
 	failures []string            // answers that break the contract
 	retries  []*cbJob            // refused callbacks, due again after their Retry-After
 	faults   []*faultPhase
+	kills    []caddyKill
 
 	stop    chan struct{}
 	senders sync.WaitGroup
+}
+
+// caddyKill is a kill -9 of a Caddy by the schedule.
+type caddyKill struct {
+	inst int
+	at   time.Time
 }
 
 type ackRecord struct {
@@ -779,6 +786,9 @@ func (f *faultFleet) runFault(t *testing.T, rng *rand.Rand, index int, kind faul
 		f.phase.Store(ph)
 		in.down.Store(true)
 		in.gen.Add(1)
+		f.mu.Lock()
+		f.kills = append(f.kills, caddyKill{inst: in.i, at: time.Now()})
+		f.mu.Unlock()
 		in.proc.kill()
 		in.transport.CloseIdleConnections()
 		hold(2, 2, 10)
@@ -1195,10 +1205,24 @@ func (f *faultFleet) check(t *testing.T, ran time.Duration) {
 			for _, d := range deliveries[id] {
 				ds = append(ds, fmt.Sprintf("caddy %s attempt %s at %s during %s", d.inst, d.attempt, d.at.Format("15:04:05.000"), d.phase))
 			}
-			ex = append(ex, fmt.Sprintf("%s (accepted by caddy %d at %s): %s", id, a.inst, a.at.Format("15:04:05.000"), strings.Join(ds, "; ")))
+			ex = append(ex, fmt.Sprintf("%s (accepted by caddy %d at %s): %s%s", id, a.inst, a.at.Format("15:04:05.000"),
+				strings.Join(ds, "; "), f.killedAfter(deliveries[id][0])))
 		}
 		t.Errorf("%d callback ids delivered more than once to the app:\n%s", len(dups), strings.Join(ex, "\n"))
 	}
+}
+
+// killedAfter says whether the Caddy that made delivery d was killed by
+// the schedule within a publish timeout (10s) after it: then it may have
+// died between the delivery and the record of its outcome, the
+// redelivery that the jsqueue package documents (at least once).
+func (f *faultFleet) killedAfter(d faultDelivery) string {
+	for _, k := range f.kills {
+		if strconv.Itoa(k.inst) == d.inst && !k.at.Before(d.at) && k.at.Sub(d.at) < 10*time.Second {
+			return fmt.Sprintf(" (caddy %s was killed %s after its delivery)", d.inst, k.at.Sub(d.at).Round(time.Millisecond))
+		}
+	}
+	return ""
 }
 
 func (f *faultFleet) phaseLabel(idx int) string {
