@@ -62,10 +62,13 @@ import (
 // Caddy instances as Atlas would; an answer other than 202 is retried,
 // on another instance, after its Retry-After. The checker records every
 // answer and every delivery and asserts: every callback answered 202 is
-// delivered; no callback id is delivered twice to the app; the only
-// refusals are 503 with Retry-After (no other status, no connection error
-// but from a Caddy the schedule killed). It prints, per fault, the
-// refusals and the recovery times.
+// delivered; no callback id is delivered twice to the app (but one whose
+// first delivery was made by a Caddy the schedule killed within 2s after
+// it, before it could record the delivery: that one is delivered again,
+// at least once, and listed); the only refusals are 503 with Retry-After
+// (no other status, no connection error but from a Caddy the schedule
+// killed). It prints, per fault, the refusals, the answer times and the
+// recovery times.
 //
 // By default (CI) the schedule is one fault of each of the seven main
 // kinds, in a seeded random order. ATLAS_FAULT_SCHEDULE=<duration> runs
@@ -1100,13 +1103,21 @@ func (f *faultFleet) check(t *testing.T, ran time.Duration) {
 	}
 	requests := f.recv.requests
 	f.recv.mu.Unlock()
-	var dups []string
+	// A callback delivered by a Caddy killed right after (before it
+	// could record the delivery) is delivered again: the at-least-once
+	// that jsqueue documents, which no queue avoids under kill -9. Those
+	// are counted and listed; any other second delivery fails the test.
+	var dups, killDups []string
 	for id, ds := range deliveries {
-		if len(ds) > 1 {
+		switch {
+		case len(ds) == 2 && f.killedAfter(ds[0]) != "":
+			killDups = append(killDups, id)
+		case len(ds) > 1:
 			dups = append(dups, id)
 		}
 	}
 	sort.Strings(dups)
+	sort.Strings(killDups)
 	unknown := 0
 	for id := range deliveries {
 		if _, ok := acked[id]; !ok {
@@ -1118,8 +1129,8 @@ func (f *faultFleet) check(t *testing.T, ran time.Duration) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var b strings.Builder
-	fmt.Fprintf(&b, "fault schedule: %d faults in %s; %d callbacks sent, %d accepted (202), %d delivered (%d deliveries), %d lost, %d ids delivered more than once, %d delivered without a 202 seen (accepted but answered otherwise)\n",
-		len(f.faults), ran.Round(time.Second), f.next.Load(), len(acked), len(deliveries), requests, len(lost), len(dups), unknown)
+	fmt.Fprintf(&b, "fault schedule: %d faults in %s; %d callbacks sent, %d accepted (202), %d delivered (%d deliveries), %d lost, %d ids delivered twice by the kill -9 of the Caddy that delivered them first, %d ids delivered more than once otherwise, %d delivered without a 202 seen (accepted but answered otherwise)\n",
+		len(f.faults), ran.Round(time.Second), f.next.Load(), len(acked), len(deliveries), requests, len(lost), len(killDups), len(dups), unknown)
 	fmt.Fprintf(&b, "%-4s %-22s %-44s %8s %8s %7s %8s %16s %10s %10s %10s\n",
 		"#", "fault", "target", "answers", "refused", "refus%", "killedCE", "answer p99/max", "fault len", "accepting", "full")
 	row := func(idx int, kind, target, dur, acc, full string) {
@@ -1197,28 +1208,36 @@ func (f *faultFleet) check(t *testing.T, ran time.Duration) {
 		}
 		t.Errorf("%d of %d accepted callbacks not delivered:\n%s", len(lost), len(acked), strings.Join(ex, "\n"))
 	}
+	describe := func(id string) string {
+		a := acked[id]
+		var ds []string
+		for _, d := range deliveries[id] {
+			ds = append(ds, fmt.Sprintf("caddy %s attempt %s at %s during %s", d.inst, d.attempt, d.at.Format("15:04:05.000"), d.phase))
+		}
+		return fmt.Sprintf("%s (accepted by caddy %d at %s): %s%s", id, a.inst, a.at.Format("15:04:05.000"),
+			strings.Join(ds, "; "), f.killedAfter(deliveries[id][0]))
+	}
+	for _, id := range killDups {
+		t.Logf("delivered again after the kill -9 of the Caddy that delivered it first (at least once): %s", describe(id))
+	}
 	if len(dups) > 0 {
 		var ex []string
 		for _, id := range dups[:min(20, len(dups))] {
-			a := acked[id]
-			var ds []string
-			for _, d := range deliveries[id] {
-				ds = append(ds, fmt.Sprintf("caddy %s attempt %s at %s during %s", d.inst, d.attempt, d.at.Format("15:04:05.000"), d.phase))
-			}
-			ex = append(ex, fmt.Sprintf("%s (accepted by caddy %d at %s): %s%s", id, a.inst, a.at.Format("15:04:05.000"),
-				strings.Join(ds, "; "), f.killedAfter(deliveries[id][0])))
+			ex = append(ex, describe(id))
 		}
 		t.Errorf("%d callback ids delivered more than once to the app:\n%s", len(dups), strings.Join(ex, "\n"))
 	}
 }
 
 // killedAfter says whether the Caddy that made delivery d was killed by
-// the schedule within a publish timeout (10s) after it: then it may have
-// died between the delivery and the record of its outcome, the
-// redelivery that the jsqueue package documents (at least once).
+// the schedule within 2s after it (recording a delivery takes
+// milliseconds when no other fault is in progress, and the schedule runs
+// one at a time): then it died between the delivery and the record of
+// its outcome, and the callback is delivered again, the at-least-once
+// that the jsqueue package documents.
 func (f *faultFleet) killedAfter(d faultDelivery) string {
 	for _, k := range f.kills {
-		if strconv.Itoa(k.inst) == d.inst && !k.at.Before(d.at) && k.at.Sub(d.at) < 10*time.Second {
+		if strconv.Itoa(k.inst) == d.inst && !k.at.Before(d.at) && k.at.Sub(d.at) < 2*time.Second {
 			return fmt.Sprintf(" (caddy %s was killed %s after its delivery)", d.inst, k.at.Sub(d.at).Round(time.Millisecond))
 		}
 	}
