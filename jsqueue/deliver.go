@@ -251,7 +251,7 @@ func (a *attempt) finish(outcome queue.Outcome, derr error) {
 
 	recorded := false
 	for try := 0; try < 3 && !recorded; try++ {
-		ok, err := q.putState(ctx, kind, r, a.base, ttl)
+		ok, err := a.putState(ctx, kind, r, ttl)
 		if err != nil {
 			cfg.logger.Warn("jetstream queue: recording a delivery outcome; the callback will be delivered again",
 				zap.String("callback_id", a.id), zap.String("outcome", string(outcome)), zap.Error(err))
@@ -305,6 +305,30 @@ func (a *attempt) finish(outcome queue.Outcome, derr error) {
 		_ = a.m.DoubleAck(ctx)
 		if ce := cfg.logger.Check(zapcore.DebugLevel, "callback delivered"); ce != nil {
 			ce.Write(zap.String("callback_id", a.id), zap.Int("attempt", a.n))
+		}
+	}
+}
+
+// putState writes the outcome's state record over a.base. A try that
+// gets no answer (the connection lost under it, or lost and not back
+// yet; a stream leader election) is tried again within ctx, each try
+// bounded by the attempt timeout, as Append's are: the delivery is done,
+// and an outcome not recorded is a second delivery to the app. If an
+// earlier try was stored but its ack lost, the next one finds the record
+// changed (false), which finish resolves by reading the state again.
+func (a *attempt) putState(ctx context.Context, kind string, r *record, ttl time.Duration) (bool, error) {
+	for n := 1; ; n++ {
+		actx, cancel := withTimeout(ctx, a.cfg.attemptTimeout)
+		ok, err := a.q.putState(actx, kind, r, a.base, ttl)
+		cancel()
+		if err == nil || !retryable(err) || ctx.Err() != nil {
+			return ok, err
+		}
+		wait := min(25*time.Millisecond<<min(n, 5), 500*time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return false, err
+		case <-time.After(wait):
 		}
 	}
 }

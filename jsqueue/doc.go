@@ -90,9 +90,12 @@
 // attempt cut short by a crash does not count either (nothing was
 // recorded). If an operator deleted or retried the callback meanwhile,
 // the compare-and-set fails and the outcome is ignored. Delivery is at
-// least once: a delivery whose outcome could not be recorded (NATS lost
-// at that moment) is delivered again, with the same X-Atlas-Callback-Id,
-// which is the receiver's deduplication key.
+// least once: recording an outcome that gets no answer (a connection
+// lost, a leader election) is tried again until Options.PublishTimeout,
+// and a delivery whose outcome still could not be recorded (NATS lost
+// for that long, or the instance killed between the delivery and the
+// record) is delivered again, with the same X-Atlas-Callback-Id, which is
+// the receiver's deduplication key.
 //
 // Retry publishes a dead callback to the work stream again, then removes
 // its dead record and letter; for a pending one it publishes a copy and

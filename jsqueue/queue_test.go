@@ -372,6 +372,38 @@ func TestTakeover(t *testing.T) {
 	}
 }
 
+// TestOutcomeRecordedAcrossReconnect loses the connection to NATS the
+// moment a delivery succeeds, before its outcome is recorded, and gets it
+// back 300ms later: the outcome is recorded once the client reconnects,
+// and the callback is not delivered again.
+func TestOutcomeRecordedAcrossReconnect(t *testing.T) {
+	if testing.Short() {
+		t.Skip("restarts a server and waits out ack waits: not under -short")
+	}
+	n := natstest.Start(t)
+	started, stopped := make(chan struct{}), make(chan struct{})
+	var deliveries atomic.Int64
+	deliver := func(ctx context.Context, d queue.Delivery) error {
+		if deliveries.Add(1) == 1 {
+			started <- struct{}{}
+			<-stopped
+		}
+		return nil
+	}
+	q := openQueue(t, testOptions([]string{n.URL()}, newStreamName(), 1, queuetest.Options{Deliver: deliver}))
+	queuetest.MustAppend(t, q, queuetest.Entry(0, 100))
+	<-started
+	n.Stop()
+	close(stopped) // the delivery succeeded; its outcome is recorded while NATS is away
+	time.Sleep(300 * time.Millisecond)
+	n.Start()
+	testutil.WaitFor(t, 20*time.Second, "the outcome recorded", func() bool { return q.Stats().Delivered == 1 })
+	time.Sleep(3 * testAckWait)
+	if d := deliveries.Load(); d != 1 {
+		t.Errorf("%d deliveries, want 1: an outcome not recorded across a reconnect is delivered again", d)
+	}
+}
+
 // TestCostPerCallback measures the stream bytes a callback costs while
 // pending and, after its delivery, for the retention window (the figures
 // in the package documentation), and checks them against bounds.
