@@ -541,8 +541,9 @@ func (q *Queue) offline() bool {
 
 // retryable reports whether a try of an Append failed for want of an
 // answer, which another try may get: no responders (no stream leader),
-// no response in the try's time, a connection between servers, or a
-// JetStream API error with status 503.
+// no response in the try's time, a connection between servers, a
+// JetStream API error with status 503, or an earlier try of the same
+// message still being stored.
 func retryable(err error) bool {
 	var ae *jetstream.APIError
 	switch {
@@ -553,10 +554,17 @@ func retryable(err error) bool {
 		errors.Is(err, nats.ErrStaleConnection), errors.Is(err, errNoAnswer):
 		return true
 	case errors.As(err, &ae):
-		return ae.Code == 503
+		return ae.Code == 503 || ae.ErrorCode == jsErrDuplicateMessageInProcess
 	}
 	return false
 }
+
+// jsErrDuplicateMessageInProcess is the servers' JSStreamDuplicateMessageConflict
+// (409, "duplicate message id is in process"): a publish with the same
+// message id, an earlier try whose answer was lost, is still being
+// stored (seen from a node cut off from its peers). The next try finds
+// it stored, a duplicate, or stores it.
+const jsErrDuplicateMessageInProcess jetstream.ErrorCode = 10158
 
 // appendOnce is one try of Append within ctx. On failure, what says
 // what failed ("" for an error to return as it is).

@@ -507,3 +507,24 @@ func TestListCostBounded(t *testing.T) {
 		t.Errorf("a page of %d cost %d requests with %d pending; want at most %d", page, paged, backlog, 2*page+4)
 	}
 }
+
+// TestRetryable: the failures another try of a publish may cure are
+// tried again; a refusal is not.
+func TestRetryable(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{nats.ErrNoResponders, true},
+		{context.DeadlineExceeded, true},
+		{&jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}, true},
+		{&jetstream.APIError{Code: 409, ErrorCode: 10158, Description: "duplicate message id is in process"}, true},
+		{&jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence, Description: "wrong last sequence"}, false},
+		{&jetstream.APIError{Code: 413, Description: "message size exceeds maximum allowed"}, false},
+		{errors.New("something else"), false},
+	} {
+		if got := retryable(c.err); got != c.want {
+			t.Errorf("retryable(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+}
