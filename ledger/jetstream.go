@@ -128,6 +128,9 @@ func OpenJetStream(ctx context.Context, js jetstream.JetStream, o JetStreamOptio
 	if err != nil {
 		return nil, fmt.Errorf("%w: ledger bucket %s: %w", ErrUnavailable, bucket, err)
 	}
+	if err := waitReady(ctx, kv); err != nil {
+		return nil, fmt.Errorf("%w: ledger bucket %s (replicas %d) does not answer: %w", ErrUnavailable, bucket, replicas, err)
+	}
 	s := &JetStreamStore{
 		kv:       kv,
 		stream:   st,
@@ -139,6 +142,39 @@ func OpenJetStream(ctx context.Context, js jetstream.JetStream, o JetStreamOptio
 	}
 	s.init(o.Now, o.Policy)
 	return s, nil
+}
+
+// readyWait bounds how long OpenJetStream waits for its bucket to
+// answer.
+const readyWait = 15 * time.Second
+
+// waitReady returns once the bucket's stream answers a read (a missing
+// key's "not found"): a bucket just created, or one whose leader is being
+// elected, has no leader for a moment, and a write would get no answer.
+// It tries again, a second at most each, until ctx ends or readyWait.
+func waitReady(ctx context.Context, kv jetstream.KeyValue) error {
+	ctx, cancel := context.WithTimeout(ctx, readyWait)
+	defer cancel()
+	for attempt := 1; ; attempt++ {
+		tctx, tcancel := context.WithTimeout(ctx, time.Second)
+		_, err := kv.Get(tctx, "ready-probe")
+		tcancel()
+		var ae *jetstream.APIError
+		switch {
+		case err == nil, errors.Is(err, jetstream.ErrKeyNotFound):
+			return nil
+		case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
+			errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded),
+			errors.As(err, &ae) && ae.Code == 503:
+		default:
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(min(25*time.Millisecond<<min(attempt, 5), 500*time.Millisecond)):
+		}
+	}
 }
 
 // JetStream API error codes (nats-server's jetstream_errors_generated.go)
