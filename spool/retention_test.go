@@ -142,6 +142,11 @@ func TestDeadLetterRetention(t *testing.T) {
 	if age := time.Since(in.LastAttempt); age < retention {
 		t.Errorf("dead letter purged %v after its last attempt, before the retention %v", age, retention)
 	}
+	// The counts change under the spool's lock; the observer and the
+	// log hear of it just after.
+	testutil.WaitFor(t, 5*time.Second, "the purges observed and logged", func() bool {
+		return obs.expired.Load() >= 2 && logs.FilterMessageSnippet("dead letter purged").Len() >= 2
+	})
 	if n := obs.expired.Load(); n != 2 {
 		t.Errorf("DeadLetterExpired called %d times, want 2", n)
 	}
